@@ -1,0 +1,62 @@
+"""The `modelservice` console script.
+
+Each subcommand lives in its own module exposing `add_arguments(parser)` and
+`run(args) -> int`. Modules are imported only when their command runs, so one missing
+extra (torch, kopf) never breaks the other commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("modelservice_runtime.serve", "run the inference runtime for an ONNX model"),
+    "fetch": ("modelservice_runtime.fetch", "download or copy a model atomically and verify it"),
+    "export": ("modelservice_runtime.export", "export a PyTorch module to ONNX"),
+    "quantize": ("modelservice_runtime.quantize", "int8-quantize an ONNX model"),
+    "operator": ("modelservice_operator.cli", "run the Kubernetes operator (kopf)"),
+    "demo": ("modelservice_runtime.demo", "export, serve and query a model locally"),
+}
+
+
+def _load(command: str):  # noqa: ANN202 - returns a module
+    module_name, _ = COMMANDS[command]
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as e:
+        extra = {"operator": "operator", "export": "export", "quantize": "export"}.get(
+            command, "runtime"
+        )
+        raise SystemExit(
+            f"modelservice {command}: missing dependency ({e.name or e}); "
+            f"install it with: pip install 'modelservice[{extra}]'"
+        ) from e
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelservice", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Only the chosen command's module is imported: its arguments are added on demand.
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            _load(name).add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["operator"]:
+        # kopf owns the operator's flags; pass them through untouched.
+        return int(_load("operator").run_kopf(argv[1:]) or 0)
+    args = build_parser(argv).parse_args(argv)
+    return int(_load(args.command).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

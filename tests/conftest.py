@@ -1,0 +1,30 @@
+"""Shared fixtures: real models exported with torch once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import modelzoo
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def mlp_onnx(models_dir: Path) -> Path:
+    """MLP, input `input` float32 [batch, 64] -> output `output` float32 [batch, 10]."""
+    from modelservice_runtime.export import export_module
+
+    return export_module(modelzoo.mlp(), (1, 64), models_dir / "mlp.onnx")
+
+
+@pytest.fixture(scope="session")
+def cnn_onnx(models_dir: Path) -> Path:
+    """CNN, input `input` float32 [batch, 3, 64, 64] -> output `output` float32 [batch, 10]."""
+    from modelservice_runtime.export import export_module
+
+    return export_module(modelzoo.cnn(), (1, 3, 64, 64), models_dir / "cnn.onnx")
