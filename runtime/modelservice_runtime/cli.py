@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _load(command: str):  # noqa: ANN202 - returns a module
+def _load(command: str) -> ModuleType:
     module_name, _ = COMMANDS[command]
     try:
         return importlib.import_module(module_name)

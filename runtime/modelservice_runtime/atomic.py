@@ -1,0 +1,42 @@
+"""Atomic file replacement: readers see the old file or the complete new one, never a part.
+
+The model-fetch init container and the runtime share a volume; a crash, a timeout or a
+checksum failure mid-write must not leave a truncated /models/model.onnx that a restarted
+runtime would then try to serve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; restore it at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_target(dest: str | Path) -> Iterator[Path]:
+    """Yield a temp path in `dest`'s directory; on success rename it over `dest`.
+
+    Same directory, so os.replace is a rename on one filesystem (atomic on POSIX). On any
+    exception the temp file is removed and `dest` is left untouched. The file gets normal
+    permissions (0666 & ~umask) rather than mkstemp's 0600, so a runtime running as another
+    user in the same group can read what an init container wrote.
+    """
+    dest = Path(dest)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,588 @@
+"""`modelservice fetch URI DEST`: get a model onto local disk, atomically, and prove it is one.
+
+This is what the `model-fetch` init container runs before the runtime starts, so a failure
+here must be loud and final: a one-line error and a non-zero exit, never a half-written or
+unverified /models/model.onnx that the runtime would then report ready on.
+
+- Schemes: https/http (stdlib urllib, no extra dependency), file://, plain paths, and s3://
+  when boto3 is installed.
+- Credentials come from the environment only (the operator wires a Secret in with envFrom):
+  MODELSERVICE_FETCH_TOKEN (bearer) or MODELSERVICE_FETCH_USERNAME/PASSWORD (basic) for
+  http(s); the usual AWS_* variables for s3. They are never printed, and the Authorization
+  header is dropped when a redirect leaves the original host.
+- Bytes go to a temp file beside DEST, are hashed while streaming, checked (sha256, then
+  "is this a loadable ONNX model"), and only then renamed over DEST.
+- Connection errors, timeouts, truncated bodies, 5xx, 408 and 429 are retried with
+  exponential backoff; 4xx such as 401/403/404 fail at once, since retrying cannot fix them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import http.client
+import os
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from modelservice_runtime.atomic import atomic_target
+
+TOKEN_ENV = "MODELSERVICE_FETCH_TOKEN"
+USERNAME_ENV = "MODELSERVICE_FETCH_USERNAME"
+PASSWORD_ENV = "MODELSERVICE_FETCH_PASSWORD"
+DEFAULT_FILENAME = "model.onnx"
+DEFAULT_RETRIES = 3
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+CHUNK = 1 << 20
+RETRYABLE_STATUS = frozenset({408, 429})  # plus every 5xx
+USER_AGENT = "modelservice-fetch/0.1"
+
+Log = Callable[[str], None]
+
+
+class FetchError(Exception):
+    """A fetch failed for good; the message is one line and names the URI or option."""
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way another attempt may fix (network, 5xx, truncation)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    path: Path
+    sha256: str
+    size: int
+    copied: bool  # False when URI already was DEST and it was verified in place
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def redact(uri: str) -> str:
+    """The URI without userinfo or query string (presigned URLs carry signatures there)."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.scheme or parts.scheme == "file":
+        return uri
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    query = "..." if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def normalize_sha256(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    digest = value.strip().lower()
+    if digest.startswith("sha256:"):
+        digest = digest[len("sha256:") :]
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise FetchError(f"--sha256: expected 64 hex characters, got {value!r}")
+    return digest
+
+
+def resolve_dest(dest: str | Path) -> Path:
+    """DEST as a file path: an existing directory (or a path ending in /) gets model.onnx."""
+    text = str(dest)
+    path = Path(dest)
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        path = path / DEFAULT_FILENAME
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FetchError(f"DEST: cannot create directory {path.parent}: {e.strerror}") from e
+    if path.is_dir():
+        raise FetchError(f"DEST: {path} is a directory")
+    return path
+
+
+def auth_header(env: Mapping[str, str], uri: str) -> str | None:
+    """Authorization header value from the environment (or URL userinfo), never logged."""
+    token = env.get(TOKEN_ENV, "")
+    if token:
+        return f"Bearer {token.strip()}"
+    user, password = env.get(USERNAME_ENV), env.get(PASSWORD_ENV)
+    if user is not None or password is not None:
+        if not user or password is None:
+            raise FetchError(
+                f"{USERNAME_ENV} and {PASSWORD_ENV}: expected both to be set for basic auth, "
+                f"got only {USERNAME_ENV if user else PASSWORD_ENV}"
+            )
+    else:
+        parts = urllib.parse.urlsplit(uri)
+        if parts.username is None:
+            return None
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+    raw = f"{user}:{password}".encode()
+    return f"Basic {base64.b64encode(raw).decode('ascii')}"
+
+
+class _Progress:
+    """A one-line progress bar on stderr; a no-op unless enabled (stderr is a terminal)."""
+
+    def __init__(self, enabled: bool, label: str, total: int | None) -> None:
+        self.enabled = enabled
+        self.label = label
+        self.total = total if total and total > 0 else None
+        self._last = 0.0
+
+    def update(self, done: int, *, final: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not final and now - self._last < 0.1:
+            return
+        self._last = now
+        mib = done / (1 << 20)
+        if self.total:
+            frac = min(1.0, done / self.total)
+            bar = "#" * int(frac * 30)
+            line = (
+                f"{self.label} [{bar:<30}] {mib:8.1f}/{self.total / (1 << 20):.1f} MiB {frac:4.0%}"
+            )
+        else:
+            line = f"{self.label} {mib:8.1f} MiB"
+        sys.stderr.write("\r" + line)
+        if final:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _copy_stream(
+    read: Callable[[int], bytes], out: IO[bytes], progress: _Progress
+) -> tuple[str, int]:
+    """Stream to `out`, hashing as we go; file write errors are final, read errors are not."""
+    digest = hashlib.sha256()
+    done = 0
+    while True:
+        chunk = read(CHUNK)
+        if not chunk:
+            break
+        try:
+            out.write(chunk)
+        except OSError as e:
+            raise FetchError(
+                f"DEST: cannot write to {Path(out.name).parent}: {e.strerror or e}"
+            ) from e
+        digest.update(chunk)
+        done += len(chunk)
+        progress.update(done)
+    progress.update(done, final=True)
+    return digest.hexdigest(), done
+
+
+class _SameOriginAuthRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but keep Authorization only while scheme, host and port stay the same.
+
+    urllib forwards every header on redirect; a registry that redirects to a CDN or a
+    presigned S3 URL must not receive the user's token.
+    """
+
+    def redirect_request(  # type: ignore[override]
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            old_parts = urllib.parse.urlsplit(req.full_url)
+            new_parts = urllib.parse.urlsplit(new.full_url)
+            same = (old_parts.scheme, old_parts.hostname, old_parts.port) == (
+                new_parts.scheme,
+                new_parts.hostname,
+                new_parts.port,
+            )
+            if not same:
+                for key in list(new.headers):
+                    if key.lower() == "authorization":
+                        del new.headers[key]
+        return new
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def _http_attempt(
+    url: str, headers: dict[str, str], tmp: Path, timeout: float, show: str, progress: bool
+) -> tuple[str, int]:
+    opener = urllib.request.build_opener(_SameOriginAuthRedirect())
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = opener.open(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        code = e.code
+        e.close()
+        if code >= 500 or code in RETRYABLE_STATUS:
+            raise _Retryable(f"HTTP {code} {e.reason}", _retry_after(e.headers)) from e
+        hint = {
+            401: f" (check {TOKEN_ENV} or {USERNAME_ENV}/{PASSWORD_ENV})",
+            403: f" (check {TOKEN_ENV} or {USERNAME_ENV}/{PASSWORD_ENV})",
+            404: " (not found)",
+        }.get(code, "")
+        raise FetchError(f"{show}: HTTP {code} {e.reason}{hint}") from e
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ssl.SSLCertVerificationError):
+            raise FetchError(f"{show}: TLS certificate verification failed: {e.reason}") from e
+        raise _Retryable(f"cannot connect: {e.reason}") from e
+    except (OSError, http.client.HTTPException) as e:
+        # Resets, timeouts, TLS errors mid-handshake: the network, not the request.
+        raise _Retryable(f"{type(e).__name__}: {_first_line(e)}") from e
+
+    with response:
+        length = response.headers.get("Content-Length")
+        encoded = response.headers.get("Content-Encoding") not in (None, "identity")
+        total = int(length) if length and length.isdigit() and not encoded else None
+        bar = _Progress(progress, Path(urllib.parse.urlsplit(url).path).name or "model", total)
+        try:
+            out = open(tmp, "wb")  # noqa: SIM115 - closed below; open errors are final
+        except OSError as e:
+            raise FetchError(f"DEST: cannot write to {tmp.parent}: {e.strerror or e}") from e
+        with out:
+            try:
+                digest, size = _copy_stream(response.read, out, bar)
+            except (OSError, http.client.HTTPException) as e:
+                # Write errors already became FetchError in _copy_stream; what is left is
+                # the connection dropping, timing out or breaking TLS mid-body.
+                raise _Retryable(
+                    f"download interrupted: {type(e).__name__}: {_first_line(e)}"
+                ) from e
+    if total is not None and size != total:
+        raise _Retryable(f"connection closed after {size} of {total} bytes")
+    return digest, size
+
+
+def _fetch_http(
+    uri: str,
+    tmp: Path,
+    *,
+    env: Mapping[str, str],
+    retries: int,
+    timeout: float,
+    backoff: float,
+    progress: bool,
+    log: Log,
+) -> tuple[str, int]:
+    show = redact(uri)
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.hostname:
+        raise FetchError(f"URI: expected {parts.scheme}://host/path, got {show!r}")
+    # userinfo must not reach http.client (it would be parsed as host:port).
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
+    authorization = auth_header(env, uri)
+    if authorization:
+        headers["Authorization"] = authorization
+
+    attempts = retries + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            return _http_attempt(url, headers, tmp, timeout, show, progress)
+        except _Retryable as e:
+            if attempt == attempts:
+                raise FetchError(f"{show}: giving up after {attempts} attempt(s): {e}") from e
+            delay = min(MAX_BACKOFF_S, backoff * 2 ** (attempt - 1))
+            if e.retry_after is not None:
+                delay = min(MAX_BACKOFF_S * 2, max(delay, e.retry_after))
+            log(f"fetch {show}: attempt {attempt}/{attempts} failed ({e}); retrying in {delay:g}s")
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _local_path(uri: str) -> Path:
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise FetchError(
+                f"URI: file:// URIs must be local (file:///path), got host {parts.netloc!r}"
+            )
+        return Path(urllib.request.url2pathname(parts.path))
+    return Path(uri)
+
+
+def _fetch_local(src: Path, tmp: Path, *, progress: bool) -> tuple[str, int]:
+    try:
+        source = open(src, "rb")  # noqa: SIM115 - closed below, errors mapped first
+    except FileNotFoundError:
+        raise FetchError(f"URI: {src} does not exist") from None
+    except IsADirectoryError:
+        raise FetchError(f"URI: {src} is a directory, expected a model file") from None
+    except OSError as e:
+        raise FetchError(f"URI: cannot read {src}: {e.strerror or e}") from e
+    with source, open(tmp, "wb") as out:
+        bar = _Progress(progress, src.name, src.stat().st_size)
+        try:
+            return _copy_stream(source.read, out, bar)
+        except OSError as e:
+            raise FetchError(f"URI: cannot read {src}: {e.strerror or e}") from e
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest(), path.stat().st_size
+
+
+def _fetch_s3(
+    uri: str, tmp: Path, *, env: Mapping[str, str], retries: int, timeout: float, progress: bool
+) -> tuple[str, int]:
+    """s3://bucket/key with boto3 (optional): credentials and region from the AWS_* env."""
+    parts = urllib.parse.urlsplit(uri)
+    bucket, key = parts.netloc, parts.path.lstrip("/")
+    if not bucket or not key:
+        raise FetchError(f"URI: expected s3://bucket/key, got {uri!r}")
+    try:
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        raise FetchError(
+            f"{uri}: s3:// URIs need boto3, which is not installed (pip install boto3), "
+            f"or use an https presigned URL"
+        ) from None
+    config = Config(
+        retries={"max_attempts": retries + 1, "mode": "standard"},
+        connect_timeout=timeout,
+        read_timeout=timeout,
+    )
+    # Older boto3 ignores AWS_ENDPOINT_URL (MinIO, Ceph); pass it on explicitly.
+    client = boto3.client("s3", endpoint_url=env.get("AWS_ENDPOINT_URL") or None, config=config)
+    try:
+        obj = client.get_object(Bucket=bucket, Key=key)
+        body = obj["Body"]
+        bar = _Progress(progress, Path(key).name, obj.get("ContentLength"))
+        with body, open(tmp, "wb") as out:
+            return _copy_stream(body.read, out, bar)
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "?")
+        raise FetchError(f"{uri}: S3 error {code}: {_first_line(e)}") from e
+    except BotoCoreError as e:
+        raise FetchError(f"{uri}: S3 request failed: {_first_line(e)}") from e
+
+
+def verify_onnx(path: Path, show: str) -> None:
+    """Fail unless `path` is a loadable ONNX model (onnx.checker if available, else ORT).
+
+    The runtime image has onnxruntime but not onnx, so the fallback is what runs in the
+    init container: if onnxruntime can build a session, the runtime will be able to too.
+    """
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+    try:
+        if onnx is not None:
+            onnx.checker.check_model(str(path))
+        else:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.log_severity_level = 3  # the error comes back to us; no C++ log spam
+            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except ImportError as e:
+        raise FetchError(
+            f"{show}: cannot check the model, neither onnx nor onnxruntime is installed"
+        ) from e
+    except Exception as e:
+        # The checkers name the temp file, which no longer exists when the user reads this.
+        detail = _first_line(e).replace(str(path), "the downloaded file")
+        raise FetchError(f"{show} is not a loadable ONNX model: {detail}") from e
+
+
+def fetch_model(
+    uri: str,
+    dest: str | Path,
+    sha256: str | None = None,
+    *,
+    retries: int = DEFAULT_RETRIES,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    backoff: float = DEFAULT_BACKOFF_S,
+    progress: bool | None = None,
+    check_onnx: bool = True,
+    env: Mapping[str, str] | None = None,
+    log: Log = _stderr,
+) -> FetchResult:
+    """Fetch `uri` to `dest` atomically, verify it, and say what was written.
+
+    `progress=None` shows a bar only when stderr is a terminal. `env` defaults to
+    os.environ (tests pass their own). Raises FetchError with a one-line message.
+    """
+    env = os.environ if env is None else env
+    expected = normalize_sha256(sha256)
+    if retries < 0:
+        raise FetchError(f"--retries: expected an integer >= 0, got {retries}")
+    if timeout <= 0:
+        raise FetchError(f"--timeout: expected seconds > 0, got {timeout}")
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not uri:
+        raise FetchError("URI: expected a model URI or path, got an empty string")
+    show = redact(uri)
+    target = resolve_dest(dest)
+    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    # One letter before ':' is a Windows drive, not a scheme.
+    if len(scheme) == 1:
+        scheme = ""
+
+    if scheme in ("", "file"):
+        src = _local_path(uri)
+        if src.exists() and target.exists() and src.resolve() == target.resolve():
+            # Already in place (e.g. a read-only PVC): verify, never rewrite it.
+            digest, size = _hash_file(src)
+            _check_digest(show, target, expected, digest)
+            if check_onnx:
+                verify_onnx(src, show)
+            return FetchResult(target, digest, size, copied=False)
+
+    if scheme not in ("", "file", "http", "https", "s3"):
+        hint = " (pvc:// is mounted by the operator, not fetched)" if scheme == "pvc" else ""
+        raise FetchError(
+            f"URI: unsupported scheme {scheme!r} in {show!r}, expected https://, http://, "
+            f"file://, s3:// or a local path{hint}"
+        )
+
+    try:
+        with atomic_target(target) as tmp:
+            if scheme in ("http", "https"):
+                digest, size = _fetch_http(
+                    uri,
+                    tmp,
+                    env=env,
+                    retries=retries,
+                    timeout=timeout,
+                    backoff=backoff,
+                    progress=progress,
+                    log=log,
+                )
+            elif scheme == "s3":
+                digest, size = _fetch_s3(
+                    uri, tmp, env=env, retries=retries, timeout=timeout, progress=progress
+                )
+            else:
+                digest, size = _fetch_local(_local_path(uri), tmp, progress=progress)
+            _check_digest(show, target, expected, digest)
+            if check_onnx:
+                verify_onnx(tmp, show)
+    except OSError as e:
+        # Creating/renaming the temp file in DEST's directory (read-only, full, ...).
+        raise FetchError(f"DEST: cannot write {target}: {e.strerror or e}") from e
+    return FetchResult(target, digest, size, copied=True)
+
+
+def _check_digest(show: str, target: Path, expected: str | None, actual: str) -> None:
+    if expected is not None and actual != expected:
+        raise FetchError(
+            f"{show}: sha256 mismatch: expected {expected}, got {actual}; {target} was not written"
+        )
+
+
+def fetch(
+    uri: str,
+    dest: str | Path,
+    sha256: str | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Fetch `uri` to `dest` (see fetch_model for the options); return the model's path."""
+    return fetch_model(uri, dest, sha256, **kwargs).path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "uri",
+        metavar="URI",
+        help="https://, http://, file://, s3:// (needs boto3) or a local path",
+    )
+    parser.add_argument(
+        "dest",
+        metavar="DEST",
+        help=f"target file, or a directory to write {DEFAULT_FILENAME} into",
+    )
+    parser.add_argument("--sha256", metavar="HEX", help="expected sha256 of the model file")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=DEFAULT_RETRIES,
+        metavar="N",
+        help="extra attempts after connection errors, timeouts and 5xx (not 4xx)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help="seconds to wait on connect or on any read before the attempt fails",
+    )
+    parser.add_argument(
+        "--backoff",
+        type=float,
+        default=DEFAULT_BACKOFF_S,
+        metavar="S",
+        help="first retry delay; doubles on each retry (capped at 30s)",
+    )
+    parser.add_argument(
+        "--no-onnx-check",
+        dest="check_onnx",
+        action="store_false",
+        help="skip checking that the file is a loadable ONNX model",
+    )
+    parser.epilog = (
+        f"credentials (http/https): {TOKEN_ENV} (bearer) or {USERNAME_ENV} and "
+        f"{PASSWORD_ENV} (basic); s3: the AWS_* environment variables"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = fetch_model(
+            args.uri,
+            args.dest,
+            args.sha256,
+            retries=args.retries,
+            timeout=args.timeout,
+            backoff=args.backoff,
+            check_onnx=args.check_onnx,
+        )
+    except FetchError as e:
+        print(f"modelservice fetch: error: {e}", file=sys.stderr)
+        return 1
+    verb = "fetched" if result.copied else "verified in place"
+    print(
+        f"{verb} {redact(args.uri)} -> {result.path} ({result.size} bytes, sha256 {result.sha256})"
+    )
+    return 0
