@@ -68,8 +68,10 @@ KIND_CLUSTER ?= modelservice
 RUNTIME_IMAGE ?= modelservice-runtime:dev
 OPERATOR_IMAGE ?= modelservice-operator:dev
 
-kind-up: ## create a kind cluster from kind-config.yaml
-	kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
+kind-up: ## create a kind cluster from kind-config.yaml (kept if it already exists)
+	@if kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)'; then \
+	  echo "kind cluster $(KIND_CLUSTER) already exists"; \
+	else kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml --wait 180s; fi
 
 images: ## build the runtime and operator images
 	docker build -f runtime/Dockerfile -t $(RUNTIME_IMAGE) .
@@ -83,7 +85,8 @@ deploy: ## helm install the operator into the current kube context
 	  --namespace modelservice-system --create-namespace \
 	  --set image.repository=$(firstword $(subst :, ,$(OPERATOR_IMAGE))) \
 	  --set image.tag=$(lastword $(subst :, ,$(OPERATOR_IMAGE))) \
-	  --set runtimeImage=$(RUNTIME_IMAGE)
+	  --set runtimeImage=$(RUNTIME_IMAGE) \
+	  --wait --timeout 5m
 
 e2e-kind: venv ## kind-up, images, kind-load, deploy, then the e2e tests
 	$(MAKE) kind-up images kind-load deploy

@@ -1,0 +1,125 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "modelservice-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-scoped name used for every namespaced object of the release. */}}
+{{- define "modelservice-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains .Chart.Name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of cluster-scoped objects (ClusterRole, ClusterRoleBinding): they are shared by every
+namespace, so the release namespace is part of the name to let two releases coexist.
+*/}}
+{{- define "modelservice-operator.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "modelservice-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "modelservice-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "modelservice-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: modelservice
+{{- end }}
+
+{{- define "modelservice-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "modelservice-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "modelservice-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "modelservice-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "modelservice-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* True (non-empty) when kopf peering is used: more than one replica. */}}
+{{- define "modelservice-operator.peering" -}}
+{{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{- end }}
+
+{{/*
+Rules for the namespaced objects the operator owns and reconciles. Shared by the ClusterRole
+(all namespaces) and the per-namespace Roles so that both modes grant exactly the same verbs.
+*/}}
+{{- define "modelservice-operator.namespacedRules" -}}
+# The ModelService resource: watched, finalizers/annotations patched by kopf, status written.
+- apiGroups: ["serving.modelservice.io"]
+  resources: ["modelservices"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["serving.modelservice.io"]
+  resources: ["modelservices/status"]
+  verbs: ["get", "patch", "update"]
+# Children rendered from a ModelService (applied, adopted, garbage-collected by owner refs).
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# kopf posts handler progress and errors as events (core/v1; events.k8s.io for newer clients).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/* Rules kopf needs cluster-wide in every mode: discovering CRDs and namespaces. */}}
+{{- define "modelservice-operator.scanRules" -}}
+# kopf scans CRDs to find the resources it serves and notices them appear/disappear.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+# kopf lists namespaces to match the namespaces it was told to serve.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{/* kopf run flags of the operator container, one per line. */}}
+{{- define "modelservice-operator.args" -}}
+- --liveness=http://0.0.0.0:{{ .Values.ports.health }}/healthz
+{{- if .Values.watchNamespaces }}
+{{- range .Values.watchNamespaces }}
+- --namespace={{ . }}
+{{- end }}
+{{- else }}
+- --all-namespaces
+{{- end }}
+{{- if include "modelservice-operator.peering" . }}
+- --peering={{ .Values.peering.name }}
+{{- else }}
+- --standalone
+{{- end }}
+{{- if eq .Values.logLevel "debug" }}
+- --verbose
+{{- else if eq .Values.logLevel "warning" }}
+- --quiet
+{{- end }}
+{{- range .Values.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
