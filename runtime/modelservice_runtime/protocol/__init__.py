@@ -1,0 +1,1 @@
+"""Wire formats: pure functions between request bodies and named numpy arrays."""

@@ -1,0 +1,87 @@
+"""`modelservice serve MODEL.onnx`: run the runtime under uvicorn.
+
+Shutdown on SIGTERM (or SIGINT) is graceful and ordered for Kubernetes: readiness turns
+false at once, the server keeps answering for --shutdown-delay-s so endpoints stop routing
+to it, then it stops accepting, finishes every in-flight request (up to
+--graceful-timeout-s) and exits 0. A second signal skips the delay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from modelservice_runtime import settings as settings_mod
+
+log = logging.getLogger("modelservice.serve")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    settings_mod.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_mod.from_args(args)
+    except settings_mod.SettingsError as e:
+        print(f"modelservice serve: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    import uvicorn
+
+    from modelservice_runtime.server import create_app
+
+    class GracefulServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            dataplane = app.state.dataplane
+            if dataplane.draining or settings.shutdown_delay_s <= 0:
+                dataplane.draining = True
+                self.should_exit = True  # second signal, or no delay wanted: stop now
+                return
+            dataplane.draining = True
+            log.info(
+                "%s: not ready; stopping in %.1fs after in-flight requests finish",
+                signal.Signals(sig).name,
+                settings.shutdown_delay_s,
+            )
+            timer = threading.Timer(settings.shutdown_delay_s, self._stop)
+            timer.daemon = True
+            timer.start()
+
+        def _stop(self) -> None:
+            self.should_exit = True
+
+    def fatal() -> None:
+        server.should_exit = True
+
+    app = create_app(settings, on_fatal=fatal)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,  # per-request logging costs more than the MLP's inference
+        timeout_graceful_shutdown=settings.graceful_timeout_s,
+        lifespan="on",
+    )
+    server = GracefulServer(config)
+    log.info(
+        "serving %s as %r on %s:%d (%r)",
+        settings.model_path,
+        settings.name,
+        settings.host,
+        settings.port,
+        settings,
+    )
+    server.run()
+    if app.state.dataplane.load_error:
+        print(f"modelservice serve: {app.state.dataplane.load_error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,93 @@
+"""Run `modelservice serve` as a real subprocess on a free loopback port (test helper)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+# Tests stop servers by SIGTERM: skip the Kubernetes-oriented unready delay unless a test
+# asks for it with --shutdown-delay-s (a flag beats the env var).
+_QUICK_EXIT = {"MODELSERVICE_SHUTDOWN_DELAY_S": "0"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def serve_command() -> list[str]:
+    """`modelservice` as installed beside this Python (or the module if not installed)."""
+    script = shutil.which("modelservice", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "modelservice_runtime.cli"]
+
+
+@contextmanager
+def serve(
+    model: Path, *args: str, env: dict[str, str] | None = None, ready_within: float = 60
+) -> Iterator[Served]:
+    port = free_port()
+    log = Path(tempfile.mkstemp(prefix="modelservice-serve-", suffix=".log")[1])
+    cmd = [*serve_command(), "serve", str(model), "--host", "127.0.0.1", "--port", str(port), *args]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **_QUICK_EXIT, **(env or {})},
+        )
+    served = Served(proc, port, log)
+    try:
+        deadline = time.monotonic() + ready_within
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"modelservice serve exited with {proc.returncode} before it was ready:\n"
+                    + served.log_tail()
+                )
+            try:
+                if httpx.get(served.url + "/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"modelservice serve was not ready on port {port} within {ready_within}s:\n"
+                    + served.log_tail()
+                )
+            time.sleep(0.05)
+        yield served
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # by PID, the process this helper started
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        log.unlink(missing_ok=True)

@@ -1,0 +1,274 @@
+"""`modelservice serve` as a subprocess on loopback, against models exported by torch:
+numerics, batching under 64 concurrent callers, tritonclient, V1, metrics, backpressure and
+graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+import tritonclient.http as triton
+
+from tests.integration.runtime_server import Served, serve, serve_command
+
+
+def reference(model: Path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
+    )
+
+
+def binary_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def decode(response: httpx.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    hlen = response.headers.get("inference-header-content-length")
+    if hlen is None:
+        (out,) = response.json()["outputs"]
+        return np.array(out["data"], np.float32).reshape(out["shape"])
+    head = orjson.loads(response.content[: int(hlen)])
+    return np.frombuffer(response.content[int(hlen) :], np.float32).reshape(
+        head["outputs"][0]["shape"]
+    )
+
+
+@pytest.fixture(scope="module")
+def mlp_server(mlp_onnx: Path) -> Iterator[Served]:
+    with serve(mlp_onnx) as served:
+        yield served
+
+
+def test_numerics_equal_in_process_onnxruntime(mlp_server: Served, mlp_onnx: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((5, 64), np.float32)
+    want = reference(mlp_onnx, x)
+    url = mlp_server.url + "/v2/models/mlp/infer"
+    body = {
+        "inputs": [
+            {"name": "input", "datatype": "FP32", "shape": [5, 64], "data": x.ravel().tolist()}
+        ]
+    }
+    np.testing.assert_array_equal(decode(httpx.post(url, json=body)), want)
+    content, headers = binary_body(x)
+    np.testing.assert_array_equal(decode(httpx.post(url, content=content, headers=headers)), want)
+    v1 = httpx.post(mlp_server.url + "/v1/models/mlp:predict", json={"instances": x.tolist()})
+    np.testing.assert_allclose(np.array(v1.json()["predictions"], np.float32), want, rtol=1e-6)
+    legacy = httpx.post(mlp_server.url + "/predict", json={"instances": x.tolist()})
+    np.testing.assert_allclose(np.array(legacy.json()["predictions"], np.float32), want, rtol=1e-6)
+
+
+def test_64_concurrent_callers_each_get_their_own_rows(mlp_server: Served, mlp_onnx: Path):
+    rng = np.random.default_rng(1)
+    # Mixed batch sizes, JSON and binary, one request over --max-batch-size (32).
+    xs = [rng.standard_normal((int(rng.integers(1, 6)), 64), np.float32) for _ in range(63)]
+    xs.append(rng.standard_normal((40, 64), np.float32))
+    session = ort.InferenceSession(str(mlp_onnx), providers=["CPUExecutionProvider"])
+    alone = [session.run(None, {"input": x})[0] for x in xs]
+    execs_before = metric(mlp_server.url, "nv_inference_exec_count")
+
+    async def call(client: httpx.AsyncClient, i: int, x: np.ndarray) -> np.ndarray:
+        url = "/v2/models/mlp/infer"
+        if i % 2:
+            content, headers = binary_body(x)
+            return decode(await client.post(url, content=content, headers=headers))
+        body = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": list(x.shape),
+                    "data": x.ravel().tolist(),
+                }
+            ]
+        }
+        return decode(await client.post(url, json=body))
+
+    async def main() -> list[np.ndarray]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=mlp_server.url, limits=limits, timeout=30) as c:
+            return await asyncio.gather(*(call(c, i, x) for i, x in enumerate(xs)))
+
+    results = asyncio.run(main())
+    for want, got in zip(alone, results, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    executions = metric(mlp_server.url, "nv_inference_exec_count") - execs_before
+    assert executions < len(xs), "64 concurrent requests should have been coalesced"
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_unmodified_tritonclient(mlp_server: Served, mlp_onnx: Path, binary: bool) -> None:
+    client = triton.InferenceServerClient(f"127.0.0.1:{mlp_server.port}")
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("mlp") and not client.is_model_ready("nope")
+        assert client.get_server_metadata()["name"] == "modelservice"
+        meta = client.get_model_metadata("mlp")
+        assert meta["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 64]}
+        assert client.get_model_config("mlp")["max_batch_size"] == 32
+        x = np.random.default_rng(2).standard_normal((3, 64), np.float32)
+        inp = triton.InferInput("input", [3, 64], "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        out = triton.InferRequestedOutput("output", binary_data=binary)
+        result = client.infer("mlp", [inp], outputs=[out], request_id="t-1")
+        np.testing.assert_allclose(result.as_numpy("output"), reference(mlp_onnx, x), rtol=1e-6)
+        assert result.get_response()["id"] == "t-1"
+        for algorithm in ("gzip", "deflate"):
+            compressed = client.infer(
+                "mlp", [inp], outputs=[out], request_compression_algorithm=algorithm
+            )
+            np.testing.assert_allclose(
+                compressed.as_numpy("output"), reference(mlp_onnx, x), rtol=1e-6
+            )
+        with pytest.raises(triton.InferenceServerException, match="unknown input 'wrong'"):
+            bad = triton.InferInput("wrong", [3, 64], "FP32")
+            bad.set_data_from_numpy(x, binary_data=binary)
+            client.infer("mlp", [bad])
+    finally:
+        client.close()
+
+
+def test_metrics_increase(mlp_server: Served) -> None:
+    before = metric(mlp_server.url, "nv_inference_request_success")
+    body = {"instances": [[0.0] * 64]}
+    for _ in range(3):
+        httpx.post(mlp_server.url + "/v1/models/mlp:predict", json=body).raise_for_status()
+    assert metric(mlp_server.url, "nv_inference_request_success") == before + 3
+
+
+def test_cnn_binary_matches_in_process(cnn_onnx: Path) -> None:
+    x = np.random.default_rng(3).random((4, 3, 64, 64), np.float32)
+    with serve(cnn_onnx, "--max-batch-size", "8") as served:
+        content, headers = binary_body(x)
+        got = decode(
+            httpx.post(
+                served.url + "/v2/models/cnn/infer", content=content, headers=headers, timeout=30
+            )
+        )
+    np.testing.assert_allclose(got, reference(cnn_onnx, x), rtol=1e-5, atol=1e-6)
+
+
+def test_queue_full_is_503_and_sigterm_drains_in_flight_after_unready(cnn_onnx: Path) -> None:
+    # One oversized CNN request keeps the single batch worker busy for a while (one
+    # intra-op thread makes that longer); small requests queue behind it, fill the queue,
+    # and are still pending at SIGTERM.
+    args = ("--max-queue-size", "8", "--max-batch-size", "8", "--shutdown-delay-s", "0.5",
+            "--intra-op-threads", "1")  # fmt: skip
+    with serve(cnn_onnx, *args) as served:
+        url = served.url + "/v2/models/cnn/infer"
+        statuses: list[int] = []
+        clients = [httpx.Client(base_url=served.url, timeout=60) for _ in range(10)]
+        for c in clients:  # connect now, so later requests start at once
+            c.get("/v2/health/live").raise_for_status()
+        small, small_headers = binary_body(np.zeros((1, 3, 64, 64), np.float32))
+        big, big_headers = binary_body(np.zeros((1024, 3, 64, 64), np.float32))
+
+        uploaded = threading.Event()
+
+        def big_chunks() -> Iterator[bytes]:
+            for i in range(0, len(big), chunk := 1 << 20):
+                yield big[i : i + chunk]
+            uploaded.set()
+
+        def call(client: httpx.Client, content: object, headers: dict[str, str]) -> None:
+            statuses.append(client.post(url, content=content, headers=headers).status_code)
+
+        threads = [threading.Thread(target=call, args=(clients[0], big_chunks(), big_headers))]
+        threads += [
+            threading.Thread(target=call, args=(c, small, small_headers)) for c in clients[1:9]
+        ]
+        try:
+            threads[0].start()
+            assert uploaded.wait(20), "the big request was never sent"
+            time.sleep(0.1)  # parsed and running: the worker is busy with it for a second+
+            for t in threads[1:]:
+                t.start()
+            deadline = time.monotonic() + 10
+            while metric(served.url, "nv_inference_pending_request_count") < 9:
+                assert time.monotonic() < deadline, "9 requests never became pending"
+                time.sleep(0.005)
+
+            refused = clients[9].post(url, content=small, headers=small_headers)
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "1"
+            assert "queue is full (8 requests waiting)" in refused.json()["error"]
+
+            served.proc.send_signal(signal.SIGTERM)
+            ready = clients[9].get("/v2/health/ready")
+            assert ready.status_code == 503
+            assert ready.json() == {"error": "the server is shutting down"}
+            assert statuses == [], "readiness must turn false while requests are in flight"
+        finally:
+            for t in threads:
+                t.join(timeout=60)
+            for c in clients:
+                c.close()
+        assert statuses == [200] * 9  # every accepted request answered
+        assert served.proc.wait(timeout=20) == 0
+        with pytest.raises(httpx.TransportError):
+            httpx.get(served.url + "/v2/health/live", timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--execution-provider", "cuda"), "--execution-provider cuda: this onnxruntime offers"),
+        (("--normalize-mean", "0.5,0.5"), "--normalize-mean and --normalize-std must be given"),
+    ],
+)
+def test_serve_refuses_to_start_with_a_clear_message(
+    mlp_onnx: Path, args: tuple[str, ...], message: str
+) -> None:
+    if "cuda" in args and "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    done = subprocess.run(
+        [*serve_command(), "serve", str(mlp_onnx), "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+def test_a_file_that_is_not_onnx_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_text("<html>404</html>")
+    done = subprocess.run(
+        [*serve_command(), "serve", str(bad), "--host", "127.0.0.1", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert f"modelservice serve: cannot load {bad} as an ONNX model" in done.stderr
