@@ -1,0 +1,446 @@
+"""kopf handlers: read the spec, render, adopt, apply, report status. Nothing more.
+
+- create/update/resume of a ModelService -> `reconcile()` (render + server-side apply of
+  every child, removal of a stale HPA, status through kopf's `patch.status`).
+- Events of owned Deployments and HPAs -> status of the owner, recomputed from the child
+  that changed (event-driven; no polling). Events of any owned child also detect drift: a
+  child deleted or edited away from what the owner's spec renders is re-applied at once.
+- An index of ModelServices (kopf `@kopf.index`) gives the child handlers their owner's
+  spec without an API call; events of the ModelService itself re-check its status once
+  (closing the race between the reconcile's status write and the children's last event).
+- No finalizers (no timers, no mandatory delete handler): children go by garbage collection,
+  and deleting a ModelService never waits for the operator.
+- Invalid spec: status Ready=False/InvalidSpec naming the field, a Warning event, and
+  `kopf.PermanentError` (no retries until the spec changes). API failures: TemporaryError.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from modelservice_operator import API_VERSION, FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
+from modelservice_operator import metrics as m
+from modelservice_operator.kube import KubeApiError, client
+from modelservice_operator.render import LABEL_MANAGED_BY, render_children, spec_hash
+from modelservice_operator.settings import OperatorSettings
+from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
+from modelservice_operator.status import Phase, compute_status, invalid_status
+
+SETTINGS = OperatorSettings.from_env()
+CHILD_LABELS = {LABEL_MANAGED_BY: FIELD_MANAGER}
+RETRY_DELAY_S = 10
+
+
+class ReconcileError(Exception):
+    """The API server refused or failed a call while reconciling (wraps KubeApiError)."""
+
+
+# --- startup, probes, index --------------------------------------------------------------
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    # Progress and diff-base in annotations: the CRD's status schema is ours alone, and
+    # anything kopf wrote under status would be pruned by the structural schema.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # Only warnings become Kubernetes events; the handlers post their own Normal events.
+    settings.posting.level = logging.WARNING
+    # Recover from a restarted or unreachable API server instead of hanging on a watch.
+    # (a watch silently cut off is dropped after client_timeout and re-established).
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 75
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 30
+    settings.execution.max_workers = 8
+    # kopf has no leader election and pauses *all* peers of the same priority. Run with
+    # --peering and no --priority (the Helm chart with replicaCount > 1), each replica draws
+    # a random priority: the highest one works, the others stand by until it is gone.
+    if not settings.peering.standalone and settings.peering.priority == 0:
+        settings.peering.priority = random.randint(1, 2**31 - 1)
+    m.serve(SETTINGS.metrics_port)
+    client()  # load credentials now: a broken kubeconfig fails at startup, not per event
+    logger.info(
+        "modelservice-operator: runtime image %s, namespaces %s",
+        SETTINGS.runtime_image,
+        ",".join(SETTINGS.namespaces) or "(all)",
+    )
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def msvc_by_name(
+    body: kopf.Body, name: str, namespace: str, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, name) -> a snapshot of the ModelService for the child handlers."""
+    return {(namespace, name): _snapshot(body)}
+
+
+@kopf.on.probe(id="modelservices")
+def probe_count(msvc_by_name: kopf.Index, **_: Any) -> int:
+    return len(msvc_by_name)
+
+
+def _snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "generation": meta.get("generation"),
+            "labels": dict(meta.get("labels") or {}),
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        },
+        "spec": _clean(body.get("spec") or {}),
+        "status": _clean(body.get("status") or {}),
+    }
+
+
+def _owner_body(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """What kopf.adopt and kopf.event need of the owner (with the owner's labels)."""
+    meta = snapshot["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "labels")},
+    }
+
+
+def _normal_event(obj: Mapping[str, Any], *, reason: str, message: str) -> None:
+    """A Normal event on the ModelService (kopf.info would be dropped: posting.level is
+    WARNING so that kopf's own INFO log lines do not become events)."""
+    kopf.event(obj, type="Normal", reason=reason, message=message)  # type: ignore[arg-type]
+
+
+# --- the shared reconcile ------------------------------------------------------------------
+
+
+def desired_children(snapshot: Mapping[str, Any], spec: ModelServiceSpec) -> list[dict[str, Any]]:
+    meta = snapshot["metadata"]
+    children = render_children(meta["name"], meta["namespace"], spec, SETTINGS.runtime_image)
+    kopf.adopt(children, owner=_owner_body(snapshot))  # type: ignore[arg-type]
+    return children
+
+
+def _apply(child: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        return client().apply(child)
+    except KubeApiError as e:
+        raise ReconcileError(
+            f"{child['kind']} {child['metadata']['name']}: {e.message or e.reason}"
+        ) from e
+
+
+def _remove_stale_hpa(namespace: str, name: str) -> bool:
+    """Delete the HPA we created earlier when autoscaling was removed from the spec."""
+    kube = client()
+    try:
+        hpa = kube.get("HorizontalPodAutoscaler", namespace, name)
+        if hpa is None or (hpa["metadata"].get("labels") or {}).get(LABEL_MANAGED_BY) != (
+            FIELD_MANAGER
+        ):
+            return False  # absent, or not ours: never delete what we did not create
+        return kube.delete("HorizontalPodAutoscaler", namespace, name)
+    except KubeApiError as e:
+        raise ReconcileError(f"HorizontalPodAutoscaler {name}: {e.message or e.reason}") from e
+
+
+def reconcile(
+    snapshot: Mapping[str, Any], spec: ModelServiceSpec, logger: logging.Logger | Any
+) -> dict[str, Any]:
+    """Apply every child the spec renders, drop a stale HPA; return the new status."""
+    meta = snapshot["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    owner = _owner_body(snapshot)
+    applied: dict[str, dict[str, Any]] = {}
+    for child in desired_children(snapshot, spec):
+        applied[child["kind"]] = _apply(child)
+    if spec.autoscaling is None and _remove_stale_hpa(namespace, name):
+        _normal_event(
+            owner,
+            reason="HPARemoved",
+            message="autoscaling removed: deleted the HorizontalPodAutoscaler; "
+            f"replicas fixed at {spec.fixed_replicas}",
+        )
+    kinds = ", ".join(applied)
+    logger.info("applied %s (spec hash %s)", kinds, spec_hash(spec))
+    _normal_event(owner, reason="Applied", message=f"applied {kinds} (spec hash {spec_hash(spec)})")
+    if spec.autoscaling is not None and spec.replicas is not None:
+        _normal_event(
+            owner,
+            reason="ReplicasIgnored",
+            message=f"spec.replicas={spec.replicas} is ignored while spec.autoscaling is set: "
+            "the HorizontalPodAutoscaler owns the replica count "
+            f"({spec.autoscaling.min_replicas}..{spec.autoscaling.max_replicas})",
+        )
+    return compute_status(
+        name=name,
+        namespace=namespace,
+        generation=meta.get("generation"),
+        spec=spec,
+        deployment=applied.get("Deployment"),
+        hpa=applied.get("HorizontalPodAutoscaler"),
+        previous=snapshot.get("status"),
+    )
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def reconcile_modelservice(
+    body: kopf.Body,
+    name: str,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    reason: kopf.Reason,
+    **_: Any,
+) -> None:
+    trigger = str(reason.value if hasattr(reason, "value") else reason)
+    snapshot = _snapshot(body)
+    with m.timed(trigger):
+        try:
+            spec = parse_spec(snapshot["spec"], name)
+        except InvalidSpec as e:
+            m.RECONCILES.labels(trigger, "invalid").inc()
+            m.ERRORS.labels("InvalidSpec").inc()
+            patch.status.update(invalid_status(
+                message=str(e), generation=snapshot["metadata"]["generation"],
+                previous=snapshot["status"],
+            ))  # fmt: skip
+            kopf.warn(body, reason="InvalidSpec", message=str(e))
+            raise kopf.PermanentError(f"invalid spec: {e}") from e
+        try:
+            status = reconcile(snapshot, spec, logger)
+        except ReconcileError as e:
+            m.RECONCILES.labels(trigger, "error").inc()
+            m.ERRORS.labels("ApiError").inc()
+            kopf.warn(body, reason="ReconcileFailed", message=str(e))
+            cause = e.__cause__
+            if isinstance(cause, KubeApiError) and cause.status in (400, 422):
+                # The API server refused a child built from passed-through fields
+                # (tolerations, affinity, metrics, behavior, env): the spec is at fault.
+                patch.status.update(invalid_status(
+                    message=f"refused by the API server: {e}",
+                    generation=snapshot["metadata"]["generation"], previous=snapshot["status"],
+                ))  # fmt: skip
+                raise kopf.PermanentError(str(e)) from e
+            raise kopf.TemporaryError(str(e), delay=RETRY_DELAY_S) from e
+        patch.status.update(status)
+        m.RECONCILES.labels(trigger, "ok").inc()
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def forget_modelservice(name: str, namespace: str, logger: kopf.Logger, **_: Any) -> None:
+    # optional=True: no finalizer. Children go with their owner references (garbage
+    # collection); nothing to clean up here but a log line.
+    logger.info("ModelService %s/%s deleted; children are garbage-collected", namespace, name)
+
+
+# --- children: drift and status ------------------------------------------------------------
+
+
+def _owner_of(child: Mapping[str, Any], index: kopf.Index) -> dict[str, Any] | None:
+    """The indexed ModelService that controls `child` (matching uid), if still alive."""
+    meta = child.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") != KIND or not ref.get("controller"):
+            continue
+        for snap in index.get((meta.get("namespace"), ref.get("name")), []):
+            if snap["metadata"]["uid"] == ref.get("uid") and not snap["metadata"].get(
+                "deletionTimestamp"
+            ):
+                return snap
+    return None
+
+
+def contains(live: Any, want: Any) -> bool:
+    """True when every field of `want` is present and equal in `live` (API defaults and
+    fields of other managers may add more). Scalars compare as strings because the API
+    returns quantities and ports as it normalized them."""
+    if isinstance(want, Mapping):
+        return isinstance(live, Mapping) and all(
+            k in live and contains(live[k], v) for k, v in want.items()
+        )
+    if isinstance(want, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(want)
+            and all(contains(a, b) for a, b in zip(live, want, strict=True))
+        )
+    return live == want or str(live) == str(want)
+
+
+def repair_drift(
+    child: Mapping[str, Any],
+    event_type: str | None,
+    index: kopf.Index,
+    logger: logging.Logger | Any,
+) -> dict[str, Any] | None:
+    """Re-apply a child that was deleted or edited away from its owner's spec.
+
+    Returns the owner snapshot (None if the child has no live owner or the owner's spec is
+    invalid) so callers can update its status.
+    """
+    owner = _owner_of(child, index)
+    if owner is None:
+        return None
+    try:
+        spec = parse_spec(owner["spec"], owner["metadata"]["name"])
+    except InvalidSpec:
+        return None
+    kind = child.get("kind")
+    wanted = next((c for c in desired_children(owner, spec) if c["kind"] == kind), None)
+    if wanted is None:
+        return owner  # e.g. an HPA while autoscaling is off: reconcile removes it
+    deleted = event_type == "DELETED"
+    if deleted or not contains(child, wanted):
+        what = "deleted" if deleted else "edited"
+        try:
+            _apply(wanted)
+        except ReconcileError as e:
+            logger.warning("could not restore %s %s: %s", kind, wanted["metadata"]["name"], e)
+            return owner
+        m.DRIFT_REPAIRS.labels(kind).inc()
+        logger.info("restored %s %s (%s by someone else)", kind, wanted["metadata"]["name"], what)
+        _normal_event(
+            _owner_body(owner),
+            reason="DriftRepaired",
+            message=f"{kind} {wanted['metadata']['name']} was {what} outside the "
+            "operator; restored it from the ModelService spec",
+        )
+    return owner
+
+
+def refresh_status(
+    owner: Mapping[str, Any],
+    deployment: Mapping[str, Any] | None,
+    hpa: Mapping[str, Any] | None,
+    logger: logging.Logger | Any,
+) -> None:
+    """Recompute the owner's status from its children and patch it when it changed.
+
+    `observedGeneration` belongs to the reconcile handler: this never writes it, and does
+    nothing before the first reconcile has (that reconcile's own status write comes back as
+    a ModelService event, which calls this again, so the last word is always the children's).
+    """
+    meta = owner["metadata"]
+    previous = owner.get("status") or {}
+    generation = previous.get("observedGeneration")
+    if generation is None or previous.get("phase") == Phase.FAILED.value:
+        return
+    try:
+        spec = parse_spec(owner["spec"], meta["name"])
+    except InvalidSpec:
+        return
+    status = compute_status(
+        name=meta["name"], namespace=meta["namespace"], generation=generation, spec=spec,
+        deployment=deployment, hpa=hpa, previous=previous,
+    )  # fmt: skip
+    del status["observedGeneration"]
+    if all(previous.get(k) == v for k, v in status.items()):
+        return
+    try:
+        client().patch_status(meta["namespace"], meta["name"], status)
+    except KubeApiError as e:
+        if e.status != 404:
+            logger.warning("could not update status of %s: %s", meta["name"], e)
+
+
+def _get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return client().get(kind, namespace, name)
+    except KubeApiError:
+        return None
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def modelservice_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_: Any) -> None:
+    """After any write to a ModelService (ours included), check its status against the
+    children once more: closes the race where the reconcile handler's status lands after
+    the children's last event. Quiet when nothing changed (no patch, no new event)."""
+    if type == "DELETED":
+        return
+    owner = _snapshot(body)
+    meta = owner["metadata"]
+    if meta.get("deletionTimestamp") or not (owner.get("status") or {}).get("phase"):
+        return
+    dep = _get("Deployment", meta["namespace"], meta["name"])
+    hpa = None
+    if owner["spec"].get("autoscaling"):
+        hpa = _get("HorizontalPodAutoscaler", meta["namespace"], meta["name"])
+    refresh_status(owner, dep, hpa, logger)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
+def deployment_event(
+    body: kopf.Body,
+    type: str | None,
+    msvc_by_name: kopf.Index,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    owner = repair_drift(body, type, msvc_by_name, logger)
+    if owner is None:
+        return
+    meta = owner["metadata"]
+    live = None if type == "DELETED" else body
+    hpa = None
+    if owner["spec"].get("autoscaling"):
+        hpa = _get("HorizontalPodAutoscaler", meta["namespace"], meta["name"])
+    refresh_status(owner, live, hpa, logger)
+
+
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_LABELS)
+def hpa_event(
+    body: kopf.Body,
+    type: str | None,
+    msvc_by_name: kopf.Index,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    owner = repair_drift(body, type, msvc_by_name, logger)
+    if owner is None or type == "DELETED":
+        return
+    meta = owner["metadata"]
+    dep = _get("Deployment", meta["namespace"], meta["name"])
+    refresh_status(owner, dep, body, logger)
+
+
+@kopf.on.event("v1", "services", labels=CHILD_LABELS)
+def service_event(
+    body: kopf.Body,
+    type: str | None,
+    msvc_by_name: kopf.Index,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    repair_drift(body, type, msvc_by_name, logger)
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
+def pdb_event(
+    body: kopf.Body,
+    type: str | None,
+    msvc_by_name: kopf.Index,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    repair_drift(body, type, msvc_by_name, logger)
+
+
+def _clean(value: Any) -> Any:
+    """kopf bodies are views; a plain copy keeps render/compare functions simple."""
+    if isinstance(value, Mapping):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value

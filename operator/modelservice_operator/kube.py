@@ -1,0 +1,154 @@
+"""Kubernetes API calls the operator makes (kubernetes client, synchronous).
+
+kopf runs sync handlers in worker threads, so blocking calls are fine here. Children are
+written with server-side apply under field manager `modelservice-operator`: each apply
+states the full intent for the fields we own, so repeating it is a no-op, and fields owned
+by others (the HPA's `spec.replicas`, a user's annotations) are left alone. `force=True`
+only takes back fields this manager declares, e.g. after someone edited them by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from modelservice_operator import FIELD_MANAGER, GROUP, PLURAL, VERSION
+
+# kind -> (API path prefix, plural)
+RESOURCES: dict[str, tuple[str, str]] = {
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "Service": ("/api/v1", "services"),
+    "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+    "ModelService": (f"/apis/{GROUP}/{VERSION}", PLURAL),
+}
+
+
+class KubeApiError(Exception):
+    """The API server answered with an error status (or could not be reached)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def object_path(kind: str, namespace: str, name: str | None = None) -> str:
+    prefix, plural = RESOURCES[kind]
+    path = f"{prefix}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+class Kube:
+    """Thin JSON-in/JSON-out wrapper over one kubernetes ApiClient."""
+
+    def __init__(self, api_client: Any) -> None:
+        self._api = api_client
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        try:
+            req = self._api.param_serialize(
+                method,
+                path,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            resp = self._api.call_api(*req, _request_timeout=timeout)
+            resp.read()
+            data = resp.data
+        except ApiException as e:
+            raise _api_error(e.status or 0, e.reason or "", e.body) from e
+        except (OSError, HTTPError) as e:
+            raise KubeApiError(0, "Unreachable", str(e)) from e
+        if not 200 <= resp.status <= 299:
+            raise _api_error(resp.status, getattr(resp, "reason", "") or "", data)
+        return json.loads(data) if data else {}
+
+    # --- children ---------------------------------------------------------------------------
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply `obj` (must carry kind, metadata.name and namespace)."""
+        meta = obj["metadata"]
+        return self.request(
+            "PATCH",
+            object_path(obj["kind"], meta["namespace"], meta["name"]),
+            body=dict(obj),
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", object_path(kind, namespace, name))
+        except KubeApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete if present; True when something was deleted."""
+        try:
+            self.request(
+                "DELETE",
+                object_path(kind, namespace, name),
+                body={"propagationPolicy": "Background"},
+            )
+        except KubeApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch a ModelService's status subresource (children-triggered updates)."""
+        self.request(
+            "PATCH",
+            object_path("ModelService", namespace, name) + "/status",
+            body={"status": dict(status)},
+            content_type="application/merge-patch+json",
+        )
+
+
+def _api_error(status: int, reason: str, body: Any) -> KubeApiError:
+    message = body.decode() if isinstance(body, bytes) else str(body or "")
+    with contextlib.suppress(ValueError, AttributeError):
+        message = json.loads(message).get("message", message)
+    return KubeApiError(status, reason, message)
+
+
+_lock = threading.Lock()
+_client: Kube | None = None
+
+
+def client() -> Kube:
+    """Process-wide Kube, configured from in-cluster credentials or the kubeconfig."""
+    global _client
+    with _lock:
+        if _client is None:
+            from kubernetes import client as k8s_client
+            from kubernetes import config as k8s_config
+
+            try:
+                k8s_config.load_incluster_config()
+            except k8s_config.ConfigException:
+                k8s_config.load_kube_config()
+            _client = Kube(k8s_client.ApiClient())
+        return _client

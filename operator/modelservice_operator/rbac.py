@@ -1,0 +1,55 @@
+"""The API permissions the operator uses, as RBAC PolicyRules (least privilege).
+
+Kept next to the code that makes the calls so the list stays true; the Helm chart's
+(Cluster)Role should grant exactly these, and tests/integration/test_operator_rbac.py runs
+the operator under a ServiceAccount bound to nothing else.
+
+- ModelServices: watched by kopf, patched for kopf's annotations, status written.
+- Children: server-side applied (PATCH; `create` for apply-creates on older servers),
+  watched for status and drift; only HPAs are ever deleted (autoscaling removed). Other
+  children go with their owner (garbage collection), never deleted by the operator.
+- Events: kopf posts them (core/v1).
+- Cluster-scoped reads for kopf: namespaces (namespace globs) and CRDs (resource scanning).
+- No Secrets, Pods, ReplicaSets or anything else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelservice_operator import GROUP, PLURAL
+
+_CHILD_VERBS = ["get", "list", "watch", "create", "patch"]
+
+NAMESPACED_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": _CHILD_VERBS},
+    {"apiGroups": [""], "resources": ["services"], "verbs": _CHILD_VERBS},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": _CHILD_VERBS},
+    {
+        "apiGroups": ["autoscaling"],
+        "resources": ["horizontalpodautoscalers"],
+        "verbs": [*_CHILD_VERBS, "delete"],
+    },
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+
+CLUSTER_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["get", "list", "watch"],
+    },
+]
+
+
+def cluster_role(name: str) -> dict[str, Any]:
+    """A ClusterRole with every rule (the all-namespaces installation)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": NAMESPACED_RULES + CLUSTER_RULES,
+    }

@@ -1,0 +1,366 @@
+"""Pure functions: validated spec -> child manifests (Deployment, Service, HPA, PDB).
+
+Nothing here talks to the API; handlers adopt (owner reference) and apply what these return.
+Every manifest is a complete server-side-apply intent: fields left out are fields the
+operator does not own (notably Deployment `spec.replicas` while an HPA owns the count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from typing import Any
+
+from modelservice_operator import FIELD_MANAGER, GROUP
+from modelservice_operator.spec import ModelServiceSpec
+
+APP_NAME = "modelservice-runtime"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
+
+HTTP_PORT = 8080
+SERVICE_PORT = 80
+MODEL_DIR = "/models"
+MODEL_FILE = f"{MODEL_DIR}/model.onnx"
+PVC_MOUNT = "/mnt/model-pvc"
+GPU_TOLERATION_KEY = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+RUN_AS_USER = 65532  # the runtime image's numeric USER (runtime/Dockerfile)
+PRESTOP_SLEEP_SECONDS = 5
+TERMINATION_GRACE_SECONDS = 45
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """Labels that select a ModelService's pods (immutable in the Deployment selector)."""
+    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: name}
+
+
+def labels(name: str) -> dict[str, str]:
+    """Labels every child carries (DESIGN.md)."""
+    return {**selector_labels(name), LABEL_MANAGED_BY: FIELD_MANAGER}
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items()))
+
+
+def service_url(name: str, namespace: str) -> str:
+    return f"http://{name}.{namespace}.svc.cluster.local"
+
+
+def spec_hash(spec: ModelServiceSpec) -> str:
+    """Hash of everything that shapes the pods; scaling fields are left out so that
+    `kubectl scale` or an autoscaling change never restarts pods."""
+    data = spec.model_dump(by_alias=True, exclude={"replicas", "autoscaling"}, mode="json")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _meta(name: str, namespace: str) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels(name)}
+
+
+def _model_path(spec: ModelServiceSpec) -> str:
+    pvc = spec.model.pvc_claim_and_path
+    return f"{PVC_MOUNT}/{pvc[1]}" if pvc else MODEL_FILE
+
+
+def _restricted_container_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _fmt_floats(values: list[float]) -> str:
+    return ",".join(repr(float(v)) for v in values)
+
+
+def serve_command(name: str, spec: ModelServiceSpec) -> list[str]:
+    """`modelservice serve` command line for the runtime container (TEAM.md contract)."""
+    rt = spec.runtime
+    cmd = [
+        "modelservice", "serve", _model_path(spec),
+        "--name", spec.model.name or name,
+        "--host", "0.0.0.0",
+        "--port", str(HTTP_PORT),
+        "--max-batch-size", str(rt.batching.max_batch_size),
+        "--max-batch-delay-us", str(rt.batching.max_delay_microseconds),
+        "--intra-op-threads", str(rt.threads.intra_op),
+        "--inter-op-threads", str(rt.threads.inter_op),
+        "--execution-provider", "cuda" if spec.gpu else "cpu",
+    ]  # fmt: skip
+    if rt.normalize is not None:
+        cmd += ["--normalize-mean", _fmt_floats(rt.normalize.mean)]
+        cmd += ["--normalize-std", _fmt_floats(rt.normalize.std)]
+    return cmd
+
+
+def fetch_command(spec: ModelServiceSpec) -> list[str] | None:
+    """`modelservice fetch` for the init container; None when nothing needs fetching
+    (a pvc:// model without a checksum is served in place)."""
+    pvc = spec.model.pvc_claim_and_path
+    if pvc is not None:
+        if not spec.model.sha256:
+            return None
+        # Verify the claim's file by copying it through the checksum into scratch space.
+        cmd = ["modelservice", "fetch", f"{PVC_MOUNT}/{pvc[1]}", "/verify/model.onnx"]
+    else:
+        cmd = ["modelservice", "fetch", spec.model.uri, MODEL_FILE]
+    if spec.model.sha256:
+        cmd += ["--sha256", spec.model.sha256.lower()]
+    return cmd
+
+
+def _runtime_resources(spec: ModelServiceSpec) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    if spec.resources.requests:
+        res["requests"] = {k: str(v) for k, v in spec.resources.requests.items()}
+    limits = {k: str(v) for k, v in spec.resources.limits.items()}
+    if spec.gpu is not None:
+        limits[spec.gpu.resource_name] = str(spec.gpu.count)
+    if limits:
+        res["limits"] = limits
+    return res
+
+
+def _init_resources(spec: ModelServiceSpec) -> dict[str, Any]:
+    """The runtime's cpu/memory (never the GPU: fetching needs none)."""
+    res = _runtime_resources(spec)
+    if spec.gpu is not None and "limits" in res:
+        res["limits"].pop(spec.gpu.resource_name, None)
+        if not res["limits"]:
+            del res["limits"]
+    return res
+
+
+def _env(spec: ModelServiceSpec) -> list[dict[str, Any]]:
+    env = [var.model_dump(by_alias=True, exclude_none=True) for var in spec.runtime.env]
+    if spec.runtime.auth is not None:
+        ref = spec.runtime.auth.secret_ref
+        env.append({
+            "name": "MODELSERVICE_AUTH_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+        })  # fmt: skip
+    return env
+
+
+def _http_probe(path: str, period: int, failures: int, timeout: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+    }
+
+
+def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> dict[str, Any]:
+    image = spec.runtime.image or default_image
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    init_mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    pvc = spec.model.pvc_claim_and_path
+    if pvc is not None:
+        volumes.append({
+            "name": "model-pvc",
+            "persistentVolumeClaim": {"claimName": pvc[0], "readOnly": True},
+        })  # fmt: skip
+        pvc_mount = {"name": "model-pvc", "mountPath": PVC_MOUNT, "readOnly": True}
+        mounts.append(pvc_mount)
+        init_mounts.append(pvc_mount)
+        if spec.model.sha256:
+            volumes.append({"name": "verify", "emptyDir": {}})
+            init_mounts.append({"name": "verify", "mountPath": "/verify"})
+    else:
+        volumes.append({"name": "model", "emptyDir": {}})
+        mounts.append({"name": "model", "mountPath": MODEL_DIR, "readOnly": True})
+        init_mounts.append({"name": "model", "mountPath": MODEL_DIR})
+
+    runtime: dict[str, Any] = {
+        "name": "runtime",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": serve_command(name, spec),
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "resources": _runtime_resources(spec),
+        "volumeMounts": mounts,
+        "startupProbe": _http_probe("/v2/health/ready", period=5, failures=120, timeout=3),
+        "readinessProbe": _http_probe("/v2/health/ready", period=5, failures=2, timeout=3),
+        "livenessProbe": _http_probe("/v2/health/live", period=10, failures=3, timeout=5),
+        # Keep serving while endpoints controllers and proxies drop the pod, then SIGTERM.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        "securityContext": _restricted_container_security(),
+    }
+    env = _env(spec)
+    if env:
+        runtime["env"] = env
+
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [runtime],
+        "volumes": volumes,
+    }
+    fetch = fetch_command(spec)
+    if fetch is not None:
+        init: dict[str, Any] = {
+            "name": "model-fetch",
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": fetch,
+            "resources": _init_resources(spec),
+            "volumeMounts": init_mounts,
+            "securityContext": _restricted_container_security(),
+        }
+        if spec.model.secret_ref is not None:
+            init["envFrom"] = [{"secretRef": {"name": spec.model.secret_ref.name}}]
+        pod["initContainers"] = [init]
+
+    node_selector = dict(spec.node_selector)
+    tolerations = [dict(t) for t in spec.tolerations]
+    if spec.gpu is not None:
+        gpu_toleration = {"key": GPU_TOLERATION_KEY, "operator": "Exists", "effect": "NoSchedule"}
+        if gpu_toleration not in tolerations:
+            tolerations.append(gpu_toleration)
+        if spec.gpu.product:
+            node_selector[GPU_PRODUCT_LABEL] = spec.gpu.product
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if spec.affinity:
+        pod["affinity"] = dict(spec.affinity)
+    return pod
+
+
+def render_deployment(
+    name: str, namespace: str, spec: ModelServiceSpec, default_image: str
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(name, namespace),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(name)},
+            "revisionHistoryLimit": 3,
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels(name),
+                    "annotations": {
+                        SPEC_HASH_ANNOTATION: spec_hash(spec),
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(HTTP_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": render_pod_spec(name, spec, default_image),
+            },
+        },
+    }
+    if spec.autoscaling is None:
+        # Only without an HPA: with one, leaving replicas out of the apply hands the field
+        # to the HPA instead of fighting it on every reconcile.
+        body["spec"]["replicas"] = spec.fixed_replicas
+    return body
+
+
+def render_service(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, namespace),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(name),
+            "ports": [
+                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def render_hpa(name: str, namespace: str, spec: ModelServiceSpec) -> dict[str, Any] | None:
+    a = spec.autoscaling
+    if a is None:
+        return None
+    metrics: list[dict[str, Any]] = []
+    if a.target_cpu_utilization_percentage > 0:
+        metrics.append({
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {
+                    "type": "Utilization",
+                    "averageUtilization": a.target_cpu_utilization_percentage,
+                },
+            },
+        })  # fmt: skip
+    metrics += [dict(m) for m in a.metrics]
+    hpa_spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+        "minReplicas": a.min_replicas,
+        "maxReplicas": a.max_replicas,
+        "metrics": metrics,
+    }
+    if a.behavior:
+        hpa_spec["behavior"] = dict(a.behavior)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(name, namespace),
+        "spec": hpa_spec,
+    }
+
+
+def render_pdb(name: str, namespace: str) -> dict[str, Any]:
+    """At most one pod voluntarily disrupted at a time; with one replica this still lets a
+    node drain (minAvailable 1 would block it forever), with more it keeps capacity."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(name, namespace),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(name)},
+            # A crash-looping pod must not block drains.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def render_children(
+    name: str, namespace: str, spec: ModelServiceSpec, default_image: str
+) -> list[dict[str, Any]]:
+    """Every child that should exist, in apply order (the HPA after its target)."""
+    children = [
+        render_deployment(name, namespace, spec, default_image),
+        render_service(name, namespace),
+        render_pdb(name, namespace),
+    ]
+    hpa = render_hpa(name, namespace, spec)
+    if hpa is not None:
+        children.append(hpa)
+    return children
+
+
+def describe_command(cmd: list[str]) -> str:
+    """Shell-quoted command line, for events and logs."""
+    return shlex.join(cmd)

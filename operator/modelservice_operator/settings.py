@@ -1,0 +1,50 @@
+"""Operator settings, read from the environment once at startup (Helm sets these)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_RUNTIME_IMAGE = "ghcr.io/modelservice/modelservice-runtime:0.1.0"
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{key}: expected an integer (got {raw!r})") from None
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """What the operator needs to know that is not in any ModelService.
+
+    - MODELSERVICE_RUNTIME_IMAGE: image used when spec.runtime.image is empty.
+    - MODELSERVICE_NAMESPACES: comma-separated namespaces (kopf globs allowed) to watch;
+      empty means all namespaces.
+    - MODELSERVICE_OPERATOR_PROBE_PORT: liveness endpoint port (kopf /healthz); 0 disables.
+    - MODELSERVICE_OPERATOR_METRICS_PORT: Prometheus /metrics port; 0 disables.
+    """
+
+    runtime_image: str = DEFAULT_RUNTIME_IMAGE
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+    probe_port: int = 8080
+    metrics_port: int = 9090
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
+        env = os.environ if env is None else env
+        namespaces = tuple(
+            n.strip() for n in env.get("MODELSERVICE_NAMESPACES", "").split(",") if n.strip()
+        )
+        return cls(
+            runtime_image=env.get("MODELSERVICE_RUNTIME_IMAGE", "").strip()
+            or DEFAULT_RUNTIME_IMAGE,
+            namespaces=namespaces,
+            probe_port=_int(env, "MODELSERVICE_OPERATOR_PROBE_PORT", 8080),
+            metrics_port=_int(env, "MODELSERVICE_OPERATOR_METRICS_PORT", 9090),
+        )

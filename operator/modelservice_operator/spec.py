@@ -1,0 +1,584 @@
+"""The ModelService spec as pydantic models: the one source of truth.
+
+The CRD's OpenAPI schema (descriptions, defaults, bounds, patterns and the CEL rules in
+`cel_rules`) is generated from these classes by `crd.py`, and the operator validates every
+spec with them again before rendering. Rules the API server enforces through CEL are
+mirrored by `model_validator`s here so the two never disagree; rules that depend on the
+operator rather than on the API (names of variables the operator sets, the Service name
+limit) live only here and surface as status reason InvalidSpec.
+
+Validation errors read as `spec.autoscaling.minReplicas: must be <= maxReplicas (got 5 > 3)`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+# --- shared types -------------------------------------------------------------------------
+
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_LABEL_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+URI_SCHEMES = ("https", "http", "file", "pvc", "s3")
+URI_PATTERN = r"^(https?|file|pvc|s3)://.+$"
+PVC_URI_PATTERN = r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+$"
+SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+MODEL_NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+RESOURCE_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$"
+)
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+# Environment variables the operator sets on the runtime container itself; a user `env`
+# entry with one of these names would be silently shadowed, so it is refused instead.
+OPERATOR_ENV_NAMES = frozenset(
+    {
+        "MODELSERVICE_MODEL",
+        "MODELSERVICE_NAME",
+        "MODELSERVICE_HOST",
+        "MODELSERVICE_PORT",
+        "MODELSERVICE_MAX_BATCH_SIZE",
+        "MODELSERVICE_MAX_BATCH_DELAY_US",
+        "MODELSERVICE_INTRA_OP_THREADS",
+        "MODELSERVICE_INTER_OP_THREADS",
+        "MODELSERVICE_EXECUTION_PROVIDER",
+        "MODELSERVICE_NORMALIZE_MEAN",
+        "MODELSERVICE_NORMALIZE_STD",
+        "MODELSERVICE_AUTH_TOKEN",
+    }
+)
+
+
+class QuantityMarker:
+    """Annotated marker: a core/v1 resource.Quantity (int or string), for the CRD generator."""
+
+
+def _check_quantity(value: Any) -> int | str:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and re.fullmatch(QUANTITY_PATTERN, value):
+        return value
+    raise ValueError(f"must be a Kubernetes quantity such as 500m, 2 or 1Gi (got {value!r})")
+
+
+Quantity = Annotated[int | str, PlainValidator(_check_quantity), QuantityMarker()]
+
+
+@dataclass(frozen=True)
+class CelRule:
+    """A cross-field rule, enforced by the API server (CEL) and mirrored by a validator."""
+
+    rule: str
+    message: str
+    field_path: str | None = None
+
+    def to_schema(self) -> dict[str, str]:
+        out = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        return out
+
+
+class SpecRuleError(ValueError):
+    """A cross-field rule failed; `field` is relative to the model the rule sits on."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class InvalidSpec(Exception):
+    """The spec failed validation; `errors` are `path: what was expected` lines."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+    @property
+    def first_field(self) -> str:
+        return self.errors[0].split(":", 1)[0] if self.errors else "spec"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
+
+
+# --- model -----------------------------------------------------------------------------------
+
+
+class LocalObjectReference(_Model):
+    """Reference to an object in the ModelService's namespace."""
+
+    name: str = Field(
+        description="Name of the Secret in the ModelService's namespace.",
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+    )
+
+
+class ModelSource(_Model):
+    """Where the ONNX model comes from and how to check it."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="!self.uri.startsWith('pvc://') || self.uri.matches('" + PVC_URI_PATTERN + "')",
+            message="a pvc:// uri must be pvc://<claim>/<path inside the claim>",
+            field_path=".uri",
+        ),
+    )
+
+    uri: str = Field(
+        description=(
+            "Location of the ONNX model: https://host/path/model.onnx, http://..., "
+            "file:///path (inside the runtime image), pvc://<claim>/<path> (mounted read-only, "
+            "no download) or s3://bucket/key."
+        ),
+        min_length=1,
+        max_length=2048,
+        pattern=URI_PATTERN,
+    )
+    sha256: str | None = Field(
+        default=None,
+        description=(
+            "Expected SHA-256 of the model file (64 hex digits); verified before the runtime "
+            "starts, a mismatch fails the model-fetch init container."
+        ),
+        pattern=SHA256_PATTERN,
+    )
+    name: str | None = Field(
+        default=None,
+        description="Model name served on /v2/models/<name>; defaults to metadata.name.",
+        max_length=253,
+        pattern=MODEL_NAME_PATTERN,
+    )
+    secret_ref: LocalObjectReference | None = Field(
+        default=None,
+        description=(
+            "Secret whose keys become environment variables of the model-fetch init container "
+            "only: MODELSERVICE_FETCH_TOKEN (bearer), MODELSERVICE_FETCH_USERNAME/PASSWORD "
+            "(basic), or AWS_* for s3."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _pvc_form(self) -> ModelSource:
+        if self.uri.startswith("pvc://") and not re.fullmatch(PVC_URI_PATTERN, self.uri):
+            raise SpecRuleError(
+                "uri",
+                f"a pvc:// uri must be pvc://<claim>/<path inside the claim> (got {self.uri!r})",
+            )
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return self.uri.split("://", 1)[0]
+
+    @property
+    def pvc_claim_and_path(self) -> tuple[str, str] | None:
+        """(claim, path) for a pvc:// uri, else None."""
+        if self.scheme != "pvc":
+            return None
+        claim, _, path = self.uri[len("pvc://") :].partition("/")
+        return claim, path
+
+
+# --- runtime ---------------------------------------------------------------------------------
+
+
+class BatchingSpec(_Model):
+    """Server-side dynamic batching of concurrent requests."""
+
+    max_batch_size: int = Field(
+        default=32,
+        ge=0,
+        le=4096,
+        description="Largest batch the runtime assembles; 0 or 1 disables batching.",
+    )
+    max_delay_microseconds: int = Field(
+        default=500,
+        ge=0,
+        le=10_000_000,
+        description="How long the first request of a batch waits for more, in microseconds.",
+    )
+
+
+class ThreadsSpec(_Model):
+    """onnxruntime thread pools."""
+
+    intra_op: int = Field(
+        default=0, ge=0, le=1024, description="Intra-op threads; 0 = onnxruntime default."
+    )
+    inter_op: int = Field(
+        default=0, ge=0, le=1024, description="Inter-op threads; 0 = onnxruntime default."
+    )
+
+
+class NormalizeSpec(_Model):
+    """Per-channel input normalization, (x - mean) / std, applied by the runtime."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="size(self.mean) == size(self.std)",
+            message="must have as many entries as mean",
+            field_path=".std",
+        ),
+        CelRule(
+            rule="self.std.all(s, s != 0.0)", message="entries must be non-zero", field_path=".std"
+        ),
+    )
+
+    mean: list[float] = Field(
+        description="Per-channel mean, e.g. [0.485, 0.456, 0.406].", min_length=1, max_length=64
+    )
+    std: list[float] = Field(
+        description="Per-channel standard deviation, same length as mean, non-zero.",
+        min_length=1,
+        max_length=64,
+    )
+
+    @model_validator(mode="after")
+    def _same_length(self) -> NormalizeSpec:
+        if len(self.mean) != len(self.std):
+            raise SpecRuleError(
+                "std",
+                f"must have as many entries as mean (got {len(self.std)} != {len(self.mean)})",
+            )
+        if any(s == 0 for s in self.std):
+            raise SpecRuleError("std", f"entries must be non-zero (got {self.std})")
+        return self
+
+
+class EnvVar(_Model):
+    """A core/v1 EnvVar (name plus value or valueFrom), passed to the runtime container."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(
+        description="Environment variable name.",
+        min_length=1,
+        max_length=256,
+        pattern=ENV_NAME_PATTERN,
+    )
+
+
+class SecretKeyRef(_Model):
+    """A key in a Secret in the ModelService's namespace."""
+
+    name: str = Field(
+        description="Name of the Secret.",
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+    )
+    key: str = Field(
+        default="token", description="Key within the Secret.", min_length=1, max_length=253
+    )
+
+
+class AuthSpec(_Model):
+    """Bearer-token authentication on the runtime's HTTP API."""
+
+    secret_ref: SecretKeyRef = Field(
+        description=(
+            "Secret key holding the token; passed as MODELSERVICE_AUTH_TOKEN via secretKeyRef "
+            "(the operator never reads Secrets)."
+        )
+    )
+
+
+class RuntimeSpec(_Model):
+    """The inference runtime container."""
+
+    image: str | None = Field(
+        default=None,
+        description="Runtime image; defaults to the operator's MODELSERVICE_RUNTIME_IMAGE.",
+        min_length=1,
+        max_length=1024,
+    )
+    batching: BatchingSpec = Field(
+        default_factory=BatchingSpec, description="Dynamic batching settings."
+    )
+    threads: ThreadsSpec = Field(
+        default_factory=ThreadsSpec, description="onnxruntime thread pool sizes."
+    )
+    normalize: NormalizeSpec | None = Field(
+        default=None, description="Optional per-channel input normalization."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        description="Extra core/v1 EnvVar entries for the runtime container.",
+        max_length=128,
+    )
+    auth: AuthSpec | None = Field(
+        default=None, description="Require a bearer token from a Secret on every request."
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _no_operator_env(cls, env: list[EnvVar]) -> list[EnvVar]:
+        for i, var in enumerate(env):
+            if var.name in OPERATOR_ENV_NAMES:
+                raise SpecRuleError(
+                    f"[{i}].name",
+                    f"{var.name} is set by the operator from other spec fields; "
+                    "set the matching spec field instead",
+                )
+        return env
+
+
+# --- resources, gpu, scaling --------------------------------------------------------------
+
+
+def _default_requests() -> dict[str, int | str]:
+    return {"cpu": "500m", "memory": "1Gi"}
+
+
+class ResourcesSpec(_Model):
+    """core/v1 ResourceRequirements of the runtime container (quantities)."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=_default_requests,
+        description="Minimum resources, e.g. {cpu: '1', memory: 1Gi}; cpu is required for "
+        "CPU-utilization autoscaling.",
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict,
+        description="Maximum resources, e.g. {memory: 2Gi}. GPUs go in spec.gpu.",
+    )
+
+
+class GpuSpec(_Model):
+    """GPU request: a device-plugin resource limit, toleration and CUDA execution."""
+
+    count: int = Field(default=1, ge=1, le=64, description="GPUs per pod (>= 1).")
+    resource_name: str = Field(
+        default="nvidia.com/gpu",
+        description="Extended resource to request, e.g. nvidia.com/gpu or a MIG profile "
+        "such as nvidia.com/mig-1g.5gb.",
+        max_length=253,
+        pattern=RESOURCE_NAME_PATTERN,
+    )
+    product: str = Field(
+        default="",
+        description="If set, pods are pinned to nodes labelled nvidia.com/gpu.product=<product>.",
+        max_length=63,
+    )
+
+
+class AutoscalingSpec(_Model):
+    """HorizontalPodAutoscaler (autoscaling/v2) settings; the HPA then owns the replica count."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.minReplicas <= self.maxReplicas",
+            message="must be <= maxReplicas",
+            field_path=".minReplicas",
+        ),
+        CelRule(
+            rule="self.targetCPUUtilizationPercentage > 0 || "
+            "(has(self.metrics) && size(self.metrics) > 0)",
+            message="0 disables the CPU target, which needs at least one entry in metrics",
+            field_path=".targetCPUUtilizationPercentage",
+        ),
+    )
+
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Lowest replica count.")
+    max_replicas: int = Field(ge=1, le=1000, description="Highest replica count.")
+    target_cpu_utilization_percentage: int = Field(
+        default=70,
+        ge=0,
+        le=1000,
+        alias="targetCPUUtilizationPercentage",
+        description="Target average CPU utilization (percent of requests.cpu); 0 = no CPU "
+        "metric (then metrics must not be empty).",
+    )
+    metrics: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Extra autoscaling/v2 MetricSpec entries, passed through to the HPA "
+        "(e.g. a Pods metric on in-flight requests).",
+        max_length=16,
+    )
+    behavior: dict[str, Any] = Field(
+        default_factory=dict,
+        description="autoscaling/v2 HorizontalPodAutoscalerBehavior, passed through.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise SpecRuleError(
+                "minReplicas",
+                f"must be <= maxReplicas (got {self.min_replicas} > {self.max_replicas})",
+            )
+        if self.target_cpu_utilization_percentage == 0 and not self.metrics:
+            raise SpecRuleError(
+                "targetCPUUtilizationPercentage",
+                "0 disables the CPU target, which needs at least one entry in metrics",
+            )
+        return self
+
+
+class ModelServiceSpec(_Model):
+    """Desired state of a ModelService: a model served by an autoscaled runtime Deployment."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="!has(self.autoscaling) || !has(self.replicas) || "
+            "(self.replicas >= self.autoscaling.minReplicas && "
+            "self.replicas <= self.autoscaling.maxReplicas)",
+            message="must lie within autoscaling.minReplicas..maxReplicas; while autoscaling "
+            "is set the HorizontalPodAutoscaler owns the replica count",
+            field_path=".replicas",
+        ),
+        CelRule(
+            rule="!has(self.autoscaling) || self.autoscaling.targetCPUUtilizationPercentage == 0"
+            " || (has(self.resources) && has(self.resources.requests) && "
+            "'cpu' in self.resources.requests)",
+            message="requests.cpu is required when autoscaling.targetCPUUtilizationPercentage "
+            "is set (utilization is measured against it)",
+            field_path=".resources",
+        ),
+    )
+
+    model: ModelSource = Field(description="The ONNX model to serve.")
+    runtime: RuntimeSpec = Field(
+        default_factory=RuntimeSpec, description="Runtime container settings."
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec,
+        description="core/v1 ResourceRequirements of the runtime container.",
+    )
+    gpu: GpuSpec | None = Field(default=None, description="Request GPUs for each pod.")
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Pod count when autoscaling is absent (default 1); the scale subresource "
+        "writes here. Ignored (and must lie within min..max) while autoscaling is set.",
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None, description="Scale with a HorizontalPodAutoscaler instead of replicas."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Pod nodeSelector (merged with the GPU product one)."
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="core/v1 Toleration entries for the pods (the GPU one is added for you).",
+        max_length=64,
+    )
+    affinity: dict[str, Any] = Field(
+        default_factory=dict, description="core/v1 Affinity for the pods, passed through."
+    )
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> ModelServiceSpec:
+        a = self.autoscaling
+        if (
+            a is not None
+            and self.replicas is not None
+            and not (a.min_replicas <= self.replicas <= a.max_replicas)
+        ):
+            raise SpecRuleError(
+                "replicas",
+                f"must lie within autoscaling.minReplicas..maxReplicas (got {self.replicas} "
+                f"outside {a.min_replicas}..{a.max_replicas}); while autoscaling is set the "
+                "HorizontalPodAutoscaler owns the replica count",
+            )
+        if (
+            a is not None
+            and a.target_cpu_utilization_percentage > 0
+            and "cpu" not in self.resources.requests
+        ):
+            raise SpecRuleError(
+                "resources.requests.cpu",
+                "required when autoscaling.targetCPUUtilizationPercentage is set "
+                "(utilization is measured against it)",
+            )
+        return self
+
+    @property
+    def fixed_replicas(self) -> int:
+        """Replica count the Deployment gets when there is no HPA."""
+        return 1 if self.replicas is None else self.replicas
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+
+def _path(root: str, loc: tuple[int | str, ...]) -> str:
+    out = root
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _join(base: str, rel: str) -> str:
+    return base + rel if rel.startswith("[") else f"{base}.{rel}"
+
+
+def format_validation_error(exc: ValidationError, root: str = "spec") -> list[str]:
+    """One `path: what was expected (got ...)` line per pydantic error."""
+    lines: list[str] = []
+    for err in exc.errors():
+        path = _path(root, tuple(err["loc"]))
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, SpecRuleError):
+            lines.append(f"{_join(path, cause.field)}: {cause.message}")
+        elif isinstance(cause, Exception):
+            lines.append(f"{path}: {cause}")
+        elif err["type"] == "missing":
+            lines.append(f"{path}: required")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown field")
+        else:
+            msg = err["msg"][0].lower() + err["msg"][1:]
+            lines.append(f"{path}: {msg} (got {err.get('input')!r})")
+    return lines
+
+
+def parse_spec(spec: Mapping[str, Any], name: str | None = None) -> ModelServiceSpec:
+    """Validate a ModelService spec (and the name the children will carry).
+
+    Raises InvalidSpec whose lines name each bad field.
+    """
+    errors: list[str] = []
+    if name is not None and (len(name) > 63 or not DNS_LABEL_1035.match(name)):
+        errors.append(
+            f"metadata.name: must be a DNS-1035 label of at most 63 characters (lowercase "
+            f"letters, digits, '-', starting with a letter) because the Service carries it "
+            f"(got {name!r})"
+        )
+    try:
+        parsed = ModelServiceSpec.model_validate(dict(spec))
+    except ValidationError as e:
+        errors.extend(format_validation_error(e))
+        raise InvalidSpec(errors) from None
+    if errors:
+        raise InvalidSpec(errors)
+    return parsed

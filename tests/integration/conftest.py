@@ -1,0 +1,264 @@
+"""Fixtures for tests against the real local control plane (`make cluster-up`).
+
+- `kctl` (session): kubectl bound to $KUBECONFIG or .cache/cluster/kubeconfig; every test that
+  uses it is skipped, with the reason, when the kubeconfig is absent or the API unreachable.
+- `modelservice_crd` (session): crds/ applied once with kubectl and waited to be Established.
+- `modelservice_operator` (session): `modelservice operator` as a subprocess, watching only
+  this session's namespaces (a kopf glob), logging to a file that failures print.
+- `msvc_namespace` (per test): a fresh namespace; ModelServices are deleted while the
+  operator still runs, then the namespace.
+
+Every wait has a deadline and names what it waited for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_KUBECONFIG = REPO_ROOT / ".cache" / "cluster" / "kubeconfig"
+CRD_PATH = REPO_ROOT / "crds" / "modelservices.serving.modelservice.io.yaml"
+CRD_NAME = "modelservices.serving.modelservice.io"
+# kwok never pulls images; the name only has to be recognisable in assertions.
+TEST_RUNTIME_IMAGE = "registry.invalid/modelservice-runtime:it"
+SESSION_ID = uuid.uuid4().hex[:6]
+NAMESPACE_PREFIX = f"msvc-it-{SESSION_ID}"
+
+T = TypeVar("T")
+
+
+def wait_until(
+    what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.5
+) -> T:
+    """Poll `probe` until it returns something truthy; fail naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = probe()
+        except AssertionError as e:  # a kubectl error counts as "not yet"
+            last = e
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}"
+            )
+        time.sleep(interval)
+
+
+def _binary(name: str) -> str:
+    local = REPO_ROOT / ".cache" / "bin" / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+@dataclass
+class Kubectl:
+    """kubectl bound to one kubeconfig; failures carry kubectl's stderr."""
+
+    kubeconfig: Path
+    binary: str = field(default_factory=lambda: _binary("kubectl"))
+
+    def run(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [self.binary, "--kubeconfig", str(self.kubeconfig), "--request-timeout=20s", *args]
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc
+
+    def apply(
+        self, manifest: dict[str, Any] | str, namespace: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        return self.run("apply", "-n", namespace, "-f", "-", stdin=text, check=check)
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any]:
+        return json.loads(self.run("get", kind, name, "-n", namespace, "-o", "json").stdout)
+
+    def maybe_get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        proc = self.run(
+            "get", kind, name, "-n", namespace, "-o", "json", "--ignore-not-found", check=False
+        )
+        if proc.returncode != 0:
+            raise AssertionError(proc.stderr.strip())
+        return json.loads(proc.stdout) if proc.stdout.strip() else None
+
+    def list(self, kind: str, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
+        args = ["get", kind, "-n", namespace, "-o", "json"]
+        if selector:
+            args += ["-l", selector]
+        return json.loads(self.run(*args).stdout)["items"]
+
+    def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.list("events", namespace)
+            if e.get("involvedObject", {}).get("kind") == "ModelService"
+            and e["involvedObject"].get("name") == name
+        ]
+
+
+@pytest.fixture(scope="session")
+def kctl() -> Kubectl:
+    kubeconfig = Path(os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG)
+    if not kubeconfig.is_file():
+        pytest.skip(
+            f"no kubeconfig at {kubeconfig}: start the local control plane with "
+            "`make cluster-up` (or run `make test`)"
+        )
+    k = Kubectl(kubeconfig)
+    deadline = time.monotonic() + 60  # a control plane still starting gets a minute
+    while True:
+        try:
+            proc = k.run("get", "--raw", "/readyz", check=False, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            pytest.skip(f"kubectl could not reach the API server of {kubeconfig}: {e}")
+        if proc.returncode == 0:
+            return k
+        if time.monotonic() > deadline:
+            pytest.skip(f"API server of {kubeconfig} is not ready: {proc.stderr.strip()[:300]}")
+        time.sleep(2)
+
+
+@pytest.fixture(scope="session")
+def modelservice_crd(kctl: Kubectl) -> str:
+    kctl.run("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
+    kctl.run("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s", timeout=90)
+    # Discovery caches can lag the Established condition by a moment.
+    wait_until(
+        "kubectl to discover the msvc short name",
+        lambda: kctl.run("get", "msvc", "-A", check=False).returncode == 0,
+        timeout=30,
+    )
+    return CRD_NAME
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class OperatorProcess:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    probe_port: int
+    metrics_port: int
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.read().decode()
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def run_operator(
+    kubeconfig: Path, namespace_glob: str, log_path: Path
+) -> Iterator[OperatorProcess]:
+    """`modelservice operator` in a subprocess watching `namespace_glob`; stopped by PID."""
+    probe_port, metrics_port = _free_port(), _free_port()
+    env = os.environ | {
+        "KUBECONFIG": str(kubeconfig),
+        "MODELSERVICE_RUNTIME_IMAGE": TEST_RUNTIME_IMAGE,
+        "MODELSERVICE_NAMESPACES": namespace_glob,
+        "MODELSERVICE_OPERATOR_PROBE_PORT": str(probe_port),
+        "MODELSERVICE_OPERATOR_METRICS_PORT": str(metrics_port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [
+        sys.executable, "-m", "modelservice_runtime.cli", "operator",
+        f"--liveness=http://127.0.0.1:{probe_port}/healthz",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    op = OperatorProcess(proc, log_path, probe_port, metrics_port)
+    try:
+        wait_until(
+            "the operator's liveness endpoint (modelservice operator started)",
+            lambda: (proc.poll() is None and _healthy(probe_port)) or proc.poll() is not None,
+            timeout=90,
+        )
+        if proc.poll() is not None:
+            pytest.fail(f"modelservice operator exited {proc.returncode}:\n{op.log_tail()}")
+        yield op
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def modelservice_operator(
+    kctl: Kubectl, modelservice_crd: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    with run_operator(kctl.kubeconfig, f"{NAMESPACE_PREFIX}-*", log_path) as op:
+        yield op
+
+
+@pytest.fixture
+def msvc_namespace(
+    request: pytest.FixtureRequest, kctl: Kubectl, modelservice_operator: OperatorProcess
+) -> Iterator[str]:
+    name = f"{NAMESPACE_PREFIX}-{uuid.uuid4().hex[:6]}"
+    kctl.run("create", "namespace", name)
+    yield name
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        print(f"--- operator log (tail) ---\n{modelservice_operator.log_tail(120)}")
+    # Delete ModelServices while the operator still runs, then the namespace (no wait: the
+    # namespace controller finishes it in the background).
+    kctl.run(
+        "delete",
+        "msvc",
+        "--all",
+        "-n",
+        name,
+        "--wait=true",
+        "--timeout=60s",
+        check=False,
+        timeout=90,
+    )
+    kctl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)

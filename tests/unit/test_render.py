@@ -1,0 +1,361 @@
+"""Rendered children: every field of the Deployment, Service, HPA and PDB that matters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from modelservice_operator.render import (
+    SPEC_HASH_ANNOTATION,
+    labels,
+    render_children,
+    render_deployment,
+    render_hpa,
+    render_pdb,
+    render_service,
+    selector_string,
+    service_url,
+)
+from modelservice_operator.spec import parse_spec
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+IMAGE = "registry.local/modelservice-runtime:test"
+URI = "https://models.example.com/m.onnx"
+SHA = "ab" * 32
+
+
+def _spec(**extra: Any):
+    return parse_spec({"model": {"uri": URI}, **extra}, "demo")
+
+
+def _pod(spec) -> dict[str, Any]:
+    return render_deployment("demo", "ns1", spec, IMAGE)["spec"]["template"]["spec"]
+
+
+def _container(spec, name: str = "runtime") -> dict[str, Any]:
+    pod = _pod(spec)
+    return next(c for c in pod["containers"] + pod.get("initContainers", []) if c["name"] == name)
+
+
+def _example(name: str) -> tuple[str, Any]:
+    doc = yaml.safe_load((EXAMPLES / name).read_text())
+    return doc["metadata"]["name"], parse_spec(doc["spec"], doc["metadata"]["name"])
+
+
+EXPECTED_LABELS = {
+    "app.kubernetes.io/name": "modelservice-runtime",
+    "app.kubernetes.io/instance": "demo",
+    "app.kubernetes.io/managed-by": "modelservice-operator",
+}
+
+
+def test_every_child_has_name_namespace_and_design_labels() -> None:
+    spec = _spec(autoscaling={"maxReplicas": 3})
+    children = render_children("demo", "ns1", spec, IMAGE)
+    assert [c["kind"] for c in children] == [
+        "Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler",
+    ]  # fmt: skip
+    for child in children:
+        assert child["metadata"] == {"name": "demo", "namespace": "ns1", "labels": EXPECTED_LABELS}
+    assert labels("demo") == EXPECTED_LABELS
+
+
+def test_deployment_basics_and_rolling_update() -> None:
+    dep = render_deployment("demo", "ns1", _spec(replicas=3), IMAGE)
+    assert dep["apiVersion"] == "apps/v1" and dep["kind"] == "Deployment"
+    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["selector"] == {
+        "matchLabels": {
+            "app.kubernetes.io/name": "modelservice-runtime",
+            "app.kubernetes.io/instance": "demo",
+        }
+    }
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    tmpl = dep["spec"]["template"]
+    assert tmpl["metadata"]["labels"] == EXPECTED_LABELS
+    assert set(dep["spec"]["selector"]["matchLabels"].items()) <= set(
+        tmpl["metadata"]["labels"].items()
+    )
+    assert tmpl["metadata"]["annotations"]["prometheus.io/port"] == "8080"
+    assert render_deployment("demo", "ns1", _spec(), IMAGE)["spec"]["replicas"] == 1
+
+
+def test_autoscaled_deployment_leaves_replicas_to_the_hpa() -> None:
+    dep = render_deployment("demo", "ns1", _spec(autoscaling={"maxReplicas": 3}), IMAGE)
+    assert "replicas" not in dep["spec"]
+
+
+def test_spec_hash_rolls_on_pod_changes_but_not_on_scaling() -> None:
+    def h(spec) -> str:
+        return render_deployment("demo", "ns1", spec, IMAGE)["spec"]["template"]["metadata"][
+            "annotations"
+        ][SPEC_HASH_ANNOTATION]
+
+    base = h(_spec(replicas=1))
+    assert h(_spec(replicas=5)) == base
+    assert h(_spec(autoscaling={"maxReplicas": 5})) == base
+    assert h(_spec(replicas=1, runtime={"batching": {"maxBatchSize": 8}})) != base
+    assert h(parse_spec({"model": {"uri": URI + "?v=2"}}, "demo")) != base
+    assert len(base) == 16
+
+
+def test_runtime_container_command_ports_and_probes() -> None:
+    c = _container(
+        _spec(
+            runtime={
+                "batching": {"maxBatchSize": 8, "maxDelayMicroseconds": 900},
+                "threads": {"intraOp": 2, "interOp": 1},
+            }
+        )
+    )
+    assert c["image"] == IMAGE
+    assert c["command"] == [
+        "modelservice", "serve", "/models/model.onnx", "--name", "demo", "--host", "0.0.0.0",
+        "--port", "8080", "--max-batch-size", "8", "--max-batch-delay-us", "900",
+        "--intra-op-threads", "2", "--inter-op-threads", "1", "--execution-provider", "cpu",
+    ]  # fmt: skip
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    for probe, path in (
+        ("startupProbe", "/v2/health/ready"),
+        ("readinessProbe", "/v2/health/ready"),
+        ("livenessProbe", "/v2/health/live"),
+    ):
+        assert c[probe]["httpGet"] == {"path": path, "port": "http"}
+    # the startup probe gives a big model time to load; readiness reacts fast
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 300
+    assert c["readinessProbe"]["periodSeconds"] <= 5
+    assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert {"name": "model", "mountPath": "/models", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+
+
+def test_model_name_and_normalize_flags() -> None:
+    c = _container(
+        parse_spec(
+            {
+                "model": {"uri": URI, "name": "resnet"},
+                "runtime": {
+                    "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+                },
+            },
+            "demo",
+        )
+    )
+    cmd = c["command"]
+    assert cmd[cmd.index("--name") + 1] == "resnet"
+    assert cmd[cmd.index("--normalize-mean") + 1] == "0.485,0.456,0.406"
+    assert cmd[cmd.index("--normalize-std") + 1] == "0.229,0.224,0.225"
+
+
+def test_init_container_fetches_the_model_with_checksum_and_credentials() -> None:
+    spec = parse_spec(
+        {"model": {"uri": URI, "sha256": SHA.upper(), "secretRef": {"name": "creds"}}}, "demo"
+    )
+    init = _container(spec, "model-fetch")
+    assert init["image"] == IMAGE
+    assert init["command"] == ["modelservice", "fetch", URI, "/models/model.onnx", "--sha256", SHA]
+    assert init["envFrom"] == [{"secretRef": {"name": "creds"}}]
+    assert {"name": "model", "mountPath": "/models"} in init["volumeMounts"]
+    # credentials are for the fetch only, never the serving container
+    assert "envFrom" not in _container(spec)
+    assert {"name": "model", "emptyDir": {}} in _pod(spec)["volumes"]
+
+
+def test_pvc_model_is_mounted_read_only_and_served_in_place() -> None:
+    spec = parse_spec({"model": {"uri": "pvc://models/resnet/model.onnx"}}, "demo")
+    pod = _pod(spec)
+    assert "initContainers" not in pod
+    assert {
+        "name": "model-pvc",
+        "persistentVolumeClaim": {"claimName": "models", "readOnly": True},
+    } in pod["volumes"]
+    c = _container(spec)
+    assert c["command"][2] == "/mnt/model-pvc/resnet/model.onnx"
+    assert {"name": "model-pvc", "mountPath": "/mnt/model-pvc", "readOnly": True} in (
+        c["volumeMounts"]
+    )
+
+
+def test_pvc_model_with_checksum_is_verified_by_the_init_container() -> None:
+    spec = parse_spec({"model": {"uri": "pvc://models/m.onnx", "sha256": SHA}}, "demo")
+    init = _container(spec, "model-fetch")
+    assert init["command"] == [
+        "modelservice",
+        "fetch",
+        "/mnt/model-pvc/m.onnx",
+        "/verify/model.onnx",
+        "--sha256",
+        SHA,
+    ]
+    assert _container(spec)["command"][2] == "/mnt/model-pvc/m.onnx"
+
+
+def test_restricted_pod_security() -> None:
+    spec = _spec(model={"uri": URI, "sha256": SHA})
+    pod = _pod(spec)
+    assert pod["automountServiceAccountToken"] is False
+    sc = pod["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] > 0
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    for c in pod["containers"] + pod["initContainers"]:
+        csc = c["securityContext"]
+        assert csc["runAsNonRoot"] is True
+        assert csc["readOnlyRootFilesystem"] is True
+        assert csc["allowPrivilegeEscalation"] is False
+        assert csc["capabilities"] == {"drop": ["ALL"]}
+        assert csc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["terminationGracePeriodSeconds"] > 5  # longer than the preStop sleep
+
+
+def test_resources_pass_through_as_strings() -> None:
+    c = _container(
+        _spec(resources={"requests": {"cpu": 2, "memory": "1Gi"}, "limits": {"memory": "2Gi"}})
+    )
+    assert c["resources"] == {
+        "requests": {"cpu": "2", "memory": "1Gi"},
+        "limits": {"memory": "2Gi"},
+    }
+
+
+def test_gpu_limit_toleration_product_and_cuda() -> None:
+    spec = _spec(
+        gpu={"count": 2, "product": "NVIDIA-A100-SXM4-40GB"},
+        nodeSelector={"pool": "gpu"},
+        tolerations=[
+            {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+        ],
+    )
+    pod = _pod(spec)
+    c = _container(spec)
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert c["command"][c["command"].index("--execution-provider") + 1] == "cuda"
+    assert pod["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"},
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+    ]
+    assert pod["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}
+    # the fetch does not hold a GPU
+    init = _container(spec, "model-fetch")
+    assert "nvidia.com/gpu" not in init["resources"].get("limits", {})
+
+
+def test_mig_resource_name_and_no_product() -> None:
+    spec = _spec(gpu={"resourceName": "nvidia.com/mig-1g.5gb"})
+    c = _container(spec)
+    assert c["resources"]["limits"] == {"nvidia.com/mig-1g.5gb": "1"}
+    assert "nodeSelector" not in _pod(spec)
+
+
+def test_cpu_pods_get_no_gpu_toleration_or_selector() -> None:
+    pod = _pod(_spec())
+    assert "tolerations" not in pod and "nodeSelector" not in pod and "affinity" not in pod
+
+
+def test_affinity_and_env_pass_through_and_auth_from_secret() -> None:
+    affinity = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    spec = _spec(
+        affinity=affinity,
+        runtime={
+            "env": [{"name": "MODELSERVICE_LOG_LEVEL", "value": "debug"}],
+            "auth": {"secretRef": {"name": "tok"}},
+        },
+    )
+    assert _pod(spec)["affinity"] == affinity
+    assert _container(spec)["env"] == [
+        {"name": "MODELSERVICE_LOG_LEVEL", "value": "debug"},
+        {
+            "name": "MODELSERVICE_AUTH_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "tok", "key": "token"}},
+        },
+    ]
+
+
+def test_service() -> None:
+    svc = render_service("demo", "ns1")
+    assert svc["apiVersion"] == "v1" and svc["kind"] == "Service"
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["selector"] == {
+        "app.kubernetes.io/name": "modelservice-runtime",
+        "app.kubernetes.io/instance": "demo",
+    }
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    ]
+    assert service_url("demo", "ns1") == "http://demo.ns1.svc.cluster.local"
+    assert selector_string("demo") == (
+        "app.kubernetes.io/instance=demo,app.kubernetes.io/name=modelservice-runtime"
+    )
+
+
+def test_hpa_cpu_target_metrics_and_behavior() -> None:
+    name, spec = _example("cpu-autoscaled.yaml")
+    hpa = render_hpa(name, "ns1", spec)
+    assert hpa is not None
+    assert hpa["apiVersion"] == "autoscaling/v2" and hpa["kind"] == "HorizontalPodAutoscaler"
+    s = hpa["spec"]
+    assert s["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+    assert (s["minReplicas"], s["maxReplicas"]) == (1, 5)
+    assert s["metrics"][0] == {
+        "type": "Resource",
+        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+    }
+    # the request-driven Pods metric, exactly as autoscaling/v2 wants it
+    assert s["metrics"][1] == {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": "nv_inference_pending_request_count"},
+            "target": {"type": "AverageValue", "averageValue": "8"},
+        },
+    }
+    assert s["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 30
+
+
+def test_hpa_without_cpu_target_and_absent_without_autoscaling() -> None:
+    pods_metric = {
+        "type": "Pods",
+        "pods": {"metric": {"name": "x"}, "target": {"type": "AverageValue", "averageValue": "1"}},
+    }
+    spec = _spec(
+        autoscaling={
+            "maxReplicas": 2,
+            "targetCPUUtilizationPercentage": 0,
+            "metrics": [pods_metric],
+        }
+    )
+    hpa = render_hpa("demo", "ns1", spec)
+    assert hpa is not None and hpa["spec"]["metrics"] == [pods_metric]
+    assert "behavior" not in hpa["spec"]
+    assert render_hpa("demo", "ns1", _spec()) is None
+    assert "HorizontalPodAutoscaler" not in [
+        c["kind"] for c in render_children("demo", "ns1", _spec(), IMAGE)
+    ]
+
+
+def test_pdb() -> None:
+    pdb = render_pdb("demo", "ns1")
+    assert pdb["apiVersion"] == "policy/v1" and pdb["kind"] == "PodDisruptionBudget"
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == {
+        "matchLabels": {
+            "app.kubernetes.io/name": "modelservice-runtime",
+            "app.kubernetes.io/instance": "demo",
+        }
+    }
+
+
+def test_image_override() -> None:
+    spec = _spec(runtime={"image": "mine:1"}, model={"uri": URI, "sha256": SHA})
+    assert _container(spec)["image"] == "mine:1"
+    assert _container(spec, "model-fetch")["image"] == "mine:1"
+
+
+@pytest.mark.parametrize("example", ["cpu-autoscaled.yaml", "gpu.yaml", "fixed-replicas.yaml"])
+def test_examples_render(example: str) -> None:
+    name, spec = _example(example)
+    kinds = [c["kind"] for c in render_children(name, "default", spec, IMAGE)]
+    assert ("HorizontalPodAutoscaler" in kinds) == (spec.autoscaling is not None)

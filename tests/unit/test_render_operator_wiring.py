@@ -1,0 +1,91 @@
+"""Operator wiring without a cluster: kopf arguments, settings, drift comparison."""
+
+from __future__ import annotations
+
+import pytest
+from modelservice_operator.cli import kopf_args
+from modelservice_operator.handlers import contains
+from modelservice_operator.settings import DEFAULT_RUNTIME_IMAGE, OperatorSettings
+
+
+def test_settings_from_env() -> None:
+    s = OperatorSettings.from_env({})
+    assert s.runtime_image == DEFAULT_RUNTIME_IMAGE and s.namespaces == ()
+    s = OperatorSettings.from_env({
+        "MODELSERVICE_RUNTIME_IMAGE": "rt:1", "MODELSERVICE_NAMESPACES": "a, b,,",
+        "MODELSERVICE_OPERATOR_PROBE_PORT": "0", "MODELSERVICE_OPERATOR_METRICS_PORT": "9999",
+    })  # fmt: skip
+    assert (s.runtime_image, s.namespaces, s.probe_port, s.metrics_port) == (
+        "rt:1",
+        ("a", "b"),
+        0,
+        9999,
+    )
+    with pytest.raises(ValueError, match="MODELSERVICE_OPERATOR_PROBE_PORT: expected an integer"):
+        OperatorSettings.from_env({"MODELSERVICE_OPERATOR_PROBE_PORT": "http"})
+
+
+def test_kopf_args_defaults_to_all_namespaces_liveness_and_standalone() -> None:
+    args = kopf_args([], OperatorSettings.from_env({}))
+    assert args == [
+        "run",
+        "-m",
+        "modelservice_operator.handlers",
+        "--all-namespaces",
+        "--liveness=http://0.0.0.0:8080/healthz",
+        "--standalone",
+    ]
+
+
+def test_kopf_args_from_settings_and_user_flags_win() -> None:
+    settings = OperatorSettings.from_env({"MODELSERVICE_NAMESPACES": "ml,ml-*"})
+    args = kopf_args(["--verbose"], settings)
+    assert args[3:7] == ["--namespace", "ml", "--namespace", "ml-*"]
+    assert args[-1] == "--verbose"
+    args = kopf_args(["run", "-n", "x", "--liveness=http://127.0.0.1:1/h", "--peering=p"], settings)
+    assert args == [
+        "run",
+        "-m",
+        "modelservice_operator.handlers",
+        "-n",
+        "x",
+        "--liveness=http://127.0.0.1:1/h",
+        "--peering=p",
+    ]
+
+
+def test_contains_ignores_api_defaults_but_sees_edits() -> None:
+    want = {
+        "spec": {
+            "replicas": 2,
+            "template": {
+                "spec": {
+                    "containers": [{"name": "runtime", "resources": {"requests": {"cpu": "1"}}}]
+                }
+            },
+        }
+    }
+    live = {
+        "spec": {
+            "replicas": 2,
+            "progressDeadlineSeconds": 600,
+            "template": {
+                "spec": {
+                    "dnsPolicy": "ClusterFirst",
+                    "containers": [
+                        {
+                            "name": "runtime",
+                            "terminationMessagePath": "/dev/termination-log",
+                            "resources": {"requests": {"cpu": 1}},
+                        }
+                    ],
+                }
+            },
+        }
+    }
+    assert contains(live, want)
+    live["spec"]["replicas"] = 5
+    assert not contains(live, want)
+    live["spec"]["replicas"] = 2
+    live["spec"]["template"]["spec"]["containers"].append({"name": "sidecar"})
+    assert not contains(live, want)
