@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from modelservice_operator import rbac
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "modelservice-operator"
@@ -100,21 +101,10 @@ def assert_least_privilege(rules: list[dict[str, Any]]) -> None:
         assert "nonResourceURLs" not in rule, rule
 
 
-WORKLOAD_VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
-NAMESPACED_NEEDS = {
-    ("serving.modelservice.io", "modelservices"): {"get", "list", "watch", "patch", "update"},
-    ("serving.modelservice.io", "modelservices/status"): {"get", "patch", "update"},
-    ("apps", "deployments"): WORKLOAD_VERBS,
-    ("", "services"): WORKLOAD_VERBS,
-    ("autoscaling", "horizontalpodautoscalers"): WORKLOAD_VERBS,
-    ("policy", "poddisruptionbudgets"): WORKLOAD_VERBS,
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
-}
-SCAN_NEEDS = {
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-    ("", "namespaces"): {"get", "list", "watch"},
-}
+# The operator's own list of the calls it makes is the one source of truth: the chart must
+# grant exactly that, no more (least privilege) and no less.
+NAMESPACED_NEEDS = granted(rbac.NAMESPACED_RULES)
+SCAN_NEEDS = granted(rbac.CLUSTER_RULES)
 
 
 # --- files, no helm needed ---------------------------------------------------------------
@@ -216,8 +206,7 @@ def test_default_render_is_cluster_wide_single_replica() -> None:
     rules = the(docs, "ClusterRole")["rules"]
     assert_least_privilege(rules)
     have = granted(rules)
-    for key, verbs in (NAMESPACED_NEEDS | SCAN_NEEDS).items():
-        assert verbs <= have.get(key, set()), f"{key}: needs {verbs}, has {have.get(key)}"
+    assert have == NAMESPACED_NEEDS | SCAN_NEEDS
     assert ("kopf.dev", "clusterkopfpeerings") not in have, "peering RBAC without peering"
 
     binding = the(docs, "ClusterRoleBinding")
@@ -269,9 +258,8 @@ def test_watch_namespaces_and_two_replicas_render_roles_and_peering() -> None:
     for role in roles:
         assert_least_privilege(role["rules"])
         have = granted(role["rules"])
-        for key, verbs in NAMESPACED_NEEDS.items():
-            assert verbs <= have.get(key, set()), f"{key}: needs {verbs}, has {have.get(key)}"
-        assert have[("kopf.dev", "kopfpeerings")] == {"get", "list", "watch", "patch"}
+        peering = {("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
+        assert have == NAMESPACED_NEEDS | peering
     for binding in bindings:
         assert binding["subjects"][0]["namespace"] == "modelservice-system"
 

@@ -58,31 +58,30 @@ Rules for the namespaced objects the operator owns and reconciles. Shared by the
 (all namespaces) and the per-namespace Roles so that both modes grant exactly the same verbs.
 */}}
 {{- define "modelservice-operator.namespacedRules" -}}
-# The ModelService resource: watched, finalizers/annotations patched by kopf, status written.
+{{- /* Exactly modelservice_operator.rbac.NAMESPACED_RULES; tests/unit/test_chart.py checks. */}}
+# The ModelService resource: watched, kopf's annotations patched, status written.
 - apiGroups: ["serving.modelservice.io"]
   resources: ["modelservices"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["serving.modelservice.io"]
   resources: ["modelservices/status"]
-  verbs: ["get", "patch", "update"]
-# Children rendered from a ModelService (applied, adopted, garbage-collected by owner refs).
+  verbs: ["get", "patch"]
+# Children: server-side applied and watched; garbage collection deletes them with their owner,
+# so only an HPA left over when autoscaling is removed is ever deleted by the operator.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-- apiGroups: ["autoscaling"]
-  resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# kopf posts handler progress and errors as events (core/v1; events.k8s.io for newer clients).
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# kopf posts handler progress and errors as core/v1 events.
 - apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
