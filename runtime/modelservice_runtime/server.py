@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from modelservice_runtime import __version__
 from modelservice_runtime.auth import BearerAuth
@@ -380,6 +380,8 @@ class RuntimeApp(FastAPI):
     fast_routes: list[tuple[re.Pattern[str], Callable[..., Awaitable[Response]]]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.state.dataplane.draining:
+            send = _closing_connection(send)
         if scope["type"] == "http" and scope["method"] == "POST":
             path = scope["path"]
             for pattern, handler in self.fast_routes:
@@ -408,6 +410,20 @@ class RuntimeApp(FastAPI):
             log.exception("unexpected error in %s", scope["path"], exc_info=e)
             response = json_error(500, f"internal error: {type(e).__name__}")
         await response(scope, receive, send)
+
+
+def _closing_connection(send: Send) -> Send:
+    """While draining, every response carries `Connection: close` (uvicorn then closes the
+    socket after it): a client on a kept-alive connection reconnects, to a pod that is staying,
+    instead of sending its next request into a listener that is about to disappear."""
+
+    async def send_and_close(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [*message.get("headers", []), (b"connection", b"close")]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_and_close
 
 
 def _looks_like_v2(body: bytes) -> bool:
