@@ -262,19 +262,32 @@ def _owner_of(child: Mapping[str, Any], index: kopf.Index) -> dict[str, Any] | N
     return None
 
 
+def _named(items: list[Any]) -> dict[Any, Any] | None:
+    """Entries by `name` when every entry is a mapping with a distinct name, else None."""
+    names = [i.get("name") if isinstance(i, Mapping) else None for i in items]
+    if not items or None in names or len(set(names)) != len(names):
+        return None
+    return dict(zip(names, items, strict=True))
+
+
 def contains(live: Any, want: Any) -> bool:
     """True when every field of `want` is present and equal in `live` (API defaults and
     fields of other managers may add more). Scalars compare as strings because the API
-    returns quantities and ports as it normalized them."""
+    returns quantities and ports as it normalized them. Lists of named entries
+    (containers, env, ports, volumes: server-side-apply maps) are matched by name, so an
+    entry another manager added (a sidecar) is not drift: our apply could never remove it."""
     if isinstance(want, Mapping):
         return isinstance(live, Mapping) and all(
             k in live and contains(live[k], v) for k, v in want.items()
         )
     if isinstance(want, list):
-        return (
-            isinstance(live, list)
-            and len(live) == len(want)
-            and all(contains(a, b) for a, b in zip(live, want, strict=True))
+        if not isinstance(live, list):
+            return False
+        wanted, present = _named(want), _named(live)
+        if wanted is not None and present is not None:
+            return all(k in present and contains(present[k], v) for k, v in wanted.items())
+        return len(live) == len(want) and all(
+            contains(a, b) for a, b in zip(live, want, strict=True)
         )
     return live == want or str(live) == str(want)
 

@@ -87,5 +87,13 @@ def test_contains_ignores_api_defaults_but_sees_edits() -> None:
     live["spec"]["replicas"] = 5
     assert not contains(live, want)
     live["spec"]["replicas"] = 2
+    # A container another manager added (a sidecar) is not drift: server-side apply keeps
+    # it whatever we apply, so "repairing" it would re-apply on every event.
     live["spec"]["template"]["spec"]["containers"].append({"name": "sidecar"})
+    assert contains(live, want)
+    # Our own container gone, or edited, still is.
+    live["spec"]["template"]["spec"]["containers"][0]["name"] = "renamed"
+    assert not contains(live, want)
+    live["spec"]["template"]["spec"]["containers"][0]["name"] = "runtime"
+    live["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = 2
     assert not contains(live, want)
