@@ -30,8 +30,10 @@ from pydantic.alias_generators import to_camel
 
 # --- shared types -------------------------------------------------------------------------
 
+# core/v1's quantity grammar without the leading minus: a negative request or limit is never
+# what a user meant, and the API server would refuse it only later, on the Deployment.
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"

@@ -53,6 +53,8 @@ REFUSED_AT_APPLY: list[tuple[str, dict[str, Any], str, str]] = [
      "spec.resources.requests.cpu", "should match"),
     ("quantity 2GB", {"resources": {"limits": {"memory": "2GB"}}},
      "spec.resources.limits.memory", "should match"),
+    ("negative quantity", {"resources": {"requests": {"cpu": "-1"}}},
+     "spec.resources.requests.cpu", "should match"),
     ("short sha256", {"model": {"uri": "https://h/m.onnx", "sha256": "abc123"}},
      "spec.model.sha256", "should match"),
     ("non-hex sha256", {"model": {"uri": "https://h/m.onnx", "sha256": "z" * 64}},
@@ -70,7 +72,6 @@ REFUSED_AT_APPLY: list[tuple[str, dict[str, Any], str, str]] = [
 REPORTED_IN_STATUS: list[tuple[str, dict[str, Any], str]] = [
     ("shadow-env", {"runtime": {"env": [{"name": "MODELSERVICE_AUTH_TOKEN", "value": "x"}]}},
      "spec.runtime.env[0].name"),
-    ("negative-cpu", {"resources": {"requests": {"cpu": "-1"}}}, "requests[cpu]"),
     ("request-over-limit",
      {"resources": {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "1"}}},
      "resources.requests"),
