@@ -262,3 +262,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     rep = outcome.get_result()
     setattr(item, f"rep_{rep.when}", rep)
+
+
+# --- manifests and conditions, shared by the operator test files ---------------------------
+
+
+def msvc(name: str, **spec: Any) -> dict[str, Any]:
+    """A ModelService manifest with a placeholder model (kwok never runs the pod)."""
+    return {
+        "apiVersion": "serving.modelservice.io/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": name},
+        "spec": {"model": {"uri": "https://models.example.com/m.onnx"}, **spec},
+    }
+
+
+def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    """The condition of type `ctype` in obj's status, or {}."""
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return c
+    return {}

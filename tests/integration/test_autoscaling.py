@@ -28,7 +28,7 @@ from modelservice_operator.render import render_hpa
 from modelservice_operator.spec import parse_spec
 from modelservice_runtime.metrics import Metrics
 
-from tests.integration.conftest import Kubectl, wait_until
+from tests.integration.conftest import Kubectl, condition, msvc, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 INFLIGHT_EXAMPLE = ROOT / "examples" / "custom-metric-inflight.yaml"
@@ -47,22 +47,6 @@ SCALE_DOWN_WINDOW_S = 10
 PHASE_TIMEOUT_S = 180
 
 cluster = [pytest.mark.cluster, pytest.mark.slow]
-
-
-def msvc(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "serving.modelservice.io/v1alpha1",
-        "kind": "ModelService",
-        "metadata": {"name": name},
-        "spec": {"model": {"uri": "https://models.example.com/m.onnx"}, **spec},
-    }
-
-
-def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c.get("type") == ctype:
-            return c
-    return {}
 
 
 def hpa_formula(total_m: int, request_m: int, target_pct: int, lo: int, hi: int) -> int:

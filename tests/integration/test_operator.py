@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.conftest import TEST_RUNTIME_IMAGE, Kubectl, OperatorProcess, wait_until
+from tests.integration.conftest import (
+    TEST_RUNTIME_IMAGE,
+    Kubectl,
+    OperatorProcess,
+    condition,
+    msvc,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -31,22 +38,6 @@ LABELS = {
 
 def example(name: str) -> dict[str, Any]:
     return yaml.safe_load((EXAMPLES / name).read_text())
-
-
-def msvc(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "serving.modelservice.io/v1alpha1",
-        "kind": "ModelService",
-        "metadata": {"name": name},
-        "spec": {"model": {"uri": "https://models.example.com/m.onnx"}, **spec},
-    }
-
-
-def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c["type"] == ctype:
-            return c
-    return {}
 
 
 def wait_phase(k: Kubectl, ns: str, name: str, phase: str, timeout: float = 90) -> dict:

@@ -31,6 +31,7 @@ from tests.integration.conftest import (
     TEST_RUNTIME_IMAGE,
     Kubectl,
     OperatorProcess,
+    msvc,
     run_operator,
     wait_until,
 )
@@ -43,24 +44,6 @@ CHILD_KINDS = ("deployments", "services", "poddisruptionbudgets", "horizontalpod
 
 
 # --- helpers shared by the operator reliability/security tests -----------------------------
-
-
-def msvc(name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": {"uri": "https://models.example.com/m.onnx"}}
-    body.update(spec)
-    return {
-        "apiVersion": "serving.modelservice.io/v1alpha1",
-        "kind": "ModelService",
-        "metadata": {"name": name},
-        "spec": body,
-    }
-
-
-def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c["type"] == ctype:
-            return c
-    return {}
 
 
 def is_current(obj: dict[str, Any], phase: str = "Ready") -> bool:

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Kubectl, wait_until
-from tests.integration.test_operator_faults import apply_list, condition, msvc, wait_phase
+from tests.integration.conftest import Kubectl, condition, msvc, wait_until
+from tests.integration.test_operator_faults import apply_list, wait_phase
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

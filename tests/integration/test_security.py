@@ -15,8 +15,8 @@ import uuid
 
 import pytest
 
-from tests.integration.conftest import Kubectl, OperatorProcess, wait_until
-from tests.integration.test_operator_faults import msvc, wait_phase
+from tests.integration.conftest import Kubectl, OperatorProcess, msvc, wait_until
+from tests.integration.test_operator_faults import wait_phase
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
