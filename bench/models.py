@@ -1,0 +1,124 @@
+"""The benchmark's models and request bodies.
+
+The models are the test suite's own (tests/modelzoo.py), exported with the project's exporter,
+so the benchmark measures exactly what users and tests serve. Every system under test gets
+byte-identical request bodies built here, and the expected output computed in-process, so a
+server that answers fast but wrong is caught before it is measured.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+# Header of the KServe V2 binary tensor data extension: length of the JSON part of the body.
+BINARY_HEADER = "Inference-Header-Content-Length"
+
+
+@dataclass(frozen=True)
+class Body:
+    """One request body and the headers that go with it."""
+
+    kind: str  # "json" | "binary"
+    data: bytes
+    headers: dict[str, str]
+
+
+@dataclass
+class BenchModel:
+    """An exported model plus one fixed single-sample input and its in-process output."""
+
+    name: str
+    description: str
+    path: Path
+    sample_shape: tuple[int, ...]
+    sample: np.ndarray = field(repr=False)  # shape (1, *sample_shape), float32
+    expected: np.ndarray = field(repr=False)  # in-process onnxruntime output for `sample`
+
+    def body(self, kind: str) -> Body:
+        """The V2 infer request body for `sample`, as JSON or binary tensor data."""
+        shape = list(self.sample.shape)
+        if kind == "json":
+            doc = {
+                "inputs": [
+                    {
+                        "name": INPUT_NAME,
+                        "shape": shape,
+                        "datatype": "FP32",
+                        "data": [round(float(v), 4) for v in self.sample.ravel()],
+                    }
+                ]
+            }
+            return Body("json", json.dumps(doc).encode(), {"Content-Type": "application/json"})
+        if kind == "binary":
+            raw = self.sample.astype("<f4").tobytes()
+            header = {
+                "inputs": [
+                    {
+                        "name": INPUT_NAME,
+                        "shape": shape,
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": len(raw)},
+                    }
+                ],
+                "outputs": [{"name": OUTPUT_NAME, "parameters": {"binary_data": True}}],
+            }
+            head = json.dumps(header).encode()
+            return Body(
+                "binary",
+                head + raw,
+                {"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(head))},
+            )
+        raise ValueError(f"body kind: expected 'json' or 'binary', got {kind!r}")
+
+
+# name -> (tests.modelzoo factory name, per-sample input shape, description)
+MODEL_SPECS: dict[str, tuple[str, tuple[int, ...], str]] = {
+    "mlp": ("mlp", (64,), "MLP 64->256->256->10 (overhead-bound)"),
+    "cnn": ("cnn", (3, 64, 64), "CNN on 3x64x64 images, 3 conv layers (compute-bound)"),
+}
+
+
+def export_models(out_dir: Path, names: list[str]) -> list[BenchModel]:
+    """Export the named models with torch (cached by file) and compute their reference outputs."""
+    import onnxruntime as ort
+    from modelservice_runtime.export import export_module
+
+    from tests import modelzoo
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    models = []
+    for name in names:
+        factory, sample_shape, description = MODEL_SPECS[name]
+        path = out_dir / f"{name}.onnx"
+        if not path.exists():
+            export_module(getattr(modelzoo, factory)(), (1, *sample_shape), path)
+        # Rounded values keep JSON bodies a realistic size; every system gets the same bytes.
+        sample = np.round(rng.standard_normal((1, *sample_shape)), 4).astype(np.float32)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        expected = session.run(None, {INPUT_NAME: sample})[0]
+        models.append(BenchModel(name, description, path, sample_shape, sample, expected))
+    return models
+
+
+def decode_response(body: bytes, headers: dict[str, str]) -> np.ndarray:
+    """The first output tensor of a V2 response, JSON or binary tensor data."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    json_len = lowered.get(BINARY_HEADER.lower())
+    if json_len is not None:
+        head = json.loads(body[: int(json_len)])
+        out = head["outputs"][0]
+        if "data" in out:
+            return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+        size = out["parameters"]["binary_data_size"]
+        raw = body[int(json_len) : int(json_len) + size]
+        return np.frombuffer(raw, dtype="<f4").reshape(out["shape"])
+    doc = json.loads(body)
+    out = doc["outputs"][0]
+    return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
