@@ -64,6 +64,12 @@ options:
   enableMetricsServer: true
   quietPull: true
 componentsPatches:
+- name: kube-apiserver
+  extraArgs:
+  # The default range (10.0.0.0/24) holds only ~250 Services: too few for the operator-scale
+  # benchmark's 1000 ModelServices (one Service each).
+  - key: service-cluster-ip-range
+    value: 10.96.0.0/16
 - name: kube-controller-manager
   extraArgs:
   # Short HPA loop so autoscaling tests see decisions within seconds.
