@@ -5,9 +5,10 @@
 - Events of owned Deployments and HPAs -> status of the owner, recomputed from the child
   that changed (event-driven; no polling). Events of any owned child also detect drift: a
   child deleted or edited away from what the owner's spec renders is re-applied at once.
-- An index of ModelServices (kopf `@kopf.index`) gives the child handlers their owner's
-  spec without an API call; events of the ModelService itself re-check its status once
-  (closing the race between the reconcile's status write and the children's last event).
+- Indexes (kopf `@kopf.index`) of ModelServices, owned Deployments and owned HPAs give
+  every handler its owner's spec and its siblings' status from the watches, without an API
+  call; events of the ModelService itself re-check its status once (closing the race
+  between the reconcile's status write and the children's last event).
 - No finalizers (no timers, no mandatory delete handler): children go by garbage collection,
   and deleting a ModelService never waits for the operator.
 - Invalid spec: status Ready=False/InvalidSpec naming the field, a Warning event, and
@@ -80,6 +81,33 @@ def msvc_by_name(
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """(namespace, name) -> a snapshot of the ModelService for the child handlers."""
     return {(namespace, name): _snapshot(body)}
+
+
+@kopf.index("apps", "v1", "deployments", labels=CHILD_LABELS)
+def deployment_by_name(
+    body: kopf.Body, name: str, namespace: str, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, name) -> what status needs of an owned Deployment, so that status checks
+    read the watch's latest copy instead of GETting it."""
+    return {
+        (namespace, name): {
+            "metadata": {"generation": body.get("metadata", {}).get("generation")},
+            "spec": {"replicas": body.get("spec", {}).get("replicas")},
+            "status": _clean(body.get("status") or {}),
+        }
+    }
+
+
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_LABELS)
+def hpa_by_name(
+    body: kopf.Body, name: str, namespace: str, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, name) -> the status of an owned HPA (see deployment_by_name)."""
+    return {(namespace, name): {"status": _clean(body.get("status") or {})}}
+
+
+def _indexed(index: kopf.Index, namespace: str, name: str) -> dict[str, Any] | None:
+    return next(iter(index.get((namespace, name), [])), None)
 
 
 @kopf.on.probe(id="modelservices")
@@ -368,15 +396,15 @@ def refresh_status(
             logger.warning("could not update status of %s: %s", meta["name"], e)
 
 
-def _get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return client().get(kind, namespace, name)
-    except KubeApiError:
-        return None
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def modelservice_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **_: Any) -> None:
+def modelservice_event(
+    body: kopf.Body,
+    type: str | None,
+    deployment_by_name: kopf.Index,
+    hpa_by_name: kopf.Index,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
     """After any write to a ModelService (ours included), check its status against the
     children once more: closes the race where the reconcile handler's status lands after
     the children's last event. Quiet when nothing changed (no patch, no new event)."""
@@ -386,10 +414,10 @@ def modelservice_event(body: kopf.Body, type: str | None, logger: kopf.Logger, *
     meta = owner["metadata"]
     if meta.get("deletionTimestamp") or not (owner.get("status") or {}).get("phase"):
         return
-    dep = _get("Deployment", meta["namespace"], meta["name"])
+    dep = _indexed(deployment_by_name, meta["namespace"], meta["name"])
     hpa = None
     if owner["spec"].get("autoscaling"):
-        hpa = _get("HorizontalPodAutoscaler", meta["namespace"], meta["name"])
+        hpa = _indexed(hpa_by_name, meta["namespace"], meta["name"])
     refresh_status(owner, dep, hpa, logger)
 
 
@@ -398,6 +426,7 @@ def deployment_event(
     body: kopf.Body,
     type: str | None,
     msvc_by_name: kopf.Index,
+    hpa_by_name: kopf.Index,
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
@@ -408,7 +437,7 @@ def deployment_event(
     live = None if type == "DELETED" else body
     hpa = None
     if owner["spec"].get("autoscaling"):
-        hpa = _get("HorizontalPodAutoscaler", meta["namespace"], meta["name"])
+        hpa = _indexed(hpa_by_name, meta["namespace"], meta["name"])
     refresh_status(owner, live, hpa, logger)
 
 
@@ -417,6 +446,7 @@ def hpa_event(
     body: kopf.Body,
     type: str | None,
     msvc_by_name: kopf.Index,
+    deployment_by_name: kopf.Index,
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
@@ -424,7 +454,7 @@ def hpa_event(
     if owner is None or type == "DELETED":
         return
     meta = owner["metadata"]
-    dep = _get("Deployment", meta["namespace"], meta["name"])
+    dep = _indexed(deployment_by_name, meta["namespace"], meta["name"])
     refresh_status(owner, dep, body, logger)
 
 
