@@ -7,7 +7,7 @@ missed) record when each Deployment first exists and when each status.observedGe
 first equals metadata.generation. Reconcile latency of one object = that moment minus the
 moment its create request was sent. The operator's RSS is sampled from /proc every 0.25 s;
 "steady" is its RSS 5 s after everything is reconciled. Every wait has a deadline; the
-namespace is deleted afterwards, while the operator still runs so its finalizers clear.
+namespace is deleted afterwards.
 """
 
 from __future__ import annotations
