@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from tests.integration.processes import free_port, stop
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_KUBECONFIG = REPO_ROOT / ".cache" / "cluster" / "kubeconfig"
@@ -151,12 +152,6 @@ def modelservice_crd(kctl: Kubectl) -> str:
     return CRD_NAME
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class OperatorProcess:
     proc: subprocess.Popen[bytes]
@@ -187,7 +182,7 @@ def run_operator(
     kubeconfig: Path, namespace_glob: str, log_path: Path
 ) -> Iterator[OperatorProcess]:
     """`modelservice operator` in a subprocess watching `namespace_glob`; stopped by PID."""
-    probe_port, metrics_port = _free_port(), _free_port()
+    probe_port, metrics_port = free_port(), free_port()
     env = os.environ | {
         "KUBECONFIG": str(kubeconfig),
         "MODELSERVICE_RUNTIME_IMAGE": TEST_RUNTIME_IMAGE,
@@ -213,13 +208,7 @@ def run_operator(
             pytest.fail(f"modelservice operator exited {proc.returncode}:\n{op.log_tail()}")
         yield op
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop(proc)
 
 
 @pytest.fixture(scope="session")

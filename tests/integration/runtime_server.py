@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,15 +15,11 @@ from pathlib import Path
 
 import httpx
 
+from tests.integration.processes import free_port, stop
+
 # Tests stop servers by SIGTERM: skip the Kubernetes-oriented unready delay unless a test
 # asks for it with --shutdown-delay-s (a flag beats the env var).
 _QUICK_EXIT = {"MODELSERVICE_SHUTDOWN_DELAY_S": "0"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -83,11 +78,5 @@ def serve(
             time.sleep(0.05)
         yield served
     finally:
-        if proc.poll() is None:
-            proc.terminate()  # by PID, the process this helper started
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop(proc, grace_s=15)
         log.unlink(missing_ok=True)

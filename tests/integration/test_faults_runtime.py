@@ -33,7 +33,8 @@ import onnxruntime as ort
 import orjson
 import pytest
 
-from tests.integration.runtime_server import free_port, serve
+from tests.integration.processes import free_port
+from tests.integration.runtime_server import serve
 
 ROW = [0.5] * 64
 
@@ -66,11 +67,18 @@ class LoadRecord:
 
 
 async def _load(
-    url: str, workers: int, sigterm_at: list[float], rec: LoadRecord, lb_lag_s: float
+    url: str,
+    workers: int,
+    sigterm_at: list[float],
+    rec: LoadRecord,
+    lb_lag_s: float,
+    leave_on_close: bool = False,
 ) -> None:
     """`workers` callers sending requests back to back, like the pods behind a Service:
     they stop sending new requests `lb_lag_s` after readiness turns false (the time
-    endpoints take to drop the pod; --shutdown-delay-s exists to cover it)."""
+    endpoints take to drop the pod; --shutdown-delay-s exists to cover it). A response with
+    `Connection: close` makes a caller reconnect through the Service: to this pod again while
+    it is still routed, or (`leave_on_close`) to another pod, i.e. it leaves this one."""
     body = v2_body(2)
     headers = {"Content-Type": "application/json"}
     deadline = time.monotonic() + 60
@@ -96,10 +104,9 @@ async def _load(
                     if sigterm_at:
                         rec.ok_after_sigterm += 1
                 if r.headers.get("connection") == "close":
-                    # The server closed this kept-alive connection while draining; a new one
-                    # goes through the Service to a pod that is staying, not to this one.
                     rec.closed_by_server += 1
-                    return
+                    if leave_on_close:
+                        return
 
     async def readiness() -> None:
         async with httpx.AsyncClient(base_url=url, timeout=5) as client:
@@ -176,7 +183,7 @@ def test_sigterm_with_clients_that_ignore_readiness_loses_nothing(mlp_onnx: Path
             loop.call_later(
                 1.0, lambda: (sigterm_at.append(0.0), served.proc.send_signal(signal.SIGTERM))
             )
-            await _load(served.url, 16, sigterm_at, rec, lb_lag_s=float("inf"))
+            await _load(served.url, 16, sigterm_at, rec, lb_lag_s=float("inf"), leave_on_close=True)
 
         asyncio.run(main())
         assert served.proc.wait(timeout=30) == 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.integration.processes import free_port, stop
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -407,12 +408,6 @@ def test_watch_namespaces_gives_namespaced_roles_only_and_uninstall_cleans_up(
         _cleanup(cluster, release, team_a, team_b)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _token_kubeconfig(cluster: Cluster, sa: str, ns: str, path: Path) -> Path:
     """A kubeconfig that authenticates as the ServiceAccount with a real TokenRequest token."""
     token = cluster.kubectl("create", "token", sa, "-n", ns, "--duration=20m").strip()
@@ -462,13 +457,13 @@ class OperatorRun:
             "deployment", self.release.serviceaccount, "-n", self.release.namespace
         )
         container = deploy["spec"]["template"]["spec"]["containers"][0]
-        probe = _free_port()
+        probe = free_port()
         args = [a.replace("0.0.0.0:8080", f"127.0.0.1:{probe}") for a in container["args"]]
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
         env |= {
             "KUBECONFIG": str(kubeconfig),
             "MODELSERVICE_OPERATOR_PROBE_PORT": str(probe),
-            "MODELSERVICE_OPERATOR_METRICS_PORT": str(_free_port()),
+            "MODELSERVICE_OPERATOR_METRICS_PORT": str(free_port()),
         }
         log = self.tmp / f"operator-{len(self.processes)}.log"
         console = Path(sys.executable).with_name("modelservice")
@@ -522,13 +517,7 @@ class OperatorRun:
                 check=False,
             )
         for proc, _ in self.processes:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+            stop(proc)
         _cleanup(c, self.release, self.team)
 
 
