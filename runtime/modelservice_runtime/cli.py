@@ -24,18 +24,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _missing_extra(command: str, e: ImportError) -> SystemExit:
+    extra = {"operator": "operator", "export": "export", "quantize": "export"}.get(
+        command, "runtime"
+    )
+    return SystemExit(
+        f"modelservice {command}: missing dependency ({e.name or e}); "
+        f"install it with: pip install 'modelservice[{extra}]'"
+    )
+
+
 def _load(command: str) -> ModuleType:
     module_name, _ = COMMANDS[command]
     try:
         return importlib.import_module(module_name)
     except ImportError as e:
-        extra = {"operator": "operator", "export": "export", "quantize": "export"}.get(
-            command, "runtime"
-        )
-        raise SystemExit(
-            f"modelservice {command}: missing dependency ({e.name or e}); "
-            f"install it with: pip install 'modelservice[{extra}]'"
-        ) from e
+        raise _missing_extra(command, e) from e
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
@@ -56,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # kopf owns the operator's flags; pass them through untouched.
         return int(_load("operator").run_kopf(argv[1:]) or 0)
     args = build_parser(argv).parse_args(argv)
-    return int(_load(args.command).run(args) or 0)
+    try:
+        return int(_load(args.command).run(args) or 0)
+    except ImportError as e:  # heavy dependencies (torch, onnx) are imported inside `run`
+        raise _missing_extra(args.command, e) from e
 
 
 if __name__ == "__main__":

@@ -316,14 +316,6 @@ def run(args: argparse.Namespace) -> int:
     except ExportError as e:
         print(f"modelservice export: error: {e}", file=sys.stderr)
         return 1
-    except ImportError as e:
-        # torch/onnx are the `export` extra; the runtime image deliberately lacks them.
-        print(
-            f"modelservice export: error: missing dependency ({e.name or e}); "
-            f"install it with: pip install 'modelservice[export]'",
-            file=sys.stderr,
-        )
-        return 1
 
 
 def _run(args: argparse.Namespace) -> int:

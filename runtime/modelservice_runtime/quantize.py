@@ -223,14 +223,6 @@ def run(args: argparse.Namespace) -> int:
     except QuantizeError as e:
         print(f"modelservice quantize: error: {e}", file=sys.stderr)
         return 1
-    except ImportError as e:
-        # torch/onnx are the `export` extra; the runtime image deliberately lacks them.
-        print(
-            f"modelservice quantize: error: missing dependency ({e.name or e}); "
-            f"install it with: pip install 'modelservice[export]'",
-            file=sys.stderr,
-        )
-        return 1
     print(
         f"quantized {args.input} -> {args.output} (dynamic int8"
         f"{', per-channel' if args.per_channel else ''})"

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
+import orjson
 
 from tests.integration.processes import free_port, stop
 
@@ -80,3 +82,21 @@ def serve(
     finally:
         stop(proc, grace_s=15)
         log.unlink(missing_ok=True)
+
+
+def binary_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """A V2 binary-tensor request for input `input`, asking for binary outputs."""
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}

@@ -34,7 +34,7 @@ import orjson
 import pytest
 
 from tests.integration.processes import free_port
-from tests.integration.runtime_server import serve
+from tests.integration.runtime_server import binary_body, serve
 
 ROW = [0.5] * 64
 
@@ -412,21 +412,7 @@ def test_request_over_max_batch_size_runs_alone_and_correctly(limited, mlp_onnx:
 def test_unbatched_queue_full_is_503_with_retry_after(cnn_onnx: Path) -> None:
     """Batching off (--max-batch-size 0): at most --max-queue-size requests wait for a
     worker; the rest are refused at once with 503 + Retry-After, none is lost."""
-    x = np.random.default_rng(3).random((16, 3, 64, 64), np.float32)
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "datatype": "FP32",
-                    "shape": list(x.shape),
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ]
-        }
-    )
-    body = header + x.tobytes()
-    headers = {"Inference-Header-Content-Length": str(len(header))}
+    body, headers = binary_body(np.random.default_rng(3).random((16, 3, 64, 64), np.float32))
     with serve(cnn_onnx, "--max-batch-size", "0", "--max-queue-size", "1") as served:
 
         async def main() -> list[httpx.Response]:

@@ -19,7 +19,7 @@ import orjson
 import pytest
 import tritonclient.http as triton
 
-from tests.integration.runtime_server import Served, serve, serve_command
+from tests.integration.runtime_server import Served, binary_body, serve, serve_command
 
 
 def reference(model: Path, x: np.ndarray) -> np.ndarray:
@@ -32,23 +32,6 @@ def metric(url: str, name: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
     )
-
-
-def binary_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "datatype": "FP32",
-                    "shape": list(x.shape),
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    )
-    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
 
 
 def decode(response: httpx.Response) -> np.ndarray:

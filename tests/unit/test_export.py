@@ -252,3 +252,18 @@ def test_console_script_subprocess(tmp_path: Path) -> None:
         3,
         10,
     )
+
+
+def test_missing_torch_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The runtime image has no torch: export says which extra brings it, no traceback."""
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    with pytest.raises(SystemExit) as exc:
+        cli.main(
+            ["export", "tests.modelzoo:mlp", "--input-shape", "1,64", "-o", str(tmp_path / "m")]
+        )
+    assert str(exc.value) == (
+        "modelservice export: missing dependency (torch); "
+        "install it with: pip install 'modelservice[export]'"
+    )
