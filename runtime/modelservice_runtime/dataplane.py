@@ -25,7 +25,8 @@ from modelservice_runtime.settings import Settings
 log = logging.getLogger("modelservice.dataplane")
 
 SERVER_NAME = "modelservice"
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+# Only what is implemented: there is no model-repository API (one model per server).
+EXTENSIONS = ["binary_tensor_data"]
 PLATFORM = "onnxruntime_onnx"
 
 
