@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.integration.runtime_server import Served, serve
+from tests.integration.runtime_server import Served, binary_body, serve
 
 pytestmark = pytest.mark.soak
 
@@ -51,19 +51,7 @@ def bodies(tmp: Path) -> list[tuple[str, Path, dict[str, str]]]:
         {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": x}]},
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "datatype": "FP32",
-                    "shape": [1, 64],
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    )
+    v2_bin, bin_headers = binary_body(x)
     v1 = orjson.dumps({"instances": x}, option=orjson.OPT_SERIALIZE_NUMPY)
     out = []
     for name, path, body, headers in [
@@ -71,11 +59,8 @@ def bodies(tmp: Path) -> list[tuple[str, Path, dict[str, str]]]:
         (
             "v2bin",
             "/v2/models/mlp/infer",
-            header + x.tobytes(),
-            {
-                "Content-Type": "application/octet-stream",
-                "Inference-Header-Content-Length": str(len(header)),
-            },
+            v2_bin,
+            {"Content-Type": "application/octet-stream", **bin_headers},
         ),
         ("v1", "/v1/models/mlp:predict", v1, {"Content-Type": "application/json"}),
     ]:
