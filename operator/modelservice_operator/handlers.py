@@ -61,6 +61,13 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
     settings.execution.max_workers = 8
+    # kopf starts one worker per object with pending events, each holding its event bodies
+    # and API connections; with no limit, 1000 ModelServices created at once took the
+    # operator to 278 MiB. Only 8 handler threads run anyway, so a bounded worker pool
+    # costs no throughput (measured: 1000 reconciled in 46 s, 112 MiB) as long as an idle
+    # worker frees its slot quickly instead of after kopf's default 5 s.
+    settings.queueing.worker_limit = SETTINGS.max_concurrent or None
+    settings.queueing.idle_timeout = 0.5
     # kopf has no leader election and pauses *all* peers of the same priority. Run with
     # --peering and no --priority (the Helm chart with replicaCount > 1), each replica draws
     # a random priority: the highest one works, the others stand by until it is gone.

@@ -28,12 +28,15 @@ class OperatorSettings:
       empty means all namespaces.
     - MODELSERVICE_OPERATOR_PROBE_PORT: liveness endpoint port (kopf /healthz); 0 disables.
     - MODELSERVICE_OPERATOR_METRICS_PORT: Prometheus /metrics port; 0 disables.
+    - MODELSERVICE_OPERATOR_MAX_CONCURRENT: objects of one kind handled at once (kopf's
+      per-object workers); 0 means no limit. Memory grows with it, not with the object count.
     """
 
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     probe_port: int = 8080
     metrics_port: int = 9090
+    max_concurrent: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -47,4 +50,12 @@ class OperatorSettings:
             namespaces=namespaces,
             probe_port=_int(env, "MODELSERVICE_OPERATOR_PROBE_PORT", 8080),
             metrics_port=_int(env, "MODELSERVICE_OPERATOR_METRICS_PORT", 9090),
+            max_concurrent=_int(env, "MODELSERVICE_OPERATOR_MAX_CONCURRENT", 100),
         )
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent < 0:
+            raise ValueError(
+                "MODELSERVICE_OPERATOR_MAX_CONCURRENT: expected 0 (no limit) or a positive"
+                f" integer (got {self.max_concurrent})"
+            )

@@ -25,6 +25,14 @@ def test_settings_from_env() -> None:
         OperatorSettings.from_env({"MODELSERVICE_OPERATOR_PROBE_PORT": "http"})
 
 
+def test_max_concurrent_defaults_to_a_bound_and_refuses_negatives() -> None:
+    assert OperatorSettings.from_env({}).max_concurrent == 100
+    env = {"MODELSERVICE_OPERATOR_MAX_CONCURRENT": "0"}
+    assert OperatorSettings.from_env(env).max_concurrent == 0
+    with pytest.raises(ValueError, match="MODELSERVICE_OPERATOR_MAX_CONCURRENT: expected 0"):
+        OperatorSettings.from_env({"MODELSERVICE_OPERATOR_MAX_CONCURRENT": "-1"})
+
+
 def test_kopf_args_defaults_to_all_namespaces_liveness_and_standalone() -> None:
     args = kopf_args([], OperatorSettings.from_env({}))
     assert args == [
