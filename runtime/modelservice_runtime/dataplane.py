@@ -30,6 +30,16 @@ EXTENSIONS = ["binary_tensor_data"]
 PLATFORM = "onnxruntime_onnx"
 
 
+def load_model(s: Settings) -> OnnxModel:
+    """Blocking: load the model and, unless disabled, warm it up."""
+    model = OnnxModel(s)
+    if s.warmup:
+        started = time.perf_counter()
+        model.warmup(s.max_batch_size)
+        log.info("warm-up of %s took %.0f ms", s.name, (time.perf_counter() - started) * 1e3)
+    return model
+
+
 @dataclass(eq=False)
 class ModelEntry:
     name: str
@@ -54,13 +64,7 @@ class DataPlane:
 
     def load_model(self) -> OnnxModel:
         """Blocking: load and warm the model (run this in a thread)."""
-        s = self.settings
-        model = OnnxModel(s)
-        if s.warmup:
-            started = time.perf_counter()
-            model.warmup(s.max_batch_size)
-            log.info("warm-up of %s took %.0f ms", s.name, (time.perf_counter() - started) * 1e3)
-        return model
+        return load_model(self.settings)
 
     def register(self, model: OnnxModel) -> ModelEntry:
         """Make a loaded model servable (on the event loop). Ready from here on."""

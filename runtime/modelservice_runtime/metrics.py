@@ -1,28 +1,25 @@
 """Prometheus metrics, named exactly as Triton's so existing dashboards and alerts apply.
 
-Triton exposes its counters without the `_total` suffix that prometheus_client forces, so
-the counters are plain floats rendered here (they are only touched on the event loop,
-which also makes them cheaper than locked client counters). Durations are cumulative
-microseconds as in Triton: rate() them. A latency histogram, a batch-size histogram and the
-in-flight gauge come from prometheus_client. Each app owns its registry (tests build many).
+Triton exposes its counters without the `_total` suffix, so they are rendered here rather
+than by prometheus_client. Durations are cumulative microseconds as in Triton: rate() them.
+A latency histogram, a batch-size histogram and the in-flight gauge complete the set.
+
+Every value is a float64 cell in one flat buffer. A single server owns a private buffer;
+with `--workers N` the supervisor allocates one shared-memory buffer with a region per
+worker, each worker writes only its own region, and whichever worker answers /metrics
+sums all regions, so a scrape sees the whole server whichever process it lands on. Cells
+are written only from a worker's event loop, so no locks are needed; an aligned float64
+store is atomic on the platforms we run on, so a reader never sees a torn value.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import bisect
+from collections.abc import Sequence
+from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# `*_created` timestamps double the exposition for no use here (Triton has none).
-disable_created_metrics()
-
-LABELS = ("model", "version")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -36,87 +33,134 @@ _COUNTERS = {
     "nv_inference_queue_duration_us": "Cumulative time requests waited for a batch (us)",
     "nv_inference_compute_infer_duration_us": "Cumulative model compute time per request (us)",
 }
+_PENDING = ("nv_inference_pending_request_count", "Inference requests in flight")
+_BATCH = ("modelservice_batch_size", "Rows per model execution")
+_LATENCY = ("modelservice_request_duration_seconds", "Inference request latency")
+
+# Cell layout of one model's block: the counters in _COUNTERS order, the pending gauge,
+# then each histogram as one cell per bucket (+Inf last, not cumulative) and its sum.
+(SUCCESS, FAILURE, COUNT, EXEC_COUNT, REQUEST_US, QUEUE_US, COMPUTE_US) = range(7)
+PENDING = 7
+BATCH_AT = 8
+LATENCY_AT = BATCH_AT + len(_BATCH_BUCKETS) + 2
+BLOCK = LATENCY_AT + len(_LATENCY_BUCKETS) + 2
+MAX_MODELS = 4  # per server; one is served today, the layout leaves room
+REGION = BLOCK * MAX_MODELS  # cells per worker
 
 
-@dataclass
-class _Counts:
-    nv_inference_request_success: float = 0
-    nv_inference_request_failure: float = 0
-    nv_inference_count: float = 0
-    nv_inference_exec_count: float = 0
-    nv_inference_request_duration_us: float = 0
-    nv_inference_queue_duration_us: float = 0
-    nv_inference_compute_infer_duration_us: float = 0
+def shared_cells(workers: int) -> Any:
+    """A zeroed shared-memory float64 array for `workers` regions (multiprocessing
+    RawArray: pass it to spawned workers as a Process argument)."""
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn").RawArray("d", REGION * workers)
+
+
+def _as_cells(buffer: Any) -> memoryview:
+    return memoryview(buffer).cast("B").cast("d")
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _num(value: float) -> str:
+    return f"{value:.17g}"
+
+
 class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self._models: list[ModelMetrics] = []
-        self.inflight = Gauge(
-            "nv_inference_pending_request_count",
-            "Inference requests in flight (received, not yet answered)",
-            LABELS,
-            registry=self.registry,
-        )
-        self.batch_size = Histogram(
-            "modelservice_batch_size",
-            "Rows per model execution",
-            LABELS,
-            buckets=_BATCH_BUCKETS,
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "modelservice_request_duration_seconds",
-            "Inference request latency",
-            LABELS,
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+    """All metrics of one server: `for_model()` hands out the per-model recorder,
+    `render()` the Prometheus text of every worker's values summed."""
+
+    def __init__(self, shared: Any = None, worker: int = 0, workers: int = 1) -> None:
+        if not 0 <= worker < workers:
+            raise ValueError(f"worker index {worker} is outside 0..{workers - 1}")
+        buffer = shared if shared is not None else bytearray(8 * REGION * workers)
+        self._cells = _as_cells(buffer)
+        if len(self._cells) < REGION * workers:
+            raise ValueError(f"metrics buffer of {len(self._cells)} cells < {REGION * workers}")
+        self._workers = workers
+        self._base = REGION * worker
+        self._labels: list[str] = []
 
     def for_model(self, model: str, version: str) -> ModelMetrics:
-        m = ModelMetrics(self, model, version)
-        self._models.append(m)
-        return m
+        index = len(self._labels)
+        if index >= MAX_MODELS:
+            raise ValueError(f"at most {MAX_MODELS} models have metrics in one server")
+        self._labels.append(f'model="{_escape(model)}",version="{_escape(version)}"')
+        offset = self._base + index * BLOCK
+        # A restarted worker keeps its region's counters (they stay monotonic) but its
+        # predecessor's in-flight requests died with it.
+        self._cells[offset + PENDING] = 0.0
+        return ModelMetrics(self._cells, offset)
+
+    def _summed(self, index: int) -> list[float]:
+        """Model `index`'s block summed over every worker's region."""
+        cells, total = self._cells, [0.0] * BLOCK
+        for w in range(self._workers):
+            start = w * REGION + index * BLOCK
+            for i, value in enumerate(cells[start : start + BLOCK]):
+                total[i] += value
+        return total
 
     def render(self) -> bytes:
-        """Prometheus text format 0.0.4: Triton counters, then the client's metrics."""
+        """Prometheus text format 0.0.4."""
+        blocks = [(labels, self._summed(i)) for i, labels in enumerate(self._labels)]
         lines: list[str] = []
-        for f in fields(_Counts):
-            lines.append(f"# HELP {f.name} {_COUNTERS[f.name]}")
-            lines.append(f"# TYPE {f.name} counter")
-            for m in self._models:
-                lines.append(f"{f.name}{{{m.label_text}}} {getattr(m.counts, f.name):.17g}")
-        return ("\n".join(lines) + "\n").encode() + generate_latest(self.registry)
+        for cell, (name, help_text) in enumerate(_COUNTERS.items()):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+            lines += [f"{name}{{{labels}}} {_num(b[cell])}" for labels, b in blocks]
+        name, help_text = _PENDING
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        lines += [f"{name}{{{labels}}} {_num(b[PENDING])}" for labels, b in blocks]
+        for (name, help_text), at, bounds in (
+            (_BATCH, BATCH_AT, _BATCH_BUCKETS),
+            (_LATENCY, LATENCY_AT, _LATENCY_BUCKETS),
+        ):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+            for labels, b in blocks:
+                lines += _histogram(name, labels, bounds, b[at : at + len(bounds) + 2])
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _histogram(name: str, labels: str, bounds: Sequence[float], cells: list[float]) -> list[str]:
+    buckets, total = cells[:-1], cells[-1]
+    out, cumulative = [], 0.0
+    for bound, count in zip([*map(float, bounds), "+Inf"], buckets, strict=True):
+        cumulative += count
+        out.append(f'{name}_bucket{{{labels},le="{bound}"}} {_num(cumulative)}')
+    out.append(f"{name}_count{{{labels}}} {_num(cumulative)}")
+    out.append(f"{name}_sum{{{labels}}} {_num(total)}")
+    return out
 
 
 class ModelMetrics:
-    """One model version's metrics, with label children bound once (no lookups per request)."""
+    """One model's recorder: a few cell updates per request, no locks, no lookups."""
 
-    def __init__(self, m: Metrics, model: str, version: str) -> None:
-        self.label_text = f'model="{_escape(model)}",version="{_escape(version)}"'
-        self.counts = _Counts()
-        self.inflight = m.inflight.labels(model, version)
-        self._batch_size = m.batch_size.labels(model, version)
-        self._latency = m.latency.labels(model, version)
+    def __init__(self, cells: memoryview, offset: int) -> None:
+        self._c = cells
+        self._o = offset
 
-    def on_batch(self, _requests: int, rows: int, _compute_s: float) -> None:
-        c = self.counts
-        c.nv_inference_exec_count += 1
-        c.nv_inference_count += rows
-        self._batch_size.observe(rows)
+    def request_started(self) -> None:
+        self._c[self._o + PENDING] += 1
 
     def on_request(self, ok: bool, total_s: float, queue_s: float, compute_s: float) -> None:
-        c = self.counts
+        """A request started with request_started() has been answered (or failed)."""
+        c, o = self._c, self._o
+        c[o + PENDING] -= 1
         if ok:
-            c.nv_inference_request_success += 1
-            c.nv_inference_queue_duration_us += queue_s * 1e6
-            c.nv_inference_compute_infer_duration_us += compute_s * 1e6
+            c[o + SUCCESS] += 1
+            c[o + QUEUE_US] += queue_s * 1e6
+            c[o + COMPUTE_US] += compute_s * 1e6
         else:
-            c.nv_inference_request_failure += 1
-        c.nv_inference_request_duration_us += total_s * 1e6
-        self._latency.observe(total_s)
+            c[o + FAILURE] += 1
+        c[o + REQUEST_US] += total_s * 1e6
+        c[o + LATENCY_AT + bisect.bisect_left(_LATENCY_BUCKETS, total_s)] += 1
+        c[o + LATENCY_AT + len(_LATENCY_BUCKETS) + 1] += total_s
+
+    def on_batch(self, _requests: int, rows: int, _compute_s: float) -> None:
+        c, o = self._c, self._o
+        c[o + EXEC_COUNT] += 1
+        c[o + COUNT] += rows
+        c[o + BATCH_AT + bisect.bisect_left(_BATCH_BUCKETS, rows)] += 1
+        c[o + BATCH_AT + len(_BATCH_BUCKETS) + 1] += rows

@@ -3,7 +3,8 @@
 Shutdown on SIGTERM (or SIGINT) is graceful and ordered for Kubernetes: readiness turns
 false at once, the server keeps answering for --shutdown-delay-s so endpoints stop routing
 to it, then it stops accepting, finishes every in-flight request (up to
---graceful-timeout-s) and exits 0. A second signal skips the delay.
+--graceful-timeout-s) and exits 0. A second signal skips the delay. With --workers N
+the same holds for each worker process (workers.py).
 """
 
 from __future__ import annotations
@@ -11,11 +12,17 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from modelservice_runtime import settings as settings_mod
+
+if TYPE_CHECKING:
+    from modelservice_runtime.metrics import Metrics
+    from modelservice_runtime.model import OnnxModel
 
 log = logging.getLogger("modelservice.serve")
 
@@ -30,10 +37,32 @@ def run(args: argparse.Namespace) -> int:
     except settings_mod.SettingsError as e:
         print(f"modelservice serve: {e}", file=sys.stderr)
         return 2
+    configure_logging(settings)
+    from modelservice_runtime import workers
+
+    count = workers.worker_count(settings)
+    if count > 1:
+        return workers.supervise(settings, count)
+    return serve(settings)
+
+
+def configure_logging(settings: settings_mod.Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
     )
+
+
+def serve(
+    settings: settings_mod.Settings,
+    *,
+    metrics: Metrics | None = None,
+    model: OnnxModel | None = None,
+    sockets: list[socket.socket] | None = None,
+) -> int:
+    """Run one server process until it is stopped; the exit code of `modelservice serve`.
+    A worker of a multi-process server passes its shared metrics, its loaded model and its
+    own SO_REUSEPORT socket (see workers.py)."""
     import uvicorn
 
     from modelservice_runtime.server import create_app
@@ -61,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     def fatal() -> None:
         server.should_exit = True
 
-    app = create_app(settings, on_fatal=fatal)
+    app = create_app(settings, on_fatal=fatal, metrics=metrics, model=model)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -80,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         settings.port,
         settings,
     )
-    server.run()
+    server.run(sockets=sockets)
     if app.state.dataplane.load_error:
         print(f"modelservice serve: {app.state.dataplane.load_error}", file=sys.stderr)
         return 1

@@ -21,7 +21,6 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -38,7 +37,8 @@ from modelservice_runtime.errors import (
     error_response,
     json_error,
 )
-from modelservice_runtime.metrics import Metrics
+from modelservice_runtime.metrics import CONTENT_TYPE, Metrics
+from modelservice_runtime.model import OnnxModel
 from modelservice_runtime.protocol import v1, v2
 from modelservice_runtime.settings import Settings
 
@@ -123,24 +123,35 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
-def create_app(settings: Settings, *, on_fatal: Callable[[], None] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    on_fatal: Callable[[], None] | None = None,
+    metrics: Metrics | None = None,
+    model: OnnxModel | None = None,
+) -> FastAPI:
     """Build the app. The model loads in the background at startup: live at once, ready
-    once loaded and warmed. `on_fatal` is called if loading fails (serve exits then)."""
-    metrics = Metrics()
+    once loaded and warmed. `on_fatal` is called if loading fails (serve exits then).
+    A worker of a multi-process server passes its shared `metrics` and an already loaded
+    `model` (it listens only once ready)."""
+    metrics = metrics if metrics is not None else Metrics()
     dataplane = DataPlane(settings, metrics)
     auth = BearerAuth(settings.auth_token)
     limit = settings.max_request_bytes
 
     async def load() -> None:
-        try:
-            model = await asyncio.get_running_loop().run_in_executor(None, dataplane.load_model)
-        except Exception as e:
-            dataplane.load_error = str(e)
-            log.error("cannot serve %s: %s", settings.model_path, e)
-            if on_fatal is not None:
-                on_fatal()
-            return
-        dataplane.register(model)
+        loaded = model
+        if loaded is None:
+            try:
+                loop = asyncio.get_running_loop()
+                loaded = await loop.run_in_executor(None, dataplane.load_model)
+            except Exception as e:
+                dataplane.load_error = str(e)
+                log.error("cannot serve %s: %s", settings.model_path, e)
+                if on_fatal is not None:
+                    on_fatal()
+                return
+        dataplane.register(loaded)
         # Startup objects (onnxruntime, numpy, the app) never die: keep them out of the
         # collector's scans so GC pauses stay short under load (better tail latency).
         gc.collect()
@@ -199,7 +210,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[], None] | None = None
     ) -> Response:
         started = time.perf_counter()
         m = entry.metrics
-        m.inflight.inc()
+        m.request_started()
         try:
             if body is None:
                 body = await read_body(request, limit)
@@ -209,8 +220,6 @@ def create_app(settings: Settings, *, on_fatal: Callable[[], None] | None = None
         except BaseException:
             m.on_request(False, time.perf_counter() - started, 0.0, 0.0)
             raise
-        finally:
-            m.inflight.dec()
         m.on_request(True, time.perf_counter() - started, result.queue_s, result.compute_s)
         return response
 
@@ -350,7 +359,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[], None] | None = None
 
     @app.get("/metrics", tags=["metrics"])
     async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     # The same handlers, reached without the framework's middleware and dependency layers.
     app.fast_routes = [

@@ -52,6 +52,7 @@ class Settings:
     model_version: str = "1"
     host: str = "0.0.0.0"
     port: int = 8080
+    workers: int = 1
     max_batch_size: int = 32
     max_batch_delay_us: int = 500
     max_queue_size: int = 1024
@@ -75,6 +76,7 @@ class Settings:
             object.__setattr__(self, "name", Path(self.model_path).stem)
         checks: list[tuple[bool, str]] = [
             (self.port < 0 or self.port > 65535, f"--port must be 0..65535, got {self.port}"),
+            (self.workers < 0, f"--workers must be >= 0 (0 = one per CPU), got {self.workers}"),
             (self.max_batch_size < 0, "--max-batch-size must be >= 0"),
             (self.max_batch_delay_us < 0, "--max-batch-delay-us must be >= 0"),
             (self.max_queue_size < 1, "--max-queue-size must be >= 1"),
@@ -124,6 +126,7 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--name", "name", str, "served model name (default: the file stem)"),
     ("--host", "host", str, "listen address (default 0.0.0.0)"),
     ("--port", "port", int, "listen port (default 8080)"),
+    ("--workers", "workers", int, "server processes sharing the port (1); 0 = one per CPU"),
     ("--max-batch-size", "max_batch_size", int, "dynamic batching limit; 0 or 1 disables"),
     ("--max-batch-delay-us", "max_batch_delay_us", int, "longest wait to fill a batch (500)"),
     ("--max-queue-size", "max_queue_size", int, "queued requests before 503 (1024)"),

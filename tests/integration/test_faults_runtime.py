@@ -122,10 +122,13 @@ async def _load(
     await asyncio.gather(readiness(), *(worker() for _ in range(workers)))
 
 
-def test_sigterm_under_load_answers_every_accepted_request(mlp_onnx: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_under_load_answers_every_accepted_request(mlp_onnx: Path, workers: str) -> None:
     delay_s, grace_s = 1.5, 10.0
     with serve(
         mlp_onnx,
+        "--workers",
+        workers,
         "--shutdown-delay-s",
         str(delay_s),
         "--graceful-timeout-s",

@@ -1,0 +1,221 @@
+"""`modelservice serve --workers N`: N server processes sharing one port.
+
+One server process is held to about one core by the GIL however many cores the pod has;
+N workers use N. Each worker is a whole server (event loop, batcher, onnxruntime session)
+in its own process. Workers bind the port with SO_REUSEPORT and the kernel spreads new
+connections over them. A worker loads its model before it listens, so connections only
+ever reach ready workers (with one worker the server is live at once and ready later;
+with several, nothing answers until the first worker is ready).
+
+The supervisor (the process `modelservice serve` started as) holds no model: it starts the
+workers, forwards SIGTERM/SIGINT to them (each then drains as serve.py describes), restarts
+a worker that dies, and exits once they have all stopped. Metrics live in shared memory
+(metrics.py), so /metrics on any worker reports the whole server.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import replace
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from modelservice_runtime.settings import Settings
+
+log = logging.getLogger("modelservice.workers")
+
+CANNOT_START = 3  # a worker's exit code when restarting it cannot help (model, port)
+RESTARTS_ALLOWED = 5  # crashes tolerated per RESTART_WINDOW_S before the server gives up
+RESTART_WINDOW_S = 60.0
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+_PR_SET_PDEATHSIG = 1
+
+
+def available_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU limit."""
+    count = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit readable: the affinity mask is all we know
+    return count
+
+
+def worker_count(settings: Settings) -> int:
+    """--workers, with 0 resolved to one per available CPU; but one on a GPU, where each
+    worker would hold its own copy of the model in GPU memory."""
+    if settings.workers > 0:
+        return settings.workers
+    if settings.execution_provider in ("cuda", "tensorrt"):
+        return 1
+    if settings.execution_provider == "auto":
+        import onnxruntime
+
+        if set(_GPU_PROVIDERS) & set(onnxruntime.get_available_providers()):
+            return 1
+    return available_cpus()
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port with SO_REUSEPORT, not yet listening."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _exit_with(parent_pid: int) -> None:
+    """Get SIGTERM (and so drain) if the supervisor dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker_main(settings: Settings, index: int, workers: int, cells: Any, parent: int) -> None:
+    """One worker process (spawned): load, listen, serve until stopped."""
+    _exit_with(parent)
+    from modelservice_runtime import serve
+    from modelservice_runtime.dataplane import load_model
+    from modelservice_runtime.metrics import Metrics
+
+    serve.configure_logging(settings)
+    try:
+        model = load_model(settings)
+        sock = reuse_port_socket(settings.host, settings.port)
+    except Exception as e:
+        print(f"modelservice serve: worker {index}: {e}", file=sys.stderr)
+        sys.exit(CANNOT_START)
+    metrics = Metrics(cells, worker=index, workers=workers)
+    sys.exit(serve.serve(settings, metrics=metrics, model=model, sockets=[sock]))
+
+
+class Supervisor:
+    """Keeps `count` workers running until asked to stop; see the module doc."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        from modelservice_runtime.metrics import shared_cells
+
+        # Bound first so that port 0 resolves once for every worker. This socket never
+        # listens, so it takes no connections; it keeps the port while a worker restarts.
+        self._reserved = reuse_port_socket(settings.host, settings.port)
+        self.port = self._reserved.getsockname()[1]
+        self.settings = replace(settings, port=self.port)
+        if settings.intra_op_threads == 0:
+            # onnxruntime's default is a thread per core in *each* worker: N workers would
+            # put N threads on every core and spin them against each other.
+            threads = max(1, available_cpus() // count)
+            self.settings = replace(self.settings, intra_op_threads=threads)
+        self.count = count
+        self._cells = shared_cells(count)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._procs: dict[int, BaseProcess] = {}
+        self._crashes: collections.deque[float] = collections.deque()
+        self.stopping = False
+        self.failed = False
+
+    def _start(self, index: int) -> None:
+        proc = self._ctx.Process(
+            target=_worker_main,
+            args=(self.settings, index, self.count, self._cells, os.getpid()),
+            name=f"modelservice-worker-{index}",
+        )
+        proc.start()
+        self._procs[index] = proc
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.stopping = True
+        for proc in self._procs.values():
+            if proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, sig)
+
+    def _on_signal(self, sig: int, _frame: FrameType | None) -> None:
+        log.info("%s: stopping %d workers", signal.Signals(sig).name, len(self._procs))
+        self.stop(sig)
+
+    def _reap(self, index: int, proc: BaseProcess) -> None:
+        proc.join()
+        del self._procs[index]
+        code = proc.exitcode
+        if self.stopping:
+            # A worker still loading when the signal came dies of it: nothing was lost.
+            self.failed |= code not in (0, -signal.SIGTERM, -signal.SIGINT)
+            return
+        if code == CANNOT_START:
+            log.error("worker %d cannot start (see above); stopping the server", index)
+            self.failed = True
+            self.stop()
+            return
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and now - self._crashes[0] > RESTART_WINDOW_S:
+            self._crashes.popleft()
+        if len(self._crashes) > RESTARTS_ALLOWED:
+            log.error(
+                "workers exited %d times in %.0f s; stopping the server",
+                len(self._crashes),
+                RESTART_WINDOW_S,
+            )
+            self.failed = True
+            self.stop()
+            return
+        log.warning("worker %d (pid %s) exited with %s; restarting it", index, proc.pid, code)
+        self._start(index)
+
+    def run(self) -> int:
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for index in range(self.count):
+                if not self.stopping:
+                    self._start(index)
+            log.info(
+                "serving on %s:%d with %d workers (pids %s)",
+                self.settings.host,
+                self.port,
+                self.count,
+                ",".join(str(p.pid) for p in self._procs.values()),
+            )
+            while self._procs:
+                wait([p.sentinel for p in self._procs.values()], timeout=1.0)
+                for index, proc in list(self._procs.items()):
+                    if not proc.is_alive():
+                        self._reap(index, proc)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._reserved.close()
+        return 1 if self.failed else 0
+
+
+def supervise(settings: Settings, count: int) -> int:
+    """Run `count` workers until they stop; the exit code of `modelservice serve`."""
+    try:
+        supervisor = Supervisor(settings, count)
+    except OSError as e:
+        print(
+            f"modelservice serve: cannot listen on {settings.host}:{settings.port}: {e}",
+            file=sys.stderr,
+        )
+        return 1
+    return supervisor.run()

@@ -1,0 +1,168 @@
+"""`modelservice serve --workers N`: real worker processes sharing one loopback port.
+
+Workers are found as the supervisor's child processes in /proc and stopped by PID only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+
+from tests.integration.runtime_server import serve
+
+pytestmark = pytest.mark.slow
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rindex(")") + 2 :].split()  # fields after the command name
+
+
+def workers_of(supervisor: int) -> list[int]:
+    """The supervisor's spawned workers (multiprocessing also starts a resource tracker)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int(_stat(int(entry.name))[1]) != supervisor:
+                continue
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if b"spawn_main" in cmdline:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def alive(pid: int) -> bool:
+    try:
+        return _stat(pid)[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(what: str, check, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def counter(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=5).text  # a new connection: any worker
+    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(name + "{"))
+
+
+def infer(url: str, x: np.ndarray) -> np.ndarray:
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.ravel().tolist()}]}  # fmt: skip
+    r = httpx.post(url + "/v2/models/mlp/infer", content=orjson.dumps(body), timeout=10)
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    return np.array(out["data"], np.float32).reshape(out["shape"])
+
+
+def test_workers_share_the_port_and_metrics_count_the_whole_server(mlp_onnx: Path) -> None:
+    with serve(mlp_onnx, "--workers", "2") as served:
+        pids = wait_for(
+            "2 workers", lambda: (w := workers_of(served.proc.pid)) and len(w) == 2 and w
+        )
+        cpu_before = {pid: cpu_seconds(pid) for pid in pids}
+        session = ort.InferenceSession(str(mlp_onnx), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(3)
+        sent = 0
+        # Every request on a new connection: the kernel picks a worker per connection.
+        for _ in range(600):
+            x = rng.standard_normal((1, 64), dtype=np.float32)
+            np.testing.assert_allclose(infer(served.url, x), session.run(None, {"input": x})[0],
+                                       rtol=1e-5, atol=1e-6)  # fmt: skip
+            sent += 1
+        used = {pid: cpu_seconds(pid) - cpu_before[pid] for pid in pids}
+        # Whichever worker answers the scrape, it reports both workers' requests.
+        scrapes = {counter(served.url, "nv_inference_request_success") for _ in range(8)}
+    assert scrapes == {sent}, scrapes
+    # Both did real work: 600 requests take well over 0.1 s of CPU, split by the kernel.
+    assert all(seconds >= 0.05 for seconds in used.values()), used
+
+
+def test_a_killed_worker_is_replaced_without_losing_counts(mlp_onnx: Path) -> None:
+    with serve(mlp_onnx, "--workers", "2") as served:
+        pids = wait_for(
+            "2 workers", lambda: (w := workers_of(served.proc.pid)) and len(w) == 2 and w
+        )
+        x = np.zeros((1, 64), np.float32)
+        for _ in range(50):
+            infer(served.url, x)
+        os.kill(pids[0], signal.SIGKILL)  # a crash (OOM kill, segfault) of one worker
+        replaced = wait_for(
+            "a replacement worker",
+            lambda: (w := workers_of(served.proc.pid)) and len(w) == 2 and pids[0] not in w and w,
+        )
+        assert pids[1] in replaced
+        # The server answered throughout: the surviving worker takes new connections.
+        for _ in range(50):
+            infer(served.url, x)
+        # The dead worker's 50-odd requests stay counted (its shared region survives it).
+        assert counter(served.url, "nv_inference_request_success") == 100
+        assert served.proc.poll() is None
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=30) == 0
+        wait_for("workers to exit", lambda: not any(alive(p) for p in replaced), timeout=10)
+
+
+def test_killing_the_supervisor_takes_its_workers_down(mlp_onnx: Path) -> None:
+    with serve(mlp_onnx, "--workers", "2") as served:
+        pids = wait_for(
+            "2 workers", lambda: (w := workers_of(served.proc.pid)) and len(w) == 2 and w
+        )
+        served.proc.kill()  # SIGKILL: no chance to forward anything
+        served.proc.wait(timeout=10)
+        # PR_SET_PDEATHSIG: the kernel SIGTERMs each orphaned worker, which then drains.
+        wait_for("orphaned workers to exit", lambda: not any(alive(p) for p in pids), timeout=20)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(served.url + "/v2/health/live", timeout=2)
+
+
+def test_a_model_that_cannot_load_stops_every_worker(tmp_path: Path) -> None:
+    from tests.integration.test_faults_runtime import run_failing_serve
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    started = time.monotonic()
+    code, out, ready = run_failing_serve(str(bad), "--workers", "2")
+    assert code == 1 and ready == 0, out
+    assert "cannot start" in out and "bad.onnx" in out, out
+    assert time.monotonic() - started < 60  # no restart loop
+
+
+def test_sigterm_drains_every_worker_and_exits_zero(mlp_onnx: Path) -> None:
+    with serve(mlp_onnx, "--workers", "2") as served:
+        pids = wait_for(
+            "2 workers", lambda: (w := workers_of(served.proc.pid)) and len(w) == 2 and w
+        )
+        served.proc.send_signal(signal.SIGTERM)
+        try:
+            assert served.proc.wait(timeout=30) == 0, served.log_tail()
+        except subprocess.TimeoutExpired:
+            pytest.fail(served.log_tail())
+        assert not any(alive(p) for p in pids)
