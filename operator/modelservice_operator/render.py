@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shlex
 from typing import Any
 
@@ -82,6 +83,31 @@ def _fmt_floats(values: list[float]) -> str:
     return ",".join(repr(float(v)) for v in values)
 
 
+def cpu_cores(quantity: int | str) -> float:
+    """A CPU quantity ("500m", "2", 1.5) in cores."""
+    text = str(quantity)
+    if text.endswith("m"):
+        return float(text[:-1]) / 1000
+    return float(text)
+
+
+def runtime_workers(spec: ModelServiceSpec) -> int:
+    """spec.runtime.workers, with 0 resolved here rather than by the runtime: in a pod with
+    no CPU limit the runtime would see every core of the node."""
+    if spec.runtime.workers:
+        return spec.runtime.workers
+    if spec.gpu is not None:
+        return 1
+    res = spec.resources
+    cpu = res.limits.get("cpu", res.requests.get("cpu"))
+    if cpu is None:
+        return 1
+    try:
+        return max(1, math.ceil(cpu_cores(cpu)))
+    except ValueError:  # an exotic quantity form ("1e3"): one worker is always safe
+        return 1
+
+
 def serve_command(name: str, spec: ModelServiceSpec) -> list[str]:
     """`modelservice serve` command line for the runtime container (TEAM.md contract)."""
     rt = spec.runtime
@@ -90,6 +116,7 @@ def serve_command(name: str, spec: ModelServiceSpec) -> list[str]:
         "--name", spec.model.name or name,
         "--host", "0.0.0.0",
         "--port", str(HTTP_PORT),
+        "--workers", str(runtime_workers(spec)),
         "--max-batch-size", str(rt.batching.max_batch_size),
         "--max-batch-delay-us", str(rt.batching.max_delay_microseconds),
         "--intra-op-threads", str(rt.threads.intra_op),

@@ -56,6 +56,7 @@ OPERATOR_ENV_NAMES = frozenset(
         "MODELSERVICE_NAME",
         "MODELSERVICE_HOST",
         "MODELSERVICE_PORT",
+        "MODELSERVICE_WORKERS",
         "MODELSERVICE_MAX_BATCH_SIZE",
         "MODELSERVICE_MAX_BATCH_DELAY_US",
         "MODELSERVICE_INTRA_OP_THREADS",
@@ -327,6 +328,15 @@ class RuntimeSpec(_Model):
     )
     threads: ThreadsSpec = Field(
         default_factory=ThreadsSpec, description="onnxruntime thread pool sizes."
+    )
+    workers: int = Field(
+        default=1,
+        ge=0,
+        le=256,
+        description="Server processes per pod, sharing its port (one process is held to "
+        "about one core by Python's GIL); each loads its own copy of the model. 0 = one per "
+        "CPU of the pod (resources.limits.cpu, else requests.cpu, rounded up); a GPU pod "
+        "always runs one.",
     )
     normalize: NormalizeSpec | None = Field(
         default=None, description="Optional per-channel input normalization."

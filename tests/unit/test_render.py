@@ -116,7 +116,7 @@ def test_runtime_container_command_ports_and_probes() -> None:
     assert c["image"] == IMAGE
     assert c["command"] == [
         "modelservice", "serve", "/models/model.onnx", "--name", "demo", "--host", "0.0.0.0",
-        "--port", "8080", "--max-batch-size", "8", "--max-batch-delay-us", "900",
+        "--port", "8080", "--workers", "1", "--max-batch-size", "8", "--max-batch-delay-us", "900",
         "--intra-op-threads", "2", "--inter-op-threads", "1", "--execution-provider", "cpu",
     ]  # fmt: skip
     assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
@@ -132,6 +132,32 @@ def test_runtime_container_command_ports_and_probes() -> None:
     assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
     assert {"name": "model", "mountPath": "/models", "readOnly": True} in c["volumeMounts"]
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "workers"),
+    [
+        ({}, 1),  # the default: one process, as before workers existed
+        ({"runtime": {"workers": 3}}, 3),
+        ({"runtime": {"workers": 0}}, 1),  # default requests: cpu 500m -> 1
+        ({"runtime": {"workers": 0}, "resources": {"requests": {"cpu": "2500m"}}}, 3),
+        ({"runtime": {"workers": 0}, "resources": {"requests": {"cpu": 2}}}, 2),
+        (  # the limit wins over the request: it is what the cgroup enforces
+            {"runtime": {"workers": 0},
+             "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "4"}}},
+            4,
+        ),
+        ({"runtime": {"workers": 0}, "resources": {"requests": {"memory": "1Gi"}}}, 1),
+        (  # each worker would hold its own copy of the model in GPU memory
+            {"runtime": {"workers": 0}, "resources": {"requests": {"cpu": "8"}},
+             "gpu": {"count": 1}},
+            1,
+        ),
+    ],
+)  # fmt: skip
+def test_runtime_workers_resolve_zero_to_the_pods_cpus(extra: dict[str, Any], workers: int) -> None:
+    command = _container(_spec(**extra))["command"]
+    assert command[command.index("--workers") + 1] == str(workers)
 
 
 def test_model_name_and_normalize_flags() -> None:
