@@ -6,8 +6,9 @@ asks for them). Latency logging, gRPC and uvicorn's access log are off so that K
 measured at its best, not at its defaults.
 
 KServe parses its own flags from sys.argv at import time, so this script takes its inputs
-from the environment: BENCH_MODEL_PATH, BENCH_MODEL_NAME; pass `--http_port P
---enable_grpc false --enable_latency_logging false` as arguments.
+from the environment: BENCH_MODEL_PATH, BENCH_MODEL_NAME, BENCH_INTRA_OP_THREADS; pass
+`--http_port P --enable_grpc false --enable_latency_logging false [--workers N]` as
+arguments.
 """
 
 from __future__ import annotations
@@ -27,10 +28,23 @@ class OnnxModel(Model):
         self.load()
 
     def load(self) -> bool:
-        self.session = ort.InferenceSession(self.path, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        # Several workers on a few cores: the same cores/workers threads that our runtime
+        # gives each of its workers (0 = onnxruntime's default, one per core).
+        options.intra_op_num_threads = int(os.environ.get("BENCH_INTRA_OP_THREADS", "0"))
+        self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
         self.output_name = self.session.get_outputs()[0].name
         self.ready = True
         return self.ready
+
+    # With --workers N, KServe pickles the model into each spawned worker process; an
+    # onnxruntime session cannot be pickled, so each worker opens its own.
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "session"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.load()
 
     def predict(
         self, payload: InferRequest, headers: dict[str, str] | None = None

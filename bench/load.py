@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import time
@@ -60,6 +61,7 @@ class LoadResult:
     errors: int  # non-2xx (wrk counts status > 399) + socket errors (connect/read/write/timeout)
     error_detail: dict[str, int]
     server_cpu_s: float  # CPU seconds the server process tree used during the run
+    load_cpu_s: float  # CPU seconds wrk itself used (it shares the machine with the server)
     loadavg_before: float
 
     def to_dict(self) -> dict:
@@ -134,9 +136,14 @@ def run_wrk(
         argv = ["taskset", "-c", cpus, *argv]
     load_before = _loadavg()
     cpu_before = server_cpu() if server_cpu else 0.0
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=duration_s + 60)
     wall = time.monotonic() - started
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = (wrk_after.ru_utime + wrk_after.ru_stime) - (
+        wrk_before.ru_utime + wrk_before.ru_stime
+    )
     cpu_used = (server_cpu() - cpu_before) if server_cpu else 0.0
     line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
     if done.returncode != 0 or line is None:
@@ -162,5 +169,6 @@ def run_wrk(
         errors=sum(detail.values()),
         error_detail=detail,
         server_cpu_s=cpu_used,
+        load_cpu_s=wrk_cpu,
         loadavg_before=load_before,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -45,6 +46,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--server-cpus", help="taskset CPU list for servers, e.g. 1 (default: none)")
     p.add_argument("--load-cpus", help="taskset CPU list for wrk, e.g. 0 (default: none)")
     p.add_argument("--wrk-threads", type=int, default=1)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes of the multi-process configurations of ours and KServe "
+        "(default: one per CPU)",
+    )
     p.add_argument("--operator-sizes", help="ModelService counts (default 100,500,1000; quick 100)")
     p.add_argument("--no-operator", action="store_true", help="skip the operator-scale part")
     p.add_argument(
@@ -93,12 +101,18 @@ def verify(url: str, body: models.Body, model: models.BenchModel) -> str:
     return "ok"
 
 
-def specs_for(model: models.BenchModel, systems: list[str]) -> list[servers.ServerSpec]:
+def specs_for(
+    model: models.BenchModel, systems: list[str], workers: int
+) -> list[servers.ServerSpec]:
+    """Ours in one process and in `workers` processes (batching on; off only multi-process),
+    KServe at its default of one worker and with `workers`, and the naive endpoint."""
     specs = []
+    multi = [workers] if workers > 1 else []
     if "ours" in systems:
-        specs += [servers.our_runtime(model, batching=True), servers.our_runtime(model, False)]
+        specs += [servers.our_runtime(model, batching=True, workers=w) for w in [*multi, 1]]
+        specs += [servers.our_runtime(model, batching=False, workers=w) for w in multi or [1]]
     if "kserve" in systems:
-        specs.append(servers.kserve(model))
+        specs += [servers.kserve(model, workers=w) for w in [1, *multi]]
     if "naive" in systems:
         specs.append(servers.naive(model))
     return specs
@@ -168,6 +182,7 @@ def bench_model(
                         "label": spec.label,
                         "system": spec.system,
                         "batching": spec.batching,
+                        "workers": spec.workers,
                         "body": kind,
                         **res.to_dict(),
                         "others_cpu_s": others_cpu,
@@ -242,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             "wrk_threads": args.wrk_threads,
             "server_cpus": args.server_cpus,
             "load_cpus": args.load_cpus,
+            "workers": args.workers,
             "batch_sizes": list(BATCH_SIZES),
         },
         "loadavg_start": Path("/proc/loadavg").read_text().split()[0],
@@ -263,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
             "servers": {},
             "runs": [],
         }
-        entry["servers"], entry["runs"] = bench_model(model, specs_for(model, args.systems), args)
+        entry["servers"], entry["runs"] = bench_model(
+            model, specs_for(model, args.systems, args.workers), args
+        )
         # The limit again after the servers: the higher of the two is the ceiling, so a
         # noisy first measurement can never flatter the servers' ratios.
         again = measure_limit(model, seconds=1.0 if args.quick else 3.0)

@@ -22,6 +22,7 @@ from bench.models import BenchModel
 REPO = Path(__file__).resolve().parent.parent
 VENV = REPO / ".cache" / "venv"
 OUR_RUNTIME = [str(VENV / "bin" / "modelservice"), "serve"]
+CPUS = len(os.sched_getaffinity(0))
 KSERVE_VENV = REPO / ".cache" / "bench-kserve-venv"
 KSERVE_PACKAGES = ["kserve", "onnxruntime"]
 STARTUP_TIMEOUT_S = 120.0
@@ -39,13 +40,22 @@ class ServerSpec:
     argv_for_port: list[str]  # "{port}" is replaced by the chosen port
     env: dict[str, str] = field(default_factory=dict)
     ready_path: str = "/v2/health/ready"
+    workers: int = 1  # server processes
 
     def argv(self, port: int) -> list[str]:
         return [a.replace("{port}", str(port)) for a in self.argv_for_port]
 
 
-def our_runtime(model: BenchModel, batching: bool, max_batch_size: int = 32) -> ServerSpec:
+def _workers_suffix(workers: int) -> tuple[str, str]:
+    """(key suffix, label suffix) for a multi-process configuration."""
+    return ("", "") if workers == 1 else (f"-w{workers}", f", {workers} workers")
+
+
+def our_runtime(
+    model: BenchModel, batching: bool, max_batch_size: int = 32, workers: int = 1
+) -> ServerSpec:
     batch = str(max_batch_size) if batching else "1"
+    key_suffix, label_suffix = _workers_suffix(workers)
     argv = [
         *OUR_RUNTIME,
         str(model.path),
@@ -53,35 +63,44 @@ def our_runtime(model: BenchModel, batching: bool, max_batch_size: int = 32) -> 
         "--host", "127.0.0.1",
         "--port", "{port}",
         "--max-batch-size", batch,
+        "--workers", str(workers),
         "--log-level", "warning",
     ]  # fmt: skip
     return ServerSpec(
-        key="ours-batch" if batching else "ours-nobatch",
-        label=f"modelservice (batching {'on, max ' + batch if batching else 'off'})",
+        key=("ours-batch" if batching else "ours-nobatch") + key_suffix,
+        label=f"modelservice (batching {'on, max ' + batch if batching else 'off'}{label_suffix})",
         system="ours",
         batching=batching,
         bodies=("json", "binary"),
         argv_for_port=argv,
+        workers=workers,
     )
 
 
-def kserve(model: BenchModel) -> ServerSpec:
+def kserve(model: BenchModel, workers: int = 1) -> ServerSpec:
+    key_suffix, label_suffix = _workers_suffix(workers)
     argv = [
         str(KSERVE_VENV / "bin" / "python"),
         str(REPO / "bench" / "kserve_server.py"),
         "--http_port", "{port}",
         "--enable_grpc", "false",
         "--enable_latency_logging", "false",
+        "--workers", str(workers),
     ]  # fmt: skip
-    env = {"BENCH_MODEL_PATH": str(model.path), "BENCH_MODEL_NAME": model.name}
+    env = {
+        "BENCH_MODEL_PATH": str(model.path),
+        "BENCH_MODEL_NAME": model.name,
+        "BENCH_INTRA_OP_THREADS": "0" if workers == 1 else str(max(1, CPUS // workers)),
+    }
     return ServerSpec(
-        key="kserve",
-        label="KServe ModelServer",
+        key="kserve" + key_suffix,
+        label="KServe ModelServer" + (label_suffix and f" ({label_suffix[2:]})"),
         system="kserve",
         batching=False,
         bodies=("json", "binary"),
         argv_for_port=argv,
         env=env,
+        workers=workers,
     )
 
 
