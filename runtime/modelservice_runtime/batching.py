@@ -73,6 +73,11 @@ class DynamicBatcher:
 
     `run_batch(inputs) -> outputs` is blocking and runs on `executor`; every output must
     have the batch on axis 0 so the rows can be handed back to their requests exactly.
+
+    A batch expected to take less than `inline_below_s` (from the time per row measured on
+    earlier batches) runs on the event loop itself instead: for a fast model the hand-off to
+    a thread costs more than the run. Longer batches, and the first, still go to the thread,
+    so probes and new requests are never held up for longer than that.
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class DynamicBatcher:
         max_queue_size: int,
         executor: Executor,
         max_concurrent_batches: int = 1,
+        inline_below_s: float = 0.0,
         on_batch: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
@@ -93,6 +99,8 @@ class DynamicBatcher:
         self._executor = executor
         self._concurrency = max_concurrent_batches
         self._on_batch = on_batch  # (requests, rows, compute_s), on the event loop
+        self._inline_below_s = inline_below_s
+        self._row_s: float | None = None  # moving average of compute time per row
         # Loop-bound state: created by _start inside the running loop.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -174,6 +182,12 @@ class DynamicBatcher:
                 if not batch:
                     continue
                 self._running += 1
+                if self._row_s is not None and (
+                    self._row_s * sum(p.rows for p in batch) < self._inline_below_s
+                ):
+                    self._finish(batch, self._run_here(batch, loop))
+                    await asyncio.sleep(0)  # let the answers out and the next requests in
+                    continue
                 fut = loop.run_in_executor(self._executor, self._execute, batch)
                 fut.add_done_callback(lambda f, b=batch: self._finish(b, f))
         except asyncio.CancelledError:
@@ -220,6 +234,16 @@ class DynamicBatcher:
             )
         return outputs, time.perf_counter() - start
 
+    def _run_here(
+        self, batch: list[_Pending], loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[tuple[Arrays, float]]:
+        done: asyncio.Future[tuple[Arrays, float]] = loop.create_future()
+        try:
+            done.set_result(self._execute(batch))
+        except Exception as e:
+            done.set_exception(e)
+        return done
+
     # --- back on the event loop -------------------------------------------------------------
 
     def _finish(self, batch: list[_Pending], fut: asyncio.Future[tuple[Arrays, float]]) -> None:
@@ -240,6 +264,8 @@ class DynamicBatcher:
                 if not p.future.done():
                     p.future.set_exception(e)
             return
+        per_row = compute_s / max(1, total)
+        self._row_s = per_row if self._row_s is None else 0.8 * self._row_s + 0.2 * per_row
         if self._on_batch is not None:
             self._on_batch(len(batch), total, compute_s)
         start = 0

@@ -28,6 +28,9 @@ SERVER_NAME = "modelservice"
 # Only what is implemented: there is no model-repository API (one model per server).
 EXTENSIONS = ["binary_tensor_data"]
 PLATFORM = "onnxruntime_onnx"
+# Longest expected batch run on the event loop (CPU only): holding up probes and new
+# requests this long is harmless.
+INLINE_BATCH_BELOW_S = 0.01
 
 
 def load_model(s: Settings) -> OnnxModel:
@@ -76,6 +79,11 @@ class DataPlane:
         executor = ThreadPoolExecutor(
             max_workers=1 if batching else 2, thread_name_prefix=f"infer-{s.name}"
         )
+        # On the CPU, short batches run on the event loop itself: the hand-off to a thread
+        # adds a wake-up and GIL contention and buys no overlap, because parsing the next
+        # requests needs the same cores (measured on the MLP, 1 worker: about +50% req/s).
+        # A GPU computes while the loop parses, so there every batch goes to the thread.
+        on_cpu = model.providers[0] == "CPUExecutionProvider"
         batcher = (
             DynamicBatcher(
                 model.run,
@@ -83,6 +91,7 @@ class DataPlane:
                 max_delay_s=s.max_batch_delay_us / 1e6,
                 max_queue_size=s.max_queue_size,
                 executor=executor,
+                inline_below_s=INLINE_BATCH_BELOW_S if on_cpu else 0.0,
                 on_batch=metrics.on_batch,
             )
             if batching

@@ -268,3 +268,64 @@ def test_full_queue_answers_503_with_retry_after(mlp_onnx: Path) -> None:
     assert refused is not None and refused.status_code == 503
     assert refused.headers == {"Retry-After": "1"}
     assert "queue is full (3 requests waiting)" in refused.message
+
+
+def test_short_batches_run_on_the_event_loop_and_long_ones_on_the_thread(
+    scale_onnx: Path,
+) -> None:
+    """After the first batch (always on the thread) tells the time per row, a batch expected
+    under `inline_below_s` runs on the loop's own thread; a bigger one still goes to the
+    executor, so the loop is never held up for long. Answers are right either way."""
+    session = ort.InferenceSession(str(scale_onnx), providers=["CPUExecutionProvider"])
+    ran_on: list[tuple[int, bool]] = []  # (rows, on the event loop's thread)
+    loop_thread: list[int] = []
+
+    def run(inputs: Arrays) -> Arrays:
+        x = inputs["x"]
+        ran_on.append((x.shape[0], threading.get_ident() == loop_thread[0]))
+        return {"y": session.run(["y"], inputs)[0]}
+
+    async def main() -> None:
+        loop_thread.append(threading.get_ident())
+        batcher = make_batcher(run, max_batch_size=4096, max_delay_s=0.0, inline_below_s=0.5)
+        try:
+            for rows in (1, 1, 1):
+                got = await batcher.submit({"x": np.full((rows, 2), 3, np.float32)})
+                np.testing.assert_array_equal(got.outputs["y"], np.full((rows, 2), 7))
+            # The measured time per row is now well under 0.5 s; pretend it is 1 ms so that
+            # 4000 rows are expected to take 4 s: too long to run on the loop.
+            batcher._row_s = 0.001
+            got = await batcher.submit({"x": np.ones((4000, 2), np.float32)})
+            np.testing.assert_array_equal(got.outputs["y"], np.full((4000, 2), 3))
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+    assert ran_on == [(1, False), (1, True), (1, True), (4000, False)]
+
+
+def test_inline_batches_that_fail_fail_their_requests_and_the_batcher_carries_on(
+    scale_onnx: Path,
+) -> None:
+    session = ort.InferenceSession(str(scale_onnx), providers=["CPUExecutionProvider"])
+    fail = [False]
+
+    def run(inputs: Arrays) -> Arrays:
+        if fail[0]:
+            raise InferenceFailed("boom")
+        return {"y": session.run(["y"], inputs)[0]}
+
+    async def main() -> None:
+        batcher = make_batcher(run, max_delay_s=0.0, inline_below_s=10.0)
+        try:
+            await batcher.submit({"x": np.ones((1, 2), np.float32)})  # learns the row time
+            fail[0] = True
+            with pytest.raises(InferenceFailed, match="boom"):
+                await batcher.submit({"x": np.ones((1, 2), np.float32)})
+            fail[0] = False
+            got = await batcher.submit({"x": np.ones((1, 2), np.float32)})
+            np.testing.assert_array_equal(got.outputs["y"], np.full((1, 2), 3))
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
