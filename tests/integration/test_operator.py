@@ -359,6 +359,8 @@ def test_fixed_replicas_example_and_spec_update_rolls_the_deployment(
         "name": "MODELSERVICE_AUTH_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "mlp-token", "key": "token"}},
     } in runtime["env"]
+    # workers: 0 -> one per CPU of the pod's limit (2), not of its request (500m)
+    assert runtime["command"][runtime["command"].index("--workers") + 1] == "2"
     init = dep["spec"]["template"]["spec"]["initContainers"][0]
     assert init["command"][-2:] == ["--sha256", obj["spec"]["model"]["sha256"]]
     old_hash = dep["spec"]["template"]["metadata"]["annotations"][
