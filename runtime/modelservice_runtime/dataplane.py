@@ -65,10 +65,6 @@ class DataPlane:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def load_model(self) -> OnnxModel:
-        """Blocking: load and warm the model (run this in a thread)."""
-        return load_model(self.settings)
-
     def register(self, model: OnnxModel) -> ModelEntry:
         """Make a loaded model servable (on the event loop). Ready from here on."""
         s = self.settings

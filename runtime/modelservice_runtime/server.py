@@ -28,7 +28,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from modelservice_runtime import __version__
 from modelservice_runtime.auth import BearerAuth
-from modelservice_runtime.dataplane import DataPlane, ModelEntry
+from modelservice_runtime.dataplane import DataPlane, ModelEntry, load_model
 from modelservice_runtime.errors import (
     BadRequest,
     ModelServiceError,
@@ -144,7 +144,7 @@ def create_app(
         if loaded is None:
             try:
                 loop = asyncio.get_running_loop()
-                loaded = await loop.run_in_executor(None, dataplane.load_model)
+                loaded = await loop.run_in_executor(None, load_model, settings)
             except Exception as e:
                 dataplane.load_error = str(e)
                 log.error("cannot serve %s: %s", settings.model_path, e)
