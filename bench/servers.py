@@ -78,7 +78,7 @@ def our_runtime(
 
 
 def kserve(model: BenchModel, workers: int = 1) -> ServerSpec:
-    key_suffix, label_suffix = _workers_suffix(workers)
+    key_suffix, _ = _workers_suffix(workers)
     argv = [
         str(KSERVE_VENV / "bin" / "python"),
         str(REPO / "bench" / "kserve_server.py"),
@@ -94,7 +94,7 @@ def kserve(model: BenchModel, workers: int = 1) -> ServerSpec:
     }
     return ServerSpec(
         key="kserve" + key_suffix,
-        label="KServe ModelServer" + (label_suffix and f" ({label_suffix[2:]})"),
+        label="KServe ModelServer" + ("" if workers == 1 else f" ({workers} workers)"),
         system="kserve",
         batching=False,
         bodies=("json", "binary"),

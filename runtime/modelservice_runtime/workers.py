@@ -120,8 +120,7 @@ class Supervisor:
         # Bound first so that port 0 resolves once for every worker. This socket never
         # listens, so it takes no connections; it keeps the port while a worker restarts.
         self._reserved = reuse_port_socket(settings.host, settings.port)
-        self.port = self._reserved.getsockname()[1]
-        self.settings = replace(settings, port=self.port)
+        self.settings = replace(settings, port=self._reserved.getsockname()[1])
         if settings.intra_op_threads == 0:
             # onnxruntime's default is a thread per core in *each* worker: N workers would
             # put N threads on every core and spin them against each other.
@@ -192,7 +191,7 @@ class Supervisor:
             log.info(
                 "serving on %s:%d with %d workers (pids %s)",
                 self.settings.host,
-                self.port,
+                self.settings.port,
                 self.count,
                 ",".join(str(p.pid) for p in self._procs.values()),
             )
