@@ -30,11 +30,19 @@ RESOURCES: dict[str, tuple[str, str]] = {
 class KubeApiError(Exception):
     """The API server answered with an error status (or could not be reached)."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, causes: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.causes = causes  # details.causes[].reason of the API's Status, if any
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """The namespace is being deleted: nothing new can be created in it."""
+        return "NamespaceTerminating" in self.causes
 
 
 def object_path(kind: str, namespace: str, name: str | None = None) -> str:
@@ -129,17 +137,22 @@ class Kube:
 
 def _api_error(status: int, reason: str, body: Any) -> KubeApiError:
     message = body.decode() if isinstance(body, bytes) else str(body or "")
-    with contextlib.suppress(ValueError, AttributeError):
-        message = json.loads(message).get("message", message)
-    return KubeApiError(status, reason, message)
+    causes: tuple[str, ...] = ()
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        doc = json.loads(message)
+        message = doc.get("message", message)
+        details = doc.get("details") or {}
+        causes = tuple(str(c.get("reason", "")) for c in details.get("causes") or [])
+    return KubeApiError(status, reason, message, causes)
 
 
 _lock = threading.Lock()
 _client: Kube | None = None
 
 
-def client() -> Kube:
-    """Process-wide Kube, configured from in-cluster credentials or the kubeconfig."""
+def client(pool_size: int = 10) -> Kube:
+    """Process-wide Kube, configured from in-cluster credentials or the kubeconfig; the
+    first call sets how many connections it keeps (at least one per calling thread)."""
     global _client
     with _lock:
         if _client is None:
@@ -150,5 +163,11 @@ def client() -> Kube:
                 k8s_config.load_incluster_config()
             except k8s_config.ConfigException:
                 k8s_config.load_kube_config()
-            _client = Kube(k8s_client.ApiClient())
+            configuration = k8s_client.Configuration.get_default_copy()
+            # One pooled connection per handler thread: a full pool drops connections, and
+            # every new one costs both sides a TLS handshake.
+            configuration.connection_pool_maxsize = max(
+                configuration.connection_pool_maxsize or 0, pool_size
+            )
+            _client = Kube(k8s_client.ApiClient(configuration))
         return _client

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import (
+    NAMESPACE_PREFIX,
     REPO_ROOT,
     TEST_RUNTIME_IMAGE,
     Kubectl,
@@ -475,3 +476,24 @@ def test_fields_of_other_managers_are_not_treated_as_drift(
         time.sleep(1)
     restored = _restored_lines(modelservice_operator, ns, name)[before:]
     assert restored == [], f"{len(restored)} futile drift repairs, e.g. {restored[:1]}"
+
+
+def test_namespace_deletion_is_not_fought_as_drift(
+    kctl: Kubectl, modelservice_operator: OperatorProcess
+) -> None:
+    """Found by the operator-scale benchmark: deleting a namespace deletes the children
+    while their ModelService still exists, and the operator tried to restore every one of
+    them (403, namespace terminating), logging a warning per child."""
+    ns = f"{NAMESPACE_PREFIX}-{uuid.uuid4().hex[:6]}"
+    kctl.run("create", "namespace", ns)
+    try:
+        apply_list(kctl, ns, [msvc(f"gone-{i}", replicas=1) for i in range(3)])
+        for i in range(3):
+            wait_phase(kctl, ns, f"gone-{i}", "Ready")
+        kctl.run("delete", "namespace", ns, "--wait=true", "--timeout=90s", timeout=120)
+        time.sleep(2)  # the last watch events of the deletion reach the operator
+    finally:
+        kctl.run("delete", "namespace", ns, "--wait=false", check=False)
+    log = modelservice_operator.log_path.read_text(errors="replace").splitlines()
+    fought = [ln for ln in log if f"[{ns}/" in ln and "restore" in ln]
+    assert fought == [], f"{len(fought)} restore attempts during namespace deletion: {fought[:2]}"
