@@ -5,7 +5,10 @@ N workers use N. Each worker is a whole server (event loop, batcher, onnxruntime
 in its own process. Workers bind the port with SO_REUSEPORT and the kernel spreads new
 connections over them. A worker loads its model before it listens, so connections only
 ever reach ready workers (with one worker the server is live at once and ready later;
-with several, nothing answers until the first worker is ready).
+with several, nothing answers until they are all ready). The first workers start listening
+together, once all have loaded: a worker that listened alone would get every connection
+opened meanwhile, and clients keep their connections (a test opening 16 at readiness found
+all 16 on one of two workers). A restarted worker listens as soon as it has loaded.
 
 The supervisor (the process `modelservice serve` started as) holds no model: it starts the
 workers, forwards SIGTERM/SIGINT to them (each then drains as serve.py describes), restarts
@@ -16,6 +19,7 @@ a worker that dies, and exits once they have all stopped. Metrics live in shared
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import multiprocessing
@@ -23,6 +27,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import replace
 from multiprocessing.connection import wait
@@ -38,6 +43,9 @@ log = logging.getLogger("modelservice.workers")
 CANNOT_START = 3  # a worker's exit code when restarting it cannot help (model, port)
 RESTARTS_ALLOWED = 5  # crashes tolerated per RESTART_WINDOW_S before the server gives up
 RESTART_WINDOW_S = 60.0
+# How long a loaded worker waits for the others before it listens anyway.
+START_TOGETHER_TIMEOUT_S = 120.0
+LISTEN_BACKLOG = 2048  # uvicorn's default
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 _PR_SET_PDEATHSIG = 1
 
@@ -93,8 +101,15 @@ def _exit_with(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _worker_main(settings: Settings, index: int, workers: int, cells: Any, parent: int) -> None:
-    """One worker process (spawned): load, listen, serve until stopped."""
+def _worker_main(
+    settings: Settings,
+    index: int,
+    workers: int,
+    cells: Any,
+    parent: int,
+    start_together: threading.Barrier | None,
+) -> None:
+    """One worker process (spawned): load, wait for the others, listen, serve until stopped."""
     _exit_with(parent)
     from modelservice_runtime import serve
     from modelservice_runtime.dataplane import load_model
@@ -103,8 +118,19 @@ def _worker_main(settings: Settings, index: int, workers: int, cells: Any, paren
     serve.configure_logging(settings)
     try:
         model = load_model(settings)
-        sock = reuse_port_socket(settings.host, settings.port)
     except Exception as e:
+        print(f"modelservice serve: worker {index}: {e}", file=sys.stderr)
+        sys.exit(CANNOT_START)
+    if start_together is not None:
+        # Broken when another worker died or is slow: serve now rather than not at all.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            start_together.wait(START_TOGETHER_TIMEOUT_S)
+    try:
+        sock = reuse_port_socket(settings.host, settings.port)
+        # Listen now, not when uvicorn has started up (tens of ms later, and not the same
+        # in every worker): the kernel queues connections for us from this moment on.
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as e:
         print(f"modelservice serve: worker {index}: {e}", file=sys.stderr)
         sys.exit(CANNOT_START)
     metrics = Metrics(cells, worker=index, workers=workers)
@@ -131,13 +157,15 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("spawn")
         self._procs: dict[int, BaseProcess] = {}
         self._crashes: collections.deque[float] = collections.deque()
+        self._start_together = self._ctx.Barrier(count)
         self.stopping = False
         self.failed = False
 
-    def _start(self, index: int) -> None:
+    def _start(self, index: int, *, first: bool = False) -> None:
+        barrier = self._start_together if first else None
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(self.settings, index, self.count, self._cells, os.getpid()),
+            args=(self.settings, index, self.count, self._cells, os.getpid(), barrier),
             name=f"modelservice-worker-{index}",
         )
         proc.start()
@@ -157,6 +185,9 @@ class Supervisor:
         proc.join()
         del self._procs[index]
         code = proc.exitcode
+        # The others may be waiting for this one to load: let them listen now. (Once all
+        # have passed, aborting the barrier changes nothing.)
+        self._start_together.abort()
         if self.stopping:
             # A worker still loading when the signal came dies of it: nothing was lost.
             self.failed |= code not in (0, -signal.SIGTERM, -signal.SIGINT)
@@ -187,7 +218,7 @@ class Supervisor:
         try:
             for index in range(self.count):
                 if not self.stopping:
-                    self._start(index)
+                    self._start(index, first=True)
             log.info(
                 "serving on %s:%d with %d workers (pids %s)",
                 self.settings.host,
