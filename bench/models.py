@@ -81,6 +81,12 @@ class BenchModel:
 MODEL_SPECS: dict[str, tuple[str, tuple[int, ...], str]] = {
     "mlp": ("mlp", (64,), "MLP 64->256->256->10 (overhead-bound)"),
     "cnn": ("cnn", (3, 64, 64), "CNN on 3x64x64 images, 3 conv layers (compute-bound)"),
+    "cnn_wide": (
+        "cnn_wide",
+        (3, 64, 64),
+        "CNN on 3x64x64 images, 3 conv layers of 1.5x the channels (about 3x the compute; "
+        "in-process about as fast as issue 5's reference CNN)",
+    ),
 }
 
 

@@ -20,17 +20,27 @@ def mlp() -> nn.Module:
 
 def cnn() -> nn.Module:
     """Compute-bound: 3x64x64 image -> 10 classes."""
+    return _cnn(16, 32, 64)
+
+
+def cnn_wide() -> nn.Module:
+    """cnn() with 1.5x the channels, about 3x the compute per image: in-process it runs
+    about as fast here as the CNN behind issue 5's reference figures did there."""
+    return _cnn(24, 48, 96)
+
+
+def _cnn(c1: int, c2: int, c3: int) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1),
+        nn.Conv2d(3, c1, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
+        nn.Conv2d(c1, c2, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1),
+        nn.Conv2d(c2, c3, 3, padding=1),
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(64, 10),
+        nn.Linear(c3, 10),
     ).eval()
