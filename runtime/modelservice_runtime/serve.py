@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -59,10 +60,11 @@ def serve(
     metrics: Metrics | None = None,
     model: OnnxModel | None = None,
     sockets: list[socket.socket] | None = None,
+    heartbeat: Callable[[], None] | None = None,
 ) -> int:
     """Run one server process until it is stopped; the exit code of `modelservice serve`.
-    A worker of a multi-process server passes its shared metrics, its loaded model and its
-    own SO_REUSEPORT socket (see workers.py)."""
+    A worker of a multi-process server passes its shared metrics, its loaded model, its
+    own SO_REUSEPORT socket and its heartbeat (see workers.py)."""
     import uvicorn
 
     from modelservice_runtime.server import create_app
@@ -90,7 +92,7 @@ def serve(
     def fatal() -> None:
         server.should_exit = True
 
-    app = create_app(settings, on_fatal=fatal, metrics=metrics, model=model)
+    app = create_app(settings, on_fatal=fatal, metrics=metrics, model=model, heartbeat=heartbeat)
     config = uvicorn.Config(
         app,
         host=settings.host,

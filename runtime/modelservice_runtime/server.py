@@ -45,6 +45,7 @@ from modelservice_runtime.settings import Settings
 log = logging.getLogger("modelservice.server")
 
 JSON = "application/json"
+HEARTBEAT_S = 1.0  # see create_app(heartbeat=...)
 _INFER_BODY = {
     "requestBody": {
         "required": True,
@@ -129,11 +130,13 @@ def create_app(
     on_fatal: Callable[[], None] | None = None,
     metrics: Metrics | None = None,
     model: OnnxModel | None = None,
+    heartbeat: Callable[[], None] | None = None,
 ) -> FastAPI:
     """Build the app. The model loads in the background at startup: live at once, ready
     once loaded and warmed. `on_fatal` is called if loading fails (serve exits then).
-    A worker of a multi-process server passes its shared `metrics` and an already loaded
-    `model` (it listens only once ready)."""
+    A worker of a multi-process server passes its shared `metrics`, an already loaded
+    `model` (it listens only once ready) and a `heartbeat` to call from the event loop
+    every HEARTBEAT_S, so its supervisor sees if the loop is stuck."""
     metrics = metrics if metrics is not None else Metrics()
     dataplane = DataPlane(settings, metrics)
     auth = BearerAuth(settings.auth_token)
@@ -158,13 +161,21 @@ def create_app(
         gc.freeze()
         log.info("model %s is ready", settings.name)
 
+    async def beat(heartbeat: Callable[[], None]) -> None:
+        while True:
+            heartbeat()
+            await asyncio.sleep(HEARTBEAT_S)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        loader = asyncio.create_task(load())
+        tasks = [asyncio.create_task(load())]
+        if heartbeat is not None:
+            tasks.append(asyncio.create_task(beat(heartbeat)))
         try:
             yield
         finally:
-            loader.cancel()
+            for task in tasks:
+                task.cancel()
             await dataplane.close()
 
     app = RuntimeApp(

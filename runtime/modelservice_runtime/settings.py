@@ -70,6 +70,7 @@ class Settings:
     warmup: bool = True
     shutdown_delay_s: float = 2.0
     graceful_timeout_s: float = 25.0
+    worker_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -85,6 +86,7 @@ class Settings:
             (self.inter_op_threads < 0, "--inter-op-threads must be >= 0"),
             (self.gpu_mem_limit < 0, "--gpu-mem-limit must be >= 0 bytes"),
             (self.shutdown_delay_s < 0, "--shutdown-delay-s must be >= 0"),
+            (self.worker_timeout_s <= 0, "--worker-timeout-s must be > 0"),
             (
                 self.graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS,
                 f"--graph-optimization-level must be one of {GRAPH_OPTIMIZATION_LEVELS}",
@@ -142,6 +144,12 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--log-level", "log_level", str, "debug|info|warning|error (default info)"),
     ("--shutdown-delay-s", "shutdown_delay_s", float, "on SIGTERM, seconds unready first (2)"),
     ("--graceful-timeout-s", "graceful_timeout_s", float, "longest drain of in-flight (25)"),
+    (
+        "--worker-timeout-s",
+        "worker_timeout_s",
+        float,
+        "with several workers: one whose event loop is stuck this long is replaced (30)",
+    ),
 ]
 
 

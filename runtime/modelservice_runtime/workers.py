@@ -12,8 +12,12 @@ all 16 on one of two workers). A restarted worker listens as soon as it has load
 
 The supervisor (the process `modelservice serve` started as) holds no model: it starts the
 workers, forwards SIGTERM/SIGINT to them (each then drains as serve.py describes), restarts
-a worker that dies, and exits once they have all stopped. Metrics live in shared memory
-(metrics.py), so /metrics on any worker reports the whole server.
+a worker that dies, and exits once they have all stopped. Each worker's event loop writes a
+heartbeat to shared memory every second; a worker silent for --worker-timeout-s (a stuck
+loop: a deadlock, a runaway request) is killed and restarted like a crashed one, because a
+liveness probe, answered by whichever worker its connection reaches, would not notice.
+Metrics live in shared memory (metrics.py), so /metrics on any worker reports the whole
+server.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ def _worker_main(
     index: int,
     workers: int,
     cells: Any,
+    beats: Any,
     parent: int,
     start_together: threading.Barrier | None,
 ) -> None:
@@ -134,7 +139,12 @@ def _worker_main(
         print(f"modelservice serve: worker {index}: {e}", file=sys.stderr)
         sys.exit(CANNOT_START)
     metrics = Metrics(cells, worker=index, workers=workers)
-    sys.exit(serve.serve(settings, metrics=metrics, model=model, sockets=[sock]))
+
+    def heartbeat() -> None:
+        beats[index] = time.monotonic()  # CLOCK_MONOTONIC: one clock for all processes
+
+    code = serve.serve(settings, metrics=metrics, model=model, sockets=[sock], heartbeat=heartbeat)
+    sys.exit(code)
 
 
 class Supervisor:
@@ -158,16 +168,20 @@ class Supervisor:
         self._procs: dict[int, BaseProcess] = {}
         self._crashes: collections.deque[float] = collections.deque()
         self._start_together = self._ctx.Barrier(count)
+        self._beats = self._ctx.RawArray("d", count)  # last heartbeat per worker; 0: none yet
         self.stopping = False
         self.failed = False
 
     def _start(self, index: int, *, first: bool = False) -> None:
         barrier = self._start_together if first else None
+        self._beats[index] = 0.0
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(self.settings, index, self.count, self._cells, os.getpid(), barrier),
+            args=(
+                self.settings, index, self.count, self._cells, self._beats, os.getpid(), barrier
+            ),
             name=f"modelservice-worker-{index}",
-        )
+        )  # fmt: skip
         proc.start()
         self._procs[index] = proc
 
@@ -213,6 +227,23 @@ class Supervisor:
         log.warning("worker %d (pid %s) exited with %s; restarting it", index, proc.pid, code)
         self._start(index)
 
+    def _kill_if_stuck(self, index: int, proc: BaseProcess) -> None:
+        """SIGKILL a serving worker whose heartbeat is older than --worker-timeout-s; the
+        next round reaps and restarts it. A worker still loading has no heartbeat yet."""
+        last = self._beats[index]
+        silent = time.monotonic() - last
+        if last and silent > self.settings.worker_timeout_s and proc.pid is not None:
+            log.error(
+                "worker %d (pid %d): event loop silent for %.0f s (--worker-timeout-s %g); "
+                "killing it",
+                index,
+                proc.pid,
+                silent,
+                self.settings.worker_timeout_s,
+            )
+            self._beats[index] = 0.0  # kill once
+            os.kill(proc.pid, signal.SIGKILL)
+
     def run(self) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -231,6 +262,8 @@ class Supervisor:
                 for index, proc in list(self._procs.items()):
                     if not proc.is_alive():
                         self._reap(index, proc)
+                    else:
+                        self._kill_if_stuck(index, proc)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -168,6 +168,35 @@ def test_a_killed_worker_is_replaced_without_losing_counts(mlp_onnx: Path) -> No
         wait_for("workers to exit", lambda: not any(alive(p) for p in replaced), timeout=10)
 
 
+def test_a_worker_with_a_stuck_event_loop_is_replaced(mlp_onnx: Path) -> None:
+    """A liveness probe reaches whichever worker its connection lands on, so it would
+    miss one stuck worker; the supervisor watches each worker's heartbeat instead."""
+    with serve(mlp_onnx, "--workers", "2", "--worker-timeout-s", "2") as served:
+        pids = wait_for(
+            "2 workers", lambda: (w := workers_of(served.proc.pid)) and len(w) == 2 and w
+        )
+        time.sleep(3)  # serving and beating for longer than the timeout: nobody is killed
+        assert workers_of(served.proc.pid) == pids
+        os.kill(pids[0], signal.SIGSTOP)  # stuck as a deadlocked event loop would be
+        try:
+            replaced = wait_for(
+                "the stuck worker to be replaced",
+                lambda: (
+                    (w := workers_of(served.proc.pid)) and len(w) == 2 and pids[0] not in w and w
+                ),
+                timeout=30,
+            )
+        finally:
+            if alive(pids[0]):  # not replaced: a stopped process ignores SIGTERM, never leak it
+                os.kill(pids[0], signal.SIGKILL)
+        assert pids[1] in replaced
+        assert not alive(pids[0])
+        x = np.zeros((1, 64), np.float32)
+        for _ in range(20):  # new connections, spread over both workers again
+            infer(served.url, x)
+        assert "event loop silent" in served.log_tail()
+
+
 def test_killing_the_supervisor_takes_its_workers_down(mlp_onnx: Path) -> None:
     with serve(mlp_onnx, "--workers", "2") as served:
         pids = wait_for(

@@ -123,3 +123,17 @@ def test_workers_flag_and_env() -> None:
         from_args(parser.parse_args(["m.onnx", "--workers", "-1"]), {})
     with pytest.raises(SettingsError, match="MODELSERVICE_WORKERS: "):
         from_args(args, {"MODELSERVICE_WORKERS": "two"})
+
+
+def test_worker_timeout_flag_and_env() -> None:
+    import argparse
+
+    from modelservice_runtime.settings import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["m.onnx"])
+    assert from_args(args, {}).worker_timeout_s == 30.0
+    assert from_args(args, {"MODELSERVICE_WORKER_TIMEOUT_S": "5"}).worker_timeout_s == 5.0
+    with pytest.raises(SettingsError, match="--worker-timeout-s must be > 0"):
+        from_args(parser.parse_args(["m.onnx", "--worker-timeout-s", "0"]), {})
