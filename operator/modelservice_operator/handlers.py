@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -50,6 +50,18 @@ class ReconcileError(Exception):
 # --- startup, probes, index --------------------------------------------------------------
 
 
+class QuietSuccesses(logging.Filter):
+    """Drops kopf's "Handler 'X' succeeded." for the named handlers; their failures, and
+    every other handler's lines, still get through."""
+
+    def __init__(self, handler_ids: Iterable[str]) -> None:
+        super().__init__()
+        self._drop = frozenset(f"Handler {h!r} succeeded." for h in handler_ids)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg in self._drop)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     # Progress and diff-base in annotations: the CRD's status schema is ours alone, and
@@ -60,6 +72,10 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     )
     # Only warnings become Kubernetes events; the handlers post their own Normal events.
     settings.posting.level = logging.WARNING
+    # kopf logs each handler call that succeeds: for the watch-event handlers that was 4 in
+    # 5 lines of the log (12,500 of 15,500 for 1000 ModelServices), all saying nothing.
+    quiet = (modelservice_event, deployment_event, hpa_event, service_event, pdb_event)
+    logging.getLogger("kopf.objects").addFilter(QuietSuccesses(h.__name__ for h in quiet))
     # Recover from a restarted or unreachable API server instead of hanging on a watch.
     # (a watch silently cut off is dropped after client_timeout and re-established).
     settings.watching.server_timeout = 60

@@ -105,3 +105,19 @@ def test_contains_ignores_api_defaults_but_sees_edits() -> None:
     live["spec"]["template"]["spec"]["containers"][0]["name"] = "runtime"
     live["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = 2
     assert not contains(live, want)
+
+
+def test_quiet_successes_drops_only_the_named_handlers_successes() -> None:
+    import logging
+
+    from modelservice_operator.handlers import QuietSuccesses
+
+    quiet = QuietSuccesses(["deployment_event"])
+
+    def passes(msg: str, level: int = logging.INFO) -> bool:
+        return quiet.filter(logging.LogRecord("kopf.objects", level, __file__, 1, msg, None, None))
+
+    assert not passes("Handler 'deployment_event' succeeded.")
+    assert passes("Handler 'reconcile_modelservice' succeeded.")
+    assert passes("Handler 'deployment_event' failed with an exception. Will retry.", logging.ERROR)
+    assert passes("applied Deployment, Service (spec hash abc)")
