@@ -38,8 +38,8 @@ RETRY_DELAY_S = 10
 
 
 # Threads running the (synchronous) handlers. 1000 ModelServices created at once on 2
-# cores took 45-51 s to reconcile with 8, 16 or 32 threads alike: the API server's CPU is
-# the limit there, not the operator's concurrency.
+# cores took 41-56 s to reconcile with anything from 8 to 32 threads: the API server's CPU
+# is the limit there, not the operator's concurrency.
 HANDLER_THREADS = 8
 
 
