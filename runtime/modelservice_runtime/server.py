@@ -161,9 +161,9 @@ def create_app(
         gc.freeze()
         log.info("model %s is ready", settings.name)
 
-    async def beat(heartbeat: Callable[[], None]) -> None:
+    async def beat(send: Callable[[], None]) -> None:
         while True:
-            heartbeat()
+            send()
             await asyncio.sleep(HEARTBEAT_S)
 
     @asynccontextmanager
