@@ -10,6 +10,7 @@ the same holds for each worker process (workers.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import socket
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 from modelservice_runtime import settings as settings_mod
 
 if TYPE_CHECKING:
+    from modelservice_runtime.balancer import HandedOverConnections
     from modelservice_runtime.metrics import Metrics
     from modelservice_runtime.model import OnnxModel
 
@@ -59,17 +61,43 @@ def serve(
     *,
     metrics: Metrics | None = None,
     model: OnnxModel | None = None,
-    sockets: list[socket.socket] | None = None,
+    handed_over: HandedOverConnections | None = None,
     heartbeat: Callable[[], None] | None = None,
 ) -> int:
     """Run one server process until it is stopped; the exit code of `modelservice serve`.
-    A worker of a multi-process server passes its shared metrics, its loaded model, its
-    own SO_REUSEPORT socket and its heartbeat (see workers.py)."""
+    A worker of a multi-process server passes its shared metrics, its loaded model, the
+    connections its supervisor hands it instead of a listening socket, and its heartbeat
+    (see workers.py and balancer.py)."""
     import uvicorn
 
+    from modelservice_runtime.balancer import counting_closes
     from modelservice_runtime.server import create_app
 
     class GracefulServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            if handed_over is None:
+                await super().startup(sockets)
+                return
+            config = self.config
+            config.http_protocol_class = counting_closes(
+                config.http_protocol_class, handed_over.on_closed
+            )
+            await super().startup(sockets=[])  # no listening socket of our own
+            if self.started:
+                handed_over.start(
+                    functools.partial(
+                        config.http_protocol_class,
+                        config=config,
+                        server_state=self.server_state,
+                        app_state=self.lifespan.state,
+                    )
+                )
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if handed_over is not None:
+                handed_over.stop()  # stop accepting, as uvicorn closes its listeners
+            await super().shutdown(sockets)
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             dataplane = app.state.dataplane
             if dataplane.draining or settings.shutdown_delay_s <= 0:
@@ -111,7 +139,7 @@ def serve(
         settings.port,
         settings,
     )
-    server.run(sockets=sockets)
+    server.run()
     if app.state.dataplane.load_error:
         print(f"modelservice serve: {app.state.dataplane.load_error}", file=sys.stderr)
         return 1

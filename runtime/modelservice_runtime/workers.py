@@ -1,29 +1,26 @@
-"""`modelservice serve --workers N`: N server processes sharing one port.
+"""`modelservice serve --workers N`: N server processes behind one port.
 
 One server process is held to about one core by the GIL however many cores the pod has;
 N workers use N. Each worker is a whole server (event loop, batcher, onnxruntime session)
-in its own process. Workers bind the port with SO_REUSEPORT and the kernel spreads new
-connections over them. A worker loads its model before it listens, so connections only
-ever reach ready workers (with one worker the server is live at once and ready later;
-with several, nothing answers until they are all ready). The first workers start listening
-together, once all have loaded: a worker that listened alone would get every connection
-opened meanwhile, and clients keep their connections (a test opening 16 at readiness found
-all 16 on one of two workers). A restarted worker listens as soon as it has loaded.
+in its own process. The supervisor (the process `modelservice serve` started as) holds no
+model: it owns the listening socket and hands each connection to the worker holding the
+fewest (balancer.py), starts the workers, forwards SIGTERM/SIGINT to them (each then drains
+as serve.py describes), restarts a worker that dies, and exits once they have all stopped.
 
-The supervisor (the process `modelservice serve` started as) holds no model: it starts the
-workers, forwards SIGTERM/SIGINT to them (each then drains as serve.py describes), restarts
-a worker that dies, and exits once they have all stopped. Each worker's event loop writes a
-heartbeat to shared memory every second; a worker silent for --worker-timeout-s (a stuck
-loop: a deadlock, a runaway request) is killed and restarted like a crashed one, because a
-liveness probe, answered by whichever worker its connection reaches, would not notice.
-Metrics live in shared memory (metrics.py), so /metrics on any worker reports the whole
-server.
+The port starts listening once every worker has loaded its model and is serving (with one
+worker the server is live at once and ready later; with several, nothing answers until they
+are all ready), so the first connections spread over all of them. A restarted worker takes
+connections as soon as it serves again. Each worker's event loop writes a heartbeat to
+shared memory every second; a worker silent for --worker-timeout-s (a stuck loop: a
+deadlock, a runaway request) gets no new connections, is killed and is restarted like a
+crashed one, because a liveness probe, answered by whichever worker its connection
+reaches, would not notice. Metrics live in shared memory (metrics.py), so /metrics on any
+worker reports the whole server.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import math
 import multiprocessing
@@ -31,7 +28,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from dataclasses import replace
 from multiprocessing.connection import wait
@@ -40,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from modelservice_runtime.balancer import Balancer, listening_socket
 from modelservice_runtime.settings import Settings
 
 log = logging.getLogger("modelservice.workers")
@@ -47,7 +44,7 @@ log = logging.getLogger("modelservice.workers")
 CANNOT_START = 3  # a worker's exit code when restarting it cannot help (model, port)
 RESTARTS_ALLOWED = 5  # crashes tolerated per RESTART_WINDOW_S before the server gives up
 RESTART_WINDOW_S = 60.0
-# How long a loaded worker waits for the others before it listens anyway.
+# How long the port waits for every worker to serve before it listens with those that do.
 START_TOGETHER_TIMEOUT_S = 120.0
 LISTEN_BACKLOG = 2048  # uvicorn's default
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -81,20 +78,6 @@ def worker_count(settings: Settings) -> int:
     return available_cpus()
 
 
-def reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to host:port with SO_REUSEPORT, not yet listening."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def _exit_with(parent_pid: int) -> None:
     """Get SIGTERM (and so drain) if the supervisor dies, even by SIGKILL."""
     if sys.platform.startswith("linux"):
@@ -111,12 +94,15 @@ def _worker_main(
     workers: int,
     cells: Any,
     beats: Any,
+    closed: Any,
+    channel: socket.socket,
     parent: int,
-    start_together: threading.Barrier | None,
 ) -> None:
-    """One worker process (spawned): load, wait for the others, listen, serve until stopped."""
+    """One worker process (spawned): load, then serve the connections handed over on
+    `channel` until stopped."""
     _exit_with(parent)
     from modelservice_runtime import serve
+    from modelservice_runtime.balancer import HandedOverConnections
     from modelservice_runtime.dataplane import load_model
     from modelservice_runtime.metrics import Metrics
 
@@ -126,24 +112,21 @@ def _worker_main(
     except Exception as e:
         print(f"modelservice serve: worker {index}: {e}", file=sys.stderr)
         sys.exit(CANNOT_START)
-    if start_together is not None:
-        # Broken when another worker died or is slow: serve now rather than not at all.
-        with contextlib.suppress(threading.BrokenBarrierError):
-            start_together.wait(START_TOGETHER_TIMEOUT_S)
-    try:
-        sock = reuse_port_socket(settings.host, settings.port)
-        # Listen now, not when uvicorn has started up (tens of ms later, and not the same
-        # in every worker): the kernel queues connections for us from this moment on.
-        sock.listen(LISTEN_BACKLOG)
-    except OSError as e:
-        print(f"modelservice serve: worker {index}: {e}", file=sys.stderr)
-        sys.exit(CANNOT_START)
     metrics = Metrics(cells, worker=index, workers=workers)
 
     def heartbeat() -> None:
         beats[index] = time.monotonic()  # CLOCK_MONOTONIC: one clock for all processes
 
-    code = serve.serve(settings, metrics=metrics, model=model, sockets=[sock], heartbeat=heartbeat)
+    def count_close() -> None:
+        closed[index] += 1  # only this worker's event loop writes its cell
+
+    code = serve.serve(
+        settings,
+        metrics=metrics,
+        model=model,
+        handed_over=HandedOverConnections(channel, count_close),
+        heartbeat=heartbeat,
+    )
     sys.exit(code)
 
 
@@ -153,10 +136,8 @@ class Supervisor:
     def __init__(self, settings: Settings, count: int) -> None:
         from modelservice_runtime.metrics import shared_cells
 
-        # Bound first so that port 0 resolves once for every worker. This socket never
-        # listens, so it takes no connections; it keeps the port while a worker restarts.
-        self._reserved = reuse_port_socket(settings.host, settings.port)
-        self.settings = replace(settings, port=self._reserved.getsockname()[1])
+        listener = listening_socket(settings.host, settings.port)
+        self.settings = replace(settings, port=listener.getsockname()[1])  # port 0 resolved
         if settings.intra_op_threads == 0:
             # onnxruntime's default is a thread per core in *each* worker: N workers would
             # put N threads on every core and spin them against each other.
@@ -167,23 +148,36 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("spawn")
         self._procs: dict[int, BaseProcess] = {}
         self._crashes: collections.deque[float] = collections.deque()
-        self._start_together = self._ctx.Barrier(count)
         self._beats = self._ctx.RawArray("d", count)  # last heartbeat per worker; 0: none yet
+        self._closed = self._ctx.RawArray("Q", count)  # connections each worker has closed
+        self._balancer = Balancer(listener, self._beats, self._closed)
+        self._started_at = time.monotonic()
+        self._lost_one = False  # a worker exited before the port listened
         self.stopping = False
         self.failed = False
 
-    def _start(self, index: int, *, first: bool = False) -> None:
-        barrier = self._start_together if first else None
+    def _start(self, index: int) -> None:
         self._beats[index] = 0.0
+        channel = self._balancer.attach(index)
         proc = self._ctx.Process(
             target=_worker_main,
             args=(
-                self.settings, index, self.count, self._cells, self._beats, os.getpid(), barrier
+                self.settings, index, self.count, self._cells, self._beats, self._closed,
+                channel, os.getpid(),
             ),
             name=f"modelservice-worker-{index}",
         )  # fmt: skip
         proc.start()
+        channel.close()  # the worker has its own copy now
         self._procs[index] = proc
+
+    def _may_listen(self) -> bool:
+        """Listen once every worker serves; or, if one has died or is slow, once any does."""
+        serving = sum(1 for beat in self._beats if beat)
+        if serving == self.count:
+            return True
+        waited = time.monotonic() - self._started_at
+        return serving > 0 and (self._lost_one or waited > START_TOGETHER_TIMEOUT_S)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self.stopping = True
@@ -199,9 +193,7 @@ class Supervisor:
         proc.join()
         del self._procs[index]
         code = proc.exitcode
-        # The others may be waiting for this one to load: let them listen now. (Once all
-        # have passed, aborting the barrier changes nothing.)
-        self._start_together.abort()
+        self._lost_one = True  # if the port waits for this one to load, it waits no more
         if self.stopping:
             # A worker still loading when the signal came dies of it: nothing was lost.
             self.failed |= code not in (0, -signal.SIGTERM, -signal.SIGINT)
@@ -249,7 +241,8 @@ class Supervisor:
         try:
             for index in range(self.count):
                 if not self.stopping:
-                    self._start(index, first=True)
+                    self._start(index)
+            self._balancer.start(self._may_listen, LISTEN_BACKLOG)
             log.info(
                 "serving on %s:%d with %d workers (pids %s)",
                 self.settings.host,
@@ -267,7 +260,7 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self._reserved.close()
+            self._balancer.stop()
         return 1 if self.failed else 0
 
 
