@@ -84,11 +84,21 @@ class Balancer:
             old.close()
         return theirs
 
-    def start(self, listen_when: Callable[[], bool], backlog: int) -> None:
-        """Accept connections in a thread, listening once `listen_when()` is true."""
-        self._thread = threading.Thread(
-            target=self._run, args=(listen_when, backlog), name="balancer", daemon=True
-        )
+    def start(
+        self, listen_when: Callable[[], bool], backlog: int, on_crash: Callable[[], None]
+    ) -> None:
+        """Accept connections in a thread, listening once `listen_when()` is true.
+        `on_crash` is called if the thread fails: a server that cannot accept must exit
+        (and be restarted) rather than look alive."""
+
+        def run() -> None:
+            try:
+                self._run(listen_when, backlog)
+            except BaseException:
+                log.exception("the connection balancer failed; stopping the server")
+                on_crash()
+
+        self._thread = threading.Thread(target=run, name="balancer", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -139,7 +149,8 @@ class Balancer:
                 self._stopped.wait(NO_WORKER_POLL_S)  # EMFILE and the like: do not spin
                 continue
             with conn:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with contextlib.suppress(OSError):  # the client may be gone already
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._hand_over(conn)
 
     def _hand_over(self, conn: socket.socket) -> None:

@@ -179,6 +179,10 @@ class Supervisor:
         waited = time.monotonic() - self._started_at
         return serving > 0 and (self._lost_one or waited > START_TOGETHER_TIMEOUT_S)
 
+    def _fail(self) -> None:
+        self.failed = True
+        self.stop()
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self.stopping = True
         for proc in self._procs.values():
@@ -242,7 +246,7 @@ class Supervisor:
             for index in range(self.count):
                 if not self.stopping:
                     self._start(index)
-            self._balancer.start(self._may_listen, LISTEN_BACKLOG)
+            self._balancer.start(self._may_listen, LISTEN_BACKLOG, on_crash=self._fail)
             log.info(
                 "serving on %s:%d with %d workers (pids %s)",
                 self.settings.host,

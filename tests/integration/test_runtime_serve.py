@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -147,6 +148,67 @@ def test_metrics_increase(mlp_server: Served) -> None:
     for _ in range(3):
         httpx.post(mlp_server.url + "/v1/models/mlp:predict", json=body).raise_for_status()
     assert metric(mlp_server.url, "nv_inference_request_success") == before + 3
+
+
+def _read_response(conn: socket.socket) -> tuple[bytes, bytes]:
+    """(head, body) of one HTTP/1.1 response with a Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536) or pytest.fail(f"connection closed mid-head: {data[:200]!r}")
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )  # fmt: skip
+    while len(body) < length:
+        body += conn.recv(65536) or pytest.fail("connection closed mid-body")
+    return head, body
+
+
+def test_request_bodies_arrive_whole_however_they_are_cut(mlp_server: Served, mlp_onnx: Path):
+    """A body in one piece, trickled in many TCP segments, chunked, or several requests back
+    to back on one connection: each reaches the model whole (the binary parser checks every
+    byte count, so a piece lost or repeated is a 400, not a wrong answer)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((200, 64), np.float32)  # 51 KB of tensor data
+    want = reference(mlp_onnx, x)
+    path = "/v2/models/mlp/infer"
+    content, headers = binary_body(x)
+    got = decode(httpx.post(mlp_server.url + path, content=content, headers=headers))
+    np.testing.assert_array_equal(got, want)
+
+    def pieces():
+        for start in range(0, len(content), 7001):
+            yield content[start : start + 7001]
+
+    chunked = httpx.post(mlp_server.url + path, content=pieces(), headers=headers, timeout=30)
+    np.testing.assert_array_equal(decode(chunked), want)
+
+    ys = [rng.standard_normal((n, 64), np.float32) for n in (3, 120, 1)]
+    with socket.create_connection(("127.0.0.1", mlp_server.port), timeout=30) as conn:
+        for y in (x, *ys):  # one kept-alive connection; each body trickled in 5 pieces
+            body, h = binary_body(y)
+            conn.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n"
+                f"Inference-Header-Content-Length: {h['Inference-Header-Content-Length']}"
+                "\r\n\r\n".encode()
+            )
+            step = len(body) // 5 + 1
+            for start in range(0, len(body), step):
+                conn.sendall(body[start : start + step])
+                time.sleep(0.02)  # separate segments, so the parser sees separate pieces
+            head, answer = _read_response(conn)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            out_len = int(
+                next(
+                    line.split(b":")[1] for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"inference-header-content-length:")
+                )
+            )  # fmt: skip
+            np.testing.assert_array_equal(
+                np.frombuffer(answer[out_len:], np.float32).reshape(len(y), -1),
+                reference(mlp_onnx, y),
+            )
 
 
 def test_cnn_binary_matches_in_process(cnn_onnx: Path) -> None:
