@@ -197,17 +197,30 @@ def test_a_killed_worker_is_replaced_without_losing_counts(mlp_onnx: Path) -> No
         wait_for("workers to exit", lambda: not any(alive(p) for p in replaced), timeout=10)
 
 
-def test_a_worker_with_a_stuck_event_loop_is_replaced(mlp_onnx: Path) -> None:
+def test_a_worker_with_a_stuck_event_loop_gets_no_connections_and_is_replaced(
+    mlp_onnx: Path,
+) -> None:
     """A liveness probe reaches whichever worker its connection lands on, so it would
-    miss one stuck worker; the supervisor watches each worker's heartbeat instead."""
-    with serve(mlp_onnx, "--workers", "2", "--worker-timeout-s", "2") as served:
+    miss one stuck worker; the supervisor watches each worker's heartbeat instead. New
+    connections avoid the stuck worker once its heartbeat is stale, before it is killed."""
+    from modelservice_runtime.balancer import STALE_HEARTBEAT_S
+
+    timeout_s = 6
+    with serve(mlp_onnx, "--workers", "2", "--worker-timeout-s", str(timeout_s)) as served:
         pids = wait_for(
             "2 workers", lambda: (w := workers_of(served.proc.pid)) and len(w) == 2 and w
         )
-        time.sleep(3)  # serving and beating for longer than the timeout: nobody is killed
+        time.sleep(timeout_s + 0.5)  # serving and beating for longer: nobody is killed
         assert workers_of(served.proc.pid) == pids
         os.kill(pids[0], signal.SIGSTOP)  # stuck as a deadlocked event loop would be
+        stopped_at = time.monotonic()
+        x = np.zeros((1, 64), np.float32)
         try:
+            time.sleep(STALE_HEARTBEAT_S + 0.5)
+            for _ in range(20):  # new connections: every one reaches the live worker
+                infer(served.url, x)
+            assert time.monotonic() - stopped_at < timeout_s, "too slow to tell anything"
+            assert pids[0] in workers_of(served.proc.pid), "killed before the check ran"
             replaced = wait_for(
                 "the stuck worker to be replaced",
                 lambda: (
@@ -220,7 +233,6 @@ def test_a_worker_with_a_stuck_event_loop_is_replaced(mlp_onnx: Path) -> None:
                 os.kill(pids[0], signal.SIGKILL)
         assert pids[1] in replaced
         assert not alive(pids[0])
-        x = np.zeros((1, 64), np.float32)
         for _ in range(20):  # new connections, spread over both workers again
             infer(served.url, x)
         assert "event loop silent" in served.log_tail()
