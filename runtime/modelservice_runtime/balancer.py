@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import socket
 import threading
 import time
@@ -33,7 +34,8 @@ log = logging.getLogger("modelservice.balancer")
 
 # A worker whose last heartbeat is older than this gets no new connections.
 STALE_HEARTBEAT_S = 3.0
-NO_WORKER_POLL_S = 0.01  # while no worker can take a connection, it waits in the backlog
+POLL_S = 0.05  # how soon the accepting thread notices a worker start serving, or stop()
+ACCEPT_BURST = 64  # connections accepted before the thread looks at its workers again
 SEND_TIMEOUT_S = 1.0  # a worker that cannot take a handed-over socket this fast is skipped
 
 
@@ -69,6 +71,7 @@ class Balancer:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
+        self._draining = threading.Event()
 
     # --- called by the supervisor -------------------------------------------------------
 
@@ -101,6 +104,11 @@ class Balancer:
         self._thread = threading.Thread(target=run, name="balancer", daemon=True)
         self._thread.start()
 
+    def drain(self) -> None:
+        """The server is stopping: once no worker takes connections any more, close the
+        port (workers keep taking them through their --shutdown-delay-s)."""
+        self._draining.set()
+
     def stop(self) -> None:
         """Stop accepting (the listening socket closes); idempotent."""
         self._stopped.set()
@@ -128,30 +136,55 @@ class Balancer:
 
     def _run(self, listen_when: Callable[[], bool], backlog: int) -> None:
         while not listen_when():
-            if self._stopped.wait(NO_WORKER_POLL_S):
+            if self._stopped.wait(POLL_S):
                 return
         self._listener.listen(backlog)
-        self._listener.settimeout(0.5)  # so that stop() is noticed
+        self._listener.setblocking(False)
         log.debug("listening on %s", self._listener.getsockname())
         while not self._stopped.is_set():
-            if not self._serving():
-                # Every worker restarting or stuck: connections wait in the backlog.
-                self._stopped.wait(NO_WORKER_POLL_S)
-                continue
+            with self._lock:
+                channels = {c: i for i, c in enumerate(self._channels) if c is not None}
+            if self._draining.is_set() and not channels:
+                # Every worker has stopped taking connections: refuse new ones at once
+                # (a client can retry a refused connect safely, not a request cut off).
+                self._listener.close()
+                return
+            watched: list[socket.socket] = list(channels)
+            if self._serving():  # else connections wait in the backlog (workers restarting)
+                watched.append(self._listener)
+            readable, _, _ = select.select(watched, [], [], POLL_S)
+            for sock in readable:
+                if sock is self._listener:
+                    self._accept_waiting()
+                else:
+                    self._detach_if_closed(channels[sock], sock)
+
+    def _accept_waiting(self) -> None:
+        for _ in range(ACCEPT_BURST):
             try:
                 conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError:
-                if self._stopped.is_set():
-                    return
                 log.exception("accepting a connection failed")
-                self._stopped.wait(NO_WORKER_POLL_S)  # EMFILE and the like: do not spin
-                continue
+                self._stopped.wait(POLL_S)  # EMFILE and the like: do not spin
+                return
             with conn:
                 with contextlib.suppress(OSError):  # the client may be gone already
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._hand_over(conn)
+
+    def _detach_if_closed(self, index: int, channel: socket.socket) -> None:
+        """A worker's end is readable only when it has closed it (draining) or died."""
+        try:
+            closed = channel.recv(1) == b""
+        except OSError:
+            closed = True
+        if closed:
+            with self._lock:
+                if self._channels[index] is channel:  # not replaced by a restart meanwhile
+                    self._channels[index] = None
+            channel.close()
 
     def _hand_over(self, conn: socket.socket) -> None:
         """Give `conn` to the least loaded serving worker; our copy is closed by the caller.

@@ -185,6 +185,7 @@ class Supervisor:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self.stopping = True
+        self._balancer.drain()
         for proc in self._procs.values():
             if proc.pid is not None and proc.is_alive():
                 os.kill(proc.pid, sig)

@@ -274,3 +274,37 @@ def test_sigterm_drains_every_worker_and_exits_zero(mlp_onnx: Path) -> None:
         except subprocess.TimeoutExpired:
             pytest.fail(served.log_tail())
         assert not any(alive(p) for p in pids)
+
+
+def test_once_every_worker_drains_the_port_refuses_while_in_flight_requests_finish(
+    mlp_onnx: Path,
+) -> None:
+    """After the shutdown delay the workers stop taking connections but finish the requests
+    they have. New connections must then be refused (a client retries a refused connect
+    safely) rather than accepted by the supervisor and closed with no answer."""
+    with serve(mlp_onnx, "--workers", "2", "--shutdown-delay-s", "0.3") as served:
+        x = np.arange(64, dtype=np.float32).reshape(1, 64)
+        body = orjson.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                         "data": x.ravel().tolist()}]})  # fmt: skip
+        with socket.create_connection(("127.0.0.1", served.port), timeout=30) as held:
+            held.sendall(
+                b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body[:100]
+            )  # a request in flight: its body not all sent yet
+            time.sleep(0.3)  # for the worker to parse the head (else it is an idle connection)
+            served.proc.send_signal(signal.SIGTERM)
+
+            def refused() -> bool:
+                try:
+                    socket.create_connection(("127.0.0.1", served.port), timeout=2).close()
+                except ConnectionRefusedError:
+                    return True
+                return False
+
+            wait_for("the port to refuse new connections", refused, timeout=15)
+            assert served.proc.poll() is None, "exited without finishing the held request"
+            held.sendall(body[100:])
+            answer = held.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert b"connection: close" in answer.lower()
+        assert served.proc.wait(timeout=30) == 0, served.log_tail()
