@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import select
+import signal
 import socket
 import threading
 import time
@@ -68,10 +69,12 @@ class Balancer:
         self._channels: list[socket.socket | None] = [None] * count
         self._sent = [0] * count
         self._next = 0  # where ties start, so equal workers take turns
+        self._retired: list[socket.socket] = []  # replaced channels, for the thread to close
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._draining = threading.Event()
+        self.listening = threading.Event()  # set once the port listens
 
     # --- called by the supervisor -------------------------------------------------------
 
@@ -83,8 +86,8 @@ class Balancer:
             old, self._channels[index] = self._channels[index], ours
             self._sent[index] = 0
             self._closed[index] = 0  # the old worker is gone: nothing else writes it now
-        if old is not None:
-            old.close()
+            if old is not None:  # the accepting thread may be waiting on it: it closes it
+                self._retired.append(old)
         return theirs
 
     def start(
@@ -116,10 +119,11 @@ class Balancer:
             self._thread.join(timeout=5)
         self._listener.close()
         with self._lock:
-            for i, channel in enumerate(self._channels):
+            for channel in [*self._channels, *self._retired]:
                 if channel is not None:
                     channel.close()
-                self._channels[i] = None
+            self._channels = [None] * len(self._channels)
+            self._retired.clear()
 
     def open_connections(self, index: int) -> int:
         return self._sent[index] - self._closed[index]
@@ -140,9 +144,12 @@ class Balancer:
                 return
         self._listener.listen(backlog)
         self._listener.setblocking(False)
-        log.debug("listening on %s", self._listener.getsockname())
+        self.listening.set()
         while not self._stopped.is_set():
             with self._lock:
+                for old in self._retired:
+                    old.close()
+                self._retired.clear()
                 channels = {c: i for i, c in enumerate(self._channels) if c is not None}
             if self._draining.is_set() and not channels:
                 # Every worker has stopped taking connections: refuse new ones at once
@@ -200,7 +207,9 @@ class Balancer:
                 assert channel is not None
                 try:
                     socket.send_fds(channel, [b"c"], [conn.fileno()])
-                except OSError:  # the worker closed its end (draining, dead) or is stuck
+                except TimeoutError:  # its queue is full: busy or stuck; it keeps its channel
+                    continue
+                except OSError:  # the worker closed its end (draining) or died
                     channel.close()
                     self._channels[index] = None
                     continue
@@ -257,8 +266,11 @@ class HandedOverConnections:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                log.error("receiving connections from the supervisor failed: %s", e)
+                # A worker that cannot get connections is of no use: drain and exit, and
+                # the supervisor starts a new one.
+                log.error("receiving connections from the supervisor failed: %s; exiting", e)
                 self.stop()
+                signal.raise_signal(signal.SIGTERM)
                 return
             if not data and not fds:  # the supervisor closed its end: it is stopping
                 self.stop()

@@ -41,7 +41,7 @@ from modelservice_runtime.settings import Settings
 
 log = logging.getLogger("modelservice.workers")
 
-CANNOT_START = 3  # a worker's exit code when restarting it cannot help (model, port)
+CANNOT_START = 3  # a worker's exit code when restarting it cannot help (its model)
 RESTARTS_ALLOWED = 5  # crashes tolerated per RESTART_WINDOW_S before the server gives up
 RESTART_WINDOW_S = 60.0
 # How long the port waits for every worker to serve before it listens with those that do.
