@@ -186,7 +186,7 @@ class Supervisor:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self.stopping = True
         self._balancer.drain()
-        for proc in self._procs.values():
+        for proc in list(self._procs.values()):  # may run in the balancer's thread
             if proc.pid is not None and proc.is_alive():
                 os.kill(proc.pid, sig)
 
