@@ -7,7 +7,7 @@ module does the same (round-robin there).
 
 Why not let the kernel spread them (SO_REUSEPORT, one listening socket per worker): it
 hashes each connection to a worker at random, and clients keep their connections, so 16
-connections from a load balancer or a client pool often split 11/5 or 12/4 for good. The
+connections from a load balancer or a client pool split 7/9, 6/10 or 12/4 for good. The
 busy worker then queues while the other idles: measured on 2 cores with the MLP, p99 was
 2.3-2.6x p50 at an 8/8 split and 3.8x at 12/4. A shared listening socket is worse: whichever
 worker wakes first accepts the whole burst (KServe's two workers got 16 of 16).
@@ -189,9 +189,13 @@ class Balancer:
             closed = True
         if closed:
             with self._lock:
-                if self._channels[index] is channel:  # not replaced by a restart meanwhile
-                    self._channels[index] = None
-            channel.close()
+                self._forget(index, channel)
+
+    def _forget(self, index: int, channel: socket.socket) -> None:
+        """Close a worker's channel that it has closed or cannot take (lock held)."""
+        if self._channels[index] is channel:  # not replaced by a restart meanwhile
+            self._channels[index] = None
+        channel.close()
 
     def _hand_over(self, conn: socket.socket) -> None:
         """Give `conn` to the least loaded serving worker; our copy is closed by the caller.
@@ -210,8 +214,7 @@ class Balancer:
                 except TimeoutError:  # its queue is full: busy or stuck; it keeps its channel
                     continue
                 except OSError:  # the worker closed its end (draining) or died
-                    channel.close()
-                    self._channels[index] = None
+                    self._forget(index, channel)
                     continue
                 self._sent[index] += 1
                 self._next = index + 1

@@ -152,16 +152,12 @@ def test_metrics_increase(mlp_server: Served) -> None:
 
 def _read_response(conn: socket.socket) -> tuple[bytes, bytes]:
     """(head, body) of one HTTP/1.1 response with a Content-Length."""
+    from tests.integration.test_faults_runtime import _complete
+
     data = b""
-    while b"\r\n\r\n" not in data:
-        data += conn.recv(65536) or pytest.fail(f"connection closed mid-head: {data[:200]!r}")
+    while not _complete(data):
+        data += conn.recv(65536) or pytest.fail(f"connection closed mid-response: {data[:200]!r}")
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1]) for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )  # fmt: skip
-    while len(body) < length:
-        body += conn.recv(65536) or pytest.fail("connection closed mid-body")
     return head, body
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from modelservice_runtime.balancer import STALE_HEARTBEAT_S, Balancer, listening_socket
@@ -59,15 +59,18 @@ class Rig:
         pytest.fail("no worker received the connection within 5 s")
 
 
+MakeRig = Callable[[int], Rig]
+
+
 @pytest.fixture
-def rig() -> Iterator[Rig]:
+def rig() -> Iterator[MakeRig]:
     made: list[Rig] = []
 
     def make(workers: int) -> Rig:
         made.append(r := Rig(workers))
         return r
 
-    yield make  # type: ignore[misc]
+    yield make
     for r in made:
         r.balancer.stop()
         for c in [*r.clients, *r.ends]:
@@ -75,7 +78,7 @@ def rig() -> Iterator[Rig]:
         assert not r.crashed
 
 
-def test_each_connection_goes_to_the_worker_holding_fewest(rig) -> None:
+def test_each_connection_goes_to_the_worker_holding_fewest(rig: MakeRig) -> None:
     r = rig(3)
     r.start()
     assert sorted(r.connect(6)) == [0, 0, 1, 1, 2, 2]
@@ -83,7 +86,7 @@ def test_each_connection_goes_to_the_worker_holding_fewest(rig) -> None:
     assert r.connect(2) == [1, 1]
 
 
-def test_a_stale_or_not_yet_serving_worker_gets_nothing(rig) -> None:
+def test_a_stale_or_not_yet_serving_worker_gets_nothing(rig: MakeRig) -> None:
     r = rig(3)
     r.beats[0] = 0.0  # still loading
     r.beats[2] = time.monotonic() - STALE_HEARTBEAT_S - 1  # loop stuck
@@ -91,7 +94,7 @@ def test_a_stale_or_not_yet_serving_worker_gets_nothing(rig) -> None:
     assert r.connect(4) == [1, 1, 1, 1]
 
 
-def test_a_restarted_worker_gets_a_fresh_channel_and_count(rig) -> None:
+def test_a_restarted_worker_gets_a_fresh_channel_and_count(rig: MakeRig) -> None:
     r = rig(2)
     r.start()
     assert sorted(r.connect(4)) == [0, 0, 1, 1]
@@ -101,7 +104,7 @@ def test_a_restarted_worker_gets_a_fresh_channel_and_count(rig) -> None:
     assert r.connect(2) == [0, 0]  # it holds none: both go to it
 
 
-def test_draining_closes_the_port_once_every_worker_has_closed_its_end(rig) -> None:
+def test_draining_closes_the_port_once_every_worker_has_closed_its_end(rig: MakeRig) -> None:
     r = rig(2)
     r.start()
     r.connect(2)
