@@ -71,14 +71,17 @@ def serve(
     import uvicorn
 
     from modelservice_runtime.balancer import counting_closes
+    from modelservice_runtime.coalesced_writes import coalescing_writes
     from modelservice_runtime.server import create_app
 
     class GracefulServer(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            config = self.config
+            # One send per response (coalesced_writes.py), for both listening paths.
+            config.http_protocol_class = coalescing_writes(config.http_protocol_class)
             if handed_over is None:
                 await super().startup(sockets)
                 return
-            config = self.config
             config.http_protocol_class = counting_closes(
                 config.http_protocol_class, handed_over.on_closed
             )

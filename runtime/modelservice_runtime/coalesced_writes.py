@@ -1,0 +1,121 @@
+"""One send per response: the HTTP protocol's writes are gathered until the event loop's
+next turn and leave in one syscall.
+
+uvicorn writes a response in two parts, the status line and headers when the app sends
+`http.response.start`, then the body, and uvloop sends each write at once. So every
+response was two syscalls and two TCP segments, and the client woke up twice to read it.
+On loopback the sender also pays for the receiver's TCP processing, so for a small
+response that was a large share of the whole request (measured with wrk, 16 connections,
+2 workers: MLP JSON 15-16k -> 19-20k req/s, small CNN binary 4.5k -> 5.0k).
+
+Writes made in one step of the event loop (a handler's whole response, when nothing
+waits in between) go out together from a callback scheduled for the loop's next turn:
+`writelines`, which uvloop (and asyncio on 3.12+) turns into one writev, so a large body
+is not copied to be joined. Closing the connection, or writing EOF, sends what is
+gathered first, so nothing is reordered or lost; aborting drops it, as aborting the
+transport would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+class CoalescedWrites(asyncio.Transport):
+    """A transport that gathers writes and sends them on the loop's next turn."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        # The caller may reuse a bytearray once write() returns; bytes are kept as they are.
+        chunk = data if isinstance(data, bytes) else bytes(data)
+        self._pending.append(chunk)
+        self._pending_bytes += len(chunk)
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def flush(self) -> None:
+        """Send everything gathered (a no-op when nothing is, or the transport is closing)."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        self._pending_bytes = 0
+        if self._transport.is_closing():
+            return  # the connection is gone; the underlying transport would drop it too
+        if len(pending) == 1:
+            self._transport.write(pending[0])
+        else:
+            self._transport.writelines(pending)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + self._pending_bytes
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._pending_bytes = 0
+        self._transport.abort()
+
+    # --- everything else is the underlying transport's ------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+
+def coalescing_writes(protocol_class: type[Any]) -> type[Any]:
+    """`protocol_class` (uvicorn's HTTP protocol) writing through `CoalescedWrites`."""
+
+    class CoalescingProtocol(protocol_class):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(CoalescedWrites(transport, asyncio.get_running_loop()))
+
+    return CoalescingProtocol
