@@ -76,7 +76,7 @@ async def read_until_eof(client: socket.socket, limit_s: float = 5.0) -> bytes:
             await asyncio.sleep(0.001)
             continue
         except ConnectionResetError:
-            break
+            return b"".join(parts)  # ended by a reset rather than a FIN: ended all the same
         if not chunk:
             return b"".join(parts)
         parts.append(chunk)
