@@ -31,7 +31,6 @@ class CoalescedWrites(asyncio.Transport):
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
-        self._pending_bytes = 0
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -41,9 +40,7 @@ class CoalescedWrites(asyncio.Transport):
         if not self._pending:
             self._loop.call_soon(self.flush)
         # The caller may reuse a bytearray once write() returns; bytes are kept as they are.
-        chunk = data if isinstance(data, bytes) else bytes(data)
-        self._pending.append(chunk)
-        self._pending_bytes += len(chunk)
+        self._pending.append(data if isinstance(data, bytes) else bytes(data))
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
@@ -55,7 +52,6 @@ class CoalescedWrites(asyncio.Transport):
         if not pending:
             return
         self._pending = []
-        self._pending_bytes = 0
         if self._transport.is_closing():
             return  # the connection is gone; the underlying transport would drop it too
         if len(pending) == 1:
@@ -64,7 +60,7 @@ class CoalescedWrites(asyncio.Transport):
             self._transport.writelines(pending)
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + self._pending_bytes
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
 
     def write_eof(self) -> None:
         self.flush()
@@ -79,7 +75,6 @@ class CoalescedWrites(asyncio.Transport):
 
     def abort(self) -> None:
         self._pending = []
-        self._pending_bytes = 0
         self._transport.abort()
 
     # --- everything else is the underlying transport's ------------------------------------
