@@ -75,6 +75,15 @@ class InferenceFailed(ModelServiceError):
     status_code = 500
 
 
+def body_too_large(limit: int, declared: int | None = None) -> PayloadTooLarge:
+    """The 413 for a body over --max-request-bytes, by its Content-Length when declared."""
+    if declared is not None:
+        return PayloadTooLarge(
+            f"request body is {declared} bytes; the limit is {limit} bytes (--max-request-bytes)"
+        )
+    return PayloadTooLarge(f"request body is over the limit of {limit} bytes (--max-request-bytes)")
+
+
 def json_error(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return Response(
         orjson.dumps({"error": message}),

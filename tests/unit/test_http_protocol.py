@@ -1,0 +1,335 @@
+"""BufferedHttpProtocol under a real uvicorn server on 127.0.0.1, driven by plain sockets so
+each test controls exactly what is sent (pieces, pipelining, malformed bytes) and sees
+exactly what comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Iterator
+from typing import Any, BinaryIO
+
+import orjson
+import pytest
+import uvicorn
+from modelservice_runtime.http_protocol import Reply, buffered_http_protocol
+
+LIMIT = 1000
+KEEP_ALIVE_S = 1
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The ASGI side: reports what it received, or shows off one kind of response."""
+    if scope["type"] == "lifespan":
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    path = scope["path"]
+    if path == "/boom":
+        raise RuntimeError("the app failed")
+    if path == "/stream":  # no Content-Length: sent chunked
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"one,", "more_body": True})
+        await send({"type": "http.response.body", "body": b"two"})
+        return
+    messages = []
+    while True:
+        message = await receive()
+        messages.append({k: len(v) if k == "body" else v for k, v in message.items()})
+        if not message.get("more_body"):
+            break
+    if path == "/slow":
+        await asyncio.sleep(0.3)
+    body = orjson.dumps({"app": path, "method": scope["method"], "messages": messages})
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def answer_directly(path: str, body: bytes) -> Reply:
+    await asyncio.sleep(int(path.rsplit("/", 1)[1]) / 1000)
+    return Reply(200, "application/json", orjson.dumps({"direct": path, "length": len(body)}))
+
+
+def direct(
+    method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
+) -> Awaitable[Reply] | None:
+    """POST /direct/<ms>: answered after <ms> without the app; anything else goes to it."""
+    if method == "POST" and path.startswith("/direct/"):
+        return answer_directly(path, body)
+    return None
+
+
+class Served:
+    def __init__(self) -> None:
+        config = uvicorn.Config(
+            app,
+            loop="uvloop",
+            http=buffered_http_protocol(LIMIT, direct),
+            timeout_keep_alive=KEEP_ALIVE_S,
+            log_level="critical",
+        )
+        self.server = uvicorn.Server(config)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
+
+    def __enter__(self) -> Served:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+    def connect(self) -> Client:
+        return Client(socket.create_connection(("127.0.0.1", self.port), timeout=5))
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+class Client:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.file: BinaryIO = sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self, method: str = "GET") -> Response:
+        """The next response on the connection: Content-Length or chunked framing."""
+        status_line = self.file.readline()
+        assert status_line.startswith(b"HTTP/1.1 "), status_line
+        status = int(status_line.split()[1])
+        headers = {}
+        while (line := self.file.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if method == "HEAD" or status in (100, 204, 304):
+            body = b""
+        elif "content-length" in headers:
+            body = self.file.read(int(headers["content-length"]))
+        else:
+            assert headers.get("transfer-encoding") == "chunked", headers
+            body = b""
+            while size := int(self.file.readline(), 16):
+                body += self.file.read(size)
+                assert self.file.readline() == b"\r\n"
+            assert self.file.readline() == b"\r\n"
+        return Response(status, headers, body)
+
+    def closed_by_server(self, within_s: float = KEEP_ALIVE_S / 2) -> bool:
+        """True if the server closes the connection within `within_s` (sooner than the
+        keep-alive timeout would)."""
+        self.sock.settimeout(within_s)
+        try:
+            return self.file.read(1) == b""
+        except TimeoutError:
+            return False
+        finally:
+            self.sock.settimeout(5)
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    with Served() as s:
+        yield s
+
+
+@pytest.fixture
+def client(served: Served) -> Iterator[Client]:
+    c = served.connect()
+    yield c
+    c.close()
+
+
+def post(path: str, body: bytes, *extra: bytes) -> bytes:
+    head = b"POST %b HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n" % (path.encode(), len(body))
+    return head + b"".join(h + b"\r\n" for h in extra) + b"\r\n" + body
+
+
+def test_the_app_gets_the_whole_body_in_one_receive_however_it_arrives(client: Client) -> None:
+    request = post("/asgi", b"x" * 900)
+    for cut in (60, 300, 700):  # headers split, then the body in pieces
+        client.send(request[:cut])
+        request = request[cut:]
+        time.sleep(0.05)
+    client.send(request)
+    assert client.response().json()["messages"] == [
+        {"type": "http.request", "body": 900, "more_body": False}
+    ]
+    chunked = b"POST /asgi HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    client.send(chunked + b"5\r\nhello\r\n")
+    time.sleep(0.05)
+    client.send(b"6\r\n world\r\n0\r\n\r\n")
+    assert client.response().json()["messages"] == [
+        {"type": "http.request", "body": 11, "more_body": False}
+    ]
+
+
+def test_direct_routes_answer_without_the_app_on_a_kept_alive_connection(client: Client) -> None:
+    for _ in range(3):
+        client.send(post("/direct/0", b"abc"))
+        r = client.response()
+        assert r.status == 200 and r.json() == {"direct": "/direct/0", "length": 3}
+        assert r.headers["content-type"] == "application/json"
+        assert "connection" not in r.headers
+
+
+def test_pipelined_requests_are_answered_in_order(client: Client) -> None:
+    """A slow direct answer first, then a fast app answer and a fast direct one: all
+    three in the order asked, none lost or interleaved."""
+    client.send(
+        post("/direct/200", b"1")
+        + b"GET /asgi HTTP/1.1\r\nHost: t\r\n\r\n"
+        + post("/direct/0", b"22")
+        + post("/asgi", b"333")
+    )
+    assert client.response().json() == {"direct": "/direct/200", "length": 1}
+    assert client.response().json()["method"] == "GET"
+    assert client.response().json() == {"direct": "/direct/0", "length": 2}
+    assert client.response().json()["messages"][0]["body"] == 3
+
+
+def test_a_declared_body_over_the_limit_is_413_at_once_and_the_connection_closes(
+    client: Client,
+) -> None:
+    client.send(b"POST /asgi HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000\r\n\r\nxx")
+    r = client.response()
+    assert r.status == 413 and r.headers["connection"] == "close"
+    assert r.json() == {
+        "error": f"request body is 1000000000 bytes; the limit is {LIMIT} bytes "
+        "(--max-request-bytes)"
+    }
+    assert client.closed_by_server()
+
+
+def test_a_chunked_body_over_the_limit_is_413(client: Client) -> None:
+    client.send(b"POST /direct/0 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(3):
+        client.send(b"190\r\n" + b"y" * 400 + b"\r\n")  # 1200 bytes in all
+    r = client.response()
+    assert r.status == 413 and "--max-request-bytes" in r.json()["error"]
+    assert client.closed_by_server()
+
+
+def test_a_body_at_the_limit_is_served(client: Client) -> None:
+    client.send(post("/direct/0", b"z" * LIMIT))
+    assert client.response().json()["length"] == LIMIT
+
+
+def test_a_malformed_request_gets_400_in_its_turn_and_ends_the_connection(
+    client: Client,
+) -> None:
+    client.send(post("/direct/100", b"ok") + b"NOT HTTP AT ALL\r\n\r\n")
+    first = client.response()
+    assert first.status == 200 and first.json()["length"] == 2
+    refused = client.response()
+    assert refused.status == 400 and refused.headers["connection"] == "close"
+    assert refused.json()["error"].startswith("invalid HTTP request: ")
+    assert client.closed_by_server()
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(client: Client) -> None:
+    client.send(post("/asgi", b"", b"Expect: 100-continue").replace(b"Length: 0", b"Length: 4"))
+    assert client.response().status == 100
+    client.send(b"body")
+    assert client.response().json()["messages"][0]["body"] == 4
+
+
+def test_head_has_no_body_and_a_response_without_length_is_chunked(client: Client) -> None:
+    client.send(b"HEAD /asgi HTTP/1.1\r\nHost: t\r\n\r\n")
+    r = client.response("HEAD")
+    assert r.status == 200 and int(r.headers["content-length"]) > 0
+    client.send(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+    r = client.response()
+    assert r.headers["transfer-encoding"] == "chunked" and r.body == b"one,two"
+
+
+def test_connection_close_and_http_1_0_end_the_connection_after_the_answer(
+    served: Served,
+) -> None:
+    for request in (
+        b"GET /asgi HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        b"GET /asgi HTTP/1.0\r\n\r\n",
+        post("/direct/0", b"q", b"Connection: close"),
+    ):
+        client = served.connect()
+        client.send(request)
+        r = client.response()
+        assert r.status == 200 and r.headers["connection"] == "close"
+        assert client.closed_by_server()
+        client.close()
+
+
+def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(client: Client) -> None:
+    client.send(b"GET /asgi HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert client.response().status == 200
+    started = time.monotonic()
+    assert client.closed_by_server(within_s=KEEP_ALIVE_S + 3)
+    assert time.monotonic() - started > KEEP_ALIVE_S * 0.8
+
+
+def test_an_app_error_is_a_json_500_and_the_server_goes_on(served: Served, client: Client) -> None:
+    client.send(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")
+    r = client.response()
+    assert r.status == 500 and set(r.json()) == {"error"}
+    assert r.headers["connection"] == "close"
+    other = served.connect()
+    other.send(post("/direct/0", b""))
+    assert other.response().status == 200
+    other.close()
+
+
+def test_a_client_that_leaves_mid_answer_does_not_disturb_the_others(served: Served) -> None:
+    leaving = served.connect()
+    leaving.send(post("/direct/200", b"bye") + b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+    leaving.close()
+    staying = served.connect()
+    staying.send(post("/direct/300", b"hi"))
+    assert staying.response().json()["length"] == 2
+    staying.close()
+
+
+def test_graceful_shutdown_closes_idle_connections_and_finishes_the_busy_ones() -> None:
+    with Served() as served:
+        idle = served.connect()
+        idle.send(post("/direct/0", b""))
+        assert idle.response().status == 200
+        busy = served.connect()
+        busy.send(post("/direct/500", b"late"))
+        arriving = served.connect()
+        arriving.send(post("/direct/0", b"12345678")[:-4])  # body half sent
+        time.sleep(0.1)
+        served.server.should_exit = True
+        assert idle.closed_by_server()
+        r = busy.response()
+        assert r.status == 200 and r.json()["length"] == 4
+        assert r.headers["connection"] == "close"
+        arriving.send(b"5678")
+        r = arriving.response()
+        assert r.status == 200 and r.json()["length"] == 8
+        assert r.headers["connection"] == "close"
+        for c in (idle, busy, arriving):
+            c.close()
