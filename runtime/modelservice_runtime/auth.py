@@ -7,8 +7,7 @@ token is compared in constant time and never logged or echoed.
 from __future__ import annotations
 
 import hmac
-
-from starlette.requests import Request
+from collections.abc import Mapping
 
 from modelservice_runtime.errors import Unauthorized
 
@@ -21,11 +20,12 @@ class BearerAuth:
     def enabled(self) -> bool:
         return self._expected is not None
 
-    def check(self, request: Request) -> None:
-        """Raise 401 unless the request carries `Authorization: Bearer <token>`."""
+    def check(self, headers: Mapping[str, str]) -> None:
+        """Raise 401 unless the request `headers` (names in lower case) carry
+        `Authorization: Bearer <token>`."""
         if self._expected is None:
             return
-        header = request.headers.get("authorization")
+        header = headers.get("authorization")
         if header is None:
             raise Unauthorized("missing Authorization header; expected 'Bearer <token>'")
         if not hmac.compare_digest(header.encode("latin-1", "replace"), self._expected):

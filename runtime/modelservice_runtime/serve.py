@@ -72,12 +72,13 @@ def serve(
 
     from modelservice_runtime.balancer import counting_closes
     from modelservice_runtime.coalesced_writes import coalescing_writes
+    from modelservice_runtime.http_protocol import buffered_http_protocol
     from modelservice_runtime.server import create_app
 
     class GracefulServer(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             config = self.config
-            # One send per response (coalesced_writes.py), for both listening paths.
+            # Sends wait for the loop's next turn (coalesced_writes.py), on both paths.
             config.http_protocol_class = coalescing_writes(config.http_protocol_class)
             if handed_over is None:
                 await super().startup(sockets)
@@ -132,6 +133,8 @@ def serve(
         access_log=False,  # per-request logging costs more than the MLP's inference
         timeout_graceful_shutdown=settings.graceful_timeout_s,
         lifespan="on",
+        # Whole requests, inference answered without ASGI (http_protocol.py).
+        http=buffered_http_protocol(settings.max_request_bytes, app.direct),
     )
     server = GracefulServer(config)
     log.info(

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,15 +34,20 @@ from modelservice_runtime.errors import (
     ModelServiceError,
     PayloadTooLarge,
     ServiceUnavailable,
+    body_too_large,
     error_response,
     json_error,
 )
+from modelservice_runtime.http_protocol import Reply
 from modelservice_runtime.metrics import CONTENT_TYPE, Metrics
 from modelservice_runtime.model import OnnxModel
 from modelservice_runtime.protocol import v1, v2
 from modelservice_runtime.settings import Settings
 
 log = logging.getLogger("modelservice.server")
+
+Headers = Mapping[str, str]  # request headers, names in lower case
+Route = Callable[..., Awaitable[Reply]]  # (headers, body, **path params) -> Reply
 
 JSON = "application/json"
 HEARTBEAT_S = 1.0  # see create_app(heartbeat=...)
@@ -68,8 +73,8 @@ def _json(obj: Any, status_code: int = 200) -> Response:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) more than `limit` bytes: by Content-Length before reading,
-    and by counting while reading (chunked bodies have no Content-Length)."""
+    """The body as sent, refusing (413) more than `limit` bytes: by Content-Length before
+    reading, and by counting while reading (chunked bodies have no Content-Length)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -77,9 +82,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         except ValueError:
             raise BadRequest(f"Content-Length must be an integer, got {declared!r}") from None
         if size > limit:
-            raise PayloadTooLarge(
-                f"request body is {size} bytes; the limit is {limit} bytes (--max-request-bytes)"
-            )
+            raise body_too_large(limit, size)
     # Straight from the ASGI receive channel: cheaper than request.stream()'s generator.
     chunks: list[bytes] = []
     received = 0
@@ -91,22 +94,19 @@ async def read_body(request: Request, limit: int) -> bytes:
         chunk = message.get("body", b"")
         received += len(chunk)
         if received > limit:
-            raise PayloadTooLarge(
-                f"request body is over the limit of {limit} bytes (--max-request-bytes)"
-            )
+            raise body_too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = request.headers.get("content-encoding")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body inflated per its Content-Encoding: gzip and deflate, as tritonclient's
+    request_compression_algorithm sends, with the size limit applied to the inflated body
+    so a small bomb cannot take the memory."""
     if encoding is None or encoding == "identity":
         return body
-    return _decompress(body, encoding, limit)
-
-
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """gzip/deflate request bodies (tritonclient's request_compression_algorithm), with the
-    size limit applied to the inflated body so a small bomb cannot take the memory."""
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding.lower())
     if wbits is None:
         raise BadRequest(
@@ -122,6 +122,26 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
             f"decompressed request body is over the limit of {limit} bytes (--max-request-bytes)"
         )
     return out
+
+
+async def answer_asgi(
+    request: Request,
+    answer: Callable[[Route, Headers, bytes, dict[str, Any]], Awaitable[Reply]],
+    route: Route,
+    params: dict[str, Any],
+    limit: int,
+) -> Response:
+    """An inference route's answer for an ASGI request (see RuntimeApp)."""
+    try:
+        body = await read_body(request, limit)
+    except ModelServiceError as e:
+        return json_error(e.status_code, e.message, e.headers)
+    reply = await answer(route, request.headers, body, params)
+    return Response(reply.body, reply.status, headers=reply.headers, media_type=reply.content_type)
+
+
+def error_reply(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, JSON, orjson.dumps({"error": message}), headers)
 
 
 def create_app(
@@ -210,32 +230,32 @@ def create_app(
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected_error)
 
-    # --- shared inference path ----------------------------------------------------------
+    # --- inference ----------------------------------------------------------------------
+    # The inference routes take the request headers (names in lower case) and the whole
+    # body, and return a Reply. The HTTP protocol calls them directly (RuntimeApp.direct);
+    # any other ASGI server, and the test client, reach them through RuntimeApp._fast.
 
     async def infer(
-        request: Request,
         entry: ModelEntry,
         parse: Callable[[bytes], tuple[dict[str, np.ndarray], Any]],
-        build: Callable[[dict[str, np.ndarray], Any], Response],
-        body: bytes | None = None,
-    ) -> Response:
+        build: Callable[[dict[str, np.ndarray], Any], Reply],
+        body: bytes,
+    ) -> Reply:
         started = time.perf_counter()
         m = entry.metrics
         m.request_started()
         try:
-            if body is None:
-                body = await read_body(request, limit)
             inputs, context = parse(body)
             result = await dataplane.infer(entry, inputs)
-            response = build(result.outputs, context)
+            reply = build(result.outputs, context)
         except BaseException:
             m.on_request(False, time.perf_counter() - started, 0.0, 0.0)
             raise
         m.on_request(True, time.perf_counter() - started, result.queue_s, result.compute_s)
-        return response
+        return reply
 
-    def v2_infer(request: Request, entry: ModelEntry, body: bytes | None = None) -> Any:
-        header_length = request.headers.get(v2.HEADER_LENGTH)
+    def v2_infer(headers: Headers, entry: ModelEntry, body: bytes) -> Awaitable[Reply]:
+        header_length = headers.get(v2.HEADER_LENGTH)
 
         def parse(body: bytes) -> tuple[dict[str, np.ndarray], v2.InferRequest]:
             req = v2.parse_infer_request(body, header_length)
@@ -243,7 +263,7 @@ def create_app(
                 entry.model.check_outputs([o.name for o in req.outputs])
             return req.inputs, req
 
-        def build(outputs: dict[str, np.ndarray], req: v2.InferRequest) -> Response:
+        def build(outputs: dict[str, np.ndarray], req: v2.InferRequest) -> Reply:
             content, hlen = v2.build_infer_response(
                 entry.name,
                 entry.version,
@@ -253,25 +273,54 @@ def create_app(
                 binary_output=req.binary_output,
             )
             if hlen is None:
-                return Response(content, media_type=JSON)
-            return Response(
+                return Reply(200, JSON, content)
+            return Reply(
+                200,
+                "application/octet-stream",
                 content,
-                media_type="application/octet-stream",
-                headers={"Inference-Header-Content-Length": str(hlen)},
+                {"Inference-Header-Content-Length": str(hlen)},
             )
 
-        return infer(request, entry, parse, build, body)
+        return infer(entry, parse, build, body)
 
-    def v1_predict(request: Request, entry: ModelEntry, body: bytes | None = None) -> Any:
+    def v1_predict(entry: ModelEntry, body: bytes) -> Awaitable[Reply]:
         specs = [(s.name, s.dtype) for s in entry.model.inputs]
 
         def parse(body: bytes) -> tuple[dict[str, np.ndarray], None]:
             return v1.parse_predict_request(body, specs), None
 
-        def build(outputs: dict[str, np.ndarray], _ctx: None) -> Response:
-            return Response(v1.build_predict_response(outputs), media_type=JSON)
+        def build(outputs: dict[str, np.ndarray], _ctx: None) -> Reply:
+            return Reply(200, JSON, v1.build_predict_response(outputs))
 
-        return infer(request, entry, parse, build, body)
+        return infer(entry, parse, build, body)
+
+    async def v2_infer_route(
+        headers: Headers, body: bytes, model_name: str, model_version: str | None = None
+    ) -> Reply:
+        return await v2_infer(headers, dataplane.get(model_name, model_version), body)
+
+    async def v1_predict_route(headers: Headers, body: bytes, model_name: str) -> Reply:
+        return await v1_predict(dataplane.get(model_name), body)
+
+    async def predict_route(headers: Headers, body: bytes) -> Reply:
+        """The default model. A V2 body (`inputs` as a list of named tensors, or binary with
+        Inference-Header-Content-Length) gets a V2 answer; otherwise V1 instances."""
+        entry = dataplane.default()
+        if v2.HEADER_LENGTH in headers or _looks_like_v2(body):
+            return await v2_infer(headers, entry, body)
+        return await v1_predict(entry, body)
+
+    async def answer(route: Route, headers: Headers, body: bytes, params: dict[str, Any]) -> Reply:
+        """Authenticate, inflate the body and run `route`; any error becomes its reply."""
+        try:
+            auth.check(headers)
+            body = decode_body(body, headers.get("content-encoding"), limit)
+            return await route(headers, body, **params)
+        except ModelServiceError as e:
+            return error_reply(e.status_code, e.message, e.headers)
+        except Exception as e:
+            log.exception("unexpected error in %s", route.__name__, exc_info=e)
+            return error_reply(500, f"internal error: {type(e).__name__}")
 
     # --- V2 -----------------------------------------------------------------------------
 
@@ -293,7 +342,7 @@ def create_app(
 
     @app.get("/v2", tags=["v2"])
     async def server_metadata(request: Request) -> Response:
-        auth.check(request)
+        auth.check(request.headers)
         return _json(dataplane.server_metadata())
 
     @app.get("/v2/models/{model_name}", tags=["v2"])
@@ -301,7 +350,7 @@ def create_app(
     async def model_metadata(
         request: Request, model_name: str, model_version: str | None = None
     ) -> Response:
-        auth.check(request)
+        auth.check(request.headers)
         return _json(dataplane.model_metadata(dataplane.get(model_name, model_version)))
 
     @app.get("/v2/models/{model_name}/config", tags=["v2"])
@@ -309,7 +358,7 @@ def create_app(
     async def model_config(
         request: Request, model_name: str, model_version: str | None = None
     ) -> Response:
-        auth.check(request)
+        auth.check(request.headers)
         return _json(dataplane.model_config(dataplane.get(model_name, model_version)))
 
     @app.get("/v2/models/{model_name}/ready", tags=["v2"])
@@ -317,7 +366,7 @@ def create_app(
     async def model_ready(
         request: Request, model_name: str, model_version: str | None = None
     ) -> Response:
-        auth.check(request)
+        auth.check(request.headers)
         entry = dataplane.get(model_name, model_version)
         if dataplane.draining:
             raise ServiceUnavailable("the server is shutting down")
@@ -332,39 +381,32 @@ def create_app(
     async def model_infer(
         request: Request, model_name: str, model_version: str | None = None
     ) -> Response:
-        auth.check(request)
-        return await v2_infer(request, dataplane.get(model_name, model_version))
+        params = {"model_name": model_name, "model_version": model_version}
+        return await answer_asgi(request, answer, v2_infer_route, params, limit)
 
     # --- V1 and /predict ----------------------------------------------------------------
 
     @app.get("/v1/models", tags=["v1"])
     async def v1_models(request: Request) -> Response:
-        auth.check(request)
+        auth.check(request.headers)
         return _json({"models": dataplane.names()})
 
     @app.get("/v1/models/{model_name}", tags=["v1"])
     async def v1_model(request: Request, model_name: str) -> Response:
-        auth.check(request)
+        auth.check(request.headers)
         entry = dataplane.get(model_name)
         return _json({"name": entry.name, "ready": not dataplane.draining})
 
     @app.post("/v1/models/{model_name}:predict", tags=["v1"], openapi_extra=_PREDICT_BODY)
     async def v1_model_predict(request: Request, model_name: str) -> Response:
-        auth.check(request)
-        return await v1_predict(request, dataplane.get(model_name))
+        params = {"model_name": model_name}
+        return await answer_asgi(request, answer, v1_predict_route, params, limit)
 
     @app.post("/predict", tags=["v1"], openapi_extra=_INFER_BODY)
     async def predict(request: Request) -> Response:
         """The default model. A V2 body (`inputs` as a list of named tensors, or binary with
         Inference-Header-Content-Length) gets a V2 answer; otherwise V1 instances."""
-        auth.check(request)
-        entry = dataplane.default()
-        if v2.HEADER_LENGTH in request.headers:
-            return await v2_infer(request, entry)
-        body = await read_body(request, limit)
-        if _looks_like_v2(body):
-            return await v2_infer(request, entry, body)
-        return await v1_predict(request, entry, body)
+        return await answer_asgi(request, answer, predict_route, {}, limit)
 
     # --- metrics ------------------------------------------------------------------------
 
@@ -372,11 +414,11 @@ def create_app(
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    # The same handlers, reached without the framework's middleware and dependency layers.
-    app.fast_routes = [
-        (_V2_INFER, model_infer),
-        (_V1_PREDICT, v1_model_predict),
-        (_PREDICT, predict),
+    app.answer = answer
+    app.inference_routes = [
+        (_V2_INFER, v2_infer_route),
+        (_V1_PREDICT, v1_predict_route),
+        (_PREDICT, predict_route),
     ]
     return app
 
@@ -392,43 +434,63 @@ class RuntimeApp(FastAPI):
     """FastAPI, plus a direct path for the inference POSTs.
 
     Inference is the hot path: FastAPI's middleware stack, routing and dependency solving
-    cost more per request than the MLP's whole inference. POSTs to an inference path go
-    straight to their handler (the same function FastAPI routes, documented in OpenAPI);
-    errors get the same one handler's {"error": ...}. Everything else is plain FastAPI.
+    cost more per request than the MLP's whole inference. POSTs to an inference path skip
+    them: `direct` serves them for the HTTP protocol (http_protocol.py) without ASGI at
+    all, and under any other ASGI server (or the test client) `__call__` sends them
+    straight to the same route. The FastAPI routes for the same paths only document them
+    in OpenAPI. Everything else is plain FastAPI.
     """
 
-    fast_routes: list[tuple[re.Pattern[str], Callable[..., Awaitable[Response]]]] = []
+    answer: Callable[[Route, Headers, bytes, dict[str, Any]], Awaitable[Reply]]
+    inference_routes: list[tuple[re.Pattern[str], Route]] = []
+
+    def _inference_route(self, method: str, path: str) -> tuple[Route, dict[str, Any]] | None:
+        if method == "POST":
+            for pattern, route in self.inference_routes:
+                match = pattern.fullmatch(path)
+                if match is not None:
+                    return route, match.groupdict()
+        return None
+
+    def direct(
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> Awaitable[Reply] | None:
+        """The answer to an inference request, or None for a request the app must see."""
+        found = self._inference_route(method, path)
+        if found is None:
+            return None
+        route, params = found
+        named = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers}
+        if self.state.dataplane.draining:
+            return self._closing(self.answer(route, named, body, params))
+        return self.answer(route, named, body, params)
+
+    @staticmethod
+    async def _closing(answering: Awaitable[Reply]) -> Reply:
+        """See _closing_connection."""
+        reply = await answering
+        return reply._replace(headers={**(reply.headers or {}), "Connection": "close"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.state.dataplane.draining:
             send = _closing_connection(send)
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path = scope["path"]
-            for pattern, handler in self.fast_routes:
-                match = pattern.fullmatch(path)
-                if match is not None:
-                    await self._fast(handler, match.groupdict(), scope, receive, send)
-                    return
+        if scope["type"] == "http":
+            found = self._inference_route(scope["method"], scope["path"])
+            if found is not None:
+                await self._fast(*found, scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
     async def _fast(
-        self,
-        handler: Callable[..., Awaitable[Response]],
-        params: dict[str, Any],
-        scope: Scope,
-        receive: Receive,
-        send: Send,
+        self, route: Route, params: dict[str, Any], scope: Scope, receive: Receive, send: Send
     ) -> None:
         scope["app"] = self
+        request = Request(scope, receive)
+        limit = self.state.settings.max_request_bytes
         try:
-            response = await handler(Request(scope, receive), **params)
+            response = await answer_asgi(request, self.answer, route, params, limit)
         except ClientDisconnect:
             return  # nobody left to answer
-        except ModelServiceError as e:
-            response = json_error(e.status_code, e.message, e.headers)
-        except Exception as e:
-            log.exception("unexpected error in %s", scope["path"], exc_info=e)
-            response = json_error(500, f"internal error: {type(e).__name__}")
         await response(scope, receive, send)
 
 

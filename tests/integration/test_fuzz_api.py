@@ -245,7 +245,7 @@ def test_authorization_header_fuzz_is_401(auth_server: Served, value: Any, path:
         )
     except httpx.LocalProtocolError:
         return  # a header value the client itself refuses to send
-    if r.status_code == 400 and r.text == "Invalid HTTP request received.":
-        return  # refused by uvicorn's HTTP parser (NUL, bad whitespace) before the app
     check(r)
+    if r.status_code == 400 and r.json()["error"].startswith("invalid HTTP request: "):
+        return  # refused by the HTTP parser (NUL, bad whitespace) before the app
     assert r.status_code == 401, (r.status_code, r.text)
