@@ -31,6 +31,10 @@ PLATFORM = "onnxruntime_onnx"
 # Longest expected batch run on the event loop (CPU only): holding up probes and new
 # requests this long is harmless.
 INLINE_BATCH_BELOW_S = 0.01
+# The same with batching off, kept short: what runs on the loop never waits in the
+# counted queue (--max-queue-size), so only requests far cheaper than a hand-off to a
+# thread go there.
+INLINE_UNBATCHED_BELOW_S = 0.001
 
 
 def load_model(s: Settings) -> OnnxModel:
@@ -52,6 +56,8 @@ class ModelEntry:
     executor: ThreadPoolExecutor
     batcher: DynamicBatcher | None
     max_batch_size: int
+    inline_below_s: float = 0.0  # unbatched requests expected to run faster run on the loop
+    row_s: float | None = None  # unbatched: moving average of compute time per row
     inflight: int = 0  # unbatched requests waiting for or in a worker
 
 
@@ -101,6 +107,7 @@ class DataPlane:
             executor,
             batcher,
             s.max_batch_size if batching else 0,
+            inline_below_s=INLINE_UNBATCHED_BELOW_S if on_cpu else 0.0,
         )
         self._models[s.name] = entry
         return entry
@@ -185,6 +192,20 @@ class DataPlane:
         feeds = entry.model.validate(inputs)
         if entry.batcher is not None:
             return await entry.batcher.submit(feeds)
+        rows = next(iter(feeds.values())).shape[0] if feeds and entry.model.batchable else 1
+        if entry.row_s is not None and entry.row_s * rows < entry.inline_below_s:
+            # Shorter than the hand-off to a thread and back (see INLINE_BATCH_BELOW_S).
+            outputs, compute_s = _timed(entry, feeds)
+        else:
+            outputs, compute_s = await self._in_worker(entry, feeds)
+        per_row = compute_s / max(1, rows)
+        entry.row_s = per_row if entry.row_s is None else 0.8 * entry.row_s + 0.2 * per_row
+        entry.metrics.on_batch(1, rows, compute_s)
+        return BatchResult(outputs, 0.0, compute_s, rows)
+
+    async def _in_worker(
+        self, entry: ModelEntry, feeds: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], float]:
         if entry.inflight >= self.settings.max_queue_size:
             raise ServiceUnavailable(
                 f"the request queue is full ({self.settings.max_queue_size} requests "
@@ -194,12 +215,9 @@ class DataPlane:
         entry.inflight += 1
         try:
             loop = asyncio.get_running_loop()
-            outputs, compute_s = await loop.run_in_executor(entry.executor, _timed, entry, feeds)
+            return await loop.run_in_executor(entry.executor, _timed, entry, feeds)
         finally:
             entry.inflight -= 1
-        rows = next(iter(feeds.values())).shape[0] if feeds and entry.model.batchable else 1
-        entry.metrics.on_batch(1, rows, compute_s)
-        return BatchResult(outputs, 0.0, compute_s, rows)
 
 
 def _timed(entry: ModelEntry, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:

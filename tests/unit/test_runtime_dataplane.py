@@ -1,0 +1,55 @@
+"""The data plane with batching off, on a real onnxruntime session of the test MLP: where
+each request runs (event loop or worker thread) and that the answers are right either way."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from modelservice_runtime.dataplane import INLINE_UNBATCHED_BELOW_S, DataPlane, load_model
+from modelservice_runtime.metrics import Metrics
+from modelservice_runtime.settings import Settings
+
+
+def test_short_unbatched_requests_run_on_the_event_loop_and_long_ones_on_a_thread(
+    mlp_onnx: Path,
+) -> None:
+    """The first request (always on a thread) tells the time per row; a request expected
+    under INLINE_UNBATCHED_BELOW_S then runs on the loop's own thread, skipping the
+    hand-off; one expected to take longer still goes to a worker thread, where it counts
+    against --max-queue-size."""
+    settings = Settings(model_path=mlp_onnx, name="mlp", max_batch_size=0)
+    dataplane = DataPlane(settings, Metrics())
+    reference = ort.InferenceSession(str(mlp_onnx), providers=["CPUExecutionProvider"])
+    ran_on: list[tuple[int, bool]] = []  # (rows, on the event loop's thread)
+
+    async def main() -> None:
+        entry = dataplane.register(load_model(settings))
+        assert entry.batcher is None
+        loop_thread = threading.get_ident()
+        run = entry.model.run
+
+        def recording_run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            ran_on.append((feeds["input"].shape[0], threading.get_ident() == loop_thread))
+            return run(feeds)
+
+        entry.model.run = recording_run  # type: ignore[method-assign]
+        rng = np.random.default_rng(5)
+        try:
+            for rows in (1, 1, 2):
+                x = rng.standard_normal((rows, 64), np.float32)
+                got = await dataplane.infer(entry, {"input": x})
+                np.testing.assert_allclose(
+                    got.outputs["output"], reference.run(None, {"input": x})[0], rtol=1e-5
+                )
+            # Pretend a row takes half the limit: 4 rows are then too long for the loop.
+            entry.row_s = INLINE_UNBATCHED_BELOW_S / 2
+            await dataplane.infer(entry, {"input": np.ones((4, 64), np.float32)})
+        finally:
+            await dataplane.close()
+
+    asyncio.run(main())
+    assert ran_on == [(1, False), (1, True), (2, True), (4, False)]
