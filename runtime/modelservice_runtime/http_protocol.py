@@ -1,20 +1,23 @@
-"""HTTP/1.1 for uvicorn that hands the app each request whole, in one `receive()`.
+"""HTTP/1.1 for uvicorn that reads each request whole and answers inference without ASGI.
 
 Why not uvicorn's own httptools protocol: measured on this project's 2-core machine (wrk,
-16 connections, one process, a 49 KB binary tensor body and a fixed 100-byte answer), an
-ASGI app that only reads the body cost 65-73 us of server CPU per request under uvicorn's
-protocol, against 17 us for the same parser (httptools) and loop (uvloop) answering
-straight from the protocol. Under uvicorn the body is copied twice (into a bytearray, then
-out of it), the app's task is woken once per TCP read of the body, and each response is
-two writes. Inference requests are exactly that shape, and on the compute-bound CNN that
-per-request cost is most of the gap between served and in-process throughput.
+16 connections, one process, a 49 KB binary tensor body), the same parser (httptools) and
+loop (uvloop) answering straight from the protocol cost about 17 us of server CPU per
+request; an ASGI app that only reads the body cost 66-85 us under uvicorn's protocol and
+53-69 us under this one. Under uvicorn the body is copied twice (into a bytearray, then out
+of it), the app's task is woken once per TCP read of the body, and each response is two
+writes; ASGI itself (scope, messages, the app's coroutines, the framework's request and
+response objects) is most of the rest. So inference requests, which are the traffic, go
+to `direct` routes: headers and the whole body in, a `Reply` out. On the runtime with a
+zero-compute model that took the cost per request from about 114 us to 91-98 us.
 
 This protocol keeps uvicorn for everything else (sockets, workers, signals, lifespan,
 graceful shutdown: it honours uvicorn's protocol contract, `server_state` and `shutdown()`)
 and changes only how a connection is read and written:
 
-- A request's body is gathered as it arrives (chunks in a list, joined once) and the app
-  is started when the request is complete, so its one `receive()` returns the whole body.
+- A request's body is gathered as it arrives (chunks in a list, joined once). When the
+  request is complete, `direct` gets it first; if it declines, the ASGI app is started and
+  its one `receive()` returns the whole body.
   Bodies over `max_body_bytes` are never gathered: the client gets a 413 with
   `{"error": ...}` as soon as the size is known (from Content-Length, or while counting a
   chunked body) and the connection is closed, so no refused upload is read to its end.
@@ -161,8 +164,8 @@ class _Exchange:
         if not self.started:
             if kind != "http.response.start":
                 raise RuntimeError(f"expected 'http.response.start', got {kind!r}")
-            self.started = True
             self.head = self._head(message["status"], message.get("headers", ()))
+            self.started = True  # after _head: a header it refuses still gets the 500
             return
         if self.complete or kind != "http.response.body":
             raise RuntimeError(f"unexpected ASGI message {kind!r} after the response")
@@ -200,8 +203,8 @@ class _Exchange:
             headers += [
                 (k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()
             ]
-        self.started = True
         head = self._head(reply.status, headers)
+        self.started = True
         self.conn.transport.writelines((head, b"" if self.method == "HEAD" else reply.body))
         self.complete = True
         self.conn.answered(self)
@@ -295,6 +298,9 @@ class BufferedHttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server_state.connections.discard(self)  # type: ignore[arg-type]
         self._cancel_idle_timer()
+        for pending in self.waiting:  # never to be answered: close their coroutines
+            if isinstance(pending, _Exchange) and asyncio.iscoroutine(pending.answering):
+                pending.answering.close()
         self.waiting.clear()
         if self.current is not None:
             self.current.disconnected = True

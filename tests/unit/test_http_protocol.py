@@ -16,6 +16,12 @@ import pytest
 import uvicorn
 from modelservice_runtime.http_protocol import Reply, buffered_http_protocol
 
+# A coroutine left unawaited (a pipelined answer never given) must fail the test.
+pytestmark = [
+    pytest.mark.filterwarnings("error::RuntimeWarning"),
+    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+]
+
 LIMIT = 1000
 KEEP_ALIVE_S = 1
 
@@ -30,6 +36,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     path = scope["path"]
     if path == "/boom":
         raise RuntimeError("the app failed")
+    if path == "/bad-header":  # a value that would split the response
+        headers = [(b"x-injected", b"a\r\nset-cookie: b"), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return
     if path == "/stream":  # no Content-Length: sent chunked
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"one,", "more_body": True})
@@ -291,11 +302,14 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(client: Clien
     assert time.monotonic() - started > KEEP_ALIVE_S * 0.8
 
 
-def test_an_app_error_is_a_json_500_and_the_server_goes_on(served: Served, client: Client) -> None:
-    client.send(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")
+@pytest.mark.parametrize("path", ["/boom", "/bad-header"])
+def test_an_app_error_is_a_json_500_and_the_server_goes_on(
+    served: Served, client: Client, path: str
+) -> None:
+    client.send(b"GET %b HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
     r = client.response()
     assert r.status == 500 and set(r.json()) == {"error"}
-    assert r.headers["connection"] == "close"
+    assert r.headers["connection"] == "close" and "set-cookie" not in r.headers
     other = served.connect()
     other.send(post("/direct/0", b""))
     assert other.response().status == 200
@@ -304,7 +318,11 @@ def test_an_app_error_is_a_json_500_and_the_server_goes_on(served: Served, clien
 
 def test_a_client_that_leaves_mid_answer_does_not_disturb_the_others(served: Served) -> None:
     leaving = served.connect()
-    leaving.send(post("/direct/200", b"bye") + b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+    leaving.send(
+        post("/direct/200", b"bye")
+        + b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"
+        + post("/direct/0", b"never answered")
+    )
     leaving.close()
     staying = served.connect()
     staying.send(post("/direct/300", b"hi"))
