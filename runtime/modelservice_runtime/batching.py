@@ -64,6 +64,24 @@ class _Group:
     rows: int = 0
 
 
+class RowTime:
+    """Moving average of the compute time per row: whether a run of some rows is expected
+    to be short enough for the event loop (see DynamicBatcher, and DataPlane with batching
+    off)."""
+
+    __slots__ = ("row_s",)
+
+    def __init__(self) -> None:
+        self.row_s: float | None = None  # unknown until the first run
+
+    def expected_below(self, rows: int, limit_s: float) -> bool:
+        return self.row_s is not None and self.row_s * rows < limit_s
+
+    def record(self, rows: int, compute_s: float) -> None:
+        per_row = compute_s / max(1, rows)
+        self.row_s = per_row if self.row_s is None else 0.8 * self.row_s + 0.2 * per_row
+
+
 def batch_key(inputs: Arrays) -> BatchKey:
     return tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items())
 
@@ -100,7 +118,7 @@ class DynamicBatcher:
         self._concurrency = max_concurrent_batches
         self._on_batch = on_batch  # (requests, rows, compute_s), on the event loop
         self._inline_below_s = inline_below_s
-        self._row_s: float | None = None  # moving average of compute time per row
+        self._row_time = RowTime()
         # Loop-bound state: created by _start inside the running loop.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -182,9 +200,7 @@ class DynamicBatcher:
                 if not batch:
                     continue
                 self._running += 1
-                if self._row_s is not None and (
-                    self._row_s * sum(p.rows for p in batch) < self._inline_below_s
-                ):
+                if self._row_time.expected_below(sum(p.rows for p in batch), self._inline_below_s):
                     self._finish(batch, self._run_here(batch, loop))
                     await asyncio.sleep(0)  # let the answers out and the next requests in
                     continue
@@ -264,8 +280,7 @@ class DynamicBatcher:
                 if not p.future.done():
                     p.future.set_exception(e)
             return
-        per_row = compute_s / max(1, total)
-        self._row_s = per_row if self._row_s is None else 0.8 * self._row_s + 0.2 * per_row
+        self._row_time.record(total, compute_s)
         if self._on_batch is not None:
             self._on_batch(len(batch), total, compute_s)
         start = 0

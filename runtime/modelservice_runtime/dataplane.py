@@ -10,13 +10,13 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from modelservice_runtime import __version__
-from modelservice_runtime.batching import BatchResult, DynamicBatcher
+from modelservice_runtime.batching import BatchResult, DynamicBatcher, RowTime
 from modelservice_runtime.errors import NotFound, ServiceUnavailable
 from modelservice_runtime.metrics import Metrics, ModelMetrics
 from modelservice_runtime.model import OnnxModel
@@ -57,7 +57,7 @@ class ModelEntry:
     batcher: DynamicBatcher | None
     max_batch_size: int
     inline_below_s: float = 0.0  # unbatched requests expected to run faster run on the loop
-    row_s: float | None = None  # unbatched: moving average of compute time per row
+    row_time: RowTime = field(default_factory=RowTime)  # unbatched runs
     inflight: int = 0  # unbatched requests waiting for or in a worker
 
 
@@ -193,13 +193,12 @@ class DataPlane:
         if entry.batcher is not None:
             return await entry.batcher.submit(feeds)
         rows = next(iter(feeds.values())).shape[0] if feeds and entry.model.batchable else 1
-        if entry.row_s is not None and entry.row_s * rows < entry.inline_below_s:
+        if entry.row_time.expected_below(rows, entry.inline_below_s):
             # Shorter than the hand-off to a thread and back (see INLINE_BATCH_BELOW_S).
             outputs, compute_s = _timed(entry, feeds)
         else:
             outputs, compute_s = await self._in_worker(entry, feeds)
-        per_row = compute_s / max(1, rows)
-        entry.row_s = per_row if entry.row_s is None else 0.8 * entry.row_s + 0.2 * per_row
+        entry.row_time.record(rows, compute_s)
         entry.metrics.on_batch(1, rows, compute_s)
         return BatchResult(outputs, 0.0, compute_s, rows)
 

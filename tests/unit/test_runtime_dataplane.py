@@ -46,7 +46,7 @@ def test_short_unbatched_requests_run_on_the_event_loop_and_long_ones_on_a_threa
                     got.outputs["output"], reference.run(None, {"input": x})[0], rtol=1e-5
                 )
             # Pretend a row takes half the limit: 4 rows are then too long for the loop.
-            entry.row_s = INLINE_UNBATCHED_BELOW_S / 2
+            entry.row_time.row_s = INLINE_UNBATCHED_BELOW_S / 2
             await dataplane.infer(entry, {"input": np.ones((4, 64), np.float32)})
         finally:
             await dataplane.close()
