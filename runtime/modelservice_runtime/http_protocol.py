@@ -28,6 +28,11 @@ and changes only how a connection is read and written:
 - Keep-alive (closed after uvicorn's --timeout-keep-alive when idle), `Expect:
   100-continue`, HEAD, chunked request bodies, responses without Content-Length (sent
   chunked) and back-pressure from a slow reader work as they do under uvicorn.
+- Unlike uvicorn, a request that stops arriving (nothing for `request_timeout_s` with part
+  of it read: a slowloris) gets a 408 and the connection is closed, and so is a connection
+  that sends nothing at all for that long; otherwise both would be held open forever. One
+  timer per connection serves every timeout: it is not set again for each request, only
+  moved when it fires early.
 
 Upgrades (WebSocket, h2c) are not offered: the request is served as plain HTTP/1.1 and the
 connection closed after it, which RFC 9110 allows.
@@ -242,9 +247,11 @@ class _Exchange:
 
 class BufferedHttpProtocol(asyncio.Protocol):
     """One client connection. Made by uvicorn (`Config(http=...)`) with its config and
-    server state; `max_body_bytes` and `direct` are set by `buffered_http_protocol()`."""
+    server state; `max_body_bytes`, `request_timeout_s` and `direct` are set by
+    `buffered_http_protocol()`."""
 
     max_body_bytes = 64 * 1024 * 1024
+    request_timeout_s = 60.0
     direct: Direct | None = None
 
     def __init__(
@@ -275,7 +282,12 @@ class BufferedHttpProtocol(asyncio.Protocol):
         self.write_paused: asyncio.Future[None] | None = None
         self.reading = True
         self.closing = False  # uvicorn is shutting down, or the parser gave up
-        self.idle_timer: asyncio.TimerHandle | None = None
+        # The connection's one timer (see _check_time), and the times it checks.
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_due = 0.0
+        self.last_read = 0.0
+        self.idle_since = 0.0
+        self.answered_any = False  # idle after an answer: the keep-alive timeout applies
 
         # The request being parsed.
         self.receiving = False  # part of it has arrived: the connection is not idle
@@ -294,10 +306,14 @@ class BufferedHttpProtocol(asyncio.Protocol):
         self.server = get_local_addr(transport)
         self.client = get_remote_addr(transport)
         self.scheme = "https" if is_ssl(transport) else "http"
+        self.last_read = self.idle_since = self.loop.time()
+        self._set_timer(self.idle_since + self.request_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server_state.connections.discard(self)  # type: ignore[arg-type]
-        self._cancel_idle_timer()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         for pending in self.waiting:  # never to be answered: close their coroutines
             if isinstance(pending, _Exchange) and asyncio.iscoroutine(pending.answering):
                 pending.answering.close()
@@ -308,7 +324,7 @@ class BufferedHttpProtocol(asyncio.Protocol):
         self._resume_writers()
 
     def data_received(self, data: bytes) -> None:
-        self._cancel_idle_timer()
+        self.last_read = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -510,34 +526,64 @@ class BufferedHttpProtocol(asyncio.Protocol):
         if not self.reading:
             self.reading = True
             self.transport.resume_reading()
-        self.idle_timer = self.loop.call_later(self.keep_alive_s, self._close_if_idle)
+        self.idle_since = self.loop.time()
+        self.answered_any = True
+        due = self.idle_since + self.keep_alive_s
+        if self.timer is None or self.timer_due > due:
+            self._set_timer(due)
 
     def _stop_reading(self) -> None:
         if self.reading and not self.transport.is_closing():
             self.reading = False
             self.transport.pause_reading()
 
-    def _close_if_idle(self) -> None:
-        self.idle_timer = None
-        if self.current is None and not self.transport.is_closing():
-            self.transport.close()
+    # --- timeouts ---------------------------------------------------------------------------
 
-    def _cancel_idle_timer(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+    def _set_timer(self, due: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_due = due
+        self.timer = self.loop.call_at(due, self._check_time)
+
+    def _check_time(self) -> None:
+        """Close the connection when idle past its timeout, refuse a request that stopped
+        arriving (408), or set the timer again for the deadline that now applies. While a
+        request is being answered nothing is timed; `answered` sets the timer again."""
+        self.timer = None
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self.receiving and not self.refused:
+            due = self.last_read + self.request_timeout_s
+            if now >= due:
+                self._refuse(
+                    408,
+                    f"the request stopped arriving: nothing was received for "
+                    f"{self.request_timeout_s:g} s (--request-timeout-s)",
+                )
+                return
+            self._set_timer(due)
+        elif self.current is None and not self.waiting:
+            timeout = self.keep_alive_s if self.answered_any else self.request_timeout_s
+            due = self.idle_since + timeout
+            if now >= due:
+                self.transport.close()
+                return
+            self._set_timer(due)
 
 
 def buffered_http_protocol(
-    max_body_bytes: int, direct: Direct | None = None
+    max_body_bytes: int, direct: Direct | None = None, request_timeout_s: float = 60.0
 ) -> type[BufferedHttpProtocol]:
     """The protocol class for uvicorn's `Config(http=...)`, refusing bodies over
-    `max_body_bytes` (--max-request-bytes) and answering what `direct` takes without the
+    `max_body_bytes` (--max-request-bytes) and requests that stop arriving for
+    `request_timeout_s` (--request-timeout-s), and answering what `direct` takes without the
     ASGI app."""
 
     class Protocol(BufferedHttpProtocol):
         pass
 
     Protocol.max_body_bytes = max_body_bytes
+    Protocol.request_timeout_s = request_timeout_s
     Protocol.direct = staticmethod(direct) if direct is not None else None  # type: ignore[assignment]
     return Protocol

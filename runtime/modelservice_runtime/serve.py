@@ -134,7 +134,9 @@ def serve(
         timeout_graceful_shutdown=settings.graceful_timeout_s,
         lifespan="on",
         # Whole requests, inference answered without ASGI (http_protocol.py).
-        http=buffered_http_protocol(settings.max_request_bytes, app.direct),
+        http=buffered_http_protocol(
+            settings.max_request_bytes, app.direct, settings.request_timeout_s
+        ),
     )
     server = GracefulServer(config)
     log.info(

@@ -57,6 +57,7 @@ class Settings:
     max_batch_delay_us: int = 500
     max_queue_size: int = 1024
     max_request_bytes: int = 64 * 1024 * 1024
+    request_timeout_s: float = 60.0
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     graph_optimization_level: str = "all"
@@ -82,6 +83,7 @@ class Settings:
             (self.max_batch_delay_us < 0, "--max-batch-delay-us must be >= 0"),
             (self.max_queue_size < 1, "--max-queue-size must be >= 1"),
             (self.max_request_bytes < 1, "--max-request-bytes must be >= 1"),
+            (self.request_timeout_s <= 0, "--request-timeout-s must be > 0"),
             (self.intra_op_threads < 0, "--intra-op-threads must be >= 0"),
             (self.inter_op_threads < 0, "--inter-op-threads must be >= 0"),
             (self.gpu_mem_limit < 0, "--gpu-mem-limit must be >= 0 bytes"),
@@ -133,6 +135,12 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--max-batch-delay-us", "max_batch_delay_us", int, "longest wait to fill a batch (500)"),
     ("--max-queue-size", "max_queue_size", int, "queued requests before 503 (1024)"),
     ("--max-request-bytes", "max_request_bytes", int, "larger bodies get 413 (64 MiB)"),
+    (
+        "--request-timeout-s",
+        "request_timeout_s",
+        float,
+        "a request that stops arriving this long gets 408; a silent connection is closed (60)",
+    ),
     ("--intra-op-threads", "intra_op_threads", int, "onnxruntime intra-op threads (0=auto)"),
     ("--inter-op-threads", "inter_op_threads", int, "onnxruntime inter-op threads (0=auto)"),
     ("--graph-optimization-level", "graph_optimization_level", str, "disable|basic|extended|all"),

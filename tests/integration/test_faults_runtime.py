@@ -292,6 +292,7 @@ def test_auto_execution_provider_falls_back_to_cpu(mlp_onnx: Path) -> None:
 # --- limits ----------------------------------------------------------------------------------
 
 LIMIT = 64 * 1024
+REQUEST_TIMEOUT_S = 2
 
 
 def raw_http(port: int, request: bytes, *, read_timeout: float = 10) -> bytes:
@@ -326,7 +327,11 @@ def status_of(response: bytes) -> int:
 
 @pytest.fixture(scope="module")
 def limited(mlp_onnx: Path):
-    with serve(mlp_onnx, "--max-request-bytes", str(LIMIT), "--max-batch-size", "4") as served:
+    with serve(
+        mlp_onnx,
+        *("--max-request-bytes", str(LIMIT), "--max-batch-size", "4"),
+        *("--request-timeout-s", str(REQUEST_TIMEOUT_S)),
+    ) as served:
         yield served
         assert "Traceback" not in served.log.read_text(errors="replace")
 
@@ -371,6 +376,36 @@ def test_content_length_that_understates_the_body_never_reads_past_it(limited) -
     )
     response = raw_http(limited.port, request, read_timeout=10)
     assert 400 <= status_of(response) < 500, response[:300]
+    assert httpx.get(limited.url + "/v2/health/ready").status_code == 200
+
+
+def test_requests_that_stop_arriving_get_408_and_free_their_connections(limited) -> None:
+    """A slowloris: 40 connections each send part of a request (headers, or headers and
+    part of the body) and then nothing. Each gets a 408 naming --request-timeout-s after
+    about that long and is closed, while other clients are served meanwhile."""
+    body = v2_body(1)
+    head = (
+        b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    stalled = [head[:30], head, head + body[: len(body) // 2]] * 14  # 42 connections
+    sockets = [socket.create_connection(("127.0.0.1", limited.port), timeout=10) for _ in stalled]
+    started = time.monotonic()
+    try:
+        for s, sent in zip(sockets, stalled, strict=True):
+            s.sendall(sent)
+        r = httpx.post(limited.url + "/v2/models/mlp/infer", content=body)
+        assert r.status_code == 200, r.text
+        for s in sockets:
+            answer = b""
+            while chunk := s.recv(65536):  # until the server closes
+                answer += chunk
+            assert status_of(answer) == 408, answer[:300]
+            assert b"--request-timeout-s" in answer and b"connection: close" in answer
+        assert REQUEST_TIMEOUT_S * 0.8 < time.monotonic() - started < REQUEST_TIMEOUT_S + 8
+    finally:
+        for s in sockets:
+            s.close()
     assert httpx.get(limited.url + "/v2/health/ready").status_code == 200
 
 

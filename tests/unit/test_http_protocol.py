@@ -24,6 +24,7 @@ pytestmark = [
 
 LIMIT = 1000
 KEEP_ALIVE_S = 1
+REQUEST_TIMEOUT_S = 1.5
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -79,7 +80,7 @@ class Served:
         config = uvicorn.Config(
             app,
             loop="uvloop",
-            http=buffered_http_protocol(LIMIT, direct),
+            http=buffered_http_protocol(LIMIT, direct, REQUEST_TIMEOUT_S),
             timeout_keep_alive=KEEP_ALIVE_S,
             log_level="critical",
         )
@@ -300,6 +301,68 @@ def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(client: Clien
     started = time.monotonic()
     assert client.closed_by_server(within_s=KEEP_ALIVE_S + 3)
     assert time.monotonic() - started > KEEP_ALIVE_S * 0.8
+
+
+def test_the_keep_alive_timeout_counts_from_the_last_answer(client: Client) -> None:
+    """Requests spread over longer than the keep-alive timeout, each sent well within it
+    of the answer before: the connection stays open throughout."""
+    started = time.monotonic()
+    while time.monotonic() - started < KEEP_ALIVE_S * 2.5:
+        client.send(post("/direct/0", b"x"))
+        assert client.response().status == 200
+        time.sleep(KEEP_ALIVE_S / 4)
+    client.send(post("/direct/300", b"slow"))  # answered after a while, then idle again
+    assert client.response().status == 200
+    started = time.monotonic()
+    assert client.closed_by_server(within_s=KEEP_ALIVE_S + 3)
+    assert time.monotonic() - started > KEEP_ALIVE_S * 0.8
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"POST /asgi HTTP/1.1\r\nHost: t\r\nContent-Le", post("/direct/0", b"12345678")[:-4]],
+    ids=["headers-half-sent", "body-half-sent"],
+)
+def test_a_request_that_stops_arriving_gets_408_and_the_connection_closes(
+    served: Served, client: Client, sent: bytes
+) -> None:
+    client.send(sent)
+    started = time.monotonic()
+    r = client.response()
+    waited = time.monotonic() - started
+    assert REQUEST_TIMEOUT_S * 0.8 < waited < REQUEST_TIMEOUT_S + 3
+    assert r.status == 408 and r.headers["connection"] == "close"
+    assert r.json() == {
+        "error": f"the request stopped arriving: nothing was received for {REQUEST_TIMEOUT_S:g} s "
+        "(--request-timeout-s)"
+    }
+    assert client.closed_by_server()
+    other = served.connect()  # the server carries on
+    other.send(post("/direct/0", b"ok"))
+    assert other.response().json()["length"] == 2
+    other.close()
+
+
+def test_a_slow_but_steady_request_is_not_timed_out(client: Client) -> None:
+    """The timeout is for silence, not for the whole request: a body trickling in over
+    longer than the timeout, a piece every so often, is served."""
+    request = post("/direct/0", b"s" * 40)
+    started = time.monotonic()
+    for i in range(0, len(request), 10):
+        client.send(request[i : i + 10])
+        time.sleep(REQUEST_TIMEOUT_S / 4)
+    assert time.monotonic() - started > REQUEST_TIMEOUT_S * 1.5
+    assert client.response().json()["length"] == 40
+
+
+def test_a_connection_that_never_sends_is_closed_after_the_request_timeout(
+    served: Served,
+) -> None:
+    silent = served.connect()
+    started = time.monotonic()
+    assert silent.closed_by_server(within_s=REQUEST_TIMEOUT_S + 3)
+    assert time.monotonic() - started > REQUEST_TIMEOUT_S * 0.8
+    silent.close()
 
 
 @pytest.mark.parametrize("path", ["/boom", "/bad-header"])

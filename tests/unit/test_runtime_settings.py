@@ -19,7 +19,7 @@ def test_defaults_follow_the_contract() -> None:
     got = parse(["/models/model.onnx"])
     assert got.name == "model" and got.host == "0.0.0.0" and got.port == 8080
     assert (got.max_batch_size, got.max_batch_delay_us, got.max_queue_size) == (32, 500, 1024)
-    assert got.max_request_bytes == 64 * 1024 * 1024
+    assert got.max_request_bytes == 64 * 1024 * 1024 and got.request_timeout_s == 60.0
     assert got.graph_optimization_level == "all" and got.execution_provider == "auto"
     assert got.cpu_arena and got.warmup and got.auth_token is None and got.batching
 
@@ -37,12 +37,14 @@ def test_env_fills_and_flags_override(tmp_path: Path) -> None:
         "MODELSERVICE_AUTH_TOKEN": "from-env",
         "MODELSERVICE_EXECUTION_PROVIDER": "cuda",
         "MODELSERVICE_GPU_MEM_LIMIT": "1073741824",
+        "MODELSERVICE_REQUEST_TIMEOUT_S": "2.5",
     }
     got = parse([], env)
     assert (got.name, got.port, got.batching) == ("resnet", 9000, False)
     assert got.normalize_std == (0.229, 0.224, 0.225)
     assert not got.cpu_arena and not got.warmup and got.auth_token == "from-env"
     assert got.execution_provider == "cuda" and got.gpu_mem_limit == 1 << 30
+    assert got.request_timeout_s == 2.5
     token = tmp_path / "token"
     token.write_text("from-file\n")
     got = parse(["m.onnx", "--port", "9001", "--warmup", "--auth-token-file", str(token)], env)
@@ -63,6 +65,7 @@ def test_env_fills_and_flags_override(tmp_path: Path) -> None:
         (["m.onnx", "--auth-token-file", "/nonexistent/token"], {}, "cannot read"),
         (["m.onnx"], {"MODELSERVICE_WARMUP": "maybe"}, "expected true or false"),
         (["m.onnx", "--log-level", "loud"], {}, "--log-level must be one of"),
+        (["m.onnx", "--request-timeout-s", "0"], {}, "--request-timeout-s must be > 0"),
     ],
 )
 def test_bad_settings_name_the_flag(argv: list[str], env: dict[str, str], message: str) -> None:
