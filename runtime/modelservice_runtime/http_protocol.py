@@ -523,10 +523,11 @@ class BufferedHttpProtocol(asyncio.Protocol):
         if self.expect_continue:  # a client held its body until we were free
             self.transport.write(_CONTINUE)
             self.expect_continue = False
+        self.idle_since = self.loop.time()
         if not self.reading:
             self.reading = True
             self.transport.resume_reading()
-        self.idle_since = self.loop.time()
+            self.last_read = self.idle_since  # the client waited for us, not we for it
         self.answered_any = True
         due = self.idle_since + self.keep_alive_s
         if self.timer is None or self.timer_due > due:
@@ -548,12 +549,14 @@ class BufferedHttpProtocol(asyncio.Protocol):
     def _check_time(self) -> None:
         """Close the connection when idle past its timeout, refuse a request that stopped
         arriving (408), or set the timer again for the deadline that now applies. While a
-        request is being answered nothing is timed; `answered` sets the timer again."""
+        request is being answered nothing is timed (a request behind it may be half read
+        only because reading is paused: that silence is ours); `answered` sets the timer
+        again."""
         self.timer = None
         if self.transport.is_closing():
             return
         now = self.loop.time()
-        if self.receiving and not self.refused:
+        if self.receiving and self.reading and not self.refused:
             due = self.last_read + self.request_timeout_s
             if now >= due:
                 self._refuse(

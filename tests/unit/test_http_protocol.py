@@ -343,6 +343,18 @@ def test_a_request_that_stops_arriving_gets_408_and_the_connection_closes(
     other.close()
 
 
+def test_a_request_half_read_behind_a_slow_answer_is_not_timed_out(client: Client) -> None:
+    """Reading pauses while a pipelined request waits for a slow answer, leaving the one
+    after it half read for longer than the timeout: that silence is the server's, so the
+    request is answered, not refused."""
+    slow_ms = int(REQUEST_TIMEOUT_S * 1000 + 800)
+    third = post("/direct/0", b"three")
+    client.send(post(f"/direct/{slow_ms}", b"1") + post("/direct/0", b"22") + third[:20])
+    time.sleep(0.1)
+    client.send(third[20:])
+    assert [client.response().json()["length"] for _ in range(3)] == [1, 2, 5]
+
+
 def test_a_slow_but_steady_request_is_not_timed_out(client: Client) -> None:
     """The timeout is for silence, not for the whole request: a body trickling in over
     longer than the timeout, a piece every so often, is served."""
