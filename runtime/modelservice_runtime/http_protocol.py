@@ -29,10 +29,11 @@ and changes only how a connection is read and written:
   100-continue`, HEAD, chunked request bodies, responses without Content-Length (sent
   chunked) and back-pressure from a slow reader work as they do under uvicorn.
 - Unlike uvicorn, a request that stops arriving (nothing for `request_timeout_s` with part
-  of it read: a slowloris) gets a 408 and the connection is closed, and so is a connection
-  that sends nothing at all for that long; otherwise both would be held open forever. One
-  timer per connection serves every timeout: it is not set again for each request, only
-  moved when it fires early.
+  of it read: a slowloris) gets a 408 and the connection is closed; a connection that sends
+  nothing at all for that long, or whose client reads nothing of its answer for that long,
+  is closed too. Otherwise each would be held open, with its buffers, for as long as the
+  client wished. One timer per connection serves every timeout: it is not set again for
+  each request, only moved when it fires early.
 
 Upgrades (WebSocket, h2c) are not offered: the request is served as plain HTTP/1.1 and the
 connection closed after it, which RFC 9110 allows.
@@ -287,6 +288,7 @@ class BufferedHttpProtocol(asyncio.Protocol):
         self.timer_due = 0.0
         self.last_read = 0.0
         self.idle_since = 0.0
+        self.paused_since = 0.0  # the client stopped reading what we send
         self.answered_any = False  # idle after an answer: the keep-alive timeout applies
 
         # The request being parsed.
@@ -337,6 +339,10 @@ class BufferedHttpProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.write_paused is None:
             self.write_paused = self.loop.create_future()
+            self.paused_since = self.loop.time()
+            due = self.paused_since + self.request_timeout_s
+            if self.timer is None or self.timer_due > due:
+                self._set_timer(due)
 
     def resume_writing(self) -> None:
         self._resume_writers()
@@ -553,10 +559,17 @@ class BufferedHttpProtocol(asyncio.Protocol):
         only because reading is paused: that silence is ours); `answered` sets the timer
         again."""
         self.timer = None
-        if self.transport.is_closing():
-            return
         now = self.loop.time()
-        if self.receiving and self.reading and not self.refused:
+        if self.write_paused is not None:  # also once closing: close() waits for the reader
+            due = self.paused_since + self.request_timeout_s
+            if now >= due:  # mid-answer: no status can be sent, only the connection cut
+                log.info("cutting off a client that read nothing for %.0f s", now - due)
+                self.transport.abort()
+                return
+            self._set_timer(due)
+        elif self.transport.is_closing():
+            return
+        elif self.receiving and self.reading and not self.refused:
             due = self.last_read + self.request_timeout_s
             if now >= due:
                 self._refuse(

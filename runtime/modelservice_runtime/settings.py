@@ -139,7 +139,8 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "--request-timeout-s",
         "request_timeout_s",
         float,
-        "a request that stops arriving this long gets 408; a silent connection is closed (60)",
+        "a request that stops arriving this long gets 408; a connection silent, or not "
+        "reading its answer, this long is closed (60)",
     ),
     ("--intra-op-threads", "intra_op_threads", int, "onnxruntime intra-op threads (0=auto)"),
     ("--inter-op-threads", "inter_op_threads", int, "onnxruntime inter-op threads (0=auto)"),

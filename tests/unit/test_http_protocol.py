@@ -5,6 +5,7 @@ exactly what comes back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -25,6 +26,7 @@ pytestmark = [
 LIMIT = 1000
 KEEP_ALIVE_S = 1
 REQUEST_TIMEOUT_S = 1.5
+BIG = 64 * 1024 * 1024
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -41,6 +43,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = [(b"x-injected", b"a\r\nset-cookie: b"), (b"content-length", b"0")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
+        return
+    if path == "/big":  # far more than the socket buffers hold
+        headers = [(b"content-length", b"%d" % BIG)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"b" * BIG})
         return
     if path == "/stream":  # no Content-Length: sent chunked
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -353,6 +360,27 @@ def test_a_request_half_read_behind_a_slow_answer_is_not_timed_out(client: Clien
     time.sleep(0.1)
     client.send(third[20:])
     assert [client.response().json()["length"] for _ in range(3)] == [1, 2, 5]
+
+
+@pytest.mark.parametrize("connection", [b"keep-alive", b"close"])
+def test_a_client_that_reads_nothing_of_its_answer_is_cut_off(
+    served: Served, client: Client, connection: bytes
+) -> None:
+    """A big answer the client never reads stays in the server's buffers until the
+    connection is cut, after the request timeout (also when the connection was to close
+    after the answer: closing waits for the reader); a client that reads gets all of it."""
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    client.send(b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: %b\r\n\r\n" % connection)
+    time.sleep(REQUEST_TIMEOUT_S + 1.5)
+    got = 0
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := client.sock.recv(1 << 20):
+            got += len(chunk)
+    assert 0 < got < BIG
+    reader = served.connect()
+    reader.send(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert len(reader.response().body) == BIG
+    reader.close()
 
 
 def test_a_slow_but_steady_request_is_not_timed_out(client: Client) -> None:
