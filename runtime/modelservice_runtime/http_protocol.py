@@ -553,9 +553,10 @@ class BufferedHttpProtocol(asyncio.Protocol):
         self.timer = self.loop.call_at(due, self._check_time)
 
     def _check_time(self) -> None:
-        """Close the connection when idle past its timeout, refuse a request that stopped
-        arriving (408), or set the timer again for the deadline that now applies. While a
-        request is being answered nothing is timed (a request behind it may be half read
+        """Cut off a client that has read nothing of its answer for the request timeout,
+        refuse a request that stopped arriving (408), close an idle connection past its
+        timeout, or else set the timer again for the deadline that now applies. Otherwise
+        a request is being answered and nothing is timed (one behind it may be half read
         only because reading is paused: that silence is ours); `answered` sets the timer
         again."""
         self.timer = None
@@ -563,7 +564,7 @@ class BufferedHttpProtocol(asyncio.Protocol):
         if self.write_paused is not None:  # also once closing: close() waits for the reader
             due = self.paused_since + self.request_timeout_s
             if now >= due:  # mid-answer: no status can be sent, only the connection cut
-                log.info("cutting off a client that read nothing for %.0f s", now - due)
+                log.info("cut off a client that read nothing for %.0f s", now - self.paused_since)
                 self.transport.abort()
                 return
             self._set_timer(due)
