@@ -380,7 +380,7 @@ def test_content_length_that_understates_the_body_never_reads_past_it(limited) -
 
 
 def test_requests_that_stop_arriving_get_408_and_free_their_connections(limited) -> None:
-    """A slowloris: 40 connections each send part of a request (headers, or headers and
+    """A slowloris: 42 connections each send part of a request (headers, or headers and
     part of the body) and then nothing. Each gets a 408 naming --request-timeout-s after
     about that long and is closed, while other clients are served meanwhile."""
     body = v2_body(1)
