@@ -77,6 +77,14 @@ def _status_line(code: int) -> bytes:
 _STATUS_LINES = {code: _status_line(code) for code in range(100, 600)}
 
 
+def _head_start(status: int, server_state: ServerState) -> list[bytes]:
+    """The status line and uvicorn's default headers (date, server), as parts to join."""
+    parts = [_STATUS_LINES[status]]
+    for name, value in server_state.default_headers:
+        parts += (name, b": ", value, b"\r\n")
+    return parts
+
+
 class Reply(NamedTuple):
     """A direct route's answer (see `Direct`)."""
 
@@ -216,9 +224,7 @@ class _Exchange:
         self.conn.answered(self)
 
     def _head(self, status: int, headers: Any) -> bytes:
-        parts = [_STATUS_LINES[status]]
-        for name, value in self.conn.server_state.default_headers:
-            parts += (name, b": ", value, b"\r\n")
+        parts = _head_start(status, self.conn.server_state)
         length = None
         closing = False
         for name, value in headers:
@@ -465,9 +471,7 @@ class BufferedHttpProtocol(asyncio.Protocol):
 
     def _send_refusal(self, refusal: _Refusal) -> None:
         body = orjson.dumps({"error": refusal.message})
-        head = [_STATUS_LINES[refusal.status]]
-        for name, value in self.server_state.default_headers:
-            head += (name, b": ", value, b"\r\n")
+        head = _head_start(refusal.status, self.server_state)
         head.append(
             b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
             % len(body)
