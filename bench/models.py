@@ -113,6 +113,53 @@ def export_models(out_dir: Path, names: list[str]) -> list[BenchModel]:
     return models
 
 
+def zero_compute_twin(model: BenchModel, out_dir: Path) -> BenchModel:
+    """A model with `model`'s input and an output of the same size that does almost no
+    work: it answers the first values of each sample. Served the same way, its CPU per
+    request is the serving cost alone, which is what a compute-bound model's throughput
+    loses to next to the in-process limit."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    width = int(np.prod(model.expected.shape[1:]))
+    graph = helper.make_graph(
+        [
+            # Flatten each sample; then the first `width` values of it are the answer.
+            helper.make_node("Flatten", [INPUT_NAME], ["flat"], axis=1),
+            helper.make_node(
+                "Slice", ["flat", "keep_start", "keep_end", "keep_axes"], [OUTPUT_NAME]
+            ),
+        ],
+        f"{model.name}_zero",
+        [
+            helper.make_tensor_value_info(
+                INPUT_NAME, TensorProto.FLOAT, ["batch", *model.sample_shape]
+            )
+        ],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", width])],
+        initializer=[
+            helper.make_tensor("keep_start", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("keep_end", TensorProto.INT64, [1], [width]),
+            helper.make_tensor("keep_axes", TensorProto.INT64, [1], [1]),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    path = out_dir / f"{model.name}_zero.onnx"
+    onnx.save(proto, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {INPUT_NAME: model.sample})[0]
+    return BenchModel(
+        f"{model.name}_zero",
+        f"zero-compute twin of {model.name} (same input, an output of the same size, almost no work)",
+        path,
+        model.sample_shape,
+        model.sample,
+        expected,
+    )
+
+
 def decode_response(body: bytes, headers: dict[str, str]) -> np.ndarray:
     """The first output tensor of a V2 response, JSON or binary tensor data."""
     lowered = {k.lower(): v for k, v in headers.items()}

@@ -24,6 +24,8 @@ TARGET_P99_OVER_P50 = 3.0
 TARGET_OPERATOR_SECONDS = 60.0
 TARGET_OPERATOR_RSS_MIB = 200.0
 TARGET_CONNECTIONS = 16
+# Models of the "≥ 80% of in-process batched samples/s" target (compute-bound).
+COMPUTE_BOUND = ("cnn", "cnn_wide")
 
 
 def _versions(names: list[str]) -> dict[str, str]:
@@ -185,7 +187,7 @@ def _targets(results: dict) -> list[str]:
                     f"({_fmt(kserve['requests_per_s'])} req/s) "
                     f"| {_verdict(vs_kserve >= TARGET_MLP_VS_KSERVE)} |"
                 )
-    for name in ("cnn", "cnn_wide"):
+    for name in COMPUTE_BOUND:
         cnn = models.get(name)
         if not cnn:
             continue
@@ -244,6 +246,60 @@ def _targets(results: dict) -> list[str]:
             f"({op.get('skipped', 'no 1000 run')}) | not measured |"
         )
     return lines
+
+
+def _serving_cost_section(results: dict) -> list[str]:
+    """How much CPU the CNN target leaves for serving, next to what serving costs."""
+    cores = results["environment"]["usable_cores"]
+    c = TARGET_CONNECTIONS
+    share = TARGET_CNN_OF_LIMIT
+    rows = []
+    for name in COMPUTE_BOUND:
+        model = results["models"].get(name) or {}
+        cost = model.get("serving_cost")
+        if not cost:
+            continue
+        if "error" in cost:
+            rows.append(f"| {name.upper()} | not measured: {cost['error']} | | | | | | |")
+            continue
+        best = model["limit"]["best_samples_per_s"]
+        compute = cores * 1e6 / best
+        run = _find(model["runs"], cost["key"], "binary", c)
+        # wrk's cost per request at the target point itself when measured, else on the twin.
+        wrk = cost["wrk_us"]
+        if run and run["requests_per_s"]:
+            wrk = run["load_cpu_s"] / (run["requests_per_s"] * run["duration_s"]) * 1e6
+        runtime = cost["server_user_us"] + cost["server_system_us"]
+        measured = f"{run['samples_per_s'] / best:.0%}" if run else "not measured"
+        rows.append(
+            f"| {name.upper()} | {compute:,.0f} | {compute * (1 / share - 1):,.0f} | {wrk:,.0f} "
+            f"| {runtime:,.0f} ({cost['server_user_us']:,.0f} + "
+            f"{cost['server_system_us']:,.0f}) at {_fmt(cost['requests_per_s'])} req/s "
+            f"| {compute / (compute + wrk + runtime):.0%} | {measured} |"
+        )
+    if not rows:
+        return []
+    return [
+        f"## What the {share:.0%} target leaves for serving",
+        "",
+        f"The in-process limit keeps all {cores} cores on the model. A server at {share:.0%} "
+        f"of it spends {share:.0%} of the same cores on the same compute, so each request "
+        f"may cost at most {1 / share - 1:.0%} of the limit's CPU per sample in everything "
+        "else: the load generator, the kernel's TCP work and the runtime's reading, parsing, "
+        "batching and answering. The runtime's part is measured by serving a zero-compute "
+        "twin of each model (same input, an output of the same size, almost no work) with "
+        f"the target's configuration, binary, {c} connections; user + kernel CPU of its "
+        "process tree per request. `ceiling` = compute / (compute + wrk + runtime): the most"
+        " a server with this serving cost reaches here, even if its compute were as "
+        "efficient as the limit's (one onnxruntime thread per worker is not, quite).",
+        "",
+        f"| Model | limit's CPU per sample (us) | left per request at {share:.0%} (us) "
+        "| wrk per request (us) | runtime per request, user + kernel (us) | ceiling "
+        "| measured |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _operator_section(op: dict) -> list[str]:
@@ -471,6 +527,7 @@ def render(results: dict, out_md: Path) -> None:
         if model["runs"]:
             render_chart(name, model, chart)
             lines += ["", *_model_table(model), "", f"![{name} throughput]({chart.name})", ""]
+    lines += _serving_cost_section(results)
     lines += _profile_section(results.get("profiles") or [])
     lines += _operator_section(results.get("operator_scale") or {})
     if results.get("notes"):

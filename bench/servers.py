@@ -168,17 +168,23 @@ def _proc_tree(pid: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU seconds used so far by `pid` and its live descendants."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system (kernel) CPU seconds used so far by `pid` and its live descendants."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    user = system = 0.0
     for p in _proc_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    return total
+        user += int(fields[11]) / tick  # utime
+        system += int(fields[12]) / tick  # stime
+    return user, system
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds used so far by `pid` and its live descendants."""
+    return sum(cpu_times(pid))
 
 
 def rss_mib(pid: int, key: str = "VmRSS") -> float:
