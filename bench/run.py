@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, help="warm-up seconds per server (default 3, quick 1)")
     p.add_argument("--connections", default="1,16,64", help="comma-separated concurrencies")
     p.add_argument(
-        "--models", default="mlp,cnn,cnn_wide", help=f"of {','.join(models.MODEL_SPECS)}"
+        "--models", default="mlp,cnn,cnn_wide,encoder", help=f"of {','.join(models.MODEL_SPECS)}"
     )
     p.add_argument(
         "--systems",

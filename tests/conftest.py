@@ -31,6 +31,14 @@ def cnn_onnx(models_dir: Path) -> Path:
     return export_module(modelzoo.cnn(), (1, 3, 64, 64), models_dir / "cnn.onnx")
 
 
+@pytest.fixture(scope="session")
+def encoder_onnx(models_dir: Path) -> Path:
+    """Transformer encoder, input `input` float32 [batch, 32, 64] -> `output` [batch, 10]."""
+    from modelservice_runtime.export import export_module
+
+    return export_module(modelzoo.encoder(), (1, 32, 64), models_dir / "encoder.onnx")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Soak tests (marker `soak`, minutes long) run only when asked for: `make soak`
     (`-m soak`), any -m expression naming soak, or MODELSERVICE_SOAK=1. So `make test`

@@ -123,6 +123,21 @@ def test_cli_export_mlp_dynamic_batch_and_numerics(
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+def test_cli_export_transformer_encoder_dynamic_batch_and_numerics(tmp_path: Path) -> None:
+    out = tmp_path / "encoder.onnx"
+    rc = cli.main(["export", "tests.modelzoo:encoder", "--input-shape", "1,32,64", "-o", str(out)])
+    assert rc == 0
+    sess = session(out)
+    (inp,) = sess.get_inputs()
+    assert inp.shape[0] == "batch" and inp.shape[1:] == [32, 64]
+    x = np.random.default_rng(3).standard_normal((5, 32, 64)).astype(np.float32)
+    with torch.no_grad():
+        want = modelzoo.encoder()(torch.from_numpy(x)).numpy()
+    got = sess.run(None, {"input": x})[0]
+    assert got.shape == (5, 10)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
 def test_cli_export_custom_names_and_opset(tmp_path: Path) -> None:
     out = tmp_path / "cnn.onnx"
     rc = cli.main(

@@ -84,6 +84,32 @@ def test_64_concurrent_callers_get_their_own_rows(mlp_onnx: Path) -> None:
     assert len(calls) < 64 and max(calls) <= 16  # coalesced, never over the limit
 
 
+def test_a_transformer_encoder_batched_answers_each_caller_as_if_alone(
+    encoder_onnx: Path,
+) -> None:
+    """Attention runs over each sample's tokens; a batch must not leak between samples."""
+    calls: list[int] = []
+    run = session_runner(encoder_onnx, calls)
+    rng = np.random.default_rng(2)
+    requests = [
+        rng.standard_normal((int(rng.integers(1, 4)), 32, 64), np.float32) for _ in range(24)
+    ]
+    alone = [run({"input": x})["output"] for x in requests]
+    calls.clear()
+
+    async def main() -> list[BatchResult]:
+        batcher = make_batcher(run, max_batch_size=8)
+        try:
+            return await asyncio.gather(*(batcher.submit({"input": x}) for x in requests))
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(main())
+    for want, got in zip(alone, results, strict=True):
+        np.testing.assert_allclose(got.outputs["output"], want, rtol=1e-4, atol=1e-5)
+    assert max(calls) > 1, f"never batched: {calls}"
+
+
 def test_a_lone_request_is_not_held_for_the_delay(scale_onnx: Path) -> None:
     calls: list[int] = []
     run = session_runner(scale_onnx, calls)
