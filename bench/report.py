@@ -289,12 +289,14 @@ def _serving_cost_section(results: dict) -> list[str]:
         "batching and answering. The runtime's part is measured by serving a zero-compute "
         "twin of each model (same input, an output of the same size, almost no work) with "
         f"the target's configuration, binary, {c} connections; user + kernel CPU of its "
-        "process tree per request. `ceiling` = compute / (compute + wrk + runtime): the most"
-        " a server with this serving cost reaches here, even if its compute were as "
-        "efficient as the limit's (one onnxruntime thread per worker is not, quite).",
+        "process tree per request. `expected` = compute / (compute + wrk + runtime): the "
+        "share of the limit these costs allow when the server's compute is as efficient as "
+        "the limit's. The twin runs a few minutes after the target point, and this "
+        "machine's speed drifts by 10-30% over minutes, so `expected` and `measured` agree "
+        "only roughly; the gap between `left` and `wrk + runtime` is the point.",
         "",
         f"| Model | limit's CPU per sample (us) | left per request at {share:.0%} (us) "
-        "| wrk per request (us) | runtime per request, user + kernel (us) | ceiling "
+        "| wrk per request (us) | runtime per request, user + kernel (us) | expected "
         "| measured |",
         "|---|---|---|---|---|---|---|",
         *rows,
