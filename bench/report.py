@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -404,7 +405,8 @@ def render_chart(model_name: str, model: dict, path: Path) -> None:
     ax.set_ylim(bottom=10 ** math.floor(math.log10(max(lowest, 1.0))), top=highest * 3)
     ax.set_xticks(range(len(conns)), [f"{c} conns" for c in conns])
     ax.set_ylabel("samples/s (log scale)")
-    ax.set_title(f"{model['description']}: throughput, one sample per request")
+    title = f"{model['description']}: throughput, one sample per request"
+    ax.set_title("\n".join(textwrap.wrap(title, 85)), fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
