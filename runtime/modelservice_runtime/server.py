@@ -254,11 +254,13 @@ def create_app(
         m.on_request(True, time.perf_counter() - started, result.queue_s, result.compute_s)
         return reply
 
-    def v2_infer(headers: Headers, entry: ModelEntry, body: bytes) -> Awaitable[Reply]:
+    def v2_infer(
+        headers: Headers, entry: ModelEntry, body: bytes, doc: Any = None
+    ) -> Awaitable[Reply]:
         header_length = headers.get(v2.HEADER_LENGTH)
 
         def parse(body: bytes) -> tuple[dict[str, np.ndarray], v2.InferRequest]:
-            req = v2.parse_infer_request(body, header_length)
+            req = v2.parse_infer_request(body, header_length, doc)
             if req.outputs is not None:
                 entry.model.check_outputs([o.name for o in req.outputs])
             return req.inputs, req
@@ -283,11 +285,11 @@ def create_app(
 
         return infer(entry, parse, build, body)
 
-    def v1_predict(entry: ModelEntry, body: bytes) -> Awaitable[Reply]:
+    def v1_predict(entry: ModelEntry, body: bytes, doc: Any = None) -> Awaitable[Reply]:
         specs = [(s.name, s.dtype) for s in entry.model.inputs]
 
         def parse(body: bytes) -> tuple[dict[str, np.ndarray], None]:
-            return v1.parse_predict_request(body, specs), None
+            return v1.parse_predict_request(body, specs, doc), None
 
         def build(outputs: dict[str, np.ndarray], _ctx: None) -> Reply:
             return Reply(200, JSON, v1.build_predict_response(outputs))
@@ -306,9 +308,15 @@ def create_app(
         """The default model. A V2 body (`inputs` as a list of named tensors, or binary with
         Inference-Header-Content-Length) gets a V2 answer; otherwise V1 instances."""
         entry = dataplane.default()
-        if v2.HEADER_LENGTH in headers or _looks_like_v2(body):
+        if v2.HEADER_LENGTH in headers:
             return await v2_infer(headers, entry, body)
-        return await v1_predict(entry, body)
+        try:  # parsed once here, and handed on to whichever protocol it turns out to be
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return await v1_predict(entry, body)  # which names the JSON error
+        if _is_v2(doc):
+            return await v2_infer(headers, entry, body, doc)
+        return await v1_predict(entry, body, doc)
 
     async def answer(route: Route, headers: Headers, body: bytes, params: dict[str, Any]) -> Reply:
         """Authenticate, inflate the body and run `route`; any error becomes its reply."""
@@ -508,11 +516,8 @@ def _closing_connection(send: Send) -> Send:
     return send_and_close
 
 
-def _looks_like_v2(body: bytes) -> bool:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False
+def _is_v2(doc: Any) -> bool:
+    """A V2 request names the datatype of each input; V1 `inputs` never do."""
     inputs = doc.get("inputs") if isinstance(doc, dict) else None
     return (
         isinstance(inputs, list)

@@ -138,6 +138,14 @@ def test_v1_and_predict(client: TestClient, mlp_onnx: Path) -> None:
     np.testing.assert_array_equal(
         np.array(r.json()["outputs"][0]["data"], np.float32).reshape(2, 10), want
     )
+    # V1 may name its rows `inputs` too: without a datatype per input it stays V1.
+    for v1_inputs in (x.tolist(), {"input": x.tolist()}):
+        r = client.post("/predict", json={"inputs": v1_inputs})
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(np.array(r.json()["predictions"], np.float32), want, rtol=1e-6)
+    r = client.post("/predict", content=b'{"instances": [[1, 2]')
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("request body is not valid JSON")
 
 
 ROW = [0.0] * 64

@@ -27,16 +27,20 @@ def _rows(value: Any, dtype: np.dtype, what: str) -> np.ndarray:
 
 
 def parse_predict_request(
-    body: bytes, inputs: Sequence[tuple[str, np.dtype]]
+    body: bytes, inputs: Sequence[tuple[str, np.dtype]], doc: Any = None
 ) -> dict[str, np.ndarray]:
     """Body -> named arrays with the batch (row) axis first.
 
-    `inputs` lists the model's (name, dtype) pairs in order.
+    `inputs` lists the model's (name, dtype) pairs in order. `doc`: the body already parsed
+    as JSON by a caller that had to look inside it first.
     """
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"request body is not valid JSON ({e}); expected a JSON object") from None
+    if doc is None:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise BadRequest(
+                f"request body is not valid JSON ({e}); expected a JSON object"
+            ) from None
     if not isinstance(doc, dict) or not ("instances" in doc or "inputs" in doc):
         raise BadRequest("request body must be an object with 'instances' (a list of rows)")
     key = "instances" if "instances" in doc else "inputs"

@@ -132,8 +132,15 @@ def _binary_tensor(
     return _reshape(arr, shape, what)
 
 
-def parse_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
-    """Parse a V2 infer request body; 400 (BadRequest) naming the field on any mismatch."""
+def parse_infer_request(
+    body: bytes, header_length: str | None = None, doc: Any = None
+) -> InferRequest:
+    """Parse a V2 infer request body; 400 (BadRequest) naming the field on any mismatch.
+
+    `doc`: the body already parsed as JSON by a caller that had to look inside it first
+    (a JSON body only: binary tensor data needs `header_length`)."""
+    if doc is not None:
+        return _infer_request(doc, body, len(body))
     hlen = len(body)
     if header_length is not None:
         try:
@@ -147,6 +154,11 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
                 f"Inference-Header-Content-Length is {hlen} but the body has {len(body)} bytes"
             )
     doc = _load_json(memoryview(body)[:hlen] if hlen != len(body) else body, "request body")
+    return _infer_request(doc, body, hlen)
+
+
+def _infer_request(doc: Any, body: bytes, hlen: int) -> InferRequest:
+    """The request in `doc`, the JSON header; binary tensor data follows it from `hlen`."""
     if not isinstance(doc, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(doc).__name__}")
     raw_inputs = doc.get("inputs")
