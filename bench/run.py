@@ -213,26 +213,37 @@ def measure_serving_cost(model: models.BenchModel, args: argparse.Namespace) -> 
     zero-compute twin of `model` as at the CNN target's point (binary, batching on, the
     multi-process configuration, TARGET_CONNECTIONS connections): what serving costs with
     the model's own compute taken out."""
+    print(f"  serving cost: zero-compute twin of {model.name}", flush=True)
     twin = models.zero_compute_twin(model, CACHE / "models")
     spec = servers.our_runtime(twin, batching=True, workers=args.workers)
     body = twin.body("binary")
     conns = report.TARGET_CONNECTIONS
     work = CACHE / "work"
-    with servers.RunningServer(spec, CACHE / "logs", cpus=args.server_cpus) as server:
-        url = f"{server.url}/v2/models/{twin.name}/infer"
-        problem = verify(url, body, twin)
-        if problem != "ok":
-            return {"key": spec.key, "error": f"{twin.name}: {problem}"}
-        if args.warmup > 0:
-            load.run_wrk(url, body, conns, args.warmup, work, threads=args.wrk_threads)
-        user0, sys0 = servers.cpu_times(server.pid)
-        res = load.run_wrk(
-            url, body, conns, args.duration, work,
-            threads=args.wrk_threads, cpus=args.load_cpus,
-            server_cpu=lambda: servers.cpu_seconds(server.pid),
-        )  # fmt: skip
-        user1, sys1 = servers.cpu_times(server.pid)
+    try:
+        with servers.RunningServer(spec, CACHE / "logs", cpus=args.server_cpus) as server:
+            url = f"{server.url}/v2/models/{twin.name}/infer"
+            problem = verify(url, body, twin)
+            if problem != "ok":
+                return {"key": spec.key, "error": f"{twin.name}: {problem}"}
+            if args.warmup > 0:
+                load.run_wrk(url, body, conns, args.warmup, work, threads=args.wrk_threads)
+            user0, sys0 = servers.cpu_times(server.pid)
+            res = load.run_wrk(
+                url, body, conns, args.duration, work,
+                threads=args.wrk_threads, cpus=args.load_cpus,
+                server_cpu=lambda: servers.cpu_seconds(server.pid),
+            )  # fmt: skip
+            user1, sys1 = servers.cpu_times(server.pid)
+    except (RuntimeError, TimeoutError, OSError) as e:
+        return {"key": spec.key, "error": str(e).splitlines()[0]}
     requests = max(1.0, res.requests_per_s * res.duration_s)
+    user_us, system_us = (user1 - user0) / requests * 1e6, (sys1 - sys0) / requests * 1e6
+    wrk_us = res.load_cpu_s / requests * 1e6
+    print(
+        f"  {spec.key:13s} binary c={conns:<3d} {res.requests_per_s:9,.0f} req/s  runtime "
+        f"{user_us:.0f} us user + {system_us:.0f} us kernel, wrk {wrk_us:.0f} us per request",
+        flush=True,
+    )
     return {
         "key": spec.key,
         "label": spec.label,
@@ -242,9 +253,9 @@ def measure_serving_cost(model: models.BenchModel, args: argparse.Namespace) -> 
         "p50_ms": res.p50_ms,
         "p99_ms": res.p99_ms,
         "errors": res.errors,
-        "server_user_us": (user1 - user0) / requests * 1e6,
-        "server_system_us": (sys1 - sys0) / requests * 1e6,
-        "wrk_us": res.load_cpu_s / requests * 1e6,
+        "server_user_us": user_us,
+        "server_system_us": system_us,
+        "wrk_us": wrk_us,
     }
 
 
@@ -334,19 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                 if field == "best_samples_per_s":
                     entry["limit"]["best_batch"] = again.best_batch
         if model.name in report.COMPUTE_BOUND and "ours" in args.systems:
-            print(f"  serving cost: zero-compute twin of {model.name}", flush=True)
-            try:
-                entry["serving_cost"] = cost = measure_serving_cost(model, args)
-            except (RuntimeError, TimeoutError, OSError) as e:
-                entry["serving_cost"] = cost = {"error": str(e).splitlines()[0]}
-            if "error" not in cost:
-                print(
-                    f"  {cost['key']:13s} binary c={cost['connections']:<3d} "
-                    f"{cost['requests_per_s']:9,.0f} req/s  runtime "
-                    f"{cost['server_user_us']:.0f} us user + {cost['server_system_us']:.0f} us "
-                    f"kernel, wrk {cost['wrk_us']:.0f} us per request",
-                    flush=True,
-                )
+            entry["serving_cost"] = measure_serving_cost(model, args)
         results["models"][model.name] = entry
     if args.profile and "ours" in args.systems:
         results["profiles"] = run_profiles(bench_models, args)
