@@ -61,6 +61,21 @@ def make_batcher(run: Callable[[Arrays], Arrays], **kw: object) -> DynamicBatche
     return DynamicBatcher(run, executor=ThreadPoolExecutor(1), **opts)  # type: ignore[arg-type]
 
 
+def submit_together(
+    run: Callable[[Arrays], Arrays], requests: list[np.ndarray], **kw: object
+) -> list[BatchResult]:
+    """Every request (as input `input`) submitted to one batcher at once; their results."""
+
+    async def main() -> list[BatchResult]:
+        batcher = make_batcher(run, **kw)
+        try:
+            return await asyncio.gather(*(batcher.submit({"input": x}) for x in requests))
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(main())
+
+
 def test_64_concurrent_callers_get_their_own_rows(mlp_onnx: Path) -> None:
     calls: list[int] = []
     run = session_runner(mlp_onnx, calls)
@@ -68,15 +83,7 @@ def test_64_concurrent_callers_get_their_own_rows(mlp_onnx: Path) -> None:
     requests = [rng.standard_normal((int(rng.integers(1, 6)), 64), np.float32) for _ in range(64)]
     alone = [run({"input": x})["output"] for x in requests]
     calls.clear()
-
-    async def main() -> list[BatchResult]:
-        batcher = make_batcher(run, max_batch_size=16)
-        try:
-            return await asyncio.gather(*(batcher.submit({"input": x}) for x in requests))
-        finally:
-            await batcher.stop()
-
-    results = asyncio.run(main())
+    results = submit_together(run, requests, max_batch_size=16)
     for x, want, got in zip(requests, alone, results, strict=True):
         assert got.outputs["output"].shape == (x.shape[0], 10)
         np.testing.assert_allclose(got.outputs["output"], want, rtol=1e-5, atol=1e-6)
@@ -96,15 +103,7 @@ def test_a_transformer_encoder_batched_answers_each_caller_as_if_alone(
     ]
     alone = [run({"input": x})["output"] for x in requests]
     calls.clear()
-
-    async def main() -> list[BatchResult]:
-        batcher = make_batcher(run, max_batch_size=8)
-        try:
-            return await asyncio.gather(*(batcher.submit({"input": x}) for x in requests))
-        finally:
-            await batcher.stop()
-
-    results = asyncio.run(main())
+    results = submit_together(run, requests, max_batch_size=8)
     for want, got in zip(alone, results, strict=True):
         np.testing.assert_allclose(got.outputs["output"], want, rtol=1e-4, atol=1e-5)
     assert max(calls) > 1, f"never batched: {calls}"
