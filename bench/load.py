@@ -61,6 +61,8 @@ class LoadResult:
     errors: int  # non-2xx (wrk counts status > 399) + socket errors (connect/read/write/timeout)
     error_detail: dict[str, int]
     server_cpu_s: float  # CPU seconds the server process tree used during the run
+    server_user_s: float  # ... of which in user space
+    server_system_s: float  # ... and in the kernel
     load_cpu_s: float  # CPU seconds wrk itself used (it shares the machine with the server)
     loadavg_before: float
 
@@ -107,7 +109,7 @@ def run_wrk(
     *,
     threads: int = 1,
     cpus: str | None = None,
-    server_cpu=None,  # callable -> CPU seconds of the server, or None
+    server_cpu=None,  # callable -> (user, system) CPU seconds of the server, or None
     samples_per_request: int = 1,
 ) -> LoadResult:
     """One closed-loop wrk run of `duration_s` at `connections` posting `body` to `url`."""
@@ -135,7 +137,7 @@ def run_wrk(
     if cpus:
         argv = ["taskset", "-c", cpus, *argv]
     load_before = _loadavg()
-    cpu_before = server_cpu() if server_cpu else 0.0
+    cpu_before = server_cpu() if server_cpu else (0.0, 0.0)
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=duration_s + 60)
@@ -144,7 +146,8 @@ def run_wrk(
     wrk_cpu = (wrk_after.ru_utime + wrk_after.ru_stime) - (
         wrk_before.ru_utime + wrk_before.ru_stime
     )
-    cpu_used = (server_cpu() - cpu_before) if server_cpu else 0.0
+    cpu_after = server_cpu() if server_cpu else (0.0, 0.0)
+    user, system = (after - before for after, before in zip(cpu_after, cpu_before, strict=True))
     line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(
@@ -168,7 +171,9 @@ def run_wrk(
         max_ms=r["max_us"] / 1e3,
         errors=sum(detail.values()),
         error_detail=detail,
-        server_cpu_s=cpu_used,
+        server_cpu_s=user + system,
+        server_user_s=user,
+        server_system_s=system,
         load_cpu_s=wrk_cpu,
         loadavg_before=load_before,
     )

@@ -98,7 +98,6 @@ MODEL_SPECS: dict[str, tuple[str, tuple[int, ...], str]] = {
 
 def export_models(out_dir: Path, names: list[str]) -> list[BenchModel]:
     """Export the named models with torch (cached by file) and compute their reference outputs."""
-    import onnxruntime as ort
     from modelservice_runtime.export import export_module
 
     from tests import modelzoo
@@ -113,8 +112,7 @@ def export_models(out_dir: Path, names: list[str]) -> list[BenchModel]:
             export_module(getattr(modelzoo, factory)(), (1, *sample_shape), path)
         # Rounded values keep JSON bodies a realistic size; every system gets the same bytes.
         sample = np.round(rng.standard_normal((1, *sample_shape)), 4).astype(np.float32)
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        expected = session.run(None, {INPUT_NAME: sample})[0]
+        expected = _reference_output(path, sample)
         models.append(BenchModel(name, description, path, sample_shape, sample, expected))
     return models
 
@@ -125,7 +123,6 @@ def zero_compute_twin(model: BenchModel, out_dir: Path) -> BenchModel:
     request is the serving cost alone, which is what a compute-bound model's throughput
     loses to next to the in-process limit."""
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper
 
     width = int(np.prod(model.expected.shape[1:]))
@@ -154,16 +151,22 @@ def zero_compute_twin(model: BenchModel, out_dir: Path) -> BenchModel:
     onnx.checker.check_model(proto)
     path = out_dir / f"{model.name}_zero.onnx"
     onnx.save(proto, path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    expected = session.run(None, {INPUT_NAME: model.sample})[0]
     return BenchModel(
         f"{model.name}_zero",
         f"zero-compute twin of {model.name} (same input, output of the same size, no work)",
         path,
         model.sample_shape,
         model.sample,
-        expected,
+        _reference_output(path, model.sample),
     )
+
+
+def _reference_output(path: Path, sample: np.ndarray) -> np.ndarray:
+    """What in-process onnxruntime answers for `sample`: every server's answer must match."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {INPUT_NAME: sample})[0]
 
 
 def decode_response(body: bytes, headers: dict[str, str]) -> np.ndarray:

@@ -10,6 +10,7 @@ writes to .cache/bench/quick/ unless --out is given.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -171,7 +172,7 @@ def bench_model(
                         work,
                         threads=args.wrk_threads,
                         cpus=args.load_cpus,
-                        server_cpu=lambda server=server: servers.cpu_seconds(server.pid),
+                        server_cpu=lambda server=server: servers.cpu_times(server.pid),
                     )
                 except (RuntimeError, OSError) as e:
                     infos[spec.key].setdefault("load_errors", []).append(str(e)[:300])
@@ -215,47 +216,23 @@ def measure_serving_cost(model: models.BenchModel, args: argparse.Namespace) -> 
     the model's own compute taken out."""
     print(f"  serving cost: zero-compute twin of {model.name}", flush=True)
     twin = models.zero_compute_twin(model, CACHE / "models")
-    spec = servers.our_runtime(twin, batching=True, workers=args.workers)
-    body = twin.body("binary")
-    conns = report.TARGET_CONNECTIONS
-    work = CACHE / "work"
-    try:
-        with servers.RunningServer(spec, CACHE / "logs", cpus=args.server_cpus) as server:
-            url = f"{server.url}/v2/models/{twin.name}/infer"
-            problem = verify(url, body, twin)
-            if problem != "ok":
-                return {"key": spec.key, "error": f"{twin.name}: {problem}"}
-            if args.warmup > 0:
-                load.run_wrk(url, body, conns, args.warmup, work, threads=args.wrk_threads)
-            user0, sys0 = servers.cpu_times(server.pid)
-            res = load.run_wrk(
-                url, body, conns, args.duration, work,
-                threads=args.wrk_threads, cpus=args.load_cpus,
-                server_cpu=lambda: servers.cpu_seconds(server.pid),
-            )  # fmt: skip
-            user1, sys1 = servers.cpu_times(server.pid)
-    except (RuntimeError, TimeoutError, OSError) as e:
-        return {"key": spec.key, "error": str(e).splitlines()[0]}
-    requests = max(1.0, res.requests_per_s * res.duration_s)
-    user_us, system_us = (user1 - user0) / requests * 1e6, (sys1 - sys0) / requests * 1e6
-    wrk_us = res.load_cpu_s / requests * 1e6
-    print(
-        f"  {spec.key:13s} binary c={conns:<3d} {res.requests_per_s:9,.0f} req/s  runtime "
-        f"{user_us:.0f} us user + {system_us:.0f} us kernel, wrk {wrk_us:.0f} us per request",
-        flush=True,
-    )
+    ours = servers.our_runtime(twin, batching=True, workers=args.workers)
+    spec = dataclasses.replace(ours, bodies=("binary",))
+    at_target = argparse.Namespace(**{**vars(args), "connections": [report.TARGET_CONNECTIONS]})
+    infos, runs = bench_model(twin, [spec], at_target)
+    if not runs:
+        info = infos[spec.key]
+        problems = [info.get("error"), *info["verify"].values(), *info.get("load_errors", [])]
+        why = next((p for p in problems if p and p != "ok"), "not measured")
+        return {"key": spec.key, "error": why}
+    run = runs[0]
+    per_request = 1e6 / max(1, run["requests"])
     return {
-        "key": spec.key,
-        "label": spec.label,
+        **run,
         "model": twin.name,
-        "connections": conns,
-        "requests_per_s": res.requests_per_s,
-        "p50_ms": res.p50_ms,
-        "p99_ms": res.p99_ms,
-        "errors": res.errors,
-        "server_user_us": user_us,
-        "server_system_us": system_us,
-        "wrk_us": wrk_us,
+        "server_user_us": run["server_user_s"] * per_request,
+        "server_system_us": run["server_system_s"] * per_request,
+        "wrk_us": run["load_cpu_s"] * per_request,
     }
 
 
