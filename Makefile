@@ -55,7 +55,7 @@ test-unit: venv ## fast tests only (no control plane)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 demo: venv tools ## the main job end to end on the local control plane
-	$(PY) -m modelservice_runtime.cli demo
+	$(PY) -m modelservice_cli demo
 
 bench: venv tools ## benchmarks side by side with peers -> docs/benchmarks.md
 	$(PY) bench/run.py

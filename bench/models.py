@@ -98,7 +98,7 @@ MODEL_SPECS: dict[str, tuple[str, tuple[int, ...], str]] = {
 
 def export_models(out_dir: Path, names: list[str]) -> list[BenchModel]:
     """Export the named models with torch (cached by file) and compute their reference outputs."""
-    from modelservice_runtime.export import export_module
+    from modelservice_runtime.tools.export import export_module
 
     from tests import modelzoo
 

@@ -446,7 +446,8 @@ def render(results: dict, out_md: Path) -> None:
         "",
         "- **Models**: "
         + "; ".join(f"{m['description']}" for m in results["models"].values())
-        + ". Exported from `tests/modelzoo.py` with `modelservice_runtime.export.export_module`"
+        + ". Exported from `tests/modelzoo.py` with "
+        "`modelservice_runtime.tools.export.export_module`"
         " (opset 17, dynamic batch axis). Every request carries one sample; every system "
         "gets byte-identical bodies (V2 JSON, or V2 binary tensor data with binary output "
         "requested) and each server's answer is checked against in-process onnxruntime "

@@ -18,7 +18,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def mlp_onnx(models_dir: Path) -> Path:
     """MLP, input `input` float32 [batch, 64] -> output `output` float32 [batch, 10]."""
-    from modelservice_runtime.export import export_module
+    from modelservice_runtime.tools.export import export_module
 
     return export_module(modelzoo.mlp(), (1, 64), models_dir / "mlp.onnx")
 
@@ -26,7 +26,7 @@ def mlp_onnx(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def cnn_onnx(models_dir: Path) -> Path:
     """CNN, input `input` float32 [batch, 3, 64, 64] -> output `output` float32 [batch, 10]."""
-    from modelservice_runtime.export import export_module
+    from modelservice_runtime.tools.export import export_module
 
     return export_module(modelzoo.cnn(), (1, 3, 64, 64), models_dir / "cnn.onnx")
 
@@ -34,7 +34,7 @@ def cnn_onnx(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def encoder_onnx(models_dir: Path) -> Path:
     """Transformer encoder, input `input` float32 [batch, 32, 64] -> `output` [batch, 10]."""
-    from modelservice_runtime.export import export_module
+    from modelservice_runtime.tools.export import export_module
 
     return export_module(modelzoo.encoder(), (1, 32, 64), models_dir / "encoder.onnx")
 

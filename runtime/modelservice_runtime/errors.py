@@ -1,15 +1,14 @@
 """Domain exceptions of the runtime, each carrying its HTTP status code.
 
-Endpoints and the core raise these; one handler (`error_response`) turns any of them into
-`{"error": "<message>"}` with the right status, so no handler is repeated per error kind.
-Every message names what was wrong and what was expected.
+Endpoints and the core raise these; the app turns any of them into its status and the body
+`error_body(message)`, `{"error": "<message>"}`, the one place that body is made (the HTTP
+protocol's own refusals use it too). Every message names what was wrong and what was
+expected.
 """
 
 from __future__ import annotations
 
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response
 
 
 class ModelServiceError(Exception):
@@ -42,12 +41,6 @@ class NotFound(ModelServiceError):
     """HTTP 404: no such model, version or route."""
 
     status_code = 404
-
-
-class MethodNotAllowed(ModelServiceError):
-    """HTTP 405: the route exists but not for this method."""
-
-    status_code = 405
 
 
 class PayloadTooLarge(ModelServiceError):
@@ -84,16 +77,6 @@ def body_too_large(limit: int, declared: int | None = None) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body is over the limit of {limit} bytes (--max-request-bytes)")
 
 
-def json_error(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps({"error": message}),
-        status_code=status_code,
-        headers=headers,
-        media_type="application/json",
-    )
-
-
-async def error_response(_request: Request, exc: Exception) -> Response:
-    """The one exception handler: a ModelServiceError -> its status and {"error": ...}."""
-    assert isinstance(exc, ModelServiceError)
-    return json_error(exc.status_code, exc.message, exc.headers)
+def error_body(message: str) -> bytes:
+    """The body of every error answer: `{"error": "<message>"}`."""
+    return orjson.dumps({"error": message})

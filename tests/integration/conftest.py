@@ -192,7 +192,7 @@ def run_operator(
         "PYTHONUNBUFFERED": "1",
     }
     cmd = [
-        sys.executable, "-m", "modelservice_runtime.cli", "operator",
+        sys.executable, "-m", "modelservice_cli", "operator",
         f"--liveness=http://127.0.0.1:{probe_port}/healthz",
     ]  # fmt: skip
     with log_path.open("wb") as log:

@@ -41,7 +41,7 @@ class Served:
 def serve_command() -> list[str]:
     """`modelservice` as installed beside this Python (or the module if not installed)."""
     script = shutil.which("modelservice", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "modelservice_runtime.cli"]
+    return [script] if script else [sys.executable, "-m", "modelservice_cli"]
 
 
 @contextmanager

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from modelservice_operator.render import render_hpa
 from modelservice_operator.spec import parse_spec
-from modelservice_runtime.metrics import Metrics
+from modelservice_runtime.serving.metrics import Metrics
 
 from tests.integration.conftest import Kubectl, condition, msvc, wait_until
 

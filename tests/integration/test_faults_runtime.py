@@ -203,7 +203,7 @@ def test_sigterm_with_clients_that_ignore_readiness_loses_nothing(mlp_onnx: Path
 def modelservice_command() -> list[str]:
     """The console script beside this interpreter (the venv's), else `python -m`."""
     script = shutil.which("modelservice", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "modelservice_runtime.cli"]
+    return [script] if script else [sys.executable, "-m", "modelservice_cli"]
 
 
 def run_failing_serve(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, int]:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from modelservice_runtime import cli
-from modelservice_runtime.fetch import FetchError, fetch, fetch_model, redact
+from modelservice_cli import main as cli
+from modelservice_runtime.tools.fetch import FetchError, fetch, fetch_model, redact
 
 ROOT = Path(__file__).resolve().parents[2]
 NOT_ONNX = b"<html><body>Sign in to continue</body></html>"

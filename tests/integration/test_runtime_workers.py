@@ -203,7 +203,7 @@ def test_a_worker_with_a_stuck_event_loop_gets_no_connections_and_is_replaced(
     """A liveness probe reaches whichever worker its connection lands on, so it would
     miss one stuck worker; the supervisor watches each worker's heartbeat instead. New
     connections avoid the stuck worker once its heartbeat is stale, before it is killed."""
-    from modelservice_runtime.balancer import STALE_HEARTBEAT_S
+    from modelservice_runtime.process.balancer import STALE_HEARTBEAT_S
 
     timeout_s = 6
     with serve(mlp_onnx, "--workers", "2", "--worker-timeout-s", str(timeout_s)) as served:

@@ -45,3 +45,5 @@ def test_image_installs_only_the_operator_extra() -> None:
     patterns = [ln.strip() for ln in ignore if ln.strip() and not ln.startswith("#")]
     assert patterns[0] == "*", "the build context is an allow-list"
     assert "!operator/modelservice_operator" in patterns
+    assert "!cli/modelservice_cli" in patterns  # the console script, without runtime code
+    assert not [p for p in patterns if "modelservice_runtime" in p]

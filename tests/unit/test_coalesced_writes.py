@@ -10,7 +10,7 @@ from typing import cast
 
 import pytest
 import uvloop
-from modelservice_runtime.coalesced_writes import CoalescedWrites, coalescing_writes
+from modelservice_runtime.transport.coalesced_writes import CoalescedWrites
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
@@ -155,27 +155,3 @@ def test_a_reused_bytearray_is_sent_as_it_was_when_written(loop_name: str) -> No
         assert await read_until_eof(client) == b"first"
 
     run(loop_name, scenario)
-
-
-def test_the_protocol_wrapper_hands_its_protocol_the_coalescing_transport() -> None:
-    seen: list[asyncio.BaseTransport] = []
-
-    class Plain(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            seen.append(transport)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(coalescing_writes(Plain), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        with socket.create_connection(("127.0.0.1", port), timeout=5):
-            for _ in range(500):
-                if seen:
-                    break
-                await asyncio.sleep(0.01)
-        server.close()
-        await server.wait_closed()
-
-    asyncio.run(main())
-    assert len(seen) == 1 and isinstance(seen[0], CoalescedWrites)
-    assert seen[0].get_extra_info("peername")[0] == "127.0.0.1"

@@ -1,7 +1,8 @@
 """The runtime Dockerfiles cannot be built here (no Docker), so check what matters by reading
 them: non-root numeric user, read-only-root friendly env, entrypoint, and that nothing but
-the runtime package (no operator code, no torch, no kopf) goes in. Also build the wheel from
-exactly what the Dockerfile copies, to prove the package builds without operator/."""
+the runtime and command-line packages (no operator code, no torch, no kopf) go in. Also build
+the wheel from exactly what the Dockerfile copies, to prove the package builds without
+operator/."""
 
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ def test_only_runtime_code_and_extras_go_in(dockerfile: Path) -> None:
     sources = [s for a in copies for s in a.split()[:-1]]
     assert sources, "expected COPY of the package sources"
     assert all(
-        s in ("pyproject.toml", "README.md", "runtime/modelservice_runtime") for s in sources
+        s in ("pyproject.toml", "README.md", "cli/modelservice_cli", "runtime/modelservice_runtime")
+        for s in sources
     )
     assert "operator" not in " ".join(sources)
     installs = [a for k, a in ins if k == "RUN" and "pip install" in a]
@@ -121,6 +123,7 @@ def test_dockerignore_allow_lists_runtime_only(dockerfile: Path) -> None:
     assert {r for r in rules if r.startswith("!")} == {
         "!pyproject.toml",
         "!README.md",
+        "!cli/modelservice_cli",
         "!runtime/modelservice_runtime",
     }
 
@@ -136,11 +139,10 @@ def test_wheel_builds_from_the_docker_context_alone(tmp_path: Path) -> None:
         shutil.copy(readme, ctx)
     else:  # the lead writes README.md; the build only needs it to exist
         (ctx / "README.md").write_text("# ModelService\n")
-    shutil.copytree(
-        ROOT / "runtime" / "modelservice_runtime",
-        ctx / "runtime" / "modelservice_runtime",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-    )
+    for package in ("cli/modelservice_cli", "runtime/modelservice_runtime"):
+        shutil.copytree(
+            ROOT / package, ctx / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
     wheels = tmp_path / "wheels"
     proc = subprocess.run(
         [
@@ -154,8 +156,8 @@ def test_wheel_builds_from_the_docker_context_alone(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = wheels.glob("modelservice-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "modelservice_runtime/cli.py" in names
-    assert "modelservice_runtime/fetch.py" in names
+    assert "modelservice_cli/main.py" in names
+    assert "modelservice_runtime/tools/fetch.py" in names
     assert not [n for n in names if n.startswith("modelservice_operator")]
     metadata = next(n for n in names if n.endswith("METADATA"))
     text = zipfile.ZipFile(wheel).read(metadata).decode()

@@ -13,8 +13,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from modelservice_runtime import cli
-from modelservice_runtime.export import (
+from modelservice_cli import main as cli
+from modelservice_runtime.tools.export import (
     ExportError,
     build_module,
     check_numerics,

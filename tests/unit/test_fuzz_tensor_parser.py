@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from modelservice_runtime.datatypes import V2_TO_NUMPY
 from modelservice_runtime.errors import BadRequest
-from modelservice_runtime.protocol import v1, v2
+from modelservice_runtime.serving.datatypes import V2_TO_NUMPY
+from modelservice_runtime.serving.protocol import v1, v2
 
 # A parse may allocate about its input's size a few times over, never more than this.
 MEMORY_BOUND = 8 * 1024 * 1024

@@ -15,7 +15,9 @@ from typing import Any, BinaryIO
 import orjson
 import pytest
 import uvicorn
-from modelservice_runtime.http_protocol import Reply, buffered_http_protocol
+from modelservice_runtime.serving.endpoints import Reply
+from modelservice_runtime.transport.coalesced_writes import CoalescedWrites
+from modelservice_runtime.transport.http_protocol import http_protocol
 
 # A coroutine left unawaited (a pipelined answer never given) must fail the test.
 pytestmark = [
@@ -87,7 +89,7 @@ class Served:
         config = uvicorn.Config(
             app,
             loop="uvloop",
-            http=buffered_http_protocol(LIMIT, direct, REQUEST_TIMEOUT_S),
+            http=http_protocol(LIMIT, REQUEST_TIMEOUT_S, direct=direct),
             timeout_keep_alive=KEEP_ALIVE_S,
             log_level="critical",
         )
@@ -205,6 +207,16 @@ def test_the_app_gets_the_whole_body_in_one_receive_however_it_arrives(client: C
     assert client.response().json()["messages"] == [
         {"type": "http.request", "body": 11, "more_body": False}
     ]
+
+
+def test_the_protocol_writes_through_the_coalescing_transport(
+    served: Served, client: Client
+) -> None:
+    client.send(post("/direct/0", b"x"))
+    assert client.response().status == 200  # the connection is made and served
+    seen = [conn.transport for conn in served.server.server_state.connections]
+    assert len(seen) == 1 and isinstance(seen[0], CoalescedWrites)
+    assert seen[0].get_extra_info("peername")[0] == "127.0.0.1"
 
 
 def test_direct_routes_answer_without_the_app_on_a_kept_alive_connection(client: Client) -> None:

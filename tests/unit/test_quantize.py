@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from modelservice_runtime import cli
-from modelservice_runtime.quantize import QuantizeError, quantize_model, sample_inputs
+from modelservice_cli import main as cli
+from modelservice_runtime.tools.quantize import QuantizeError, quantize_model, sample_inputs
 
 
 def session(path: Path) -> ort.InferenceSession:

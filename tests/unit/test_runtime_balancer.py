@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from modelservice_runtime.balancer import STALE_HEARTBEAT_S, Balancer, listening_socket
+from modelservice_runtime.process.balancer import STALE_HEARTBEAT_S, Balancer, listening_socket
 
 
 class Rig:

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from modelservice_runtime.batching import BatchResult, DynamicBatcher
 from modelservice_runtime.errors import InferenceFailed, ServiceUnavailable
+from modelservice_runtime.serving.batching import BatchResult, DynamicBatcher
 from onnx import TensorProto, helper
 
 Arrays = dict[str, np.ndarray]
@@ -319,7 +319,7 @@ def test_short_batches_run_on_the_event_loop_and_long_ones_on_the_thread(
                 np.testing.assert_array_equal(got.outputs["y"], np.full((rows, 2), 7))
             # The measured time per row is now well under 0.5 s; pretend it is 1 ms so that
             # 4000 rows are expected to take 4 s: too long to run on the loop.
-            batcher._row_time.row_s = 0.001
+            batcher.row_time.row_s = 0.001
             got = await batcher.submit({"x": np.ones((4000, 2), np.float32)})
             np.testing.assert_array_equal(got.outputs["y"], np.full((4000, 2), 3))
         finally:

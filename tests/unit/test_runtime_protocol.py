@@ -7,9 +7,9 @@ import struct
 import numpy as np
 import orjson
 import pytest
-from modelservice_runtime.datatypes import V2_TO_NUMPY, decode_bytes_tensor, v2_datatype
 from modelservice_runtime.errors import BadRequest
-from modelservice_runtime.protocol import v1, v2
+from modelservice_runtime.serving.datatypes import V2_TO_NUMPY, decode_bytes_tensor, v2_datatype
+from modelservice_runtime.serving.protocol import v1, v2
 
 FIXED = [d for d in V2_TO_NUMPY if d != "BYTES"]
 

@@ -7,9 +7,9 @@ import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from modelservice_runtime.datatypes import V2_TO_NUMPY
 from modelservice_runtime.errors import BadRequest
-from modelservice_runtime.protocol import v2
+from modelservice_runtime.serving.datatypes import V2_TO_NUMPY
+from modelservice_runtime.serving.protocol import v2
 
 datatypes = st.sampled_from([*V2_TO_NUMPY, "FP8", "", "fp32"])
 dims = st.one_of(st.integers(-3, 6), st.integers(-(2**70), 2**70), st.just("2"), st.none())

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from modelservice_runtime.server import create_app
+from modelservice_runtime.serving.app import create_app
 from modelservice_runtime.settings import Settings
 
 TOKEN = "s3cret-token-value"

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-from modelservice_runtime import metrics as metrics_mod
-from modelservice_runtime.metrics import Metrics, shared_cells
+from modelservice_runtime.process.workers import available_cpus, worker_count
+from modelservice_runtime.serving import metrics as metrics_mod
+from modelservice_runtime.serving.metrics import Metrics, shared_cells
 from modelservice_runtime.settings import Settings, SettingsError, from_args
-from modelservice_runtime.workers import available_cpus, worker_count
 from prometheus_client.parser import text_string_to_metric_families
 
 

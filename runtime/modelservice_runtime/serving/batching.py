@@ -2,8 +2,10 @@
 
 A self-contained class. Each request gets a Future; a single collector task (created in
 the running loop, together with its state) groups requests by their trailing shapes and
-dtypes and runs one batch at a time in a worker thread, so the event loop keeps accepting
-requests meanwhile.
+dtypes and runs up to `max_concurrent_batches` batches at a time (one, when batching) in
+worker threads, so the event loop keeps accepting requests meanwhile. With batching off
+the data plane uses it too, as a batcher of one request per run: the same queue limit,
+the same choice between the loop and a thread.
 
 Policy: requests that arrive while a batch runs wait for it and form the next batch, so
 batches grow with load without any timer. When the worker is free, the collector keeps
@@ -31,7 +33,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from modelservice_runtime.errors import InferenceFailed, ServiceUnavailable
 
 log = logging.getLogger("modelservice.batching")
@@ -66,8 +67,7 @@ class _Group:
 
 class RowTime:
     """Moving average of the compute time per row: whether a run of some rows is expected
-    to be short enough for the event loop (see DynamicBatcher, and DataPlane with batching
-    off)."""
+    to be short enough for the event loop (see DynamicBatcher)."""
 
     __slots__ = ("row_s",)
 
@@ -118,7 +118,7 @@ class DynamicBatcher:
         self._concurrency = max_concurrent_batches
         self._on_batch = on_batch  # (requests, rows, compute_s), on the event loop
         self._inline_below_s = inline_below_s
-        self._row_time = RowTime()
+        self.row_time = RowTime()  # of this batcher's runs
         # Loop-bound state: created by _start inside the running loop.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -133,7 +133,9 @@ class DynamicBatcher:
         """Requests waiting for a batch (not yet running)."""
         return self._queued
 
-    async def submit(self, inputs: Arrays) -> BatchResult:
+    async def submit(self, inputs: Arrays, rows: int | None = None) -> BatchResult:
+        """The request's outputs once its batch has run. `rows`: its row count, when not the
+        length of axis 0 (a model without a batch axis takes a request as one row)."""
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._start(loop)
@@ -143,7 +145,8 @@ class DynamicBatcher:
                 "retry after a moment",
                 retry_after=1,
             )
-        rows = next(iter(inputs.values())).shape[0]
+        if rows is None:
+            rows = next(iter(inputs.values())).shape[0]
         pending = _Pending(inputs, rows, loop.create_future(), loop.time())
         group = self._groups.get(key := batch_key(inputs))
         if group is None:
@@ -200,7 +203,7 @@ class DynamicBatcher:
                 if not batch:
                     continue
                 self._running += 1
-                if self._row_time.expected_below(sum(p.rows for p in batch), self._inline_below_s):
+                if self.row_time.expected_below(sum(p.rows for p in batch), self._inline_below_s):
                     self._finish(batch, self._run_here(batch, loop))
                     await asyncio.sleep(0)  # let the answers out and the next requests in
                     continue
@@ -280,7 +283,7 @@ class DynamicBatcher:
                 if not p.future.done():
                     p.future.set_exception(e)
             return
-        self._row_time.record(total, compute_s)
+        self.row_time.record(total, compute_s)
         if self._on_batch is not None:
             self._on_batch(len(batch), total, compute_s)
         start = 0

@@ -13,14 +13,16 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+_RUNTIME = "modelservice_runtime"
+
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("modelservice_runtime.serve", "run the inference runtime for an ONNX model"),
-    "fetch": ("modelservice_runtime.fetch", "download or copy a model atomically and verify it"),
-    "export": ("modelservice_runtime.export", "export a PyTorch module to ONNX"),
-    "quantize": ("modelservice_runtime.quantize", "int8-quantize an ONNX model"),
+    "serve": (f"{_RUNTIME}.process.launch", "run the inference runtime for an ONNX model"),
+    "fetch": (f"{_RUNTIME}.tools.fetch", "download or copy a model atomically and verify it"),
+    "export": (f"{_RUNTIME}.tools.export", "export a PyTorch module to ONNX"),
+    "quantize": (f"{_RUNTIME}.tools.quantize", "int8-quantize an ONNX model"),
     "operator": ("modelservice_operator.cli", "run the Kubernetes operator (kopf)"),
-    "demo": ("modelservice_runtime.demo", "export, serve and query a model locally"),
+    "demo": (f"{_RUNTIME}.tools.demo", "export, serve and query a model locally"),
 }
 
 

@@ -3,10 +3,10 @@
 uvicorn's own protocol writes a response in two parts, the status line and headers, then
 the body, and uvloop sends each write at once: two syscalls and two TCP segments, and the
 client woke up twice to read it. On loopback the sender also pays for the receiver's TCP
-processing. The runtime's protocol (http_protocol.py) now writes a response in one
-`writelines` itself, and gathering still pays: MLP JSON, wrk, 16 connections, 2 workers,
-22.8-24.5k req/s with it against 17.7-21.0k without (2 alternating pairs); the CNN, bound
-by compute, within noise either way.
+processing. The runtime's protocol (http_protocol.py, which writes through this transport)
+writes a response in one `writelines` itself, and gathering still pays: MLP JSON, wrk, 16
+connections, 2 workers, 22.8-24.5k req/s with it against 17.7-21.0k without (2 alternating
+pairs); the CNN, bound by compute, within noise either way.
 
 Writes made in one step of the event loop are gathered and go out together from a
 callback on the loop's next turn, with `writelines`, which uvloop (and asyncio on 3.12+)
@@ -108,13 +108,3 @@ class CoalescedWrites(asyncio.Transport):
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._transport.get_write_buffer_limits()
-
-
-def coalescing_writes(protocol_class: type[Any]) -> type[Any]:
-    """`protocol_class` (uvicorn's HTTP protocol) writing through `CoalescedWrites`."""
-
-    class CoalescingProtocol(protocol_class):  # type: ignore[misc, valid-type]
-        def connection_made(self, transport: asyncio.Transport) -> None:
-            super().connection_made(CoalescedWrites(transport, asyncio.get_running_loop()))
-
-    return CoalescingProtocol

@@ -91,9 +91,8 @@ def background(cmd: list[str], log: Path, env: dict[str, str]) -> Iterator[subpr
 
 def export_demo_model(out: Path) -> tuple[Path, str]:
     import torch
+    from modelservice_runtime.tools.export import export_module
     from torch import nn
-
-    from modelservice_runtime.export import export_module
 
     torch.manual_seed(0)
     module = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-
 from modelservice_runtime.errors import BadRequest
 
 

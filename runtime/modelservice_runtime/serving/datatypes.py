@@ -9,7 +9,6 @@ from __future__ import annotations
 import struct
 
 import numpy as np
-
 from modelservice_runtime.errors import BadRequest
 
 # V2 datatype -> numpy dtype. Binary payloads are little-endian, so fixed-size types pin '<'.

@@ -221,25 +221,13 @@ class Balancer:
                 return
 
 
-def counting_closes(protocol_class: type[Any], on_closed: Callable[[], None]) -> type[Any]:
-    """`protocol_class` (uvicorn's HTTP protocol), calling `on_closed` when a connection ends."""
-
-    class CountingProtocol(protocol_class):  # type: ignore[misc, valid-type]
-        def connection_lost(self, exc: Exception | None) -> None:
-            try:
-                super().connection_lost(exc)
-            finally:
-                on_closed()
-
-    return CountingProtocol
-
-
 class HandedOverConnections:
     """Worker side: serve every connection the supervisor sends on `channel`.
 
-    `protocol_factory` makes the HTTP protocol for each connection; `on_closed` must be
-    called once per connection when it closes (the factory's protocols do it), so that
-    the supervisor's count of this worker's open connections stays exact.
+    `start(factory)` is given what makes the HTTP protocol for each connection; `on_closed`
+    must be called once per connection when it closes (the protocol does it: the server
+    passes it to `http_protocol()`), so that the supervisor's count of this worker's open
+    connections stays exact.
     """
 
     def __init__(self, channel: socket.socket, on_closed: Callable[[], None]) -> None:

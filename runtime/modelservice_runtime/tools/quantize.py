@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelservice_runtime.atomic import atomic_target
+from modelservice_runtime.tools.atomic import atomic_target
 
 DEFAULT_SAMPLES = 16
 

@@ -1,25 +1,26 @@
 """Transport-neutral core: the model registry, readiness, metadata and inference.
 
-HTTP endpoints (server.py) parse and serialize; everything they ask of the model goes
-through here, so a gRPC front end could reuse it unchanged.
+The endpoints (endpoints.py) parse and serialize; everything they ask of the model goes
+through here, so a gRPC front end could reuse it unchanged. Every inference goes through
+the model's DynamicBatcher (batching.py): with batching off it is a batcher of one request
+per run, two runs at a time, so the queue limit and the choice between the event loop and
+a worker thread are the batcher's in both cases.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from modelservice_runtime import __version__
-from modelservice_runtime.batching import BatchResult, DynamicBatcher, RowTime
 from modelservice_runtime.errors import NotFound, ServiceUnavailable
-from modelservice_runtime.metrics import Metrics, ModelMetrics
-from modelservice_runtime.model import OnnxModel
+from modelservice_runtime.serving.batching import BatchResult, DynamicBatcher
+from modelservice_runtime.serving.metrics import Metrics, ModelMetrics
+from modelservice_runtime.serving.model import OnnxModel
 from modelservice_runtime.settings import Settings
 
 log = logging.getLogger("modelservice.dataplane")
@@ -35,6 +36,9 @@ INLINE_BATCH_BELOW_S = 0.01
 # counted queue (--max-queue-size), so only requests far cheaper than a hand-off to a
 # thread go there.
 INLINE_UNBATCHED_BELOW_S = 0.001
+# With batching off, requests run one per model run, this many at once (each in a worker
+# thread, unless short enough for the loop): a second run overlaps the first's hand-off.
+UNBATCHED_CONCURRENCY = 2
 
 
 def load_model(s: Settings) -> OnnxModel:
@@ -54,11 +58,8 @@ class ModelEntry:
     model: OnnxModel
     metrics: ModelMetrics
     executor: ThreadPoolExecutor
-    batcher: DynamicBatcher | None
-    max_batch_size: int
-    inline_below_s: float = 0.0  # unbatched requests expected to run faster run on the loop
-    row_time: RowTime = field(default_factory=RowTime)  # unbatched runs
-    inflight: int = 0  # unbatched requests waiting for or in a worker
+    batcher: DynamicBatcher  # with batching off, one request per run
+    max_batch_size: int  # 0: batching is off (as Triton's model config says it)
 
 
 class DataPlane:
@@ -78,26 +79,23 @@ class DataPlane:
         batching = s.batching and model.batchable
         if s.batching and not model.batchable:
             log.warning("%s has no open batch axis on every tensor: batching is off", s.name)
-        executor = ThreadPoolExecutor(
-            max_workers=1 if batching else 2, thread_name_prefix=f"infer-{s.name}"
-        )
+        concurrency = 1 if batching else UNBATCHED_CONCURRENCY
+        executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"infer-{s.name}")
         # On the CPU, short batches run on the event loop itself: the hand-off to a thread
         # adds a wake-up and GIL contention and buys no overlap, because parsing the next
         # requests needs the same cores (measured on the MLP, 1 worker: about +50% req/s).
         # A GPU computes while the loop parses, so there every batch goes to the thread.
         on_cpu = model.providers[0] == "CPUExecutionProvider"
-        batcher = (
-            DynamicBatcher(
-                model.run,
-                max_batch_size=s.max_batch_size,
-                max_delay_s=s.max_batch_delay_us / 1e6,
-                max_queue_size=s.max_queue_size,
-                executor=executor,
-                inline_below_s=INLINE_BATCH_BELOW_S if on_cpu else 0.0,
-                on_batch=metrics.on_batch,
-            )
-            if batching
-            else None
+        inline_below_s = INLINE_BATCH_BELOW_S if batching else INLINE_UNBATCHED_BELOW_S
+        batcher = DynamicBatcher(
+            model.run,
+            max_batch_size=s.max_batch_size if batching else 1,
+            max_delay_s=s.max_batch_delay_us / 1e6 if batching else 0.0,
+            max_queue_size=s.max_queue_size,
+            executor=executor,
+            max_concurrent_batches=concurrency,
+            inline_below_s=inline_below_s if on_cpu else 0.0,
+            on_batch=metrics.on_batch,
         )
         entry = ModelEntry(
             s.name,
@@ -107,22 +105,16 @@ class DataPlane:
             executor,
             batcher,
             s.max_batch_size if batching else 0,
-            inline_below_s=INLINE_UNBATCHED_BELOW_S if on_cpu else 0.0,
         )
         self._models[s.name] = entry
         return entry
 
     async def close(self) -> None:
         for entry in self._models.values():
-            if entry.batcher is not None:
-                await entry.batcher.stop()
+            await entry.batcher.stop()
             entry.executor.shutdown(wait=False, cancel_futures=True)
 
     # --- health and metadata --------------------------------------------------------------
-
-    @staticmethod
-    def live() -> bool:
-        return True
 
     def ready(self) -> bool:
         return bool(self._models) and not self.draining
@@ -188,38 +180,8 @@ class DataPlane:
     # --- inference -------------------------------------------------------------------------
 
     async def infer(self, entry: ModelEntry, inputs: dict[str, np.ndarray]) -> BatchResult:
-        """Validate and run; batched when the model and settings allow it."""
+        """Validate and run, batched when the model and settings allow it."""
         feeds = entry.model.validate(inputs)
-        if entry.batcher is not None:
-            return await entry.batcher.submit(feeds)
+        # A model without an open batch axis takes each request as one row.
         rows = next(iter(feeds.values())).shape[0] if feeds and entry.model.batchable else 1
-        if entry.row_time.expected_below(rows, entry.inline_below_s):
-            # Shorter than the hand-off to a thread and back (see INLINE_BATCH_BELOW_S).
-            outputs, compute_s = _timed(entry, feeds)
-        else:
-            outputs, compute_s = await self._in_worker(entry, feeds)
-        entry.row_time.record(rows, compute_s)
-        entry.metrics.on_batch(1, rows, compute_s)
-        return BatchResult(outputs, 0.0, compute_s, rows)
-
-    async def _in_worker(
-        self, entry: ModelEntry, feeds: dict[str, np.ndarray]
-    ) -> tuple[dict[str, np.ndarray], float]:
-        if entry.inflight >= self.settings.max_queue_size:
-            raise ServiceUnavailable(
-                f"the request queue is full ({self.settings.max_queue_size} requests "
-                "waiting); retry after a moment",
-                retry_after=1,
-            )
-        entry.inflight += 1
-        try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(entry.executor, _timed, entry, feeds)
-        finally:
-            entry.inflight -= 1
-
-
-def _timed(entry: ModelEntry, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
-    started = time.perf_counter()
-    outputs = entry.model.run(feeds)
-    return outputs, time.perf_counter() - started
+        return await entry.batcher.submit(feeds, rows)

@@ -5,7 +5,7 @@ N workers use N. Each worker is a whole server (event loop, batcher, onnxruntime
 in its own process. The supervisor (the process `modelservice serve` started as) holds no
 model: it owns the listening socket and hands each connection to the worker holding the
 fewest (balancer.py), starts the workers, forwards SIGTERM/SIGINT to them (each then drains
-as serve.py describes), restarts a worker that dies, and exits once they have all stopped.
+as server.py describes), restarts a worker that dies, and exits once they have all stopped.
 
 The port starts listening once every worker has loaded its model and is serving (with one
 worker the server is live at once and ready later; with several, nothing answers until they
@@ -36,7 +36,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from modelservice_runtime.balancer import Balancer, listening_socket
+from modelservice_runtime.process import server
+from modelservice_runtime.process.balancer import Balancer, HandedOverConnections, listening_socket
 from modelservice_runtime.settings import Settings
 
 log = logging.getLogger("modelservice.workers")
@@ -101,12 +102,10 @@ def _worker_main(
     """One worker process (spawned): load, then serve the connections handed over on
     `channel` until stopped."""
     _exit_with(parent)
-    from modelservice_runtime import serve
-    from modelservice_runtime.balancer import HandedOverConnections
-    from modelservice_runtime.dataplane import load_model
-    from modelservice_runtime.metrics import Metrics
+    from modelservice_runtime.serving.dataplane import load_model
+    from modelservice_runtime.serving.metrics import Metrics
 
-    serve.configure_logging(settings)
+    server.configure_logging(settings)
     try:
         model = load_model(settings)
     except Exception as e:
@@ -120,7 +119,7 @@ def _worker_main(
     def count_close() -> None:
         closed[index] += 1  # only this worker's event loop writes its cell
 
-    code = serve.serve(
+    code = server.serve(
         settings,
         metrics=metrics,
         model=model,
@@ -134,7 +133,7 @@ class Supervisor:
     """Keeps `count` workers running until asked to stop; see the module doc."""
 
     def __init__(self, settings: Settings, count: int) -> None:
-        from modelservice_runtime.metrics import shared_cells
+        from modelservice_runtime.serving.metrics import shared_cells
 
         listener = listening_socket(settings.host, settings.port)
         self.settings = replace(settings, port=listener.getsockname()[1])  # port 0 resolved

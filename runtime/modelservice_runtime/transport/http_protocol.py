@@ -8,7 +8,7 @@ request; an ASGI app that only reads the body cost 66-85 us under uvicorn's prot
 of it), the app's task is woken once per TCP read of the body, and each response is two
 writes; ASGI itself (scope, messages, the app's coroutines, the framework's request and
 response objects) is most of the rest. So inference requests, which are the traffic, go
-to `direct` routes: headers and the whole body in, a `Reply` out. On the runtime with a
+to `direct` routes: headers and the whole body in, an `Answer` out. On the runtime with a
 zero-compute model that took the cost per request from about 114 us to 91-98 us.
 
 This protocol keeps uvicorn for everything else (sockets, workers, signals, lifespan,
@@ -21,7 +21,9 @@ and changes only how a connection is read and written:
   Bodies over `max_body_bytes` are never gathered: the client gets a 413 with
   `{"error": ...}` as soon as the size is known (from Content-Length, or while counting a
   chunked body) and the connection is closed, so no refused upload is read to its end.
-- The status line, headers and body leave in one `writelines` (one writev).
+- The status line, headers and body leave in one `writelines`, and every write goes through
+  `CoalescedWrites` (coalesced_writes.py): what one turn of the event loop writes leaves in
+  one writev on the next.
 - Requests are answered in order. A pipelined request waits, with reading paused, until the
   one before it is answered; a malformed request gets a 400 in its turn and ends the
   connection, as the parser cannot find where the next request would start.
@@ -48,15 +50,14 @@ import re
 import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, Protocol
 
 import httptools
-import orjson
+from modelservice_runtime.errors import body_too_large, error_body
+from modelservice_runtime.transport.coalesced_writes import CoalescedWrites
 from uvicorn.config import Config
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
-
-from modelservice_runtime.errors import body_too_large
 
 log = logging.getLogger("modelservice.http")
 
@@ -85,19 +86,23 @@ def _head_start(status: int, server_state: ServerState) -> list[bytes]:
     return parts
 
 
-class Reply(NamedTuple):
-    """A direct route's answer (see `Direct`)."""
+class Answer(Protocol):
+    """What a direct route answers with (the app's `Reply` is one)."""
 
-    status: int
-    content_type: str
-    body: bytes
-    headers: dict[str, str] | None = None
+    @property
+    def status(self) -> int: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def headers(self) -> dict[str, str] | None: ...
 
 
 # (method, path, headers, body) -> the answer, or None when the ASGI app must see the
 # request. Names in `headers` are in lower case; the awaitable is awaited in the request's
 # turn and must not raise.
-Direct = Callable[[str, str, list[tuple[bytes, bytes]], bytes], Awaitable[Reply] | None]
+Direct = Callable[[str, str, list[tuple[bytes, bytes]], bytes], Awaitable[Answer] | None]
 
 
 class _Refusal:
@@ -136,7 +141,7 @@ class _Exchange:
         conn: BufferedHttpProtocol,
         method: str,
         keep_alive: bool,
-        answering: Awaitable[Reply] | None,
+        answering: Awaitable[Answer] | None,
         scope: dict[str, Any] | None = None,
         body: bytes | None = None,
     ) -> None:
@@ -205,7 +210,7 @@ class _Exchange:
             self.wake()
             conn.answered(self)
 
-    def reply(self, reply: Reply) -> None:
+    def reply(self, reply: Answer) -> None:
         """Send a direct route's answer."""
         if self.disconnected:
             return
@@ -254,12 +259,13 @@ class _Exchange:
 
 class BufferedHttpProtocol(asyncio.Protocol):
     """One client connection. Made by uvicorn (`Config(http=...)`) with its config and
-    server state; `max_body_bytes`, `request_timeout_s` and `direct` are set by
-    `buffered_http_protocol()`."""
+    server state; `max_body_bytes`, `request_timeout_s`, `direct` and `on_closed` are set by
+    `http_protocol()`."""
 
     max_body_bytes = 64 * 1024 * 1024
     request_timeout_s = 60.0
     direct: Direct | None = None
+    on_closed: Callable[[], None] | None = None  # called once when the connection ends
 
     def __init__(
         self,
@@ -310,7 +316,7 @@ class BufferedHttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.server_state.connections.add(self)  # type: ignore[arg-type]
-        self.transport = transport
+        self.transport = CoalescedWrites(transport, self.loop)
         self.server = get_local_addr(transport)
         self.client = get_remote_addr(transport)
         self.scheme = "https" if is_ssl(transport) else "http"
@@ -318,6 +324,13 @@ class BufferedHttpProtocol(asyncio.Protocol):
         self._set_timer(self.idle_since + self.request_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._lost()
+        finally:
+            if self.on_closed is not None:
+                self.on_closed()
+
+    def _lost(self) -> None:
         self.server_state.connections.discard(self)  # type: ignore[arg-type]
         if self.timer is not None:
             self.timer.cancel()
@@ -470,7 +483,7 @@ class BufferedHttpProtocol(asyncio.Protocol):
         self._stop_reading()
 
     def _send_refusal(self, refusal: _Refusal) -> None:
-        body = orjson.dumps({"error": refusal.message})
+        body = error_body(refusal.message)
         head = _head_start(refusal.status, self.server_state)
         head.append(
             b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
@@ -593,13 +606,18 @@ class BufferedHttpProtocol(asyncio.Protocol):
             self._set_timer(due)
 
 
-def buffered_http_protocol(
-    max_body_bytes: int, direct: Direct | None = None, request_timeout_s: float = 60.0
+def http_protocol(
+    max_body_bytes: int,
+    request_timeout_s: float = 60.0,
+    *,
+    direct: Direct | None = None,
+    on_closed: Callable[[], None] | None = None,
 ) -> type[BufferedHttpProtocol]:
-    """The protocol class for uvicorn's `Config(http=...)`, refusing bodies over
-    `max_body_bytes` (--max-request-bytes) and requests that stop arriving for
-    `request_timeout_s` (--request-timeout-s), and answering what `direct` takes without the
-    ASGI app."""
+    """The protocol class for uvicorn's `Config(http=...)`, the one factory of it: refusing
+    bodies over `max_body_bytes` (--max-request-bytes) and requests that stop arriving for
+    `request_timeout_s` (--request-timeout-s), answering what `direct` takes without the
+    ASGI app, and calling `on_closed` as each connection ends (a worker counts its
+    connections for the balancer, process/balancer.py)."""
 
     class Protocol(BufferedHttpProtocol):
         pass
@@ -607,4 +625,5 @@ def buffered_http_protocol(
     Protocol.max_body_bytes = max_body_bytes
     Protocol.request_timeout_s = request_timeout_s
     Protocol.direct = staticmethod(direct) if direct is not None else None  # type: ignore[assignment]
+    Protocol.on_closed = staticmethod(on_closed) if on_closed is not None else None  # type: ignore[assignment]
     return Protocol

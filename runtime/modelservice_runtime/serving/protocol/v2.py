@@ -19,14 +19,13 @@ from typing import Any
 
 import numpy as np
 import orjson
-
-from modelservice_runtime.datatypes import (
+from modelservice_runtime.errors import BadRequest
+from modelservice_runtime.serving.datatypes import (
     decode_bytes_tensor,
     encode_bytes_tensor,
     numpy_dtype,
     v2_datatype,
 )
-from modelservice_runtime.errors import BadRequest
 
 HEADER_LENGTH = "inference-header-content-length"
 _NUMPY_OPT = orjson.OPT_SERIALIZE_NUMPY

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from modelservice_runtime.atomic import atomic_target
+from modelservice_runtime.tools.atomic import atomic_target
 
 TOKEN_ENV = "MODELSERVICE_FETCH_TOKEN"
 USERNAME_ENV = "MODELSERVICE_FETCH_USERNAME"

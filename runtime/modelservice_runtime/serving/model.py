@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from modelservice_runtime.datatypes import ONNX_TO_V2, V2_TO_NUMPY, v2_datatype
 from modelservice_runtime.errors import BadRequest, InferenceFailed
+from modelservice_runtime.serving.datatypes import ONNX_TO_V2, V2_TO_NUMPY, v2_datatype
 from modelservice_runtime.settings import Settings
 
 log = logging.getLogger("modelservice.model")
