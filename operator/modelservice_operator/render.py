@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shlex
+from dataclasses import dataclass, field
 from typing import Any
+
+from modelservice_cli import serve_flags
 
 from modelservice_operator import FIELD_MANAGER, GROUP
 from modelservice_operator.spec import ModelServiceSpec
@@ -79,10 +81,6 @@ def _restricted_container_security() -> dict[str, Any]:
     }
 
 
-def _fmt_floats(values: list[float]) -> str:
-    return ",".join(repr(float(v)) for v in values)
-
-
 def cpu_cores(quantity: int | str) -> float:
     """A CPU quantity ("500m", "2", 1.5) in cores."""
     text = str(quantity)
@@ -91,13 +89,38 @@ def cpu_cores(quantity: int | str) -> float:
     return float(text)
 
 
-def runtime_workers(spec: ModelServiceSpec) -> int:
-    """spec.runtime.workers, with 0 resolved here rather than by the runtime: in a pod with
-    no CPU limit the runtime would see every core of the node."""
-    if spec.runtime.workers:
-        return spec.runtime.workers
-    if spec.gpu is not None:
-        return 1
+@dataclass(frozen=True)
+class GpuPlacement:
+    """Everything a GPU request changes in the pod, decided in `gpu_placement` alone."""
+
+    limits: dict[str, str] = field(default_factory=dict)  # the runtime container's only
+    toleration: dict[str, str] | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    execution_provider: str = "cpu"
+
+    @property
+    def gpu(self) -> bool:
+        return bool(self.limits)
+
+
+def gpu_placement(spec: ModelServiceSpec) -> GpuPlacement:
+    """A GPU request adds the device plugin's resource limit to the runtime container (never
+    to the model-fetch init container: fetching needs none), a toleration for
+    nvidia.com/gpu:NoSchedule, the product nodeSelector when one is given, and the CUDA
+    execution provider; `runtime_workers` then resolves --workers 0 to one."""
+    gpu = spec.gpu
+    if gpu is None:
+        return GpuPlacement()
+    return GpuPlacement(
+        limits={gpu.resource_name: str(gpu.count)},
+        toleration={"key": GPU_TOLERATION_KEY, "operator": "Exists", "effect": "NoSchedule"},
+        node_selector={GPU_PRODUCT_LABEL: gpu.product} if gpu.product else {},
+        execution_provider="cuda",
+    )
+
+
+def _pod_cpus(spec: ModelServiceSpec) -> int:
+    """Whole CPUs of the pod: its CPU limit, else its request, rounded up; 1 if neither."""
     res = spec.resources
     cpu = res.limits.get("cpu", res.requests.get("cpu"))
     if cpu is None:
@@ -108,25 +131,40 @@ def runtime_workers(spec: ModelServiceSpec) -> int:
         return 1
 
 
-def serve_command(name: str, spec: ModelServiceSpec) -> list[str]:
-    """`modelservice serve` command line for the runtime container (TEAM.md contract)."""
+def runtime_workers(spec: ModelServiceSpec) -> int:
+    """spec.runtime.workers, with 0 resolved here rather than by the runtime: in a pod with
+    no CPU limit the runtime would see every core of the node."""
+    if spec.runtime.workers:
+        return spec.runtime.workers
+    return serve_flags.auto_workers(_pod_cpus(spec), gpu=gpu_placement(spec).gpu)
+
+
+def runtime_settings(name: str, spec: ModelServiceSpec) -> dict[str, Any]:
+    """The runtime's settings the operator sets on its command line (the rows of
+    serve_flags.SETTINGS marked `operator`, but the auth token: that one comes from a
+    Secret, see _env)."""
     rt = spec.runtime
-    cmd = [
-        "modelservice", "serve", _model_path(spec),
-        "--name", spec.model.name or name,
-        "--host", "0.0.0.0",
-        "--port", str(HTTP_PORT),
-        "--workers", str(runtime_workers(spec)),
-        "--max-batch-size", str(rt.batching.max_batch_size),
-        "--max-batch-delay-us", str(rt.batching.max_delay_microseconds),
-        "--intra-op-threads", str(rt.threads.intra_op),
-        "--inter-op-threads", str(rt.threads.inter_op),
-        "--execution-provider", "cuda" if spec.gpu else "cpu",
-    ]  # fmt: skip
+    values: dict[str, Any] = {
+        "model_path": _model_path(spec),
+        "name": spec.model.name or name,
+        "host": "0.0.0.0",
+        "port": HTTP_PORT,
+        "workers": runtime_workers(spec),
+        "max_batch_size": rt.batching.max_batch_size,
+        "max_batch_delay_us": rt.batching.max_delay_microseconds,
+        "intra_op_threads": rt.threads.intra_op,
+        "inter_op_threads": rt.threads.inter_op,
+        "execution_provider": gpu_placement(spec).execution_provider,
+    }
     if rt.normalize is not None:
-        cmd += ["--normalize-mean", _fmt_floats(rt.normalize.mean)]
-        cmd += ["--normalize-std", _fmt_floats(rt.normalize.std)]
-    return cmd
+        values["normalize_mean"] = rt.normalize.mean
+        values["normalize_std"] = rt.normalize.std
+    return values
+
+
+def serve_command(name: str, spec: ModelServiceSpec) -> list[str]:
+    """`modelservice serve` command line for the runtime container (DESIGN.md contract)."""
+    return ["modelservice", "serve", *serve_flags.command_line(runtime_settings(name, spec))]
 
 
 def fetch_command(spec: ModelServiceSpec) -> list[str] | None:
@@ -145,25 +183,13 @@ def fetch_command(spec: ModelServiceSpec) -> list[str] | None:
     return cmd
 
 
-def _runtime_resources(spec: ModelServiceSpec) -> dict[str, Any]:
+def _resources(spec: ModelServiceSpec, extra_limits: dict[str, str]) -> dict[str, Any]:
     res: dict[str, Any] = {}
     if spec.resources.requests:
         res["requests"] = {k: str(v) for k, v in spec.resources.requests.items()}
-    limits = {k: str(v) for k, v in spec.resources.limits.items()}
-    if spec.gpu is not None:
-        limits[spec.gpu.resource_name] = str(spec.gpu.count)
+    limits = {k: str(v) for k, v in spec.resources.limits.items()} | extra_limits
     if limits:
         res["limits"] = limits
-    return res
-
-
-def _init_resources(spec: ModelServiceSpec) -> dict[str, Any]:
-    """The runtime's cpu/memory (never the GPU: fetching needs none)."""
-    res = _runtime_resources(spec)
-    if spec.gpu is not None and "limits" in res:
-        res["limits"].pop(spec.gpu.resource_name, None)
-        if not res["limits"]:
-            del res["limits"]
     return res
 
 
@@ -172,7 +198,7 @@ def _env(spec: ModelServiceSpec) -> list[dict[str, Any]]:
     if spec.runtime.auth is not None:
         ref = spec.runtime.auth.secret_ref
         env.append({
-            "name": "MODELSERVICE_AUTH_TOKEN",
+            "name": serve_flags.BY_FIELD["auth_token"].variable,
             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
         })  # fmt: skip
     return env
@@ -189,6 +215,7 @@ def _http_probe(path: str, period: int, failures: int, timeout: int) -> dict[str
 
 def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> dict[str, Any]:
     image = spec.runtime.image or default_image
+    placement = gpu_placement(spec)
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     init_mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
@@ -215,7 +242,7 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
         "imagePullPolicy": "IfNotPresent",
         "command": serve_command(name, spec),
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
-        "resources": _runtime_resources(spec),
+        "resources": _resources(spec, placement.limits),
         "volumeMounts": mounts,
         "startupProbe": _http_probe("/v2/health/ready", period=5, failures=120, timeout=3),
         "readinessProbe": _http_probe("/v2/health/ready", period=5, failures=2, timeout=3),
@@ -249,7 +276,7 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
             "image": image,
             "imagePullPolicy": "IfNotPresent",
             "command": fetch,
-            "resources": _init_resources(spec),
+            "resources": _resources(spec, {}),
             "volumeMounts": init_mounts,
             "securityContext": _restricted_container_security(),
         }
@@ -257,14 +284,10 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
             init["envFrom"] = [{"secretRef": {"name": spec.model.secret_ref.name}}]
         pod["initContainers"] = [init]
 
-    node_selector = dict(spec.node_selector)
+    node_selector = dict(spec.node_selector) | placement.node_selector
     tolerations = [dict(t) for t in spec.tolerations]
-    if spec.gpu is not None:
-        gpu_toleration = {"key": GPU_TOLERATION_KEY, "operator": "Exists", "effect": "NoSchedule"}
-        if gpu_toleration not in tolerations:
-            tolerations.append(gpu_toleration)
-        if spec.gpu.product:
-            node_selector[GPU_PRODUCT_LABEL] = spec.gpu.product
+    if placement.toleration is not None and placement.toleration not in tolerations:
+        tolerations.append(placement.toleration)
     if node_selector:
         pod["nodeSelector"] = node_selector
     if tolerations:
@@ -386,8 +409,3 @@ def render_children(
     if hpa is not None:
         children.append(hpa)
     return children
-
-
-def describe_command(cmd: list[str]) -> str:
-    """Shell-quoted command line, for events and logs."""
-    return shlex.join(cmd)

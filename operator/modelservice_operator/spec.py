@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
+from modelservice_cli import serve_flags
+from modelservice_cli.serve_flags import describe
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -48,25 +50,15 @@ RESOURCE_NAME_PATTERN = (
 )
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
-# Environment variables the operator sets on the runtime container itself; a user `env`
-# entry with one of these names would be silently shadowed, so it is refused instead.
-OPERATOR_ENV_NAMES = frozenset(
-    {
-        "MODELSERVICE_MODEL",
-        "MODELSERVICE_NAME",
-        "MODELSERVICE_HOST",
-        "MODELSERVICE_PORT",
-        "MODELSERVICE_WORKERS",
-        "MODELSERVICE_MAX_BATCH_SIZE",
-        "MODELSERVICE_MAX_BATCH_DELAY_US",
-        "MODELSERVICE_INTRA_OP_THREADS",
-        "MODELSERVICE_INTER_OP_THREADS",
-        "MODELSERVICE_EXECUTION_PROVIDER",
-        "MODELSERVICE_NORMALIZE_MEAN",
-        "MODELSERVICE_NORMALIZE_STD",
-        "MODELSERVICE_AUTH_TOKEN",
-    }
-)
+# Environment variables of the runtime settings the operator sets on the runtime container
+# itself (render.py); a user `env` entry with one of these names would be silently shadowed,
+# so it is refused instead.
+OPERATOR_ENV_NAMES = frozenset(s.variable for s in serve_flags.SETTINGS if s.operator)
+
+
+def _lowest(field: str) -> float | None:
+    """The runtime's lower bound of a setting the spec passes on."""
+    return serve_flags.BY_FIELD[field].minimum
 
 
 class QuantityMarker:
@@ -218,15 +210,15 @@ class BatchingSpec(_Model):
 
     max_batch_size: int = Field(
         default=32,
-        ge=0,
+        ge=_lowest("max_batch_size"),
         le=4096,
-        description="Largest batch the runtime assembles; 0 or 1 disables batching.",
+        description=describe("max_batch_size"),
     )
     max_delay_microseconds: int = Field(
         default=500,
-        ge=0,
+        ge=_lowest("max_batch_delay_us"),
         le=10_000_000,
-        description="How long the first request of a batch waits for more, in microseconds.",
+        description=describe("max_batch_delay_us"),
     )
 
 
@@ -234,10 +226,16 @@ class ThreadsSpec(_Model):
     """onnxruntime thread pools."""
 
     intra_op: int = Field(
-        default=0, ge=0, le=1024, description="Intra-op threads; 0 = onnxruntime default."
+        default=0,
+        ge=_lowest("intra_op_threads"),
+        le=1024,
+        description=describe("intra_op_threads"),
     )
     inter_op: int = Field(
-        default=0, ge=0, le=1024, description="Inter-op threads; 0 = onnxruntime default."
+        default=0,
+        ge=_lowest("inter_op_threads"),
+        le=1024,
+        description=describe("inter_op_threads"),
     )
 
 
@@ -256,10 +254,12 @@ class NormalizeSpec(_Model):
     )
 
     mean: list[float] = Field(
-        description="Per-channel mean, e.g. [0.485, 0.456, 0.406].", min_length=1, max_length=64
+        description=describe("normalize_mean", "E.g. [0.485, 0.456, 0.406]."),
+        min_length=1,
+        max_length=64,
     )
     std: list[float] = Field(
-        description="Per-channel standard deviation, same length as mean, non-zero.",
+        description=describe("normalize_std", "E.g. [0.229, 0.224, 0.225]."),
         min_length=1,
         max_length=64,
     )
@@ -331,12 +331,12 @@ class RuntimeSpec(_Model):
     )
     workers: int = Field(
         default=1,
-        ge=0,
+        ge=_lowest("workers"),
         le=256,
-        description="Server processes per pod, sharing its port (one process is held to "
-        "about one core by Python's GIL); each loads its own copy of the model. 0 = one per "
-        "CPU of the pod (resources.limits.cpu, else requests.cpu, rounded up); a GPU pod "
-        "always runs one.",
+        description=describe(
+            "workers",
+            "The pod's CPUs are resources.limits.cpu, else requests.cpu, rounded up.",
+        ),
     )
     normalize: NormalizeSpec | None = Field(
         default=None, description="Optional per-channel input normalization."

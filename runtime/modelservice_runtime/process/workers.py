@@ -29,13 +29,13 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import replace
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from modelservice_cli.serve_flags import auto_workers
 from modelservice_runtime.process import server
 from modelservice_runtime.process.balancer import Balancer, HandedOverConnections, listening_socket
 from modelservice_runtime.settings import Settings
@@ -65,18 +65,19 @@ def available_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int
 
 
 def worker_count(settings: Settings) -> int:
-    """--workers, with 0 resolved to one per available CPU; but one on a GPU, where each
-    worker would hold its own copy of the model in GPU memory."""
+    """--workers, with 0 resolved by serve_flags.auto_workers: one per available CPU, but
+    one on a GPU."""
     if settings.workers > 0:
         return settings.workers
-    if settings.execution_provider in ("cuda", "tensorrt"):
-        return 1
-    if settings.execution_provider == "auto":
+    return auto_workers(available_cpus(), gpu=_on_gpu(settings.execution_provider))
+
+
+def _on_gpu(execution_provider: str) -> bool:
+    if execution_provider == "auto":
         import onnxruntime
 
-        if set(_GPU_PROVIDERS) & set(onnxruntime.get_available_providers()):
-            return 1
-    return available_cpus()
+        return bool(set(_GPU_PROVIDERS) & set(onnxruntime.get_available_providers()))
+    return execution_provider in ("cuda", "tensorrt")
 
 
 def _exit_with(parent_pid: int) -> None:
@@ -136,12 +137,12 @@ class Supervisor:
         from modelservice_runtime.serving.metrics import shared_cells
 
         listener = listening_socket(settings.host, settings.port)
-        self.settings = replace(settings, port=listener.getsockname()[1])  # port 0 resolved
+        self.settings = settings.model_copy(update={"port": listener.getsockname()[1]})
         if settings.intra_op_threads == 0:
             # onnxruntime's default is a thread per core in *each* worker: N workers would
             # put N threads on every core and spin them against each other.
             threads = max(1, available_cpus() // count)
-            self.settings = replace(self.settings, intra_op_threads=threads)
+            self.settings = self.settings.model_copy(update={"intra_op_threads": threads})
         self.count = count
         self._cells = shared_cells(count)
         self._ctx = multiprocessing.get_context("spawn")
