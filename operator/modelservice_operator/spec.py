@@ -3,7 +3,8 @@
 The CRD's OpenAPI schema (descriptions, defaults, bounds, patterns and the CEL rules in
 `cel_rules`) is generated from these classes by `crd.py`, and the operator validates every
 spec with them again before rendering. Rules the API server enforces through CEL are
-mirrored by `model_validator`s here so the two never disagree; rules that depend on the
+mirrored by `model_validator`s here, and tests/unit/test_spec_cel.py runs both on the same
+cases so the two never disagree; rules that depend on the
 operator rather than on the API (names of variables the operator sets, the Service name
 limit) live only here and surface as status reason InvalidSpec.
 
