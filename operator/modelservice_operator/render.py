@@ -43,7 +43,7 @@ def selector_labels(name: str) -> dict[str, str]:
 
 
 def labels(name: str) -> dict[str, str]:
-    """Labels every child carries (DESIGN.md)."""
+    """Labels every child carries: the app.kubernetes.io name, instance and managed-by."""
     return {**selector_labels(name), LABEL_MANAGED_BY: FIELD_MANAGER}
 
 
@@ -163,7 +163,8 @@ def runtime_settings(name: str, spec: ModelServiceSpec) -> dict[str, Any]:
 
 
 def serve_command(name: str, spec: ModelServiceSpec) -> list[str]:
-    """`modelservice serve` command line for the runtime container (DESIGN.md contract)."""
+    """`modelservice serve` command line for the runtime container (its flags:
+    modelservice_cli/serve_flags.py)."""
     return ["modelservice", "serve", *serve_flags.command_line(runtime_settings(name, spec))]
 
 

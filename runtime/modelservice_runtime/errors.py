@@ -8,8 +8,6 @@ expected.
 
 from __future__ import annotations
 
-import orjson
-
 
 class ModelServiceError(Exception):
     """Base of every error the runtime reports to a client; HTTP 500 unless overridden."""
@@ -77,6 +75,15 @@ def body_too_large(limit: int, declared: int | None = None) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body is over the limit of {limit} bytes (--max-request-bytes)")
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, else its type's name: torch, onnx and
+    botocore errors can span pages, and the first line says what went wrong."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def error_body(message: str) -> bytes:
     """The body of every error answer: `{"error": "<message>"}`."""
+    import orjson  # here: the toolkit's commands use this module without the runtime extra
+
     return orjson.dumps({"error": message})

@@ -16,10 +16,6 @@ class BearerAuth:
     def __init__(self, token: str | None) -> None:
         self._expected = f"Bearer {token}".encode() if token else None
 
-    @property
-    def enabled(self) -> bool:
-        return self._expected is not None
-
     def check(self, headers: Mapping[str, str]) -> None:
         """Raise 401 unless the request `headers` (names in lower case) carry
         `Authorization: Bearer <token>`."""

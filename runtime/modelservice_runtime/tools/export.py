@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelservice_runtime.errors import first_line
+
 DEFAULT_OPSET = 17
 DEFAULT_ATOL = 1e-4
 CHECK_BATCH_SIZES = (1, 3)
@@ -226,7 +228,7 @@ def check_numerics(
         sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     except Exception as e:  # e.g. an op torch emitted that this onnxruntime lacks
         raise ExportError(
-            f"numerics check: onnxruntime cannot load {onnx_path}: {_first_line(e)}"
+            f"numerics check: onnxruntime cannot load {onnx_path}: {first_line(e)}"
         ) from e
     gen = torch.Generator().manual_seed(seed)
     diffs: dict[int, float] = {}
@@ -242,7 +244,7 @@ def check_numerics(
             except Exception as e:
                 raise ExportError(
                     f"numerics check at batch {batch}: onnxruntime failed to run the model: "
-                    f"{_first_line(e)}"
+                    f"{first_line(e)}"
                 ) from e
             if len(got) != len(expected_list):
                 raise ExportError(
@@ -261,12 +263,6 @@ def check_numerics(
                 worst = max(worst, float(diff.max()) if diff.size else 0.0)
         diffs[batch] = worst
     return NumericsReport(max_abs_diff=diffs, atol=atol)
-
-
-def _first_line(e: BaseException) -> str:
-    """torch errors can span pages; the first line is what says what went wrong."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -346,7 +342,7 @@ def _run(args: argparse.Namespace) -> int:
         # torch raises many types here (shape errors in forward, unsupported ops, ...).
         raise ExportError(
             f"exporting {args.factory} with --input-shape {args.input_shape} failed: "
-            f"{type(e).__name__}: {_first_line(e)}"
+            f"{type(e).__name__}: {first_line(e)}"
         ) from e
     dims = ",".join(["batch", *map(str, shape[1:])])
     print(

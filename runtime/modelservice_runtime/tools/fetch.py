@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from modelservice_runtime.errors import first_line
 from modelservice_runtime.tools.atomic import atomic_target
 
 TOKEN_ENV = "MODELSERVICE_FETCH_TOKEN"
@@ -73,11 +74,6 @@ class FetchResult:
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def redact(uri: str) -> str:
@@ -259,7 +255,7 @@ def _http_attempt(
         raise _Retryable(f"cannot connect: {e.reason}") from e
     except (OSError, http.client.HTTPException) as e:
         # Resets, timeouts, TLS errors mid-handshake: the network, not the request.
-        raise _Retryable(f"{type(e).__name__}: {_first_line(e)}") from e
+        raise _Retryable(f"{type(e).__name__}: {first_line(e)}") from e
 
     with response:
         length = response.headers.get("Content-Length")
@@ -277,7 +273,7 @@ def _http_attempt(
                 # Write errors already became FetchError in _copy_stream; what is left is
                 # the connection dropping, timing out or breaking TLS mid-body.
                 raise _Retryable(
-                    f"download interrupted: {type(e).__name__}: {_first_line(e)}"
+                    f"download interrupted: {type(e).__name__}: {first_line(e)}"
                 ) from e
     if total is not None and size != total:
         raise _Retryable(f"connection closed after {size} of {total} bytes")
@@ -391,9 +387,9 @@ def _fetch_s3(
             return _copy_stream(body.read, out, bar)
     except ClientError as e:
         code = e.response.get("Error", {}).get("Code", "?")
-        raise FetchError(f"{uri}: S3 error {code}: {_first_line(e)}") from e
+        raise FetchError(f"{uri}: S3 error {code}: {first_line(e)}") from e
     except BotoCoreError as e:
-        raise FetchError(f"{uri}: S3 request failed: {_first_line(e)}") from e
+        raise FetchError(f"{uri}: S3 request failed: {first_line(e)}") from e
 
 
 def verify_onnx(path: Path, show: str) -> None:
@@ -421,7 +417,7 @@ def verify_onnx(path: Path, show: str) -> None:
         ) from e
     except Exception as e:
         # The checkers name the temp file, which no longer exists when the user reads this.
-        detail = _first_line(e).replace(str(path), "the downloaded file")
+        detail = first_line(e).replace(str(path), "the downloaded file")
         raise FetchError(f"{show} is not a loadable ONNX model: {detail}") from e
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelservice_runtime.errors import first_line
 from modelservice_runtime.tools.atomic import atomic_target
 
 DEFAULT_SAMPLES = 16
@@ -72,12 +73,7 @@ def _session(path: Path, what: str) -> Any:
     try:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise QuantizeError(f"{what} {path}: onnxruntime cannot load it: {_first_line(e)}") from e
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        raise QuantizeError(f"{what} {path}: onnxruntime cannot load it: {first_line(e)}") from e
 
 
 def check_input_model(path: Path) -> None:
@@ -92,7 +88,7 @@ def check_input_model(path: Path) -> None:
         # The path form also handles models over 2 GiB (external data beside the file).
         onnx.checker.check_model(str(path))
     except Exception as e:
-        raise QuantizeError(f"IN.onnx: {path} is not a valid ONNX model: {_first_line(e)}") from e
+        raise QuantizeError(f"IN.onnx: {path} is not a valid ONNX model: {first_line(e)}") from e
 
 
 def sample_inputs(sess: Any, count: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -184,7 +180,7 @@ def quantize_model(
                 str(src), str(tmp), per_channel=per_channel, weight_type=QuantType.QInt8
             )
         except Exception as e:
-            raise QuantizeError(f"quantizing {src} failed: {_first_line(e)}") from e
+            raise QuantizeError(f"quantizing {src} failed: {first_line(e)}") from e
         finally:
             root.setLevel(level)
         quantized = _session(tmp, "quantized model")
