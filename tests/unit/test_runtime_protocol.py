@@ -245,3 +245,23 @@ def test_v1_rows_single_and_multi_input() -> None:
 def test_v1_bad_requests(body: bytes, message: str) -> None:
     with pytest.raises(BadRequest, match=message):
         v1.parse_predict_request(body, [("x", np.dtype(np.float32))])
+
+
+@pytest.mark.parametrize("text", ["NaN", "inf", "-Infinity", "5", "x"])
+@pytest.mark.parametrize("datatype", ["FP32", "FP64", "FP16", "INT64", "BOOL"])
+def test_a_json_string_is_not_a_number(datatype: str, text: str) -> None:
+    """numpy reads "NaN", "inf" and "5" as numbers (and any string as True); JSON does not:
+    every one gets the 400 that "x" gets."""
+    with pytest.raises(BadRequest, match=f"cannot be read as {datatype}"):
+        v2.parse_infer_request(_json_input(datatype=datatype, data=[1, text]))
+    with pytest.raises(BadRequest, match="cannot be read as"):
+        v1.parse_predict_request(
+            orjson.dumps({"instances": [[1, text]]}), [("x", V2_TO_NUMPY[datatype])]
+        )
+
+
+def test_numbers_in_nested_lists_and_nulls_read_as_before() -> None:
+    got = v2.parse_infer_request(_json_input(shape=[2, 2], data=[[1, 2.5], [3, 4]]))
+    np.testing.assert_array_equal(got.inputs["x"], np.array([[1, 2.5], [3, 4]], np.float32))
+    got = v2.parse_infer_request(_json_input(data=[1, None]))
+    assert np.isnan(got.inputs["x"][1])  # null was read as NaN, and still is

@@ -409,3 +409,12 @@ def test_bytes_int_and_bool_inputs_json_binary_and_v1(mixed_onnx: Path) -> None:
         assert r.json() == {
             "error": "input 's': datatype FP32 does not match; the model expects BYTES"
         }
+
+
+def test_nan_strings_are_a_400_like_any_other_string(client: TestClient) -> None:
+    for text in ("x", "NaN"):
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                            "data": [text] * 64}]}  # fmt: skip
+        r = client.post("/v2/models/mlp/infer", json=body)
+        assert r.status_code == 400
+        assert r.json()["error"].startswith("input 'input'.data cannot be read as FP32")

@@ -6,7 +6,10 @@ element is a 4-byte little-endian length followed by its bytes.
 
 from __future__ import annotations
 
+import array
 import struct
+import sys
+from typing import Any
 
 import numpy as np
 from modelservice_runtime.errors import BadRequest
@@ -84,9 +87,45 @@ def v2_datatype(dtype: np.dtype) -> str:
         raise ValueError(f"numpy dtype {dtype} has no V2 datatype") from None
 
 
-def element_size(datatype: str) -> int | None:
-    """Bytes per element of a fixed-size datatype; None for BYTES."""
-    return None if datatype == "BYTES" else V2_TO_NUMPY[datatype].itemsize
+# numpy dtype -> the array module's type code of the same layout (little-endian hosts only).
+_ARRAY_CODES: dict[np.dtype, str] = {
+    np.dtype(f"<{kind}{array.array(code).itemsize}"): code
+    for kind, code in (("i", "b"), ("u", "B"), ("i", "h"), ("u", "H"), ("i", "i"), ("u", "I"),
+                       ("i", "q"), ("u", "Q"), ("f", "f"), ("f", "d"))
+    if sys.byteorder == "little"
+}  # fmt: skip
+
+
+def json_numbers(data: Any, dtype: np.dtype) -> np.ndarray:
+    """A JSON list of numbers (flat or nested) as an array of `dtype`.
+
+    numpy alone would read strings too ("NaN", "inf", "5" as numbers, any non-empty string
+    as True), but a JSON string is not a number: a numeric tensor refuses them as it refuses
+    "x", with ValueError. A flat list of numbers takes the array module's typed conversion,
+    which refuses anything else by itself; the rest is scanned for strings first.
+    """
+    code = _ARRAY_CODES.get(dtype)
+    if code is not None and type(data) is list:
+        try:
+            return np.frombuffer(array.array(code, data), dtype)
+        except (TypeError, OverflowError):
+            pass  # nested, not all numbers, or out of range: numpy says which below
+    if dtype.kind in "biufc":
+        found = _first_string(data)
+        if found is not None:
+            raise ValueError(f"a JSON string is not a number, got {found!r}")
+    return np.array(data, dtype=dtype)
+
+
+def _first_string(data: Any) -> str | None:
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if type(item) is list:
+            stack.extend(reversed(item))
+        elif isinstance(item, str):
+            return item
+    return None
 
 
 def decode_bytes_tensor(buf: memoryview | bytes, count: int, *, what: str) -> np.ndarray:

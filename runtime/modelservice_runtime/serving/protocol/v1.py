@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import orjson
 from modelservice_runtime.errors import BadRequest
+from modelservice_runtime.serving.datatypes import json_numbers
 
 
 def _rows(value: Any, dtype: np.dtype, what: str) -> np.ndarray:
     if not isinstance(value, list) or not value:
         raise BadRequest(f"{what} must be a non-empty list of rows")
     try:
-        return np.array(value, dtype=dtype)
+        return json_numbers(value, dtype)
     except (ValueError, TypeError, OverflowError) as e:
         raise BadRequest(f"{what} cannot be read as {dtype} rows of equal shape ({e})") from None
 

@@ -23,6 +23,7 @@ from modelservice_runtime.errors import BadRequest
 from modelservice_runtime.serving.datatypes import (
     decode_bytes_tensor,
     encode_bytes_tensor,
+    json_numbers,
     numpy_dtype,
     v2_datatype,
 )
@@ -86,7 +87,7 @@ def _json_tensor(data: Any, dtype: np.dtype, shape: tuple[int, ...], what: str) 
     if not isinstance(data, list):
         raise BadRequest(f"{what}.data must be a list of values, got {type(data).__name__}")
     try:
-        arr = np.array(data, dtype=dtype)
+        arr = json_numbers(data, dtype)
     except (ValueError, TypeError, OverflowError) as e:
         raise BadRequest(
             f"{what}.data cannot be read as {v2_datatype(dtype)} ({e}); "
