@@ -188,16 +188,19 @@ class DynamicBatcher:
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         try:
+            resumed = loop.time()  # when the collector last had the loop back
             while True:
                 # Fill the next batch while the current one runs; start it when a worker frees.
                 while self._running >= self._concurrency or not self._queued:
                     await self._sleep()
+                    resumed = loop.time()
                 key, group = min(self._groups.items(), key=lambda kv: kv[1].items[0].arrival)
                 deadline = group.items[0].arrival + self._max_delay
                 quiet_rounds = 0
                 while group.rows < self._max_rows and quiet_rounds < 2 and loop.time() < deadline:
                     seen = self._submitted
                     await asyncio.sleep(0)  # let requests already on their way reach submit()
+                    resumed = loop.time()
                     quiet_rounds = quiet_rounds + 1 if self._submitted == seen else 0
                 batch = self._take(key, group, loop.time())
                 if not batch:
@@ -205,7 +208,14 @@ class DynamicBatcher:
                 self._running += 1
                 if self.row_time.expected_below(sum(p.rows for p in batch), self._inline_below_s):
                     self._finish(batch, self._run_here(batch, loop))
-                    await asyncio.sleep(0)  # let the answers out and the next requests in
+                    # With batches of one request there is nothing to gather: the requests
+                    # already queued run back to back, as they would each in its own task,
+                    # for up to inline_below_s; then, as after every batch, the answers go
+                    # out and the next requests come in.
+                    back_to_back = self._max_rows == 1 and self._queued
+                    if not back_to_back or loop.time() - resumed >= self._inline_below_s:
+                        await asyncio.sleep(0)
+                        resumed = loop.time()
                     continue
                 fut = loop.run_in_executor(self._executor, self._execute, batch)
                 fut.add_done_callback(lambda f, b=batch: self._finish(b, f))
