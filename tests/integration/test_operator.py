@@ -216,8 +216,27 @@ def test_more_gpus_than_any_node_has_stays_pending(kctl: Kubectl, msvc_namespace
         )
 
     wait_until("the 8-GPU pod to be Unschedulable", unschedulable)
-    obj = wait_phase(kctl, ns, "too-many-gpus", "Pending")
-    assert condition(obj, "Ready")["reason"] == "PodsNotReady"
+    # The operator watches the pods: the status says why, in the scheduler's words.
+    obj = wait_until(
+        "msvc/too-many-gpus Ready=False reason Unschedulable",
+        lambda: msvc_when(
+            kctl,
+            ns,
+            "too-many-gpus",
+            lambda o: condition(o, "Ready").get("reason") == "Unschedulable",
+        ),
+    )
+    assert obj["status"]["phase"] == "Pending"
+    assert "nvidia.com/gpu" in condition(obj, "Ready")["message"], condition(obj, "Ready")
+    warnings = wait_until(
+        "a Warning event Unschedulable on msvc/too-many-gpus",
+        lambda: [
+            e
+            for e in kctl.events(ns, "too-many-gpus")
+            if e["type"] == "Warning" and e["reason"] == "Unschedulable"
+        ],
+    )
+    assert "nvidia.com/gpu" in warnings[0]["message"], warnings
 
 
 # --- validation --------------------------------------------------------------------------------
