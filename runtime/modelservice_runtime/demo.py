@@ -117,6 +117,9 @@ def demo_manifest(uri: str, sha256: str, repo: Path) -> dict[str, Any]:
     # The example normalizes 3 image channels (ImageNet); the demo's MLP takes 4 features, and
     # a real runtime refuses the mismatch at start (kwok's fake pods never noticed).
     manifest["spec"]["runtime"].pop("normalize", None)
+    # A quarter core per replica, so a rollout's surge pod fits beside the operator on a
+    # 2-core node; the example's 1 CPU is sized for resnet.
+    manifest["spec"]["resources"]["requests"]["cpu"] = "250m"
     return manifest
 
 

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.integration.nodes import on_fake_nodes
 from tests.integration.processes import free_port, stop
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -257,12 +258,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def msvc(name: str, **spec: Any) -> dict[str, Any]:
-    """A ModelService manifest with a placeholder model (kwok never runs the pod)."""
+    """A ModelService manifest with a placeholder model, on the kwok fake nodes (where the pod
+    never runs; the real node would try to fetch the placeholder)."""
     return {
         "apiVersion": "serving.modelservice.io/v1alpha1",
         "kind": "ModelService",
         "metadata": {"name": name},
-        "spec": {"model": {"uri": "https://models.example.com/m.onnx"}, **spec},
+        "spec": on_fake_nodes({"model": {"uri": "https://models.example.com/m.onnx"}, **spec}),
     }
 
 

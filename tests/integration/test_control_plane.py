@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.integration.nodes import on_fake_nodes
+
 pytestmark = pytest.mark.cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -130,6 +132,7 @@ def _pod(
         spec["tolerations"] = [
             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
         ]
+    on_fake_nodes(spec)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -149,7 +152,7 @@ def test_deployment_pods_run_on_cpu_nodes(kubectl: Kubectl, namespace: str) -> N
                 "selector": {"matchLabels": {"app": "web"}},
                 "template": {
                     "metadata": {"labels": {"app": "web"}},
-                    "spec": {"containers": [{"name": "main", "image": IMAGE}]},
+                    "spec": on_fake_nodes({"containers": [{"name": "main", "image": IMAGE}]}),
                 },
             },
         },
@@ -282,15 +285,17 @@ def test_hpa_scales_on_simulated_cpu(kubectl: Kubectl, namespace: str) -> None:
                 "selector": {"matchLabels": {"app": "busy"}},
                 "template": {
                     "metadata": {"labels": {"app": "busy"}, "annotations": {SIMULATED_CPU: "750m"}},
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "main",
-                                "image": IMAGE,
-                                "resources": {"requests": {"cpu": "500m"}},
-                            }
-                        ]
-                    },
+                    "spec": on_fake_nodes(
+                        {
+                            "containers": [
+                                {
+                                    "name": "main",
+                                    "image": IMAGE,
+                                    "resources": {"requests": {"cpu": "500m"}},
+                                }
+                            ]
+                        }
+                    ),
                 },
             },
         },

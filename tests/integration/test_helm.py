@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.nodes import FAKE_NODE_SELECTOR, FAKE_NODE_TOLERATION
 from tests.integration.processes import free_port, stop
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -151,6 +152,10 @@ def _install(cluster: Cluster, name: str, ns: str, *set_args: str) -> Release:
     ]
     for pair in set_args:
         args += ["--set", pair]
+    # The operator pod on a kwok fake node: its image (the chart's default tag) is never
+    # built for these tests; test_real_node.py installs the chart with the real image.
+    args += ["--set-json", f"nodeSelector={json.dumps(FAKE_NODE_SELECTOR)}"]
+    args += ["--set-json", f"tolerations={json.dumps([FAKE_NODE_TOLERATION])}"]
     cluster.helm(*args)
     # The chart names objects `<release>-modelservice-operator` unless the release name already
     # contains the chart name; cluster-scoped ones are prefixed with the namespace.
