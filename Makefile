@@ -19,6 +19,11 @@ export PATH := $(VENV)/bin:$(BIN):$(PATH)
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
+# The images are built for the real node only: without one (not Linux, not root) nothing runs
+# them, and the tests that need them say so.
+IMAGES_IF_REAL_NODE = if grep -qx REAL_NODE=yes $(CACHE)/cluster/real-node; then hack/images.sh; \
+	else echo ">> no real node (see $(CACHE)/cluster/real-node): images not built"; fi
+
 # constraints.txt holds the tests to the versions the images install (make constraints).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@echo ">> python venv in $(VENV) (extras: $(EXTRAS))"
@@ -55,7 +60,7 @@ crd: venv ## regenerate crds/ (and the chart's copy) from the pydantic models
 test: venv tools host-deps ## set everything up and run the whole suite
 	$(VENV)/bin/ruff check .
 	@start=$$(date +%s); hack/cluster-up.sh; echo ">> phase: node up in $$(( $$(date +%s) - start ))s"
-	@start=$$(date +%s); hack/images.sh; echo ">> phase: images in $$(( $$(date +%s) - start ))s"
+	@start=$$(date +%s); $(IMAGES_IF_REAL_NODE); echo ">> phase: images in $$(( $$(date +%s) - start ))s"
 	set -o pipefail; status=0; start=$$(date +%s); \
 	KUBECONFIG=$(KUBECONFIG_FILE) $(PY) -m pytest tests $(PYTEST_ARGS) || status=$$?; \
 	echo ">> phase: suite in $$(( $$(date +%s) - start ))s"; \
@@ -66,11 +71,12 @@ test-unit: venv ## fast tests only (no control plane)
 
 demo: venv tools host-deps ## the main job end to end on the local control plane (a real node where it can)
 	hack/cluster-up.sh
-	hack/images.sh
+	$(IMAGES_IF_REAL_NODE)
 	$(PY) -m modelservice_runtime.cli demo
 
 bench: venv tools ## benchmarks side by side with peers -> docs/benchmarks.md
 	$(PY) bench/run.py
+	$(PY) bench/real_node.py
 
 soak: venv ## longer reliability runs -> docs/reliability.md
 	$(PY) -m pytest tests -m soak -p no:cacheprovider $(PYTEST_ARGS)
@@ -94,7 +100,11 @@ node-load: ## load the built images into the real node's containerd
 kind-load: ## load both images into the kind cluster
 	kind load docker-image --name $(KIND_CLUSTER) $(RUNTIME_IMAGE) $(OPERATOR_IMAGE)
 
-deploy: ## helm install the operator into the current kube context
+# The local control plane's kubeconfig when it is up and KUBECONFIG is unset (kind sets the
+# current context of ~/.kube/config instead).
+deploy: ## helm install the operator into the current kube context (the local control plane's if up)
+	@if [ -z "$$KUBECONFIG" ] && [ -f $(KUBECONFIG_FILE) ]; then echo ">> KUBECONFIG=$(KUBECONFIG_FILE)"; fi
+	KUBECONFIG=$${KUBECONFIG:-$$( [ -f $(KUBECONFIG_FILE) ] && echo $(KUBECONFIG_FILE) )} \
 	helm upgrade --install modelservice-operator charts/modelservice-operator \
 	  --namespace modelservice-system --create-namespace \
 	  --set image.repository=$(firstword $(subst :, ,$(OPERATOR_IMAGE))) \

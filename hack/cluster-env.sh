@@ -16,6 +16,10 @@ NODE_NAME="modelservice-node"
 NODE_IP="198.18.0.1"
 POD_CIDR="198.18.0.0/24"
 SERVICE_CIDR="198.19.0.0/16"
+# Addresses kwok gives its fake pods (nothing answers there).
+FAKE_POD_CIDR="198.18.64.0/18"
+# Everything above: the host routes it to the bridge, so none of it ever leaves the machine.
+TEST_NET="198.18.0.0/15"
 # The first address of the service range: the `kubernetes` Service, which in-cluster clients
 # dial, so it must be in the apiserver's certificate.
 API_SERVICE_IP="198.19.0.1"

@@ -114,6 +114,10 @@ componentsPatches:
     value: "false"
   - key: manage-nodes-with-annotation-selector
     value: kwok.x-k8s.io/node=fake
+  # Fake pods' addresses inside 198.18.0.0/15 too (kwok's default is 10.0.0.0/24): kube-proxy
+  # programs them as Service endpoints, and the host routes the whole range to the bridge.
+  - key: cidr
+    value: ${FAKE_POD_CIDR}
 - name: kube-controller-manager
   extraArgs:
   # Short HPA loop so autoscaling tests see decisions within seconds.

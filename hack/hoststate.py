@@ -112,32 +112,36 @@ def iptables_save(binary: str) -> str:
     return run(save, check=False)
 
 
-def restore_iptables(binary: str, before_text: str) -> None:
-    before = parse_save(before_text)
-    now = parse_save(iptables_save(binary))
+def iptables_undo(before_text: str, now_text: str) -> list[list[str]]:
+    """The iptables arguments (after `-t TABLE`) that take `now` back to `before`: delete each
+    rule that is new in a chain that was there before, then flush and delete each new chain.
+    Rules first: a chain can only be deleted once nothing jumps to it."""
+    before, now = parse_save(before_text), parse_save(now_text)
+    steps: list[list[str]] = []
     for table, state in now.items():
         old = before.get(table, {"chains": [], "rules": []})
         old_rules = set(old["rules"])
         new_chains = [c for c in state["chains"] if c not in old["chains"]]
-        # Rules first (jumps into new chains included), then the chains themselves: a chain
-        # can only be deleted once nothing refers to it.
         for rule in state["rules"]:
             if rule in old_rules or rule.split()[1] in new_chains:
                 continue
             args = shlex.split(rule)
             args[0] = "-D"
-            proc = subprocess.run([binary, "-w", "-t", table, *args], capture_output=True)
-            if proc.returncode == 0:
-                log(f"{binary} -t {table}: removed rule {rule}")
-            else:
-                log(f"warning: {binary} -t {table} could not remove {rule}: {proc.stderr!r}")
-        for chain in new_chains:
-            run(binary, "-w", "-t", table, "-F", chain, check=False)
-        for chain in new_chains:
-            if subprocess.run([binary, "-w", "-t", table, "-X", chain]).returncode == 0:
-                log(f"{binary} -t {table}: removed chain {chain}")
-            else:
-                log(f"warning: {binary} -t {table} could not remove chain {chain}")
+            steps.append(["-t", table, *args])
+        steps += [["-t", table, "-F", chain] for chain in new_chains]
+        steps += [["-t", table, "-X", chain] for chain in new_chains]
+    return steps
+
+
+def restore_iptables(binary: str, before_text: str) -> None:
+    for step in iptables_undo(before_text, iptables_save(binary)):
+        proc = subprocess.run([binary, "-w", *step], capture_output=True, text=True)
+        if step[2] == "-F":
+            continue
+        if proc.returncode == 0:
+            log(f"{binary} {' '.join(step)}")
+        else:
+            log(f"warning: {binary} {' '.join(step)} failed: {proc.stderr.strip()}")
 
 
 # --- mounts and links ------------------------------------------------------------------------

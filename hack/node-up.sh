@@ -67,9 +67,10 @@ network_up() {
   ip link add "${BRIDGE}" type bridge
   ip addr add "${NODE_IP}/${POD_CIDR#*/}" dev "${BRIDGE}"
   ip link set "${BRIDGE}" up
-  # Host traffic for a Service address kube-proxy has not rewritten would otherwise follow the
-  # default route off the machine; this keeps the whole range on the bridge.
-  ip route add "${SERVICE_CIDR}" dev "${BRIDGE}"
+  # Host traffic for a Service address kube-proxy has not rewritten, or for a kwok fake pod's
+  # address, would otherwise follow the default route off the machine; this keeps the whole
+  # test range on the bridge (the pods' /24 stays the more specific, connected route).
+  ip route add "${TEST_NET}" dev "${BRIDGE}"
   # Pods talk to each other through Services: their replies cross the bridge, and must pass
   # iptables to be un-NATed. Forwarding is on for pod -> Service -> pod on the same bridge.
   echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables
@@ -181,7 +182,7 @@ EOF
         "type": "host-local",
         "dataDir": "${NODE_DIR}/cni/ipam",
         "ranges": [[{"subnet": "${POD_CIDR}", "gateway": "${NODE_IP}"}]],
-        "routes": [{"dst": "198.18.0.0/15"}]
+        "routes": [{"dst": "${TEST_NET}"}]
       }
     }
   ]

@@ -36,6 +36,7 @@ import pytest
 
 from tests.integration.conftest import REPO_ROOT, Kubectl, condition, wait_until
 from tests.integration.processes import stop
+from tests.needs import needed
 
 pytestmark = [pytest.mark.cluster, pytest.mark.real_node, pytest.mark.slow]
 
@@ -54,9 +55,7 @@ ROWS = 4
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"the real node is required in CI (CI=true) and is not there: {reason}")
-    pytest.skip(f"no real node: {reason}")
+    needed(f"no real node: {reason}")
 
 
 def _image_on_node(image: str) -> bool:
@@ -69,31 +68,42 @@ def _image_on_node(image: str) -> bool:
     return proc.returncode == 0 and name in proc.stdout.split()
 
 
-@pytest.fixture(scope="module")
-def node_ip(kctl: Kubectl) -> str:
-    """The real node's address, once it is Ready and holds both images."""
+def real_node_ip(kctl: Kubectl) -> tuple[str | None, str]:
+    """(the real node's address, "") once it is Ready and holds both images, else
+    (None, why not)."""
     if not REAL_NODE_FILE.exists():
-        _unavailable(f"{REAL_NODE_FILE} is missing: the cluster was not started by cluster-up")
+        return None, f"{REAL_NODE_FILE} is missing: the cluster was not started by cluster-up"
     facts = dict(
         line.split("=", 1) for line in REAL_NODE_FILE.read_text().splitlines() if "=" in line
     )
     if facts.get("REAL_NODE") != "yes":
-        _unavailable(facts.get("REAL_NODE_REASON") or "hack/cluster-up.sh started none")
+        return None, facts.get("REAL_NODE_REASON") or "hack/cluster-up.sh started none"
     nodes = kctl.list("nodes", "default", selector="type=real")
     if not nodes:
-        _unavailable("no node labelled type=real is registered")
+        return None, "no node labelled type=real is registered"
     node = nodes[0]
     if condition(node, "Ready").get("status") != "True":
-        _unavailable(f"node {node['metadata']['name']} is not Ready")
+        return None, f"node {node['metadata']['name']} is not Ready"
     for image in (RUNTIME_IMAGE, OPERATOR_IMAGE):
         if not _image_on_node(image):
-            _unavailable(f"{image} is not in the node's containerd: run `make images`")
-    return next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+            return None, f"{image} is not in the node's containerd: run `make images`"
+    ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+    return ip, ""
 
 
 @pytest.fixture(scope="module")
-def chart_operator(kctl: Kubectl, node_ip: str, modelservice_crd: str) -> Iterator[str]:
-    """The chart's operator pod (the real image) watching NAMESPACE; yields its pod name."""
+def node_ip(kctl: Kubectl) -> str:
+    ip, why_not = real_node_ip(kctl)
+    if ip is None:
+        _unavailable(why_not)
+    assert ip is not None
+    return ip
+
+
+@contextlib.contextmanager
+def operator_from_chart(kctl: Kubectl) -> Iterator[str]:
+    """The chart's operator pod (the real image) watching NAMESPACE; yields its pod name.
+    The CRD must be installed."""
     kctl.run("create", "namespace", NAMESPACE)
     release = f"msvc-real-{SUFFIX}"
     helm = str(REPO_ROOT / ".cache" / "bin" / "helm")
@@ -126,6 +136,12 @@ def chart_operator(kctl: Kubectl, node_ip: str, modelservice_crd: str) -> Iterat
             kctl.run("delete", "namespace", ns, "--wait=false", check=False)
 
 
+@pytest.fixture(scope="module")
+def chart_operator(kctl: Kubectl, node_ip: str, modelservice_crd: str) -> Iterator[str]:
+    with operator_from_chart(kctl) as pod:
+        yield pod
+
+
 @dataclass
 class ModelFiles:
     """Files served over HTTP from the node's address (the pods' model server)."""
@@ -143,11 +159,9 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def model_files(
-    node_ip: str, mlp_onnx: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ModelFiles]:
-    root = tmp_path_factory.mktemp("node-models")
+@contextlib.contextmanager
+def serve_model_files(node_ip: str, mlp_onnx: Path, root: Path) -> Iterator[ModelFiles]:
+    """mlp.onnx and a corrupt file, over HTTP from the node's address, out of `root`."""
     shutil.copy(mlp_onnx, root / "mlp.onnx")
     # Bytes that are no ONNX model, with a correct checksum: the fetch passes, the load fails.
     (root / "corrupt.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
@@ -163,6 +177,14 @@ def model_files(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def model_files(
+    node_ip: str, mlp_onnx: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ModelFiles]:
+    with serve_model_files(node_ip, mlp_onnx, tmp_path_factory.mktemp("node-models")) as files:
+        yield files
 
 
 def manifest(name: str, model: dict[str, Any], **spec: Any) -> dict[str, Any]:
