@@ -13,29 +13,37 @@ EXTRAS     ?= runtime,operator,export,dev
 
 export PATH := $(VENV)/bin:$(BIN):$(PATH)
 
-.PHONY: help venv tools cluster-up cluster-down test test-unit test-integration lint \
-        demo bench soak crd kind-up images kind-load deploy e2e-kind clean
+.PHONY: help venv tools host-deps cluster-up cluster-down test test-unit test-integration lint \
+        demo bench soak crd constraints kind-up images node-load kind-load deploy e2e-kind clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt holds the tests to the versions the images install (make constraints).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@echo ">> python venv in $(VENV) (extras: $(EXTRAS))"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $@
 
 venv: $(VENV)/.installed ## create the Python venv with every extra
 
-tools: ## build the control-plane binaries from Go modules into .cache/bin
+tools: ## build the control-plane binaries (and the real node's) from Go modules into .cache/bin
 	hack/build-tools.sh
 
-cluster-up: tools ## start the local control plane (kubeconfig: .cache/cluster/kubeconfig)
+host-deps: ## install the host packages the real node and image builds need (root, Debian)
+	hack/host-deps.sh
+
+cluster-up: tools host-deps ## start the local control plane with kwok nodes and a real node
 	hack/cluster-up.sh
 
-cluster-down: ## stop the local control plane
+cluster-down: ## stop the control plane and the real node, undo what they changed on the host
 	hack/cluster-down.sh
+	hack/docker-down.sh
+
+constraints: ## re-pin constraints.txt (the images' and the test venv's versions)
+	hack/update-constraints.sh
 
 lint: venv ## ruff
 	$(VENV)/bin/ruff check .
@@ -44,17 +52,21 @@ lint: venv ## ruff
 crd: venv ## regenerate crds/ (and the chart's copy) from the pydantic models
 	$(PY) -m modelservice_operator.crd --write
 
-test: venv tools ## set everything up and run the whole suite
+test: venv tools host-deps ## set everything up and run the whole suite
 	$(VENV)/bin/ruff check .
-	hack/cluster-up.sh
-	set -o pipefail; status=0; \
+	@start=$$(date +%s); hack/cluster-up.sh; echo ">> phase: node up in $$(( $$(date +%s) - start ))s"
+	@start=$$(date +%s); hack/images.sh; echo ">> phase: images in $$(( $$(date +%s) - start ))s"
+	set -o pipefail; status=0; start=$$(date +%s); \
 	KUBECONFIG=$(KUBECONFIG_FILE) $(PY) -m pytest tests $(PYTEST_ARGS) || status=$$?; \
-	hack/cluster-down.sh; exit $$status
+	echo ">> phase: suite in $$(( $$(date +%s) - start ))s"; \
+	hack/cluster-down.sh; hack/docker-down.sh; exit $$status
 
 test-unit: venv ## fast tests only (no control plane)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-demo: venv tools ## the main job end to end on the local control plane
+demo: venv tools host-deps ## the main job end to end on the local control plane (a real node where it can)
+	hack/cluster-up.sh
+	hack/images.sh
 	$(PY) -m modelservice_cli demo
 
 bench: venv tools ## benchmarks side by side with peers -> docs/benchmarks.md
@@ -73,9 +85,11 @@ kind-up: ## create a kind cluster from kind-config.yaml (kept if it already exis
 	  echo "kind cluster $(KIND_CLUSTER) already exists"; \
 	else kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml --wait 180s; fi
 
-images: ## build the runtime and operator images
-	docker build -f runtime/Dockerfile -t $(RUNTIME_IMAGE) .
-	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
+images: host-deps ## build the runtime and operator images (offline base if none can be pulled), load them into the real node
+	RUNTIME_IMAGE=$(RUNTIME_IMAGE) OPERATOR_IMAGE=$(OPERATOR_IMAGE) hack/images.sh
+
+node-load: ## load the built images into the real node's containerd
+	RUNTIME_IMAGE=$(RUNTIME_IMAGE) OPERATOR_IMAGE=$(OPERATOR_IMAGE) hack/images.sh load
 
 kind-load: ## load both images into the kind cluster
 	kind load docker-image --name $(KIND_CLUSTER) $(RUNTIME_IMAGE) $(OPERATOR_IMAGE)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.servers import REPO, VENV, rss_mib
+from tests.integration.nodes import on_fake_nodes
 
 KUBECONFIG = REPO / ".cache" / "cluster" / "kubeconfig"
 GROUP, VERSION, PLURAL = "serving.modelservice.io", "v1alpha1", "modelservices"
@@ -41,12 +42,15 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def manifest(name: str) -> dict[str, Any]:
-    """A small, valid ModelService: one replica, no autoscaling, an https model uri."""
+    """A small, valid ModelService: one replica, no autoscaling, an https model uri, its pod
+    on a kwok fake node (a thousand real pods would not fit the real one)."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ModelService",
         "metadata": {"name": name},
-        "spec": {"model": {"uri": "https://models.example.com/mlp.onnx"}, "replicas": 1},
+        "spec": on_fake_nodes(
+            {"model": {"uri": "https://models.example.com/mlp.onnx"}, "replicas": 1}
+        ),
     }
 
 
@@ -96,12 +100,16 @@ def ensure_crd() -> None:
 
 
 EXTRA_SERVICE_CIDR = "modelservice-bench-scale"
+# Inside 198.18.0.0/15 (test networks), clear of the pod range (198.18.0.0/24) and the
+# cluster's own service range (198.19.0.0/16).
+EXTRA_SERVICE_RANGE = "198.18.128.0/17"
 
 
 def ensure_service_capacity(count: int) -> str:
     """Make room for `count` more ClusterIPs; returns a note ('' when nothing was needed).
 
-    kube-apiserver's default Service range is 10.0.0.0/24 (254 addresses), so 1000
+    kube-apiserver's default Service range is 10.0.0.0/24 (254 addresses; hack/cluster-up.sh
+    sets a /16), so 1000
     ModelServices (one Service each) cannot all become current on a control plane started
     without --service-cluster-ip-range. Kubernetes >= 1.33 accepts extra ranges as
     ServiceCIDR objects, so the bench adds one for its run and removes it afterwards.
@@ -125,12 +133,12 @@ def ensure_service_capacity(count: int) -> str:
         "apiVersion": "networking.k8s.io/v1",
         "kind": "ServiceCIDR",
         "metadata": {"name": EXTRA_SERVICE_CIDR},
-        "spec": {"cidrs": ["10.240.0.0/16"]},
+        "spec": {"cidrs": [EXTRA_SERVICE_RANGE]},
     }
     net.create_service_cidr(body, _request_timeout=10)
     return (
         f"Service IP range had room for {capacity - used} more Services; added ServiceCIDR "
-        f"{EXTRA_SERVICE_CIDR} (10.240.0.0/16) for this run"
+        f"{EXTRA_SERVICE_CIDR} ({EXTRA_SERVICE_RANGE}) for this run"
     )
 
 

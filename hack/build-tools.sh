@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the local control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok, kwokctl, metrics-server, helm) from the Go tools module in
+# kube-scheduler, kubectl, kubelet, kube-proxy, kwok, kwokctl, metrics-server, helm) from the Go tools module in
 # hack/tools into <repo>/.cache/bin. See hack/README.md.
 #
 # Idempotent: a binary is rebuilt only when it is missing or its build stamp (a hash of
@@ -66,6 +66,9 @@ TARGETS=(
   "kube-controller-manager|k8s.io/kubernetes/cmd/kube-controller-manager|$(kube_ldflags)"
   "kube-scheduler|k8s.io/kubernetes/cmd/kube-scheduler|$(kube_ldflags)"
   "kubectl|k8s.io/kubernetes/cmd/kubectl|$(kube_ldflags)"
+  # The real node (hack/node-up.sh): its kubelet and kube-proxy at the same release.
+  "kubelet|k8s.io/kubernetes/cmd/kubelet|$(kube_ldflags)"
+  "kube-proxy|k8s.io/kubernetes/cmd/kube-proxy|$(kube_ldflags)"
   "kwok|sigs.k8s.io/kwok/cmd/kwok|-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBE_VERSION#v}"
   "kwokctl|sigs.k8s.io/kwok/cmd/kwokctl|-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBE_VERSION#v}"
   # metrics-server reports its own version through client-go's version package.

@@ -11,6 +11,9 @@ source "${HACK_DIR}/cluster-env.sh"
 
 log() { printf '[cluster-down] %s\n' "$*" >&2; }
 
+# The real node first, while the API is up to stop its pods (a no-op when there is none).
+"${HACK_DIR}/node-down.sh"
+
 PID_DIR="${KWOK_WORKDIR}/clusters/${CLUSTER_NAME}/pids"
 pids=()
 if [[ -d "${PID_DIR}" ]]; then
@@ -56,5 +59,5 @@ done
 
 # kwokctl caches the built metrics-server manifest by path: drop it so edits take effect.
 rm -rf "${KWOK_WORKDIR}/clusters/${CLUSTER_NAME}" "${KWOK_WORKDIR}/cache" "${KUBECONFIG_FILE}" \
-  "${CLUSTER_DIR}/kwokctl.yaml"
+  "${CLUSTER_DIR}/kwokctl.yaml" "${CLUSTER_DIR}/real-node"
 log "stopped"

@@ -7,3 +7,29 @@ KUBECONFIG_FILE="${CLUSTER_DIR}/kubeconfig"
 CLUSTER_NAME="modelservice"
 # kwokctl keeps each cluster's pki, pids, logs and etcd data under $KWOK_WORKDIR/clusters/<name>.
 export KWOK_WORKDIR="${CLUSTER_DIR}/kwok"
+
+# --- The real node (hack/node-up.sh) ----------------------------------------------------------
+# Addresses come from 198.18.0.0/15 (reserved for test networks), so no route can point at a
+# real network. The node's address is the CNI bridge's own: pods reach the node (and the model
+# servers tests start on it) and nothing else.
+NODE_NAME="modelservice-node"
+NODE_IP="198.18.0.1"
+POD_CIDR="198.18.0.0/24"
+SERVICE_CIDR="198.19.0.0/16"
+# Addresses kwok gives its fake pods (nothing answers there).
+FAKE_POD_CIDR="198.18.64.0/18"
+# Everything above: the host routes it to the bridge, so none of it ever leaves the machine.
+TEST_NET="198.18.0.0/15"
+# The first address of the service range: the `kubernetes` Service, which in-cluster clients
+# dial, so it must be in the apiserver's certificate.
+API_SERVICE_IP="198.19.0.1"
+BRIDGE="msvc0"
+NODE_DIR="${ROOT_DIR}/.cache/node"
+# Sockets and runtime state live on /run (tmpfs): unix socket paths must stay short.
+NODE_RUN_DIR="/run/modelservice-node"
+CONTAINERD_SOCK="${NODE_RUN_DIR}/containerd.sock"
+HOSTSTATE_DIR="${NODE_DIR}/hoststate"
+PAUSE_IMAGE="modelservice.local/pause:1"
+# Where the kwok fake nodes are (hack/kwok/nodes.yaml): their taint keeps pods that do not
+# ask for a fake node on the real one.
+FAKE_NODE_TAINT="kwok.x-k8s.io/node=fake:NoSchedule"

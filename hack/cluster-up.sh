@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Start the local control plane: `kwokctl create cluster --runtime binary` running etcd,
 # kube-apiserver, kube-controller-manager, kube-scheduler, kwok and metrics-server as local
-# processes from <repo>/.cache/bin (hack/build-tools.sh), then create the fake nodes from
-# hack/kwok/nodes.yaml. Nothing is downloaded. Idempotent: a healthy cluster is left alone.
+# processes from <repo>/.cache/bin (hack/build-tools.sh), create the fake nodes from
+# hack/kwok/nodes.yaml, and, where this host can (Linux, root: hack/node-up.sh check), one
+# real node whose pods run real containers (hack/node-up.sh). Nothing is downloaded.
+# Idempotent: a healthy cluster is left alone.
 #
-# Output: kubeconfig at <repo>/.cache/cluster/kubeconfig (printed on the last line).
-# Env: CLUSTER_UP_TIMEOUT (seconds, default 300), KWOKCTL_VERBOSITY (e.g. debug).
+# Output: kubeconfig at <repo>/.cache/cluster/kubeconfig (printed on the last line), and
+# .cache/cluster/real-node (REAL_NODE=yes|no and the reason), which the tests read.
+# Env: CLUSTER_UP_TIMEOUT (seconds, default 300), KWOKCTL_VERBOSITY (e.g. debug),
+#      MODELSERVICE_REAL_NODE (auto = where possible, default; 0 = fake nodes only).
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,11 +24,25 @@ die() { log "error: $*"; exit 1; }
 left() { echo $((DEADLINE - $(date +%s))); }
 
 for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kwokctl \
-  metrics-server; do
+  metrics-server; do  # kubelet and kube-proxy: hack/node-up.sh check
   [[ -x "${BIN_DIR}/${b}" ]] || die "${BIN_DIR}/${b} is missing; run hack/build-tools.sh first"
 done
 
 kc() { "${BIN_DIR}/kubectl" --kubeconfig "${KUBECONFIG_FILE}" --request-timeout=10s "$@"; }
+
+REAL_NODE_FILE="${CLUSTER_DIR}/real-node"
+if [[ "${MODELSERVICE_REAL_NODE:-auto}" == 0 ]]; then
+  real_node=no real_node_reason="MODELSERVICE_REAL_NODE=0"
+elif real_node_reason="$("${HACK_DIR}/node-up.sh" check)"; then
+  real_node=yes real_node_reason=""
+else
+  real_node=no
+  log "warning: no real node on this host: ${real_node_reason}; pods will only be kwok fakes"
+fi
+
+node_running() {
+  [[ -f "${NODE_DIR}/kubelet.pid" ]] && kill -0 "$(cat "${NODE_DIR}/kubelet.pid")" 2>/dev/null
+}
 
 healthy() {
   [[ -f "${KUBECONFIG_FILE}" ]] && kc get --raw /readyz >/dev/null 2>&1
@@ -46,12 +64,19 @@ write_config() {
   mkdir -p "${CLUSTER_DIR}"
   # The KwokctlConfiguration points every component at a local binary (an https:// default
   # would be downloaded); the other documents go to the kwok controller.
+  local bind=127.0.0.1
+  # Pods reach the apiserver at the node's address (the kubernetes Service's endpoint), host
+  # clients at 127.0.0.1 (kwokctl's kubeconfig): one bind address serves both only if it is
+  # all of them; hack/node-up.sh then drops connections to these ports from other interfaces.
+  [[ "${real_node}" == yes ]] && bind=0.0.0.0
   cat >"${CLUSTER_DIR}/kwokctl.yaml" <<EOF
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokctlConfiguration
 options:
   runtime: binary
-  bindAddress: 127.0.0.1
+  bindAddress: ${bind}
+  # In-cluster clients dial the kubernetes Service's address.
+  kubeApiserverCertSANs: [${API_SERVICE_IP}, ${NODE_IP}]
   kubeApiserverBinary: ${BIN_DIR}/kube-apiserver
   kubeControllerManagerBinary: ${BIN_DIR}/kube-controller-manager
   kubeSchedulerBinary: ${BIN_DIR}/kube-scheduler
@@ -66,10 +91,33 @@ options:
 componentsPatches:
 - name: kube-apiserver
   extraArgs:
-  # The default range (10.0.0.0/24) holds only ~250 Services: too few for the operator-scale
-  # benchmark's 1000 ModelServices (one Service each).
+  # Inside 198.18.0.0/15 (test networks), and large: the default (10.0.0.0/24) holds only
+  # ~250 Services, too few for the operator-scale benchmark's 1000 ModelServices.
   - key: service-cluster-ip-range
-    value: 10.96.0.0/16
+    value: ${SERVICE_CIDR}
+  # The endpoint of the kubernetes Service: the real node's pods reach it on the bridge.
+  - key: advertise-address
+    value: ${NODE_IP}
+  # logs, exec and port-forward dial the kubelet by address, with the admin certificate
+  # (the real node's kubelet checks it against the cluster CA).
+  - key: kubelet-preferred-address-types
+    value: InternalIP
+  - key: kubelet-client-certificate
+    value: ${KWOK_WORKDIR}/clusters/${CLUSTER_NAME}/pki/admin.crt
+  - key: kubelet-client-key
+    value: ${KWOK_WORKDIR}/clusters/${CLUSTER_NAME}/pki/admin.key
+- name: kwok-controller
+  extraArgs:
+  # kwok fakes only the nodes annotated as fake (hack/kwok/nodes.yaml), never the real one.
+  # kwokctl passes --manage-all-nodes=true first; the later flag wins.
+  - key: manage-all-nodes
+    value: "false"
+  - key: manage-nodes-with-annotation-selector
+    value: kwok.x-k8s.io/node=fake
+  # Fake pods' addresses inside 198.18.0.0/15 too (kwok's default is 10.0.0.0/24): kube-proxy
+  # programs them as Service endpoints, and the host routes the whole range to the bridge.
+  - key: cidr
+    value: ${FAKE_POD_CIDR}
 - name: kube-controller-manager
   extraArgs:
   # Short HPA loop so autoscaling tests see decisions within seconds.
@@ -108,9 +156,17 @@ wait_for() { # description command...
   done
 }
 
-if healthy; then
+write_real_node_file() {
+  printf 'REAL_NODE=%s\nREAL_NODE_REASON=%q\n' "${real_node}" "${real_node_reason}" >"${REAL_NODE_FILE}"
+}
+
+# A healthy cluster made in the other mode (with or without the real node) is made anew.
+if healthy && grep -qx "REAL_NODE=${real_node}" "${REAL_NODE_FILE}" 2>/dev/null; then
   apply_nodes
   wait_for "3 kwok nodes to be Ready" nodes_ready
+  if [[ "${real_node}" == yes ]] && ! node_running; then
+    "${HACK_DIR}/node-up.sh" node
+  fi
   log "cluster '${CLUSTER_NAME}' already running"
   echo "${KUBECONFIG_FILE}"
   exit 0
@@ -121,7 +177,12 @@ if cluster_exists; then
   "${HACK_DIR}/cluster-down.sh"
 fi
 
+if [[ "${real_node}" == yes ]]; then
+  # Before the control plane: the apiserver advertises the bridge's address.
+  "${HACK_DIR}/node-up.sh" network
+fi
 write_config
+write_real_node_file
 mkdir -p "${KWOK_WORKDIR}"
 log "creating cluster '${CLUSTER_NAME}' with kwokctl (binary runtime, state in ${KWOK_WORKDIR})"
 start="$(date +%s)"
@@ -153,6 +214,10 @@ until metrics_available; do
   fi
   sleep 2
 done
+
+if [[ "${real_node}" == yes ]]; then
+  "${HACK_DIR}/node-up.sh" node
+fi
 
 log "ready in $(($(date +%s) - start))s; nodes: $(kc get nodes -o name | tr '\n' ' ')"
 log "export KUBECONFIG=${KUBECONFIG_FILE}"

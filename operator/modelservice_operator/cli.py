@@ -8,6 +8,8 @@ CRD needed; run one replica).
 
 from __future__ import annotations
 
+import getpass
+import os
 from collections.abc import Sequence
 
 from modelservice_operator.settings import OperatorSettings
@@ -39,9 +41,28 @@ def kopf_args(argv: Sequence[str], settings: OperatorSettings) -> list[str]:
     return out + args
 
 
+def ensure_login_name() -> None:
+    """Let kopf name itself when the process's uid has no passwd entry.
+
+    kopf builds its identity (`user@host/...`, also with --standalone) from
+    getpass.getuser(), which raises KeyError (OSError from Python 3.13) for a uid absent
+    from /etc/passwd: an image run as a bare numeric USER (65532) with no such entry, or
+    under OpenShift's arbitrary uids. getpass reads $LOGNAME/$USER first, so setting USER
+    to the uid's number avoids the lookup; POD_ID (kopf's own override) or a real login
+    name are left alone.
+    """
+    if os.environ.get("POD_ID"):
+        return
+    try:
+        getpass.getuser()
+    except (KeyError, OSError):
+        os.environ["USER"] = f"uid{os.getuid()}"
+
+
 def run_kopf(argv: Sequence[str]) -> int:
     import kopf.cli
 
+    ensure_login_name()
     args = kopf_args(argv, OperatorSettings.from_env())
     try:
         kopf.cli.main.main(args=args, prog_name="modelservice operator", standalone_mode=False)

@@ -2,13 +2,16 @@
 
 - create/update/resume of a ModelService -> `reconcile()` (render + server-side apply of
   every child, removal of a stale HPA, status through kopf's `patch.status`).
-- Events of owned Deployments and HPAs -> status of the owner, recomputed from the child
-  that changed (event-driven; no polling). Events of any owned child also detect drift: a
-  child deleted or edited away from what the owner's spec renders is re-applied at once.
-- Indexes (kopf `@kopf.index`) of ModelServices, owned Deployments and owned HPAs give
-  every handler its owner's spec and its siblings' status from the watches, without an API
-  call; events of the ModelService itself re-check its status once (closing the race
-  between the reconcile's status write and the children's last event).
+- Events of owned Deployments, HPAs and runtime pods -> status of the owner, recomputed
+  from the child that changed (event-driven; no polling). The pods say why replicas are
+  not ready (a model fetch that failed, a runtime that crashed, an image that cannot be
+  pulled): the status names it, and a Warning event reports it once (per reason and
+  detail). Events of any other owned child detect drift: a child deleted or edited away
+  from what the owner's spec renders is re-applied at once.
+- Indexes (kopf `@kopf.index`) of ModelServices, owned Deployments, owned HPAs and the
+  runtime pods give every handler its owner's spec and its siblings' status from the
+  watches, without an API call; events of the ModelService itself re-check its status once
+  (closing the race between the reconcile's status write and the children's last event).
 - No finalizers (no timers, no mandatory delete handler): children go by garbage collection,
   and deleting a ModelService never waits for the operator.
 - Invalid spec: status Ready=False/InvalidSpec naming the field, a Warning event, and
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -27,10 +31,24 @@ import kopf
 from modelservice_operator import API_VERSION, FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
 from modelservice_operator import metrics as m
 from modelservice_operator.kube import KubeApiError, client
-from modelservice_operator.render import LABEL_MANAGED_BY, render_children, spec_hash
+from modelservice_operator.render import (
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    render_children,
+    spec_hash,
+)
 from modelservice_operator.settings import OperatorSettings
 from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
-from modelservice_operator.status import Phase, compute_status, invalid_status
+from modelservice_operator.status import (
+    WARNING_REASONS,
+    ConditionType,
+    PodDiagnosis,
+    compute_status,
+    diagnose_pods,
+    invalid_status,
+    pod_essentials,
+    refused,
+)
 
 SETTINGS = OperatorSettings.from_env()
 CHILD_LABELS = {LABEL_MANAGED_BY: FIELD_MANAGER}
@@ -74,7 +92,7 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.posting.level = logging.WARNING
     # kopf logs each handler call that succeeds: for the watch-event handlers that was 4 in
     # 5 lines of the log (12,500 of 15,500 for 1000 ModelServices), all saying nothing.
-    quiet = (modelservice_event, deployment_event, hpa_event, service_event, pdb_event)
+    quiet = (modelservice_event, deployment_event, hpa_event, service_event, pdb_event, pod_event)
     logging.getLogger("kopf.objects").addFilter(QuietSuccesses(h.__name__ for h in quiet))
     # Recover from a restarted or unreachable API server instead of hanging on a watch.
     # (a watch silently cut off is dropped after client_timeout and re-established).
@@ -137,6 +155,19 @@ def hpa_by_name(
     return {(namespace, name): {"status": _clean(body.get("status") or {})}}
 
 
+@kopf.index("v1", "pods", labels=CHILD_LABELS)
+def pods_by_owner(
+    body: kopf.Body, namespace: str, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, ModelService name) -> what status needs of each of its runtime pods
+    (status.pod_essentials: container states and last lines of output, nothing else).
+    A pod names its ModelService only by label: its owner is a ReplicaSet."""
+    instance = ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_INSTANCE)
+    if not instance:
+        return {}
+    return {(namespace, instance): pod_essentials(body)}
+
+
 def _indexed(index: kopf.Index, namespace: str, name: str) -> dict[str, Any] | None:
     return next(iter(index.get((namespace, name), [])), None)
 
@@ -172,6 +203,58 @@ def _owner_body(snapshot: Mapping[str, Any]) -> dict[str, Any]:
         "kind": KIND,
         "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "labels")},
     }
+
+
+def _state_key(meta: Mapping[str, Any]) -> tuple[str, str, str]:
+    """Key of a ModelService's in-memory state; the uid tells a re-created namesake apart."""
+    return (str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid")))
+
+
+# The pod failure last reported per ModelService (PodDiagnosis.signature), so that the
+# Warning event comes once per failure and not with every pod event. Handler threads
+# update it concurrently: the lock makes check-and-set one step.
+_reported: dict[tuple[str, str, str], tuple[str, str]] = {}
+_reported_lock = threading.Lock()
+
+
+def _ready_condition(status: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    for c in (status or {}).get("conditions") or []:
+        if c.get("type") == ConditionType.READY.value:
+            return c
+    return {}
+
+
+def report_pod_failure(
+    owner: Mapping[str, Any], status: Mapping[str, Any], diagnosis: PodDiagnosis | None
+) -> None:
+    """A Warning event on the ModelService when its status newly blames a pod (a failed
+    fetch, a crashed runtime, an image pull, no node); nothing while the same failure
+    goes on, however many pod events it takes. A failure that clears and comes back is
+    reported again."""
+    key = _state_key(owner["metadata"])
+    ready = _ready_condition(status)
+    if (
+        diagnosis is None
+        or diagnosis.reason not in WARNING_REASONS
+        or ready.get("reason") != diagnosis.reason.value
+    ):
+        with _reported_lock:
+            _reported.pop(key, None)
+        return
+    with _reported_lock:
+        if _reported.get(key) == diagnosis.signature:
+            return
+        _reported[key] = diagnosis.signature
+    before = _ready_condition(owner.get("status"))
+    if (before.get("reason"), before.get("message")) == (ready["reason"], ready["message"]):
+        return  # reported before this process started: the status already says so
+    obj = _owner_body(owner)
+    kopf.warn(obj, reason=ready["reason"], message=ready["message"])  # type: ignore[arg-type]
+
+
+def _forget(meta: Mapping[str, Any]) -> None:
+    with _reported_lock:
+        _reported.pop(_state_key(meta), None)
 
 
 def _normal_event(obj: Mapping[str, Any], *, reason: str, message: str) -> None:
@@ -219,8 +302,10 @@ def reconcile(
     logger: logging.Logger | Any,
     *,
     may_have_hpa: bool = True,
-) -> dict[str, Any]:
-    """Apply every child the spec renders, drop a stale HPA; return the new status.
+    pods: Iterable[Mapping[str, Any]] = (),
+) -> tuple[dict[str, Any], PodDiagnosis | None]:
+    """Apply every child the spec renders, drop a stale HPA; return the new status and
+    what the pods (`pods`, from the index) said about it.
 
     `may_have_hpa=False` skips looking for a stale HPA: the caller knows none of ours exists.
     """
@@ -248,7 +333,8 @@ def reconcile(
             "the HorizontalPodAutoscaler owns the replica count "
             f"({spec.autoscaling.min_replicas}..{spec.autoscaling.max_replicas})",
         )
-    return compute_status(
+    diagnosis = diagnose_pods(pods, spec)
+    status = compute_status(
         name=name,
         namespace=namespace,
         generation=meta.get("generation"),
@@ -256,7 +342,9 @@ def reconcile(
         deployment=applied.get("Deployment"),
         hpa=applied.get("HorizontalPodAutoscaler"),
         previous=snapshot.get("status"),
+        diagnosis=diagnosis,
     )
+    return status, diagnosis
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -271,6 +359,7 @@ def reconcile_modelservice(
     logger: kopf.Logger,
     reason: kopf.Reason,
     hpa_by_name: kopf.Index,
+    pods_by_owner: kopf.Index,
     **_: Any,
 ) -> None:
     trigger = str(reason.value if hasattr(reason, "value") else reason)
@@ -293,7 +382,13 @@ def reconcile_modelservice(
             kopf.warn(body, reason="InvalidSpec", message=str(e))
             raise kopf.PermanentError(f"invalid spec: {e}") from e
         try:
-            status = reconcile(snapshot, spec, logger, may_have_hpa=may_have_hpa)
+            status, diagnosis = reconcile(
+                snapshot,
+                spec,
+                logger,
+                may_have_hpa=may_have_hpa,
+                pods=pods_by_owner.get((namespace, name), []),
+            )
         except ReconcileError as e:
             m.RECONCILES.labels(trigger, "error").inc()
             m.ERRORS.labels("ApiError").inc()
@@ -309,6 +404,7 @@ def reconcile_modelservice(
                 raise kopf.PermanentError(str(e)) from e
             raise kopf.TemporaryError(str(e), delay=RETRY_DELAY_S) from e
         patch.status.update(status)
+        report_pod_failure(snapshot, status, diagnosis)
         m.RECONCILES.labels(trigger, "ok").inc()
 
 
@@ -414,6 +510,7 @@ def refresh_status(
     owner: Mapping[str, Any],
     deployment: Mapping[str, Any] | None,
     hpa: Mapping[str, Any] | None,
+    pods: Iterable[Mapping[str, Any]],
     logger: logging.Logger | Any,
 ) -> None:
     """Recompute the owner's status from its children and patch it when it changed.
@@ -421,20 +518,24 @@ def refresh_status(
     `observedGeneration` belongs to the reconcile handler: this never writes it, and does
     nothing before the first reconcile has (that reconcile's own status write comes back as
     a ModelService event, which calls this again, so the last word is always the children's).
+    Nor does it overwrite a refused spec's status: only a reconcile of a new spec may.
+    A Failed phase from the pods is the children's own: it goes when they recover.
     """
     meta = owner["metadata"]
     previous = owner.get("status") or {}
     generation = previous.get("observedGeneration")
-    if generation is None or previous.get("phase") == Phase.FAILED.value:
+    if generation is None or refused(previous):
         return
     try:
         spec = parse_spec(owner["spec"], meta["name"])
     except InvalidSpec:
         return
+    diagnosis = diagnose_pods(pods, spec)
     status = compute_status(
         name=meta["name"], namespace=meta["namespace"], generation=generation, spec=spec,
-        deployment=deployment, hpa=hpa, previous=previous,
+        deployment=deployment, hpa=hpa, previous=previous, diagnosis=diagnosis,
     )  # fmt: skip
+    report_pod_failure(owner, status, diagnosis)
     del status["observedGeneration"]
     if all(previous.get(k) == v for k, v in status.items()):
         return
@@ -451,6 +552,7 @@ def modelservice_event(
     type: str | None,
     deployment_by_name: kopf.Index,
     hpa_by_name: kopf.Index,
+    pods_by_owner: kopf.Index,
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
@@ -458,6 +560,7 @@ def modelservice_event(
     children once more: closes the race where the reconcile handler's status lands after
     the children's last event. Quiet when nothing changed (no patch, no new event)."""
     if type == "DELETED":
+        _forget(body.get("metadata") or {})
         return
     owner = _snapshot(body)
     meta = owner["metadata"]
@@ -467,7 +570,8 @@ def modelservice_event(
     hpa = None
     if owner["spec"].get("autoscaling"):
         hpa = _indexed(hpa_by_name, meta["namespace"], meta["name"])
-    refresh_status(owner, dep, hpa, logger)
+    pods = pods_by_owner.get((meta["namespace"], meta["name"]), [])
+    refresh_status(owner, dep, hpa, pods, logger)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
@@ -476,6 +580,7 @@ def deployment_event(
     type: str | None,
     msvc_by_name: kopf.Index,
     hpa_by_name: kopf.Index,
+    pods_by_owner: kopf.Index,
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
@@ -487,7 +592,8 @@ def deployment_event(
     hpa = None
     if owner["spec"].get("autoscaling"):
         hpa = _indexed(hpa_by_name, meta["namespace"], meta["name"])
-    refresh_status(owner, live, hpa, logger)
+    pods = pods_by_owner.get((meta["namespace"], meta["name"]), [])
+    refresh_status(owner, live, hpa, pods, logger)
 
 
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_LABELS)
@@ -496,6 +602,7 @@ def hpa_event(
     type: str | None,
     msvc_by_name: kopf.Index,
     deployment_by_name: kopf.Index,
+    pods_by_owner: kopf.Index,
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
@@ -504,7 +611,8 @@ def hpa_event(
         return
     meta = owner["metadata"]
     dep = _indexed(deployment_by_name, meta["namespace"], meta["name"])
-    refresh_status(owner, dep, body, logger)
+    pods = pods_by_owner.get((meta["namespace"], meta["name"]), [])
+    refresh_status(owner, dep, body, pods, logger)
 
 
 @kopf.on.event("v1", "services", labels=CHILD_LABELS)
@@ -527,6 +635,29 @@ def pdb_event(
     **_: Any,
 ) -> None:
     repair_drift(body, type, msvc_by_name, logger)
+
+
+@kopf.on.event("v1", "pods", labels=CHILD_LABELS)
+def pod_event(
+    body: kopf.Body,
+    namespace: str,
+    msvc_by_name: kopf.Index,
+    deployment_by_name: kopf.Index,
+    hpa_by_name: kopf.Index,
+    pods_by_owner: kopf.Index,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """A runtime pod changed (scheduled, fetching, crashed, ready, gone): recompute its
+    ModelService's status with the pods index, which already holds this event's pod.
+    Pods are not repaired: their ReplicaSet owns them."""
+    instance = ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_INSTANCE)
+    owner = _indexed(msvc_by_name, namespace, instance) if instance else None
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return
+    dep = _indexed(deployment_by_name, namespace, instance)
+    hpa = _indexed(hpa_by_name, namespace, instance) if owner["spec"].get("autoscaling") else None
+    refresh_status(owner, dep, hpa, pods_by_owner.get((namespace, instance), []), logger)
 
 
 def _clean(value: Any) -> Any:

@@ -8,9 +8,11 @@ the operator under a ServiceAccount bound to nothing else.
 - Children: server-side applied (PATCH; `create` for apply-creates on older servers),
   watched for status and drift; only HPAs are ever deleted (autoscaling removed). Other
   children go with their owner (garbage collection), never deleted by the operator.
+- Pods: only listed and watched (kopf's watch), to tell from their container statuses why
+  replicas are not ready. Never read one by one, created, exec'd into or deleted.
 - Events: kopf posts them (core/v1).
 - Cluster-scoped reads for kopf: namespaces (namespace globs) and CRDs (resource scanning).
-- No Secrets, Pods, ReplicaSets or anything else.
+- No Secrets, ReplicaSets or anything else.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ NAMESPACED_RULES: list[dict[str, Any]] = [
         "resources": ["horizontalpodautoscalers"],
         "verbs": [*_CHILD_VERBS, "delete"],
     },
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
 

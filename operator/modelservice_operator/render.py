@@ -35,6 +35,12 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 RUN_AS_USER = 65532  # the runtime image's numeric USER (runtime/Dockerfile)
 PRESTOP_SLEEP_SECONDS = 5
 TERMINATION_GRACE_SECONDS = 45
+FETCH_CONTAINER = "model-fetch"
+RUNTIME_CONTAINER = "runtime"
+# Neither container writes /dev/termination-log: with this policy a container that fails
+# leaves its last log lines (kubelet keeps up to 80 lines / 2 KiB) in its status, where
+# the operator reads why it failed ("sha256 mismatch ...") and reports it (status.py).
+TERMINATION_MESSAGE_POLICY = "FallbackToLogsOnError"
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -238,7 +244,7 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
         init_mounts.append({"name": "model", "mountPath": MODEL_DIR})
 
     runtime: dict[str, Any] = {
-        "name": "runtime",
+        "name": RUNTIME_CONTAINER,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": serve_command(name, spec),
@@ -251,6 +257,7 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
         # Keep serving while endpoints controllers and proxies drop the pod, then SIGTERM.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "securityContext": _restricted_container_security(),
+        "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
     }
     env = _env(spec)
     if env:
@@ -273,13 +280,14 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
     fetch = fetch_command(spec)
     if fetch is not None:
         init: dict[str, Any] = {
-            "name": "model-fetch",
+            "name": FETCH_CONTAINER,
             "image": image,
             "imagePullPolicy": "IfNotPresent",
             "command": fetch,
             "resources": _resources(spec, {}),
             "volumeMounts": init_mounts,
             "securityContext": _restricted_container_security(),
+            "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
         }
         if spec.model.secret_ref is not None:
             init["envFrom"] = [{"secretRef": {"name": spec.model.secret_ref.name}}]

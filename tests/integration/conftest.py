@@ -29,7 +29,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.integration.nodes import on_fake_nodes
 from tests.integration.processes import free_port, stop
+from tests.needs import needed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_KUBECONFIG = REPO_ROOT / ".cache" / "cluster" / "kubeconfig"
@@ -121,7 +123,7 @@ class Kubectl:
 def kctl() -> Kubectl:
     kubeconfig = Path(os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG)
     if not kubeconfig.is_file():
-        pytest.skip(
+        needed(
             f"no kubeconfig at {kubeconfig}: start the local control plane with "
             "`make cluster-up` (or run `make test`)"
         )
@@ -131,11 +133,11 @@ def kctl() -> Kubectl:
         try:
             proc = k.run("get", "--raw", "/readyz", check=False, timeout=30)
         except (OSError, subprocess.TimeoutExpired) as e:
-            pytest.skip(f"kubectl could not reach the API server of {kubeconfig}: {e}")
+            needed(f"kubectl could not reach the API server of {kubeconfig}: {e}")
         if proc.returncode == 0:
             return k
         if time.monotonic() > deadline:
-            pytest.skip(f"API server of {kubeconfig} is not ready: {proc.stderr.strip()[:300]}")
+            needed(f"API server of {kubeconfig} is not ready: {proc.stderr.strip()[:300]}")
         time.sleep(2)
 
 
@@ -257,12 +259,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def msvc(name: str, **spec: Any) -> dict[str, Any]:
-    """A ModelService manifest with a placeholder model (kwok never runs the pod)."""
+    """A ModelService manifest with a placeholder model, on the kwok fake nodes (where the pod
+    never runs; the real node would try to fetch the placeholder)."""
     return {
         "apiVersion": "serving.modelservice.io/v1alpha1",
         "kind": "ModelService",
         "metadata": {"name": name},
-        "spec": {"model": {"uri": "https://models.example.com/m.onnx"}, **spec},
+        "spec": on_fake_nodes({"model": {"uri": "https://models.example.com/m.onnx"}, **spec}),
     }
 
 

@@ -84,6 +84,18 @@ def serve(
         log.unlink(missing_ok=True)
 
 
+def cpu_only_onnxruntime(directory: Path) -> dict[str, str]:
+    """Env for a `modelservice serve` subprocess whose onnxruntime offers only the CPU
+    provider, as the CPU build does (a sitecustomize patching get_available_providers, the
+    boundary the runtime asks): refusals of cuda/tensorrt then read the same on a GPU machine."""
+    (directory / "sitecustomize.py").write_text(
+        "import onnxruntime\n"
+        "onnxruntime.get_available_providers = lambda: ['CPUExecutionProvider']\n"
+    )
+    paths = [str(directory), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {"PYTHONPATH": os.pathsep.join(paths)}
+
+
 def binary_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
     """A V2 binary-tensor request for input `input`, asking for binary outputs."""
     header = orjson.dumps(

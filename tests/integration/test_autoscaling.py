@@ -29,6 +29,7 @@ from modelservice_operator.spec import parse_spec
 from modelservice_runtime.serving.metrics import Metrics
 
 from tests.integration.conftest import Kubectl, condition, msvc, wait_until
+from tests.integration.nodes import fake_placed
 
 ROOT = Path(__file__).resolve().parents[2]
 INFLIGHT_EXAMPLE = ROOT / "examples" / "custom-metric-inflight.yaml"
@@ -457,7 +458,7 @@ def test_inflight_pods_metric_hpa_is_accepted_by_the_api_server(
     # The pure rendering passes the API server's own validation...
     kctl.run("create", "--dry-run=server", "-f", "-", stdin=json.dumps(rendered))
     # ...and the operator creates exactly it for the example.
-    kctl.run("apply", "-n", ns, "-f", str(INFLIGHT_EXAMPLE))
+    kctl.apply(fake_placed(_inflight_example()), ns)
     wait_phase_ready(kctl, ns, name)
     hpa = kctl.get("hpa", name, ns)
     assert (

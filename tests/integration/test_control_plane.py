@@ -20,6 +20,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.integration.nodes import on_fake_nodes
+from tests.needs import needed
+
 pytestmark = pytest.mark.cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -85,14 +88,14 @@ def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 90.0) 
 def kubectl() -> Kubectl:
     kubeconfig = Path(os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG)
     if not kubeconfig.is_file():
-        pytest.skip(f"no local control plane: {kubeconfig} is absent (run `make cluster-up`)")
+        needed(f"no local control plane: {kubeconfig} is absent (run `make cluster-up`)")
     k = Kubectl(kubeconfig)
     try:
         ready = k.run("get", "--raw", "/readyz", check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"no local control plane: kubectl could not run ({exc})")
+        needed(f"no local control plane: kubectl could not run ({exc})")
     if ready.returncode != 0:
-        pytest.skip(f"control plane in {kubeconfig} is unreachable: {ready.stderr.strip()}")
+        needed(f"control plane in {kubeconfig} is unreachable: {ready.stderr.strip()}")
     return k
 
 
@@ -130,6 +133,7 @@ def _pod(
         spec["tolerations"] = [
             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
         ]
+    on_fake_nodes(spec)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -149,7 +153,7 @@ def test_deployment_pods_run_on_cpu_nodes(kubectl: Kubectl, namespace: str) -> N
                 "selector": {"matchLabels": {"app": "web"}},
                 "template": {
                     "metadata": {"labels": {"app": "web"}},
-                    "spec": {"containers": [{"name": "main", "image": IMAGE}]},
+                    "spec": on_fake_nodes({"containers": [{"name": "main", "image": IMAGE}]}),
                 },
             },
         },
@@ -238,10 +242,10 @@ def _require_metrics_api(kubectl: Kubectl) -> None:
     """Skip unless metrics-server answers behind the v1beta1.metrics.k8s.io APIService."""
     proc = kubectl.run("get", "apiservice", "v1beta1.metrics.k8s.io", "-o", "json", check=False)
     if proc.returncode != 0:
-        pytest.skip("metrics.k8s.io is not registered in this control plane")
+        needed("metrics.k8s.io is not registered in this control plane")
     conditions = json.loads(proc.stdout).get("status", {}).get("conditions", [])
     if not any(c["type"] == "Available" and c["status"] == "True" for c in conditions):
-        pytest.skip("metrics.k8s.io is registered but not Available (metrics-server down)")
+        needed("metrics.k8s.io is registered but not Available (metrics-server down)")
 
 
 def test_metrics_server_reports_simulated_pod_cpu(kubectl: Kubectl, namespace: str) -> None:
@@ -282,15 +286,17 @@ def test_hpa_scales_on_simulated_cpu(kubectl: Kubectl, namespace: str) -> None:
                 "selector": {"matchLabels": {"app": "busy"}},
                 "template": {
                     "metadata": {"labels": {"app": "busy"}, "annotations": {SIMULATED_CPU: "750m"}},
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "main",
-                                "image": IMAGE,
-                                "resources": {"requests": {"cpu": "500m"}},
-                            }
-                        ]
-                    },
+                    "spec": on_fake_nodes(
+                        {
+                            "containers": [
+                                {
+                                    "name": "main",
+                                    "image": IMAGE,
+                                    "resources": {"requests": {"cpu": "500m"}},
+                                }
+                            ]
+                        }
+                    ),
                 },
             },
         },

@@ -34,7 +34,7 @@ import orjson
 import pytest
 
 from tests.integration.processes import free_port
-from tests.integration.runtime_server import binary_body, serve
+from tests.integration.runtime_server import binary_body, cpu_only_onnxruntime, serve
 
 ROW = [0.5] * 64
 
@@ -273,20 +273,26 @@ def test_bad_model_file_exits_nonzero_and_never_ready(
 
 
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
-def test_missing_execution_provider_fails_clearly(mlp_onnx: Path, provider: str) -> None:
-    """DESIGN: a GPU request selects CUDA; here the CPU build lacks it -> refuse, no silent
-    fallback (model.select_providers: explicit cuda/tensorrt must be available)."""
-    assert "CUDAExecutionProvider" not in ort.get_available_providers()
-    code, out, ready = run_failing_serve(str(mlp_onnx), "--execution-provider", provider)
+def test_missing_execution_provider_fails_clearly(
+    mlp_onnx: Path, provider: str, tmp_path: Path
+) -> None:
+    """DESIGN: a GPU request selects CUDA; an onnxruntime without it -> refuse, no silent
+    fallback (model.select_providers: explicit cuda/tensorrt must be available). The server's
+    onnxruntime is made to offer only CPU, so this holds on a GPU machine too; the CUDA branch
+    itself is tests/unit/test_runtime_providers.py."""
+    env = cpu_only_onnxruntime(tmp_path)
+    code, out, ready = run_failing_serve(str(mlp_onnx), "--execution-provider", provider, env=env)
     assert code != 0 and ready == 0, out
-    assert f"--execution-provider {provider}" in out and "onnxruntime-gpu" in out, out
+    assert f"--execution-provider {provider}: this onnxruntime offers only " in out, out
+    assert "['CPUExecutionProvider']" in out and "onnxruntime-gpu" in out, out
 
 
-def test_auto_execution_provider_falls_back_to_cpu(mlp_onnx: Path) -> None:
-    with serve(mlp_onnx, "--execution-provider", "auto") as served:
+def test_auto_execution_provider_falls_back_to_cpu(mlp_onnx: Path, tmp_path: Path) -> None:
+    env = cpu_only_onnxruntime(tmp_path)  # an onnxruntime without CUDA, on any machine
+    with serve(mlp_onnx, "--execution-provider", "auto", env=env) as served:
         r = httpx.post(served.url + "/v2/models/mlp/infer", content=v2_body(1))
         assert r.status_code == 200, r.text
-        assert "CPUExecutionProvider" in served.log_tail()
+        assert "providers=['CPUExecutionProvider']" in served.log_tail()
 
 
 # --- limits ----------------------------------------------------------------------------------

@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 
+from tests.integration.nodes import FAKE_NODE_SELECTOR, FAKE_NODE_TOLERATION
 from tests.integration.processes import free_port, stop
+from tests.needs import needed
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -109,19 +111,19 @@ def cluster() -> Cluster:
     # deletes cluster-wide RBAC, which must not happen on a user's real cluster by accident.
     kubeconfig = str(ROOT / ".cache/cluster/kubeconfig")
     if not Path(kubeconfig).is_file():
-        pytest.skip(
+        needed(
             f"no kubeconfig at {kubeconfig}: start the local control plane first (make cluster-up)"
         )
     helm, kubectl = _tool("helm"), _tool("kubectl")
     if helm is None or kubectl is None:
-        pytest.skip("helm/kubectl not built yet in .cache/bin (make tools)")
+        needed("helm/kubectl not built yet in .cache/bin (make tools)")
     c = Cluster(kubeconfig, helm, kubectl)
     try:
         ready = c._run([kubectl, "get", "--raw", "/readyz"], False, 20)
     except subprocess.TimeoutExpired:
-        pytest.skip(f"the apiserver of {kubeconfig} did not answer /readyz within 20s")
+        needed(f"the apiserver of {kubeconfig} did not answer /readyz within 20s")
     if ready.returncode != 0:
-        pytest.skip(f"the apiserver of {kubeconfig} is unreachable: {ready.stderr.strip()}")
+        needed(f"the apiserver of {kubeconfig} is unreachable: {ready.stderr.strip()}")
     return c
 
 
@@ -151,6 +153,10 @@ def _install(cluster: Cluster, name: str, ns: str, *set_args: str) -> Release:
     ]
     for pair in set_args:
         args += ["--set", pair]
+    # The operator pod on a kwok fake node: its image (the chart's default tag) is never
+    # built for these tests; test_real_node.py installs the chart with the real image.
+    args += ["--set-json", f"nodeSelector={json.dumps(FAKE_NODE_SELECTOR)}"]
+    args += ["--set-json", f"tolerations={json.dumps([FAKE_NODE_TOLERATION])}"]
     cluster.helm(*args)
     # The chart names objects `<release>-modelservice-operator` unless the release name already
     # contains the chart name; cluster-scoped ones are prefixed with the namespace.
@@ -528,12 +534,12 @@ def operator_run(
     """An OperatorRun on a fresh install; extra `--set` pairs come from an indirect
     parametrization (`request.param`)."""
     if not (ROOT / "operator" / "modelservice_operator" / "cli.py").is_file():
-        pytest.skip(
+        needed(
             "the operator's `modelservice operator` (modelservice_operator/cli.py) "
             "does not exist yet"
         )
     if not Path(sys.executable).with_name("modelservice").is_file():
-        pytest.skip("the `modelservice` console script is not installed (pip install -e .)")
+        needed("the `modelservice` console script is not installed (pip install -e .)")
     suffix = _suffix()
     team = f"team-op-{suffix}"
     cluster.kubectl("create", "namespace", team)
@@ -546,7 +552,7 @@ def operator_run(
             cluster, run.release.name, run.release.namespace, f"watchNamespaces={{{team}}}", *extra
         )
         if not cluster.exists("crd", MSVC):
-            pytest.skip(f"the {MSVC} CRD is not in the chart's crds/ yet (make crd)")
+            needed(f"the {MSVC} CRD is not in the chart's crds/ yet (make crd)")
         yield run
     finally:
         run.stop()

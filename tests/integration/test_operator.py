@@ -24,6 +24,7 @@ from tests.integration.conftest import (
     msvc,
     wait_until,
 )
+from tests.integration.nodes import fake_placed
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -96,7 +97,7 @@ def test_cpu_autoscaled_example_becomes_ready_with_all_children(
 ) -> None:
     ns, manifest = msvc_namespace, example("cpu-autoscaled.yaml")
     name = manifest["metadata"]["name"]
-    kctl.run("apply", "-n", ns, "-f", str(EXAMPLES / "cpu-autoscaled.yaml"))
+    kctl.apply(fake_placed(example("cpu-autoscaled.yaml")), ns)
     obj = wait_phase(kctl, ns, name, "Ready")
     st = obj["status"]
     assert st["url"] == f"http://{name}.{ns}.svc.cluster.local"
@@ -182,7 +183,7 @@ def test_cpu_autoscaled_example_becomes_ready_with_all_children(
 
 def test_gpu_example_pods_land_on_the_gpu_node_only(kctl: Kubectl, msvc_namespace: str) -> None:
     ns = msvc_namespace
-    kctl.run("apply", "-n", ns, "-f", str(EXAMPLES / "gpu.yaml"))
+    kctl.apply(fake_placed(example("gpu.yaml")), ns)
     name = example("gpu.yaml")["metadata"]["name"]
     wait_phase(kctl, ns, name, "Ready")
     dep = kctl.get("deployment", name, ns)
@@ -216,8 +217,27 @@ def test_more_gpus_than_any_node_has_stays_pending(kctl: Kubectl, msvc_namespace
         )
 
     wait_until("the 8-GPU pod to be Unschedulable", unschedulable)
-    obj = wait_phase(kctl, ns, "too-many-gpus", "Pending")
-    assert condition(obj, "Ready")["reason"] == "PodsNotReady"
+    # The operator watches the pods: the status says why, in the scheduler's words.
+    obj = wait_until(
+        "msvc/too-many-gpus Ready=False reason Unschedulable",
+        lambda: msvc_when(
+            kctl,
+            ns,
+            "too-many-gpus",
+            lambda o: condition(o, "Ready").get("reason") == "Unschedulable",
+        ),
+    )
+    assert obj["status"]["phase"] == "Pending"
+    assert "nvidia.com/gpu" in condition(obj, "Ready")["message"], condition(obj, "Ready")
+    warnings = wait_until(
+        "a Warning event Unschedulable on msvc/too-many-gpus",
+        lambda: [
+            e
+            for e in kctl.events(ns, "too-many-gpus")
+            if e["type"] == "Warning" and e["reason"] == "Unschedulable"
+        ],
+    )
+    assert "nvidia.com/gpu" in warnings[0]["message"], warnings
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -340,7 +360,7 @@ def test_passed_through_fields_the_api_refuses_are_reported_as_invalid_spec(
 
 def _fixed(kctl: Kubectl, ns: str) -> tuple[str, dict[str, Any]]:
     kctl.run("create", "secret", "generic", "mlp-token", "-n", ns, "--from-literal=token=t0k3n")
-    kctl.run("apply", "-n", ns, "-f", str(EXAMPLES / "fixed-replicas.yaml"))
+    kctl.apply(fake_placed(example("fixed-replicas.yaml")), ns)
     name = example("fixed-replicas.yaml")["metadata"]["name"]
     return name, wait_phase(kctl, ns, name, "Ready")
 

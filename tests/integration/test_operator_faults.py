@@ -36,6 +36,7 @@ from tests.integration.conftest import (
     run_operator,
     wait_until,
 )
+from tests.needs import needed
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -285,12 +286,12 @@ def control_plane_argv(kctl: Kubectl) -> Iterator[dict[str, list[str]]]:
     after the test, anything that died is started again."""
     components = [p.stem for p in (CLUSTER_DIR / "pids").glob("*.pid")]
     if not components:
-        pytest.skip(f"no kwokctl pid files under {CLUSTER_DIR} (not the binary-runtime cluster)")
+        needed(f"no kwokctl pid files under {CLUSTER_DIR} (not the binary-runtime cluster)")
     argvs = {c: _cmdline(_pid(c)) for c in components}
     for c, argv in argvs.items():
         cwd = os.readlink(f"/proc/{_pid(c)}/cwd")
         if not argv or Path(cwd) != CLUSTER_DIR:
-            pytest.skip(f"{c} (pid {_pid(c)}, cwd {cwd}) is not this cluster's process")
+            needed(f"{c} (pid {_pid(c)}, cwd {cwd}) is not this cluster's process")
     yield argvs
     healed = _heal(kctl, argvs)
     if healed:

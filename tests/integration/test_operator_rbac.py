@@ -4,7 +4,8 @@ A ServiceAccount bound to a ClusterRole of those rules gets a token (`kubectl cr
 a second `modelservice operator` runs with a kubeconfig carrying only that token, watching
 its own namespace glob, and must bring a ModelService to Ready, repair drift and remove a
 stale HPA without a single Forbidden in its log. `kubectl auth can-i --as` checks that the
-same identity cannot read Secrets or touch Pods.
+same identity cannot read Secrets, and can only list and watch Pods (their statuses say why
+replicas are not ready), never get, create or exec into one.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def test_operator_runs_with_least_privilege(
     assert _can(kctl, "patch", "deployments.apps")
     assert _can(kctl, "delete", "horizontalpodautoscalers.autoscaling")
     assert _can(kctl, "patch", "modelservices.serving.modelservice.io/status")
+    assert _can(kctl, "list", "pods") and _can(kctl, "watch", "pods")
     for verb, resource in [("get", "secrets"), ("list", "secrets"), ("create", "pods"),
                            ("delete", "deployments.apps"), ("get", "pods"),
                            ("create", "pods/exec"), ("get", "configmaps")]:  # fmt: skip

@@ -38,7 +38,7 @@ def test_image_entrypoint_is_the_chart_command_and_ports_are_exposed() -> None:
 
 def test_image_installs_only_the_operator_extra() -> None:
     text = DOCKERFILE.read_text()
-    assert 'pip install ".[operator]"' in text
+    assert 'pip install -c constraints.txt ".[operator]"' in text
     for extra in ("[runtime]", "[export]", "[gpu]", "[dev]"):
         assert extra not in text
     ignore = (ROOT / "operator" / "Dockerfile.dockerignore").read_text().splitlines()

@@ -99,14 +99,22 @@ def test_only_runtime_code_and_extras_go_in(dockerfile: Path) -> None:
     sources = [s for a in copies for s in a.split()[:-1]]
     assert sources, "expected COPY of the package sources"
     assert all(
-        s in ("pyproject.toml", "README.md", "cli/modelservice_cli", "runtime/modelservice_runtime")
+        s
+        in (
+            "pyproject.toml",
+            "README.md",
+            "constraints.txt",
+            "cli/modelservice_cli",
+            "runtime/modelservice_runtime",
+        )
         for s in sources
     )
     assert "operator" not in " ".join(sources)
     installs = [a for k, a in ins if k == "RUN" and "pip install" in a]
     assert len(installs) == 1
     extra = "gpu" if dockerfile.name.endswith(".gpu") else "runtime"
-    assert f'".[{extra}]"' in installs[0]
+    # pinned to the versions the tests ran; s3 for the init container's s3:// fetches
+    assert f'-c constraints.txt ".[{extra},s3]"' in installs[0]
     # the build fails if torch or kopf (or the wrong onnxruntime flavour) slipped in
     assert "! /opt/modelservice/bin/pip show torch kopf" in installs[0]
     for banned in ("[export]", "[operator]", "[dev]", "pip install torch", "pip install kopf"):
@@ -123,6 +131,7 @@ def test_dockerignore_allow_lists_runtime_only(dockerfile: Path) -> None:
     assert {r for r in rules if r.startswith("!")} == {
         "!pyproject.toml",
         "!README.md",
+        "!constraints.txt",
         "!cli/modelservice_cli",
         "!runtime/modelservice_runtime",
     }

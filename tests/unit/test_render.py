@@ -192,6 +192,15 @@ def test_init_container_fetches_the_model_with_checksum_and_credentials() -> Non
     assert {"name": "model", "emptyDir": {}} in _pod(spec)["volumes"]
 
 
+def test_failed_containers_leave_their_last_log_lines_in_the_pod_status() -> None:
+    # Neither container writes /dev/termination-log; FallbackToLogsOnError makes kubelet
+    # copy a failed one's last log lines into the pod status, which the operator reports.
+    for spec in (_spec(), parse_spec({"model": {"uri": "pvc://models/m.onnx", "sha256": SHA}})):
+        pod = _pod(spec)
+        for c in pod["containers"] + pod["initContainers"]:
+            assert c["terminationMessagePolicy"] == "FallbackToLogsOnError", c["name"]
+
+
 def test_pvc_model_is_mounted_read_only_and_served_in_place() -> None:
     spec = parse_spec({"model": {"uri": "pvc://models/resnet/model.onnx"}}, "demo")
     pod = _pod(spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from modelservice_runtime.errors import BadRequest
@@ -17,12 +18,19 @@ sizes = st.one_of(st.integers(-5, 80), st.integers(2**40, 2**64), st.just(1.5), 
 
 
 def _parse(body: bytes, header_length: str | None) -> None:
+    """Parsed: every input declared in the header, with its declared shape and datatype.
+    Refused: a 400 with a message."""
     try:
         req = v2.parse_infer_request(body, header_length)
-    except BadRequest:
+    except BadRequest as e:
+        assert e.status_code == 400 and str(e), repr(e)
         return
-    for arr in req.inputs.values():
-        assert arr.size >= 0
+    hlen = len(body) if header_length is None else int(header_length)
+    declared = {t["name"]: t for t in orjson.loads(body[:hlen])["inputs"]}
+    assert list(req.inputs) == list(declared)
+    for name, arr in req.inputs.items():
+        assert arr.shape == tuple(declared[name]["shape"]), (name, arr.shape, declared[name])
+        assert arr.dtype == V2_TO_NUMPY[declared[name]["datatype"]], (name, arr.dtype)
 
 
 @settings(max_examples=300, deadline=None)

@@ -80,6 +80,10 @@ Rules for the namespaced objects the operator owns and reconciles. Shared by the
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Runtime pods: only watched, to report why replicas are not ready (a failed model fetch).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
 # kopf posts handler progress and errors as core/v1 events.
 - apiGroups: [""]
   resources: ["events"]

@@ -1,13 +1,19 @@
 """`modelservice demo`: the main job end to end, on the embedded local control plane.
 
 Exports a small PyTorch model, starts the local control plane (hack/cluster-up.sh), installs
-the CRD, runs the operator, applies examples/cpu-autoscaled.yaml pointed at that model, waits
-until the ModelService is Ready and shows its children, then serves the same model on
-localhost and answers one real inference request. Everything it started is stopped at the end
-(pass --keep to leave the cluster up).
+the CRD and the operator, applies examples/cpu-autoscaled.yaml pointed at that model, waits
+until the ModelService is Ready, shows its children, and answers one real inference request.
 
-It needs a clone of the repository (the control-plane scripts, the CRD and the examples live
-there) and the `export` and `operator` extras; `make demo` provides all of that.
+Where the control plane has its real node (Linux, root: hack/node-up.sh), that is the whole
+user path: the operator runs as a pod from the Helm chart (`make deploy`), the runtime pod
+runs the runtime image (`make images`), its `model-fetch` init container downloads the model
+over HTTP from a server on the node's address, Ready means the model loaded in a container,
+and the request goes through the Service's ClusterIP (kube-proxy) to the pod, whose name is
+printed. Without a real node the pods are kwok fakes: the demo says so, runs the operator
+locally, and answers from a local `modelservice serve` instead.
+
+Everything it started is stopped at the end (pass --keep to leave the cluster up). It needs a
+clone of the repository and the `export` and `operator` extras; `make demo` provides all that.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _step(n: int, text: str) -> None:
-    print(f"\n==> [{n}/7] {text}", flush=True)
+    print(f"\n==> [{n}/6] {text}", flush=True)
 
 
 def find_repo(start: Path) -> Path:
@@ -100,14 +106,58 @@ def export_demo_model(out: Path) -> tuple[Path, str]:
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def demo_manifest(repo: Path, model: Path, sha256: str) -> dict[str, Any]:
+def demo_manifest(uri: str, sha256: str, repo: Path) -> dict[str, Any]:
     """examples/cpu-autoscaled.yaml, pointed at the model this demo exported."""
     import yaml
 
     manifest = yaml.safe_load((repo / EXAMPLE).read_text())
     manifest["metadata"] = {"name": DEMO_NAME, "namespace": DEMO_NAMESPACE}
-    manifest["spec"]["model"] = {"uri": model.resolve().as_uri(), "sha256": sha256}
+    manifest["spec"]["model"] = {"uri": uri, "sha256": sha256}
+    # The example normalizes 3 image channels (ImageNet); the demo's MLP takes 4 features, and
+    # a real runtime refuses the mismatch at start (kwok's fake pods never noticed).
+    manifest["spec"]["runtime"].pop("normalize", None)
+    # A quarter core per replica, so a rollout's surge pod fits beside the operator on a
+    # 2-core node; the example's 1 CPU is sized for resnet.
+    manifest["spec"]["resources"]["requests"]["cpu"] = "250m"
     return manifest
+
+
+def infer_request() -> dict[str, Any]:
+    return {
+        "inputs": [
+            {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0.1, 0.2, 0.3, 0.4]}
+        ]
+    }
+
+
+@contextmanager
+def file_server(directory: Path, host: str) -> Iterator[str]:
+    """Serve `directory` over HTTP on host (the node's address); yields the base URL."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, 0), functools.partial(Quiet, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def success_count(metrics_text: str, model: str) -> float:
+    """The runtime's nv_inference_request_success for `model` in a /metrics page."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith("nv_inference_request_success{") and f'model="{model}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
@@ -117,78 +167,122 @@ def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
         return json.loads(resp.read() or b"null")
 
 
-def run(args: argparse.Namespace) -> int:
-    repo = (args.repo or find_repo(Path.cwd())).resolve()
-    work = repo / ".cache" / "demo"
-    work.mkdir(parents=True, exist_ok=True)
-    kubeconfig = repo / ".cache" / "cluster" / "kubeconfig"
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(kubeconfig),
-        "PATH": f"{repo / '.cache' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    venv_bin = Path(sys.executable).parent
-    modelservice = str(venv_bin / "modelservice")
+class Demo:
+    """The steps, with the kubectl and paths they share."""
 
-    def kubectl(*argv: str, stdin: str | None = None) -> str:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.repo = (args.repo or find_repo(Path.cwd())).resolve()
+        self.work = self.repo / ".cache" / "demo"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.kubeconfig = self.repo / ".cache" / "cluster" / "kubeconfig"
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{self.repo / '.cache' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        self.modelservice = str(Path(sys.executable).parent / "modelservice")
+
+    def kubectl(self, *argv: str, stdin: str | None = None) -> str:
         result = subprocess.run(
-            ["kubectl", *argv], env=env, input=stdin, capture_output=True, text=True
+            ["kubectl", *argv], env=self.env, input=stdin, capture_output=True, text=True
         )
         if result.returncode != 0:
             raise SystemExit(f"kubectl {' '.join(argv)} failed: {result.stderr.strip()}")
         return result.stdout
 
-    _step(1, "export a PyTorch MLP (4 -> 16 -> 3) to ONNX")
-    model, sha256 = export_demo_model(work / "model.onnx")
-    print(f"    {model}  sha256={sha256[:16]}...")
+    def real_node_ip(self) -> str | None:
+        """The InternalIP of the real node (label type=real), or None if there is none."""
+        out = self.kubectl(
+            "get", "nodes", "-l", "type=real",
+            "-o", 'jsonpath={.items[*].status.addresses[?(@.type=="InternalIP")].address}',
+        )  # fmt: skip
+        return out.split()[0] if out.split() else None
 
-    _step(2, "start the local control plane (etcd, apiserver, controllers, scheduler, kwok)")
-    subprocess.run([str(repo / "hack" / "cluster-up.sh")], env=env, check=True)
-    print(kubectl("get", "nodes", "-o", "wide"))
+    def phase(self) -> str:
+        return self.kubectl(
+            "get", "msvc", DEMO_NAME, "-n", DEMO_NAMESPACE, "-o", "jsonpath={.status.phase}"
+        )
 
-    try:
-        _step(3, "install the ModelService CRD")
-        print(kubectl("apply", "-f", str(repo / "crds")).strip())
-        kubectl("wait", "--for=condition=Established", "crd/modelservices.serving.modelservice.io")
+    def apply_and_wait(self, manifest: dict[str, Any]) -> None:
+        print(self.kubectl("apply", "-f", "-", stdin=json.dumps(manifest)).strip())
+        wait_for(
+            f"ModelService {DEMO_NAME} to be Ready (kubectl describe msvc {DEMO_NAME})",
+            lambda: self.phase() == "Ready",
+            self.args.timeout,
+            interval=2,
+        )
+        print(self.kubectl("get", "msvc", DEMO_NAME, "-n", DEMO_NAMESPACE))
+        selector = f"app.kubernetes.io/instance={DEMO_NAME}"
+        print(self.kubectl("get", "deploy,svc,hpa,pdb", "-n", DEMO_NAMESPACE, "-l", selector))
+        print(self.kubectl("get", "pods", "-o", "wide", "-n", DEMO_NAMESPACE, "-l", selector))
 
-        _step(4, "run the operator (log: .cache/demo/operator.log)")
-        operator_cmd = [modelservice, "operator", "--standalone", "--all-namespaces"]
-        with background(operator_cmd, work / "operator.log", env):
-            _step(5, f"apply {EXAMPLE} as {DEMO_NAME}, wait until Ready")
-            manifest = demo_manifest(repo, model, sha256)
-            print(kubectl("apply", "-f", "-", stdin=json.dumps(manifest)).strip())
+    def on_real_node(self, model: Path, sha256: str, node_ip: str) -> None:
+        _step(3, "install the CRD and the operator from the Helm chart (make deploy)")
+        print(self.kubectl("apply", "-f", str(self.repo / "crds")).strip())
+        self.kubectl("wait", "--for=condition=Established", f"crd/{CRD}")
+        subprocess.run(["make", "-C", str(self.repo), "deploy"], env=self.env, check=True)
+        print(self.kubectl("get", "pods", "-o", "wide", "-n", OPERATOR_NAMESPACE))
 
-            def phase() -> str:
-                return kubectl(
-                    "get", "msvc", DEMO_NAME, "-n", DEMO_NAMESPACE, "-o", "jsonpath={.status.phase}"
-                )
+        with file_server(model.parent, node_ip) as base_url:
+            uri = f"{base_url}/{model.name}"
+            _step(4, f"apply {EXAMPLE} as {DEMO_NAME}, the model from {uri}; wait until Ready")
+            self.apply_and_wait(demo_manifest(uri, sha256, self.repo))
 
-            wait_for(
-                f"ModelService {DEMO_NAME} to be Ready",
-                lambda: phase() == "Ready",
-                args.timeout,
-                interval=2,
-            )
-            print(kubectl("get", "msvc", DEMO_NAME, "-n", DEMO_NAMESPACE))
-            selector = f"app.kubernetes.io/instance={DEMO_NAME}"
-            print(kubectl("get", "deploy,svc,hpa,pdb,pods", "-n", DEMO_NAMESPACE, "-l", selector))
-            kubectl("delete", "msvc", DEMO_NAME, "-n", DEMO_NAMESPACE, "--wait=true")
+        service = json.loads(
+            self.kubectl("get", "svc", DEMO_NAME, "-n", DEMO_NAMESPACE, "-o", "json")
+        )
+        port = service["spec"]["ports"][0]["port"]
+        base = f"http://{service['spec']['clusterIP']}:{port}"
+        selector = f"app.kubernetes.io/instance={DEMO_NAME}"
+        pods_json = self.kubectl("get", "pods", "-n", DEMO_NAMESPACE, "-o", "json", "-l", selector)
+        pods = json.loads(pods_json)["items"]
+        ready = [p for p in pods if p["status"].get("podIP")]
+        target = ready[0]["spec"]["containers"][0]["ports"][0]["containerPort"]
 
-        _step(6, "serve the same model on localhost")
+        def counts() -> dict[str, float]:
+            out = {}
+            for pod in ready:
+                url = f"http://{pod['status']['podIP']}:{target}/metrics"
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    out[pod["metadata"]["name"]] = success_count(resp.read().decode(), DEMO_NAME)
+            return out
+
+        _step(5, f"the model's metadata through the Service ({base}, kube-proxy)")
+        print("   ", http_json(f"{base}/v2/models/{DEMO_NAME}"))
+        _step(6, "one real inference request through the Service (Open Inference Protocol V2)")
+        before = counts()
+        print(f"    POST {base}/v2/models/{DEMO_NAME}/infer {json.dumps(infer_request())}")
+        print("   ", http_json(f"{base}/v2/models/{DEMO_NAME}/infer", infer_request()))
+        after = counts()
+        answered = [name for name in after if after[name] > before.get(name, 0)]
+        print(f"    answered by pod {', '.join(answered) or '(unknown)'} on node {node_ip}")
+
+    def on_fake_nodes(self, model: Path, sha256: str) -> None:
+        print(
+            "\n    No real node on this host (see .cache/cluster/real-node): the pods below are"
+            "\n    kwok fakes, nothing runs in them; the request is answered by a local runtime."
+        )
+        _step(3, "install the CRD; run the operator locally (log: .cache/demo/operator.log)")
+        print(self.kubectl("apply", "-f", str(self.repo / "crds")).strip())
+        self.kubectl("wait", "--for=condition=Established", f"crd/{CRD}")
+        operator_cmd = [self.modelservice, "operator", "--standalone", "--all-namespaces"]
+        with background(operator_cmd, self.work / "operator.log", self.env):
+            _step(4, f"apply {EXAMPLE} as {DEMO_NAME} on the fake nodes, wait until Ready")
+            manifest = demo_manifest(model.resolve().as_uri(), sha256, self.repo)
+            manifest["spec"]["nodeSelector"] = {"type": "kwok"}
+            manifest["spec"]["tolerations"] = [
+                {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
+            ]
+            self.apply_and_wait(manifest)
+            self.kubectl("delete", "msvc", DEMO_NAME, "-n", DEMO_NAMESPACE, "--wait=true")
+
+        _step(5, "serve the same model on localhost")
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        serve_cmd = [
-            modelservice,
-            "serve",
-            str(model),
-            "--name",
-            DEMO_NAME,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        with background(serve_cmd, work / "serve.log", env):
+        serve_cmd = [self.modelservice, "serve", str(model), "--name", DEMO_NAME,
+                     "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+        with background(serve_cmd, self.work / "serve.log", self.env):
 
             def ready() -> bool:
                 try:
@@ -198,30 +292,51 @@ def run(args: argparse.Namespace) -> int:
                     return False
 
             wait_for(f"the runtime on {base} to be ready", ready, 60, interval=0.5)
-            print(f"    GET {base}/v2/models/{DEMO_NAME}")
-            print("   ", http_json(f"{base}/v2/models/{DEMO_NAME}"))
+            _step(6, "one real inference request (Open Inference Protocol V2)")
+            print(f"    POST {base}/v2/models/{DEMO_NAME}/infer {json.dumps(infer_request())}")
+            print("   ", http_json(f"{base}/v2/models/{DEMO_NAME}/infer", infer_request()))
 
-            _step(7, "one real inference request (Open Inference Protocol V2)")
-            request = {
-                "inputs": [
-                    {
-                        "name": "input",
-                        "shape": [1, 4],
-                        "datatype": "FP32",
-                        "data": [0.1, 0.2, 0.3, 0.4],
-                    }
-                ]
-            }
-            print(f"    POST {base}/v2/models/{DEMO_NAME}/infer {json.dumps(request)}")
-            print("   ", http_json(f"{base}/v2/models/{DEMO_NAME}/infer", request))
-    finally:
-        if args.keep:
+    def cleanup(self, node_ip: str | None) -> None:
+        if self.args.keep:
             print(
-                f"\nThe control plane is still up: export KUBECONFIG={kubeconfig}; "
+                f"\nThe control plane is still up: export KUBECONFIG={self.kubeconfig}; "
                 "stop it with `make cluster-down`."
             )
+            return
+        print("\n==> cleaning up: the demo's objects, the operator, the local control plane")
+        if node_ip:
+            subprocess.run(
+                ["kubectl", "delete", "msvc", DEMO_NAME, "-n", DEMO_NAMESPACE, "--ignore-not-found",
+                 "--wait=true", "--timeout=60s"], env=self.env, check=False,
+            )  # fmt: skip
+            subprocess.run(
+                ["helm", "uninstall", "modelservice-operator", "-n", OPERATOR_NAMESPACE],
+                env=self.env, check=False, capture_output=True,
+            )  # fmt: skip
+        for script in ("cluster-down.sh", "docker-down.sh"):
+            subprocess.run([str(self.repo / "hack" / script)], env=self.env, check=False)
+
+
+CRD = "modelservices.serving.modelservice.io"
+OPERATOR_NAMESPACE = "modelservice-system"
+
+
+def run(args: argparse.Namespace) -> int:
+    demo = Demo(args)
+    _step(1, "export a PyTorch MLP (4 -> 16 -> 3) to ONNX")
+    model, sha256 = export_demo_model(demo.work / "model.onnx")
+    print(f"    {model}  sha256={sha256[:16]}...")
+
+    _step(2, "start the local control plane (etcd, apiserver, controllers, kwok, the real node)")
+    subprocess.run([str(demo.repo / "hack" / "cluster-up.sh")], env=demo.env, check=True)
+    print(demo.kubectl("get", "nodes", "-o", "wide"))
+    node_ip = demo.real_node_ip()
+    try:
+        if node_ip:
+            demo.on_real_node(model, sha256, node_ip)
         else:
-            print("\n==> cleaning up: stopping the local control plane")
-            subprocess.run([str(repo / "hack" / "cluster-down.sh")], env=env, check=False)
+            demo.on_fake_nodes(model, sha256)
+    finally:
+        demo.cleanup(node_ip)
     print("\nDemo complete.")
     return 0

@@ -1,0 +1,250 @@
+"""The real node (hack/node-up.sh): how long `kubectl apply` takes to a Ready pod, and what
+the Service path (kube-proxy) costs against a direct `modelservice serve`.
+
+    .cache/venv/bin/python bench/real_node.py [--runs 3] [--duration 10] [--connections 16]
+
+Needs `make cluster-up images` with the real node. The operator is the chart's (its image,
+watching one namespace); the model is bench's MLP, fetched over HTTP from the node's address.
+
+1. Start-up, split by the pod's own timestamps: scheduled (apply -> PodScheduled), sandbox
+   and image (-> model-fetch started), fetch (-> model-fetch finished), container start
+   (-> runtime started), load and warm-up (-> the runtime's "model ... is ready" log line),
+   probe (-> pod Ready), and status (-> the ModelService's phase Ready, seen by a watch-free
+   poll every 0.2 s). Median of --runs applies, each of a fresh ModelService.
+2. Throughput: wrk, the MLP's JSON body, through the ClusterIP and against `modelservice
+   serve` on the host with the same model and flags, alternating A B A B; the ratio of the
+   medians. Both servers and wrk share the machine's 2 cores.
+
+Writes its section of docs/benchmarks.md (between the real-node markers, replaced on each
+run; `make bench` runs it after bench/run.py) and the raw figures to .cache/bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import models  # noqa: E402
+from bench.load import ensure_wrk, run_wrk  # noqa: E402
+from bench.servers import free_port  # noqa: E402
+from tests.integration import test_real_node as real  # noqa: E402
+from tests.integration.conftest import CRD_PATH, DEFAULT_KUBECONFIG, Kubectl  # noqa: E402
+
+BEGIN, END = "<!-- real-node:begin -->", "<!-- real-node:end -->"
+PHASES = ("scheduled", "sandbox + image", "fetch", "container start", "load + warm-up", "probe",
+          "status")  # fmt: skip
+
+
+def ts(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def startup_once(k: Kubectl, model_uri: str, sha: str, name: str) -> dict[str, float]:
+    body = real.manifest(name, {"uri": model_uri, "sha256": sha, "name": "mlp"})
+    applied = time.time()
+    k.apply(body, real.NAMESPACE)
+    while True:
+        st = (k.get("msvc", name, real.NAMESPACE).get("status")) or {}
+        if st.get("phase") == "Ready":
+            status_at = time.time()
+            break
+        if time.time() - applied > 300:
+            raise SystemExit(f"{name} not Ready after 300 s: {real.describe(k, name)}")
+        time.sleep(0.2)
+    (pod,) = real.pods_of(k, name)
+    cond = {c["type"]: ts(c["lastTransitionTime"]) for c in pod["status"]["conditions"]}
+    (fetch,) = pod["status"]["initContainerStatuses"]
+    (runtime,) = pod["status"]["containerStatuses"]
+    logs = k.run("logs", pod["metadata"]["name"], "-n", real.NAMESPACE, "-c", "runtime",
+                 "--timestamps").stdout  # fmt: skip
+    loaded = next(ln for ln in logs.splitlines() if "model mlp is ready" in ln)
+    marks = [
+        applied,
+        cond["PodScheduled"],
+        ts(fetch["state"]["terminated"]["startedAt"]),
+        ts(fetch["state"]["terminated"]["finishedAt"]),
+        ts(runtime["state"]["running"]["startedAt"]),
+        ts(loaded.split()[0]),
+        cond["Ready"],
+        status_at,
+    ]
+    k.run("delete", "msvc", name, "-n", real.NAMESPACE, "--wait=true")
+    # Kubernetes stamps whole seconds: a phase can come out slightly negative; clamp at 0.
+    out = {p: max(0.0, b - a) for p, a, b in zip(PHASES, marks, marks[1:], strict=False)}
+    out["total"] = status_at - applied
+    return out
+
+
+def throughput(
+    k: Kubectl, model: models.BenchModel, uri: str, sha: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    from tests.integration.processes import stop
+
+    name = "bench-svc"
+    k.apply(real.manifest(name, {"uri": uri, "sha256": sha, "name": "mlp"}), real.NAMESPACE)
+    real.wait_ready(k, name)
+    service = f"http://{real.service_address(k, name)}/v2/models/mlp/infer"
+    port = free_port()
+    direct = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
+    # The flags the operator gives the pod's runtime (its container command), on the host.
+    dep = k.get("deployment", name, real.NAMESPACE)
+    cmd = dep["spec"]["template"]["spec"]["containers"][0]["command"]
+    flags = cmd[cmd.index("serve") + 2 :]
+    for flag, value in (("--host", "127.0.0.1"), ("--port", str(port))):
+        if flag in flags:
+            flags[flags.index(flag) + 1] = value
+        else:
+            flags += [flag, value]
+    argv = [str(Path(sys.executable).parent / "modelservice"), "serve", str(model.path), *flags]
+    log = (REPO / ".cache" / "bench" / "real-node-serve.log").open("wb")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    body = model.body("json")
+    work = REPO / ".cache" / "bench" / "real-node"
+    runs: dict[str, list[dict]] = {"service": [], "direct": []}
+    try:
+        real.wait_until("the direct runtime", lambda: _ready(port), timeout=60)
+        for url in (service, direct):
+            run_wrk(url, body, args.connections, 2, work)  # warm-up, discarded
+        for _ in range(2):
+            for target, url in (("service", service), ("direct", direct)):
+                r = run_wrk(url, body, args.connections, args.duration, work)
+                runs[target].append(r.to_dict())
+                print(f"  {target}: {r.requests_per_s:,.0f} req/s, p50 {r.p50_ms:.2f} ms, "
+                      f"p99 {r.p99_ms:.2f} ms, {r.errors} errors", flush=True)  # fmt: skip
+    finally:
+        stop(proc)
+        log.close()
+        k.run("delete", "msvc", name, "-n", real.NAMESPACE, "--wait=true", check=False)
+    med = {t: statistics.median(r["requests_per_s"] for r in rs) for t, rs in runs.items()}
+    return {
+        "runs": runs,
+        "median_rps": med,
+        "ratio": med["service"] / med["direct"],
+        "flags": flags,
+        "connections": args.connections,
+        "duration_s": args.duration,
+    }
+
+
+def _ready(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def render(result: dict[str, Any]) -> str:
+    s = result["startup"]
+    rows = "\n".join(
+        f"| {p} | {statistics.median(r[p] for r in s):.2f} | "
+        f"{min(r[p] for r in s):.2f}-{max(r[p] for r in s):.2f} |"
+        for p in (*PHASES, "total")
+    )
+    t = result["throughput"]
+    tp = "\n".join(
+        f"| {target} | {', '.join(format(r['requests_per_s'], ',.0f') for r in runs)} | "
+        f"{statistics.median(r['p50_ms'] for r in runs):.2f} | "
+        f"{statistics.median(r['p99_ms'] for r in runs):.2f} | "
+        f"{sum(r['errors'] for r in runs)} |"
+        for target, runs in t["runs"].items()
+    )
+    return f"""{BEGIN}
+## The real node: from `kubectl apply` to Ready, and the Service path
+
+Measured by `bench/real_node.py` at {result["when"]} (git {result["git"]}), on the real node of
+`make cluster-up` (kubelet {result["kubelet"]}, containerd, CNI bridge, kube-proxy in iptables
+mode), with the chart's operator pod and bench's MLP fetched over HTTP from the node's address.
+The images were already on the node (`make images`), so "sandbox + image" is sandbox creation
+and container start, not a pull.
+
+**Start-up**, {len(s)} fresh ModelServices applied one after another (seconds; the pod's
+timestamps have whole-second resolution, so single phases are +-1 s):
+
+| phase | median | range |
+| --- | --- | --- |
+{rows}
+
+**Throughput through the Service (ClusterIP, kube-proxy) against a direct `modelservice serve`**
+of the same model with the pod's own flags ({" ".join(t["flags"])}), wrk with
+{t["connections"]} connections, JSON, {t["duration_s"]:.0f} s a run, alternating:
+
+| target | req/s (runs) | p50 ms | p99 ms | errors |
+| --- | --- | --- | --- | --- |
+{tp}
+
+Service / direct: **{t["ratio"]:.2f}x** (medians). Everything, wrk included, shares 2 cores.
+{END}
+"""
+
+
+def write_section(text: str) -> Path:
+    doc = REPO / "docs" / "benchmarks.md"
+    current = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if BEGIN in current and END in current:
+        head, rest = current.split(BEGIN, 1)
+        current = head + text.strip() + rest.split(END, 1)[1]
+    else:
+        current = current.rstrip() + "\n\n" + text
+    doc.write_text(current)
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--connections", type=int, default=16)
+    args = p.parse_args(argv)
+    k = Kubectl(DEFAULT_KUBECONFIG)
+    if not real.REAL_NODE_FILE.exists() or "REAL_NODE=yes" not in real.REAL_NODE_FILE.read_text():
+        print("bench/real_node.py: no real node (make cluster-up on Linux as root); skipped")
+        return 0
+    ensure_wrk()
+    out_dir = REPO / ".cache" / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    k.run("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
+    (model,) = models.export_models(out_dir / "real-node-models", ["mlp"])
+    node_ip, why_not = real.real_node_ip(k)
+    if node_ip is None:
+        raise SystemExit(f"bench/real_node.py: the real node is not usable: {why_not}")
+    tmp = out_dir / "real-node-files"
+    tmp.mkdir(exist_ok=True)
+    with (
+        real.operator_from_chart(k) as pod,
+        real.serve_model_files(node_ip, model.path, tmp) as files,
+    ):
+        print(f"operator pod {pod} Ready", flush=True)
+        startup = []
+        for i in range(args.runs):
+            r = startup_once(k, files.url("mlp.onnx"), files.sha256["mlp.onnx"], f"bench-up-{i}")
+            print(f"  start-up {i + 1}: " + ", ".join(f"{p} {v:.1f}s" for p, v in r.items()))
+            startup.append(r)
+        tp = throughput(k, model, files.url("mlp.onnx"), files.sha256["mlp.onnx"], args)
+    kubelet = k.list("nodes", "default", "type=real")[0]["status"]["nodeInfo"]["kubeletVersion"]
+    git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True).stdout.strip()  # fmt: skip
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: UP017
+    result = {"when": when, "git": git, "kubelet": kubelet, "startup": startup, "throughput": tp}
+    raw = out_dir / f"real-node-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"  # noqa: UP017
+    raw.write_text(json.dumps(result, indent=1))
+    doc = write_section(render(result))
+    print(f"wrote {doc} (raw {raw}); Service/direct {tp['ratio']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Stop the dockerd that hack/docker-up.sh started (by its recorded PID); an engine this
+# project did not start is left alone. Its images stay in Docker's data root for next time.
+set -euo pipefail
+ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PID_FILE="${ROOT_DIR}/.cache/docker/dockerd.pid"
+[[ -f "${PID_FILE}" ]] || exit 0
+pid="$(cat "${PID_FILE}")"
+if kill -0 "${pid}" 2>/dev/null && tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -q dockerd; then
+  kill "${pid}"
+  deadline=$(($(date +%s) + 30))
+  while kill -0 "${pid}" 2>/dev/null && [[ "$(date +%s)" -lt "${deadline}" ]]; do sleep 0.5; done
+  kill -0 "${pid}" 2>/dev/null && kill -9 "${pid}"
+  printf '[docker-down] stopped dockerd (pid %s)\n' "${pid}" >&2
+fi
+rm -f "${PID_FILE}"

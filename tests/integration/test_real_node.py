@@ -1,0 +1,657 @@
+"""Real pods on the real node (hack/node-up.sh): the whole chain from `kubectl apply` to an
+answer, with the images `make images` built.
+
+The operator runs as a pod from the Helm chart (its image, its ServiceAccount, in-cluster
+config), watching this module's namespace only. Each ModelService's `model-fetch` init
+container really fetches (HTTP from a server on the node's address, a PVC on the node, S3
+from moto's standalone server on the node's address), the runtime container really loads the
+model, and unmodified tritonclient calls go through the Service's ClusterIP (kube-proxy).
+
+Without a real node (not Linux, not root, `make images` not run) every test here is skipped
+with the reason, and with CI=true it fails instead: CI never passes without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.integration.conftest import REPO_ROOT, Kubectl, condition, wait_until
+from tests.integration.processes import stop
+from tests.needs import needed
+
+pytestmark = [pytest.mark.cluster, pytest.mark.real_node, pytest.mark.slow]
+
+REAL_NODE_FILE = REPO_ROOT / ".cache" / "cluster" / "real-node"
+NODE_SOCKET = "/run/modelservice-node/containerd.sock"
+RUNTIME_IMAGE = os.environ.get("RUNTIME_IMAGE", "modelservice-runtime:dev")
+OPERATOR_IMAGE = os.environ.get("OPERATOR_IMAGE", "modelservice-operator:dev")
+CHART = REPO_ROOT / "charts" / "modelservice-operator"
+SUFFIX = uuid.uuid4().hex[:6]
+NAMESPACE = f"msvc-real-{SUFFIX}"
+OPERATOR_NAMESPACE = f"msvc-real-op-{SUFFIX}"
+# Small requests: a rollout's surge pods and the HPA test's second replica must fit beside
+# the operator on a 2-core node.
+RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}
+ROWS = 4
+
+
+def _unavailable(reason: str) -> None:
+    needed(f"no real node: {reason}")
+
+
+def _image_on_node(image: str) -> bool:
+    name = image if "/" in image else f"docker.io/library/{image}"
+    proc = subprocess.run(
+        ["ctr", "--address", NODE_SOCKET, "-n", "k8s.io", "images", "ls", "-q", f"name=={name}"],
+        capture_output=True,
+        text=True,
+    )
+    return proc.returncode == 0 and name in proc.stdout.split()
+
+
+def real_node_ip(kctl: Kubectl) -> tuple[str | None, str]:
+    """(the real node's address, "") once it is Ready and holds both images, else
+    (None, why not)."""
+    if not REAL_NODE_FILE.exists():
+        return None, f"{REAL_NODE_FILE} is missing: the cluster was not started by cluster-up"
+    facts = dict(
+        line.split("=", 1) for line in REAL_NODE_FILE.read_text().splitlines() if "=" in line
+    )
+    if facts.get("REAL_NODE") != "yes":
+        return None, facts.get("REAL_NODE_REASON") or "hack/cluster-up.sh started none"
+    nodes = kctl.list("nodes", "default", selector="type=real")
+    if not nodes:
+        return None, "no node labelled type=real is registered"
+    node = nodes[0]
+    if condition(node, "Ready").get("status") != "True":
+        return None, f"node {node['metadata']['name']} is not Ready"
+    for image in (RUNTIME_IMAGE, OPERATOR_IMAGE):
+        if not _image_on_node(image):
+            return None, f"{image} is not in the node's containerd: run `make images`"
+    ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+    return ip, ""
+
+
+@pytest.fixture(scope="module")
+def node_ip(kctl: Kubectl) -> str:
+    ip, why_not = real_node_ip(kctl)
+    if ip is None:
+        _unavailable(why_not)
+    assert ip is not None
+    return ip
+
+
+@contextlib.contextmanager
+def operator_from_chart(kctl: Kubectl) -> Iterator[str]:
+    """The chart's operator pod (the real image) watching NAMESPACE; yields its pod name.
+    The CRD must be installed."""
+    kctl.run("create", "namespace", NAMESPACE)
+    release = f"msvc-real-{SUFFIX}"
+    helm = str(REPO_ROOT / ".cache" / "bin" / "helm")
+    repo, tag = OPERATOR_IMAGE.rsplit(":", 1)
+    cmd = [
+        helm, "--kubeconfig", str(kctl.kubeconfig), "install", release, str(CHART),
+        "-n", OPERATOR_NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s",
+        "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
+        "--set", f"runtimeImage={RUNTIME_IMAGE}",
+        "--set-json", f"watchNamespaces={json.dumps([NAMESPACE])}",
+        # Its own peering object: the session's other operators never see it as a peer.
+        "--set", f"peering.name=msvc-real-{SUFFIX}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    try:
+        if proc.returncode != 0:
+            pods = kctl.run("get", "pods", "-n", OPERATOR_NAMESPACE, "-o", "wide", check=False)
+            pytest.fail(f"helm install failed: {proc.stderr}\n{pods.stdout}")
+        (pod,) = kctl.list("pods", OPERATOR_NAMESPACE)
+        yield pod["metadata"]["name"]
+    finally:
+        kctl.run("delete", "msvc", "--all", "-n", NAMESPACE, "--wait=true", "--timeout=90s",
+                 check=False, timeout=120)  # fmt: skip
+        subprocess.run(
+            [helm, "--kubeconfig", str(kctl.kubeconfig), "uninstall", release,
+             "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "60s"],
+            capture_output=True, timeout=90,
+        )  # fmt: skip
+        for ns in (NAMESPACE, OPERATOR_NAMESPACE):
+            kctl.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def chart_operator(kctl: Kubectl, node_ip: str, modelservice_crd: str) -> Iterator[str]:
+    with operator_from_chart(kctl) as pod:
+        yield pod
+
+
+@dataclass
+class ModelFiles:
+    """Files served over HTTP from the node's address (the pods' model server)."""
+
+    root: Path
+    base_url: str
+    sha256: dict[str, str] = field(default_factory=dict)
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/{name}"
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve_model_files(node_ip: str, mlp_onnx: Path, root: Path) -> Iterator[ModelFiles]:
+    """mlp.onnx and a corrupt file, over HTTP from the node's address, out of `root`."""
+    shutil.copy(mlp_onnx, root / "mlp.onnx")
+    # Bytes that are no ONNX model, with a correct checksum: the fetch passes, the load fails.
+    (root / "corrupt.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = ThreadingHTTPServer((node_ip, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    files = ModelFiles(root, f"http://{node_ip}:{server.server_address[1]}")
+    for f in root.iterdir():
+        files.sha256[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
+    try:
+        yield files
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def model_files(
+    node_ip: str, mlp_onnx: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ModelFiles]:
+    with serve_model_files(node_ip, mlp_onnx, tmp_path_factory.mktemp("node-models")) as files:
+        yield files
+
+
+def manifest(name: str, model: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.modelservice.io/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": name},
+        "spec": {"model": model, "replicas": 1, "resources": RESOURCES, **spec},
+    }
+
+
+def pods_of(kctl: Kubectl, name: str) -> list[dict[str, Any]]:
+    return kctl.list("pods", NAMESPACE, selector=f"app.kubernetes.io/instance={name}")
+
+
+def describe(kctl: Kubectl, name: str) -> str:
+    """What a failed wait shows: the ModelService's status and its pods' states."""
+    obj = kctl.maybe_get("msvc", name, NAMESPACE) or {}
+    lines = [json.dumps(obj.get("status"), indent=1)]
+    for pod in pods_of(kctl, name):
+        statuses = pod["status"].get("initContainerStatuses", []) + pod["status"].get(
+            "containerStatuses", []
+        )
+        lines.append(f"pod {pod['metadata']['name']}: {pod['status'].get('phase')}")
+        lines += [f"  {s['name']}: {json.dumps(s.get('state'))}" for s in statuses]
+    return "\n".join(lines)
+
+
+def wait_ready(kctl: Kubectl, name: str, timeout: float = 180) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        obj = kctl.get("msvc", name, NAMESPACE)
+        st = obj.get("status") or {}
+        current = st.get("observedGeneration") == obj["metadata"]["generation"]
+        return obj if current and st.get("phase") == "Ready" else None
+
+    try:
+        return wait_until(f"ModelService {name} to be Ready", ready, timeout=timeout, interval=1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
+
+
+def service_address(kctl: Kubectl, name: str) -> str:
+    svc = kctl.get("service", name, NAMESPACE)
+    return f"{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+
+
+def _parse_time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def assert_loaded_before_ready(kctl: Kubectl, name: str) -> None:
+    """The runtime's 'model ... is ready' log line comes before the pod turned Ready."""
+    (pod,) = [p for p in pods_of(kctl, name) if condition(p, "Ready").get("status") == "True"]
+    ready_at = _parse_time(condition(pod, "Ready")["lastTransitionTime"])
+    logs = kctl.run("logs", pod["metadata"]["name"], "-n", NAMESPACE, "-c", "runtime",
+                    "--timestamps").stdout  # fmt: skip
+    loaded = [ln for ln in logs.splitlines() if f"model {name} is ready" in ln]
+    assert loaded, f"no load line in the runtime's log:\n{logs[-2000:]}"
+    loaded_at = _parse_time(loaded[0].split()[0])
+    # The log stamp has nanoseconds, the condition whole seconds (rounded down).
+    assert loaded_at.replace(microsecond=0) <= ready_at, (loaded_at, ready_at)
+
+
+def assert_answers_like_onnxruntime(address: str, model_name: str, model: Path) -> None:
+    import onnxruntime as ort
+    import tritonclient.http as httpclient
+
+    x = np.random.default_rng(7).standard_normal((ROWS, 64)).astype(np.float32)
+    (expected,) = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x}
+    )
+    client = httpclient.InferenceServerClient(address, connection_timeout=10, network_timeout=30)
+    try:
+        assert client.is_server_ready() and client.is_model_ready(model_name)
+        for binary in (False, True):
+            inp = httpclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=binary)
+            out = httpclient.InferRequestedOutput("output", binary_data=binary)
+            got = client.infer(model_name, [inp], outputs=[out]).as_numpy("output")
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    finally:
+        client.close()
+
+
+# --- the chart's operator -------------------------------------------------------------------
+
+
+def test_chart_operator_pod_runs_on_the_real_node(kctl: Kubectl, chart_operator: str) -> None:
+    pod = kctl.get("pod", chart_operator, OPERATOR_NAMESPACE)
+    assert condition(pod, "Ready").get("status") == "True"
+    assert (
+        pod["spec"]["nodeName"] == kctl.list("nodes", "default", "type=real")[0]["metadata"]["name"]
+    )
+    (status,) = pod["status"]["containerStatuses"]
+    assert status["restartCount"] == 0, status
+    assert status["image"].endswith(OPERATOR_IMAGE)
+    # In-cluster config against the apiserver through the kubernetes Service, as its
+    # ServiceAccount: the log shows kopf watching, with no credential or TLS errors.
+    logs = kctl.run("logs", chart_operator, "-n", OPERATOR_NAMESPACE).stdout
+    for bad in ("Traceback", "CertificateError", "Unauthorized", "Forbidden"):
+        assert bad not in logs, logs[-3000:]
+
+
+# --- one ModelService per URI scheme ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def s3_server(node_ip: str, tmp: Path) -> Iterator[str]:
+    """moto's standalone S3 server on the node's address; yields its endpoint URL."""
+    from tests.integration.processes import free_port
+
+    port = free_port()
+    log = (tmp / "moto.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", node_ip, "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://{node_ip}:{port}"
+    try:
+
+        def up() -> bool:
+            try:
+                conn = http.client.HTTPConnection(node_ip, port, timeout=2)
+                conn.request("GET", "/")
+                return conn.getresponse().status < 500
+            except OSError:
+                return proc.poll() is not None
+
+        wait_until(f"moto's S3 server on {endpoint}", up, timeout=60)
+        assert proc.poll() is None, (tmp / "moto.log").read_text()
+        yield endpoint
+    finally:
+        stop(proc)
+        log.close()
+
+
+S3_CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+
+
+@pytest.mark.parametrize("scheme", ["http", "pvc", "s3"])
+def test_a_model_from_each_scheme_serves_through_the_service(
+    kctl: Kubectl,
+    chart_operator: str,
+    model_files: ModelFiles,
+    node_ip: str,
+    mlp_onnx: Path,
+    scheme: str,
+    tmp_path: Path,
+) -> None:
+    name = f"from-{scheme}"
+    sha = model_files.sha256["mlp.onnx"]
+    with contextlib.ExitStack() as stack:
+        if scheme == "http":
+            model = {"uri": model_files.url("mlp.onnx"), "sha256": sha, "name": name}
+        elif scheme == "pvc":
+            # A hostPath volume on the node, bound to a claim by name (no provisioner here).
+            pv_dir = REPO_ROOT / ".cache" / "node" / f"pv-{SUFFIX}"
+            pv_dir.mkdir(parents=True, exist_ok=True)
+            pv_dir.chmod(0o755)
+            shutil.copy(mlp_onnx, pv_dir / "mlp.onnx")
+            (pv_dir / "mlp.onnx").chmod(0o644)
+            stack.callback(shutil.rmtree, pv_dir, True)
+            pv = f"msvc-real-{SUFFIX}"
+            kctl.run("apply", "-f", "-", stdin=json.dumps({
+                "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
+                         "hostPath": {"path": str(pv_dir), "type": "Directory"},
+                         "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain"},
+            }))  # fmt: skip
+            stack.callback(kctl.run, "delete", "pv", pv, "--wait=false", check=False)
+            kctl.apply({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "models"},
+                "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                         "volumeName": pv, "resources": {"requests": {"storage": "1Gi"}}},
+            }, NAMESPACE)  # fmt: skip
+            model = {"uri": "pvc://models/mlp.onnx", "sha256": sha, "name": name}
+        else:
+            import boto3
+
+            endpoint = stack.enter_context(s3_server(node_ip, tmp_path))
+            s3 = boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                aws_access_key_id=S3_CREDS["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=S3_CREDS["AWS_SECRET_ACCESS_KEY"],
+                region_name=S3_CREDS["AWS_DEFAULT_REGION"],
+            )
+            s3.create_bucket(Bucket="models")
+            s3.upload_file(str(mlp_onnx), "models", "mlp/model.onnx")
+            kctl.apply({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"},
+                "stringData": {**S3_CREDS, "AWS_ENDPOINT_URL": endpoint},
+            }, NAMESPACE)  # fmt: skip
+            model = {"uri": "s3://models/mlp/model.onnx", "sha256": sha, "name": name,
+                     "secretRef": {"name": "s3-creds"}}  # fmt: skip
+        kctl.apply(manifest(name, model), NAMESPACE)
+        try:
+            wait_ready(kctl, name)
+            assert_loaded_before_ready(kctl, name)
+            assert_answers_like_onnxruntime(service_address(kctl, name), name, mlp_onnx)
+        finally:
+            kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
+
+
+# --- failures are reported ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "reason", "needle"),
+    [
+        ("sha256-mismatch", "ModelFetchFailed", "sha256"),
+        ("unreachable", "ModelFetchFailed", "refused"),
+        ("corrupt-model", "ModelFetchFailed", "onnx"),
+    ],
+)
+def test_a_broken_model_leaves_the_pod_not_ready_and_says_why(
+    kctl: Kubectl,
+    chart_operator: str,
+    model_files: ModelFiles,
+    node_ip: str,
+    case: str,
+    reason: str,
+    needle: str,
+) -> None:
+    good = model_files.sha256["mlp.onnx"]
+    model = {
+        "sha256-mismatch": {"uri": model_files.url("mlp.onnx"), "sha256": "0" * 64},
+        # Port 1 on the node's address: nothing listens, the connection is refused.
+        "unreachable": {"uri": f"http://{node_ip}:1/mlp.onnx", "sha256": good},
+        "corrupt-model": {
+            "uri": model_files.url("corrupt.onnx"),
+            "sha256": model_files.sha256["corrupt.onnx"],
+        },
+    }[case]
+    name = f"broken-{case}"
+    kctl.apply(manifest(name, model), NAMESPACE)
+    try:
+
+        def reported() -> dict[str, Any] | None:
+            ready = condition(kctl.get("msvc", name, NAMESPACE), "Ready")
+            return ready if ready.get("reason") == reason else None
+
+        try:
+            ready = wait_until(f"{name}: Ready reason {reason}", reported, timeout=180)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
+        assert ready["status"] == "False"
+        assert needle in ready["message"].lower(), ready["message"]
+        obj = kctl.get("msvc", name, NAMESPACE)
+        assert obj["status"]["phase"] == "Failed", obj["status"]
+        assert all(condition(p, "Ready").get("status") != "True" for p in pods_of(kctl, name))
+        wait_until(
+            f"a Warning event {reason} on ModelService {name}",
+            lambda: [
+                e for e in kctl.events(NAMESPACE, name)
+                if e["type"] == "Warning" and e["reason"] == reason
+            ],
+        )  # fmt: skip
+    finally:
+        kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
+
+
+# --- under load -----------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """Clients sending V2 JSON requests through the Service without pause, each on a new
+    connection (so kube-proxy picks an endpoint for every one); counts sent and failed."""
+
+    address: str
+    model: str
+    clients: int = 4
+    sent: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _one(self, body: bytes) -> None:
+        host, port = self.address.rsplit(":", 1)
+        ok, err = False, ""
+        try:
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            conn.request("POST", f"/v2/models/{self.model}/infer", body,
+                         {"Content-Type": "application/json"})  # fmt: skip
+            resp = conn.getresponse()
+            data = resp.read()
+            ok = resp.status == 200 and b'"outputs"' in data
+            err = f"HTTP {resp.status}: {data[:200]!r}"
+            conn.close()
+        except OSError as e:
+            err = repr(e)
+        with self._lock:
+            self.sent += 1
+            if not ok:
+                self.failed += 1
+                if len(self.errors) < 10:
+                    self.errors.append(err)
+
+    def _run(self) -> None:
+        x = np.random.default_rng(1).standard_normal(64).astype(np.float32).tolist()
+        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                       "data": x}]}).encode()  # fmt: skip
+        while not self._stop.is_set():
+            self._one(body)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Load]:
+        threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self.clients)]
+        for t in threads:
+            t.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            for t in threads:
+                t.join(timeout=15)
+
+    def report(self, what: str) -> str:
+        return f"{what}: {self.sent} requests sent, {self.failed} failed {self.errors}"
+
+
+def wait_rolled_out(kctl: Kubectl, name: str, timeout: float = 180) -> None:
+    def done() -> bool:
+        dep = kctl.get("deployment", name, NAMESPACE)
+        st, want = dep.get("status") or {}, dep["spec"]["replicas"]
+        live = [p for p in pods_of(kctl, name) if not p["metadata"].get("deletionTimestamp")]
+        return (
+            st.get("observedGeneration") == dep["metadata"]["generation"]
+            and st.get("updatedReplicas") == want
+            and st.get("readyReplicas") == want
+            and st.get("replicas") == want
+            and len(live) == want
+        )
+
+    wait_until(f"Deployment {name} to finish its rollout", done, timeout=timeout, interval=1)
+
+
+def test_rollout_and_pod_deletion_under_load_lose_no_request(
+    kctl: Kubectl, chart_operator: str, model_files: ModelFiles
+) -> None:
+    name = "under-load"
+    model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"]}
+    kctl.apply(manifest(name, model, replicas=2), NAMESPACE)
+    try:
+        wait_ready(kctl, name)
+        address = service_address(kctl, name)
+
+        # A batching change: new pods roll in while the old ones drain.
+        with Load(address, name).running() as load:
+            wait_until("requests to flow", lambda: load.sent >= 50, timeout=30)
+            body = manifest(
+                name,
+                model,
+                replicas=2,
+                runtime={"batching": {"maxBatchSize": 8, "maxDelayMicroseconds": 200}},
+            )
+            kctl.apply(body, NAMESPACE)  # fmt: skip
+            wait_rolled_out(kctl, name)
+            wait_ready(kctl, name)
+            sent_at_end = load.sent
+            wait_until("requests after the rollout", lambda: load.sent >= sent_at_end + 50, 30)
+        print(load.report("rollout"))
+        assert load.failed == 0, load.report("rollout")
+
+        # One pod deleted (gracefully, as a node drain would): its replacement serves.
+        with Load(address, name).running() as load:
+            wait_until("requests to flow", lambda: load.sent >= 50, timeout=30)
+            victim = pods_of(kctl, name)[0]["metadata"]["name"]
+            kctl.run("delete", "pod", victim, "-n", NAMESPACE, "--wait=true", timeout=90)
+            wait_rolled_out(kctl, name)
+            sent_at_end = load.sent
+            wait_until("requests after the replacement", lambda: load.sent >= sent_at_end + 50, 30)
+        print(load.report("pod deleted"))
+        names = {p["metadata"]["name"] for p in pods_of(kctl, name)}
+        assert victim not in names and len(names) == 2
+        assert load.failed == 0, load.report("pod deleted")
+    finally:
+        kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
+
+
+# --- the restricted security context in a real container ---------------------------------
+
+
+def test_restricted_security_context_holds_in_the_container(
+    kctl: Kubectl, chart_operator: str, model_files: ModelFiles
+) -> None:
+    name = "locked-down"
+    model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"]}
+    kctl.apply(manifest(name, model), NAMESPACE)
+    try:
+        wait_ready(kctl, name)
+        (pod,) = pods_of(kctl, name)
+        probe = (
+            "import os, json\n"
+            "caps = {l.split(':')[0]: l.split()[1] for l in open('/proc/1/status')"
+            " if l.startswith('Cap')}\n"
+            "try:\n    open('/probe', 'w'); writable = True\n"
+            "except OSError:\n    writable = False\n"
+            "print(json.dumps({'uid': os.getuid(), 'gid': os.getgid(), 'root_writable': writable,"
+            " 'caps': caps, 'no_new_privs': [l.split()[1] for l in open('/proc/1/status')"
+            " if l.startswith('NoNewPrivs')][0]}))\n"
+        )
+        out = kctl.run("exec", pod["metadata"]["name"], "-n", NAMESPACE, "-c", "runtime", "--",
+                       "python", "-c", probe).stdout  # fmt: skip
+        facts = json.loads(out)
+        assert facts["uid"] == 65532 and facts["gid"] == 65532, facts
+        assert facts["root_writable"] is False, facts
+        assert facts["caps"]["CapEff"] == "0000000000000000", facts
+        assert facts["caps"]["CapPrm"] == "0000000000000000", facts
+        assert facts["no_new_privs"] == "1", facts
+    finally:
+        kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
+
+
+# --- autoscaling on real CPU ----------------------------------------------------------------
+
+
+def test_hpa_scales_on_the_cpu_the_kubelet_measures(
+    kctl: Kubectl, chart_operator: str, model_files: ModelFiles
+) -> None:
+    """Load through the Service raises the pod's real CPU; metrics-server reads it from the
+    real kubelet; the HPA scales 1 -> 2 and back to 1 once the load stops."""
+    name = "autoscaled"
+    model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"]}
+    body = manifest(name, model)
+    del body["spec"]["replicas"]
+    body["spec"]["autoscaling"] = {
+        "minReplicas": 1, "maxReplicas": 2, "targetCPUUtilizationPercentage": 50,
+        "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0},
+                     "scaleUp": {"stabilizationWindowSeconds": 0}},
+    }  # fmt: skip
+    kctl.apply(body, NAMESPACE)
+    try:
+        wait_ready(kctl, name)
+        (pod,) = pods_of(kctl, name)
+
+        def cpu_m() -> float | None:
+            proc = kctl.run("get", "--raw", f"/apis/metrics.k8s.io/v1beta1/namespaces/{NAMESPACE}"
+                            f"/pods/{pod['metadata']['name']}", check=False)  # fmt: skip
+            if proc.returncode != 0:
+                return None
+            usage = json.loads(proc.stdout)["containers"][0]["usage"]["cpu"]
+            return float(usage[:-1]) / 1e6 if usage.endswith("n") else float(usage.rstrip("m"))
+
+        wait_until("metrics-server to report the pod's CPU from the kubelet", cpu_m, timeout=90)
+
+        def replicas(want: int) -> bool:
+            hpa = kctl.get("hpa", name, NAMESPACE)
+            return (hpa.get("status") or {}).get("desiredReplicas") == want
+
+        with Load(service_address(kctl, name), name, clients=3).running() as load:
+            wait_until("the HPA to want 2 replicas under load", lambda: replicas(2), timeout=180)
+            wait_until(
+                "2 Ready runtime pods",
+                lambda: sum(condition(p, "Ready").get("status") == "True"
+                            for p in pods_of(kctl, name)) == 2,
+                timeout=120,
+            )  # fmt: skip
+        print(load.report("hpa load"), f"peak seen {cpu_m()} m")
+        wait_until("the HPA to scale back to 1 replica", lambda: replicas(1), timeout=180)
+        wait_until("1 runtime pod", lambda: len(
+            [p for p in pods_of(kctl, name) if not p["metadata"].get("deletionTimestamp")]) == 1,
+            timeout=120)  # fmt: skip
+    finally:
+        kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
