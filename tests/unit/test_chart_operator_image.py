@@ -47,3 +47,18 @@ def test_image_installs_only_the_operator_extra() -> None:
     assert "!operator/modelservice_operator" in patterns
     assert "!cli/modelservice_cli" in patterns  # the console script, without runtime code
     assert not [p for p in patterns if "modelservice_runtime" in p]
+
+
+def test_the_operator_and_the_console_script_need_no_runtime_code() -> None:
+    """What the image carries is enough: modelservice_runtime cannot even be imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['modelservice_runtime'] = None\n"
+        "import modelservice_operator.handlers, modelservice_operator.cli\n"
+        "from modelservice_cli.main import main\n"
+        "assert main(['operator', '--help']) == 0\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
