@@ -59,6 +59,8 @@ test: venv tools host-deps ## set everything up and run the whole suite
 	set -o pipefail; status=0; start=$$(date +%s); \
 	KUBECONFIG=$(KUBECONFIG_FILE) $(PY) -m pytest tests $(PYTEST_ARGS) || status=$$?; \
 	echo ">> phase: suite in $$(( $$(date +%s) - start ))s"; \
+	grep -qx REAL_NODE=yes $(CACHE)/cluster/real-node || echo ">> NO REAL NODE ($$(sed -n \
+	  's/^REAL_NODE_REASON=//p' $(CACHE)/cluster/real-node)): tests/integration/test_real_node.py was left out"; \
 	hack/cluster-down.sh; hack/docker-down.sh; exit $$status
 
 test-unit: venv ## fast tests only (no control plane)

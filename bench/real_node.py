@@ -12,8 +12,8 @@ watching one namespace); the model is bench's MLP, fetched over HTTP from the no
    probe (-> pod Ready), and status (-> the ModelService's phase Ready, seen by a watch-free
    poll every 0.2 s). Median of --runs applies, each of a fresh ModelService.
 2. Throughput: wrk, the MLP's JSON body, through the ClusterIP and against `modelservice
-   serve` on the host with the same model and flags, alternating A B A B; the ratio of the
-   medians. Both servers and wrk share the machine's 2 cores.
+   serve` on the host with the same model and flags, alternating A B (--rounds times); the
+   ratio of the medians. Both servers and wrk share the machine's 2 cores.
 
 Writes its section of docs/benchmarks.md (between the real-node markers, replaced on each
 run; `make bench` runs it after bench/run.py) and the raw figures to .cache/bench/.
@@ -101,12 +101,11 @@ def throughput(
     dep = k.get("deployment", name, real.NAMESPACE)
     cmd = dep["spec"]["template"]["spec"]["containers"][0]["command"]
     flags = cmd[cmd.index("serve") + 2 :]
-    for flag, value in (("--host", "127.0.0.1"), ("--port", str(port))):
+    for flag in ("--host", "--port"):
         if flag in flags:
-            flags[flags.index(flag) + 1] = value
-        else:
-            flags += [flag, value]
-    argv = [str(Path(sys.executable).parent / "modelservice"), "serve", str(model.path), *flags]
+            del flags[flags.index(flag) : flags.index(flag) + 2]
+    argv = [str(Path(sys.executable).parent / "modelservice"), "serve", str(model.path), *flags,
+            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     log = (REPO / ".cache" / "bench" / "real-node-serve.log").open("wb")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     body = model.body("json")
@@ -116,7 +115,7 @@ def throughput(
         real.wait_until("the direct runtime", lambda: _ready(port), timeout=60)
         for url in (service, direct):
             run_wrk(url, body, args.connections, 2, work)  # warm-up, discarded
-        for _ in range(2):
+        for _ in range(args.rounds):
             for target, url in (("service", service), ("direct", direct)):
                 r = run_wrk(url, body, args.connections, args.duration, work)
                 runs[target].append(r.to_dict())
@@ -208,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=3, help="A B rounds of the throughput runs")
     args = p.parse_args(argv)
     k = Kubectl(DEFAULT_KUBECONFIG)
     if not real.REAL_NODE_FILE.exists() or "REAL_NODE=yes" not in real.REAL_NODE_FILE.read_text():

@@ -269,6 +269,43 @@ def msvc(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+def is_current(obj: dict[str, Any], phase: str = "Ready") -> bool:
+    """status.phase is `phase` and the operator has seen the current generation."""
+    st = obj.get("status") or {}
+    fresh = st.get("observedGeneration") == obj["metadata"]["generation"]
+    return fresh and st.get("phase") == phase
+
+
+def wait_phase(k: Kubectl, ns: str, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
+    """The one wait for a ModelService phase: status.phase == phase at the current generation.
+    On timeout the error shows the last status, the Deployment's status and the pods' phases."""
+    seen: dict[str, Any] = {}
+
+    def probe() -> dict[str, Any] | None:
+        obj = k.get("msvc", name, ns)
+        st = obj.get("status") or {}
+        seen["status"] = {
+            key: st.get(key)
+            for key in ("phase", "observedGeneration", "replicaSummary", "conditions")
+        }
+        seen["generation"] = obj["metadata"]["generation"]
+        return obj if is_current(obj, phase) else None
+
+    try:
+        return wait_until(
+            f"ModelService {ns}/{name} phase {phase} at its current generation",
+            probe,
+            timeout=timeout,
+        )
+    except AssertionError as e:
+        dep = k.maybe_get("deployment", name, ns)
+        pods = k.list("pods", ns, f"app.kubernetes.io/instance={name}")
+        raise AssertionError(
+            f"{e}\nlast seen: {seen}\nDeployment status: {(dep or {}).get('status')}\n"
+            f"pods: {[p['status'].get('phase') for p in pods]}"
+        ) from None
+
+
 def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
     """The condition of type `ctype` in obj's status, or {}."""
     for c in ((obj or {}).get("status") or {}).get("conditions") or []:

@@ -28,7 +28,7 @@ from modelservice_operator.render import render_hpa
 from modelservice_operator.spec import parse_spec
 from modelservice_runtime.serving.metrics import Metrics
 
-from tests.integration.conftest import Kubectl, condition, msvc, wait_until
+from tests.integration.conftest import Kubectl, condition, msvc, wait_phase, wait_until
 from tests.integration.nodes import fake_placed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,16 +113,6 @@ def get_when(
     return obj if pred(obj) else None
 
 
-def wait_phase_ready(kctl: Kubectl, ns: str, name: str, timeout: float = 90) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        obj = kctl.get("msvc", name, ns)
-        st = obj.get("status") or {}
-        fresh = st.get("observedGeneration") == obj["metadata"]["generation"]
-        return obj if fresh and st.get("phase") == "Ready" else None
-
-    return wait_until(f"ModelService {ns}/{name} phase Ready", probe, timeout=timeout)
-
-
 class NotYet:
     """A falsy probe result whose repr tells what the cluster looked like when a wait gave up."""
 
@@ -204,7 +194,7 @@ def test_cpu_load_scales_up_to_the_formula_then_max_then_back_to_min(
         ),
         ns,
     )
-    wait_phase_ready(kctl, ns, name)
+    wait_phase(kctl, ns, name, "Ready")
     hpa = kctl.get("hpa", name, ns)
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == (
         SCALE_DOWN_WINDOW_S
@@ -307,8 +297,8 @@ def test_kubectl_scale_moves_a_fixed_deployment_but_not_an_autoscaled_one(
     ns = msvc_namespace
     kctl.apply(msvc("fixed", replicas=1), ns)
     kctl.apply(msvc("auto", autoscaling={"minReplicas": 1, "maxReplicas": 4}), ns)
-    wait_phase_ready(kctl, ns, "fixed")
-    wait_phase_ready(kctl, ns, "auto")
+    wait_phase(kctl, ns, "fixed", "Ready")
+    wait_phase(kctl, ns, "auto", "Ready")
 
     kctl.run("scale", "msvc/fixed", "-n", ns, "--replicas", "2")
     wait_until(
@@ -324,6 +314,8 @@ def test_kubectl_scale_moves_a_fixed_deployment_but_not_an_autoscaled_one(
 
     # Autoscaled: a count inside min..max is accepted into spec.replicas, but the HPA keeps
     # the Deployment at its own choice (1, idle) and the operator says why.
+    dep_generation = kctl.get("deployment", "auto", ns)["metadata"]["generation"]
+    hpa_spec = kctl.get("hpa", "auto", ns)["spec"]  # (an HPA has no metadata.generation)
     kctl.run("scale", "msvc/auto", "-n", ns, "--replicas", "3")
     obj = wait_until(
         "a ReplicasIgnored condition on msvc/auto",
@@ -339,10 +331,15 @@ def test_kubectl_scale_moves_a_fixed_deployment_but_not_an_autoscaled_one(
         ),
     )
     assert "spec.replicas=3 is ignored" in event["message"]
-    # The HPA was never told anything else, and the Deployment stays at its count.
-    time.sleep(6)  # more than one 5 s HPA sync
-    assert kctl.get("deployment", "auto", ns)["spec"]["replicas"] == 1
-    assert kctl.get("hpa", "auto", ns)["spec"]["minReplicas"] == 1
+    # The HPA was never told anything else, and the Deployment stays at its count: once the
+    # operator has handled the new generation (observedGeneration), neither child's spec
+    # moved (a Deployment's metadata.generation counts every spec change, the HPA's scaling
+    # included; the HPA's spec is compared whole).
+    wait_phase(kctl, ns, "auto", "Ready")
+    dep = kctl.get("deployment", "auto", ns)
+    hpa = kctl.get("hpa", "auto", ns)
+    assert (dep["metadata"]["generation"], dep["spec"]["replicas"]) == (dep_generation, 1)
+    assert hpa["spec"] == hpa_spec and hpa_spec["minReplicas"] == 1, hpa["spec"]
     scale = scale_subresource(kctl, ns, "auto")
     assert scale["spec"]["replicas"] == 3 and scale["status"]["replicas"] == 1
     row = kctl.run("get", "msvc", "auto", "-n", ns, "--no-headers").stdout.split()
@@ -363,7 +360,7 @@ def test_an_hpa_on_the_modelservice_scale_subresource_scales_it(
     /scale; the operator carries the count to the Deployment."""
     ns, name = msvc_namespace, "keda-like"
     kctl.apply(msvc(name, replicas=1, resources={"requests": {"cpu": f"{REQUEST_M}m"}}), ns)
-    wait_phase_ready(kctl, ns, name)
+    wait_phase(kctl, ns, name, "Ready")
     kctl.apply(
         {
             "apiVersion": "autoscaling/v2",
@@ -459,7 +456,7 @@ def test_inflight_pods_metric_hpa_is_accepted_by_the_api_server(
     kctl.run("create", "--dry-run=server", "-f", "-", stdin=json.dumps(rendered))
     # ...and the operator creates exactly it for the example.
     kctl.apply(fake_placed(_inflight_example()), ns)
-    wait_phase_ready(kctl, ns, name)
+    wait_phase(kctl, ns, name, "Ready")
     hpa = kctl.get("hpa", name, ns)
     assert (
         hpa["spec"]["metrics"]

@@ -14,11 +14,13 @@ a namespace outside the session operator's glob, so only the process under test 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import signal
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +34,10 @@ from tests.integration.conftest import (
     TEST_RUNTIME_IMAGE,
     Kubectl,
     OperatorProcess,
+    is_current,
     msvc,
     run_operator,
+    wait_phase,
     wait_until,
 )
 from tests.needs import needed
@@ -46,22 +50,6 @@ CHILD_KINDS = ("deployments", "services", "poddisruptionbudgets", "horizontalpod
 
 
 # --- helpers shared by the operator reliability/security tests -----------------------------
-
-
-def is_current(obj: dict[str, Any], phase: str = "Ready") -> bool:
-    st = obj.get("status") or {}
-    fresh = st.get("observedGeneration") == obj["metadata"]["generation"]
-    return fresh and st.get("phase") == phase
-
-
-def wait_phase(k: Kubectl, ns: str, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        obj = k.get("msvc", name, ns)
-        return obj if is_current(obj, phase) else None
-
-    return wait_until(
-        f"ModelService {ns}/{name} phase {phase} at its current generation", probe, timeout=timeout
-    )
 
 
 def apply_list(k: Kubectl, ns: str, items: list[dict[str, Any]]) -> None:
@@ -442,15 +430,38 @@ def test_concurrent_edits_survive_and_owned_fields_are_restored(
     assert pdb["spec"]["maxUnavailable"] == 1
 
     # No fight: with the other managers' fields in place the children settle (no drift
-    # repair ping-pong bumping the Deployment's generation).
+    # repair ping-pong bumping the Deployment's generation). kopf handles one Deployment's
+    # events in order, so a drift of ours seen repaired is a barrier: by then every earlier
+    # event was handled, and the generation moved by exactly our change and its repair.
     generation = kctl.get("deployment", name, ns)["metadata"]["generation"]
-    time.sleep(5)
-    assert kctl.get("deployment", name, ns)["metadata"]["generation"] == generation
+    restored_before = len(_restored_lines(modelservice_operator, ns, name))
+    _await_repaired_image_drift(kctl, ns, name)
+    dep = kctl.get("deployment", name, ns)
+    assert dep["metadata"]["generation"] == generation + 2, "our drift + its repair, no more"
+    assert len(_restored_lines(modelservice_operator, ns, name)) > restored_before
+    assert _container(dep, "proxy")["image"] == SIDECAR["image"], "the sidecar stayed"
 
 
 def _restored_lines(op: OperatorProcess, ns: str, name: str) -> list[str]:
     log = op.log_path.read_text(errors="replace")
     return [ln for ln in log.splitlines() if f"[{ns}/{name}] restored Deployment" in ln]
+
+
+def _logged_at(line: str) -> datetime.datetime:
+    """The timestamp of an operator log line: '[2026-12-02 06:53:54,003] kopf...'."""
+    return datetime.datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+
+
+def _await_repaired_image_drift(kctl: Kubectl, ns: str, name: str) -> None:
+    """Change the runtime image behind the operator's back and wait for it to be restored."""
+    kctl.run("set", "image", f"deployment/{name}", "runtime=drift.invalid/x:1", "-n", ns)
+    wait_until(
+        f"the operator to restore the runtime image of Deployment {ns}/{name}",
+        lambda: (
+            _container(kctl.get("deployment", name, ns), "runtime")["image"] == TEST_RUNTIME_IMAGE
+        ),
+        timeout=30,
+    )
 
 
 def test_fields_of_other_managers_are_not_treated_as_drift(
@@ -474,9 +485,22 @@ def test_fields_of_other_managers_are_not_treated_as_drift(
     # Status-only changes of the Deployment (a label here) are ordinary watch events.
     for i in range(3):
         kctl.run("label", "deployment", name, "-n", ns, f"example.com/poke={i}", "--overwrite")
-        time.sleep(1)
+    # A real drift after the pokes: once it is repaired, the pokes were handled (kopf handles
+    # one object's events in order). A repair logged before that drift was made answered a
+    # poke: futile. (One drift may be repaired twice: a status event still carrying it.)
+    drift_made = datetime.datetime.now()
+    _await_repaired_image_drift(kctl, ns, name)
     restored = _restored_lines(modelservice_operator, ns, name)[before:]
-    assert restored == [], f"{len(restored)} futile drift repairs, e.g. {restored[:1]}"
+    futile = [ln for ln in restored if _logged_at(ln) < drift_made]
+    assert futile == [], f"{len(futile)} futile drift repairs, e.g. {futile[:1]}"
+    assert restored, "the barrier drift itself was never repaired"
+
+
+def _indexed_modelservices(op: OperatorProcess) -> int:
+    """How many ModelServices the operator's index holds (kopf's /healthz probe)."""
+    url = f"http://127.0.0.1:{op.probe_port}/healthz"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return int(json.loads(resp.read())["modelservices"])
 
 
 def test_namespace_deletion_is_not_fought_as_drift(
@@ -492,9 +516,39 @@ def test_namespace_deletion_is_not_fought_as_drift(
         for i in range(3):
             wait_phase(kctl, ns, f"gone-{i}", "Ready")
         kctl.run("delete", "namespace", ns, "--wait=true", "--timeout=90s", timeout=120)
-        time.sleep(2)  # the last watch events of the deletion reach the operator
+        # No sleep stands in for "the operator has seen it": deletion finished (--wait) is
+        # the signal there is. The operator's own one, its index dropping the ModelServices,
+        # never comes (test_deleted_namespace_leaves_the_operator_index, xfail).
     finally:
         kctl.run("delete", "namespace", ns, "--wait=false", check=False)
     log = modelservice_operator.log_path.read_text(errors="replace").splitlines()
     fought = [ln for ln in log if f"[{ns}/" in ln and "restore" in ln]
     assert fought == [], f"{len(fought)} restore attempts during namespace deletion: {fought[:2]}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="operator bug: when a watched namespace is deleted, its ModelServices stay in the "
+    "operator's kopf index msvc_by_name (and in the /healthz 'modelservices' count) for good; "
+    "their DELETED events never reach the index (observed: count unchanged 60 s after the "
+    "namespace was gone), so the index leaks and child handlers see owners that do not exist",
+)
+def test_deleted_namespace_leaves_the_operator_index(
+    kctl: Kubectl, modelservice_operator: OperatorProcess
+) -> None:
+    ns = f"{NAMESPACE_PREFIX}-{uuid.uuid4().hex[:6]}"
+    kctl.run("create", "namespace", ns)
+    try:
+        apply_list(kctl, ns, [msvc(f"left-{i}", replicas=1) for i in range(2)])
+        for i in range(2):
+            wait_phase(kctl, ns, f"left-{i}", "Ready")
+        indexed = _indexed_modelservices(modelservice_operator)  # Ready: indexed
+        kctl.run("delete", "namespace", ns, "--wait=true", "--timeout=90s", timeout=120)
+        wait_until(
+            f"the operator's /healthz 'modelservices' to drop from {indexed} to {indexed - 2} "
+            f"once namespace {ns} is gone",
+            lambda: _indexed_modelservices(modelservice_operator) == indexed - 2,
+            timeout=30,
+        )
+    finally:
+        kctl.run("delete", "namespace", ns, "--wait=false", check=False)

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Kubectl, condition, msvc, wait_until
-from tests.integration.test_operator_faults import apply_list, wait_phase
+from tests.integration.conftest import Kubectl, condition, msvc, wait_phase, wait_until
+from tests.integration.test_operator_faults import apply_list
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -137,8 +137,19 @@ def test_bad_manifests_are_refused_or_reported_and_valid_ones_still_serve(
         )
     assert kctl.maybe_get("deployment", "shadow-env", ns) is None
 
-    # Fixing one recovers it without touching the operator; the valid ones never moved.
-    apply_list(kctl, ns, [msvc("negative-cpu", resources={"requests": {"cpu": "250m"}})])
-    wait_phase(kctl, ns, "negative-cpu", "Ready", timeout=120)
+    # Fixing one of the Failed ones recovers that same object without touching the operator;
+    # the valid ones never moved.
+    failed = kctl.get("msvc", "request-over-limit", ns)
+    fixed = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1"}}
+    apply_list(kctl, ns, [msvc("request-over-limit", resources=fixed)])
+    obj = wait_phase(kctl, ns, "request-over-limit", "Ready", timeout=120)
+    assert obj["metadata"]["uid"] == failed["metadata"]["uid"], "recovered, not re-created"
+    assert obj["metadata"]["generation"] > failed["metadata"]["generation"]
+    assert condition(obj, "Ready")["status"] == "True"
+    containers = kctl.get("deployment", "request-over-limit", ns)["spec"]["template"]["spec"][
+        "containers"
+    ]
+    runtime = next(c for c in containers if c["name"] == "runtime")
+    assert runtime["resources"]["requests"]["cpu"] == "500m", runtime["resources"]
     for body in VALID:
         wait_phase(kctl, ns, body["metadata"]["name"], "Ready", timeout=30)

@@ -20,6 +20,7 @@ import yaml
 from modelservice_operator.rbac import cluster_role
 
 from tests.integration.conftest import Kubectl, run_operator, wait_until
+from tests.integration.nodes import on_fake_nodes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -88,8 +89,8 @@ def test_operator_runs_with_least_privilege(
                 "apiVersion": "serving.modelservice.io/v1alpha1",
                 "kind": "ModelService",
                 "metadata": {"name": "least"},
-                "spec": {"model": {"uri": "https://h/m.onnx"},
-                         "autoscaling": {"minReplicas": 1, "maxReplicas": 2}},
+                "spec": on_fake_nodes({"model": {"uri": "https://h/m.onnx"},
+                         "autoscaling": {"minReplicas": 1, "maxReplicas": 2}}),
             }, WATCHED)  # fmt: skip
 
             def ready() -> bool:

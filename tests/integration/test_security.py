@@ -15,8 +15,7 @@ import uuid
 
 import pytest
 
-from tests.integration.conftest import Kubectl, OperatorProcess, msvc, wait_until
-from tests.integration.test_operator_faults import wait_phase
+from tests.integration.conftest import Kubectl, OperatorProcess, msvc, wait_phase, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
