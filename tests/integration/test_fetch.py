@@ -435,8 +435,9 @@ def test_file_uri_and_plain_path(mlp_onnx: Path, model_bytes: bytes, tmp_path: P
 def test_local_errors(mlp_onnx: Path, tmp_path: Path) -> None:
     with pytest.raises(FetchError, match=r"URI: .*nope\.onnx does not exist"):
         fetch(str(tmp_path / "nope.onnx"), tmp_path / "out.onnx")
-    with pytest.raises(FetchError, match="is a directory, expected a model file"):
-        fetch(str(mlp_onnx.parent), tmp_path / "out.onnx")
+    (tmp_path / "empty").mkdir()  # a directory is a multi-file model now: it needs one
+    with pytest.raises(FetchError, match=r"exactly one \.onnx file in the set"):
+        fetch(str(tmp_path / "empty"), tmp_path / "out")
     with pytest.raises(FetchError, match="file:// URIs must be local"):
         fetch("file://fileserver/share/m.onnx", tmp_path / "out.onnx")
     bad = tmp_path / "bad.onnx"

@@ -23,8 +23,10 @@ import base64
 import hashlib
 import http.client
 import os
+import shutil
 import ssl
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from modelservice_runtime.errors import first_line
+from modelservice_runtime.tools import fetch_set
 from modelservice_runtime.tools.atomic import atomic_target
 
 TOKEN_ENV = "MODELSERVICE_FETCH_TOKEN"
@@ -433,14 +436,37 @@ def fetch_model(
     check_onnx: bool = True,
     env: Mapping[str, str] | None = None,
     log: Log = _stderr,
+    max_unpacked_bytes: int | None = None,
+    single_file: bool = False,
 ) -> FetchResult:
     """Fetch `uri` to `dest` atomically, verify it, and say what was written.
 
-    `progress=None` shows a bar only when stderr is a terminal. `env` defaults to
-    os.environ (tests pass their own). Raises FetchError with a one-line message.
+    A directory, an archive or an s3 prefix (see fetch_set) lands as a directory at DEST;
+    anything else is one file. `progress=None` shows a bar only when stderr is a terminal.
+    `env` defaults to os.environ (tests pass their own). Raises FetchError with a one-line
+    message.
     """
     env = os.environ if env is None else env
     expected = normalize_sha256(sha256)
+    if not single_file and uri:
+        kind = _set_kind(uri)
+        if kind is not None:
+            return _fetch_set_model(
+                kind,
+                uri,
+                Path(dest),
+                expected,
+                max_unpacked_bytes=max_unpacked_bytes,
+                check_onnx=check_onnx,
+                fetch_kwargs={
+                    "retries": retries,
+                    "timeout": timeout,
+                    "backoff": backoff,
+                    "progress": progress,
+                    "env": env,
+                    "log": log,
+                },
+            )
     if retries < 0:
         raise FetchError(f"--retries: expected an integer >= 0, got {retries}")
     if timeout <= 0:
@@ -501,6 +527,99 @@ def fetch_model(
     return FetchResult(target, digest, size, copied=True)
 
 
+def _set_kind(uri: str) -> str | None:
+    """'archive' or 'dir' for a multi-file URI, None for a single file."""
+    if fetch_set.archive_kind(uri):
+        return "archive"
+    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    if scheme in ("", "file") or len(scheme) == 1:
+        try:
+            return "dir" if _local_path(uri).is_dir() else None
+        except FetchError:
+            return None
+    return None
+
+
+def _fetch_set_model(
+    kind: str,
+    uri: str,
+    dest: Path,
+    expected: str | None,
+    *,
+    max_unpacked_bytes: int | None,
+    check_onnx: bool,
+    fetch_kwargs: dict[str, Any],
+) -> FetchResult:
+    """A directory, archive or prefix built beside DEST, checked, then renamed into place."""
+    show = redact(uri)
+    if max_unpacked_bytes is not None and max_unpacked_bytes <= 0:
+        raise FetchError(f"--max-unpacked-bytes: expected bytes > 0, got {max_unpacked_bytes}")
+    if kind == "dir":
+        src = _local_path(uri)
+        if dest.exists() and src.resolve() == dest.resolve():
+            digest = _set_digest(src, show)
+            _check_digest(show, dest, expected, digest)
+            return FetchResult(dest, digest, _tree_size(dest), copied=False)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+    except OSError as e:
+        raise FetchError(f"DEST: cannot write beside {dest}: {e.strerror or e}") from e
+    tree = work / "tree"
+    try:
+        tree.mkdir()
+        if kind == "archive":
+            archive = work / "archive"
+            got = fetch_model(
+                uri, archive, expected, check_onnx=False, single_file=True, **fetch_kwargs
+            )
+            digest = got.sha256
+            limit = max_unpacked_bytes or fetch_set.DEFAULT_UNPACK_FACTOR * max(got.size, 1)
+            extract = (
+                fetch_set.extract_zip
+                if fetch_set.archive_kind(uri) == "zip"
+                else fetch_set.extract_tar
+            )
+            try:
+                extract(archive, tree, limit)
+            except fetch_set.SetError as e:
+                raise FetchError(f"{show}: {e}") from e
+            archive.unlink()
+        else:
+            try:
+                fetch_set.copy_tree(_local_path(uri), tree)
+            except fetch_set.SetError as e:
+                raise FetchError(f"{show}: {e}") from e
+            digest = _set_digest(tree, show)
+            _check_digest(show, dest, expected, digest)
+        if check_onnx:
+            model = fetch_set.find_model_file(tree)
+            if model is None:
+                raise FetchError(
+                    f"{show}: expected model.onnx, model.onnx/model.onnx or exactly one "
+                    f".onnx file in the set, found none that qualifies"
+                )
+            verify_onnx(model, show)
+        size = _tree_size(tree)
+        fetch_set.publish_dir(tree, dest)
+    except OSError as e:
+        raise FetchError(f"DEST: cannot write {dest}: {e.strerror or e}") from e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return FetchResult(dest, digest, size, copied=True)
+
+
+def _set_digest(root: Path, show: str) -> str:
+    try:
+        return fetch_set.set_digest(root)
+    except fetch_set.SetError as e:
+        raise FetchError(f"{show}: {e}") from e
+
+
+def _tree_size(root: Path) -> int:
+    return sum(p.stat().st_size for _, p in fetch_set.iter_files(root))
+
+
 def _check_digest(show: str, target: Path, expected: str | None, actual: str) -> None:
     if expected is not None and actual != expected:
         raise FetchError(
@@ -522,14 +641,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "uri",
         metavar="URI",
-        help="https://, http://, file://, s3:// (needs boto3) or a local path",
+        help="https://, http://, file://, s3:// (needs boto3) or a local path; a directory, "
+        "s3://bucket/prefix/ or .tar/.tar.gz/.tgz/.zip archive for a multi-file model",
     )
     parser.add_argument(
         "dest",
         metavar="DEST",
-        help=f"target file, or a directory to write {DEFAULT_FILENAME} into",
+        help=f"target file, or a directory to write {DEFAULT_FILENAME} into; for a "
+        "directory, archive or s3 prefix URI, the directory the set lands in",
     )
-    parser.add_argument("--sha256", metavar="HEX", help="expected sha256 of the model file")
+    parser.add_argument(
+        "--sha256",
+        metavar="HEX",
+        help="expected sha256 of the model file or archive; for a directory or prefix, "
+        "its set digest (modelservice digest PATH)",
+    )
     parser.add_argument(
         "--retries",
         type=int,
@@ -550,6 +676,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_BACKOFF_S,
         metavar="S",
         help="first retry delay; doubles on each retry (capped at 30s)",
+    )
+    parser.add_argument(
+        "--max-unpacked-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse an archive that unpacks past N bytes (default 4x the archive's size)",
     )
     parser.add_argument(
         "--no-onnx-check",
@@ -573,6 +706,7 @@ def run(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             backoff=args.backoff,
             check_onnx=args.check_onnx,
+            max_unpacked_bytes=args.max_unpacked_bytes,
         )
     except FetchError as e:
         print(f"modelservice fetch: error: {e}", file=sys.stderr)
