@@ -526,9 +526,12 @@ def test_namespace_deletion_is_not_fought_as_drift(
     assert fought == [], f"{len(fought)} restore attempts during namespace deletion: {fought[:2]}"
 
 
+# Not strict: in the clean-clone CI run of 623324b the index did drop them (XPASS), so the
+# leak is intermittent (a race between the namespace's deletion and the watch), not constant.
 @pytest.mark.xfail(
-    strict=True,
-    reason="operator bug: when a watched namespace is deleted, its ModelServices stay in the "
+    strict=False,
+    reason="operator bug, intermittent: when a watched namespace is deleted, its ModelServices "
+    "stay in the "
     "operator's kopf index msvc_by_name (and in the /healthz 'modelservices' count) for good; "
     "their DELETED events never reach the index (observed: count unchanged 60 s after the "
     "namespace was gone), so the index leaks and child handlers see owners that do not exist",
