@@ -15,6 +15,11 @@ from typing import Any
 import numpy as np
 from modelservice_runtime.errors import BadRequest, InferenceFailed
 from modelservice_runtime.serving.datatypes import ONNX_TO_V2, V2_TO_NUMPY, v2_datatype
+from modelservice_runtime.serving.external_data import (
+    ExternalDataError,
+    NotOnnx,
+    check_external_data,
+)
 from modelservice_runtime.settings import Settings
 
 log = logging.getLogger("modelservice.model")
@@ -100,6 +105,15 @@ class OnnxModel:
             settings.execution_provider, ort.get_available_providers(), settings.gpu_mem_limit
         )
         try:
+            # Before onnxruntime opens anything: it would read any file a reference names.
+            check_external_data(path)
+        except NotOnnx as e:
+            raise ModelLoadError(f"cannot load {path} as an ONNX model: {e}") from e
+        except ExternalDataError as e:
+            raise ModelLoadError(str(e)) from e
+        try:
+            # By path, never by bytes: external data resolves against the model's directory
+            # and this process never holds a copy of the weights (docs/runtime.md, memory).
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # onnxruntime raises several unrelated types here
             raise ModelLoadError(f"cannot load {path} as an ONNX model: {e}") from e

@@ -5,7 +5,8 @@ here must be loud and final: a one-line error and a non-zero exit, never a half-
 unverified /models/model.onnx that the runtime would then report ready on.
 
 - Schemes: https/http (stdlib urllib, no extra dependency), file://, plain paths, and s3://
-  when boto3 is installed.
+  when boto3 is installed (one key, or every object under a prefix ending in `/`).
+- Progress: a line every --progress-interval seconds (tools/progress.py has the format).
 - Credentials come from the environment only (the operator wires a Secret in with envFrom):
   MODELSERVICE_FETCH_TOKEN (bearer) or MODELSERVICE_FETCH_USERNAME/PASSWORD (basic) for
   http(s); the usual AWS_* variables for s3. They are never printed, and the Authorization
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import http.client
 import os
@@ -33,12 +35,14 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from modelservice_runtime.errors import first_line
 from modelservice_runtime.tools import fetch_set
 from modelservice_runtime.tools.atomic import atomic_target
+from modelservice_runtime.tools.progress import DEFAULT_INTERVAL_S as DEFAULT_PROGRESS_INTERVAL_S
+from modelservice_runtime.tools.progress import Progress
 
 TOKEN_ENV = "MODELSERVICE_FETCH_TOKEN"
 USERNAME_ENV = "MODELSERVICE_FETCH_USERNAME"
@@ -53,6 +57,8 @@ RETRYABLE_STATUS = frozenset({408, 429})  # plus every 5xx
 USER_AGENT = "modelservice-fetch/0.1"
 
 Log = Callable[[str], None]
+# Progress(label, total) for one transfer, already bound to the fetch's log and interval.
+Meter = Callable[[str, int | None], Progress]
 
 
 class FetchError(Exception):
@@ -140,39 +146,8 @@ def auth_header(env: Mapping[str, str], uri: str) -> str | None:
     return f"Basic {base64.b64encode(raw).decode('ascii')}"
 
 
-class _Progress:
-    """A one-line progress bar on stderr; a no-op unless enabled (stderr is a terminal)."""
-
-    def __init__(self, enabled: bool, label: str, total: int | None) -> None:
-        self.enabled = enabled
-        self.label = label
-        self.total = total if total and total > 0 else None
-        self._last = 0.0
-
-    def update(self, done: int, *, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not final and now - self._last < 0.1:
-            return
-        self._last = now
-        mib = done / (1 << 20)
-        if self.total:
-            frac = min(1.0, done / self.total)
-            bar = "#" * int(frac * 30)
-            line = (
-                f"{self.label} [{bar:<30}] {mib:8.1f}/{self.total / (1 << 20):.1f} MiB {frac:4.0%}"
-            )
-        else:
-            line = f"{self.label} {mib:8.1f} MiB"
-        sys.stderr.write("\r" + line)
-        if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def _copy_stream(
-    read: Callable[[int], bytes], out: IO[bytes], progress: _Progress
+    read: Callable[[int], bytes], out: IO[bytes], progress: Progress
 ) -> tuple[str, int]:
     """Stream to `out`, hashing as we go; file write errors are final, read errors are not."""
     digest = hashlib.sha256()
@@ -189,8 +164,7 @@ def _copy_stream(
             ) from e
         digest.update(chunk)
         done += len(chunk)
-        progress.update(done)
-    progress.update(done, final=True)
+        progress.add(len(chunk))
     return digest.hexdigest(), done
 
 
@@ -235,7 +209,7 @@ def _retry_after(headers: Any) -> float | None:
 
 
 def _http_attempt(
-    url: str, headers: dict[str, str], tmp: Path, timeout: float, show: str, progress: bool
+    url: str, headers: dict[str, str], tmp: Path, timeout: float, show: str, meter: Meter
 ) -> tuple[str, int]:
     opener = urllib.request.build_opener(_SameOriginAuthRedirect())
     request = urllib.request.Request(url, headers=headers)
@@ -264,14 +238,14 @@ def _http_attempt(
         length = response.headers.get("Content-Length")
         encoded = response.headers.get("Content-Encoding") not in (None, "identity")
         total = int(length) if length and length.isdigit() and not encoded else None
-        bar = _Progress(progress, Path(urllib.parse.urlsplit(url).path).name or "model", total)
+        label = Path(urllib.parse.urlsplit(url).path).name or "model"
         try:
             out = open(tmp, "wb")  # noqa: SIM115 - closed below; open errors are final
         except OSError as e:
             raise FetchError(f"DEST: cannot write to {tmp.parent}: {e.strerror or e}") from e
-        with out:
+        with out, meter(label, total) as progress:
             try:
-                digest, size = _copy_stream(response.read, out, bar)
+                digest, size = _copy_stream(response.read, out, progress)
             except (OSError, http.client.HTTPException) as e:
                 # Write errors already became FetchError in _copy_stream; what is left is
                 # the connection dropping, timing out or breaking TLS mid-body.
@@ -291,7 +265,7 @@ def _fetch_http(
     retries: int,
     timeout: float,
     backoff: float,
-    progress: bool,
+    meter: Meter,
     log: Log,
 ) -> tuple[str, int]:
     show = redact(uri)
@@ -310,7 +284,7 @@ def _fetch_http(
     attempts = retries + 1
     for attempt in range(1, attempts + 1):
         try:
-            return _http_attempt(url, headers, tmp, timeout, show, progress)
+            return _http_attempt(url, headers, tmp, timeout, show, meter)
         except _Retryable as e:
             if attempt == attempts:
                 raise FetchError(f"{show}: giving up after {attempts} attempt(s): {e}") from e
@@ -333,7 +307,7 @@ def _local_path(uri: str) -> Path:
     return Path(uri)
 
 
-def _fetch_local(src: Path, tmp: Path, *, progress: bool) -> tuple[str, int]:
+def _fetch_local(src: Path, tmp: Path, *, meter: Meter) -> tuple[str, int]:
     try:
         source = open(src, "rb")  # noqa: SIM115 - closed below, errors mapped first
     except FileNotFoundError:
@@ -342,10 +316,9 @@ def _fetch_local(src: Path, tmp: Path, *, progress: bool) -> tuple[str, int]:
         raise FetchError(f"URI: {src} is a directory, expected a model file") from None
     except OSError as e:
         raise FetchError(f"URI: cannot read {src}: {e.strerror or e}") from e
-    with source, open(tmp, "wb") as out:
-        bar = _Progress(progress, src.name, src.stat().st_size)
+    with source, open(tmp, "wb") as out, meter(src.name, src.stat().st_size) as progress:
         try:
-            return _copy_stream(source.read, out, bar)
+            return _copy_stream(source.read, out, progress)
         except OSError as e:
             raise FetchError(f"URI: cannot read {src}: {e.strerror or e}") from e
 
@@ -359,17 +332,39 @@ def _hash_file(path: Path) -> tuple[str, int]:
 
 
 def _fetch_s3(
-    uri: str, tmp: Path, *, env: Mapping[str, str], retries: int, timeout: float, progress: bool
+    uri: str, tmp: Path, *, env: Mapping[str, str], retries: int, timeout: float, meter: Meter
 ) -> tuple[str, int]:
     """s3://bucket/key with boto3 (optional): credentials and region from the AWS_* env."""
     parts = urllib.parse.urlsplit(uri)
     bucket, key = parts.netloc, parts.path.lstrip("/")
     if not bucket or not key:
-        raise FetchError(f"URI: expected s3://bucket/key, got {uri!r}")
+        raise FetchError(
+            f"URI: expected s3://bucket/key (or s3://bucket/prefix/ for a set), got {uri!r}"
+        )
+    client = _s3_client(uri, env=env, retries=retries, timeout=timeout)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        obj = client.get_object(Bucket=bucket, Key=key)
+        body = obj["Body"]
+        with (
+            body,
+            open(tmp, "wb") as out,
+            meter(Path(key).name, obj.get("ContentLength")) as progress,
+        ):
+            return _copy_stream(body.read, out, progress)
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "?")
+        raise FetchError(f"{uri}: S3 error {code}: {first_line(e)}") from e
+    except BotoCoreError as e:
+        raise FetchError(f"{uri}: S3 request failed: {first_line(e)}") from e
+
+
+def _s3_client(uri: str, *, env: Mapping[str, str], retries: int, timeout: float) -> Any:
+    """A boto3 S3 client with our retries and timeouts; credentials from the AWS_* env."""
     try:
         import boto3
         from botocore.config import Config
-        from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:
         raise FetchError(
             f"{uri}: s3:// URIs need boto3, which is not installed (pip install boto3), "
@@ -380,19 +375,99 @@ def _fetch_s3(
         connect_timeout=timeout,
         read_timeout=timeout,
     )
-    # Older boto3 ignores AWS_ENDPOINT_URL (MinIO, Ceph); pass it on explicitly.
-    client = boto3.client("s3", endpoint_url=env.get("AWS_ENDPOINT_URL") or None, config=config)
+    # Older boto3 ignores AWS_ENDPOINT_URL (MinIO, Ceph); pass it on explicitly. Keys and
+    # region from `env` when it has them (it is os.environ but in tests); otherwise boto3's
+    # own chain (config files, web identity, instance roles) decides.
+    return boto3.client(
+        "s3",
+        endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+        aws_session_token=env.get("AWS_SESSION_TOKEN") or None,
+        region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+        config=config,
+    )
+
+
+def _fetch_s3_prefix(
+    uri: str,
+    tree: Path,
+    *,
+    env: Mapping[str, str],
+    retries: int,
+    timeout: float,
+    backoff: float,
+    meter: Meter,
+    log: Log,
+) -> str:
+    """Every object under s3://bucket/prefix/ into `tree`; returns the set digest.
+
+    The listing is planned (fetch_set.plan_prefix: every key's path checked) before any
+    byte is written, and each object is hashed as it streams, so the set digest costs no
+    second read. An object whose body breaks off is fetched again, up to `retries` times
+    (botocore retries the requests themselves, not a body cut short).
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    show = redact(uri)
+    bucket_prefix = fetch_set.s3_prefix(uri)
+    assert bucket_prefix is not None
+    bucket, prefix = bucket_prefix
+    client = _s3_client(uri, env=env, retries=retries, timeout=timeout)
     try:
-        obj = client.get_object(Bucket=bucket, Key=key)
-        body = obj["Body"]
-        bar = _Progress(progress, Path(key).name, obj.get("ContentLength"))
-        with body, open(tmp, "wb") as out:
-            return _copy_stream(body.read, out, bar)
+        listed = [
+            (obj["Key"], int(obj["Size"]))
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix
+            )
+            for obj in page.get("Contents", [])
+        ]
+        plan = fetch_set.plan_prefix(prefix, listed)
+    except fetch_set.SetError as e:
+        raise FetchError(f"{show}: {e}") from e
     except ClientError as e:
         code = e.response.get("Error", {}).get("Code", "?")
-        raise FetchError(f"{uri}: S3 error {code}: {first_line(e)}") from e
+        raise FetchError(f"{show}: S3 error {code} listing the prefix: {first_line(e)}") from e
     except BotoCoreError as e:
-        raise FetchError(f"{uri}: S3 request failed: {first_line(e)}") from e
+        raise FetchError(f"{show}: S3 listing failed: {first_line(e)}") from e
+
+    hashes: list[tuple[str, str]] = []
+    label = PurePosixPath(prefix.rstrip("/")).name or bucket
+    total = sum(size for _, _, size in plan)
+    with meter(f"{label} ({len(plan)} objects)", total) as progress:
+        for key, rel, size in plan:
+            target = tree / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for attempt in range(1, retries + 2):
+                start = progress.done
+                try:
+                    obj = client.get_object(Bucket=bucket, Key=key)
+                    with obj["Body"] as body, open(target, "wb") as out:
+                        digest, got = _copy_stream(body.read, out, progress)
+                    if got != size:
+                        raise _Retryable(f"s3 key {key!r}: got {got} of {size} bytes")
+                    break
+                except ClientError as e:
+                    code = e.response.get("Error", {}).get("Code", "?")
+                    raise FetchError(
+                        f"{show}: S3 error {code} on key {key!r}: {first_line(e)}"
+                    ) from e
+                except (_Retryable, BotoCoreError) as e:
+                    # A body cut short or timed out mid-read (botocore wraps urllib3's).
+                    progress.add(start - progress.done)  # the part is fetched again
+                    if attempt > retries:
+                        raise FetchError(
+                            f"{show}: s3 key {key!r}: giving up after {attempt} attempt(s): "
+                            f"{first_line(e)}"
+                        ) from e
+                    delay = min(MAX_BACKOFF_S, backoff * 2 ** (attempt - 1))
+                    log(
+                        f"fetch {show}: key {key!r}: attempt {attempt}/{retries + 1} failed "
+                        f"({e}); retrying in {delay:g}s"
+                    )
+                    time.sleep(delay)
+            hashes.append((rel, digest))
+    return fetch_set.digest_of(hashes)
 
 
 def verify_onnx(path: Path, show: str) -> None:
@@ -433,6 +508,7 @@ def fetch_model(
     timeout: float = DEFAULT_TIMEOUT_S,
     backoff: float = DEFAULT_BACKOFF_S,
     progress: bool | None = None,
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL_S,
     check_onnx: bool = True,
     env: Mapping[str, str] | None = None,
     log: Log = _stderr,
@@ -442,12 +518,21 @@ def fetch_model(
     """Fetch `uri` to `dest` atomically, verify it, and say what was written.
 
     A directory, an archive or an s3 prefix (see fetch_set) lands as a directory at DEST;
-    anything else is one file. `progress=None` shows a bar only when stderr is a terminal.
+    anything else is one file. Progress lines (tools/progress.py) go to `log` every
+    `progress_interval` seconds; `progress=False` or an interval of 0 turns them off.
     `env` defaults to os.environ (tests pass their own). Raises FetchError with a one-line
     message.
     """
     env = os.environ if env is None else env
     expected = normalize_sha256(sha256)
+    if retries < 0:
+        raise FetchError(f"--retries: expected an integer >= 0, got {retries}")
+    if timeout <= 0:
+        raise FetchError(f"--timeout: expected seconds > 0, got {timeout}")
+    if progress_interval < 0:
+        raise FetchError(f"--progress-interval: expected seconds >= 0, got {progress_interval}")
+    interval = 0.0 if progress is False else progress_interval
+    meter = functools.partial(Progress, log=log, interval=interval)
     if not single_file and uri:
         kind = _set_kind(uri)
         if kind is not None:
@@ -463,16 +548,12 @@ def fetch_model(
                     "timeout": timeout,
                     "backoff": backoff,
                     "progress": progress,
+                    "progress_interval": progress_interval,
                     "env": env,
                     "log": log,
                 },
+                meter=meter,
             )
-    if retries < 0:
-        raise FetchError(f"--retries: expected an integer >= 0, got {retries}")
-    if timeout <= 0:
-        raise FetchError(f"--timeout: expected seconds > 0, got {timeout}")
-    if progress is None:
-        progress = sys.stderr.isatty()
     if not uri:
         raise FetchError("URI: expected a model URI or path, got an empty string")
     show = redact(uri)
@@ -492,6 +573,13 @@ def fetch_model(
                 verify_onnx(src, show)
             return FetchResult(target, digest, size, copied=False)
 
+    if scheme in ("http", "https") and urllib.parse.urlsplit(uri).path.endswith("/"):
+        # A web server's index page is HTML in no standard form; guessing at its links
+        # would fetch an unknown set. Archives and s3 prefixes are listed exactly.
+        raise FetchError(
+            f"URI: {show}: an http(s) directory cannot be listed; serve the set as one "
+            f".tar, .tar.gz, .tgz or .zip, or use s3://bucket/prefix/"
+        )
     if scheme not in ("", "file", "http", "https", "s3"):
         hint = " (pvc:// is mounted by the operator, not fetched)" if scheme == "pvc" else ""
         raise FetchError(
@@ -509,15 +597,15 @@ def fetch_model(
                     retries=retries,
                     timeout=timeout,
                     backoff=backoff,
-                    progress=progress,
+                    meter=meter,
                     log=log,
                 )
             elif scheme == "s3":
                 digest, size = _fetch_s3(
-                    uri, tmp, env=env, retries=retries, timeout=timeout, progress=progress
+                    uri, tmp, env=env, retries=retries, timeout=timeout, meter=meter
                 )
             else:
-                digest, size = _fetch_local(_local_path(uri), tmp, progress=progress)
+                digest, size = _fetch_local(_local_path(uri), tmp, meter=meter)
             _check_digest(show, target, expected, digest)
             if check_onnx:
                 verify_onnx(tmp, show)
@@ -531,6 +619,8 @@ def _set_kind(uri: str) -> str | None:
     """'archive' or 'dir' for a multi-file URI, None for a single file."""
     if fetch_set.archive_kind(uri):
         return "archive"
+    if fetch_set.s3_prefix(uri) is not None:
+        return "prefix"
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
     if scheme in ("", "file") or len(scheme) == 1:
         try:
@@ -549,6 +639,7 @@ def _fetch_set_model(
     max_unpacked_bytes: int | None,
     check_onnx: bool,
     fetch_kwargs: dict[str, Any],
+    meter: Meter,
 ) -> FetchResult:
     """A directory, archive or prefix built beside DEST, checked, then renamed into place."""
     show = redact(uri)
@@ -585,12 +676,27 @@ def _fetch_set_model(
             except fetch_set.SetError as e:
                 raise FetchError(f"{show}: {e}") from e
             archive.unlink()
+        elif kind == "prefix":
+            digest = _fetch_s3_prefix(
+                uri,
+                tree,
+                env=fetch_kwargs["env"],
+                retries=fetch_kwargs["retries"],
+                timeout=fetch_kwargs["timeout"],
+                backoff=fetch_kwargs["backoff"],
+                meter=meter,
+                log=fetch_kwargs["log"],
+            )
+            _check_digest(show, dest, expected, digest)
         else:
+            src = _local_path(uri)
             try:
-                fetch_set.copy_tree(_local_path(uri), tree)
+                total = fetch_set.tree_size(src)
+                with meter(src.name or str(src), total) as progress:
+                    hashes = fetch_set.copy_tree(src, tree, progress.add)
             except fetch_set.SetError as e:
                 raise FetchError(f"{show}: {e}") from e
-            digest = _set_digest(tree, show)
+            digest = fetch_set.digest_of(hashes)
             _check_digest(show, dest, expected, digest)
         if check_onnx:
             model = fetch_set.find_model_file(tree)
@@ -617,7 +723,7 @@ def _set_digest(root: Path, show: str) -> str:
 
 
 def _tree_size(root: Path) -> int:
-    return sum(p.stat().st_size for _, p in fetch_set.iter_files(root))
+    return fetch_set.tree_size(root)
 
 
 def _check_digest(show: str, target: Path, expected: str | None, actual: str) -> None:
@@ -685,6 +791,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse an archive that unpacks past N bytes (default 4x the archive's size)",
     )
     parser.add_argument(
+        "--progress-interval",
+        type=float,
+        default=DEFAULT_PROGRESS_INTERVAL_S,
+        metavar="S",
+        help="seconds between progress lines on stderr (bytes, total, rate, ETA); 0: none "
+        f"(default {DEFAULT_PROGRESS_INTERVAL_S:g})",
+    )
+    parser.add_argument(
         "--no-onnx-check",
         dest="check_onnx",
         action="store_false",
@@ -707,6 +821,7 @@ def run(args: argparse.Namespace) -> int:
             backoff=args.backoff,
             check_onnx=args.check_onnx,
             max_unpacked_bytes=args.max_unpacked_bytes,
+            progress_interval=args.progress_interval,
         )
     except FetchError as e:
         print(f"modelservice fetch: error: {e}", file=sys.stderr)

@@ -6,14 +6,16 @@ and renamed into place only once complete and verified: the runtime sees the old
 the whole new one, never part of one.
 
 - URI forms: a local directory (plain path, `file:///dir/`, a PVC mount), an archive
-  (`.tar`, `.tar.gz`, `.tgz`, `.zip`) over http(s), file:// or s3://,.
+  (`.tar`, `.tar.gz`, `.tgz`, `.zip`) over http(s), file:// or s3://, and an s3 prefix
+  (`s3://bucket/prefix/`: every object under it; `plan_prefix` checks the keys).
 - Integrity: `--sha256` pins an archive's bytes; for a directory it pins the set
   digest (`set_digest`, printed by `modelservice digest PATH`).
 - Safety: every archive member must be a regular file or directory whose normalized path
   stays under DEST (no `..`, no absolute path, no symlinks or hard links at all); the
   declared sizes must fit `max_unpacked_bytes` (default 4x the archive) before anything is
   written, and bytes are counted again while extracting. A directory source with a
-  symlink is refused the same way. Every refusal names the member and the rule.
+  symlink is refused the same way, and so is an s3 key with `..` or an absolute path.
+  Every refusal names the member and the rule.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import tarfile
 import tempfile
 import urllib.parse
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -174,20 +176,88 @@ def set_digest(root: Path) -> str:
     bytes, joined and hashed. The same set of names and contents gives the same digest
     wherever it is; `modelservice digest DIR` prints it.
     """
-    lines = sorted(
-        (rel.encode(), f"{_file_sha256(p)}  {rel}\n".encode()) for rel, p in iter_files(root)
-    )
+    return digest_of((rel, _file_sha256(p)) for rel, p in iter_files(root))
+
+
+def digest_of(files: Iterable[tuple[str, str]]) -> str:
+    """The set digest from (relative posix path, sha256 hex) pairs, the one definition that
+    `set_digest` and a fetch hashing files as they stream (s3 prefixes) both use."""
+    lines = sorted((rel.encode(), f"{sha}  {rel}\n".encode()) for rel, sha in files)
     digest = hashlib.sha256()
     for _, line in lines:
         digest.update(line)
     return digest.hexdigest()
 
 
-def copy_tree(src: Path, out: Path) -> None:
+def s3_prefix(uri: str) -> tuple[str, str] | None:
+    """(bucket, prefix) when `uri` names an s3 prefix (`s3://bucket/prefix/`, a trailing
+    slash; `s3://bucket/` for the whole bucket), None for anything else."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.lower() != "s3" or not parts.netloc or not parts.path.endswith("/"):
+        return None
+    return parts.netloc, parts.path.lstrip("/")
+
+
+def plan_prefix(prefix: str, objects: Iterable[tuple[str, int]]) -> list[tuple[str, str, int]]:
+    """(key, relative path under DEST, size) for each object listed under `prefix`.
+
+    The relative path is the key less the prefix, held to the archive members' rules: no
+    absolute path, no `..` (S3 keys are free text: `prefix/../x` is a legal key). Zero-size
+    keys ending in `/` are the folder markers consoles create and are skipped. Two keys
+    that land on the same path (`a/./b` and `a/b`), or a file where another key needs a
+    directory (`a` and `a/b`), are refused rather than one silently overwriting the other.
+    """
+    plan: list[tuple[str, str, int]] = []
+    seen: dict[str, str] = {}
+    for key, size in objects:
+        if not key.startswith(prefix):
+            raise SetError(f"s3 key {key!r}: listed outside the prefix {prefix!r}, refused")
+        if key.endswith("/") and size == 0:
+            continue
+        rel = _safe_relpath(key[len(prefix) :], f"s3 key {key!r}: path")
+        if rel == PurePosixPath("."):
+            raise SetError(f"s3 key {key!r}: names the prefix itself, not a file under it")
+        name = rel.as_posix()
+        if name in seen:
+            raise SetError(f"s3 key {key!r}: lands on {name!r} like key {seen[name]!r}, refused")
+        seen[name] = key
+        plan.append((key, name, size))
+    for name, key in seen.items():
+        for parent in PurePosixPath(name).parents:
+            other = seen.get(parent.as_posix())
+            if other is not None:
+                raise SetError(
+                    f"s3 key {key!r}: needs {parent.as_posix()!r} as a directory, but key "
+                    f"{other!r} is a file there, refused"
+                )
+    if not plan:
+        raise SetError(f"s3 prefix {prefix!r}: no objects under it")
+    return plan
+
+
+def copy_tree(
+    src: Path, out: Path, on_bytes: Callable[[int], None] | None = None
+) -> list[tuple[str, str]]:
+    """Copy every regular file under src to out; (relpath, sha256) of each, hashed from the
+    bytes as they were copied, so the set digest needs no second read of a large set."""
+    hashes = []
     for rel, path in iter_files(src):
         target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+        digest = hashlib.sha256()
+        with open(path, "rb") as f, open(target, "wb") as t:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                t.write(chunk)
+                digest.update(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+        hashes.append((rel, digest.hexdigest()))
+    return hashes
+
+
+def tree_size(root: Path) -> int:
+    """Bytes of every regular file under root (symlinks refused, as in iter_files)."""
+    return sum(p.stat().st_size for _, p in iter_files(root))
 
 
 def _umask() -> int:
