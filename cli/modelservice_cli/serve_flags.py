@@ -143,6 +143,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("normalize_std", Floats, None, "per-channel standard deviation the input is then "
             "divided by: as many values as the mean, none of them zero", operator=True),
     Setting("no_cpu_arena", bool, False, "disable onnxruntime's CPU memory arena"),
+    Setting("prepack_weights", str, "auto", "onnxruntime's prepacking of weights into a "
+            "private copy per process (faster batched matrix products on CPU); off keeps "
+            "external data mapped from its file, one copy in the page cache for all workers; "
+            "auto = off for a model with external data, on otherwise (docs/runtime.md, Memory)",
+            choices=("auto", "on", "off")),
     Setting("warmup", bool, True, "run the model once at load, before ready"),
     Setting("auth_token", str, None, "bearer token every request but the health probes and "
             "/metrics must carry", flag=None, operator=True, secret=True),

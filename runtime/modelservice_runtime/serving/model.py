@@ -78,6 +78,14 @@ def select_providers(
     return [TENSORRT, cuda, CPU] if choice == "tensorrt" else [cuda, CPU]
 
 
+def prepack_weights(choice: str, has_external_data: bool) -> bool:
+    """--prepack-weights: auto prepacks only a model without external data. A model that
+    needed external data is large, and prepacking would give every worker its own copy."""
+    if choice == "auto":
+        return not has_external_data
+    return choice == "on"
+
+
 class OnnxModel:
     """A loaded, validated, optionally warmed-up ONNX model. Thread-safe `run`."""
 
@@ -106,11 +114,16 @@ class OnnxModel:
         )
         try:
             # Before onnxruntime opens anything: it would read any file a reference names.
-            check_external_data(path)
+            external = check_external_data(path)
         except NotOnnx as e:
             raise ModelLoadError(f"cannot load {path} as an ONNX model: {e}") from e
         except ExternalDataError as e:
             raise ModelLoadError(str(e)) from e
+        self.prepacked = prepack_weights(settings.prepack_weights, bool(external))
+        if not self.prepacked:
+            # onnxruntime then maps external data read-only from the file instead of packing
+            # a private copy: N workers share one copy of the weights (docs/runtime.md).
+            opts.add_session_config_entry("session.disable_prepacking", "1")
         try:
             # By path, never by bytes: external data resolves against the model's directory
             # and this process never holds a copy of the weights (docs/runtime.md, memory).
@@ -135,12 +148,15 @@ class OnnxModel:
         )
         self._normalize = self._normalizer(settings)
         log.info(
-            "loaded %s: providers=%s inputs=%s outputs=%s batchable=%s",
+            "loaded %s: providers=%s inputs=%s outputs=%s batchable=%s external_data=%d "
+            "prepacked=%s",
             path,
             self.providers,
             [s.metadata() for s in self.inputs],
             [s.metadata() for s in self.outputs],
             self.batchable,
+            len(external),
+            self.prepacked,
         )
 
     def _normalizer(self, settings: Settings) -> tuple[str, np.ndarray, np.ndarray] | None:
