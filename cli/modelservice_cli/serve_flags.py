@@ -115,8 +115,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", str, "0.0.0.0", "listen address", operator=True),
     Setting("port", int, 8080, "listen port", minimum=0, maximum=65535, operator=True),
     Setting("workers", int, 1, "server processes sharing the port (one process is held to "
-            "about one core by Python's GIL), each with its own copy of the model; 0 = one "
-            "per CPU, but one on a GPU", minimum=0, operator=True),
+            "about one core by Python's GIL), each with its own onnxruntime session (what "
+            "one costs in memory: docs/runtime.md); 0 = one per CPU, but one on a GPU",
+            minimum=0, operator=True),
     Setting("max_batch_size", int, 32, "largest batch that dynamic batching assembles; 0 or 1 "
             "disables batching", minimum=0, operator=True),
     Setting("max_batch_delay_us", int, 500, "longest time, in microseconds, the first request "

@@ -169,3 +169,16 @@ def test_loading_never_copies_the_model_into_python_memory(tmp_path: Path) -> No
         finally:
             tracemalloc.stop()
         assert peak < size / 4, f"{model}: Python allocated {peak} bytes for a {size}-byte model"
+
+
+def test_fetch_refuses_a_set_whose_external_data_escapes(tmp_path: Path) -> None:
+    """Said at fetch time too (the init container), before the runtime would refuse it."""
+    from modelservice_runtime.tools.fetch import FetchError, fetch_model
+
+    path = extdata.save_external(tmp_path / "src")
+    extdata.set_location(path, "w2", "../../etc/passwd")
+    with pytest.raises(FetchError) as e:
+        fetch_model(str(tmp_path / "src"), tmp_path / "dest", log=lambda _: None)
+    assert "tensor 'w2': external data '../../etc/passwd'" in str(e.value)
+    assert "outside the model's directory" in str(e.value)
+    assert not (tmp_path / "dest").exists()

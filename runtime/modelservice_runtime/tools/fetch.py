@@ -39,6 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from modelservice_runtime.errors import first_line
+from modelservice_runtime.serving.external_data import ExternalDataError, check_external_data
 from modelservice_runtime.tools import fetch_set
 from modelservice_runtime.tools.atomic import atomic_target
 from modelservice_runtime.tools.progress import DEFAULT_INTERVAL_S as DEFAULT_PROGRESS_INTERVAL_S
@@ -488,6 +489,10 @@ def verify_onnx(path: Path, show: str) -> None:
 
             options = ort.SessionOptions()
             options.log_severity_level = 3  # the error comes back to us; no C++ log spam
+            # Only whether it loads: no optimizing, and external data mapped rather than
+            # packed into a copy, so checking a 20 GB model does not need 20 GB of memory.
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.add_session_config_entry("session.disable_prepacking", "1")
             ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except ImportError as e:
         raise FetchError(
@@ -705,6 +710,11 @@ def _fetch_set_model(
                     f"{show}: expected model.onnx, model.onnx/model.onnx or exactly one "
                     f".onnx file in the set, found none that qualifies"
                 )
+            try:
+                # What the runtime will refuse (serving/external_data.py), said at fetch.
+                check_external_data(model)
+            except ExternalDataError as e:
+                raise FetchError(f"{show}: {str(e).replace(str(tree), 'DEST')}") from e
             verify_onnx(model, show)
         size = _tree_size(tree)
         fetch_set.publish_dir(tree, dest)
