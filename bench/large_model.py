@@ -363,6 +363,8 @@ def render(results: dict[str, Any]) -> str:
         for b in sorted({b for _, b in by})
         for on, off in [(by[(True, b)], by[(False, b)])]
     )
+    notes = "".join(f"\n- {n}" for n in results.get("notes", []))
+    notes = f"\nNotes:\n{notes}\n" if notes else ""
     auto = next(s for s in large["serve"] if s["prepack"] == "auto")
     verdict = "met" if auto["ratio"] <= 1.3 else "missed"
     mem_size = mem[0]["model_bytes"]
@@ -417,7 +419,7 @@ with one intra-op thread (what each of 2 workers gets here), ms per run:
 | batch | prepacked (on) | mapped (auto, external data) | mapped / prepacked |
 | --- | --- | --- | --- |
 {speed_rows}
-{END}
+{notes}{END}
 """
 
 
