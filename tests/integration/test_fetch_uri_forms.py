@@ -220,3 +220,71 @@ def test_s3_keys_that_would_leave_dest_are_refused_naming_the_key(
 def test_an_empty_prefix_is_an_error(sources: Sources, tmp_path: Path) -> None:
     with pytest.raises(FetchError, match=r"s3 prefix 'nothing/': no objects under it"):
         fetch_model(f"s3://{BUCKET}/nothing/", tmp_path / "m", env=sources.s3.env)
+
+
+@contextlib.contextmanager
+def cutting_proxy(upstream: str, cut_path: str) -> Iterator[tuple[str, list[str]]]:
+    """An HTTP proxy in front of the S3 server that sends the first GET of `cut_path` with
+    its full Content-Length but only half its body, then closes: a download broken off."""
+    import http.client
+    import urllib.parse
+
+    up = urllib.parse.urlsplit(upstream)
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _forward(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
+            conn.request(self.command, self.path, body, dict(self.headers.items()))
+            reply = conn.getresponse()
+            data = reply.read()
+            path = self.path.split("?")[0]
+            seen.append(f"{self.command} {path}")
+            cut = self.command == "GET" and path == cut_path and seen.count(f"GET {path}") == 1
+            self.send_response(reply.status)
+            for key, value in reply.getheaders():
+                if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2] if cut else data)
+            if cut:
+                self.close_connection = True
+            conn.close()
+
+        do_GET = do_PUT = do_HEAD = do_POST = _forward
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+def test_an_s3_object_cut_short_is_fetched_again(sources: Sources, tmp_path: Path) -> None:
+    path = f"/{BUCKET}/ext/data/weights.bin"
+    with cutting_proxy(sources.s3.endpoint, path) as (endpoint, seen):
+        lines: list[str] = []
+        env = {**sources.s3.env, "AWS_ENDPOINT_URL": endpoint}
+        result = fetch_model(
+            f"s3://{BUCKET}/ext/", tmp_path / "m", env=env, backoff=0.01, log=lines.append
+        )
+    assert seen.count(f"GET {path}") == 2, seen
+    retries = [line for line in lines if "attempt" in line]
+    assert len(retries) == 1 and "key 'ext/data/weights.bin': attempt 1/4 failed" in retries[0]
+    assert result.sha256 == set_digest(sources.src) == set_digest(tmp_path / "m")
+    *_, last = [line for line in lines if line.startswith("progress ")]
+    total = sum(p.stat().st_size for p in sources.src.rglob("*") if p.is_file())
+    assert last.startswith(f"progress ext (2 objects): {total} of {total} bytes")
