@@ -15,6 +15,7 @@ import contextlib
 import functools
 import hashlib
 import http.server
+import io
 import re
 import shutil
 import tarfile
@@ -32,6 +33,7 @@ from modelservice_runtime.tools.fetch import FetchError, fetch_model
 from modelservice_runtime.tools.fetch_set import find_model_file, set_digest
 
 from tests import extdata
+from tests.integration.conftest import wait_until
 from tests.integration.s3server import S3, s3_server
 
 BUCKET = "models"
@@ -288,3 +290,103 @@ def test_an_s3_object_cut_short_is_fetched_again(sources: Sources, tmp_path: Pat
     *_, last = [line for line in lines if line.startswith("progress ")]
     total = sum(p.stat().st_size for p in sources.src.rglob("*") if p.is_file())
     assert last.startswith(f"progress ext (2 objects): {total} of {total} bytes")
+
+
+# --- a tar is unpacked while it downloads ---------------------------------------------------
+
+
+def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_a_tar_is_unpacked_while_it_downloads_without_a_copy_of_the_archive(
+    tmp_path: Path,
+) -> None:
+    """The server holds back the rest of the body until the first member is on disk in the
+    work tree, and no archive file is there: the set costs the disk once."""
+    first = bytes(range(256)) * 8192  # 2 MiB
+    body = tar_bytes([("first.bin", first), ("second.bin", b"y" * (2 << 20))])
+    half = len(body) // 2 + (1 << 20)  # first.bin whole (headers + 2 MiB), second.bin begun
+    seen_tree: list[list[str]] = []
+    failure: list[BaseException] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:half])
+            self.wfile.flush()
+            try:
+                work = wait_until(
+                    "first.bin unpacked in the work tree",
+                    lambda: [
+                        p
+                        for p in tmp_path.glob(".m.*.part")
+                        if (p / "tree" / "first.bin").is_file()
+                        and (p / "tree" / "first.bin").stat().st_size == len(first)
+                    ],
+                    timeout=30,
+                    interval=0.02,
+                )[0]
+                seen_tree.append(sorted(q.name for q in work.iterdir()))
+            except BaseException as e:
+                failure.append(e)
+            self.wfile.write(body[half:])
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/m.tar"
+        digest = hashlib.sha256(body).hexdigest()
+        result = fetch_model(url, tmp_path / "m", digest, env={}, check_onnx=False, log=print)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+    assert not failure, failure
+    assert seen_tree == [["tree"]]  # no archive beside the tree
+    assert result.sha256 == digest
+    assert (tmp_path / "m" / "first.bin").read_bytes() == first
+
+
+def test_a_streamed_tar_cut_short_is_fetched_again_into_an_empty_tree(tmp_path: Path) -> None:
+    from tests.integration.test_fetch import Reply, ScriptedServer, running
+
+    body = tar_bytes([("a.bin", b"a" * 300_000), ("b.bin", b"b" * 300_000)])
+    with running(ScriptedServer()) as server:
+        url = server.route(
+            "/s.tar",
+            Reply(body=body[: len(body) // 2], declared_length=len(body)),
+            Reply(body=body),
+        )
+        lines: list[str] = []
+        result = fetch_model(
+            url, tmp_path / "m", env={}, check_onnx=False, backoff=0.01, log=lines.append
+        )
+    assert len(server.hits("/s.tar")) == 2
+    retries = [line for line in lines if "attempt 1/4 failed" in line]
+    assert len(retries) == 1 and "retrying" in retries[0], lines
+    assert result.sha256 == hashlib.sha256(body).hexdigest()
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["a.bin", "b.bin"]
+
+
+def test_a_streamed_tar_over_the_limit_is_refused_at_the_member(tmp_path: Path) -> None:
+    archive = tmp_path / "big.tar"
+    archive.write_bytes(tar_bytes([("small.bin", b"s" * 1000), ("big.bin", b"\0" * 100_000)]))
+    with pytest.raises(FetchError) as e:
+        fetch_model(str(archive), tmp_path / "m", check_onnx=False, max_unpacked_bytes=50_000)
+    assert "archive member 'big.bin': members declare 101000 bytes unpacked with it" in str(e.value)
+    assert "refused before it is written" in str(e.value)
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))

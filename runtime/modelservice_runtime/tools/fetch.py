@@ -209,8 +209,23 @@ def _retry_after(headers: Any) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
+class _ReadFailed(Exception):
+    """The source broke off mid-body: the network, not the archive or the disk."""
+
+
+# What consumes a body instead of writing it to a file: (read, total or None, progress) ->
+# (sha256 of the body, bytes read). Reads that fail raise _ReadFailed.
+Sink = Callable[[Callable[[int], bytes], int | None, Progress], tuple[str, int]]
+
+
 def _http_attempt(
-    url: str, headers: dict[str, str], tmp: Path, timeout: float, show: str, meter: Meter
+    url: str,
+    headers: dict[str, str],
+    tmp: Path,
+    timeout: float,
+    show: str,
+    meter: Meter,
+    sink: Sink | None = None,
 ) -> tuple[str, int]:
     opener = urllib.request.build_opener(_SameOriginAuthRedirect())
     request = urllib.request.Request(url, headers=headers)
@@ -240,6 +255,29 @@ def _http_attempt(
         encoded = response.headers.get("Content-Encoding") not in (None, "identity")
         total = int(length) if length and length.isdigit() and not encoded else None
         label = Path(urllib.parse.urlsplit(url).path).name or "model"
+        if sink is not None:
+            got = [0]
+
+            def read(n: int) -> bytes:
+                try:
+                    chunk = response.read(n)
+                except (OSError, http.client.HTTPException) as e:
+                    raise _ReadFailed(f"{type(e).__name__}: {first_line(e)}") from e
+                # http.client ends a body cut short with b"", not an error: a sink reading
+                # as it goes (tarfile) would take it for a truncated archive.
+                if not chunk and n and total is not None and got[0] < total:
+                    raise _ReadFailed(f"connection closed after {got[0]} of {total} bytes")
+                got[0] += len(chunk)
+                return chunk
+
+            try:
+                with meter(label, total) as progress:
+                    digest, size = sink(read, total, progress)
+            except _ReadFailed as e:
+                raise _Retryable(f"download interrupted: {e}") from e
+            if total is not None and size != total:
+                raise _Retryable(f"connection closed after {size} of {total} bytes")
+            return digest, size
         try:
             out = open(tmp, "wb")  # noqa: SIM115 - closed below; open errors are final
         except OSError as e:
@@ -268,6 +306,7 @@ def _fetch_http(
     backoff: float,
     meter: Meter,
     log: Log,
+    sink: Sink | None = None,
 ) -> tuple[str, int]:
     show = redact(uri)
     parts = urllib.parse.urlsplit(uri)
@@ -285,7 +324,7 @@ def _fetch_http(
     attempts = retries + 1
     for attempt in range(1, attempts + 1):
         try:
-            return _http_attempt(url, headers, tmp, timeout, show, meter)
+            return _http_attempt(url, headers, tmp, timeout, show, meter, sink)
         except _Retryable as e:
             if attempt == attempts:
                 raise FetchError(f"{show}: giving up after {attempts} attempt(s): {e}") from e
@@ -664,7 +703,12 @@ def _fetch_set_model(
     tree = work / "tree"
     try:
         tree.mkdir()
-        if kind == "archive":
+        if kind == "archive" and _streams_tar(uri):
+            digest = _stream_tar(
+                uri, tree, max_unpacked_bytes, meter=meter, fetch_kwargs=fetch_kwargs
+            )
+            _check_digest(show, dest, expected, digest)
+        elif kind == "archive":
             archive = work / "archive"
             got = fetch_model(
                 uri, archive, expected, check_onnx=False, single_file=True, **fetch_kwargs
@@ -723,6 +767,104 @@ def _fetch_set_model(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return FetchResult(dest, digest, size, copied=True)
+
+
+def _streams_tar(uri: str) -> bool:
+    """A tar over http(s) or on local disk is unpacked as it is read; zip needs its central
+    directory (at the end) first, and an s3 archive still lands whole before unpacking."""
+    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    local = scheme in ("", "file") or len(scheme) == 1
+    return fetch_set.archive_kind(uri) == "tar" and (local or scheme in ("http", "https"))
+
+
+def _stream_tar(
+    uri: str,
+    tree: Path,
+    max_unpacked_bytes: int | None,
+    *,
+    meter: Meter,
+    fetch_kwargs: dict[str, Any],
+) -> str:
+    """Unpack a tar into `tree` while it downloads; return the archive's sha256.
+
+    No copy of the archive is written: a set costs the disk once, not twice. The limit is
+    --max-unpacked-bytes, else 4x the archive's size, which needs that size up front (a
+    Content-Length); without one the archive is written first and unpacked after, as zip
+    is. A retried download starts again from an empty tree. The caller checks the digest
+    before anything is published.
+    """
+    show = redact(uri)
+
+    def sink(
+        read: Callable[[int], bytes], total: int | None, progress: Progress
+    ) -> tuple[str, int]:
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.mkdir()
+        digest, seen = hashlib.sha256(), [0]
+
+        class Tee:
+            """The body as tarfile reads it, hashed and counted on the way."""
+
+            def read(self, n: int = -1) -> bytes:
+                chunk = read(CHUNK if n is None or n < 0 else n)
+                digest.update(chunk)
+                seen[0] += len(chunk)
+                progress.add(len(chunk))
+                return chunk
+
+        limit = max_unpacked_bytes
+        try:
+            if limit is None and total is None:
+                archive = tree.parent / "archive"
+                with open(archive, "wb") as out:
+                    hexdigest, size = _copy_stream(read, out, progress)
+                limit = fetch_set.DEFAULT_UNPACK_FACTOR * max(size, 1)
+                fetch_set.extract_tar(archive, tree, limit)
+                archive.unlink()
+                return hexdigest, size
+            if limit is None:
+                limit = fetch_set.DEFAULT_UNPACK_FACTOR * max(total or 0, 1)
+            tee = Tee()
+            fetch_set.extract_tar_stream(tee, tree, limit)  # type: ignore[arg-type]
+            while tee.read(CHUNK):  # what follows the last member (padding) is hashed too
+                pass
+        except fetch_set.SetError as e:
+            raise FetchError(f"{show}: {e}") from e
+        except OSError as e:  # reads raise _ReadFailed: this is the disk
+            raise FetchError(f"DEST: cannot write {tree.parent}: {e.strerror or e}") from e
+        return digest.hexdigest(), seen[0]
+
+    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        digest, _ = _fetch_http(
+            uri,
+            tree.parent / "unused",
+            env=fetch_kwargs["env"],
+            retries=fetch_kwargs["retries"],
+            timeout=fetch_kwargs["timeout"],
+            backoff=fetch_kwargs["backoff"],
+            meter=meter,
+            log=fetch_kwargs["log"],
+            sink=sink,
+        )
+        return digest
+    src = _local_path(uri)
+    try:
+        source = open(src, "rb")  # noqa: SIM115 - closed below, errors mapped first
+    except FileNotFoundError:
+        raise FetchError(f"URI: {src} does not exist") from None
+    except OSError as e:
+        raise FetchError(f"URI: cannot read {src}: {e.strerror or e}") from e
+
+    def read_local(n: int) -> bytes:
+        try:
+            return source.read(n)
+        except OSError as e:
+            raise FetchError(f"URI: cannot read {src}: {e.strerror or e}") from e
+
+    with source, meter(src.name, os.fstat(source.fileno()).st_size) as progress:
+        digest, _ = sink(read_local, os.fstat(source.fileno()).st_size, progress)
+    return digest
 
 
 def _set_digest(root: Path, show: str) -> str:

@@ -12,8 +12,10 @@ the whole new one, never part of one.
   digest (`set_digest`, printed by `modelservice digest PATH`).
 - Safety: every archive member must be a regular file or directory whose normalized path
   stays under DEST (no `..`, no absolute path, no symlinks or hard links at all); the
-  declared sizes must fit `max_unpacked_bytes` (default 4x the archive) before anything is
-  written, and bytes are counted again while extracting. A directory source with a
+  declared sizes must fit `max_unpacked_bytes` (default 4x the archive): all of them before
+  anything is written (`extract_tar`, `extract_zip`), or, for a tar read as it downloads
+  (`extract_tar_stream`), the running total before each member is written; bytes are
+  counted again while extracting. A directory source with a
   symlink is refused the same way, and so is an s3 key with `..` or an absolute path.
   Every refusal names the member and the rule.
 """
@@ -78,11 +80,14 @@ def _copy_counted(
         out.write(chunk)
 
 
-def _check_total(declared: int, limit: int) -> None:
+def _check_total(declared: int, limit: int, member: str | None = None) -> None:
     if declared > limit:
+        where = f"archive member {member!r}" if member is not None else "archive"
+        upto = " with it" if member is not None else ""
+        when = "before it is written" if member is not None else "before extracting"
         raise SetError(
-            f"archive: members declare {declared} bytes unpacked, over the limit of {limit} "
-            f"bytes (--max-unpacked-bytes), refused before extracting"
+            f"{where}: members declare {declared} bytes unpacked{upto}, over the limit of "
+            f"{limit} bytes (--max-unpacked-bytes), refused {when}"
         )
 
 
@@ -93,29 +98,58 @@ def extract_tar(archive: Path, out: Path, limit: int) -> None:
         raise SetError(f"archive: not a readable tar file: {e}") from e
     with tar:
         members = tar.getmembers()
-        plan: list[tuple[tarfile.TarInfo, PurePosixPath]] = []
-        declared = 0
-        for m in members:
-            rel = _safe_relpath(m.name, "archive member")
-            if m.issym() or m.islnk():
-                raise SetError(f"archive member {m.name!r}: links are refused (-> {m.linkname!r})")
-            if not (m.isfile() or m.isdir()):
-                raise SetError(f"archive member {m.name!r}: only files and directories allowed")
-            declared += m.size if m.isfile() else 0
-            plan.append((m, rel))
-        _check_total(declared, limit)
+        plan = [(m, _tar_member_path(m)) for m in members]
+        _check_total(sum(m.size for m in members if m.isfile()), limit)
         budget = [0]
         for m, rel in plan:
-            target = out / rel
-            if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tar.extractfile(m)
-            if src is None:
-                raise SetError(f"archive member {m.name!r}: cannot be read")
-            with src, open(target, "wb") as f:
-                _copy_counted(src, f, budget, m.name, limit)
+            _extract_member(tar, m, out / rel, budget, limit)
+
+
+def _tar_member_path(m: tarfile.TarInfo) -> PurePosixPath:
+    """The rules every tar member is held to, in one place (both extractors)."""
+    rel = _safe_relpath(m.name, "archive member")
+    if m.issym() or m.islnk():
+        raise SetError(f"archive member {m.name!r}: links are refused (-> {m.linkname!r})")
+    if not (m.isfile() or m.isdir()):
+        raise SetError(f"archive member {m.name!r}: only files and directories allowed")
+    return rel
+
+
+def _extract_member(
+    tar: tarfile.TarFile, m: tarfile.TarInfo, target: Path, budget: list[int], limit: int
+) -> None:
+    if m.isdir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    src = tar.extractfile(m)
+    if src is None:
+        raise SetError(f"archive member {m.name!r}: cannot be read")
+    with src, open(target, "wb") as f:
+        _copy_counted(src, f, budget, m.name, limit)
+
+
+def extract_tar_stream(stream: IO[bytes], out: Path, limit: int) -> None:
+    """extract_tar for an archive read once, front to back, as it downloads (no copy of the
+    archive on disk). Each member is held to the same rules before anything of it is
+    written; the declared sizes are added up as the members come, so the member that takes
+    the total past `limit` is refused before its first byte, and bytes are counted again
+    while written. What was unpacked before a refusal is the caller's to remove."""
+    try:
+        # A MiB a read: tarfile's stream default (10 KiB) costs a Python call per 10 KiB.
+        tar = tarfile.open(fileobj=stream, mode="r|*", bufsize=CHUNK)  # noqa: SIM115
+    except tarfile.TarError as e:
+        raise SetError(f"archive: not a readable tar file: {e}") from e
+    with tar:
+        declared, budget = 0, [0]
+        try:
+            for m in tar:
+                rel = _tar_member_path(m)
+                declared += m.size if m.isfile() else 0
+                _check_total(declared, limit, member=m.name)
+                _extract_member(tar, m, out / rel, budget, limit)
+        except tarfile.TarError as e:
+            raise SetError(f"archive: not a readable tar file: {e}") from e
 
 
 def extract_zip(archive: Path, out: Path, limit: int) -> None:
