@@ -150,22 +150,23 @@ def auth_header(env: Mapping[str, str], uri: str) -> str | None:
 def _copy_stream(
     read: Callable[[int], bytes], out: IO[bytes], progress: Progress
 ) -> tuple[str, int]:
-    """Stream to `out`, hashing as we go; file write errors are final, read errors are not."""
-    digest = hashlib.sha256()
+    """Stream to `out`, hashing as we go (in a thread beside the copy: fetch_set.
+    BackgroundHash); file write errors are final, read errors are not."""
     done = 0
-    while True:
-        chunk = read(CHUNK)
-        if not chunk:
-            break
-        try:
-            out.write(chunk)
-        except OSError as e:
-            raise FetchError(
-                f"DEST: cannot write to {Path(out.name).parent}: {e.strerror or e}"
-            ) from e
-        digest.update(chunk)
-        done += len(chunk)
-        progress.add(len(chunk))
+    with fetch_set.BackgroundHash() as digest:
+        while True:
+            chunk = read(CHUNK)
+            if not chunk:
+                break
+            try:
+                out.write(chunk)
+            except OSError as e:
+                raise FetchError(
+                    f"DEST: cannot write to {Path(out.name).parent}: {e.strerror or e}"
+                ) from e
+            digest.update(chunk)
+            done += len(chunk)
+            progress.add(len(chunk))
     return digest.hexdigest(), done
 
 
@@ -800,14 +801,16 @@ def _stream_tar(
     ) -> tuple[str, int]:
         shutil.rmtree(tree, ignore_errors=True)
         tree.mkdir()
-        digest, seen = hashlib.sha256(), [0]
+        seen = [0]
 
         class Tee:
-            """The body as tarfile reads it, hashed and counted on the way."""
+            """The body as tarfile reads it, hashed (`digest`, set below) and counted."""
+
+            digest: fetch_set.BackgroundHash
 
             def read(self, n: int = -1) -> bytes:
                 chunk = read(CHUNK if n is None or n < 0 else n)
-                digest.update(chunk)
+                self.digest.update(chunk)
                 seen[0] += len(chunk)
                 progress.add(len(chunk))
                 return chunk
@@ -825,14 +828,15 @@ def _stream_tar(
             if limit is None:
                 limit = fetch_set.DEFAULT_UNPACK_FACTOR * max(total or 0, 1)
             tee = Tee()
-            fetch_set.extract_tar_stream(tee, tree, limit)  # type: ignore[arg-type]
-            while tee.read(CHUNK):  # what follows the last member (padding) is hashed too
-                pass
+            with fetch_set.BackgroundHash() as tee.digest:
+                fetch_set.extract_tar_stream(tee, tree, limit)  # type: ignore[arg-type]
+                while tee.read(CHUNK):  # what follows the last member (padding) is hashed
+                    pass
         except fetch_set.SetError as e:
             raise FetchError(f"{show}: {e}") from e
         except OSError as e:  # reads raise _ReadFailed: this is the disk
             raise FetchError(f"DEST: cannot write {tree.parent}: {e.strerror or e}") from e
-        return digest.hexdigest(), seen[0]
+        return tee.digest.hexdigest(), seen[0]
 
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
     if scheme in ("http", "https"):
