@@ -4,10 +4,11 @@
 
 1. **Cost against the limit.** For each model and method at the defaults (2048 samples,
    images in an 8x8 grid of patches), the limit is the forward passes alone: in-process
-   `session.run` over the same number of rows in the same chunks (explainer.CHUNK_ROWS), no
-   numpy around them. Then the whole explanation in-process (`explain_batch`: the rows
-   built, run and fitted), and over HTTP from `modelservice serve` (one client, V1
-   `:explain`). `limit / served` is the share of the served latency that is forward passes.
+   `session.run` of the runtime's own session (its options) over the same number of rows in
+   the same chunks (explainer.CHUNK_ROWS), no numpy around them. Then the whole explanation
+   in-process (`explain_batch`: the rows built, run and fitted), and over HTTP from
+   `modelservice serve` (one client, V1 `:explain`). `limit / served` is the share of the
+   served latency that is forward passes.
 2. **Inference alongside.** wrk, 16 connections, V2 binary infer of one sample, against the
    same server alone and with two clients posting explanations (SHAP, the defaults) in a
    closed loop beside it, so the explain queue is never empty: inference req/s with / alone.
@@ -57,28 +58,26 @@ SIDE_HEAD = (
 )
 
 
-def _median_s(fn: Any, repeats: int) -> float:
-    fn()  # the first run allocates; not measured
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _seconds(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
-def in_process(model: models.BenchModel, repeats: int) -> dict[str, dict[str, float]]:
-    """Per method: forward passes alone (the limit) and the whole explanation, in seconds."""
-    import onnxruntime as ort
+def cost(url: str, model: models.BenchModel, repeats: int) -> dict[str, dict[str, float]]:
+    """Per method: the forward passes alone (the limit), the whole explanation in-process and
+    one served request, in seconds (medians). The three are measured in turn in each repeat,
+    so a drift in the machine's other load hits all three alike."""
     from modelservice_runtime.explain.explainer import CHUNK_ROWS, explain_batch
     from modelservice_runtime.explain.params import Defaults, parse_parameters
     from modelservice_runtime.serving.explaining import model_runner
     from modelservice_runtime.serving.model import OnnxModel
     from modelservice_runtime.settings import Settings
 
-    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
-    served_model = OnnxModel(Settings(model_path=model.path, execution_provider="cpu"))
-    run = model_runner(served_model)
+    in_process_model = OnnxModel(Settings(model_path=model.path, execution_provider="cpu"))
+    session = in_process_model.session  # the runtime's session options: only numpy differs
+    run = model_runner(in_process_model)
+    client = httpx.Client(base_url=url, timeout=300)
     out: dict[str, dict[str, float]] = {}
     for method in METHODS:
         request = parse_parameters(
@@ -86,13 +85,14 @@ def in_process(model: models.BenchModel, repeats: int) -> dict[str, dict[str, fl
             defaults=Defaults(),
             instance_shape=model.sample_shape,
             dtype=np.dtype(np.float32),
-            outputs=served_model.output_names,
+            outputs=in_process_model.output_names,
             instances=1,
         )
         rows = request.rows()
         chunk = np.repeat(model.sample, CHUNK_ROWS, axis=0)
         tail = np.repeat(model.sample, rows % CHUNK_ROWS, axis=0)
         first = np.repeat(model.sample, 2, axis=0)  # the instance and the baseline
+        payload = {"instances": model.sample.tolist(), "parameters": {"method": method}}
 
         def forward_only(
             chunk: np.ndarray = chunk, tail: np.ndarray = tail, first: np.ndarray = first,
@@ -107,29 +107,19 @@ def in_process(model: models.BenchModel, repeats: int) -> dict[str, dict[str, fl
         def whole(request: Any = request) -> None:
             explain_batch(run, model.sample, request)
 
-        out[method] = {
-            "rows": rows + 2,
-            "limit_s": _median_s(forward_only, repeats),
-            "in_process_s": _median_s(whole, repeats),
-        }
+        def served(payload: dict[str, Any] = payload) -> None:
+            client.post(f"/v1/models/{model.name}:explain", json=payload).raise_for_status()
+
+        steps = {"limit_s": forward_only, "in_process_s": whole, "served_s": served}
+        for fn in steps.values():
+            fn()  # the first run allocates; not measured
+        times: dict[str, list[float]] = {k: [] for k in steps}
+        for _ in range(repeats):
+            for key, fn in steps.items():
+                times[key].append(_seconds(fn))
+        out[method] = {"rows": rows + 2, **{k: statistics.median(v) for k, v in times.items()}}
         print(f"  {model.name} {method}: {out[method]}", flush=True)
-    return out
-
-
-def served(url: str, model: models.BenchModel, repeats: int) -> dict[str, float]:
-    """Per method: the median latency of one V1 :explain request, one client."""
-    body = {"instances": model.sample.tolist()}
-    out = {}
-    with httpx.Client(base_url=url, timeout=120) as client:
-        for method in METHODS:
-            payload = {**body, "parameters": {"method": method}}
-
-            def once(payload: dict[str, Any] = payload) -> None:
-                r = client.post(f"/v1/models/{model.name}:explain", json=payload)
-                r.raise_for_status()
-
-            out[method] = _median_s(once, repeats)
-            print(f"  {model.name} {method} served: {out[method]:.4f} s", flush=True)
+    client.close()
     return out
 
 
@@ -175,8 +165,8 @@ def render(result: dict) -> str:
     rows = []
     for name, m in result["models"].items():
         for method in METHODS:
-            p = m["in_process"][method]
-            s = m["served_s"][method]
+            p = m["cost"][method]
+            s = p["served_s"]
             rows.append(
                 f"| {name} | {method} | {p['rows']:,} | {p['limit_s'] * 1e3:,.1f} | "
                 f"{p['in_process_s'] * 1e3:,.1f} | {s * 1e3:,.1f} | {1 / s:,.1f} | "
@@ -202,10 +192,11 @@ worker; explanations: SHAP, 2048 samples, images in an 8x8 grid of patches, one 
 at a time, 8 waiting). One instance per request.
 
 **Cost.** *Forward passes* = in-process `session.run` of the same rows in the same chunks
-of 64 (the limit); *in-process* = the whole explanation (`explain_batch`: rows built, run,
-fitted); *served* = one V1 `:explain` request over HTTP, one client. Medians of
-{result["repeats"]} runs. *limit / served* is the share of the served latency that is
-the forward passes; the rest is what explaining and serving add.
+of 64, in a session with the runtime's options (the limit); *in-process* = the whole
+explanation (`explain_batch`: rows built, run, fitted); *served* = one V1 `:explain`
+request over HTTP, one client. Medians of {result["repeats"]} runs. *limit / served* is
+the share of the served latency that is the forward passes; the rest is what explaining
+and serving add.
 
 {COST_HEAD}
 {chr(10).join(rows)}
@@ -238,7 +229,7 @@ def write_section(text: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="mlp,cnn")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     p.add_argument("--render", metavar="FILE", help="re-render the section from raw figures")
     args = p.parse_args(argv)
@@ -251,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = float(Path("/proc/loadavg").read_text().split()[0])
     result: dict[str, Any] = {"models": {}, "repeats": args.repeats, "duration_s": args.duration}
     for model in models.export_models(out_dir / "models", args.models.split(",")):
-        print(f"{model.name}: in-process", flush=True)
-        entry: dict[str, Any] = {"in_process": in_process(model, args.repeats)}
+        entry: dict[str, Any] = {}
         spec = servers.ServerSpec(
             key="ours-explain",
             label="modelservice (defaults)",
@@ -265,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )  # fmt: skip
         with servers.RunningServer(spec, out_dir / "logs") as server:
-            entry["served_s"] = served(server.url, model, args.repeats)
+            print(f"{model.name}: cost", flush=True)
+            entry["cost"] = cost(server.url, model, args.repeats)
             print(f"{model.name}: inference alongside", flush=True)
             entry["alongside"] = alongside(server.url, model, args.duration, work)
         result["models"][model.name] = entry

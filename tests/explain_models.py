@@ -23,14 +23,15 @@ def _io(name: str, shape: list[int | str]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
-def linear(path: Path, w: np.ndarray, b: np.ndarray) -> Path:
-    """y = x @ W.T + b: input `x` [N, F] -> output `y` [N, K], W of shape (K, F)."""
+def linear(path: Path, w: np.ndarray, b: np.ndarray, batch: int | str = "N") -> Path:
+    """y = x @ W.T + b: input `x` [N, F] -> output `y` [N, K], W of shape (K, F); `batch`
+    a number: a fixed first axis (no batch axis to stack requests on)."""
     k, f = w.shape
     graph = helper.make_graph(
         [helper.make_node("Gemm", ["x", "W", "b"], ["y"], transB=1)],
         "linear",
-        [_io("x", ["N", f])],
-        [_io("y", ["N", k])],
+        [_io("x", [batch, f])],
+        [_io("y", [batch, k])],
         [
             numpy_helper.from_array(w.astype(np.float32), "W"),
             numpy_helper.from_array(b.astype(np.float32), "b"),

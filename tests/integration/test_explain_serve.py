@@ -200,6 +200,9 @@ def test_bad_instances_and_models(server: Served) -> None:
     r = v1_explain(server, {"instances": [[0.0] * F], "parameters": "shap"})
     assert r.status_code == 400
     assert r.json()["error"] == "parameters must be an object, got str"
+    r = v1_explain(server, {"instances": [[None] * F]})  # null reads as NaN
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("instances: the model's output 'y' is not finite")
     r = httpx.post(server.url + "/v1/models/nope:explain", json={"instances": [[0.0] * F]})
     assert r.status_code == 404 and "model 'nope' not found" in r.json()["error"]
 

@@ -263,3 +263,21 @@ def test_kernel_shap_plan_pairs_each_coalition_with_its_complement() -> None:
     np.testing.assert_array_equal(plan.masks[:50], ~plan.masks[50:])
     sizes = plan.masks.sum(axis=1)
     assert sizes.min() >= 1 and sizes.max() <= 29  # never the empty or the full coalition
+
+
+def test_a_model_without_a_batch_axis_runs_row_by_row(tmp_path: Path) -> None:
+    from modelservice_runtime.serving.explaining import model_runner
+    from modelservice_runtime.serving.model import OnnxModel
+    from modelservice_runtime.settings import Settings
+
+    path = explain_models.linear(tmp_path / "fixed.onnx", W, B, batch=1)
+    model = OnnxModel(Settings(model_path=path, execution_provider="cpu"))
+    assert not model.batchable
+    x = _x()  # the whole input tensor [1, F] is the one instance
+    req = request((1, F), method="shap", target=2)
+    assert req.groups == F and req.patch is None  # [1, F] is tabular
+    result = explain_batch(model_runner(model), x[None], req)
+    (e,) = result.explanations
+    assert e.attributions.shape == (1, F)
+    np.testing.assert_allclose(e.attributions[0], W[2] * x[0], atol=1e-5)
+    np.testing.assert_allclose(result.outputs["y"][0], x @ W.T + B, atol=1e-5)

@@ -7,6 +7,7 @@ loop over rows); this module decides only which rows go in and how many at a tim
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 from modelservice_runtime.explain.params import BadParameter, ExplainRequest
 
 Run = Callable[[np.ndarray], dict[str, np.ndarray]]
+Pace = Callable[[float], None]  # called after each perturbation run with its seconds
 # Rows per model run for perturbations: large enough for batching to pay, small enough
 # that one run never holds the model (or the memory of an image batch) for long.
 CHUNK_ROWS = 64
@@ -64,15 +66,31 @@ def _flat(output: np.ndarray, rows: int) -> np.ndarray:
     return output.reshape(rows, -1).astype(np.float64)
 
 
+def _finite(values: np.ndarray, output: str, where: str) -> None:
+    """A fit over NaN or infinity fails (or means nothing): refuse it as bad input."""
+    if not np.isfinite(values).all():
+        raise BadParameter(
+            "instances",
+            f"instances: the model's output {output!r} is not finite for {where} (NaN or "
+            "infinity in the input?); explanations need finite outputs",
+        )
+
+
 def explain_batch(
-    run: Run, instances: np.ndarray, request: ExplainRequest, chunk_rows: int = CHUNK_ROWS
+    run: Run,
+    instances: np.ndarray,
+    request: ExplainRequest,
+    chunk_rows: int = CHUNK_ROWS,
+    pace: Pace | None = None,
 ) -> BatchExplanation:
-    """Predictions for `instances` (n, *instance) and one explanation each."""
+    """Predictions for `instances` (n, *instance) and one explanation each. `pace`, if
+    given, runs between perturbation runs (the runtime yields to inference there)."""
     n = len(instances)
     first = run(np.concatenate([instances, request.baseline[None]]))
     runs, rows = 1, n + 1
     outputs = {name: out[:n] for name, out in first.items()}
     explained = _flat(first[request.output], n + 1)
+    _finite(explained, request.output, "the instances or the baseline")
     width = explained.shape[1]
     base_row = explained[n]
     explanations = []
@@ -90,6 +108,7 @@ def explain_batch(
         rng = np.random.default_rng(request.seed)
         plan = method.plan(request.groups, request.samples, rng)
         values = np.empty(len(plan.masks), dtype=np.float64)
+        started = time.perf_counter()
         for start in range(0, len(plan.masks), chunk_rows):
             masks = plan.masks[start : start + chunk_rows]
             batch = perturbed(instances[i], request.baseline, request.labels, masks)
@@ -97,6 +116,10 @@ def explain_batch(
             values[start : start + len(masks)] = _flat(out, len(masks))[:, target]
             runs += 1
             rows += len(masks)
+            if pace is not None:
+                pace(time.perf_counter() - started)
+            started = time.perf_counter()
+        _finite(values, request.output, f"the perturbations of instance {i}")
         full, base = float(explained[i, target]), float(base_row[target])
         phi = method.attribute(plan, values, full, base)
         # Each element carries an equal share of its group's attribution: the sum over the

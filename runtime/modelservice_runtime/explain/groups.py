@@ -1,10 +1,10 @@
 """Feature groups: which elements of one instance are perturbed together.
 
-A tabular instance (one axis, or none) has one group per element. An instance with two or
-more axes (an image, channels first: C x H x W, or H x W) is cut into patches over its last
-two axes, each patch spanning every leading axis (all channels of those pixels), so the
-count of groups, and with it the samples a method needs, stays bounded whatever the
-resolution.
+A tabular instance (fewer than two axes longer than 1: [F], [1, F]) has one group per
+element. An instance with two or more such axes (an image, channels first: C x H x W, or
+H x W) is cut into patches over its last two axes, each patch spanning every leading axis
+(all channels of those pixels), so the count of groups, and with it the samples a method
+needs, stays bounded whatever the resolution.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ DEFAULT_GRID = 8
 
 
 def is_image_like(shape: tuple[int, ...]) -> bool:
-    """Instances with two or more axes are grouped by patches over the last two."""
-    return len(shape) >= 2
+    """Instances with two or more axes longer than 1 are grouped by patches over the last
+    two; [1, F] (a model without a batch axis takes one row like that) stays tabular."""
+    return len(shape) >= 2 and sum(d > 1 for d in shape) >= 2
 
 
 def default_patch(shape: tuple[int, ...]) -> tuple[int, int] | None:

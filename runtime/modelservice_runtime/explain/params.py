@@ -220,8 +220,8 @@ def _patch(
     if not is_image_like(shape):
         raise BadParameter(
             "patch",
-            f"{what}: applies to inputs whose instances have 2 or more axes (images); this "
-            f"model's instances are shaped {list(shape)}",
+            f"{what}: applies to inputs whose instances have 2 or more axes longer than 1 "
+            f"(images); this model's instances are shaped {list(shape)}",
         )
     if not isinstance(value, list) or len(value) != 2 or not all(_int(v) and v >= 1 for v in value):
         raise BadParameter(

@@ -6,7 +6,8 @@ never in the inference batcher's queue: explain traffic has its own bounded queu
 thread of its own per model, so at most one explanation runs at a time (its perturbations
 in batched `session.run` calls of explainer.CHUNK_ROWS rows) however many arrive, at most
 `--explain-max-queue` more wait (then 503 + Retry-After), and inference keeps its own queue,
-batcher and thread. Its metrics are `modelservice_explain_*` (metrics.py), apart from the
+batcher and thread; while inference requests are in flight the explanation rests between
+its runs (YIELD_TO_INFERENCE). Its metrics are `modelservice_explain_*` (metrics.py), apart from the
 inference counters.
 """
 
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -28,6 +30,7 @@ from modelservice_runtime.settings import Settings
 
 if TYPE_CHECKING:
     from modelservice_runtime.serving.dataplane import ModelEntry
+    from modelservice_runtime.serving.metrics import ModelMetrics
     from modelservice_runtime.serving.model import OnnxModel
 
 T = TypeVar("T")
@@ -35,6 +38,11 @@ EXTENSION = "explain"
 # Explanations of one model computed at once: each already batches its own perturbations,
 # so a second would only halve the speed of both and take more cores from inference.
 CONCURRENT_EXPLANATIONS = 1
+# While inference requests are in flight, the explain thread rests this many times as long
+# as its last perturbation run took before the next: an explanation then takes at most
+# 1 / (1 + YIELD) of the time (its runs use onnxruntime's whole intra-op pool), the rest is
+# left to inference. Without inference it runs flat out.
+YIELD_TO_INFERENCE = 1.0
 
 
 def defaults(settings: Settings) -> Defaults:
@@ -112,6 +120,14 @@ def model_runner(model: OnnxModel) -> Callable[[np.ndarray], dict[str, np.ndarra
     return one_by_one
 
 
+def _yield_to_inference(metrics: ModelMetrics) -> Callable[[float], None]:
+    def pace(run_s: float) -> None:  # in the explain thread: sleeping frees the cores
+        if metrics.pending() > 0:
+            time.sleep(run_s * YIELD_TO_INFERENCE)
+
+    return pace
+
+
 class ExplainPlane:
     """Explanations of the data plane's models, if the settings turn them on."""
 
@@ -180,8 +196,8 @@ class ExplainPlane:
                 )
             except BadParameter as e:
                 raise BadRequest(e.message) from None
-            run = model_runner(entry.model)
-            job = lambda: explain_batch(run, instances, request)  # noqa: E731
+            pace = _yield_to_inference(m)
+            job = partial(explain_batch, model_runner(entry.model), instances, request, pace=pace)
             try:
                 result, queue_s, compute_s = await self._queue(entry).run(job)
             except BadParameter as e:  # a target out of range, seen once the model answered

@@ -176,6 +176,10 @@ class ModelMetrics:
     def request_started(self) -> None:
         self._c[self._o + PENDING] += 1
 
+    def pending(self) -> float:
+        """Inference requests in flight in this worker (read from any thread: one float)."""
+        return self._c[self._o + PENDING]
+
     def on_request(self, ok: bool, total_s: float, queue_s: float, compute_s: float) -> None:
         """A request started with request_started() has been answered (or failed)."""
         c, o = self._c, self._o
