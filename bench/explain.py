@@ -169,7 +169,7 @@ def render(result: dict) -> str:
             s = p["served_s"]
             rows.append(
                 f"| {name} | {method} | {p['rows']:,} | {p['limit_s'] * 1e3:,.1f} | "
-                f"{p['in_process_s'] * 1e3:,.1f} | {s * 1e3:,.1f} | {1 / s:,.1f} | "
+                f"{p['in_process_s'] * 1e3:,.1f} | {s * 1e3:,.1f} | {1 / s:,.2f} | "
                 f"{p['limit_s'] / s:.0%} |"
             )
     side = []
@@ -180,7 +180,7 @@ def render(result: dict) -> str:
             f"| {name} | {alone['requests_per_s']:,.0f} | {beside['requests_per_s']:,.0f} | "
             f"{beside['requests_per_s'] / alone['requests_per_s']:.0%} | "
             f"{alone['p99_ms']:.2f} / {beside['p99_ms']:.2f} | "
-            f"{a['explanations_per_s']:.1f} | {alone['errors'] + beside['errors']} |"
+            f"{a['explanations_per_s']:.2f} | {alone['errors'] + beside['errors']} |"
         )
     return f"""{BEGIN}
 ## Explanations: served against their forward passes, and inference alongside
@@ -208,7 +208,12 @@ and serving add.
 {SIDE_HEAD}
 {chr(10).join(side)}
 
-Everything, wrk and the explain clients included, shares {result["cpus"]} cores.
+Everything, wrk and the explain clients included, shares {result["cpus"]} cores. While
+inference requests are in flight the explain thread rests between its model runs as long
+as the last one took (`YIELD_TO_INFERENCE` in serving/explaining.py), so explanations
+finish about half as fast beside inference as alone. The absolute figures depend on the
+machine's other load (see the load average above); the ratios within the run are the
+point.
 Raw figures: `{result["raw"]}`.
 {END}
 """
