@@ -293,3 +293,25 @@ def test_a_full_explain_queue_is_503_and_inference_is_still_answered(tmp_path: P
         finally:
             thread.join(timeout=300)
         assert long_one["r"].status_code == 200, long_one["r"].text
+
+
+def test_an_image_over_v2_grouped_by_patches(tmp_path: Path) -> None:
+    image = (3, 8, 8)
+    w = RNG.standard_normal((2, int(np.prod(image))))
+    model = explain_models.image_linear(tmp_path / "img.onnx", w, image)
+    with serve(model, "--explain-patch", "4,4") as served:
+        x = RNG.standard_normal((1, *image)).astype(np.float32)
+        body = v2_body(x, method="shap", target=1)
+        r = httpx.post(served.url + "/v2/models/img/explain", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        (e,) = r.json()["explanations"]
+        assert e["samples"] == 2**4 - 2 and e["seed"] is None  # 4 patches: exact
+        got = np.array(e["attributions"])
+        assert got.shape == image
+        contrib = (w[1] * x[0].ravel().astype(np.float64)).reshape(image)
+        for rows in (slice(0, 4), slice(4, 8)):
+            for cols in (slice(0, 4), slice(4, 8)):
+                patch = (slice(None), rows, cols)
+                assert got[patch].sum() == pytest.approx(contrib[patch].sum(), abs=1e-4)
+        meta = httpx.get(served.url + "/v2/models/img").json()
+        assert meta["explain"]["patch"] == [4, 4]
