@@ -315,3 +315,19 @@ def test_an_image_over_v2_grouped_by_patches(tmp_path: Path) -> None:
                 assert got[patch].sum() == pytest.approx(contrib[patch].sum(), abs=1e-4)
         meta = httpx.get(served.url + "/v2/models/img").json()
         assert meta["explain"]["patch"] == [4, 4]
+
+
+def test_explanations_from_several_workers(linear_onnx: Path) -> None:
+    with serve(linear_onnx, "--workers", "2") as served:
+        x = RNG.standard_normal((1, F))
+        for _ in range(4):  # connections go to whichever worker is least loaded
+            r = httpx.post(
+                served.url + "/v1/models/linear:explain",
+                json={"instances": x.tolist(), "parameters": {"target": 0}},
+            )
+            assert r.status_code == 200, r.text
+            np.testing.assert_allclose(
+                r.json()["explanations"][0]["attributions"], W[0] * x[0], atol=1e-5
+            )
+        # the workers' explain counters are summed in whichever worker answers /metrics
+        assert metric(served.url, "modelservice_explain_request_success") == 4
