@@ -331,3 +331,32 @@ def test_explanations_from_several_workers(linear_onnx: Path) -> None:
             )
         # the workers' explain counters are summed in whichever worker answers /metrics
         assert metric(served.url, "modelservice_explain_request_success") == 4
+
+
+def test_a_client_that_leaves_keeps_its_slot_until_its_explanation_ends(tmp_path: Path) -> None:
+    slow = explain_models.slow(tmp_path / "slow.onnx")
+    with serve(slow, "--explain-max-queue", "0", "--explain-max-samples", "16384") as served:
+        x = np.random.default_rng(1).standard_normal((1, 512)).tolist()
+        url = served.url + "/v1/models/slow:explain"
+        long_body = {"instances": x, "parameters": {"method": "lime", "samples": 16384}}
+        pending = "modelservice_explain_pending_request_count"
+
+        def leave_early() -> None:
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(url, json=long_body, timeout=httpx.Timeout(5, read=1.0))
+
+        thread = threading.Thread(target=leave_early)
+        thread.start()
+        _wait_for("the long explanation to start", lambda: metric(served.url, pending) == 1)
+        thread.join(timeout=30)
+        # its client is gone; its explanation still runs in the explain thread, so the one
+        # slot is still taken and the queue (0 waiting) still refuses
+        r = httpx.post(url, json={"instances": x, "parameters": {"method": "occlusion"}})
+        assert r.status_code == 503, r.text
+        # ... until it ends: then the slot is free again
+        short = {"instances": x, "parameters": {"method": "occlusion"}}
+        _wait_for(
+            "the explain slot to be free again",
+            lambda: httpx.post(url, json=short, timeout=60).status_code == 200,
+            deadline_s=120,
+        )

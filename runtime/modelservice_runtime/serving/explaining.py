@@ -92,11 +92,20 @@ class ExplainQueue:
         finally:
             self.waiting -= 1
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        slots = self._slots
+        running = self.executor.submit(job)
         try:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self.executor, job)
-        finally:
-            self._slots.release()
+            result = await asyncio.wrap_future(running)
+        except asyncio.CancelledError:
+            # The caller left (a client gone), but a job that already started runs on in
+            # its thread: its slot is free only once it ends, so the queue's bound holds.
+            running.add_done_callback(lambda _: loop.call_soon_threadsafe(slots.release))
+            raise
+        except BaseException:
+            slots.release()
+            raise
+        slots.release()
         return result, started - arrived, time.perf_counter() - started
 
 
