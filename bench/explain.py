@@ -182,6 +182,7 @@ def render(result: dict) -> str:
             f"{alone['p99_ms']:.2f} / {beside['p99_ms']:.2f} | "
             f"{a['explanations_per_s']:.2f} | {alone['errors'] + beside['errors']} |"
         )
+    notes = "".join(f"\n\n- {n}" for n in result.get("notes", []))
     return f"""{BEGIN}
 ## Explanations: served against their forward passes, and inference alongside
 
@@ -213,7 +214,7 @@ inference requests are in flight the explain thread rests between its model runs
 as the last one took (`YIELD_TO_INFERENCE` in serving/explaining.py), so explanations
 finish about half as fast beside inference as alone. The absolute figures depend on the
 machine's other load (see the load average above); the ratios within the run are the
-point.
+point.{notes}
 Raw figures: `{result["raw"]}`.
 {END}
 """
@@ -237,15 +238,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     p.add_argument("--render", metavar="FILE", help="re-render the section from raw figures")
+    p.add_argument("--note", action="append", default=[], help="a note under the tables")
     args = p.parse_args(argv)
     if args.render:
-        print(f"wrote {write_section(render(json.loads(Path(args.render).read_text())))}")
+        result = json.loads(Path(args.render).read_text())
+        result["notes"] = result.get("notes", []) + args.note
+        print(f"wrote {write_section(render(result))}")
         return 0
     load.ensure_wrk()
     out_dir = REPO / ".cache" / "bench"
     work = out_dir / "explain-work"
     load_before = float(Path("/proc/loadavg").read_text().split()[0])
-    result: dict[str, Any] = {"models": {}, "repeats": args.repeats, "duration_s": args.duration}
+    result: dict[str, Any] = {
+        "models": {},
+        "repeats": args.repeats,
+        "duration_s": args.duration,
+        "notes": args.note,
+    }
     for model in models.export_models(out_dir / "models", args.models.split(",")):
         entry: dict[str, Any] = {}
         spec = servers.ServerSpec(
