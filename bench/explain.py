@@ -211,8 +211,8 @@ and serving add.
 
 Everything, wrk and the explain clients included, shares {result["cpus"]} cores. While
 inference requests are in flight the explain thread rests between its model runs as long
-as the last one took (`YIELD_TO_INFERENCE` in serving/explaining.py), so explanations
-finish about half as fast beside inference as alone. The absolute figures depend on the
+as the last one took (`YIELD_TO_INFERENCE` in serving/explaining.py): beside inference an
+explanation gets at most about half of the explain thread's time. The absolute figures depend on the
 machine's other load (see the load average above); the ratios within the run are the
 point.{notes}
 Raw figures: `{result["raw"]}`.
