@@ -130,6 +130,7 @@ def nonlinear(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def test_kernel_shap_matches_shap_package_and_definition(nonlinear: Any) -> None:
     import shap  # the dev extra's reference; a missing one is a failure, not a skip
+
     x = RNG.standard_normal((2, F)).astype(np.float32)
     baseline = RNG.standard_normal(F).astype(np.float32)
     req = request((F,), 2, target=1, baseline=baseline.tolist())
