@@ -40,19 +40,27 @@ from modelservice_operator.render import (
 from modelservice_operator.settings import OperatorSettings
 from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
 from modelservice_operator.status import (
+    PROGRESS_LOG_LINES,
     WARNING_REASONS,
     ConditionType,
     PodDiagnosis,
+    Reason,
     compute_status,
     diagnose_pods,
     invalid_status,
+    last_progress_line,
     pod_essentials,
+    progress_source,
     refused,
+    with_progress,
 )
 
 SETTINGS = OperatorSettings.from_env()
 CHILD_LABELS = {LABEL_MANAGED_BY: FIELD_MANAGER}
 RETRY_DELAY_S = 10
+# How often the log of a pod still fetching or loading its model is read for its last
+# progress line (a pod's log is no watch event; only starting pods are read).
+PROGRESS_INTERVAL_S = 10
 
 
 # Threads running the (synchronous) handlers. 1000 ModelServices created at once on 2
@@ -92,7 +100,10 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.posting.level = logging.WARNING
     # kopf logs each handler call that succeeds: for the watch-event handlers that was 4 in
     # 5 lines of the log (12,500 of 15,500 for 1000 ModelServices), all saying nothing.
-    quiet = (modelservice_event, deployment_event, hpa_event, service_event, pdb_event, pod_event)
+    quiet = (
+        modelservice_event, deployment_event, hpa_event, service_event, pdb_event, pod_event,
+        starting_progress,
+    )  # fmt: skip
     logging.getLogger("kopf.objects").addFilter(QuietSuccesses(h.__name__ for h in quiet))
     # Recover from a restarted or unreachable API server instead of hanging on a watch.
     # (a watch silently cut off is dropped after client_timeout and re-established).
@@ -255,6 +266,27 @@ def report_pod_failure(
 def _forget(meta: Mapping[str, Any]) -> None:
     with _reported_lock:
         _reported.pop(_state_key(meta), None)
+    with _progress_lock:
+        for key in [k for k in _progress if k[:2] == (meta.get("namespace"), meta.get("name"))]:
+            _progress.pop(key, None)
+
+
+# The last progress line read from a starting pod's log, by (namespace, ModelService,
+# pod, container): every status computation shows it, not only the timer's that read it,
+# so the message does not flip between two versions with each pod event.
+_progress: dict[tuple[str, str, str, str], str] = {}
+_progress_lock = threading.Lock()
+
+
+def _with_known_progress(
+    namespace: str, name: str, diagnosis: PodDiagnosis | None
+) -> PodDiagnosis | None:
+    source = progress_source(diagnosis)
+    if source is None:
+        return diagnosis
+    with _progress_lock:
+        line = _progress.get((namespace, name, *source))
+    return with_progress(diagnosis, line)
 
 
 def _normal_event(obj: Mapping[str, Any], *, reason: str, message: str) -> None:
@@ -333,7 +365,7 @@ def reconcile(
             "the HorizontalPodAutoscaler owns the replica count "
             f"({spec.autoscaling.min_replicas}..{spec.autoscaling.max_replicas})",
         )
-    diagnosis = diagnose_pods(pods, spec)
+    diagnosis = _with_known_progress(namespace, name, diagnose_pods(pods, spec))
     status = compute_status(
         name=name,
         namespace=namespace,
@@ -530,7 +562,7 @@ def refresh_status(
         spec = parse_spec(owner["spec"], meta["name"])
     except InvalidSpec:
         return
-    diagnosis = diagnose_pods(pods, spec)
+    diagnosis = _with_known_progress(meta["namespace"], meta["name"], diagnose_pods(pods, spec))
     status = compute_status(
         name=meta["name"], namespace=meta["namespace"], generation=generation, spec=spec,
         deployment=deployment, hpa=hpa, previous=previous, diagnosis=diagnosis,
@@ -571,6 +603,53 @@ def modelservice_event(
     if owner["spec"].get("autoscaling"):
         hpa = _indexed(hpa_by_name, meta["namespace"], meta["name"])
     pods = pods_by_owner.get((meta["namespace"], meta["name"]), [])
+    refresh_status(owner, dep, hpa, pods, logger)
+
+
+def _starting(status: Mapping[str, Any], **_: Any) -> bool:
+    """A ModelService whose status says a pod is fetching or loading its model."""
+    reason = _ready_condition(status).get("reason")
+    return reason in (Reason.FETCHING_MODEL.value, Reason.LOADING_MODEL.value)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=PROGRESS_INTERVAL_S, when=_starting)
+def starting_progress(
+    body: kopf.Body,
+    deployment_by_name: kopf.Index,
+    hpa_by_name: kopf.Index,
+    pods_by_owner: kopf.Index,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """While a pod fetches or loads its model, put its last log line (the fetch's
+    progress: bytes, rate, ETA) into the status message. Reads one pod's log."""
+    owner = _snapshot(body)
+    meta = owner["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    try:
+        spec = parse_spec(owner["spec"], name)
+    except InvalidSpec:
+        return
+    pods = pods_by_owner.get((namespace, name), [])
+    source = progress_source(diagnose_pods(pods, spec))
+    if source is None:
+        return
+    try:
+        text = client().log_tail(namespace, source[0], source[1], PROGRESS_LOG_LINES)
+    except KubeApiError as e:
+        logger.debug("no log of pod %s container %s yet: %s", source[0], source[1], e)
+        return
+    line = last_progress_line(text)
+    if line is None:
+        return
+    with _progress_lock:
+        if _progress.get((namespace, name, *source)) == line:
+            return
+        for key in [k for k in _progress if k[:2] == (namespace, name)]:
+            del _progress[key]  # one line per ModelService: the pod it now reports
+        _progress[(namespace, name, *source)] = line
+    dep = _indexed(deployment_by_name, namespace, name)
+    hpa = _indexed(hpa_by_name, namespace, name) if owner["spec"].get("autoscaling") else None
     refresh_status(owner, dep, hpa, pods, logger)
 
 

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from modelservice_cli import fetch_flags
+from modelservice_runtime import model_files
 from modelservice_runtime.errors import first_line
 from modelservice_runtime.tools import fetch_set
 from modelservice_runtime.tools.atomic import atomic_target
@@ -593,12 +595,11 @@ def _fetch_set_model(
             digest = _set_digest(tree, show)
             _check_digest(show, dest, expected, digest)
         if check_onnx:
-            model = fetch_set.find_model_file(tree)
-            if model is None:
-                raise FetchError(
-                    f"{show}: expected model.onnx, model.onnx/model.onnx or exactly one "
-                    f".onnx file in the set, found none that qualifies"
-                )
+            try:
+                model = model_files.locate(tree)
+            except model_files.ModelFileError as e:
+                # The message names the temp tree, gone when the user reads it.
+                raise FetchError(f"{show}: {str(e).replace(str(tree), 'the set')}") from e
             verify_onnx(model, show)
         size = _tree_size(tree)
         fetch_set.publish_dir(tree, dest)
@@ -685,6 +686,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse an archive that unpacks past N bytes (default 4x the archive's size)",
     )
     parser.add_argument(
+        fetch_flags.CACHE_DIR, dest="cache_dir", metavar="DIR", help=fetch_flags.CACHE_DIR_HELP
+    )
+    parser.add_argument(
+        fetch_flags.CACHE_MAX_BYTES,
+        dest="cache_max_bytes",
+        type=int,
+        metavar="N",
+        help=fetch_flags.CACHE_MAX_BYTES_HELP,
+    )
+    parser.add_argument(
         "--no-onnx-check",
         dest="check_onnx",
         action="store_false",
@@ -697,17 +708,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {
+        "retries": args.retries,
+        "timeout": args.timeout,
+        "backoff": args.backoff,
+        "check_onnx": args.check_onnx,
+        "max_unpacked_bytes": args.max_unpacked_bytes,
+    }
     try:
-        result = fetch_model(
-            args.uri,
-            args.dest,
-            args.sha256,
-            retries=args.retries,
-            timeout=args.timeout,
-            backoff=args.backoff,
-            check_onnx=args.check_onnx,
-            max_unpacked_bytes=args.max_unpacked_bytes,
-        )
+        if getattr(args, "cache_dir", None):
+            from modelservice_runtime.tools import cache  # imports this module
+
+            result = cache.fetch_cached(
+                args.uri,
+                args.dest,
+                args.sha256,
+                cache_dir=args.cache_dir,
+                max_bytes=args.cache_max_bytes,
+                **options,
+            )
+        elif getattr(args, "cache_max_bytes", None) is not None:
+            raise FetchError(f"{fetch_flags.CACHE_MAX_BYTES}: needs {fetch_flags.CACHE_DIR}")
+        else:
+            result = fetch_model(args.uri, args.dest, args.sha256, **options)
     except FetchError as e:
         print(f"modelservice fetch: error: {e}", file=sys.stderr)
         return 1
