@@ -12,6 +12,8 @@
   runtime pods give every handler its owner's spec and its siblings' status from the
   watches, without an API call; events of the ModelService itself re-check its status once
   (closing the race between the reconcile's status write and the children's last event).
+- One exception to "no polling": while a pod fetches or loads its model, a thread reads
+  its last log line every PROGRESS_INTERVAL_S for the status message (a log is no event).
 - No finalizers (no timers, no mandatory delete handler): children go by garbage collection,
   and deleting a ModelService never waits for the operator.
 - Invalid spec: status Ready=False/InvalidSpec naming the field, a Warning event, and
@@ -23,7 +25,9 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -44,7 +48,6 @@ from modelservice_operator.status import (
     WARNING_REASONS,
     ConditionType,
     PodDiagnosis,
-    Reason,
     compute_status,
     diagnose_pods,
     invalid_status,
@@ -59,7 +62,7 @@ SETTINGS = OperatorSettings.from_env()
 CHILD_LABELS = {LABEL_MANAGED_BY: FIELD_MANAGER}
 RETRY_DELAY_S = 10
 # How often the log of a pod still fetching or loading its model is read for its last
-# progress line (a pod's log is no watch event; only starting pods are read).
+# progress line (only starting pods are read; see _Starting).
 PROGRESS_INTERVAL_S = 10
 
 
@@ -100,10 +103,7 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.posting.level = logging.WARNING
     # kopf logs each handler call that succeeds: for the watch-event handlers that was 4 in
     # 5 lines of the log (12,500 of 15,500 for 1000 ModelServices), all saying nothing.
-    quiet = (
-        modelservice_event, deployment_event, hpa_event, service_event, pdb_event, pod_event,
-        starting_progress,
-    )  # fmt: skip
+    quiet = (modelservice_event, deployment_event, hpa_event, service_event, pdb_event, pod_event)
     logging.getLogger("kopf.objects").addFilter(QuietSuccesses(h.__name__ for h in quiet))
     # Recover from a restarted or unreachable API server instead of hanging on a watch.
     # (a watch silently cut off is dropped after client_timeout and re-established).
@@ -128,6 +128,7 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     # Load credentials now (a broken kubeconfig fails at startup, not per event), with a
     # connection for every handler thread.
     client(pool_size=HANDLER_THREADS)
+    start_progress_poller()
     logger.info(
         "modelservice-operator: runtime image %s, namespaces %s",
         SETTINGS.runtime_image,
@@ -266,16 +267,102 @@ def report_pod_failure(
 def _forget(meta: Mapping[str, Any]) -> None:
     with _reported_lock:
         _reported.pop(_state_key(meta), None)
-    with _progress_lock:
-        for key in [k for k in _progress if k[:2] == (meta.get("namespace"), meta.get("name"))]:
-            _progress.pop(key, None)
+    _drop_progress(str(meta.get("namespace")), str(meta.get("name")))
 
 
-# The last progress line read from a starting pod's log, by (namespace, ModelService,
-# pod, container): every status computation shows it, not only the timer's that read it,
-# so the message does not flip between two versions with each pod event.
-_progress: dict[tuple[str, str, str, str], str] = {}
+# --- the last log line of a starting pod ------------------------------------------------
+#
+# A pod's log is no watch event, and a kopf timer or daemon would put a finalizer on every
+# ModelService. So the status computations note which ModelServices have a pod fetching
+# or loading its model (with what they computed from: owner, Deployment, HPA, pods), and
+# one thread reads those pods' logs every PROGRESS_INTERVAL_S; a new last line is stored
+# and the status recomputed from the noted state. Every status computation shows the
+# stored line, not only the poller's, so the message does not flip with each pod event.
+
+
+@dataclass
+class _Starting:
+    owner: Mapping[str, Any]
+    deployment: Mapping[str, Any] | None
+    hpa: Mapping[str, Any] | None
+    pods: list[Mapping[str, Any]]
+    source: tuple[str, str]  # (pod, container) whose log tells the progress
+
+
+_starting: dict[tuple[str, str], _Starting] = {}
+_progress: dict[tuple[str, str, str, str], str] = {}  # (ns, name, pod, container) -> line
 _progress_lock = threading.Lock()
+_poller: threading.Thread | None = None
+
+
+def _drop_progress(namespace: str, name: str) -> None:
+    with _progress_lock:
+        _starting.pop((namespace, name), None)
+        for key in [k for k in _progress if k[:2] == (namespace, name)]:
+            del _progress[key]
+
+
+def _track_start(
+    owner: Mapping[str, Any],
+    deployment: Mapping[str, Any] | None,
+    hpa: Mapping[str, Any] | None,
+    pods: list[Mapping[str, Any]],
+    diagnosis: PodDiagnosis | None,
+) -> None:
+    meta = owner["metadata"]
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    source = progress_source(diagnosis)
+    if source is None:
+        _drop_progress(namespace, name)
+        return
+    with _progress_lock:
+        _starting[(namespace, name)] = _Starting(owner, deployment, hpa, pods, source)
+        for key in [k for k in _progress if k[:2] == (namespace, name) and k[2:] != source]:
+            del _progress[key]  # another pod or container than the one reported now
+
+
+def poll_progress_once(logger: logging.Logger) -> int:
+    """Read the log of every noted starting pod; recompute the status of those whose last
+    line changed. Returns how many changed."""
+    with _progress_lock:
+        noted = list(_starting.items())
+    changed = 0
+    for (namespace, name), start in noted:
+        pod, container = start.source
+        try:
+            text = client().log_tail(namespace, pod, container, PROGRESS_LOG_LINES)
+        except KubeApiError as e:
+            logger.debug("no log of pod %s container %s yet: %s", pod, container, e)
+            continue
+        line = last_progress_line(text)
+        key = (namespace, name, pod, container)
+        with _progress_lock:
+            if line is None or _progress.get(key) == line or (namespace, name) not in _starting:
+                continue
+            _progress[key] = line
+        changed += 1
+        # No Warning events from here: this state is what the handlers last saw.
+        refresh_status(start.owner, start.deployment, start.hpa, start.pods, logger, report=False)
+    return changed
+
+
+def _poll_progress_forever() -> None:
+    logger = logging.getLogger("modelservice_operator.progress")
+    while True:
+        time.sleep(PROGRESS_INTERVAL_S)
+        try:
+            poll_progress_once(logger)
+        except Exception:  # the poller must outlive any one failure
+            logger.exception("reading the progress of starting pods failed")
+
+
+def start_progress_poller() -> None:
+    """Start the poller thread once per process (the operator may be run several times in
+    one process, as the tests do)."""
+    global _poller
+    if _poller is None or not _poller.is_alive():
+        _poller = threading.Thread(target=_poll_progress_forever, name="progress", daemon=True)
+        _poller.start()
 
 
 def _with_known_progress(
@@ -544,6 +631,8 @@ def refresh_status(
     hpa: Mapping[str, Any] | None,
     pods: Iterable[Mapping[str, Any]],
     logger: logging.Logger | Any,
+    *,
+    report: bool = True,
 ) -> None:
     """Recompute the owner's status from its children and patch it when it changed.
 
@@ -562,12 +651,16 @@ def refresh_status(
         spec = parse_spec(owner["spec"], meta["name"])
     except InvalidSpec:
         return
-    diagnosis = _with_known_progress(meta["namespace"], meta["name"], diagnose_pods(pods, spec))
+    pods = list(pods)
+    found = diagnose_pods(pods, spec)
+    _track_start(owner, deployment, hpa, pods, found)
+    diagnosis = _with_known_progress(meta["namespace"], meta["name"], found)
     status = compute_status(
         name=meta["name"], namespace=meta["namespace"], generation=generation, spec=spec,
         deployment=deployment, hpa=hpa, previous=previous, diagnosis=diagnosis,
     )  # fmt: skip
-    report_pod_failure(owner, status, diagnosis)
+    if report:
+        report_pod_failure(owner, status, diagnosis)
     del status["observedGeneration"]
     if all(previous.get(k) == v for k, v in status.items()):
         return
@@ -603,53 +696,6 @@ def modelservice_event(
     if owner["spec"].get("autoscaling"):
         hpa = _indexed(hpa_by_name, meta["namespace"], meta["name"])
     pods = pods_by_owner.get((meta["namespace"], meta["name"]), [])
-    refresh_status(owner, dep, hpa, pods, logger)
-
-
-def _starting(status: Mapping[str, Any], **_: Any) -> bool:
-    """A ModelService whose status says a pod is fetching or loading its model."""
-    reason = _ready_condition(status).get("reason")
-    return reason in (Reason.FETCHING_MODEL.value, Reason.LOADING_MODEL.value)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=PROGRESS_INTERVAL_S, when=_starting)
-def starting_progress(
-    body: kopf.Body,
-    deployment_by_name: kopf.Index,
-    hpa_by_name: kopf.Index,
-    pods_by_owner: kopf.Index,
-    logger: kopf.Logger,
-    **_: Any,
-) -> None:
-    """While a pod fetches or loads its model, put its last log line (the fetch's
-    progress: bytes, rate, ETA) into the status message. Reads one pod's log."""
-    owner = _snapshot(body)
-    meta = owner["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    try:
-        spec = parse_spec(owner["spec"], name)
-    except InvalidSpec:
-        return
-    pods = pods_by_owner.get((namespace, name), [])
-    source = progress_source(diagnose_pods(pods, spec))
-    if source is None:
-        return
-    try:
-        text = client().log_tail(namespace, source[0], source[1], PROGRESS_LOG_LINES)
-    except KubeApiError as e:
-        logger.debug("no log of pod %s container %s yet: %s", source[0], source[1], e)
-        return
-    line = last_progress_line(text)
-    if line is None:
-        return
-    with _progress_lock:
-        if _progress.get((namespace, name, *source)) == line:
-            return
-        for key in [k for k in _progress if k[:2] == (namespace, name)]:
-            del _progress[key]  # one line per ModelService: the pod it now reports
-        _progress[(namespace, name, *source)] = line
-    dep = _indexed(deployment_by_name, namespace, name)
-    hpa = _indexed(hpa_by_name, namespace, name) if owner["spec"].get("autoscaling") else None
     refresh_status(owner, dep, hpa, pods, logger)
 
 
