@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     files_dir = out / "real-node-cache-files"
     shutil.rmtree(files_dir, ignore_errors=True)
     folder = external_data.write_model(files_dir / "model", features=args.features).parent
-    archive = files_dir / "big.tar"
+    served = files_dir / "served"  # only files: serve_model_files hashes each one
+    served.mkdir()
+    archive = served / "big.tar"
     with tarfile.open(archive, "w") as tar:
         for f in sorted(folder.iterdir()):
             tar.add(f, arcname=f.name)
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with (
             real.operator_from_chart(k) as pod,
-            real.serve_model_files(node_ip, folder / "model.onnx", files_dir) as files,
+            real.serve_model_files(node_ip, folder / "model.onnx", served) as files,
         ):
             print(f"operator pod {pod} Ready; model {mib:.0f} MiB", flush=True)
             for i in range(args.runs):

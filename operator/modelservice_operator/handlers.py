@@ -332,7 +332,9 @@ def poll_progress_once(logger: logging.Logger) -> int:
         try:
             text = client().log_tail(namespace, pod, container, PROGRESS_LOG_LINES)
         except KubeApiError as e:
-            logger.debug("no log of pod %s container %s yet: %s", pod, container, e)
+            # 400: the container has not started yet; 404: the pod is gone. Else, say so.
+            log = logger.debug if e.status in (400, 404) else logger.warning
+            log("cannot read the log of pod %s container %s: %s", pod, container, e)
             continue
         line = last_progress_line(text)
         key = (namespace, name, pod, container)

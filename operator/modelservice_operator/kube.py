@@ -127,7 +127,8 @@ class Kube:
         return True
 
     def log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
-        """The last `lines` lines of a container's log (pods/log), as text."""
+        """The last `lines` lines of a container's log (pods/log), as text. Accept is
+        kubectl's: the API server refuses `text/plain` alone with 406, though it answers text."""
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
@@ -135,7 +136,7 @@ class Kube:
         query = [("container", container), ("tailLines", str(lines)), ("limitBytes", "65536")]
         try:
             req = self._api.param_serialize(
-                "GET", path, query_params=query, header_params={"Accept": "text/plain"},
+                "GET", path, query_params=query, header_params={"Accept": "application/json, */*"},
                 auth_settings=["BearerToken"],
             )  # fmt: skip
             resp = self._api.call_api(*req, _request_timeout=10)

@@ -893,7 +893,11 @@ def test_a_fetching_pod_shows_its_last_log_line_in_the_status(
                 seen = wait_until(f"{name}: FetchingModel with the pod's last line", progress,
                                   timeout=60, interval=1)  # fmt: skip
             except AssertionError as e:
-                raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
+                operator_log = kctl.run("logs", chart_operator, "-n", OPERATOR_NAMESPACE,
+                                        "--tail=40", check=False).stdout  # fmt: skip
+                raise AssertionError(
+                    f"{e}\n{describe(kctl, name)}\noperator log:\n{operator_log}"
+                ) from None
             assert seen["phase"] == "Progressing", seen
             assert "attempt 1/4 failed (HTTP 503" in seen["message"], seen["message"]
             assert "retrying in 40s" in seen["message"], seen["message"]

@@ -88,3 +88,23 @@ def test_status_of_a_fetching_pod_shows_its_last_line() -> None:
     (ready,) = [c for c in st["conditions"] if c["type"] == "Ready"]
     assert (st["phase"], ready["reason"]) == ("Progressing", "LoadingModel")
     assert ready["message"].endswith("; last output: loading /models/model")
+
+
+def test_the_operator_notes_starting_pods_and_forgets_them_once_started() -> None:
+    """What the status computations leave for the log poller (handlers._track_start): a
+    ModelService with a fetching pod is noted with its pod and container, and its stored
+    line shows in every later diagnosis; once no pod is starting, both are dropped."""
+    from modelservice_operator import handlers
+
+    owner = {"metadata": {"namespace": "ns", "name": "demo"}, "spec": {}, "status": {}}
+    handlers._track_start(owner, None, None, [], FETCHING)
+    assert handlers._starting[("ns", "demo")].source == (POD, "model-fetch")
+    handlers._progress[("ns", "demo", POD, "model-fetch")] = LINE
+    shown = handlers._with_known_progress("ns", "demo", FETCHING)
+    assert shown is not None and shown.detail.endswith(f"; last output: {LINE}")
+    # The same pod now loading: the fetch's line is not the runtime's.
+    handlers._track_start(owner, None, None, [], LOADING)
+    assert handlers._with_known_progress("ns", "demo", LOADING) == LOADING
+    handlers._track_start(owner, None, None, [], None)
+    assert ("ns", "demo") not in handlers._starting
+    assert not [k for k in handlers._progress if k[:2] == ("ns", "demo")]
