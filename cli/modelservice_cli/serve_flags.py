@@ -129,7 +129,8 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("model_path", Path, None, "the ONNX model file to serve", flag=None,
+    Setting("model_path", Path, None, "the ONNX model file to serve, or its folder (its "
+            "model.onnx or only .onnx file, external data files beside it)", flag=None,
             env=ENV_PREFIX + "MODEL", operator=True),
     Setting("name", str, "", "served model name; empty: the model file's stem", operator=True),
     Setting("host", str, "0.0.0.0", "listen address", operator=True),

@@ -12,6 +12,8 @@
   runtime pods give every handler its owner's spec and its siblings' status from the
   watches, without an API call; events of the ModelService itself re-check its status once
   (closing the race between the reconcile's status write and the children's last event).
+- One exception to "no polling": while a pod fetches or loads its model, a thread reads
+  its last log line every PROGRESS_INTERVAL_S for the status message (a log is no event).
 - No finalizers (no timers, no mandatory delete handler): children go by garbage collection,
   and deleting a ModelService never waits for the operator.
 - Invalid spec: status Ready=False/InvalidSpec naming the field, a Warning event, and
@@ -23,7 +25,9 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -40,19 +44,26 @@ from modelservice_operator.render import (
 from modelservice_operator.settings import OperatorSettings
 from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
 from modelservice_operator.status import (
+    PROGRESS_LOG_LINES,
     WARNING_REASONS,
     ConditionType,
     PodDiagnosis,
     compute_status,
     diagnose_pods,
     invalid_status,
+    last_progress_line,
     pod_essentials,
+    progress_source,
     refused,
+    with_progress,
 )
 
 SETTINGS = OperatorSettings.from_env()
 CHILD_LABELS = {LABEL_MANAGED_BY: FIELD_MANAGER}
 RETRY_DELAY_S = 10
+# How often the log of a pod still fetching or loading its model is read for its last
+# progress line (only starting pods are read; see _Starting).
+PROGRESS_INTERVAL_S = 10
 
 
 # Threads running the (synchronous) handlers. 1000 ModelServices created at once on 2
@@ -117,6 +128,7 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     # Load credentials now (a broken kubeconfig fails at startup, not per event), with a
     # connection for every handler thread.
     client(pool_size=HANDLER_THREADS)
+    start_progress_poller()
     logger.info(
         "modelservice-operator: runtime image %s, namespaces %s",
         SETTINGS.runtime_image,
@@ -255,6 +267,115 @@ def report_pod_failure(
 def _forget(meta: Mapping[str, Any]) -> None:
     with _reported_lock:
         _reported.pop(_state_key(meta), None)
+    _drop_progress(str(meta.get("namespace")), str(meta.get("name")))
+
+
+# --- the last log line of a starting pod ------------------------------------------------
+#
+# A pod's log is no watch event, and a kopf timer or daemon would put a finalizer on every
+# ModelService. So the status computations note which ModelServices have a pod fetching
+# or loading its model (with what they computed from: owner, Deployment, HPA, pods), and
+# one thread reads those pods' logs every PROGRESS_INTERVAL_S; a new last line is stored
+# and the status recomputed from the noted state. Every status computation shows the
+# stored line, not only the poller's, so the message does not flip with each pod event.
+
+
+@dataclass
+class _Starting:
+    owner: Mapping[str, Any]
+    deployment: Mapping[str, Any] | None
+    hpa: Mapping[str, Any] | None
+    pods: list[Mapping[str, Any]]
+    source: tuple[str, str]  # (pod, container) whose log tells the progress
+
+
+_starting: dict[tuple[str, str], _Starting] = {}
+_progress: dict[tuple[str, str, str, str], str] = {}  # (ns, name, pod, container) -> line
+_progress_lock = threading.Lock()
+_poller: threading.Thread | None = None
+
+
+def _drop_progress(namespace: str, name: str) -> None:
+    with _progress_lock:
+        _starting.pop((namespace, name), None)
+        for key in [k for k in _progress if k[:2] == (namespace, name)]:
+            del _progress[key]
+
+
+def _track_start(
+    owner: Mapping[str, Any],
+    deployment: Mapping[str, Any] | None,
+    hpa: Mapping[str, Any] | None,
+    pods: list[Mapping[str, Any]],
+    diagnosis: PodDiagnosis | None,
+) -> None:
+    meta = owner["metadata"]
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    source = progress_source(diagnosis)
+    if source is None:
+        _drop_progress(namespace, name)
+        return
+    with _progress_lock:
+        _starting[(namespace, name)] = _Starting(owner, deployment, hpa, pods, source)
+        for key in [k for k in _progress if k[:2] == (namespace, name) and k[2:] != source]:
+            del _progress[key]  # another pod or container than the one reported now
+
+
+def poll_progress_once(logger: logging.Logger) -> int:
+    """Read the log of every noted starting pod; recompute the status of those whose last
+    line changed. Returns how many changed."""
+    with _progress_lock:
+        noted = list(_starting.items())
+    changed = 0
+    for (namespace, name), start in noted:
+        pod, container = start.source
+        try:
+            text = client().log_tail(namespace, pod, container, PROGRESS_LOG_LINES)
+        except KubeApiError as e:
+            # 400: the container has not started yet; 404: the pod is gone. Else, say so.
+            log = logger.debug if e.status in (400, 404) else logger.warning
+            log("cannot read the log of pod %s container %s: %s", pod, container, e)
+            continue
+        line = last_progress_line(text)
+        key = (namespace, name, pod, container)
+        with _progress_lock:
+            if line is None or _progress.get(key) == line or (namespace, name) not in _starting:
+                continue
+            _progress[key] = line
+        changed += 1
+        # No Warning events from here: this state is what the handlers last saw.
+        refresh_status(start.owner, start.deployment, start.hpa, start.pods, logger, report=False)
+    return changed
+
+
+def _poll_progress_forever() -> None:
+    logger = logging.getLogger("modelservice_operator.progress")
+    while True:
+        time.sleep(PROGRESS_INTERVAL_S)
+        try:
+            poll_progress_once(logger)
+        except Exception:  # the poller must outlive any one failure
+            logger.exception("reading the progress of starting pods failed")
+
+
+def start_progress_poller() -> None:
+    """Start the poller thread once per process (the operator may be run several times in
+    one process, as the tests do)."""
+    global _poller
+    if _poller is None or not _poller.is_alive():
+        _poller = threading.Thread(target=_poll_progress_forever, name="progress", daemon=True)
+        _poller.start()
+
+
+def _with_known_progress(
+    namespace: str, name: str, diagnosis: PodDiagnosis | None
+) -> PodDiagnosis | None:
+    source = progress_source(diagnosis)
+    if source is None:
+        return diagnosis
+    with _progress_lock:
+        line = _progress.get((namespace, name, *source))
+    return with_progress(diagnosis, line)
 
 
 def _normal_event(obj: Mapping[str, Any], *, reason: str, message: str) -> None:
@@ -333,7 +454,7 @@ def reconcile(
             "the HorizontalPodAutoscaler owns the replica count "
             f"({spec.autoscaling.min_replicas}..{spec.autoscaling.max_replicas})",
         )
-    diagnosis = diagnose_pods(pods, spec)
+    diagnosis = _with_known_progress(namespace, name, diagnose_pods(pods, spec))
     status = compute_status(
         name=name,
         namespace=namespace,
@@ -512,6 +633,8 @@ def refresh_status(
     hpa: Mapping[str, Any] | None,
     pods: Iterable[Mapping[str, Any]],
     logger: logging.Logger | Any,
+    *,
+    report: bool = True,
 ) -> None:
     """Recompute the owner's status from its children and patch it when it changed.
 
@@ -530,12 +653,16 @@ def refresh_status(
         spec = parse_spec(owner["spec"], meta["name"])
     except InvalidSpec:
         return
-    diagnosis = diagnose_pods(pods, spec)
+    pods = list(pods)
+    found = diagnose_pods(pods, spec)
+    _track_start(owner, deployment, hpa, pods, found)
+    diagnosis = _with_known_progress(meta["namespace"], meta["name"], found)
     status = compute_status(
         name=meta["name"], namespace=meta["namespace"], generation=generation, spec=spec,
         deployment=deployment, hpa=hpa, previous=previous, diagnosis=diagnosis,
     )  # fmt: skip
-    report_pod_failure(owner, status, diagnosis)
+    if report:
+        report_pod_failure(owner, status, diagnosis)
     del status["observedGeneration"]
     if all(previous.get(k) == v for k, v in status.items()):
         return

@@ -24,6 +24,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "ModelService": (f"/apis/{GROUP}/{VERSION}", PLURAL),
+    "Pod": ("/api/v1", "pods"),  # only its log is read (status.progress_source)
 }
 
 
@@ -124,6 +125,30 @@ class Kube:
                 return False
             raise
         return True
+
+    def log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
+        """The last `lines` lines of a container's log (pods/log), as text. Accept is
+        kubectl's: the API server refuses `text/plain` alone with 406, though it answers text."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        path = object_path("Pod", namespace, pod) + "/log"
+        query = [("container", container), ("tailLines", str(lines)), ("limitBytes", "65536")]
+        try:
+            req = self._api.param_serialize(
+                "GET", path, query_params=query, header_params={"Accept": "application/json, */*"},
+                auth_settings=["BearerToken"],
+            )  # fmt: skip
+            resp = self._api.call_api(*req, _request_timeout=10)
+            resp.read()
+        except ApiException as e:
+            raise _api_error(e.status or 0, e.reason or "", e.body) from e
+        except (OSError, HTTPError) as e:
+            raise KubeApiError(0, "Unreachable", str(e)) from e
+        if not 200 <= resp.status <= 299:
+            raise _api_error(resp.status, getattr(resp, "reason", "") or "", resp.data)
+        data = resp.data or b""
+        return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch a ModelService's status subresource (children-triggered updates)."""

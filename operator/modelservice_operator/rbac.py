@@ -9,7 +9,9 @@ the operator under a ServiceAccount bound to nothing else.
   watched for status and drift; only HPAs are ever deleted (autoscaling removed). Other
   children go with their owner (garbage collection), never deleted by the operator.
 - Pods: only listed and watched (kopf's watch), to tell from their container statuses why
-  replicas are not ready. Never read one by one, created, exec'd into or deleted.
+  replicas are not ready. Never read one by one, created, exec'd into or deleted. The log
+  of a pod still fetching or loading its model is read (pods/log get, its last lines) for
+  the status's progress line.
 - Events: kopf posts them (core/v1).
 - Cluster-scoped reads for kopf: namespaces (namespace globs) and CRDs (resource scanning).
 - No Secrets, ReplicaSets or anything else.
@@ -35,6 +37,7 @@ NAMESPACED_RULES: list[dict[str, Any]] = [
         "verbs": [*_CHILD_VERBS, "delete"],
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
 

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelservice_cli import serve_flags
+from modelservice_cli import fetch_flags, serve_flags
 
 from modelservice_operator import FIELD_MANAGER, GROUP
 from modelservice_operator.spec import ModelServiceSpec
@@ -29,7 +29,16 @@ HTTP_PORT = 8080
 SERVICE_PORT = 80
 MODEL_DIR = "/models"
 MODEL_FILE = f"{MODEL_DIR}/model.onnx"
+# A model in several files lands as this folder (fetch renames the whole set into place,
+# and the emptyDir's mount point itself cannot be renamed); serve finds its model.onnx.
+MODEL_SET_DIR = f"{MODEL_DIR}/model"
 PVC_MOUNT = "/mnt/model-pvc"
+CACHE_MOUNT = "/var/cache/modelservice"
+VERIFY_DIR = "/verify"
+# The startup probe asks every second, so a pod is Ready within about a second of its
+# model loading (kubelet runs the readiness probe at once when startup passes); its
+# failure threshold then counts seconds of spec.runtime.startupTimeoutSeconds.
+STARTUP_PROBE_PERIOD_SECONDS = 1
 GPU_TOLERATION_KEY = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 RUN_AS_USER = 65532  # the runtime image's numeric USER (runtime/Dockerfile)
@@ -73,8 +82,11 @@ def _meta(name: str, namespace: str) -> dict[str, Any]:
 
 
 def _model_path(spec: ModelServiceSpec) -> str:
+    """What the runtime serves: the claim's path in place, else what the fetch wrote."""
     pvc = spec.model.pvc_claim_and_path
-    return f"{PVC_MOUNT}/{pvc[1]}" if pvc else MODEL_FILE
+    if pvc:
+        return f"{PVC_MOUNT}/{pvc[1]}"
+    return MODEL_SET_DIR if fetch_flags.names_a_set(spec.model.uri) else MODEL_FILE
 
 
 def _restricted_container_security() -> dict[str, Any]:
@@ -189,12 +201,33 @@ def fetch_command(spec: ModelServiceSpec) -> list[str] | None:
         if not spec.model.sha256:
             return None
         # Verify the claim's file by copying it through the checksum into scratch space.
-        cmd = ["modelservice", "fetch", f"{PVC_MOUNT}/{pvc[1]}", "/verify/model.onnx"]
+        name = "model" if fetch_flags.names_a_set(spec.model.uri) else "model.onnx"
+        cmd = ["modelservice", "fetch", f"{PVC_MOUNT}/{pvc[1]}", f"{VERIFY_DIR}/{name}"]
     else:
-        cmd = ["modelservice", "fetch", spec.model.uri, MODEL_FILE]
+        cmd = ["modelservice", "fetch", spec.model.uri, _model_path(spec)]
     if spec.model.sha256:
         cmd += ["--sha256", spec.model.sha256.lower()]
+    cache = spec.model.cache
+    if cache is not None and pvc is None:
+        cmd += fetch_flags.cache_args(CACHE_MOUNT, cache.max_bytes)
     return cmd
+
+
+def _cache_volume(spec: ModelServiceSpec) -> dict[str, Any] | None:
+    """The cache's volume (mounted by the init container only: the runtime serves its own
+    copy in the emptyDir, which an eviction cannot take away)."""
+    cache = spec.model.cache
+    if cache is None or spec.model.pvc_claim_and_path is not None:
+        return None
+    if cache.claim_name is not None:
+        return {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
+    # DirectoryOrCreate, not Directory: a node where the path is missing fails the fetch
+    # with a message naming the cache (root-owned, not writable) instead of a pod stuck in
+    # ContainerCreating with a mount error.
+    return {
+        "name": "model-cache",
+        "hostPath": {"path": cache.host_path, "type": "DirectoryOrCreate"},
+    }
 
 
 def _resources(spec: ModelServiceSpec, extra_limits: dict[str, str]) -> dict[str, Any]:
@@ -244,11 +277,15 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
         init_mounts.append(pvc_mount)
         if spec.model.sha256:
             volumes.append({"name": "verify", "emptyDir": {}})
-            init_mounts.append({"name": "verify", "mountPath": "/verify"})
+            init_mounts.append({"name": "verify", "mountPath": VERIFY_DIR})
     else:
         volumes.append({"name": "model", "emptyDir": {}})
         mounts.append({"name": "model", "mountPath": MODEL_DIR, "readOnly": True})
         init_mounts.append({"name": "model", "mountPath": MODEL_DIR})
+    cache_volume = _cache_volume(spec)
+    if cache_volume is not None:
+        volumes.append(cache_volume)
+        init_mounts.append({"name": "model-cache", "mountPath": CACHE_MOUNT})
 
     runtime: dict[str, Any] = {
         "name": RUNTIME_CONTAINER,
@@ -258,7 +295,12 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "resources": _resources(spec, placement.limits),
         "volumeMounts": mounts,
-        "startupProbe": _http_probe("/v2/health/ready", period=5, failures=120, timeout=3),
+        "startupProbe": _http_probe(
+            "/v2/health/ready",
+            period=STARTUP_PROBE_PERIOD_SECONDS,
+            failures=math.ceil(spec.runtime.startup_timeout_seconds / STARTUP_PROBE_PERIOD_SECONDS),
+            timeout=3,
+        ),
         "readinessProbe": _http_probe("/v2/health/ready", period=5, failures=2, timeout=3),
         "livenessProbe": _http_probe("/v2/health/live", period=10, failures=3, timeout=5),
         # Keep serving while endpoints controllers and proxies drop the pod, then SIGTERM.

@@ -14,6 +14,7 @@ Validation errors read as `spec.autoscaling.minReplicas: must be <= maxReplicas 
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ RESOURCE_NAME_PATTERN = (
     r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$"
 )
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# Sized for large models: see RuntimeSpec.startup_timeout_seconds.
+DEFAULT_STARTUP_TIMEOUT_S = 1800
 
 # Environment variables of the runtime settings the operator sets on the runtime container
 # itself (render.py); a user `env` entry with one of these names would be silently shadowed,
@@ -76,6 +79,28 @@ def _check_quantity(value: Any) -> int | str:
 
 
 Quantity = Annotated[int | str, PlainValidator(_check_quantity), QuantityMarker()]
+
+_QUANTITY_SUFFIX = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "": 1,
+}  # fmt: skip
+
+
+def quantity_bytes(value: int | str) -> int:
+    """A byte quantity ("50Gi", "500M", "1e9", 1000) as whole bytes, rounded up;
+    ValueError for a form bytes cannot take (milli, "m")."""
+    from decimal import Decimal
+
+    text = str(value)
+    match = re.fullmatch(r"\+?([0-9.]+)([eE][-+]?[0-9]+|[KMGTPE]i|[kMGTPE]|)", text)
+    if match is None:
+        raise ValueError(f"must be a byte quantity such as 50Gi, 500M or 1000000 (got {value!r})")
+    number, suffix = match.groups()
+    if suffix[:1] in ("e", "E"):
+        amount = Decimal(number + suffix)
+    else:
+        amount = Decimal(number) * _QUANTITY_SUFFIX[suffix]
+    return math.ceil(amount)
 
 
 @dataclass(frozen=True)
@@ -138,6 +163,72 @@ class LocalObjectReference(_Model):
     )
 
 
+HOST_PATH_PATTERN = r"^/[^\x00]*$"
+
+
+class ModelCacheSpec(_Model):
+    """A cache of fetched models that outlives pods: a pod that finds its model there
+    (by the model's key, see docs/models.md) copies it from there instead of downloading."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="has(self.claimName) != has(self.hostPath)",
+            message="set exactly one of claimName or hostPath",
+        ),
+    )
+
+    claim_name: str | None = Field(
+        default=None,
+        description=(
+            "PersistentVolumeClaim holding the cache, in the ModelService's namespace: "
+            "ReadWriteMany for pods on several nodes, or ReadWriteOnce when every pod runs on "
+            "one node. It must be writable by the runtime's user (uid/gid 65532; fsGroup "
+            "65532 is set, which most volume types honour)."
+        ),
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+    )
+    host_path: str | None = Field(
+        default=None,
+        description=(
+            "A directory on each node (a hostPath volume, type DirectoryOrCreate): one cache "
+            "per node, nothing to provision. It must exist writable by uid 65532 (kubelet "
+            "creates a missing one owned by root), and hostPath volumes are refused by the "
+            "baseline and restricted Pod Security Standards: the namespace must allow them "
+            "(pod-security.kubernetes.io/enforce: privileged). Prefer claimName where a "
+            "namespace enforces those standards."
+        ),
+        min_length=2,
+        max_length=4096,
+        pattern=HOST_PATH_PATTERN,
+    )
+    max_size: Quantity | None = Field(
+        default=None,
+        description=(
+            "Bound on the cache's size, e.g. 50Gi: after each fetch, the least recently used "
+            "models are evicted until the cache holds at most this much (the one just used "
+            "stays). Default: no bound, nothing is evicted."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_volume(self) -> ModelCacheSpec:
+        if (self.claim_name is None) == (self.host_path is None):
+            raise SpecRuleError("claimName", "set exactly one of claimName or hostPath")
+        if self.max_size is not None:
+            try:
+                if quantity_bytes(self.max_size) < 1:
+                    raise ValueError(f"must be at least 1 byte (got {self.max_size!r})")
+            except ValueError as e:
+                raise SpecRuleError("maxSize", str(e)) from None
+        return self
+
+    @property
+    def max_bytes(self) -> int | None:
+        return None if self.max_size is None else quantity_bytes(self.max_size)
+
+
 class ModelSource(_Model):
     """Where the ONNX model comes from and how to check it."""
 
@@ -147,13 +238,22 @@ class ModelSource(_Model):
             message="a pvc:// uri must be pvc://<claim>/<path inside the claim>",
             field_path=".uri",
         ),
+        CelRule(
+            rule="!has(self.cache) || !self.uri.startsWith('pvc://')",
+            message="a pvc:// model is served from its claim, not fetched: there is nothing "
+            "to cache",
+            field_path=".cache",
+        ),
     )
 
     uri: str = Field(
         description=(
             "Location of the ONNX model: https://host/path/model.onnx, http://..., "
             "file:///path (inside the runtime image), pvc://<claim>/<path> (mounted read-only, "
-            "no download) or s3://bucket/key."
+            "no download) or s3://bucket/key. A model in several files (external data): a "
+            "directory or prefix ending in / (file:///dir/, pvc://<claim>/dir/, "
+            "s3://bucket/prefix/) or a .tar, .tar.gz, .tgz or .zip archive; the runtime "
+            "serves the folder's model.onnx, or its only .onnx file."
         ),
         min_length=1,
         max_length=2048,
@@ -162,8 +262,9 @@ class ModelSource(_Model):
     sha256: str | None = Field(
         default=None,
         description=(
-            "Expected SHA-256 of the model file (64 hex digits); verified before the runtime "
-            "starts, a mismatch fails the model-fetch init container."
+            "Expected SHA-256 of the model file or archive, or the set digest of a directory "
+            "(modelservice digest PATH), 64 hex digits; verified before the runtime starts, a "
+            "mismatch fails the model-fetch init container. Also the model's key in cache."
         ),
         pattern=SHA256_PATTERN,
     )
@@ -181,6 +282,15 @@ class ModelSource(_Model):
             "(basic), or AWS_* for s3."
         ),
     )
+    cache: ModelCacheSpec | None = Field(
+        default=None,
+        description=(
+            "Keep fetched models on a PVC or a node's directory, so that later pods (a second "
+            "replica, a restart, a rollout) skip the download. Keyed by sha256 when given, "
+            "else an http(s) model by its URI and ETag; other models without a sha256 are "
+            "not cached."
+        ),
+    )
 
     @model_validator(mode="after")
     def _pvc_form(self) -> ModelSource:
@@ -188,6 +298,11 @@ class ModelSource(_Model):
             raise SpecRuleError(
                 "uri",
                 f"a pvc:// uri must be pvc://<claim>/<path inside the claim> (got {self.uri!r})",
+            )
+        if self.cache is not None and self.uri.startswith("pvc://"):
+            raise SpecRuleError(
+                "cache",
+                "a pvc:// model is served from its claim, not fetched: there is nothing to cache",
             )
         return self
 
@@ -350,6 +465,18 @@ class RuntimeSpec(_Model):
     )
     auth: AuthSpec | None = Field(
         default=None, description="Require a bearer token from a Secret on every request."
+    )
+    startup_timeout_seconds: int = Field(
+        default=DEFAULT_STARTUP_TIMEOUT_S,
+        ge=10,
+        le=86400,
+        description=(
+            "How long the runtime may take to load the model and pass its first readiness "
+            "check before kubelet restarts it: the startup probe runs every second, and "
+            "fails the container after this many seconds. The default (1800, 30 minutes) "
+            "is sized for large models (tens of GB read from disk and initialized); the "
+            "model-fetch init container's download comes before it and does not count."
+        ),
     )
 
     @field_validator("env")

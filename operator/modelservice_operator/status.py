@@ -409,6 +409,51 @@ def diagnose_pods(
     return min(found, key=lambda d: (_RANK[d.reason], d.pod), default=None)
 
 
+# --- the last progress line of a pod still on its way ----------------------------------
+
+# How many log lines are read for it (the last non-empty one is shown), and its length.
+PROGRESS_LOG_LINES = 3
+PROGRESS_MAX_CHARS = 240
+
+
+def progress_source(diagnosis: PodDiagnosis | None) -> tuple[str, str] | None:
+    """(pod, container) whose log tells how far a starting pod is: the model-fetch init
+    container while it fetches (its progress lines), the runtime while it loads; None
+    when the diagnosis is no such wait."""
+    if diagnosis is None:
+        return None
+    if diagnosis.reason is Reason.FETCHING_MODEL:
+        return diagnosis.pod, FETCH_CONTAINER
+    if diagnosis.reason is Reason.LOADING_MODEL:
+        return diagnosis.pod, RUNTIME_CONTAINER
+    return None
+
+
+def last_progress_line(log: str) -> str | None:
+    """The last thing a container printed, as one line: the last non-empty line (of a
+    bar redrawn with carriage returns, its last drawing: splitlines splits at \\r too)."""
+    for line in reversed(log.splitlines()):
+        line = line.strip()
+        if line:
+            if len(line) > PROGRESS_MAX_CHARS:
+                line = line[: PROGRESS_MAX_CHARS - 3] + "..."
+            return line
+    return None
+
+
+def with_progress(diagnosis: PodDiagnosis | None, line: str | None) -> PodDiagnosis | None:
+    """The diagnosis with the pod's last progress line in its detail. Its identity stays
+    the detail without the line, so a new line is never a new failure to report."""
+    if diagnosis is None or line is None or progress_source(diagnosis) is None:
+        return diagnosis
+    return PodDiagnosis(
+        diagnosis.reason,
+        diagnosis.pod,
+        f"{diagnosis.detail}; last output: {line}",
+        identity=diagnosis.identity or diagnosis.detail,
+    )
+
+
 def pod_essentials(pod: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a pod that `diagnose_pod` reads, with output already cut to size: what
     the operator keeps in memory per pod (its watch index) instead of whole pods."""

@@ -655,3 +655,254 @@ def test_hpa_scales_on_the_cpu_the_kubelet_measures(
             timeout=120)  # fmt: skip
     finally:
         kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
+
+
+# --- large models: a folder, an archive, the cache -------------------------------------------
+
+
+@dataclass
+class LargeModel:
+    """The external-data model (tests/external_data.py) as a folder, and as a .tar.gz
+    served over HTTP from the node's address, with their digests."""
+
+    folder: Path
+    set_digest: str
+    files: ModelFiles
+    archive: str = "big.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def large_model(
+    node_ip: str, mlp_onnx: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LargeModel]:
+    import tarfile
+
+    from modelservice_runtime.tools.fetch_set import set_digest
+
+    from tests import external_data
+
+    folder = external_data.write_model(tmp_path_factory.mktemp("large") / "big").parent
+    root = tmp_path_factory.mktemp("large-files")
+    with tarfile.open(root / "big.tar.gz", "w:gz") as tar:
+        for p in sorted(folder.iterdir()):
+            tar.add(p, arcname=p.name)
+    with serve_model_files(node_ip, mlp_onnx, root) as files:
+        yield LargeModel(folder, set_digest(folder), files)
+
+
+def assert_answers_like_numpy(address: str, model_name: str) -> None:
+    """A V2 request through the Service, against x @ W + b on the weights the external
+    data file holds."""
+    from tests import external_data
+
+    x = np.random.default_rng(3).standard_normal((2, external_data.FEATURES)).astype(np.float32)
+    body = {"inputs": [{"name": external_data.INPUT, "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.ravel().tolist()}]}  # fmt: skip
+    conn = http.client.HTTPConnection(address, timeout=30)
+    try:
+        conn.request("POST", f"/v2/models/{model_name}/infer", json.dumps(body),
+                     {"Content-Type": "application/json"})  # fmt: skip
+        resp = conn.getresponse()
+        answer = json.loads(resp.read())
+    finally:
+        conn.close()
+    assert resp.status == 200, answer
+    (out,) = answer["outputs"]
+    got = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+    np.testing.assert_allclose(got, external_data.expected(x), rtol=1e-4, atol=1e-4)
+
+
+def node_dir(name: str, owner: int | None = None) -> Path:
+    """A directory on the node (this host) for a hostPath, removed by the caller."""
+    path = REPO_ROOT / ".cache" / "node" / f"{name}-{SUFFIX}"
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o755)
+    if owner is not None:
+        os.chown(path, owner, owner)
+    return path
+
+
+def fetch_log(kctl: Kubectl, pod: str) -> str:
+    return kctl.run("logs", pod, "-n", NAMESPACE, "-c", "model-fetch").stdout
+
+
+@pytest.mark.parametrize("form", ["pvc-folder", "http-archive"])
+def test_a_model_with_external_data_serves_from_a_folder_or_an_archive(
+    kctl: Kubectl, chart_operator: str, large_model: LargeModel, form: str
+) -> None:
+    name = f"large-{form}"
+    with contextlib.ExitStack() as stack:
+        if form == "pvc-folder":
+            pv_dir = node_dir("pv-large")
+            stack.callback(shutil.rmtree, pv_dir, True)
+            shutil.copytree(large_model.folder, pv_dir / "big")
+            for p in [pv_dir / "big", *(pv_dir / "big").iterdir()]:
+                p.chmod(0o755 if p.is_dir() else 0o644)
+            pv = f"msvc-large-{SUFFIX}"
+            kctl.run("apply", "-f", "-", stdin=json.dumps({
+                "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
+                         "hostPath": {"path": str(pv_dir), "type": "Directory"},
+                         "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain"},
+            }))  # fmt: skip
+            stack.callback(kctl.run, "delete", "pv", pv, "--wait=false", check=False)
+            kctl.apply({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "large-models"},
+                "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                         "volumeName": pv, "resources": {"requests": {"storage": "1Gi"}}},
+            }, NAMESPACE)  # fmt: skip
+            # The set digest: the init container verifies the folder before the runtime
+            # serves it in place from the claim.
+            model = {"uri": "pvc://large-models/big/", "sha256": large_model.set_digest}
+            served = "/mnt/model-pvc/big/"
+        else:
+            model = {
+                "uri": large_model.files.url(large_model.archive),
+                "sha256": large_model.files.sha256[large_model.archive],
+            }
+            served = "/models/model"
+        kctl.apply(manifest(name, {**model, "name": name}), NAMESPACE)
+        try:
+            wait_ready(kctl, name)
+            dep = kctl.get("deployment", name, NAMESPACE)
+            runtime = dep["spec"]["template"]["spec"]["containers"][0]
+            assert runtime["command"][:3] == ["modelservice", "serve", served]
+            assert_loaded_before_ready(kctl, name)
+            assert_answers_like_numpy(service_address(kctl, name), name)
+        finally:
+            kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
+
+
+def _seconds(a: str, b: str) -> float:
+    return (_parse_time(b) - _parse_time(a)).total_seconds()
+
+
+def start_figures(pod: dict[str, Any]) -> dict[str, float]:
+    """The pod's own timestamps (whole seconds): its fetch, and creation -> Ready."""
+    (fetch,) = pod["status"]["initContainerStatuses"]
+    done = fetch["state"]["terminated"]
+    return {
+        "fetch_s": _seconds(done["startedAt"], done["finishedAt"]),
+        "created_to_ready_s": _seconds(
+            pod["metadata"]["creationTimestamp"], condition(pod, "Ready")["lastTransitionTime"]
+        ),
+    }
+
+
+def test_a_second_replica_on_the_node_starts_from_the_cache(
+    kctl: Kubectl, chart_operator: str, large_model: LargeModel
+) -> None:
+    """A hostPath cache on the node: the first pod misses (downloads into the cache), the
+    second, scaled up beside it, hits and copies from the cache without a download."""
+    name = "large-cached"
+    cache_dir = node_dir("model-cache", owner=65532)  # the runtime's uid must write it
+    archive = large_model.archive
+    model = {"uri": large_model.files.url(archive), "sha256": large_model.files.sha256[archive],
+             "name": name, "cache": {"hostPath": str(cache_dir), "maxSize": "1Gi"}}  # fmt: skip
+    kctl.apply(manifest(name, model), NAMESPACE)
+    try:
+        wait_ready(kctl, name)
+        (first,) = pods_of(kctl, name)
+        log1 = fetch_log(kctl, first["metadata"]["name"])
+        assert "cache: miss sha256-" in log1, log1
+        entry = cache_dir / "entries" / f"sha256-{large_model.files.sha256[archive]}"
+        assert sorted(p.name for p in (entry / "data").iterdir()) == ["model.onnx", "weights.bin"]
+        kctl.run("scale", "msvc", name, "--replicas=2", "-n", NAMESPACE)
+
+        def two_ready() -> list[dict[str, Any]] | None:
+            pods = [p for p in pods_of(kctl, name) if condition(p, "Ready").get("status") == "True"]
+            return pods if len(pods) == 2 else None
+
+        try:
+            pods = wait_until("2 Ready pods of the cached ModelService", two_ready, timeout=180)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
+        (second,) = [p for p in pods if p["metadata"]["name"] != first["metadata"]["name"]]
+        log2 = fetch_log(kctl, second["metadata"]["name"])
+        assert "cache: hit sha256-" in log2 and "by copy" in log2, log2
+        assert first["spec"]["nodeName"] == second["spec"]["nodeName"]
+        a, b = (
+            start_figures(kctl.get("pod", first["metadata"]["name"], NAMESPACE)),
+            start_figures(second),
+        )
+        print(f"cache: first replica (miss) {a}, second replica (hit) {b}")
+        for _ in range(4):  # through the Service: either pod answers the same
+            assert_answers_like_numpy(service_address(kctl, name), name)
+    finally:
+        kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
+        shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def busy_then_serving(node_ip: str, body: bytes, retry_after_s: int) -> Iterator[str]:
+    """An HTTP server on the node's address whose first GET is a 503 with Retry-After,
+    the next ones the body; yields the URL."""
+    from http.server import BaseHTTPRequestHandler
+
+    calls: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            calls.append(self.path)
+            if len(calls) == 1:
+                self.send_response(503)
+                self.send_header("Retry-After", str(retry_after_s))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((node_ip, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{node_ip}:{server.server_address[1]}/busy.tar.gz"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_fetching_pod_shows_its_last_log_line_in_the_status(
+    kctl: Kubectl, chart_operator: str, large_model: LargeModel, node_ip: str
+) -> None:
+    """The fetch's first attempt gets a 503 with Retry-After: the fetch logs its retry line
+    and waits; the operator reads that line from the pod's log (pods/log) into the status."""
+    name = "large-progress"
+    body = (large_model.files.root / large_model.archive).read_bytes()
+    with busy_then_serving(node_ip, body, retry_after_s=40) as url:
+        sha = hashlib.sha256(body).hexdigest()
+        kctl.apply(manifest(name, {"uri": url, "sha256": sha, "name": name}), NAMESPACE)
+        try:
+
+            def progress() -> dict[str, Any] | None:
+                obj = kctl.get("msvc", name, NAMESPACE)
+                ready = condition(obj, "Ready")
+                shown = ready.get("reason") == "FetchingModel" and "last output:" in ready.get(
+                    "message", ""
+                )
+                return {"phase": obj["status"]["phase"], **ready} if shown else None
+
+            try:
+                seen = wait_until(f"{name}: FetchingModel with the pod's last line", progress,
+                                  timeout=60, interval=1)  # fmt: skip
+            except AssertionError as e:
+                operator_log = kctl.run("logs", chart_operator, "-n", OPERATOR_NAMESPACE,
+                                        "--tail=40", check=False).stdout  # fmt: skip
+                raise AssertionError(
+                    f"{e}\n{describe(kctl, name)}\noperator log:\n{operator_log}"
+                ) from None
+            assert seen["phase"] == "Progressing", seen
+            assert "attempt 1/4 failed (HTTP 503" in seen["message"], seen["message"]
+            assert "retrying in 40s" in seen["message"], seen["message"]
+            wait_ready(kctl, name)
+            ready = condition(kctl.get("msvc", name, NAMESPACE), "Ready")
+            assert "last output" not in ready["message"], ready
+        finally:
+            kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)

@@ -12,6 +12,7 @@ import pytest
 from modelservice_operator import crd
 from modelservice_operator.spec import (
     AutoscalingSpec,
+    ModelCacheSpec,
     ModelServiceSpec,
     ModelSource,
     NormalizeSpec,
@@ -30,6 +31,12 @@ CASES: list[tuple[type[_Model], dict[str, Any], bool]] = [
     (ModelSource, {"uri": "pvc://models/resnet/model.onnx"}, True),
     (ModelSource, {"uri": "pvc://models"}, False),
     (ModelSource, {"uri": "pvc://Models_/m.onnx"}, False),
+    (ModelSource, {"uri": URI, "cache": {"claimName": "c"}}, True),
+    (ModelSource, {"uri": "pvc://models/m/", "cache": {"claimName": "c"}}, False),
+    (ModelCacheSpec, {"claimName": "c"}, True),
+    (ModelCacheSpec, {"hostPath": "/var/cache/m", "maxSize": "10Gi"}, True),
+    (ModelCacheSpec, {}, False),
+    (ModelCacheSpec, {"claimName": "c", "hostPath": "/var/cache/m"}, False),
     (NormalizeSpec, {"mean": [0.5, 0.5], "std": [0.2, 0.3]}, True),
     (NormalizeSpec, {"mean": [0.5, 0.5], "std": [0.2]}, False),
     (NormalizeSpec, {"mean": [0.5], "std": [0.2, 0.3]}, False),

@@ -84,6 +84,10 @@ Rules for the namespaced objects the operator owns and reconciles. Shared by the
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+# The last lines of a pod still fetching or loading its model: the status's progress line.
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # kopf posts handler progress and errors as core/v1 events.
 - apiGroups: [""]
   resources: ["events"]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from modelservice_runtime import model_files
 from modelservice_runtime.errors import BadRequest, InferenceFailed
 from modelservice_runtime.serving.datatypes import ONNX_TO_V2, V2_TO_NUMPY, v2_datatype
 from modelservice_runtime.serving.external_data import (
@@ -93,9 +94,11 @@ class OnnxModel:
         import onnxruntime as ort
 
         self._ort = ort
-        path = Path(settings.model_path)
-        if not path.is_file():
-            raise ModelLoadError(f"model file {path} does not exist")
+        try:
+            # A directory (a model with external data files) names its model file.
+            path = model_files.locate(Path(settings.model_path))
+        except model_files.ModelFileError as e:
+            raise ModelLoadError(f"model {e}") from e
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = settings.intra_op_threads
         opts.inter_op_num_threads = settings.inter_op_threads

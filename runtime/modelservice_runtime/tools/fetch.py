@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from modelservice_cli import fetch_flags
+from modelservice_runtime import model_files
 from modelservice_runtime.errors import first_line
 from modelservice_runtime.serving.external_data import ExternalDataError, check_external_data
 from modelservice_runtime.tools import fetch_set
@@ -749,12 +751,11 @@ def _fetch_set_model(
             digest = fetch_set.digest_of(hashes)
             _check_digest(show, dest, expected, digest)
         if check_onnx:
-            model = fetch_set.find_model_file(tree)
-            if model is None:
-                raise FetchError(
-                    f"{show}: expected model.onnx, model.onnx/model.onnx or exactly one "
-                    f".onnx file in the set, found none that qualifies"
-                )
+            try:
+                model = model_files.locate(tree)
+            except model_files.ModelFileError as e:
+                # The message names the temp tree, gone when the user reads it.
+                raise FetchError(f"{show}: {str(e).replace(str(tree), 'the set')}") from e
             try:
                 # What the runtime will refuse (serving/external_data.py), said at fetch.
                 check_external_data(model)
@@ -955,6 +956,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_PROGRESS_INTERVAL_S:g})",
     )
     parser.add_argument(
+        fetch_flags.CACHE_DIR, dest="cache_dir", metavar="DIR", help=fetch_flags.CACHE_DIR_HELP
+    )
+    parser.add_argument(
+        fetch_flags.CACHE_MAX_BYTES,
+        dest="cache_max_bytes",
+        type=int,
+        metavar="N",
+        help=fetch_flags.CACHE_MAX_BYTES_HELP,
+    )
+    parser.add_argument(
         "--no-onnx-check",
         dest="check_onnx",
         action="store_false",
@@ -967,18 +978,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {
+        "retries": args.retries,
+        "timeout": args.timeout,
+        "backoff": args.backoff,
+        "check_onnx": args.check_onnx,
+        "max_unpacked_bytes": args.max_unpacked_bytes,
+        "progress_interval": args.progress_interval,
+    }
     try:
-        result = fetch_model(
-            args.uri,
-            args.dest,
-            args.sha256,
-            retries=args.retries,
-            timeout=args.timeout,
-            backoff=args.backoff,
-            check_onnx=args.check_onnx,
-            max_unpacked_bytes=args.max_unpacked_bytes,
-            progress_interval=args.progress_interval,
-        )
+        if getattr(args, "cache_dir", None):
+            from modelservice_runtime.tools import cache  # imports this module
+
+            result = cache.fetch_cached(
+                args.uri,
+                args.dest,
+                args.sha256,
+                cache_dir=args.cache_dir,
+                max_bytes=args.cache_max_bytes,
+                **options,
+            )
+        elif getattr(args, "cache_max_bytes", None) is not None:
+            raise FetchError(f"{fetch_flags.CACHE_MAX_BYTES}: needs {fetch_flags.CACHE_DIR}")
+        else:
+            result = fetch_model(args.uri, args.dest, args.sha256, **options)
     except FetchError as e:
         print(f"modelservice fetch: error: {e}", file=sys.stderr)
         return 1

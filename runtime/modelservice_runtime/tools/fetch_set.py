@@ -36,7 +36,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+from modelservice_cli import fetch_flags
+from modelservice_runtime import model_files
+
+ARCHIVE_SUFFIXES = fetch_flags.ARCHIVE_SUFFIXES
 DEFAULT_UNPACK_FACTOR = 4
 CHUNK = 1 << 20
 
@@ -362,16 +365,9 @@ def publish_dir(staging: Path, dest: Path) -> None:
 
 
 def find_model_file(root: Path) -> Path | None:
-    """The ONNX file a directory serves: model.onnx, model.onnx/model.onnx (Triton), or
-    the only .onnx file at the top; None when there is none or the choice is ambiguous."""
-    direct = root / "model.onnx"
-    if direct.is_file():
-        return direct
-    if direct.is_dir():
-        inner = direct / "model.onnx"
-        if inner.is_file():
-            return inner
-        found = sorted(p for p in direct.glob("*.onnx") if p.is_file())
-        return found[0] if len(found) == 1 else None
-    found = sorted(p for p in root.glob("*.onnx") if p.is_file())
-    return found[0] if len(found) == 1 else None
+    """The ONNX file a directory serves (model_files.locate's rule), or None when there is
+    none or the choice is ambiguous."""
+    try:
+        return model_files.locate(root)
+    except model_files.ModelFileError:
+        return None
