@@ -600,6 +600,15 @@ def test_two_replicas_one_active_through_kopf_peering(operator_run: OperatorRun)
         return len(peers.get("status") or {}) >= 2
 
     _wait("both replicas' keep-alives in the KopfPeering", both_announced, 60, logs)
+    # The standby says so in its log (kopf's peering): wait for that before the ModelService
+    # exists, so which replica may handle it is decided, not raced.
+    paused = "Pausing operations in favour of"
+    _wait(
+        f"one replica to log {paused!r} (the standby)",
+        lambda: any(paused in log.read_text() for log in logs),
+        60,
+        logs,
+    )
     operator_run.apply_modelservice("peering-check")
     done = f"[{team}/peering-check] Creation is processed"
     _wait(
@@ -608,6 +617,10 @@ def test_two_replicas_one_active_through_kopf_peering(operator_run: OperatorRun)
         60,
         logs,
     )
-    time.sleep(3)  # would the standby also handle it? give it the chance to show
-    handled = [log.name for log in logs if done in log.read_text()]
+    texts = {log.name: log.read_text() for log in logs}
+    handled = [name for name, text in texts.items() if done in text]
+    standby = [name for name, text in texts.items() if paused in text]
     assert len(handled) == 1, f"expected exactly one active replica, handled by: {handled}"
+    assert standby != handled and len(standby) == 1, (handled, standby)
+    after_pause = texts[standby[0]].rsplit(paused, 1)[1]
+    assert "Resuming operations" not in after_pause, after_pause[-2000:]
