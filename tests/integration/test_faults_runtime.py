@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import itertools
 import os
 import shutil
 import signal
@@ -36,7 +35,14 @@ import orjson
 import pytest
 
 from tests.integration.processes import free_port
-from tests.integration.runtime_server import binary_body, cpu_only_onnxruntime, serve
+from tests.integration.runtime_server import (
+    binary_body,
+    cpu_only_onnxruntime,
+    rows_to_hold,
+    serve,
+    slow_model,
+    wait_pending,
+)
 
 ROW = [0.5] * 64
 
@@ -493,72 +499,33 @@ def test_request_over_max_batch_size_runs_alone_and_correctly(limited, mlp_onnx:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def slow_model(path: Path, depth: int = 128, width: int = 512) -> Path:
-    """input FP32 [N, width] -> output, the same values through `depth` MatMuls by the
-    identity: a request of a few thousand rows keeps the worker busy for about a second."""
-    from onnx import TensorProto, helper, numpy_helper, save
-
-    eye = numpy_helper.from_array(np.eye(width, dtype=np.float32), "w")
-    names = ["input", *(f"h{i}" for i in range(depth - 1)), "output"]
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", [a, "w"], [b]) for a, b in itertools.pairwise(names)],
-        "slow",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", width])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", width])],
-        initializer=[eye],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    save(model, str(path))
-    return path
-
-
-def pending_requests(url: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("nv_inference_pending_request_count{")
-    )
-
-
-def wait_pending(url: str, want: float, timeout: float = 10) -> None:
-    """Wait until the pending-request gauge reads `want`; fail naming the last reading."""
-    deadline = time.monotonic() + timeout
-    while (pending := pending_requests(url)) != want:
-        assert time.monotonic() < deadline, (
-            f"nv_inference_pending_request_count still {pending} after {timeout} s; "
-            f"waited for {want}"
-        )
-        time.sleep(0.02)
-
-
-def test_unbatched_queue_full_is_503_with_retry_after(cnn_onnx: Path) -> None:
-    """Batching off (--max-batch-size 0): at most --max-queue-size requests wait for a
-    worker; the rest are refused at once with 503 + Retry-After, none is lost. 64 rows take
-    about 9 ms here (16 took under 2 ms): far over the 1 ms under which a request runs on
-    the event loop and never queues, even on a much faster CPU."""
-    body, headers = binary_body(np.random.default_rng(3).random((64, 3, 64, 64), np.float32))
-    with serve(cnn_onnx, "--max-batch-size", "0", "--max-queue-size", "1") as served:
-
-        async def main() -> list[httpx.Response]:
-            limits = httpx.Limits(max_connections=24)
-            async with httpx.AsyncClient(base_url=served.url, timeout=60, limits=limits) as c:
-                return await asyncio.gather(
-                    *(
-                        c.post("/v2/models/cnn/infer", content=body, headers=headers)
-                        for _ in range(24)
-                    )
-                )
-
-        responses = asyncio.run(main())
-        codes = [r.status_code for r in responses]
-        assert set(codes) <= {200, 503}, codes
-        assert 200 in codes and 503 in codes, codes
-        for r in responses:
-            if r.status_code == 503:
-                assert r.headers["retry-after"] == "1"
-                assert "queue is full" in assert_error_body(r, 503)
+def test_unbatched_queue_full_is_503_with_retry_after(tmp_path: Path) -> None:
+    """Batching off (--max-batch-size 0): two requests run at a time and at most
+    --max-queue-size (1) wait for them; one more is refused at once with 503 + Retry-After,
+    and every accepted one is answered. Two requests that hold both runs for seconds, and one
+    queued behind them, are seen in the pending gauge before the refused one is sent."""
+    model = slow_model(tmp_path / "slow.onnx")
+    with serve(model, "--max-batch-size", "0", "--max-queue-size", "1") as served:
+        url = served.url + "/v2/models/slow/infer"
+        heavy, heavy_headers = binary_body(np.ones((rows_to_hold(served.url), 512), np.float32))
+        light, light_headers = binary_body(np.ones((1, 512), np.float32))
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            running = [
+                pool.submit(httpx.post, url, content=heavy, headers=heavy_headers, timeout=300)
+                for _ in range(2)
+            ]
+            wait_pending(served.url, 2)
+            queued = pool.submit(httpx.post, url, content=light, headers=light_headers, timeout=300)
+            wait_pending(served.url, 3)
+            refused = httpx.post(url, content=light, headers=light_headers, timeout=30)
+            assert not any(f.done() for f in running), "a run ended before the refusal was seen"
+            assert assert_error_body(refused, 503) == (
+                "the request queue is full (1 requests waiting); retry after a moment"
+            )
+            assert refused.headers["retry-after"] == "1"
+            answered = [f.result() for f in [*running, queued]]
+        assert [r.status_code for r in answered] == [200, 200, 200], [r.text for r in answered]
+        wait_pending(served.url, 0)
         assert httpx.get(served.url + "/v2/health/ready").status_code == 200
 
 
@@ -636,10 +603,10 @@ def test_clients_vanishing_mid_body_and_mid_batch_leave_the_server_healthy(
     seen in the pending gauge first). The server stays ready, the running request is still
     answered, nothing stays queued, no traceback, and the next request is answered."""
     model = slow_model(tmp_path / "slow.onnx")
-    heavy, heavy_headers = binary_body(np.ones((4096, 512), np.float32))
     light, light_headers = binary_body(np.ones((1, 512), np.float32))
     with serve(model) as served:
         url = served.url + "/v2/models/slow/infer"
+        heavy, heavy_headers = binary_body(np.ones((rows_to_hold(served.url), 512), np.float32))
 
         def request(payload: bytes, length: int) -> bytes:
             return (
@@ -656,7 +623,9 @@ def test_clients_vanishing_mid_body_and_mid_batch_leave_the_server_healthy(
             with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
                 s.sendall(request(light[: len(light) // 2], len(light)))
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            running = pool.submit(httpx.post, url, content=heavy, headers=heavy_headers, timeout=60)
+            running = pool.submit(
+                httpx.post, url, content=heavy, headers=heavy_headers, timeout=300
+            )
             wait_pending(served.url, 1)
             sockets = [
                 socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(16)
@@ -676,26 +645,50 @@ def test_clients_vanishing_mid_body_and_mid_batch_leave_the_server_healthy(
     assert "Traceback" not in log, log[-3000:]
 
 
-def test_second_sigterm_skips_the_delay_but_still_answers_in_flight(mlp_onnx: Path) -> None:
-    """Requests wait in a 1 s batch window; SIGTERM twice (an impatient operator): the
-    30 s unready delay is skipped, the requests already accepted are still answered 200."""
-    with serve(mlp_onnx, "--shutdown-delay-s", "30", "--max-batch-delay-us", "1000000") as served:
+def test_second_sigterm_skips_the_delay_but_still_answers_in_flight(tmp_path: Path) -> None:
+    """One request runs (a slow model holds the worker for seconds) and 4 wait behind it,
+    all seen in the pending gauge. SIGTERM: not ready, and a 30 s delay begins; a second
+    SIGTERM (an impatient operator) skips it: the port closes while those 5 are still in
+    flight, each of them is answered 200, and the process exits 0 long before the delay
+    would have ended. (Requests are in flight only while a run holds them: the batcher runs
+    a lone request at once, it never waits out --max-batch-delay-us.)"""
+    model = slow_model(tmp_path / "slow.onnx")
+    light, light_headers = binary_body(np.ones((1, 512), np.float32))
+    with serve(model, "--shutdown-delay-s", "30") as served:
+        url = served.url + "/v2/models/slow/infer"
+        heavy, heavy_headers = binary_body(np.ones((rows_to_hold(served.url), 512), np.float32))
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            running = pool.submit(
+                httpx.post, url, content=heavy, headers=heavy_headers, timeout=300
+            )
+            wait_pending(served.url, 1)
+            waiting = [
+                pool.submit(httpx.post, url, content=light, headers=light_headers, timeout=300)
+                for _ in range(4)
+            ]
+            wait_pending(served.url, 5)
+            served.proc.send_signal(signal.SIGTERM)  # by PID: the process we started
+            ready = httpx.get(served.url + "/v2/health/ready", timeout=10)
+            assert ready.status_code == 503, ready.text
+            assert "SIGTERM: not ready; stopping in 30.0s" in served.log_tail()
+            served.proc.send_signal(signal.SIGTERM)
 
-        async def main() -> list[int]:
-            async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
-                calls = [
-                    asyncio.create_task(client.post("/v2/models/mlp/infer", content=v2_body(1)))
-                    for _ in range(8)
-                ]
-                await asyncio.sleep(0.3)  # accepted, waiting for the batch window
-                served.proc.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.1)
-                served.proc.send_signal(signal.SIGTERM)
-                return [r.status_code for r in await asyncio.gather(*calls)]
+            def refused() -> bool:
+                try:
+                    socket.create_connection(("127.0.0.1", served.port), timeout=2).close()
+                except ConnectionRefusedError:
+                    return True
+                return False
 
-        started = time.monotonic()
-        codes = asyncio.run(main())
-        code = served.proc.wait(timeout=15)
+            deadline = time.monotonic() + 10
+            while not refused():
+                assert time.monotonic() < deadline, "the port still accepts 10 s after SIGTERM x2"
+                time.sleep(0.02)
+            assert not running.done(), "the running request ended before the port closed"
+            answered = [f.result() for f in [running, *waiting]]
+        assert [r.status_code for r in answered] == [200] * 5, [r.text[:200] for r in answered]
+        np.testing.assert_array_equal(
+            np.frombuffer(answered[1].content[-512 * 4 :], np.float32), np.ones(512, np.float32)
+        )
+        code = served.proc.wait(timeout=20)  # the delay would take 30 s
         assert code == 0, served.log_tail()
-    assert codes == [200] * 8
-    assert time.monotonic() - started < 10, "the second SIGTERM did not skip the 30 s delay"
