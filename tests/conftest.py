@@ -1,13 +1,17 @@
-"""Shared fixtures: real models exported with torch once per test session."""
+"""Shared fixtures: real models exported with torch once per test session. And the end of
+every run: what was skipped and why; in CI, any skip but those tests/needs.py allows fails
+the run (tests/README.md)."""
 
 from __future__ import annotations
 
+import collections
 import os
 from pathlib import Path
 
 import pytest
 
 from tests import modelzoo
+from tests.needs import CANNOT_HAVE, in_ci
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +53,59 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if soak:
         config.hook.pytest_deselected(items=soak)
         items[:] = [item for item in items if item.get_closest_marker("soak") is None]
+
+
+def _skip_reason(report: pytest.CollectReport | pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+class SkipLedger:
+    """Every skip of the run (a test, or a file at collection) with its reason."""
+
+    def __init__(self) -> None:
+        self.skips: list[tuple[str, str]] = []  # (node id, reason), in the order they came
+
+    def _record(self, report: pytest.CollectReport | pytest.TestReport) -> None:
+        if report.skipped and not hasattr(report, "wasxfail"):  # an xfail is no left-out part
+            self.skips.append((report.nodeid, _skip_reason(report)))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._record(report)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self._record(report)
+
+    def not_allowed_in_ci(self) -> list[tuple[str, str]]:
+        return [(n, r) for n, r in self.skips if not r.startswith(CANNOT_HAVE)]
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """In CI a skip is a part that did not run: the run fails unless it is one that
+        tests/needs.py allows (a GPU, kind)."""
+        if in_ci() and self.not_allowed_in_ci() and exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        """The last thing a run prints: what it left out, grouped by reason."""
+        if not self.skips:
+            return
+        by_reason: dict[str, list[str]] = collections.defaultdict(list)
+        for nodeid, reason in self.skips:
+            by_reason[reason].append(nodeid)
+        terminalreporter.section(f"left out: {len(self.skips)} skipped, and why")
+        for reason, nodeids in by_reason.items():
+            terminalreporter.write_line(f"{len(nodeids)} x {reason}")
+            for nodeid in nodeids:
+                terminalreporter.write_line(f"    {nodeid}")
+        refused = self.not_allowed_in_ci()
+        if in_ci() and refused:
+            terminalreporter.write_line(
+                f"CI=true: {len(refused)} of these are not allowed in CI (only a GPU or kind "
+                "may be missing, see tests/README.md): the run fails",
+                red=True,
+            )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(SkipLedger(), "modelservice-skip-ledger")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -112,3 +113,63 @@ def binary_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
         }
     )
     return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def metric(url: str, name: str) -> float:
+    """The sum of metric `name` over its labels in /metrics (a new connection: any worker)."""
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
+    )
+
+
+PENDING = "nv_inference_pending_request_count"  # requests accepted and not yet answered
+
+
+def wait_pending(url: str, want: float, timeout: float = 20) -> None:
+    """Wait until the pending-request gauge reads `want`; fail naming the last reading. The
+    gauge counts a request from its submit to its answer, running or queued: the one signal
+    that requests have reached the model's queue, whatever the machine's speed."""
+    deadline = time.monotonic() + timeout
+    while (pending := metric(url, PENDING)) != want:
+        assert time.monotonic() < deadline, (
+            f"{PENDING} still {pending} after {timeout} s; waited for {want}"
+        )
+        time.sleep(0.02)
+
+
+def slow_model(path: Path, depth: int = 128, width: int = 512) -> Path:
+    """input FP32 [N, width] -> output, the same values through `depth` MatMuls by the
+    identity. A request of a few thousand rows holds a worker for seconds (SLOW_ROWS), one
+    row is quick: tests use it to keep requests in flight while they look at the server."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    eye = numpy_helper.from_array(np.eye(width, dtype=np.float32), "w")
+    names = ["input", *(f"h{i}" for i in range(depth - 1)), "output"]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", [a, "w"], [b]) for a, b in itertools.pairwise(names)],
+        "slow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", width])],
+        initializer=[eye],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save(model, str(path))
+    return path
+
+
+def rows_to_hold(url: str, seconds: float = 5.0, probe_rows: int = 64) -> int:
+    """Rows of one request to the slow_model served at `url` that keep its worker busy for
+    about `seconds` on this machine as loaded now: timed on the faster of two probes of
+    `probe_rows` (a model's first run is slower: allocations), so a loaded machine gets fewer
+    rows and a fast one more (at most 16384, 32 MiB of input). Tests still assert that the
+    request was running when they looked."""
+    body, headers = binary_body(np.ones((probe_rows, 512), np.float32))
+    took = []
+    for _ in range(2):
+        started = time.monotonic()
+        r = httpx.post(url + "/v2/models/slow/infer", content=body, headers=headers, timeout=120)
+        took.append(time.monotonic() - started)
+        assert r.status_code == 200, r.text
+    return int(min(16384, max(probe_rows, probe_rows * seconds / min(took))))

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hashlib
 import http.server
+import os
 import shutil
 import ssl
 import subprocess
@@ -25,6 +26,8 @@ import pytest
 from modelservice_cli import main as cli
 from modelservice_runtime.tools.fetch import FetchError, fetch, fetch_model, redact
 from modelservice_runtime.tools.progress import PREFIX as PROGRESS
+
+from tests.needs import needed
 
 ROOT = Path(__file__).resolve().parents[2]
 NOT_ONNX = b"<html><body>Sign in to continue</body></html>"
@@ -116,10 +119,10 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedServer]:
 
 @pytest.fixture
 def tls_cert(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (openssl CLI; skipped without it)."""
+    """A self-signed certificate for 127.0.0.1 (openssl CLI; needed: a failure in CI)."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl CLI not found; needed to make a test certificate")
+        needed("openssl CLI not found; needed to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
@@ -158,13 +161,18 @@ def test_http_success_with_sha256_into_directory(
     server: ScriptedServer, model_bytes: bytes, tmp_path: Path
 ) -> None:
     url = server.route("/models/mlp.onnx", Reply(body=model_bytes))
-    result = fetch_model(url, tmp_path, sha256=sha(model_bytes).upper(), env={}, log=quiet)
+    previous = os.umask(0o027)  # the mode must follow the umask, as `open` would make it
+    try:
+        result = fetch_model(url, tmp_path, sha256=sha(model_bytes).upper(), env={}, log=quiet)
+    finally:
+        os.umask(previous)
     assert result.path == tmp_path / "model.onnx"
     assert result.path.read_bytes() == model_bytes
     assert result.sha256 == sha(model_bytes) and result.size == len(model_bytes)
     assert len(server.hits("/models/mlp.onnx")) == 1
     assert leftovers(tmp_path) == []
-    assert result.path.stat().st_mode & 0o777 != 0o600, "the runtime user must be able to read it"
+    # 0666 & ~umask, not mkstemp's 0600: a runtime running as another uid (its group) reads it
+    assert result.path.stat().st_mode & 0o777 == 0o640, oct(result.path.stat().st_mode)
 
 
 def test_sha256_mismatch_names_both_hashes_and_writes_nothing(
@@ -510,7 +518,7 @@ def test_console_script_exit_codes(
 ) -> None:
     exe = ROOT / ".cache" / "venv" / "bin" / "modelservice"
     if not exe.exists():
-        pytest.skip(f"{exe} not installed")
+        needed(f"the console script {exe} is not installed (make venv)")
     url = server.route("/m.onnx", Reply(body=model_bytes))
     ok = subprocess.run(
         [str(exe), "fetch", url, str(tmp_path), "--sha256", sha(model_bytes)],

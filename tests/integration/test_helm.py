@@ -589,25 +589,54 @@ def test_operator_reconciles_with_only_its_serviceaccount(operator_run: Operator
 @pytest.mark.parametrize("operator_run", [("replicaCount=2",)], indirect=True)
 def test_two_replicas_one_active_through_kopf_peering(operator_run: OperatorRun) -> None:
     """replicaCount=2: both replicas run with the chart's `--peering`; exactly one handles a
-    ModelService while the other stands by."""
+    ModelService while the other stands by.
+
+    kopf starts a replica paused and logs only changes: "Resuming operations" when it finds
+    no peer above it, "Pausing operations in favour of" when an active replica meets a higher
+    one. So the replicas start one after the other: the first, alone, resumes; the second's
+    random priority (in the KopfPeering) says which one stands by, and that one's log says so
+    (the first pauses) or it never resumes (the second stays as it started)."""
     c, team = operator_run.cluster, operator_run.team
     assert c.exists("kopfpeerings.kopf.dev", "modelservice-operator", "-n", team)
-    logs = [operator_run.start(), operator_run.start()]
+    resumed, paused = "Resuming operations", "Pausing operations in favour of"
 
-    def both_announced() -> bool:
+    def peers() -> dict[str, Any]:
         operator_run.check_alive()
-        peers = c.get_json("kopfpeerings.kopf.dev", "modelservice-operator", "-n", team)
-        return len(peers.get("status") or {}) >= 2
+        got = c.get_json("kopfpeerings.kopf.dev", "modelservice-operator", "-n", team)
+        return got.get("status") or {}
 
-    _wait("both replicas' keep-alives in the KopfPeering", both_announced, 60, logs)
+    logs = [operator_run.start()]
+    _wait("the first replica, alone, to resume", lambda: resumed in logs[0].read_text(), 60, logs)
+    _wait("the first replica's keep-alive", lambda: len(peers()) == 1, 60, logs)
+    (first_id,) = peers()
+    logs.append(operator_run.start())
+    _wait("both replicas' keep-alives in the KopfPeering", lambda: len(peers()) == 2, 60, logs)
+    status = peers()
+    (second_id,) = set(status) - {first_id}
+    first_prio, second_prio = status[first_id]["priority"], status[second_id]["priority"]
+    assert first_prio != second_prio, f"both drew priority {first_prio}: kopf pauses both"
+    if second_prio > first_prio:
+        active, standby = logs[1], logs[0]
+        _wait(
+            f"the first replica to log {paused!r}", lambda: paused in logs[0].read_text(), 60, logs
+        )
+        _wait(
+            f"the second replica to log {resumed!r}",
+            lambda: resumed in logs[1].read_text(),
+            60,
+            logs,
+        )
+    else:
+        active, standby = logs[0], logs[1]  # the second stays paused, as it started
+    standby_seen = len(standby.read_text())
     operator_run.apply_modelservice("peering-check")
     done = f"[{team}/peering-check] Creation is processed"
     _wait(
-        "a replica to reconcile the ModelService",
-        lambda: any(done in log.read_text() for log in logs),
+        "the active replica to reconcile the ModelService",
+        lambda: done in active.read_text(),
         60,
         logs,
     )
-    time.sleep(3)  # would the standby also handle it? give it the chance to show
-    handled = [log.name for log in logs if done in log.read_text()]
-    assert len(handled) == 1, f"expected exactly one active replica, handled by: {handled}"
+    later = standby.read_text()
+    assert done not in later, f"the standby handled it too:\n{later[-2000:]}"
+    assert resumed not in later[standby_seen:], later[-2000:]

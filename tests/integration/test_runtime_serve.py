@@ -5,11 +5,11 @@ graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,21 +25,18 @@ from tests.integration.runtime_server import (
     Served,
     binary_body,
     cpu_only_onnxruntime,
+    metric,
+    rows_to_hold,
     serve,
     serve_command,
+    slow_model,
+    wait_pending,
 )
 
 
 def reference(model: Path, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     return session.run(None, {"input": x})[0]
-
-
-def metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
-    )
 
 
 def decode(response: httpx.Response) -> np.ndarray:
@@ -226,61 +223,36 @@ def test_cnn_binary_matches_in_process(cnn_onnx: Path) -> None:
     np.testing.assert_allclose(got, reference(cnn_onnx, x), rtol=1e-5, atol=1e-6)
 
 
-def test_queue_full_is_503_and_sigterm_drains_in_flight_after_unready(cnn_onnx: Path) -> None:
-    # One oversized CNN request keeps the single batch worker busy for a while (one
-    # intra-op thread makes that longer); small requests queue behind it, fill the queue,
-    # and are still pending at SIGTERM.
-    args = ("--max-queue-size", "8", "--max-batch-size", "8", "--shutdown-delay-s", "0.5",
-            "--intra-op-threads", "1")  # fmt: skip
-    with serve(cnn_onnx, *args) as served:
-        url = served.url + "/v2/models/cnn/infer"
-        statuses: list[int] = []
-        clients = [httpx.Client(base_url=served.url, timeout=60) for _ in range(10)]
-        for c in clients:  # connect now, so later requests start at once
-            c.get("/v2/health/live").raise_for_status()
-        small, small_headers = binary_body(np.zeros((1, 3, 64, 64), np.float32))
-        big, big_headers = binary_body(np.zeros((1024, 3, 64, 64), np.float32))
+def test_queue_full_is_503_and_sigterm_drains_in_flight_after_unready(tmp_path: Path) -> None:
+    """One request holds the single batch worker for seconds (a slow model) and 8 small ones
+    queue behind it, filling --max-queue-size 8 (all 9 seen in the pending gauge): a 10th is
+    refused with 503. SIGTERM then turns readiness false while all 9 are still in flight,
+    and every one of them is answered 200 before the process exits 0."""
+    args = ("--max-queue-size", "8", "--max-batch-size", "8", "--shutdown-delay-s", "0.5")
+    with serve(slow_model(tmp_path / "slow.onnx"), *args) as served:
+        url = served.url + "/v2/models/slow/infer"
+        small, small_headers = binary_body(np.ones((1, 512), np.float32))
+        big, big_headers = binary_body(np.ones((rows_to_hold(served.url), 512), np.float32))
+        with concurrent.futures.ThreadPoolExecutor(9) as pool:
+            calls = [pool.submit(httpx.post, url, content=big, headers=big_headers, timeout=300)]
+            wait_pending(served.url, 1)  # the big one runs: the next ones queue behind it
+            calls += [
+                pool.submit(httpx.post, url, content=small, headers=small_headers, timeout=300)
+                for _ in range(8)
+            ]
+            wait_pending(served.url, 9)
 
-        uploaded = threading.Event()
-
-        def big_chunks() -> Iterator[bytes]:
-            for i in range(0, len(big), chunk := 1 << 20):
-                yield big[i : i + chunk]
-            uploaded.set()
-
-        def call(client: httpx.Client, content: object, headers: dict[str, str]) -> None:
-            statuses.append(client.post(url, content=content, headers=headers).status_code)
-
-        threads = [threading.Thread(target=call, args=(clients[0], big_chunks(), big_headers))]
-        threads += [
-            threading.Thread(target=call, args=(c, small, small_headers)) for c in clients[1:9]
-        ]
-        try:
-            threads[0].start()
-            assert uploaded.wait(20), "the big request was never sent"
-            time.sleep(0.1)  # parsed and running: the worker is busy with it for a second+
-            for t in threads[1:]:
-                t.start()
-            deadline = time.monotonic() + 10
-            while metric(served.url, "nv_inference_pending_request_count") < 9:
-                assert time.monotonic() < deadline, "9 requests never became pending"
-                time.sleep(0.005)
-
-            refused = clients[9].post(url, content=small, headers=small_headers)
-            assert refused.status_code == 503
+            refused = httpx.post(url, content=small, headers=small_headers, timeout=30)
+            assert refused.status_code == 503, refused.text
             assert refused.headers["retry-after"] == "1"
             assert "queue is full (8 requests waiting)" in refused.json()["error"]
 
             served.proc.send_signal(signal.SIGTERM)
-            ready = clients[9].get("/v2/health/ready")
+            ready = httpx.get(served.url + "/v2/health/ready", timeout=10)
             assert ready.status_code == 503
             assert ready.json() == {"error": "the server is shutting down"}
-            assert statuses == [], "readiness must turn false while requests are in flight"
-        finally:
-            for t in threads:
-                t.join(timeout=60)
-            for c in clients:
-                c.close()
+            assert not any(c.done() for c in calls), "readiness must turn false while in flight"
+            statuses = [c.result().status_code for c in calls]
         assert statuses == [200] * 9  # every accepted request answered
         assert served.proc.wait(timeout=20) == 0
         with pytest.raises(httpx.TransportError):

@@ -214,14 +214,11 @@ def test_metadata_names_the_datatype(typed: tuple[str, Path, Served]) -> None:
     ids=["json", "binary", "json-in-binary-out", "binary-in-json-out"],
 )
 def test_plain_http_round_trip(
-    request: pytest.FixtureRequest,
     typed: tuple[str, Path, Served],
     binary_in: bool,
     binary_out: bool,
 ) -> None:
     datatype, path, served = typed
-    if datatype == "BYTES" and binary_in:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=BYTES_BINARY_INPUT_BUG))
     x = typed_input(datatype)
     want = reference(path, {"x": x})["y"]
     body, headers = infer_body(
@@ -235,12 +232,8 @@ def test_plain_http_round_trip(
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
-def test_tritonclient_round_trip(
-    request: pytest.FixtureRequest, typed: tuple[str, Path, Served], binary: bool
-) -> None:
+def test_tritonclient_round_trip(typed: tuple[str, Path, Served], binary: bool) -> None:
     datatype, path, served = typed
-    if datatype == "BYTES" and binary:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=BYTES_BINARY_INPUT_BUG))
     x = typed_input(datatype)
     want = reference(path, {"x": x})["y"]
     client = triton.InferenceServerClient(f"127.0.0.1:{served.port}")
@@ -268,13 +261,6 @@ def test_wrong_datatype_is_refused_naming_the_input(typed: tuple[str, Path, Serv
 
 # --- BYTES carrying binary (binary input, and not UTF-8) -------------------------------------
 
-BYTES_BINARY_INPUT_BUG = (
-    "runtime bug: BYTES inputs sent as binary tensor data are decoded to Python `bytes` "
-    "(datatypes.decode_bytes_tensor) and fed to onnxruntime as such; onnxruntime's "
-    "tensor(string) conversion calls str() on them, so the model sees \"b'abc'\" instead of "
-    "'abc' (and a non-UTF-8 element becomes its repr)"
-)
-
 
 @pytest.fixture(scope="module")
 def bytes_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Served]]:
@@ -283,34 +269,71 @@ def bytes_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pat
         yield path, served
 
 
-@pytest.mark.xfail(strict=True, reason=BYTES_BINARY_INPUT_BUG)
+@pytest.mark.parametrize("binary_out", [False, True], ids=["json-out", "binary-out"])
 def test_bytes_binary_input_reaches_the_model_as_its_bytes(
-    bytes_server: tuple[Path, Served],
+    bytes_server: tuple[Path, Served], binary_out: bool
 ) -> None:
+    """Binary BYTES are the model's text, not the repr of Python bytes ("b'abc'", as
+    onnxruntime made of them when they were fed as bytes objects)."""
     _, served = bytes_server
     x = np.array([["abc", "héllo", ""]], dtype=np.object_)
-    body, headers = infer_body({"x": ("BYTES", x)}, binary_inputs=True)
+    body, headers = infer_body({"x": ("BYTES", x)}, binary_inputs=True, binary_output=binary_out)
     r = httpx.post(f"{served.url}/v2/models/bytes/infer", content=body, headers=headers)
-    _, got, _ = decode_response(r)["y"]
+    _, got, came_binary = decode_response(r)["y"]
+    assert came_binary is binary_out
     assert as_bytes(got) == [b"abc", "héllo".encode(), b""]
+    if not binary_out:
+        assert orjson.loads(r.content)["outputs"][0]["data"] == ["abc", "héllo", ""]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=BYTES_BINARY_INPUT_BUG
-    + "; and once fed as text, onnxruntime's Python API cannot return a tensor(string) "
-    "element that is not UTF-8 (UnicodeDecodeError), so such bytes never round-trip",
-)
-def test_bytes_not_utf8_come_back_unchanged_as_binary(bytes_server: tuple[Path, Served]) -> None:
-    """An identity model over BYTES that are not UTF-8: binary in, binary out, same bytes."""
+def test_bytes_binary_input_not_utf8_is_a_400_naming_the_element(
+    bytes_server: tuple[Path, Served],
+) -> None:
+    """onnxruntime's tensor(string) is text: BYTES that are not UTF-8 cannot reach the model
+    (fed as text they would not round-trip, see the two tests below), so they are refused,
+    naming the input, the element and the byte."""
     _, served = bytes_server
-    raw = [b"\xff\xfe\x00z", b"\x80ok", b"\xc3\x28", b"", b"plain", "é".encode("latin-1")]
+    raw = [b"plain", b"\x80ok", b"\xc3\x28", b"", b"z", "é".encode("latin-1")]
     x = np.array(raw, dtype=np.object_).reshape(2, 3)
     body, headers = infer_body({"x": ("BYTES", x)}, binary_inputs=True, binary_output=True)
     r = httpx.post(f"{served.url}/v2/models/bytes/infer", content=body, headers=headers)
-    _, got, came_binary = decode_response(r)["y"]
-    assert came_binary
-    assert as_bytes(got) == raw
+    assert r.status_code == 400, r.text
+    assert r.json() == {
+        "error": "input 'x': BYTES element 1 is not UTF-8 (invalid start byte at byte 0); "
+        "expected text: the model's tensor(string) carries UTF-8 only"
+    }
+    assert httpx.get(f"{served.url}/v2/health/ready").status_code == 200
+
+
+def test_bytes_output_not_utf8_at_inference_is_a_500_naming_it(tmp_path: Path) -> None:
+    """A model that picks a string from a table holding one element that is not UTF-8: the
+    warm-up picks the good one, so it loads; a request picking the bad one gets a 500 that
+    says why (onnxruntime cannot hand it out), and the server goes on serving."""
+    table = helper.make_tensor("table", TensorProto.STRING, [2], [b"ok", b"\xff\x00z"])
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "i"], ["y"])],
+        "pick",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["N"])],
+        initializer=[table],
+    )
+    path = _save(helper.make_model(graph, opset_imports=OPSET), tmp_path / "pick.onnx")
+    with serve(path) as served:
+        url = f"{served.url}/v2/models/pick/infer"
+        body = {"inputs": [{"name": "i", "datatype": "INT64", "shape": [2], "data": [0, 0]}]}
+        r = httpx.post(url, json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == ["ok", "ok"]
+        body["inputs"][0]["data"] = [0, 1]
+        r = httpx.post(url, json=body)
+        assert r.status_code == 500, r.text
+        error = r.json()["error"]
+        assert error.startswith(
+            "inference failed: the model produced a tensor(string) element that is not UTF-8, "
+            "which onnxruntime cannot hand out ("
+        ), error
+        assert httpx.get(f"{served.url}/v2/health/ready").status_code == 200
+        assert "Traceback" not in served.log_tail()
 
 
 def test_bytes_output_not_utf8_is_a_clear_failure_at_load(tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ import pytest
 import yaml
 from modelservice_operator import rbac
 
+from tests.needs import needed
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "modelservice-operator"
 CRD_NAME = "modelservices.serving.modelservice.io.yaml"
@@ -39,7 +41,7 @@ def helm_binary() -> str | None:
 def _helm() -> str:
     helm = helm_binary()
     if helm is None:
-        pytest.skip(
+        needed(
             f"helm is not built yet: no {ROOT / '.cache/bin/helm'} and none on PATH "
             "(run `make tools`)"
         )
@@ -121,7 +123,7 @@ def test_chart_metadata() -> None:
 
 def test_chart_crd_is_the_top_level_crd() -> None:
     if not TOP_CRD.exists():
-        pytest.skip(
+        needed(
             f"{TOP_CRD.relative_to(ROOT)} not generated yet "
             "(python -m modelservice_operator.crd --write)"
         )
@@ -143,7 +145,10 @@ def test_chart_ships_kopf_peering_crds() -> None:
 
 
 def _validator() -> Any:
-    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the dev extra")
+    try:
+        import jsonschema
+    except ImportError:
+        needed("jsonschema is not installed (it is in the dev extra: make venv)")
     schema = json.loads((CHART / "values.schema.json").read_text())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
@@ -358,7 +363,10 @@ def test_container_args_and_env_are_what_the_operator_cli_expects(
 ) -> None:
     """The chart's flags and env go through `modelservice operator` (cli.kopf_args) unchanged:
     one namespace mode, one liveness endpoint on the probed port, one peering mode."""
-    cli = pytest.importorskip("modelservice_operator.cli", reason="operator extra not installed")
+    try:
+        from modelservice_operator import cli
+    except ImportError as e:
+        needed(f"the operator extra is not installed ({e}): make venv")
     from modelservice_operator.settings import OperatorSettings
 
     deploy = the(documents(*set_args), "Deployment")

@@ -25,6 +25,7 @@ from modelservice_runtime.tools.export import (
 from onnx import numpy_helper
 
 from tests import modelzoo
+from tests.needs import needed
 
 ROOT = Path(__file__).resolve().parents[2]
 _counter = itertools.count()
@@ -252,7 +253,7 @@ def test_tuple_outputs_get_indexed_names(tmp_path: Path) -> None:
 def test_console_script_subprocess(tmp_path: Path) -> None:
     exe = ROOT / ".cache" / "venv" / "bin" / "modelservice"
     if not exe.exists():
-        pytest.skip(f"{exe} not installed")
+        needed(f"the console script {exe} is not installed (make venv)")
     out = tmp_path / "cnn.onnx"
     proc = subprocess.run(
         [str(exe), "export", "tests.modelzoo:cnn", "--input-shape", "1,3,64,64", "-o", str(out)],

@@ -12,10 +12,13 @@ import pwd
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from kopf._core.engines.peering import detect_own_id
 from modelservice_operator.cli import ensure_login_name
+
+from tests.needs import needed
 
 NAME_VARIABLES = ("LOGNAME", "USER", "LNAME", "USERNAME")
 NO_SUCH_UID = 65532
@@ -63,12 +66,32 @@ def _uid_has_entry(uid: int) -> bool:
     return True
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as another uid")
-@pytest.mark.skipif(_uid_has_entry(NO_SUCH_UID), reason=f"uid {NO_SUCH_UID} is in /etc/passwd")
+def _runnable_by_anyone(path: str) -> bool:
+    """Every directory above `path` searchable and the file executable by any uid."""
+    real = Path(path).resolve()
+    return all(d.stat().st_mode & 0o001 for d in real.parents) and bool(real.stat().st_mode & 0o001)
+
+
+def _interpreter_for_another_uid() -> tuple[str, list[str]]:
+    """This interpreter, or (when it lives where other uids cannot reach it, as pyenv's
+    under /root) the system's of the same version, given this one's site-packages."""
+    if _runnable_by_anyone(sys.executable):
+        return sys.executable, []
+    same = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if not (Path(same).is_file() and _runnable_by_anyone(same)):
+        needed(f"an interpreter another uid can run: {sys.executable} is not, nor is {same}")
+    return same, [p for p in sys.path if p.endswith("site-packages")]
+
+
 def test_a_process_of_a_uid_missing_from_passwd_gets_an_identity() -> None:
+    if os.geteuid() != 0:
+        needed("root, to run a process as another uid")
+    if _uid_has_entry(NO_SUCH_UID):
+        needed(f"a uid missing from /etc/passwd, but {NO_SUCH_UID} is in it")
     # The real thing: another process, really running as a uid /etc/passwd lacks, with no
     # login name in its environment (as in the operator image).
-    code = textwrap.dedent(
+    python, site_dirs = _interpreter_for_another_uid()
+    code = f"import site\nfor d in {site_dirs!r}:\n    site.addsitedir(d)\n" + textwrap.dedent(
         """
         from kopf._core.engines.peering import detect_own_id
         from modelservice_operator.cli import ensure_login_name
@@ -83,7 +106,7 @@ def test_a_process_of_a_uid_missing_from_passwd_gets_an_identity() -> None:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent"}
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", code],
+            [python, "-c", code],
             user=NO_SUCH_UID,
             group=NO_SUCH_UID,
             extra_groups=[],
@@ -93,8 +116,8 @@ def test_a_process_of_a_uid_missing_from_passwd_gets_an_identity() -> None:
             text=True,
             timeout=60,
         )
-    except PermissionError as e:  # e.g. an interpreter under /root (pyenv)
-        pytest.skip(f"uid {NO_SUCH_UID} cannot run {sys.executable}: {e}")
+    except PermissionError as e:
+        needed(f"uid {NO_SUCH_UID} cannot run {python}: {e}")
     assert proc.returncode == 0, proc.stderr
     assert f"before: 'getpwuid(): uid not found: {NO_SUCH_UID}'" in proc.stdout, proc.stdout
     assert f"identity: uid{NO_SUCH_UID}@" in proc.stdout, proc.stdout

@@ -89,13 +89,26 @@ def test_bytes_tensors_json_and_binary() -> None:
         }
     )
     req = v2.parse_infer_request(header + blob, str(len(header)))
-    assert req.inputs["s"].tolist() == [b"ab", b"c"]
+    assert req.inputs["s"].tolist() == ["ab", "c"]  # text, as onnxruntime takes it
     out, hlen = v2.build_infer_response(
         "m", "1", {"s": np.array(["ab", "c"], dtype=object)}, binary_output=True
     )
     assert out[hlen:] == blob
     with pytest.raises(BadRequest, match="claims 9 bytes"):
         decode_bytes_tensor(struct.pack("<I", 9) + b"ab", 1, what="input 's'")
+
+
+def test_binary_bytes_are_decoded_as_utf8_and_refused_otherwise() -> None:
+    blob = b"".join(struct.pack("<I", len(b)) + b for b in (b"h\xc3\xa9", b"", b"\xe6\x97\xa5"))
+    got = decode_bytes_tensor(blob, 3, what="input 's'")
+    assert got.tolist() == ["hé", "", "日"] and all(type(x) is str for x in got)
+    bad = struct.pack("<I", 1) + b"a" + struct.pack("<I", 3) + b"a\xc3("
+    with pytest.raises(BadRequest) as e:
+        decode_bytes_tensor(bad, 2, what="input 's'")
+    assert e.value.message == (
+        "input 's': BYTES element 1 is not UTF-8 (invalid continuation byte at byte 1); "
+        "expected text: the model's tensor(string) carries UTF-8 only"
+    )
 
 
 def test_requested_outputs_binary_per_output_and_id_echoed() -> None:

@@ -1,7 +1,10 @@
 """Open Inference Protocol (V2) datatypes <-> numpy and ONNX element types.
 
-BYTES is an object array of `bytes`/`str`; on the wire (binary tensor data extension) each
-element is a 4-byte little-endian length followed by its bytes.
+BYTES is an object array of `str`; on the wire (binary tensor data extension) each element
+is a 4-byte little-endian length followed by its bytes, which must be UTF-8: onnxruntime's
+Python API carries tensor(string) as text only. It str()s any other object it is fed (the
+model would see "b'abc'" for the bytes abc), and it cannot hand out an element that is not
+UTF-8 (UnicodeDecodeError), so binary BYTES are decoded here, where a 400 can name the element.
 """
 
 from __future__ import annotations
@@ -129,7 +132,7 @@ def _first_string(data: Any) -> str | None:
 
 
 def decode_bytes_tensor(buf: memoryview | bytes, count: int, *, what: str) -> np.ndarray:
-    """Parse `count` length-prefixed elements that must fill `buf` exactly."""
+    """Parse `count` length-prefixed UTF-8 elements that must fill `buf` exactly, as `str`."""
     mv = memoryview(buf)
     if count * 4 > len(mv):  # checked before allocating: a lying shape must not cost memory
         raise BadRequest(
@@ -150,7 +153,13 @@ def decode_bytes_tensor(buf: memoryview | bytes, count: int, *, what: str) -> np
             raise BadRequest(
                 f"{what}: BYTES element {i} claims {n} bytes but only {end - pos} remain"
             )
-        out[i] = bytes(mv[pos : pos + n])
+        try:
+            out[i] = str(mv[pos : pos + n], "utf-8")
+        except UnicodeDecodeError as e:
+            raise BadRequest(
+                f"{what}: BYTES element {i} is not UTF-8 ({e.reason} at byte {e.start}); "
+                "expected text: the model's tensor(string) carries UTF-8 only"
+            ) from None
         pos += n
     if pos != end:
         raise BadRequest(

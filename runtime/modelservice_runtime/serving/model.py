@@ -252,6 +252,11 @@ class OnnxModel:
             results = self.session.run(self.output_names, feeds)
         except self._ort.capi.onnxruntime_pybind11_state.InvalidArgument as e:
             raise BadRequest(f"the model rejected the input: {e}") from e
+        except UnicodeDecodeError as e:  # onnxruntime hands tensor(string) out as str only
+            raise InferenceFailed(
+                "inference failed: the model produced a tensor(string) element that is not "
+                f"UTF-8, which onnxruntime cannot hand out ({e})"
+            ) from e
         except Exception as e:
             raise InferenceFailed(f"inference failed: {e}") from e
         return dict(zip(self.output_names, results, strict=True))
