@@ -336,3 +336,47 @@ def test_a_body_that_is_not_a_status_is_kept_as_the_message() -> None:
         False,
     )
     assert _api_error(500, "", None).message == ""
+
+
+def test_the_namespace_handler_purges_only_a_namespace_that_is_gone() -> None:
+    """handlers.namespace_event on kopf's own indexers: a namespace still Terminating with
+    content (kopf still watches it) keeps its entries; gone, they and its pod-failure
+    memory go, and another namespace's stay."""
+    import asyncio
+    import logging
+
+    bodies = [_msvc("gone", "a", "u1"), _msvc("kept", "a", "u2")]
+    msvcs = _index_with_kopf(
+        [(b, handlers.msvc_by_name(body=b, name="a", namespace=b["metadata"]["namespace"]))
+         for b in bodies]
+    )  # fmt: skip
+    empty = [OperatorIndexer() for _ in range(3)]
+    handlers._reported[("gone", "a", "u1")] = ("ModelFetchFailed", "x")
+    handlers._reported[("kept", "a", "u2")] = ("ModelFetchFailed", "x")
+
+    def event(event_type: str, body: dict[str, Any]) -> None:
+        asyncio.run(
+            handlers.namespace_event(  # type: ignore[call-arg]
+                body={**body, "metadata": {**body["metadata"], "name": "gone"}},
+                type=event_type,
+                msvc_by_name=msvcs.index,
+                deployment_by_name=empty[0].index,
+                hpa_by_name=empty[1].index,
+                pods_by_owner=empty[2].index,
+                logger=logging.getLogger(__name__),
+            )
+        )
+
+    try:
+        remaining = copy.deepcopy(CONDITIONS_FALSE)
+        remaining[1]["status"] = "True"
+        event("MODIFIED", _namespace(True, remaining))
+        assert sorted(msvcs.index) == [("gone", "a"), ("kept", "a")]
+        event("MODIFIED", _namespace(True, CONDITIONS_FALSE))
+        assert list(msvcs.index) == [("kept", "a")]
+        assert ("gone", "a", "u1") not in handlers._reported
+        assert ("kept", "a", "u2") in handlers._reported
+        event("DELETED", _namespace(True, CONDITIONS_FALSE))  # again: nothing left to drop
+        assert list(msvcs.index) == [("kept", "a")]
+    finally:
+        handlers._reported.clear()
