@@ -181,10 +181,10 @@ def pods_by_owner(
 
 
 def _identity(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The indexed object's own namespace, name and uid: kopf's key for its index entries,
-    kept in every entry so that `purge_namespace` can drop them."""
+    """The indexed object's own namespace, name and uid (kopf's key for its index entries)
+    and creation time, kept in every entry so that `purge_namespace` can drop them."""
     meta = body.get("metadata") or {}
-    return {k: meta.get(k) for k in ("namespace", "name", "uid")}
+    return {k: meta.get(k) for k in ("namespace", "name", "uid", "creationTimestamp")}
 
 
 def namespace_gone(event_type: str | None, body: Mapping[str, Any]) -> bool:
@@ -203,8 +203,12 @@ def namespace_gone(event_type: str | None, body: Mapping[str, Any]) -> bool:
     )
 
 
-def purge_namespace(index: kopf.Index, namespace: str) -> int:
+def purge_namespace(index: kopf.Index, namespace: str, deleted_at: str | None = None) -> int:
     """Drop every entry of `namespace` from a kopf index; returns how many were dropped.
+
+    `deleted_at` (the namespace's deletionTimestamp) keeps what was created at or after it:
+    nothing can be created in a terminating namespace, so those belong to a namesake
+    namespace created since (whose events this handler may see before the old one's last).
 
     kopf has no public way to remove entries: it drops an object's entries when the object's
     DELETED event is processed, keyed by the object's (namespace, name, uid), through
@@ -217,6 +221,7 @@ def purge_namespace(index: kopf.Index, namespace: str) -> int:
         for key in list(index)
         if isinstance(key, tuple) and key[0] == namespace
         for entry in index[key]
+        if not (deleted_at and (entry["metadata"].get("creationTimestamp") or "") >= deleted_at)
     }
     for acckey in stale:
         index._discard(acckey)  # type: ignore[attr-defined]
@@ -241,6 +246,7 @@ def _snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
             "name": meta.get("name"),
             "namespace": meta.get("namespace"),
             "uid": meta.get("uid"),
+            "creationTimestamp": meta.get("creationTimestamp"),
             "generation": meta.get("generation"),
             "labels": dict(meta.get("labels") or {}),
             "deletionTimestamp": meta.get("deletionTimestamp"),
@@ -798,9 +804,10 @@ async def namespace_event(
     Async: kopf mutates its indexes on the event loop, and so does this."""
     if not namespace_gone(type, body):
         return
-    namespace = str((body.get("metadata") or {}).get("name"))
+    meta = body.get("metadata") or {}
+    namespace, deleted_at = str(meta.get("name")), meta.get("deletionTimestamp")
     dropped = {
-        what: purge_namespace(index, namespace)
+        what: purge_namespace(index, namespace, deleted_at)
         for what, index in (
             ("ModelServices", msvc_by_name),
             ("Deployments", deployment_by_name),

@@ -278,6 +278,21 @@ def test_purging_a_namespace_drops_its_entries_and_only_those_from_kopfs_index()
     assert len(msvcs.index) == 0
 
 
+def test_a_namesake_namespace_created_since_keeps_its_entries() -> None:
+    """Deleted and created again under the same name: the old incarnation's last event may
+    be handled after the new one's objects are indexed. Nothing can be created in a
+    terminating namespace, so what was created at or after its deletionTimestamp stays."""
+    old, new = _msvc("ns", "a", "u1"), _msvc("ns", "a", "u2")
+    old["metadata"]["creationTimestamp"] = "2026-12-02T10:00:00Z"
+    new["metadata"]["creationTimestamp"] = "2026-12-02T10:05:00Z"
+    msvcs = _index_with_kopf(
+        [(b, handlers.msvc_by_name(body=b, name="a", namespace="ns")) for b in (old, new)]
+    )
+    assert purge_namespace(msvcs.index, "ns", deleted_at="2026-12-02T10:04:59Z") == 1
+    assert [e["metadata"]["uid"] for e in msvcs.index[("ns", "a")]] == ["u2"]
+    assert purge_namespace(msvcs.index, "ns") == 1  # no deletion time: everything of it
+
+
 def test_every_index_entry_carries_kopfs_key_of_its_object() -> None:
     dep = {"metadata": {"namespace": "ns", "name": "demo", "uid": "d1", "generation": 2},
            "spec": {"replicas": 1}, "status": {}}  # fmt: skip
