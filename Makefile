@@ -74,8 +74,9 @@ demo: venv tools host-deps ## the main job end to end on the local control plane
 bench: venv tools ## benchmarks side by side with peers -> docs/benchmarks.md
 	$(PY) bench/run.py
 
-soak: venv ## longer reliability runs -> docs/reliability.md
+soak: venv ## longer reliability runs -> .cache/soak/results.json, then docs/reliability.md
 	$(PY) -m pytest tests -m soak -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m tests.soak_report
 
 # --- The Docker / kind path (needs a Docker engine; not available on CI machines) ---
 KIND_CLUSTER ?= modelservice

@@ -14,6 +14,10 @@
   (closing the race between the reconcile's status write and the children's last event).
 - One exception to "no polling": while a pod fetches or loads its model, a thread reads
   its last log line every PROGRESS_INTERVAL_S for the status message (a log is no event).
+- A watched namespace deleted: its entries are dropped from every index (kopf stops the
+  namespace's watch streams as the namespace goes, so the DELETED events of what was in it
+  may never be delivered, and kopf keeps their index entries for good; see
+  `namespace_event`).
 - No finalizers (no timers, no mandatory delete handler): children go by garbage collection,
   and deleting a ModelService never waits for the operator.
 - Invalid spec: status Ready=False/InvalidSpec naming the field, a Warning event, and
@@ -26,7 +30,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +107,10 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.posting.level = logging.WARNING
     # kopf logs each handler call that succeeds: for the watch-event handlers that was 4 in
     # 5 lines of the log (12,500 of 15,500 for 1000 ModelServices), all saying nothing.
-    quiet = (modelservice_event, deployment_event, hpa_event, service_event, pdb_event, pod_event)
+    quiet = (
+        modelservice_event, deployment_event, hpa_event, service_event, pdb_event, pod_event,
+        namespace_event,
+    )  # fmt: skip
     logging.getLogger("kopf.objects").addFilter(QuietSuccesses(h.__name__ for h in quiet))
     # Recover from a restarted or unreachable API server instead of hanging on a watch.
     # (a watch silently cut off is dropped after client_timeout and re-established).
@@ -150,9 +157,10 @@ def deployment_by_name(
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """(namespace, name) -> what status needs of an owned Deployment, so that status checks
     read the watch's latest copy instead of GETting it."""
+    meta = body.get("metadata") or {}
     return {
         (namespace, name): {
-            "metadata": {"generation": body.get("metadata", {}).get("generation")},
+            "metadata": {**_identity(body), "generation": meta.get("generation")},
             "spec": {"replicas": body.get("spec", {}).get("replicas")},
             "status": _clean(body.get("status") or {}),
         }
@@ -164,7 +172,9 @@ def hpa_by_name(
     body: kopf.Body, name: str, namespace: str, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """(namespace, name) -> the status of an owned HPA (see deployment_by_name)."""
-    return {(namespace, name): {"status": _clean(body.get("status") or {})}}
+    return {
+        (namespace, name): {"metadata": _identity(body), "status": _clean(body.get("status") or {})}
+    }
 
 
 @kopf.index("v1", "pods", labels=CHILD_LABELS)
@@ -177,7 +187,57 @@ def pods_by_owner(
     instance = ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_INSTANCE)
     if not instance:
         return {}
-    return {(namespace, instance): pod_essentials(body)}
+    pod = pod_essentials(body)
+    pod["metadata"].update(_identity(body))
+    return {(namespace, instance): pod}
+
+
+def _identity(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The indexed object's own namespace, name and uid (kopf's key for its index entries)
+    and creation time, kept in every entry so that `purge_namespace` can drop them."""
+    meta = body.get("metadata") or {}
+    return {k: meta.get(k) for k in ("namespace", "name", "uid", "creationTimestamp")}
+
+
+def namespace_gone(event_type: str | None, body: Mapping[str, Any]) -> bool:
+    """The namespace is deleted, or kopf takes it for deleted and stops its watch streams:
+    marked for deletion, with deletion conditions in its status and none of them True
+    (kopf's observation.is_deleted/get_blockers, 1.45). From then on no event of what was in
+    it is sure to arrive."""
+    if event_type == "DELETED":
+        return True
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    conditions = status.get("conditions") or []
+    return bool(
+        meta.get("deletionTimestamp")
+        and conditions
+        and not any(c.get("status") == "True" for c in conditions)
+    )
+
+
+def purge_namespace(index: kopf.Index, namespace: str, deleted_at: str | None = None) -> int:
+    """Drop every entry of `namespace` from a kopf index; returns how many were dropped.
+
+    `deleted_at` (the namespace's deletionTimestamp) keeps what was created at or after it:
+    nothing can be created in a terminating namespace, so those belong to a namesake
+    namespace created since (whose events this handler may see before the old one's last).
+
+    kopf has no public way to remove entries: it drops an object's entries when the object's
+    DELETED event is processed, keyed by the object's (namespace, name, uid), through
+    Index._discard ("indexers' internal protocol"). That is what this calls, with the same
+    keys (`_identity` of each entry); tests/unit/test_operator_decisions.py pins it against
+    kopf's own Index so that a kopf upgrade that changes it fails there. Runs on the event
+    loop (an async handler), where kopf itself mutates the indexes."""
+    stale = {
+        (namespace, entry["metadata"]["name"], entry["metadata"]["uid"])
+        for key in list(index)
+        if isinstance(key, tuple) and key[0] == namespace
+        for entry in index[key]
+        if not (deleted_at and (entry["metadata"].get("creationTimestamp") or "") >= deleted_at)
+    }
+    for acckey in stale:
+        index._discard(acckey)  # type: ignore[attr-defined]
+    return len(stale)
 
 
 def _indexed(index: kopf.Index, namespace: str, name: str) -> dict[str, Any] | None:
@@ -198,6 +258,7 @@ def _snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
             "name": meta.get("name"),
             "namespace": meta.get("namespace"),
             "uid": meta.get("uid"),
+            "creationTimestamp": meta.get("creationTimestamp"),
             "generation": meta.get("generation"),
             "labels": dict(meta.get("labels") or {}),
             "deletionTimestamp": meta.get("deletionTimestamp"),
@@ -403,14 +464,35 @@ def _apply(child: Mapping[str, Any]) -> dict[str, Any]:
         ) from e
 
 
+def managed_by_us(obj: Mapping[str, Any] | None) -> bool:
+    """The object carries our managed-by label: the operator may delete it. An object of
+    the same name that someone else made (or absent) is never ours to delete."""
+    labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+    return labels.get(LABEL_MANAGED_BY) == FIELD_MANAGER
+
+
+def may_have_hpa(indexed: bool, old: Mapping[str, Any] | None) -> bool:
+    """Whether a reconcile must look for a stale HPA of ours to remove: one is in the index,
+    or (created moments ago, not indexed yet) the previous spec autoscaled. Otherwise none
+    of ours exists and the GET is saved (1000 reconciles at once are API-bound)."""
+    return indexed or bool(((old or {}).get("spec") or {}).get("autoscaling"))
+
+
+def failure_is_the_specs(e: ReconcileError) -> bool:
+    """The API server refused a child built from passed-through fields (tolerations,
+    affinity, metrics, behavior, env) as invalid (400, 422): the spec is at fault and a retry
+    cannot help (PermanentError, InvalidSpec). Anything else (unreachable, 5xx, 409, 403 of a
+    terminating namespace) may pass: TemporaryError."""
+    cause = e.__cause__
+    return isinstance(cause, KubeApiError) and cause.status in (400, 422)
+
+
 def _remove_stale_hpa(namespace: str, name: str) -> bool:
     """Delete the HPA we created earlier when autoscaling was removed from the spec."""
     kube = client()
     try:
         hpa = kube.get("HorizontalPodAutoscaler", namespace, name)
-        if hpa is None or (hpa["metadata"].get("labels") or {}).get(LABEL_MANAGED_BY) != (
-            FIELD_MANAGER
-        ):
+        if not managed_by_us(hpa):
             return False  # absent, or not ours: never delete what we did not create
         return kube.delete("HorizontalPodAutoscaler", namespace, name)
     except KubeApiError as e:
@@ -485,11 +567,7 @@ def reconcile_modelservice(
 ) -> None:
     trigger = str(reason.value if hasattr(reason, "value") else reason)
     snapshot = _snapshot(body)
-    # One GET fewer per reconcile (1000 at once is API-bound): an HPA of ours is in the
-    # index, or, if created moments ago and not indexed yet, the old spec autoscaled.
-    may_have_hpa = bool(hpa_by_name.get((namespace, name))) or bool(
-        ((old or {}).get("spec") or {}).get("autoscaling")
-    )
+    hpa_maybe = may_have_hpa(bool(hpa_by_name.get((namespace, name))), old)
     with m.timed(trigger):
         try:
             spec = parse_spec(snapshot["spec"], name)
@@ -507,17 +585,14 @@ def reconcile_modelservice(
                 snapshot,
                 spec,
                 logger,
-                may_have_hpa=may_have_hpa,
+                may_have_hpa=hpa_maybe,
                 pods=pods_by_owner.get((namespace, name), []),
             )
         except ReconcileError as e:
             m.RECONCILES.labels(trigger, "error").inc()
             m.ERRORS.labels("ApiError").inc()
             kopf.warn(body, reason="ReconcileFailed", message=str(e))
-            cause = e.__cause__
-            if isinstance(cause, KubeApiError) and cause.status in (400, 422):
-                # The API server refused a child built from passed-through fields
-                # (tolerations, affinity, metrics, behavior, env): the spec is at fault.
+            if failure_is_the_specs(e):
                 patch.status.update(invalid_status(
                     message=f"refused by the API server: {e}",
                     generation=snapshot["metadata"]["generation"], previous=snapshot["status"],
@@ -583,6 +658,20 @@ def contains(live: Any, want: Any) -> bool:
     return live == want or str(live) == str(want)
 
 
+def drift(
+    child: Mapping[str, Any], event_type: str | None, wanted: Mapping[str, Any] | None
+) -> str | None:
+    """What happened to a child behind the operator's back: "deleted", "edited" (a field
+    of `wanted` is missing or different), or None (as rendered; fields others added do not
+    count, see `contains`). A child the spec does not render (an HPA while autoscaling is
+    off) is never drift: the reconcile removes it."""
+    if wanted is None:
+        return None
+    if event_type == "DELETED":
+        return "deleted"
+    return None if contains(child, wanted) else "edited"
+
+
 def repair_drift(
     child: Mapping[str, Any],
     event_type: str | None,
@@ -603,11 +692,8 @@ def repair_drift(
         return None
     kind = child.get("kind")
     wanted = next((c for c in desired_children(owner, spec) if c["kind"] == kind), None)
-    if wanted is None:
-        return owner  # e.g. an HPA while autoscaling is off: reconcile removes it
-    deleted = event_type == "DELETED"
-    if deleted or not contains(child, wanted):
-        what = "deleted" if deleted else "edited"
+    what = drift(child, event_type, wanted)
+    if wanted is not None and what is not None:
         try:
             _apply(wanted)
         except ReconcileError as e:
@@ -625,6 +711,42 @@ def repair_drift(
             "operator; restored it from the ModelService spec",
         )
     return owner
+
+
+def children_status(
+    owner: Mapping[str, Any],
+    deployment: Mapping[str, Any] | None,
+    hpa: Mapping[str, Any] | None,
+    pods: Iterable[Mapping[str, Any]],
+    progress: Callable[[PodDiagnosis | None], PodDiagnosis | None] = lambda found: found,
+) -> tuple[dict[str, Any], PodDiagnosis | None] | None:
+    """The owner's status as its children make it, at the generation the reconcile last
+    observed; None where the children have no say: before the first reconcile (no
+    observedGeneration), over a refused spec's status, or when the spec does not parse.
+    `progress` may add what is known of a starting pod (its last log line) to the diagnosis."""
+    meta = owner["metadata"]
+    previous = owner.get("status") or {}
+    generation = previous.get("observedGeneration")
+    if generation is None or refused(previous):
+        return None
+    try:
+        spec = parse_spec(owner["spec"], meta["name"])
+    except InvalidSpec:
+        return None
+    diagnosis = progress(diagnose_pods(pods, spec))
+    status = compute_status(
+        name=meta["name"], namespace=meta["namespace"], generation=generation, spec=spec,
+        deployment=deployment, hpa=hpa, previous=previous, diagnosis=diagnosis,
+    )  # fmt: skip
+    return status, diagnosis
+
+
+def status_update(previous: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The status patch a child event makes: `status` less observedGeneration (the
+    reconcile's alone), or None when every field already has that value (no write, no
+    watch event, no loop)."""
+    update = {k: v for k, v in status.items() if k != "observedGeneration"}
+    return None if all(previous.get(k) == v for k, v in update.items()) else update
 
 
 def refresh_status(
@@ -645,32 +767,34 @@ def refresh_status(
     A Failed phase from the pods is the children's own: it goes when they recover.
     """
     meta = owner["metadata"]
-    previous = owner.get("status") or {}
-    generation = previous.get("observedGeneration")
-    if generation is None or refused(previous):
-        return
-    try:
-        spec = parse_spec(owner["spec"], meta["name"])
-    except InvalidSpec:
-        return
     pods = list(pods)
-    found = diagnose_pods(pods, spec)
-    _track_start(owner, deployment, hpa, pods, found)
-    diagnosis = _with_known_progress(meta["namespace"], meta["name"], found)
-    status = compute_status(
-        name=meta["name"], namespace=meta["namespace"], generation=generation, spec=spec,
-        deployment=deployment, hpa=hpa, previous=previous, diagnosis=diagnosis,
-    )  # fmt: skip
+
+    def known_progress(found: PodDiagnosis | None) -> PodDiagnosis | None:
+        _track_start(owner, deployment, hpa, pods, found)
+        return _with_known_progress(meta["namespace"], meta["name"], found)
+
+    recomputed = children_status(owner, deployment, hpa, pods, known_progress)
+    if recomputed is None:
+        return
+    status, diagnosis = recomputed
     if report:
         report_pod_failure(owner, status, diagnosis)
-    del status["observedGeneration"]
-    if all(previous.get(k) == v for k, v in status.items()):
+    update = status_update(owner.get("status") or {}, status)
+    if update is None:
         return
+    status = update
     try:
         client().patch_status(meta["namespace"], meta["name"], status)
     except KubeApiError as e:
         if e.status != 404:
             logger.warning("could not update status of %s: %s", meta["name"], e)
+
+
+def children_may_update(owner: Mapping[str, Any]) -> bool:
+    """A ModelService event re-checks the status against the children only when the
+    reconcile has written one (a phase) and the object is not being deleted."""
+    meta = owner.get("metadata") or {}
+    return not meta.get("deletionTimestamp") and bool((owner.get("status") or {}).get("phase"))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -691,7 +815,7 @@ def modelservice_event(
         return
     owner = _snapshot(body)
     meta = owner["metadata"]
-    if meta.get("deletionTimestamp") or not (owner.get("status") or {}).get("phase"):
+    if not children_may_update(owner):
         return
     dep = _indexed(deployment_by_name, meta["namespace"], meta["name"])
     hpa = None
@@ -785,6 +909,59 @@ def pod_event(
     dep = _indexed(deployment_by_name, namespace, instance)
     hpa = _indexed(hpa_by_name, namespace, instance) if owner["spec"].get("autoscaling") else None
     refresh_status(owner, dep, hpa, pods_by_owner.get((namespace, instance), []), logger)
+
+
+@kopf.on.event("v1", "namespaces")
+async def namespace_event(
+    body: kopf.Body,
+    type: str | None,
+    msvc_by_name: kopf.Index,
+    deployment_by_name: kopf.Index,
+    hpa_by_name: kopf.Index,
+    pods_by_owner: kopf.Index,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """A namespace going: drop what the indexes hold of it.
+
+    kopf (1.45) stops a namespace's watch streams as soon as it takes the namespace for
+    deleted (`namespace_gone`), cancelling events still in flight on them and giving the
+    per-object workers 2 s (queueing.exit_timeout) to finish; DELETED events of the
+    ModelServices and children in it that had not been processed by then never reach the
+    indexes, and kopf never drops index entries of a namespace it stops watching. Those
+    entries stayed for good (the /healthz count, and owners that no longer exist for child
+    handlers; a re-created namesake namespace would have had two owners of one name).
+    Purged when kopf stops the streams and again on the namespace's DELETED event (an
+    old event a finishing worker processed in between may have re-indexed something).
+    Async: kopf mutates its indexes on the event loop, and so does this."""
+    if not namespace_gone(type, body):
+        return
+    meta = body.get("metadata") or {}
+    namespace, deleted_at = str(meta.get("name")), meta.get("deletionTimestamp")
+    dropped = {
+        what: purge_namespace(index, namespace, deleted_at)
+        for what, index in (
+            ("ModelServices", msvc_by_name),
+            ("Deployments", deployment_by_name),
+            ("HPAs", hpa_by_name),
+            ("pods", pods_by_owner),
+        )
+    }
+    with _reported_lock:
+        for key in [k for k in _reported if k[0] == namespace]:
+            del _reported[key]
+    with _progress_lock:  # nor read the logs of its starting pods any more
+        for key in [k for k in _starting if k[0] == namespace]:
+            del _starting[key]
+        for key in [k for k in _progress if k[0] == namespace]:
+            del _progress[key]
+    if any(dropped.values()):
+        logger.info(
+            "namespace %s is gone: dropped from the operator's indexes what its watch did not "
+            "report deleted: %s",
+            namespace,
+            ", ".join(f"{n} {what}" for what, n in dropped.items() if n),
+        )
 
 
 def _clean(value: Any) -> Any:

@@ -1,11 +1,13 @@
 """The Docker/kind path end to end: a kind cluster from kind-config.yaml, both images built and
 loaded, `helm install` of the chart, examples/cpu-autoscaled.yaml applied (its model URI
 pointed at the test CNN, served from a ConfigMap inside the cluster), Ready, and a real KServe V2
-inference request through the model's Service (kubectl port-forward).
+inference request through the model's Service (kubectl port-forward) whose answer matches
+onnxruntime's in this process on the same (normalized) input.
 
-Needs Docker, kind, helm and kubectl; skipped, saying which is missing, where they are not (the
-CI machines have no Docker engine). `make e2e-kind` creates the cluster, builds, loads and
-deploys first; run alone, this test does those steps itself and reuses what already exists.
+Needs Docker and kind: skipped, saying which is missing, where they are not (the CI machines
+refuse the privileged containers kind runs). helm and kubectl come from `make tools`.
+`make e2e-kind` creates the cluster, builds, loads and deploys first; run alone, this test
+does those steps itself (reusing a kind cluster that exists, building both images every time).
 Env: KIND_CLUSTER (default modelservice), RUNTIME_IMAGE / OPERATOR_IMAGE (default
 modelservice-runtime:dev / modelservice-operator:dev), KEEP_KIND_CLUSTER=1 to keep a cluster
 this test created.
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -94,10 +97,6 @@ class Kind:
         return _run(self.tools["helm"], "--kubeconfig", str(self.kubeconfig), *args)
 
 
-def _image_exists(docker: str, image: str) -> bool:
-    return subprocess.run([docker, "image", "inspect", image], capture_output=True).returncode == 0
-
-
 @pytest.fixture(scope="module")
 def kind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kind]:
     tools = _requirements()
@@ -118,21 +117,16 @@ def kind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kind]:
     kubeconfig = tmp_path_factory.mktemp("kind") / "kubeconfig"
     kubeconfig.write_text(_run(tools["kind"], "get", "kubeconfig", "--name", CLUSTER))
     try:
+        # Always built: an image left from an older checkout under the same tag would test
+        # stale code (docker's layer cache keeps a rebuild of unchanged sources quick).
         for image, dockerfile in (
             (RUNTIME_IMAGE, "runtime/Dockerfile"),
             (OPERATOR_IMAGE, "operator/Dockerfile"),
         ):
-            if not _image_exists(tools["docker"], image):
-                _run(
-                    tools["docker"],
-                    "build",
-                    "-f",
-                    str(ROOT / dockerfile),
-                    "-t",
-                    image,
-                    str(ROOT),
-                    timeout=1800,
-                )
+            _run(
+                tools["docker"], "build", "-f", str(ROOT / dockerfile), "-t", image, str(ROOT),
+                timeout=1800,
+            )  # fmt: skip
         _run(
             tools["kind"], "load", "docker-image", "--name", CLUSTER, RUNTIME_IMAGE, OPERATOR_IMAGE
         )
@@ -191,12 +185,40 @@ def _wait_for_port(port: int, proc: subprocess.Popen[str], deadline: float) -> N
     pytest.fail(f"kubectl port-forward did not open 127.0.0.1:{port} within its deadline")
 
 
-def _zeros(shape: list[int]) -> tuple[list[int], list[float]]:
-    concrete = [1 if d < 0 else d for d in shape]
-    size = 1
-    for d in concrete:
-        size *= d
-    return concrete, [0.0] * size
+def v2_request(inputs: list[dict[str, Any]], x: np.ndarray) -> dict[str, Any]:
+    """A V2 JSON request feeding `x` to the model's first input (as its metadata names it)."""
+    first = inputs[0]
+    return {
+        "inputs": [
+            {
+                "name": first["name"],
+                "shape": list(x.shape),
+                "datatype": first["datatype"],
+                "data": x.ravel().tolist(),
+            }
+        ]
+    }
+
+
+def example_input(shape: list[int], seed: int = 0) -> np.ndarray:
+    """Values that are not all alike (zeros hide a model that ignores its input), batch 2
+    where the batch axis is dynamic."""
+    concrete = [2 if d < 0 else d for d in shape]
+    return np.random.default_rng(seed).uniform(0, 1, concrete).astype(np.float32)
+
+
+def expected_output(model: Path, x: np.ndarray, normalize: dict[str, list[float]] | None) -> Any:
+    """What onnxruntime answers in this process for `x`, normalized per channel (axis 1) as
+    the runtime does for spec.runtime.normalize: (x - mean) / std."""
+    import onnxruntime as ort
+
+    if normalize:
+        axes = (1, -1) + (1,) * (x.ndim - 2)
+        mean = np.asarray(normalize["mean"], np.float32).reshape(axes)
+        std = np.asarray(normalize["std"], np.float32).reshape(axes)
+        x = ((x - mean) / std).astype(np.float32)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
 def _serve_model_in_cluster(kind: Kind, ns: str, model: Path) -> str:
@@ -321,22 +343,14 @@ def test_example_becomes_ready_and_answers_a_v2_request(operator: Kind, cnn_onnx
             with httpx.Client(base_url=base, timeout=30) as client:
                 assert client.get("/v2/health/ready").status_code == 200
                 meta = client.get(f"/v2/models/{model}").json()
-                first = meta["inputs"][0]
-                shape, data = _zeros(first["shape"])
-                body = {
-                    "inputs": [
-                        {
-                            "name": first["name"],
-                            "shape": shape,
-                            "datatype": first["datatype"],
-                            "data": data,
-                        }
-                    ]
-                }
-                reply = client.post(f"/v2/models/{model}/infer", json=body)
+                x = example_input(meta["inputs"][0]["shape"])
+                reply = client.post(f"/v2/models/{model}/infer", json=v2_request(meta["inputs"], x))
                 assert reply.status_code == 200, reply.text
-                outputs = reply.json()["outputs"]
-                assert outputs and outputs[0]["data"], outputs
+                (out,) = reply.json()["outputs"]
+                want = expected_output(cnn_onnx, x, manifest["spec"]["runtime"].get("normalize"))
+                assert (out["datatype"], out["shape"]) == ("FP32", list(want.shape)), out
+                got = np.asarray(out["data"], np.float32).reshape(want.shape)
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
         finally:
             forward.terminate()
             forward.wait(timeout=10)

@@ -1,6 +1,7 @@
 """Soak (`make soak`, marker `soak`): sustained load at capacity on the MLP, zero errors,
-and a server RSS that stops growing after warm-up. Writes its figures to the runtime
-section of docs/reliability.md.
+and a server RSS that stops growing after warm-up. Writes its figures to
+.cache/soak/results.json (tests/soak_report.py); `make soak` then puts them in the runtime
+section of docs/reliability.md (a test never writes a tracked file).
 
 Load: wrk (C, so the client takes little of the CPU the server needs) when installed, else
 a bounded httpx async client; closed loop, CONNECTIONS connections on 127.0.0.1, each
@@ -29,12 +30,10 @@ import orjson
 import pytest
 
 from tests.integration.runtime_server import Served, binary_body, serve
+from tests.soak_report import write_results
 
 pytestmark = pytest.mark.soak
 
-REPO = Path(__file__).resolve().parents[2]
-REPORT = REPO / "docs" / "reliability.md"
-BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 CONNECTIONS = 16
 WARMUP_FRACTION = 0.25  # RSS is compared only after this share of the run
 RSS_GROWTH_BOUND = 24 * 1024 * 1024  # bytes, late peak over post-warm-up peak
@@ -215,19 +214,6 @@ def metric(url: str, name: str) -> float:
     )
 
 
-def write_report(rows: list[tuple[str, str]]) -> None:
-    table = "\n".join(
-        ["| measure | value |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)]
-    )
-    block = f"{BEGIN}\n{table}\n{END}"
-    text = REPORT.read_text() if REPORT.exists() else f"# Reliability\n\n{block}\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-    else:
-        text += f"\n{block}\n"
-    REPORT.write_text(text)
-
-
 @pytest.mark.timeout(soak_seconds() + 300)  # pyproject's 600 s would cut long soaks short
 def test_soak_mlp_at_capacity(mlp_onnx: Path, tmp_path: Path) -> None:
     seconds = soak_seconds()
@@ -280,7 +266,7 @@ def run(served: Served, seconds: int, tmp: Path) -> None:
         ("ready afterwards", "yes" if alive else "NO"),
         ("lost", "nothing" if result.errors == 0 and failures == 0 else "SEE ERRORS"),
     ]
-    write_report(rows)
+    write_results(rows)
     assert result.requests > 0, result.detail
     assert result.errors == 0, result.detail
     assert failures == 0
