@@ -543,7 +543,14 @@ def test_deleted_namespace_leaves_the_operator_index(
         apply_list(kctl, ns, [msvc(f"left-{i}", replicas=1) for i in range(LEFT)])
         for i in range(LEFT):
             wait_phase(kctl, ns, f"left-{i}", "Ready")
-        indexed = _indexed_modelservices(modelservice_operator)  # Ready: indexed
+        # kopf caches /healthz for 10 s: wait until the count it shows has the LEFT in it, or
+        # the drop below would be measured from a stale number.
+        wait_until(
+            f"the operator's /healthz 'modelservices' to count the {LEFT} in namespace {ns}",
+            lambda: _indexed_modelservices(modelservice_operator) >= LEFT,
+            timeout=30,
+        )
+        indexed = _indexed_modelservices(modelservice_operator)
         kctl.run("delete", "namespace", ns, "--wait=true", "--timeout=90s", timeout=120)
         wait_until(
             f"the operator's /healthz 'modelservices' to drop from {indexed} to {indexed - LEFT} "
