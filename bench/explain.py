@@ -43,6 +43,7 @@ if str(REPO) not in sys.path:  # `python bench/explain.py` puts bench/, not the 
 import httpx  # noqa: E402
 
 from bench import load, models, servers  # noqa: E402
+from bench.doc_sections import write_section  # noqa: E402
 
 BEGIN, END = "<!-- explain:begin -->", "<!-- explain:end -->"
 METHODS = ("shap", "lime", "occlusion")
@@ -220,18 +221,6 @@ Raw figures: `{result["raw"]}`.
 """
 
 
-def write_section(text: str) -> Path:
-    doc = REPO / "docs" / "benchmarks.md"
-    current = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + text.strip() + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + text
-    doc.write_text(current)
-    return doc
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="mlp,cnn")
@@ -243,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         result = json.loads(Path(args.render).read_text())
         result["notes"] = result.get("notes", []) + args.note
-        print(f"wrote {write_section(render(result))}")
+        print(f"wrote {write_section(render(result), BEGIN, END)}")
         return 0
     load.ensure_wrk()
     out_dir = REPO / ".cache" / "bench"
@@ -285,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = out_dir / f"explain-{now.strftime('%Y%m%dT%H%M%S')}.json"
     result["raw"] = str(raw.relative_to(REPO))
     raw.write_text(json.dumps(result, indent=2))
-    print(f"wrote {raw} and {write_section(render(result))}")
+    print(f"wrote {raw} and {write_section(render(result), BEGIN, END)}")
     return 0
 
 

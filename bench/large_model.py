@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.doc_sections import write_section  # noqa: E402
 from bench.servers import free_port  # noqa: E402
 from tests.extdata import matmul_chain as build_model  # noqa: E402
 
@@ -423,18 +424,6 @@ with one intra-op thread (what each of 2 workers gets here), ms per run:
 """
 
 
-def write_section(text: str) -> Path:
-    doc = REPO / "docs" / "benchmarks.md"
-    current = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + text.strip() + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + text
-    doc.write_text(current)
-    return doc
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gib", type=float, default=2.25, help="size of the large model (> 2)")
@@ -444,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     raw = REPO / ".cache" / "bench" / "large-model.json"
     if args.render:
-        print(write_section(render(json.loads(args.render.read_text()))))
+        print(write_section(render(json.loads(args.render.read_text())), BEGIN, END))
         return 0
     if shutil.which("curl") is None:
         raise SystemExit("bench/large_model.py: needs curl (apt-get install -y curl)")
@@ -464,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(WORK, ignore_errors=True)
     results["loadavg_after"] = f"{os.getloadavg()[0]:.2f}"
     raw.write_text(json.dumps(results, indent=1))
-    print(write_section(render(results)))
+    print(write_section(render(results), BEGIN, END))
     return 0
 
 

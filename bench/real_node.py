@@ -36,6 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import models  # noqa: E402
+from bench.doc_sections import write_section  # noqa: E402
 from bench.load import ensure_wrk, run_wrk  # noqa: E402
 from bench.servers import free_port  # noqa: E402
 from tests.integration import test_real_node as real  # noqa: E402
@@ -190,18 +191,6 @@ Service / direct: **{t["ratio"]:.2f}x** (medians). Everything, wrk included, sha
 """
 
 
-def write_section(text: str) -> Path:
-    doc = REPO / "docs" / "benchmarks.md"
-    current = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + text.strip() + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + text
-    doc.write_text(current)
-    return doc
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
@@ -241,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"when": when, "git": git, "kubelet": kubelet, "startup": startup, "throughput": tp}
     raw = out_dir / f"real-node-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"  # noqa: UP017
     raw.write_text(json.dumps(result, indent=1))
-    doc = write_section(render(result))
+    doc = write_section(render(result), BEGIN, END)
     print(f"wrote {doc} (raw {raw}); Service/direct {tp['ratio']:.2f}x")
     return 0
 

@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.doc_sections import write_section  # noqa: E402
 from tests import external_data  # noqa: E402
 from tests.integration import test_real_node as real  # noqa: E402
 from tests.integration.conftest import (  # noqa: E402
@@ -117,18 +118,6 @@ copies (the emptyDir and the cache are different mounts, so no hardlink). Loadin
 """
 
 
-def write_section(text: str) -> Path:
-    doc = REPO / "docs" / "benchmarks.md"
-    current = doc.read_text()
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + text.strip() + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + text
-    doc.write_text(current)
-    return doc
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--features", type=int, default=8192, help="F: the weights are F x F float32")
@@ -176,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"when": when, "git": git, "features": args.features, "mib": mib, "runs": runs}
     raw = out / f"real-node-cache-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"  # noqa: UP017
     raw.write_text(json.dumps(result, indent=1))
-    doc = write_section(render(result))
+    doc = write_section(render(result), BEGIN, END)
     print(f"wrote {doc} (raw {raw})")
     return 0
 
