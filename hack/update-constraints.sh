@@ -11,7 +11,7 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "${tmp}"' EXIT
 "${PYTHON}" -m venv "${tmp}/venv"
 "${tmp}/venv/bin/pip" install -q --upgrade pip
-"${tmp}/venv/bin/pip" install -q "${ROOT_DIR}[runtime,operator,s3]"
+"${tmp}/venv/bin/pip" install -q "${ROOT_DIR}[runtime,genai,operator,s3]"
 {
   echo "# Pinned versions for the images and the test venv; refresh with \`make constraints\`"
   echo "# (hack/update-constraints.sh), then run \`make test\` before committing."

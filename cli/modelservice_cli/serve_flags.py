@@ -144,6 +144,15 @@ SETTINGS: tuple[Setting, ...] = (
             "divided by: as many values as the mean, none of them zero", operator=True),
     Setting("no_cpu_arena", bool, False, "disable onnxruntime's CPU memory arena"),
     Setting("warmup", bool, True, "run the model once at load, before ready"),
+    Setting("format", str, "auto", "what the model is: onnx (one forward pass a request), "
+            "genai (a language model folder served with onnxruntime-genai and the OpenAI API), "
+            "auto = genai for a folder with genai_config.json", choices=("auto", "onnx", "genai"),
+            operator=True),
+    Setting("generation_batch_size", int, 16, "language models: generations that run together "
+            "in the onnxruntime-genai engine's batch (its KV cache rows); more wait, up to "
+            "--max-queue-size", minimum=1),
+    Setting("max_generated_tokens", int, 0, "language models: the largest max_tokens a request "
+            "may ask for; 0 = the model's context length", minimum=0),
     Setting("auth_token", str, None, "bearer token every request but the health probes and "
             "/metrics must carry", flag=None, operator=True, secret=True),
     Setting("auth_token_file", Path, None, "file holding the bearer token (over "

@@ -13,6 +13,7 @@ Validation errors read as `spec.autoscaling.minReplicas: must be <= maxReplicas 
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -137,6 +138,14 @@ class LocalObjectReference(_Model):
     )
 
 
+class ModelFormat(enum.StrEnum):
+    """What the model is (the runtime's --format)."""
+
+    AUTO = "auto"
+    ONNX = "onnx"
+    GENAI = "genai"
+
+
 class ModelSource(_Model):
     """Where the ONNX model comes from and how to check it."""
 
@@ -171,6 +180,14 @@ class ModelSource(_Model):
         description="Model name served on /v2/models/<name>; defaults to metadata.name.",
         max_length=253,
         pattern=MODEL_NAME_PATTERN,
+    )
+    format: ModelFormat = Field(
+        default=ModelFormat.AUTO,
+        description=describe(
+            "format",
+            "A language model (an onnxruntime-genai folder, e.g. from `modelservice export-llm`,"
+            " given as a directory, s3 prefix or archive uri) is served with the OpenAI API.",
+        ),
     )
     secret_ref: LocalObjectReference | None = Field(
         default=None,
