@@ -75,6 +75,7 @@ class GenaiModel:
         doc = json.loads((folder / GENAI_CONFIG).read_text())
         self.context_length = int(doc["model"]["context_length"])
         self.eos_token_ids = _ids(doc["model"].get("eos_token_id"))
+        self.vocab_size = int(doc["model"]["vocab_size"])
         config = og.Config(str(folder))
         config.overlay(
             json.dumps(
@@ -420,8 +421,12 @@ class GenerationEngine:
         buffer = engine.create_event_buffer(max(64, 4 * self.model.batch_size))
         live: dict[int, tuple[Generation, Any, int]] = {}  # id(og request) -> ...
         by_generation: dict[int, Any] = {}  # id(generation) -> og request
+        # Seeded sampling: the static-batching Engine has no per-request seed (0.18 refuses
+        # one outside its paged mode), so a seeded request runs on its own Generator,
+        # stepped here between the Engine's steps.
+        solo: dict[int, tuple[Generation, Any]] = {}  # id(generation) -> og Generator
         while True:
-            block = not engine.has_pending_requests()
+            block = not (engine.has_pending_requests() or solo)
             reports: list[tuple[Generation, Any]] = []
             while True:
                 try:
@@ -432,7 +437,12 @@ class GenerationEngine:
                 if kind == "stop":
                     return
                 assert generation is not None
-                if kind == "add":
+                if kind == "add" and self._seeded(generation):
+                    try:
+                        solo[id(generation)] = (generation, self._generator(og, generation))
+                    except Exception as e:
+                        reports.append((generation, e))
+                elif kind == "add":
                     try:
                         request = engine.create_request()
                         turn = request.begin_turn(
@@ -443,6 +453,9 @@ class GenerationEngine:
                         continue
                     live[id(request)] = (generation, request, turn)
                     by_generation[id(generation)] = request
+                elif kind == "cancel" and id(generation) in solo:
+                    del solo[id(generation)]
+                    reports.append((generation, "cancelled"))
                 elif kind == "cancel":
                     request = by_generation.pop(id(generation), None)
                     if request is not None:
@@ -481,8 +494,41 @@ class GenerationEngine:
                     live.pop(id(request), None)
                     by_generation.pop(id(generation), None)
                     request.close()
+            for key, (generation, generator) in list(solo.items()):
+                try:
+                    generator.generate_next_token()
+                    token = int(generator.get_next_tokens()[0])
+                except Exception as e:
+                    reports.append((generation, RuntimeError(f"generation failed: {e}")))
+                    del solo[key]
+                    continue
+                reports.append((generation, token))
+                if generator.is_done():
+                    eos = token in self.model.eos_token_ids
+                    reports.append((generation, "stop" if eos else "length"))
+                    del solo[key]
             if reports:
                 self._loop.call_soon_threadsafe(self._report, reports)
+
+    @staticmethod
+    def _seeded(generation: Generation) -> bool:
+        s = generation.sampling
+        return s.seed is not None and not s.greedy
+
+    def _generator(self, og: Any, generation: Generation) -> Any:
+        s = generation.sampling
+        params = og.GeneratorParams(self.model.model)
+        params.set_search_options(
+            do_sample=True,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k or self.model.vocab_size,  # 0: no bound
+            random_seed=s.seed,
+            max_length=len(generation.prompt) + s.max_tokens,
+        )
+        generator = og.Generator(self.model.model, params)
+        generator.append_tokens(_array(generation.prompt))
+        return generator
 
     @staticmethod
     def _options(og: Any, request: Any, generation: Generation) -> Any:
@@ -496,6 +542,4 @@ class GenerationEngine:
             options.set_temperature(s.temperature)
             options.set_top_p(s.top_p)
             options.set_top_k(s.top_k)
-        if s.seed is not None:
-            options.set_seed(s.seed)
         return options
