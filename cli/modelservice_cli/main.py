@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "operator": ("modelservice_operator.cli", "run the Kubernetes operator (kopf)"),
     "demo": (f"{_RUNTIME}.tools.demo", "export, serve and query a model locally"),
+    "explain": (
+        f"{_RUNTIME}.tools.explain",
+        "attributions for one input: a table, or a heat map PNG for an image",
+    ),
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 ENV_PREFIX = "MODELSERVICE_"
 Floats = tuple[float, ...]
+IntPair = tuple[int, int]
 
 
 def parse_floats(text: str) -> Floats:
@@ -35,6 +36,16 @@ def parse_floats(text: str) -> Floats:
     return values
 
 
+def parse_int_pair(text: str) -> IntPair:
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or min(values) < 1:
+        raise ValueError(f"expected two integers >= 1 like 8,8, got {text!r}")
+    return values[0], values[1]
+
+
 def parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -45,8 +56,15 @@ def parse_bool(text: str) -> bool:
 
 
 # The text a flag or variable holds -> its value, and back (what the operator renders).
-_PARSE: dict[Any, Callable[[str], Any]] = {Floats: parse_floats, bool: parse_bool}
-_FORMAT: dict[Any, Callable[[Any], str]] = {Floats: lambda v: ",".join(repr(float(x)) for x in v)}
+_PARSE: dict[Any, Callable[[str], Any]] = {
+    Floats: parse_floats,
+    IntPair: parse_int_pair,
+    bool: parse_bool,
+}
+_FORMAT: dict[Any, Callable[[Any], str]] = {
+    Floats: lambda v: ",".join(repr(float(x)) for x in v),
+    IntPair: lambda v: ",".join(str(int(x)) for x in v),
+}
 
 
 @dataclass(frozen=True)
@@ -54,7 +72,9 @@ class Setting:
     """One setting of `modelservice serve`."""
 
     field: str  # the runtime's Settings field
-    type: Any  # int, float, str, bool, Path or Floats (values are never None but by default)
+    type: (
+        Any  # int, float, str, bool, Path, Floats or IntPair (values are never None but by default)
+    )
     default: Any
     help: str  # what it does, without its default (shown beside it) or its flag
     minimum: float | None = None  # inclusive
@@ -153,6 +173,20 @@ SETTINGS: tuple[Setting, ...] = (
             "--max-queue-size", minimum=1),
     Setting("max_generated_tokens", int, 0, "language models: the largest max_tokens a request "
             "may ask for; 0 = the model's context length", minimum=0),
+    # Explanations (docs/explain.md): the routes, a request's defaults, the cap and the queue.
+    Setting("explain", bool, True, "serve explanations on POST /v1/models/M:explain and "
+            "/v2/models/M/explain; off, they answer 404", operator=True),
+    Setting("explain_method", str, "shap", "explanation method of a request that names none",
+            choices=("shap", "lime", "occlusion"), operator=True),
+    Setting("explain_samples", int, 2048, "perturbed inputs per explanation of a request that "
+            "names no samples (KernelSHAP is exact when all coalitions fit)", minimum=1,
+            operator=True),
+    Setting("explain_max_samples", int, 16384, "most perturbed inputs one explain request may "
+            "make, all its instances together; more get 400", minimum=1),
+    Setting("explain_patch", IntPair, None, "patch H,W that groups image-like inputs (2 or more "
+            "axes) of a request that names no patch; none: an 8x8 grid", operator=True),
+    Setting("explain_max_queue", int, 8, "explain requests waiting for the one explanation "
+            "that runs at a time, before more get 503", minimum=0),
     Setting("auth_token", str, None, "bearer token every request but the health probes and "
             "/metrics must carry", flag=None, operator=True, secret=True),
     Setting("auth_token_file", Path, None, "file holding the bearer token (over "

@@ -167,6 +167,13 @@ def runtime_settings(name: str, spec: ModelServiceSpec) -> dict[str, Any]:
     if rt.normalize is not None:
         values["normalize_mean"] = rt.normalize.mean
         values["normalize_std"] = rt.normalize.std
+    ex = spec.explainer
+    if ex is not None:  # without the block the runtime's own defaults apply
+        values["explain"] = ex.enabled
+        values["explain_method"] = ex.method.value
+        values["explain_samples"] = ex.samples
+        if ex.patch is not None:
+            values["explain_patch"] = tuple(ex.patch)
     return values
 
 

@@ -381,6 +381,41 @@ class RuntimeSpec(_Model):
         return env
 
 
+# --- explanations ---------------------------------------------------------------------------
+
+ExplainMethod = enum.Enum(  # the runtime's choices, from its one table
+    "ExplainMethod", {c: c for c in serve_flags.BY_FIELD["explain_method"].choices}, type=str
+)
+
+
+class ExplainerSpec(_Model):
+    """Explanations from the runtime: POST /v1/models/<name>:explain and
+    /v2/models/<name>/explain (occlusion, KernelSHAP, LIME; docs/explain.md). Without this
+    block they are on with the runtime's defaults."""
+
+    enabled: bool = Field(default=True, description=describe("explain"))
+    method: ExplainMethod = Field(  # type: ignore[valid-type]
+        default=ExplainMethod(serve_flags.BY_FIELD["explain_method"].default),
+        description=describe("explain_method"),
+    )
+    samples: int = Field(
+        default=serve_flags.BY_FIELD["explain_samples"].default,
+        ge=_lowest("explain_samples"),
+        le=serve_flags.BY_FIELD["explain_max_samples"].default,
+        description=describe(
+            "explain_samples",
+            "At most the runtime's cap, MODELSERVICE_EXPLAIN_MAX_SAMPLES (default "
+            f"{serve_flags.BY_FIELD['explain_max_samples'].default}).",
+        ),
+    )
+    patch: list[Annotated[int, Field(ge=1, le=65536)]] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=2,
+        description=describe("explain_patch", "[height, width], e.g. [16, 16]."),
+    )
+
+
 # --- resources, gpu, scaling --------------------------------------------------------------
 
 
@@ -504,6 +539,10 @@ class ModelServiceSpec(_Model):
         description="core/v1 ResourceRequirements of the runtime container.",
     )
     gpu: GpuSpec | None = Field(default=None, description="Request GPUs for each pod.")
+    explainer: ExplainerSpec | None = Field(
+        default=None,
+        description="Explanation defaults, or enabled: false to turn the explain routes off.",
+    )
     replicas: int | None = Field(
         default=None,
         ge=0,

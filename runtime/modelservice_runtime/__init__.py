@@ -7,3 +7,11 @@ runtime image never needs torch.
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# numpy's OpenBLAS threads (used here only by the explanations' least-squares fits) would
+# spin against onnxruntime's pool and the event loop for the same cores: a 2048 x 63 lstsq
+# measured 0.1-1.5 s with its default threads on a busy 2-core machine, 14-36 ms with one.
+# Set before numpy loads (this package is imported first); a user's own setting wins.
+_os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -55,6 +55,17 @@ class _SettingsBase(BaseModel):
             raise ValueError("--normalize-std values must be non-zero")
         return self
 
+    @_model_validator(mode="after")
+    def _explain_samples_capped(self) -> _SettingsBase:
+        """A default of samples given over the cap is an error; the built-in default is
+        held to a lower cap instead (serving/explaining.py)."""
+        samples, cap = self.explain_samples, self.explain_max_samples  # type: ignore[attr-defined]
+        if "explain_samples" in self.model_fields_set and samples > cap:
+            raise ValueError(
+                f"--explain-samples ({samples}) must be <= --explain-max-samples ({cap})"
+            )
+        return self
+
     @property
     def batching(self) -> bool:
         return self.max_batch_size > 1  # type: ignore[attr-defined]

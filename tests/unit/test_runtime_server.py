@@ -54,7 +54,7 @@ def v2_body(x: np.ndarray, **tensor: Any) -> dict[str, Any]:
 def test_health_metadata_and_config(client: TestClient) -> None:
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "explain"]
     meta = client.get("/v2/models/mlp").json()
     assert meta == client.get("/v2/models/mlp/versions/1").json()
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]

@@ -26,6 +26,8 @@ def _other_value(s: Setting) -> Any:
         return not s.default
     if s.type is serve_flags.Floats:
         return (0.5, 0.25, 0.125)
+    if s.type is serve_flags.IntPair:
+        return (4, 2)
     if s.type is Path:
         return Path("/models/other.onnx")
     if s.type is int:
@@ -103,6 +105,7 @@ def _maximal_spec() -> Any:
                 "auth": {"secretRef": {"name": "token"}},
             },
             "gpu": {"count": 1},
+            "explainer": {"enabled": True, "method": "lime", "samples": 99, "patch": [4, 2]},
         },
         "demo",
     )
@@ -126,6 +129,9 @@ def test_the_operator_sets_exactly_the_settings_marked_for_it() -> None:
     assert (got.intra_op_threads, got.inter_op_threads) == (2, 3)
     assert got.execution_provider == "cuda"
     assert got.normalize_mean == (0.5, 0.5, 0.5) and got.normalize_std == (0.25, 0.25, 0.25)
+    assert (got.explain, got.explain_method, got.explain_samples, got.explain_patch) == (
+        True, "lime", 99, (4, 2),
+    )  # fmt: skip
 
 
 def test_spec_fields_passed_on_are_described_and_bounded_by_the_table() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from modelservice_runtime import __version__
 from modelservice_runtime.errors import NotFound, ServiceUnavailable
+from modelservice_runtime.serving import explaining
 from modelservice_runtime.serving.batching import BatchResult, DynamicBatcher
 from modelservice_runtime.serving.metrics import Metrics, ModelMetrics
 from modelservice_runtime.serving.model import OnnxModel
@@ -82,6 +84,7 @@ class DataPlane:
         self.draining = False
         self.load_error: str | None = None
         self.generative: GenerativeEntry | None = None  # a language model, when served
+        self.on_close: list[Callable[[], None]] = []  # what else close() stops (explain threads)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -151,6 +154,8 @@ class DataPlane:
         for entry in self._models.values():
             await entry.batcher.stop()
             entry.executor.shutdown(wait=False, cancel_futures=True)
+        for stop in self.on_close:
+            stop()
 
     # --- health and metadata --------------------------------------------------------------
 
@@ -158,7 +163,8 @@ class DataPlane:
         return (bool(self._models) or self.generative is not None) and not self.draining
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+        extensions = [*EXTENSIONS, *([explaining.EXTENSION] if self.settings.explain else [])]
+        return {"name": SERVER_NAME, "version": __version__, "extensions": extensions}
 
     def names(self) -> list[str]:
         return list(self._models) + ([self.generative.name] if self.generative else [])
@@ -185,13 +191,17 @@ class DataPlane:
         return self.get(self.settings.name)
 
     def model_metadata(self, entry: ModelEntry) -> dict[str, Any]:
-        return {
+        meta: dict[str, Any] = {
             "name": entry.name,
             "versions": [entry.version],
             "platform": PLATFORM,
             "inputs": [s.metadata() for s in entry.model.inputs],
             "outputs": [s.metadata() for s in entry.model.outputs],
         }
+        if self.settings.explain:  # the explain extension and its defaults
+            meta["extensions"] = [explaining.EXTENSION]
+            meta["explain"] = explaining.metadata(self.settings)
+        return meta
 
     def model_config(self, entry: ModelEntry) -> dict[str, Any]:
         """Triton-style config, enough for tritonclient's get_model_config and perf tools."""

@@ -249,8 +249,14 @@ def _is_v2(doc: Any) -> bool:
 
 def route_table(dataplane: DataPlane, metrics: Metrics) -> list[Route]:
     """Every route of the runtime, once."""
+    # Here, not at the top: explain_endpoints.py builds on this module's Reply and Headers.
+    from modelservice_runtime.serving.explain_endpoints import ExplainEndpoints
+    from modelservice_runtime.serving.explaining import ExplainPlane
+
     v2_ = V2Endpoints(dataplane)
     v1_ = V1Endpoints(dataplane, v2_)
+    explain = ExplainEndpoints(dataplane, ExplainPlane(dataplane.settings))
+    dataplane.on_close.append(explain.explainer.close)
 
     async def prometheus(headers: Headers, body: bytes) -> Reply:
         return Reply(200, CONTENT_TYPE, metrics.render())
@@ -269,9 +275,18 @@ def route_table(dataplane: DataPlane, metrics: Metrics) -> list[Route]:
         Route("GET", f"{version}/ready", v2_.model_ready, "v2"),
         Route("POST", f"{model}/infer", v2_.infer, "v2", openapi=_INFER_BODY),
         Route("POST", f"{version}/infer", v2_.infer, "v2", openapi=_INFER_BODY),
+        Route("POST", f"{model}/explain", explain.explain_v2, "explain", openapi=_INFER_BODY),
+        Route("POST", f"{version}/explain", explain.explain_v2, "explain", openapi=_INFER_BODY),
         Route("GET", "/v1/models", v1_.models, "v1"),
         Route("GET", "/v1/models/{model_name}", v1_.model, "v1"),
         Route("POST", "/v1/models/{model_name}:predict", v1_.predict, "v1", openapi=_PREDICT_BODY),
+        Route(
+            "POST",
+            "/v1/models/{model_name}:explain",
+            explain.explain_v1,
+            "explain",
+            openapi=_PREDICT_BODY,
+        ),
         Route("POST", "/predict", v1_.predict_default, "v1", openapi=_INFER_BODY),
         Route("GET", "/metrics", prometheus, "metrics", auth=False),
         *openai_routes(dataplane),

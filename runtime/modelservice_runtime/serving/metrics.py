@@ -34,6 +34,20 @@ _COUNTERS = {
     "nv_inference_compute_infer_duration_us": "Cumulative model compute time per request (us)",
 }
 _PENDING = ("nv_inference_pending_request_count", "Inference requests in flight")
+# Explanations are counted apart from inference (their model rows are not in
+# nv_inference_count): the same shapes under the modelservice_explain_ prefix.
+_EXPLAIN_COUNTERS = {
+    "modelservice_explain_request_success": "Number of successful explain requests",
+    "modelservice_explain_request_failure": "Number of failed explain requests (queue full too)",
+    "modelservice_explain_inference_count": "Model rows run for explanations",
+    "modelservice_explain_exec_count": "Model executions for explanations",
+    "modelservice_explain_request_duration_us": "Cumulative explain request duration (us)",
+    "modelservice_explain_queue_duration_us": "Cumulative time explain requests waited (us)",
+    "modelservice_explain_compute_duration_us": "Cumulative explanation compute time (us)",
+}
+_EXPLAIN_PENDING = ("modelservice_explain_pending_request_count", "Explain requests in flight")
+_EXPLAIN_LATENCY = ("modelservice_explain_request_duration_seconds", "Explain request latency")
+_EXPLAIN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH = ("modelservice_batch_size", "Rows per model execution")
 _LATENCY = ("modelservice_request_duration_seconds", "Inference request latency")
 
@@ -43,7 +57,13 @@ _LATENCY = ("modelservice_request_duration_seconds", "Inference request latency"
 PENDING = 7
 BATCH_AT = 8
 LATENCY_AT = BATCH_AT + len(_BATCH_BUCKETS) + 2
-BLOCK = LATENCY_AT + len(_LATENCY_BUCKETS) + 2
+EXPLAIN_AT = LATENCY_AT + len(_LATENCY_BUCKETS) + 2  # the explain counters, in order
+(X_SUCCESS, X_FAILURE, X_ROWS, X_EXECS, X_REQUEST_US, X_QUEUE_US, X_COMPUTE_US) = range(
+    EXPLAIN_AT, EXPLAIN_AT + 7
+)
+X_PENDING = EXPLAIN_AT + 7
+X_LATENCY_AT = X_PENDING + 1
+BLOCK = X_LATENCY_AT + len(_EXPLAIN_BUCKETS) + 2
 MAX_MODELS = 4  # per server; one is served today, the layout leaves room
 REGION = BLOCK * MAX_MODELS  # cells per worker
 
@@ -99,6 +119,7 @@ class Metrics:
         # A restarted worker keeps its region's counters (they stay monotonic) but its
         # predecessor's in-flight requests died with it.
         self._cells[offset + PENDING] = 0.0
+        self._cells[offset + X_PENDING] = 0.0
         return ModelMetrics(self._cells, offset)
 
     def _summed(self, index: int) -> list[float]:
@@ -127,6 +148,17 @@ class Metrics:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
             for labels, b in blocks:
                 lines += _histogram(name, labels, bounds, b[at : at + len(bounds) + 2])
+        for cell, (name, help_text) in enumerate(_EXPLAIN_COUNTERS.items(), EXPLAIN_AT):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+            lines += [f"{name}{{{labels}}} {_num(b[cell])}" for labels, b in blocks]
+        name, help_text = _EXPLAIN_PENDING
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        lines += [f"{name}{{{labels}}} {_num(b[X_PENDING])}" for labels, b in blocks]
+        name, help_text = _EXPLAIN_LATENCY
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        for labels, b in blocks:
+            cells = b[X_LATENCY_AT : X_LATENCY_AT + len(_EXPLAIN_BUCKETS) + 2]
+            lines += _histogram(name, labels, _EXPLAIN_BUCKETS, cells)
         return ("\n".join(lines) + "\n" + "".join(r() for r in self.extra)).encode()
 
 
@@ -151,6 +183,10 @@ class ModelMetrics:
     def request_started(self) -> None:
         self._c[self._o + PENDING] += 1
 
+    def pending(self) -> float:
+        """Inference requests in flight in this worker (read from any thread: one float)."""
+        return self._c[self._o + PENDING]
+
     def on_request(self, ok: bool, total_s: float, queue_s: float, compute_s: float) -> None:
         """A request started with request_started() has been answered (or failed)."""
         c, o = self._c, self._o
@@ -171,3 +207,22 @@ class ModelMetrics:
         c[o + COUNT] += rows
         c[o + BATCH_AT + bisect.bisect_left(_BATCH_BUCKETS, rows)] += 1
         c[o + BATCH_AT + len(_BATCH_BUCKETS) + 1] += rows
+
+    def explain_started(self) -> None:
+        self._c[self._o + X_PENDING] += 1
+
+    def on_explain(
+        self, ok: bool, total_s: float, queue_s: float, compute_s: float, rows: int, runs: int
+    ) -> None:
+        """An explain request started with explain_started() has been answered (or failed);
+        `rows` and `runs`: what it ran through the model."""
+        c, o = self._c, self._o
+        c[o + X_PENDING] -= 1
+        c[o + (X_SUCCESS if ok else X_FAILURE)] += 1
+        c[o + X_ROWS] += rows
+        c[o + X_EXECS] += runs
+        c[o + X_REQUEST_US] += total_s * 1e6
+        c[o + X_QUEUE_US] += queue_s * 1e6
+        c[o + X_COMPUTE_US] += compute_s * 1e6
+        c[o + X_LATENCY_AT + bisect.bisect_left(_EXPLAIN_BUCKETS, total_s)] += 1
+        c[o + X_LATENCY_AT + len(_EXPLAIN_BUCKETS) + 1] += total_s
