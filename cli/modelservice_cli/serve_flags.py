@@ -135,8 +135,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", str, "0.0.0.0", "listen address", operator=True),
     Setting("port", int, 8080, "listen port", minimum=0, maximum=65535, operator=True),
     Setting("workers", int, 1, "server processes sharing the port (one process is held to "
-            "about one core by Python's GIL), each with its own copy of the model; 0 = one "
-            "per CPU, but one on a GPU", minimum=0, operator=True),
+            "about one core by Python's GIL), each with its own onnxruntime session (what "
+            "one costs in memory: docs/runtime.md); 0 = one per CPU, but one on a GPU",
+            minimum=0, operator=True),
     Setting("max_batch_size", int, 32, "largest batch that dynamic batching assembles; 0 or 1 "
             "disables batching", minimum=0, operator=True),
     Setting("max_batch_delay_us", int, 500, "longest time, in microseconds, the first request "
@@ -163,6 +164,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("normalize_std", Floats, None, "per-channel standard deviation the input is then "
             "divided by: as many values as the mean, none of them zero", operator=True),
     Setting("no_cpu_arena", bool, False, "disable onnxruntime's CPU memory arena"),
+    Setting("prepack_weights", str, "auto", "onnxruntime's prepacking of weights into a "
+            "private copy per process (faster batched matrix products on CPU); off keeps "
+            "external data mapped from its file, one copy in the page cache for all workers; "
+            "auto = off for a model with external data, on otherwise (docs/runtime.md, Memory)",
+            choices=("auto", "on", "off")),
     Setting("warmup", bool, True, "run the model once at load, before ready"),
     Setting("format", str, "auto", "what the model is: onnx (one forward pass a request), "
             "genai (a language model folder served with onnxruntime-genai and the OpenAI API), "

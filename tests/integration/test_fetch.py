@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from modelservice_cli import main as cli
 from modelservice_runtime.tools.fetch import FetchError, fetch, fetch_model, redact
+from modelservice_runtime.tools.progress import PREFIX as PROGRESS
 
 ROOT = Path(__file__).resolve().parents[2]
 NOT_ONNX = b"<html><body>Sign in to continue</body></html>"
@@ -226,6 +227,7 @@ def test_500_then_success_is_retried(
     path = fetch(url, tmp_path, env={}, retries=3, backoff=0.01, log=logs.append)
     assert path.read_bytes() == model_bytes
     assert len(server.hits("/flaky.onnx")) == 3
+    logs = [line for line in logs if not line.startswith(PROGRESS)]
     assert len(logs) == 2
     assert "attempt 1/4 failed (HTTP 500" in logs[0] and "retrying in" in logs[0]
     assert "attempt 2/4 failed (HTTP 502" in logs[1]
@@ -486,15 +488,20 @@ def test_bad_sha256_option(bad: str, tmp_path: Path) -> None:
         fetch("/does/not/matter.onnx", tmp_path, sha256=bad)
 
 
-def test_progress_bar_only_when_asked_or_on_a_terminal(
+def test_progress_lines_go_to_the_log_unless_turned_off(
     server: ScriptedServer, model_bytes: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Lines, not a terminal bar: the init container's log is not a terminal (the lines'
+    format and interval: tests/integration/test_fetch_progress.py)."""
     url = server.route("/m.onnx", Reply(body=model_bytes))
-    fetch(url, tmp_path / "a.onnx", env={}, log=quiet)  # stderr is captured: not a tty
-    assert capsys.readouterr().err == ""
-    fetch(url, tmp_path / "b.onnx", env={}, log=quiet, progress=True)
-    err = capsys.readouterr().err
-    assert err.startswith("\rm.onnx [") and "MiB" in err and "100%" in err
+    logs: list[str] = []
+    fetch(url, tmp_path / "a.onnx", env={}, log=logs.append, progress=False)
+    assert logs == []
+    fetch(url, tmp_path / "b.onnx", env={}, log=logs.append)
+    size = len(model_bytes)
+    (line,) = logs
+    assert line.startswith(f"{PROGRESS}m.onnx: {size} of {size} bytes (") and "100%" in line
+    assert capsys.readouterr().err == ""  # all of it went to `log`
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 import zipfile
@@ -12,7 +13,13 @@ import onnx
 import pytest
 from modelservice_cli import main as cli
 from modelservice_runtime.tools.fetch import FetchError, fetch_model
-from modelservice_runtime.tools.fetch_set import set_digest
+from modelservice_runtime.tools.fetch_set import (
+    SetError,
+    digest_of,
+    plan_prefix,
+    s3_prefix,
+    set_digest,
+)
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -132,3 +139,45 @@ def test_zip_traversal_and_size_limit_refused(tmp_path: Path) -> None:
         fetch_model(str(bomb), tmp_path / "dest", check_onnx=False)
     assert not (tmp_path / "dest").exists()
     assert cli.main(["fetch", str(bomb), str(tmp_path / "dest"), "--no-onnx-check"]) == 1
+
+
+# --- s3 prefixes: the keys' plan (the fetch itself: tests/integration/test_fetch_uri_forms.py)
+
+
+def test_prefix_plan_maps_keys_under_dest_and_skips_folder_markers() -> None:
+    plan = plan_prefix(
+        "m/", [("m/", 0), ("m/model.onnx", 10), ("m/data/", 0), ("m/data/w.bin", 99)]
+    )
+    assert plan == [("m/model.onnx", "model.onnx", 10), ("m/data/w.bin", "data/w.bin", 99)]
+    assert plan_prefix("", [("model.onnx", 1)]) == [("model.onnx", "model.onnx", 1)]
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (["m/../x"], "s3 key 'm/../x': path '../x': '..' would leave DEST, refused"),
+        (["m//etc/x"], "s3 key 'm//etc/x': path '/etc/x': absolute paths are refused"),
+        (["m/a\\..\\..\\x"], "'..' would leave DEST"),
+        (["m/a/./b", "m/a/b"], "s3 key 'm/a/b': lands on 'a/b' like key 'm/a/./b', refused"),
+        (["m/a", "m/a/b"], "s3 key 'm/a/b': needs 'a' as a directory, but key 'm/a' is a file"),
+        (["other/x"], "listed outside the prefix 'm/'"),
+        (["m/"], "s3 prefix 'm/': no objects under it"),
+    ],
+)
+def test_prefix_plan_refusals_name_the_key(keys: list[str], message: str) -> None:
+    with pytest.raises(SetError) as e:
+        plan_prefix("m/", [(k, 0 if k.endswith("/") else 1) for k in keys])
+    assert message in str(e.value)
+
+
+def test_s3_prefix_uris() -> None:
+    assert s3_prefix("s3://b/models/ext/") == ("b", "models/ext/")
+    assert s3_prefix("s3://b/") == ("b", "")
+    assert s3_prefix("s3://b/models/ext") is None  # one key
+    assert s3_prefix("https://host/dir/") is None
+
+
+def test_set_digest_is_digest_of_the_files_hashes(tmp_path: Path) -> None:
+    src = make_model_dir(tmp_path / "src")
+    hashes = [(p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in sorted(src.iterdir())]
+    assert digest_of(reversed(hashes)) == digest_of(hashes) == set_digest(src)

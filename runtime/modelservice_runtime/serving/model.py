@@ -15,6 +15,11 @@ from typing import Any
 import numpy as np
 from modelservice_runtime.errors import BadRequest, InferenceFailed
 from modelservice_runtime.serving.datatypes import ONNX_TO_V2, V2_TO_NUMPY, v2_datatype
+from modelservice_runtime.serving.external_data import (
+    ExternalDataError,
+    NotOnnx,
+    check_external_data,
+)
 from modelservice_runtime.settings import Settings
 
 log = logging.getLogger("modelservice.model")
@@ -73,6 +78,14 @@ def select_providers(
     return [TENSORRT, cuda, CPU] if choice == "tensorrt" else [cuda, CPU]
 
 
+def prepack_weights(choice: str, has_external_data: bool) -> bool:
+    """--prepack-weights: auto prepacks only a model without external data. A model that
+    needed external data is large, and prepacking would give every worker its own copy."""
+    if choice == "auto":
+        return not has_external_data
+    return choice == "on"
+
+
 class OnnxModel:
     """A loaded, validated, optionally warmed-up ONNX model. Thread-safe `run`."""
 
@@ -100,6 +113,20 @@ class OnnxModel:
             settings.execution_provider, ort.get_available_providers(), settings.gpu_mem_limit
         )
         try:
+            # Before onnxruntime opens anything: it would read any file a reference names.
+            external = check_external_data(path)
+        except NotOnnx as e:
+            raise ModelLoadError(f"cannot load {path} as an ONNX model: {e}") from e
+        except ExternalDataError as e:
+            raise ModelLoadError(str(e)) from e
+        self.prepacked = prepack_weights(settings.prepack_weights, bool(external))
+        if not self.prepacked:
+            # onnxruntime then maps external data read-only from the file instead of packing
+            # a private copy: N workers share one copy of the weights (docs/runtime.md).
+            opts.add_session_config_entry("session.disable_prepacking", "1")
+        try:
+            # By path, never by bytes: external data resolves against the model's directory
+            # and this process never holds a copy of the weights (docs/runtime.md, memory).
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # onnxruntime raises several unrelated types here
             raise ModelLoadError(f"cannot load {path} as an ONNX model: {e}") from e
@@ -121,12 +148,15 @@ class OnnxModel:
         )
         self._normalize = self._normalizer(settings)
         log.info(
-            "loaded %s: providers=%s inputs=%s outputs=%s batchable=%s",
+            "loaded %s: providers=%s inputs=%s outputs=%s batchable=%s external_data=%d "
+            "prepacked=%s",
             path,
             self.providers,
             [s.metadata() for s in self.inputs],
             [s.metadata() for s in self.outputs],
             self.batchable,
+            len(external),
+            self.prepacked,
         )
 
     def _normalizer(self, settings: Settings) -> tuple[str, np.ndarray, np.ndarray] | None:

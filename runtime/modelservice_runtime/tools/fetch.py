@@ -5,7 +5,8 @@ here must be loud and final: a one-line error and a non-zero exit, never a half-
 unverified /models/model.onnx that the runtime would then report ready on.
 
 - Schemes: https/http (stdlib urllib, no extra dependency), file://, plain paths, and s3://
-  when boto3 is installed.
+  when boto3 is installed (one key, or every object under a prefix ending in `/`).
+- Progress: a line every --progress-interval seconds (tools/progress.py has the format).
 - Credentials come from the environment only (the operator wires a Secret in with envFrom):
   MODELSERVICE_FETCH_TOKEN (bearer) or MODELSERVICE_FETCH_USERNAME/PASSWORD (basic) for
   http(s); the usual AWS_* variables for s3. They are never printed, and the Authorization
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import http.client
 import os
@@ -33,12 +35,15 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from modelservice_runtime.errors import first_line
+from modelservice_runtime.serving.external_data import ExternalDataError, check_external_data
 from modelservice_runtime.tools import fetch_set
 from modelservice_runtime.tools.atomic import atomic_target
+from modelservice_runtime.tools.progress import DEFAULT_INTERVAL_S as DEFAULT_PROGRESS_INTERVAL_S
+from modelservice_runtime.tools.progress import Progress
 
 TOKEN_ENV = "MODELSERVICE_FETCH_TOKEN"
 USERNAME_ENV = "MODELSERVICE_FETCH_USERNAME"
@@ -53,6 +58,8 @@ RETRYABLE_STATUS = frozenset({408, 429})  # plus every 5xx
 USER_AGENT = "modelservice-fetch/0.1"
 
 Log = Callable[[str], None]
+# Progress(label, total) for one transfer, already bound to the fetch's log and interval.
+Meter = Callable[[str, int | None], Progress]
 
 
 class FetchError(Exception):
@@ -140,57 +147,26 @@ def auth_header(env: Mapping[str, str], uri: str) -> str | None:
     return f"Basic {base64.b64encode(raw).decode('ascii')}"
 
 
-class _Progress:
-    """A one-line progress bar on stderr; a no-op unless enabled (stderr is a terminal)."""
-
-    def __init__(self, enabled: bool, label: str, total: int | None) -> None:
-        self.enabled = enabled
-        self.label = label
-        self.total = total if total and total > 0 else None
-        self._last = 0.0
-
-    def update(self, done: int, *, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not final and now - self._last < 0.1:
-            return
-        self._last = now
-        mib = done / (1 << 20)
-        if self.total:
-            frac = min(1.0, done / self.total)
-            bar = "#" * int(frac * 30)
-            line = (
-                f"{self.label} [{bar:<30}] {mib:8.1f}/{self.total / (1 << 20):.1f} MiB {frac:4.0%}"
-            )
-        else:
-            line = f"{self.label} {mib:8.1f} MiB"
-        sys.stderr.write("\r" + line)
-        if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def _copy_stream(
-    read: Callable[[int], bytes], out: IO[bytes], progress: _Progress
+    read: Callable[[int], bytes], out: IO[bytes], progress: Progress
 ) -> tuple[str, int]:
-    """Stream to `out`, hashing as we go; file write errors are final, read errors are not."""
-    digest = hashlib.sha256()
+    """Stream to `out`, hashing as we go (in a thread beside the copy: fetch_set.
+    BackgroundHash); file write errors are final, read errors are not."""
     done = 0
-    while True:
-        chunk = read(CHUNK)
-        if not chunk:
-            break
-        try:
-            out.write(chunk)
-        except OSError as e:
-            raise FetchError(
-                f"DEST: cannot write to {Path(out.name).parent}: {e.strerror or e}"
-            ) from e
-        digest.update(chunk)
-        done += len(chunk)
-        progress.update(done)
-    progress.update(done, final=True)
+    with fetch_set.BackgroundHash() as digest:
+        while True:
+            chunk = read(CHUNK)
+            if not chunk:
+                break
+            try:
+                out.write(chunk)
+            except OSError as e:
+                raise FetchError(
+                    f"DEST: cannot write to {Path(out.name).parent}: {e.strerror or e}"
+                ) from e
+            digest.update(chunk)
+            done += len(chunk)
+            progress.add(len(chunk))
     return digest.hexdigest(), done
 
 
@@ -234,8 +210,23 @@ def _retry_after(headers: Any) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
+class _ReadFailed(Exception):
+    """The source broke off mid-body: the network, not the archive or the disk."""
+
+
+# What consumes a body instead of writing it to a file: (read, total or None, progress) ->
+# (sha256 of the body, bytes read). Reads that fail raise _ReadFailed.
+Sink = Callable[[Callable[[int], bytes], int | None, Progress], tuple[str, int]]
+
+
 def _http_attempt(
-    url: str, headers: dict[str, str], tmp: Path, timeout: float, show: str, progress: bool
+    url: str,
+    headers: dict[str, str],
+    tmp: Path,
+    timeout: float,
+    show: str,
+    meter: Meter,
+    sink: Sink | None = None,
 ) -> tuple[str, int]:
     opener = urllib.request.build_opener(_SameOriginAuthRedirect())
     request = urllib.request.Request(url, headers=headers)
@@ -264,14 +255,37 @@ def _http_attempt(
         length = response.headers.get("Content-Length")
         encoded = response.headers.get("Content-Encoding") not in (None, "identity")
         total = int(length) if length and length.isdigit() and not encoded else None
-        bar = _Progress(progress, Path(urllib.parse.urlsplit(url).path).name or "model", total)
+        label = Path(urllib.parse.urlsplit(url).path).name or "model"
+        if sink is not None:
+            got = [0]
+
+            def read(n: int) -> bytes:
+                try:
+                    chunk = response.read(n)
+                except (OSError, http.client.HTTPException) as e:
+                    raise _ReadFailed(f"{type(e).__name__}: {first_line(e)}") from e
+                # http.client ends a body cut short with b"", not an error: a sink reading
+                # as it goes (tarfile) would take it for a truncated archive.
+                if not chunk and n and total is not None and got[0] < total:
+                    raise _ReadFailed(f"connection closed after {got[0]} of {total} bytes")
+                got[0] += len(chunk)
+                return chunk
+
+            try:
+                with meter(label, total) as progress:
+                    digest, size = sink(read, total, progress)
+            except _ReadFailed as e:
+                raise _Retryable(f"download interrupted: {e}") from e
+            if total is not None and size != total:
+                raise _Retryable(f"connection closed after {size} of {total} bytes")
+            return digest, size
         try:
             out = open(tmp, "wb")  # noqa: SIM115 - closed below; open errors are final
         except OSError as e:
             raise FetchError(f"DEST: cannot write to {tmp.parent}: {e.strerror or e}") from e
-        with out:
+        with out, meter(label, total) as progress:
             try:
-                digest, size = _copy_stream(response.read, out, bar)
+                digest, size = _copy_stream(response.read, out, progress)
             except (OSError, http.client.HTTPException) as e:
                 # Write errors already became FetchError in _copy_stream; what is left is
                 # the connection dropping, timing out or breaking TLS mid-body.
@@ -291,8 +305,9 @@ def _fetch_http(
     retries: int,
     timeout: float,
     backoff: float,
-    progress: bool,
+    meter: Meter,
     log: Log,
+    sink: Sink | None = None,
 ) -> tuple[str, int]:
     show = redact(uri)
     parts = urllib.parse.urlsplit(uri)
@@ -310,7 +325,7 @@ def _fetch_http(
     attempts = retries + 1
     for attempt in range(1, attempts + 1):
         try:
-            return _http_attempt(url, headers, tmp, timeout, show, progress)
+            return _http_attempt(url, headers, tmp, timeout, show, meter, sink)
         except _Retryable as e:
             if attempt == attempts:
                 raise FetchError(f"{show}: giving up after {attempts} attempt(s): {e}") from e
@@ -333,7 +348,7 @@ def _local_path(uri: str) -> Path:
     return Path(uri)
 
 
-def _fetch_local(src: Path, tmp: Path, *, progress: bool) -> tuple[str, int]:
+def _fetch_local(src: Path, tmp: Path, *, meter: Meter) -> tuple[str, int]:
     try:
         source = open(src, "rb")  # noqa: SIM115 - closed below, errors mapped first
     except FileNotFoundError:
@@ -342,10 +357,9 @@ def _fetch_local(src: Path, tmp: Path, *, progress: bool) -> tuple[str, int]:
         raise FetchError(f"URI: {src} is a directory, expected a model file") from None
     except OSError as e:
         raise FetchError(f"URI: cannot read {src}: {e.strerror or e}") from e
-    with source, open(tmp, "wb") as out:
-        bar = _Progress(progress, src.name, src.stat().st_size)
+    with source, open(tmp, "wb") as out, meter(src.name, src.stat().st_size) as progress:
         try:
-            return _copy_stream(source.read, out, bar)
+            return _copy_stream(source.read, out, progress)
         except OSError as e:
             raise FetchError(f"URI: cannot read {src}: {e.strerror or e}") from e
 
@@ -359,17 +373,39 @@ def _hash_file(path: Path) -> tuple[str, int]:
 
 
 def _fetch_s3(
-    uri: str, tmp: Path, *, env: Mapping[str, str], retries: int, timeout: float, progress: bool
+    uri: str, tmp: Path, *, env: Mapping[str, str], retries: int, timeout: float, meter: Meter
 ) -> tuple[str, int]:
     """s3://bucket/key with boto3 (optional): credentials and region from the AWS_* env."""
     parts = urllib.parse.urlsplit(uri)
     bucket, key = parts.netloc, parts.path.lstrip("/")
     if not bucket or not key:
-        raise FetchError(f"URI: expected s3://bucket/key, got {uri!r}")
+        raise FetchError(
+            f"URI: expected s3://bucket/key (or s3://bucket/prefix/ for a set), got {uri!r}"
+        )
+    client = _s3_client(uri, env=env, retries=retries, timeout=timeout)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        obj = client.get_object(Bucket=bucket, Key=key)
+        body = obj["Body"]
+        with (
+            body,
+            open(tmp, "wb") as out,
+            meter(Path(key).name, obj.get("ContentLength")) as progress,
+        ):
+            return _copy_stream(body.read, out, progress)
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "?")
+        raise FetchError(f"{uri}: S3 error {code}: {first_line(e)}") from e
+    except BotoCoreError as e:
+        raise FetchError(f"{uri}: S3 request failed: {first_line(e)}") from e
+
+
+def _s3_client(uri: str, *, env: Mapping[str, str], retries: int, timeout: float) -> Any:
+    """A boto3 S3 client with our retries and timeouts; credentials from the AWS_* env."""
     try:
         import boto3
         from botocore.config import Config
-        from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:
         raise FetchError(
             f"{uri}: s3:// URIs need boto3, which is not installed (pip install boto3), "
@@ -380,19 +416,99 @@ def _fetch_s3(
         connect_timeout=timeout,
         read_timeout=timeout,
     )
-    # Older boto3 ignores AWS_ENDPOINT_URL (MinIO, Ceph); pass it on explicitly.
-    client = boto3.client("s3", endpoint_url=env.get("AWS_ENDPOINT_URL") or None, config=config)
+    # Older boto3 ignores AWS_ENDPOINT_URL (MinIO, Ceph); pass it on explicitly. Keys and
+    # region from `env` when it has them (it is os.environ but in tests); otherwise boto3's
+    # own chain (config files, web identity, instance roles) decides.
+    return boto3.client(
+        "s3",
+        endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+        aws_session_token=env.get("AWS_SESSION_TOKEN") or None,
+        region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+        config=config,
+    )
+
+
+def _fetch_s3_prefix(
+    uri: str,
+    tree: Path,
+    *,
+    env: Mapping[str, str],
+    retries: int,
+    timeout: float,
+    backoff: float,
+    meter: Meter,
+    log: Log,
+) -> str:
+    """Every object under s3://bucket/prefix/ into `tree`; returns the set digest.
+
+    The listing is planned (fetch_set.plan_prefix: every key's path checked) before any
+    byte is written, and each object is hashed as it streams, so the set digest costs no
+    second read. An object whose body breaks off is fetched again, up to `retries` times
+    (botocore retries the requests themselves, not a body cut short).
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    show = redact(uri)
+    bucket_prefix = fetch_set.s3_prefix(uri)
+    assert bucket_prefix is not None
+    bucket, prefix = bucket_prefix
+    client = _s3_client(uri, env=env, retries=retries, timeout=timeout)
     try:
-        obj = client.get_object(Bucket=bucket, Key=key)
-        body = obj["Body"]
-        bar = _Progress(progress, Path(key).name, obj.get("ContentLength"))
-        with body, open(tmp, "wb") as out:
-            return _copy_stream(body.read, out, bar)
+        listed = [
+            (obj["Key"], int(obj["Size"]))
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix
+            )
+            for obj in page.get("Contents", [])
+        ]
+        plan = fetch_set.plan_prefix(prefix, listed)
+    except fetch_set.SetError as e:
+        raise FetchError(f"{show}: {e}") from e
     except ClientError as e:
         code = e.response.get("Error", {}).get("Code", "?")
-        raise FetchError(f"{uri}: S3 error {code}: {first_line(e)}") from e
+        raise FetchError(f"{show}: S3 error {code} listing the prefix: {first_line(e)}") from e
     except BotoCoreError as e:
-        raise FetchError(f"{uri}: S3 request failed: {first_line(e)}") from e
+        raise FetchError(f"{show}: S3 listing failed: {first_line(e)}") from e
+
+    hashes: list[tuple[str, str]] = []
+    label = PurePosixPath(prefix.rstrip("/")).name or bucket
+    total = sum(size for _, _, size in plan)
+    with meter(f"{label} ({len(plan)} objects)", total) as progress:
+        for key, rel, size in plan:
+            target = tree / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for attempt in range(1, retries + 2):
+                start = progress.done
+                try:
+                    obj = client.get_object(Bucket=bucket, Key=key)
+                    with obj["Body"] as body, open(target, "wb") as out:
+                        digest, got = _copy_stream(body.read, out, progress)
+                    if got != size:
+                        raise _Retryable(f"s3 key {key!r}: got {got} of {size} bytes")
+                    break
+                except ClientError as e:
+                    code = e.response.get("Error", {}).get("Code", "?")
+                    raise FetchError(
+                        f"{show}: S3 error {code} on key {key!r}: {first_line(e)}"
+                    ) from e
+                except (_Retryable, BotoCoreError) as e:
+                    # A body cut short or timed out mid-read (botocore wraps urllib3's).
+                    progress.add(start - progress.done)  # the part is fetched again
+                    if attempt > retries:
+                        raise FetchError(
+                            f"{show}: s3 key {key!r}: giving up after {attempt} attempt(s): "
+                            f"{first_line(e)}"
+                        ) from e
+                    delay = min(MAX_BACKOFF_S, backoff * 2 ** (attempt - 1))
+                    log(
+                        f"fetch {show}: key {key!r}: attempt {attempt}/{retries + 1} failed "
+                        f"({e}); retrying in {delay:g}s"
+                    )
+                    time.sleep(delay)
+            hashes.append((rel, digest))
+    return fetch_set.digest_of(hashes)
 
 
 def verify_onnx(path: Path, show: str) -> None:
@@ -413,6 +529,10 @@ def verify_onnx(path: Path, show: str) -> None:
 
             options = ort.SessionOptions()
             options.log_severity_level = 3  # the error comes back to us; no C++ log spam
+            # Only whether it loads: no optimizing, and external data mapped rather than
+            # packed into a copy, so checking a 20 GB model does not need 20 GB of memory.
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.add_session_config_entry("session.disable_prepacking", "1")
             ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except ImportError as e:
         raise FetchError(
@@ -433,6 +553,7 @@ def fetch_model(
     timeout: float = DEFAULT_TIMEOUT_S,
     backoff: float = DEFAULT_BACKOFF_S,
     progress: bool | None = None,
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL_S,
     check_onnx: bool = True,
     env: Mapping[str, str] | None = None,
     log: Log = _stderr,
@@ -442,12 +563,21 @@ def fetch_model(
     """Fetch `uri` to `dest` atomically, verify it, and say what was written.
 
     A directory, an archive or an s3 prefix (see fetch_set) lands as a directory at DEST;
-    anything else is one file. `progress=None` shows a bar only when stderr is a terminal.
+    anything else is one file. Progress lines (tools/progress.py) go to `log` every
+    `progress_interval` seconds; `progress=False` or an interval of 0 turns them off.
     `env` defaults to os.environ (tests pass their own). Raises FetchError with a one-line
     message.
     """
     env = os.environ if env is None else env
     expected = normalize_sha256(sha256)
+    if retries < 0:
+        raise FetchError(f"--retries: expected an integer >= 0, got {retries}")
+    if timeout <= 0:
+        raise FetchError(f"--timeout: expected seconds > 0, got {timeout}")
+    if progress_interval < 0:
+        raise FetchError(f"--progress-interval: expected seconds >= 0, got {progress_interval}")
+    interval = 0.0 if progress is False else progress_interval
+    meter = functools.partial(Progress, log=log, interval=interval)
     if not single_file and uri:
         kind = _set_kind(uri)
         if kind is not None:
@@ -463,16 +593,12 @@ def fetch_model(
                     "timeout": timeout,
                     "backoff": backoff,
                     "progress": progress,
+                    "progress_interval": progress_interval,
                     "env": env,
                     "log": log,
                 },
+                meter=meter,
             )
-    if retries < 0:
-        raise FetchError(f"--retries: expected an integer >= 0, got {retries}")
-    if timeout <= 0:
-        raise FetchError(f"--timeout: expected seconds > 0, got {timeout}")
-    if progress is None:
-        progress = sys.stderr.isatty()
     if not uri:
         raise FetchError("URI: expected a model URI or path, got an empty string")
     show = redact(uri)
@@ -492,6 +618,13 @@ def fetch_model(
                 verify_onnx(src, show)
             return FetchResult(target, digest, size, copied=False)
 
+    if scheme in ("http", "https") and urllib.parse.urlsplit(uri).path.endswith("/"):
+        # A web server's index page is HTML in no standard form; guessing at its links
+        # would fetch an unknown set. Archives and s3 prefixes are listed exactly.
+        raise FetchError(
+            f"URI: {show}: an http(s) directory cannot be listed; serve the set as one "
+            f".tar, .tar.gz, .tgz or .zip, or use s3://bucket/prefix/"
+        )
     if scheme not in ("", "file", "http", "https", "s3"):
         hint = " (pvc:// is mounted by the operator, not fetched)" if scheme == "pvc" else ""
         raise FetchError(
@@ -509,15 +642,15 @@ def fetch_model(
                     retries=retries,
                     timeout=timeout,
                     backoff=backoff,
-                    progress=progress,
+                    meter=meter,
                     log=log,
                 )
             elif scheme == "s3":
                 digest, size = _fetch_s3(
-                    uri, tmp, env=env, retries=retries, timeout=timeout, progress=progress
+                    uri, tmp, env=env, retries=retries, timeout=timeout, meter=meter
                 )
             else:
-                digest, size = _fetch_local(_local_path(uri), tmp, progress=progress)
+                digest, size = _fetch_local(_local_path(uri), tmp, meter=meter)
             _check_digest(show, target, expected, digest)
             if check_onnx:
                 verify_onnx(tmp, show)
@@ -531,6 +664,8 @@ def _set_kind(uri: str) -> str | None:
     """'archive' or 'dir' for a multi-file URI, None for a single file."""
     if fetch_set.archive_kind(uri):
         return "archive"
+    if fetch_set.s3_prefix(uri) is not None:
+        return "prefix"
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
     if scheme in ("", "file") or len(scheme) == 1:
         try:
@@ -549,6 +684,7 @@ def _fetch_set_model(
     max_unpacked_bytes: int | None,
     check_onnx: bool,
     fetch_kwargs: dict[str, Any],
+    meter: Meter,
 ) -> FetchResult:
     """A directory, archive or prefix built beside DEST, checked, then renamed into place."""
     show = redact(uri)
@@ -568,7 +704,12 @@ def _fetch_set_model(
     tree = work / "tree"
     try:
         tree.mkdir()
-        if kind == "archive":
+        if kind == "archive" and _streams_tar(uri):
+            digest = _stream_tar(
+                uri, tree, max_unpacked_bytes, meter=meter, fetch_kwargs=fetch_kwargs
+            )
+            _check_digest(show, dest, expected, digest)
+        elif kind == "archive":
             archive = work / "archive"
             got = fetch_model(
                 uri, archive, expected, check_onnx=False, single_file=True, **fetch_kwargs
@@ -585,12 +726,27 @@ def _fetch_set_model(
             except fetch_set.SetError as e:
                 raise FetchError(f"{show}: {e}") from e
             archive.unlink()
+        elif kind == "prefix":
+            digest = _fetch_s3_prefix(
+                uri,
+                tree,
+                env=fetch_kwargs["env"],
+                retries=fetch_kwargs["retries"],
+                timeout=fetch_kwargs["timeout"],
+                backoff=fetch_kwargs["backoff"],
+                meter=meter,
+                log=fetch_kwargs["log"],
+            )
+            _check_digest(show, dest, expected, digest)
         else:
+            src = _local_path(uri)
             try:
-                fetch_set.copy_tree(_local_path(uri), tree)
+                total = fetch_set.tree_size(src)
+                with meter(src.name or str(src), total) as progress:
+                    hashes = fetch_set.copy_tree(src, tree, progress.add)
             except fetch_set.SetError as e:
                 raise FetchError(f"{show}: {e}") from e
-            digest = _set_digest(tree, show)
+            digest = fetch_set.digest_of(hashes)
             _check_digest(show, dest, expected, digest)
         if check_onnx:
             model = fetch_set.find_model_file(tree)
@@ -599,6 +755,11 @@ def _fetch_set_model(
                     f"{show}: expected model.onnx, model.onnx/model.onnx or exactly one "
                     f".onnx file in the set, found none that qualifies"
                 )
+            try:
+                # What the runtime will refuse (serving/external_data.py), said at fetch.
+                check_external_data(model)
+            except ExternalDataError as e:
+                raise FetchError(f"{show}: {str(e).replace(str(tree), 'DEST')}") from e
             verify_onnx(model, show)
         size = _tree_size(tree)
         fetch_set.publish_dir(tree, dest)
@@ -609,6 +770,107 @@ def _fetch_set_model(
     return FetchResult(dest, digest, size, copied=True)
 
 
+def _streams_tar(uri: str) -> bool:
+    """A tar over http(s) or on local disk is unpacked as it is read; zip needs its central
+    directory (at the end) first, and an s3 archive still lands whole before unpacking."""
+    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    local = scheme in ("", "file") or len(scheme) == 1
+    return fetch_set.archive_kind(uri) == "tar" and (local or scheme in ("http", "https"))
+
+
+def _stream_tar(
+    uri: str,
+    tree: Path,
+    max_unpacked_bytes: int | None,
+    *,
+    meter: Meter,
+    fetch_kwargs: dict[str, Any],
+) -> str:
+    """Unpack a tar into `tree` while it downloads; return the archive's sha256.
+
+    No copy of the archive is written: a set costs the disk once, not twice. The limit is
+    --max-unpacked-bytes, else 4x the archive's size, which needs that size up front (a
+    Content-Length); without one the archive is written first and unpacked after, as zip
+    is. A retried download starts again from an empty tree. The caller checks the digest
+    before anything is published.
+    """
+    show = redact(uri)
+
+    def sink(
+        read: Callable[[int], bytes], total: int | None, progress: Progress
+    ) -> tuple[str, int]:
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.mkdir()
+        seen = [0]
+
+        class Tee:
+            """The body as tarfile reads it, hashed (`digest`, set below) and counted."""
+
+            digest: fetch_set.BackgroundHash
+
+            def read(self, n: int = -1) -> bytes:
+                chunk = read(CHUNK if n is None or n < 0 else n)
+                self.digest.update(chunk)
+                seen[0] += len(chunk)
+                progress.add(len(chunk))
+                return chunk
+
+        limit = max_unpacked_bytes
+        try:
+            if limit is None and total is None:
+                archive = tree.parent / "archive"
+                with open(archive, "wb") as out:
+                    hexdigest, size = _copy_stream(read, out, progress)
+                limit = fetch_set.DEFAULT_UNPACK_FACTOR * max(size, 1)
+                fetch_set.extract_tar(archive, tree, limit)
+                archive.unlink()
+                return hexdigest, size
+            if limit is None:
+                limit = fetch_set.DEFAULT_UNPACK_FACTOR * max(total or 0, 1)
+            tee = Tee()
+            with fetch_set.BackgroundHash() as tee.digest:
+                fetch_set.extract_tar_stream(tee, tree, limit)  # type: ignore[arg-type]
+                while tee.read(CHUNK):  # what follows the last member (padding) is hashed
+                    pass
+        except fetch_set.SetError as e:
+            raise FetchError(f"{show}: {e}") from e
+        except OSError as e:  # reads raise _ReadFailed: this is the disk
+            raise FetchError(f"DEST: cannot write {tree.parent}: {e.strerror or e}") from e
+        return tee.digest.hexdigest(), seen[0]
+
+    scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        digest, _ = _fetch_http(
+            uri,
+            tree.parent / "unused",
+            env=fetch_kwargs["env"],
+            retries=fetch_kwargs["retries"],
+            timeout=fetch_kwargs["timeout"],
+            backoff=fetch_kwargs["backoff"],
+            meter=meter,
+            log=fetch_kwargs["log"],
+            sink=sink,
+        )
+        return digest
+    src = _local_path(uri)
+    try:
+        source = open(src, "rb")  # noqa: SIM115 - closed below, errors mapped first
+    except FileNotFoundError:
+        raise FetchError(f"URI: {src} does not exist") from None
+    except OSError as e:
+        raise FetchError(f"URI: cannot read {src}: {e.strerror or e}") from e
+
+    def read_local(n: int) -> bytes:
+        try:
+            return source.read(n)
+        except OSError as e:
+            raise FetchError(f"URI: cannot read {src}: {e.strerror or e}") from e
+
+    with source, meter(src.name, os.fstat(source.fileno()).st_size) as progress:
+        digest, _ = sink(read_local, os.fstat(source.fileno()).st_size, progress)
+    return digest
+
+
 def _set_digest(root: Path, show: str) -> str:
     try:
         return fetch_set.set_digest(root)
@@ -617,7 +879,7 @@ def _set_digest(root: Path, show: str) -> str:
 
 
 def _tree_size(root: Path) -> int:
-    return sum(p.stat().st_size for _, p in fetch_set.iter_files(root))
+    return fetch_set.tree_size(root)
 
 
 def _check_digest(show: str, target: Path, expected: str | None, actual: str) -> None:
@@ -685,6 +947,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse an archive that unpacks past N bytes (default 4x the archive's size)",
     )
     parser.add_argument(
+        "--progress-interval",
+        type=float,
+        default=DEFAULT_PROGRESS_INTERVAL_S,
+        metavar="S",
+        help="seconds between progress lines on stderr (bytes, total, rate, ETA); 0: none "
+        f"(default {DEFAULT_PROGRESS_INTERVAL_S:g})",
+    )
+    parser.add_argument(
         "--no-onnx-check",
         dest="check_onnx",
         action="store_false",
@@ -707,6 +977,7 @@ def run(args: argparse.Namespace) -> int:
             backoff=args.backoff,
             check_onnx=args.check_onnx,
             max_unpacked_bytes=args.max_unpacked_bytes,
+            progress_interval=args.progress_interval,
         )
     except FetchError as e:
         print(f"modelservice fetch: error: {e}", file=sys.stderr)

@@ -6,33 +6,75 @@ and renamed into place only once complete and verified: the runtime sees the old
 the whole new one, never part of one.
 
 - URI forms: a local directory (plain path, `file:///dir/`, a PVC mount), an archive
-  (`.tar`, `.tar.gz`, `.tgz`, `.zip`) over http(s), file:// or s3://,.
+  (`.tar`, `.tar.gz`, `.tgz`, `.zip`) over http(s), file:// or s3://, and an s3 prefix
+  (`s3://bucket/prefix/`: every object under it; `plan_prefix` checks the keys).
 - Integrity: `--sha256` pins an archive's bytes; for a directory it pins the set
   digest (`set_digest`, printed by `modelservice digest PATH`).
 - Safety: every archive member must be a regular file or directory whose normalized path
   stays under DEST (no `..`, no absolute path, no symlinks or hard links at all); the
-  declared sizes must fit `max_unpacked_bytes` (default 4x the archive) before anything is
-  written, and bytes are counted again while extracting. A directory source with a
-  symlink is refused the same way. Every refusal names the member and the rule.
+  declared sizes must fit `max_unpacked_bytes` (default 4x the archive): all of them before
+  anything is written (`extract_tar`, `extract_zip`), or, for a tar read as it downloads
+  (`extract_tar_stream`), the running total before each member is written; bytes are
+  counted again while extracting. A directory source with a
+  symlink is refused the same way, and so is an s3 key with `..` or an absolute path.
+  Every refusal names the member and the rule.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import shutil
 import stat
 import tarfile
 import tempfile
+import threading
 import urllib.parse
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 DEFAULT_UNPACK_FACTOR = 4
 CHUNK = 1 << 20
+
+
+class BackgroundHash:
+    """sha256 computed in a thread beside the copy loop that feeds it.
+
+    hashlib releases the GIL on large updates, and on these machines sha256 runs at a few
+    hundred MB/s, slower than a loopback download or a disk: hashed inline it would set the
+    pace of every fetch. Chunks are handed over (bytes are immutable) through a short queue,
+    so at most `depth` chunks wait in memory. Use as a context manager; `hexdigest()` after.
+    """
+
+    def __init__(self, depth: int = 8) -> None:
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._done = False
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._digest.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def __enter__(self) -> BackgroundHash:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._done = True
+
+    def hexdigest(self) -> str:
+        assert self._done, "hexdigest() before the hashing thread finished"
+        return self._digest.hexdigest()
 
 
 class SetError(Exception):
@@ -76,11 +118,14 @@ def _copy_counted(
         out.write(chunk)
 
 
-def _check_total(declared: int, limit: int) -> None:
+def _check_total(declared: int, limit: int, member: str | None = None) -> None:
     if declared > limit:
+        where = f"archive member {member!r}" if member is not None else "archive"
+        upto = " with it" if member is not None else ""
+        when = "before it is written" if member is not None else "before extracting"
         raise SetError(
-            f"archive: members declare {declared} bytes unpacked, over the limit of {limit} "
-            f"bytes (--max-unpacked-bytes), refused before extracting"
+            f"{where}: members declare {declared} bytes unpacked{upto}, over the limit of "
+            f"{limit} bytes (--max-unpacked-bytes), refused {when}"
         )
 
 
@@ -91,29 +136,58 @@ def extract_tar(archive: Path, out: Path, limit: int) -> None:
         raise SetError(f"archive: not a readable tar file: {e}") from e
     with tar:
         members = tar.getmembers()
-        plan: list[tuple[tarfile.TarInfo, PurePosixPath]] = []
-        declared = 0
-        for m in members:
-            rel = _safe_relpath(m.name, "archive member")
-            if m.issym() or m.islnk():
-                raise SetError(f"archive member {m.name!r}: links are refused (-> {m.linkname!r})")
-            if not (m.isfile() or m.isdir()):
-                raise SetError(f"archive member {m.name!r}: only files and directories allowed")
-            declared += m.size if m.isfile() else 0
-            plan.append((m, rel))
-        _check_total(declared, limit)
+        plan = [(m, _tar_member_path(m)) for m in members]
+        _check_total(sum(m.size for m in members if m.isfile()), limit)
         budget = [0]
         for m, rel in plan:
-            target = out / rel
-            if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tar.extractfile(m)
-            if src is None:
-                raise SetError(f"archive member {m.name!r}: cannot be read")
-            with src, open(target, "wb") as f:
-                _copy_counted(src, f, budget, m.name, limit)
+            _extract_member(tar, m, out / rel, budget, limit)
+
+
+def _tar_member_path(m: tarfile.TarInfo) -> PurePosixPath:
+    """The rules every tar member is held to, in one place (both extractors)."""
+    rel = _safe_relpath(m.name, "archive member")
+    if m.issym() or m.islnk():
+        raise SetError(f"archive member {m.name!r}: links are refused (-> {m.linkname!r})")
+    if not (m.isfile() or m.isdir()):
+        raise SetError(f"archive member {m.name!r}: only files and directories allowed")
+    return rel
+
+
+def _extract_member(
+    tar: tarfile.TarFile, m: tarfile.TarInfo, target: Path, budget: list[int], limit: int
+) -> None:
+    if m.isdir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    src = tar.extractfile(m)
+    if src is None:
+        raise SetError(f"archive member {m.name!r}: cannot be read")
+    with src, open(target, "wb") as f:
+        _copy_counted(src, f, budget, m.name, limit)
+
+
+def extract_tar_stream(stream: IO[bytes], out: Path, limit: int) -> None:
+    """extract_tar for an archive read once, front to back, as it downloads (no copy of the
+    archive on disk). Each member is held to the same rules before anything of it is
+    written; the declared sizes are added up as the members come, so the member that takes
+    the total past `limit` is refused before its first byte, and bytes are counted again
+    while written. What was unpacked before a refusal is the caller's to remove."""
+    try:
+        # A MiB a read: tarfile's stream default (10 KiB) costs a Python call per 10 KiB.
+        tar = tarfile.open(fileobj=stream, mode="r|*", bufsize=CHUNK)  # noqa: SIM115
+    except tarfile.TarError as e:
+        raise SetError(f"archive: not a readable tar file: {e}") from e
+    with tar:
+        declared, budget = 0, [0]
+        try:
+            for m in tar:
+                rel = _tar_member_path(m)
+                declared += m.size if m.isfile() else 0
+                _check_total(declared, limit, member=m.name)
+                _extract_member(tar, m, out / rel, budget, limit)
+        except tarfile.TarError as e:
+            raise SetError(f"archive: not a readable tar file: {e}") from e
 
 
 def extract_zip(archive: Path, out: Path, limit: int) -> None:
@@ -174,20 +248,87 @@ def set_digest(root: Path) -> str:
     bytes, joined and hashed. The same set of names and contents gives the same digest
     wherever it is; `modelservice digest DIR` prints it.
     """
-    lines = sorted(
-        (rel.encode(), f"{_file_sha256(p)}  {rel}\n".encode()) for rel, p in iter_files(root)
-    )
+    return digest_of((rel, _file_sha256(p)) for rel, p in iter_files(root))
+
+
+def digest_of(files: Iterable[tuple[str, str]]) -> str:
+    """The set digest from (relative posix path, sha256 hex) pairs, the one definition that
+    `set_digest` and a fetch hashing files as they stream (s3 prefixes) both use."""
+    lines = sorted((rel.encode(), f"{sha}  {rel}\n".encode()) for rel, sha in files)
     digest = hashlib.sha256()
     for _, line in lines:
         digest.update(line)
     return digest.hexdigest()
 
 
-def copy_tree(src: Path, out: Path) -> None:
+def s3_prefix(uri: str) -> tuple[str, str] | None:
+    """(bucket, prefix) when `uri` names an s3 prefix (`s3://bucket/prefix/`, a trailing
+    slash; `s3://bucket/` for the whole bucket), None for anything else."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.lower() != "s3" or not parts.netloc or not parts.path.endswith("/"):
+        return None
+    return parts.netloc, parts.path.lstrip("/")
+
+
+def plan_prefix(prefix: str, objects: Iterable[tuple[str, int]]) -> list[tuple[str, str, int]]:
+    """(key, relative path under DEST, size) for each object listed under `prefix`.
+
+    The relative path is the key less the prefix, held to the archive members' rules: no
+    absolute path, no `..` (S3 keys are free text: `prefix/../x` is a legal key). Zero-size
+    keys ending in `/` are the folder markers consoles create and are skipped. Two keys
+    that land on the same path (`a/./b` and `a/b`), or a file where another key needs a
+    directory (`a` and `a/b`), are refused rather than one silently overwriting the other.
+    """
+    plan: list[tuple[str, str, int]] = []
+    seen: dict[str, str] = {}
+    for key, size in objects:
+        if not key.startswith(prefix):
+            raise SetError(f"s3 key {key!r}: listed outside the prefix {prefix!r}, refused")
+        if key.endswith("/") and size == 0:
+            continue
+        rel = _safe_relpath(key[len(prefix) :], f"s3 key {key!r}: path")
+        if rel == PurePosixPath("."):
+            raise SetError(f"s3 key {key!r}: names the prefix itself, not a file under it")
+        name = rel.as_posix()
+        if name in seen:
+            raise SetError(f"s3 key {key!r}: lands on {name!r} like key {seen[name]!r}, refused")
+        seen[name] = key
+        plan.append((key, name, size))
+    for name, key in seen.items():
+        for parent in PurePosixPath(name).parents:
+            other = seen.get(parent.as_posix())
+            if other is not None:
+                raise SetError(
+                    f"s3 key {key!r}: needs {parent.as_posix()!r} as a directory, but key "
+                    f"{other!r} is a file there, refused"
+                )
+    if not plan:
+        raise SetError(f"s3 prefix {prefix!r}: no objects under it")
+    return plan
+
+
+def copy_tree(
+    src: Path, out: Path, on_bytes: Callable[[int], None] | None = None
+) -> list[tuple[str, str]]:
+    """Copy every regular file under src to out; (relpath, sha256) of each, hashed from the
+    bytes as they were copied, so the set digest needs no second read of a large set."""
+    hashes = []
     for rel, path in iter_files(src):
         target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+        with BackgroundHash() as digest, open(path, "rb") as f, open(target, "wb") as t:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                t.write(chunk)
+                digest.update(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+        hashes.append((rel, digest.hexdigest()))
+    return hashes
+
+
+def tree_size(root: Path) -> int:
+    """Bytes of every regular file under root (symlinks refused, as in iter_files)."""
+    return sum(p.stat().st_size for _, p in iter_files(root))
 
 
 def _umask() -> int:
