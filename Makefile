@@ -9,7 +9,7 @@ PY         := $(VENV)/bin/python
 BIN        := $(CACHE)/bin
 KUBECONFIG_FILE := $(CACHE)/cluster/kubeconfig
 PYTHON     ?= python3
-EXTRAS     ?= runtime,operator,export,dev
+EXTRAS     ?= runtime,genai,operator,export,dev
 
 export PATH := $(VENV)/bin:$(BIN):$(PATH)
 

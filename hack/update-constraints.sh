@@ -11,7 +11,7 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "${tmp}"' EXIT
 "${PYTHON}" -m venv "${tmp}/venv"
 "${tmp}/venv/bin/pip" install -q --upgrade pip
-"${tmp}/venv/bin/pip" install -q "${ROOT_DIR}[runtime,operator,s3]"
+"${tmp}/venv/bin/pip" install -q "${ROOT_DIR}[runtime,genai,operator,s3]"
 # The dev-only block at the end (pinned by hand) survives the refresh.
 marker="# Dev only, pinned by hand"
 dev_block="$(sed -n "/^${marker}/,\$p" "${ROOT_DIR}/constraints.txt")"

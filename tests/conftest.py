@@ -109,3 +109,26 @@ class SkipLedger:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(SkipLedger(), "modelservice-skip-ledger")
+
+
+@pytest.fixture(scope="session")
+def tiny_llm() -> tuple[Path, Path]:
+    """(Hugging Face folder, onnxruntime-genai fp32 folder) of the tiny random Llama made by
+    tests/tinyllm.py and exported with `modelservice export-llm`'s builder run. Cached under
+    .cache/test-models by a digest of the recipe: the export takes about a minute."""
+    import hashlib
+
+    from tests import tinyllm
+
+    pytest.importorskip("onnxruntime_genai")
+    pytest.importorskip("transformers")
+    recipe = Path(tinyllm.__file__).read_bytes()
+    digest = hashlib.sha256(recipe).hexdigest()[:12]
+    root = Path(__file__).resolve().parents[1] / ".cache" / "test-models" / f"tinyllm-{digest}"
+    hf, genai = root / "hf", root / "genai-fp32"
+    if not (genai / "genai_config.json").is_file():
+        from modelservice_runtime.tools.export_llm import build
+
+        tinyllm.make_tiny_llama(hf)
+        build(hf, genai, "fp32")
+    return hf, genai

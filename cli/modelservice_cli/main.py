@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "digest": (f"{_RUNTIME}.tools.digest", "print the sha256 of a file or the set digest of a dir"),
     "export": (f"{_RUNTIME}.tools.export", "export a PyTorch module to ONNX"),
     "quantize": (f"{_RUNTIME}.tools.quantize", "int8-quantize an ONNX model"),
+    "export-llm": (
+        f"{_RUNTIME}.tools.export_llm",
+        "a local Hugging Face language model -> an onnxruntime-genai folder",
+    ),
     "operator": ("modelservice_operator.cli", "run the Kubernetes operator (kopf)"),
     "demo": (f"{_RUNTIME}.tools.demo", "export, serve and query a model locally"),
     "explain": (
@@ -32,9 +36,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _missing_extra(command: str, e: ImportError) -> SystemExit:
-    extra = {"operator": "operator", "export": "export", "quantize": "export"}.get(
-        command, "runtime"
-    )
+    extra = {
+        "operator": "operator",
+        "export": "export",
+        "quantize": "export",
+        "export-llm": "export",
+    }.get(command, "runtime")
     return SystemExit(
         f"modelservice {command}: missing dependency ({e.name or e}); "
         f"install it with: pip install 'modelservice[{extra}]'"

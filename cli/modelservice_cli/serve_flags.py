@@ -171,6 +171,15 @@ SETTINGS: tuple[Setting, ...] = (
             "auto = off for a model with external data, on otherwise (docs/runtime.md, Memory)",
             choices=("auto", "on", "off")),
     Setting("warmup", bool, True, "run the model once at load, before ready"),
+    Setting("format", str, "auto", "what the model is: onnx (one forward pass a request), "
+            "genai (a language model folder served with onnxruntime-genai and the OpenAI API), "
+            "auto = genai for a folder with genai_config.json", choices=("auto", "onnx", "genai"),
+            operator=True),
+    Setting("generation_batch_size", int, 16, "language models: generations that run together "
+            "in the onnxruntime-genai engine's batch (its KV cache rows); more wait, up to "
+            "--max-queue-size", minimum=1),
+    Setting("max_generated_tokens", int, 0, "language models: the largest max_tokens a request "
+            "may ask for; 0 = the model's context length", minimum=0),
     # Explanations (docs/explain.md): the routes, a request's defaults, the cap and the queue.
     Setting("explain", bool, True, "serve explanations on POST /v1/models/M:explain and "
             "/v2/models/M/explain; off, they answer 404", operator=True),

@@ -174,6 +174,8 @@ def runtime_settings(name: str, spec: ModelServiceSpec) -> dict[str, Any]:
         "inter_op_threads": rt.threads.inter_op,
         "execution_provider": gpu_placement(spec).execution_provider,
     }
+    if spec.model.format != "auto":  # so existing pods' command lines stay as they were
+        values["format"] = spec.model.format.value
     if rt.normalize is not None:
         values["normalize_mean"] = rt.normalize.mean
         values["normalize_std"] = rt.normalize.std

@@ -229,6 +229,14 @@ class ModelCacheSpec(_Model):
         return None if self.max_size is None else quantity_bytes(self.max_size)
 
 
+class ModelFormat(enum.StrEnum):
+    """What the model is (the runtime's --format)."""
+
+    AUTO = "auto"
+    ONNX = "onnx"
+    GENAI = "genai"
+
+
 class ModelSource(_Model):
     """Where the ONNX model comes from and how to check it."""
 
@@ -273,6 +281,14 @@ class ModelSource(_Model):
         description="Model name served on /v2/models/<name>; defaults to metadata.name.",
         max_length=253,
         pattern=MODEL_NAME_PATTERN,
+    )
+    format: ModelFormat = Field(
+        default=ModelFormat.AUTO,
+        description=describe(
+            "format",
+            "A language model (an onnxruntime-genai folder, e.g. from `modelservice export-llm`,"
+            " given as a directory, s3 prefix or archive uri) is served with the OpenAI API.",
+        ),
     )
     secret_ref: LocalObjectReference | None = Field(
         default=None,

@@ -906,3 +906,58 @@ def test_a_fetching_pod_shows_its_last_log_line_in_the_status(
             assert "last output" not in ready["message"], ready
         finally:
             kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
+
+
+# --- a language model ----------------------------------------------------------------------
+
+
+def test_a_language_model_becomes_ready_and_answers_a_chat_completion_through_the_service(
+    kctl: Kubectl,
+    chart_operator: str,
+    node_ip: str,
+    mlp_onnx: Path,
+    tiny_llm: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """The tiny Llama's onnxruntime-genai folder as a .tar.gz over HTTP, `format: genai`:
+    Ready, then greedy tokens through the Service equal onnxruntime-genai's in-process
+    Generator on the same folder, and the openai client gets a chat completion."""
+    import tarfile
+
+    import httpx
+    import openai
+    from modelservice_runtime.tools.export_llm import greedy
+
+    root = tmp_path / "files"
+    root.mkdir()
+    with tarfile.open(root / "tiny-llm.tar.gz", "w:gz") as tar:
+        for f in sorted(tiny_llm[1].iterdir()):
+            tar.add(f, arcname=f.name)
+    name = "tiny-llm"
+    with serve_model_files(node_ip, mlp_onnx, root) as files:
+        model = {
+            "uri": files.url("tiny-llm.tar.gz"),
+            "sha256": files.sha256["tiny-llm.tar.gz"],
+            "name": name,
+            "format": "genai",
+        }
+        kctl.apply(manifest(name, model), NAMESPACE)
+        try:
+            wait_ready(kctl, name)
+            address = service_address(kctl, name)
+            prompt = "Hello, how are you"
+            r = httpx.post(
+                f"http://{address}/v1/completions",
+                json={"prompt": prompt, "max_tokens": 16, "temperature": 0,
+                      "return_token_ids": True},
+                timeout=60,
+            )  # fmt: skip
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["token_ids"] == greedy(tiny_llm[1], (prompt,), 16)[0]
+            client = openai.OpenAI(base_url=f"http://{address}/v1", api_key="-", max_retries=0)
+            chat = client.chat.completions.create(
+                model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=8
+            )
+            assert chat.usage is not None and chat.usage.completion_tokens >= 1
+        finally:
+            kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)

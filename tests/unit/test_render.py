@@ -389,8 +389,30 @@ def test_image_override() -> None:
     assert _container(spec, "model-fetch")["image"] == "mine:1"
 
 
-@pytest.mark.parametrize("example", ["cpu-autoscaled.yaml", "gpu.yaml", "fixed-replicas.yaml"])
+@pytest.mark.parametrize(
+    "example", ["cpu-autoscaled.yaml", "gpu.yaml", "fixed-replicas.yaml", "llm-inflight.yaml"]
+)
 def test_examples_render(example: str) -> None:
     name, spec = _example(example)
     kinds = [c["kind"] for c in render_children(name, "default", spec, IMAGE)]
     assert ("HorizontalPodAutoscaler" in kinds) == (spec.autoscaling is not None)
+
+
+def test_model_format_renders_as_the_runtime_flag_only_when_set() -> None:
+    auto = _container(_spec())["command"]
+    assert "--format" not in auto  # existing pods keep their command line
+    for fmt in ("genai", "onnx"):
+        command = _container(_spec(model={"uri": URI, "format": fmt}))["command"]
+        assert command[command.index("--format") + 1] == fmt
+
+
+def test_the_llm_example_scales_on_requests_in_flight() -> None:
+    name, spec = _example("llm-inflight.yaml")
+    assert spec.model.format == "genai"
+    hpa = next(
+        c for c in render_children(name, "default", spec, IMAGE)
+        if c["kind"] == "HorizontalPodAutoscaler"
+    )  # fmt: skip
+    names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert names == ["nv_inference_pending_request_count"]
+    assert all(m["type"] != "Resource" for m in hpa["spec"]["metrics"])

@@ -96,7 +96,7 @@ def test_every_setting_by_flag_and_by_env(setting: Setting, tmp_path: Path) -> N
 def _maximal_spec() -> Any:
     return parse_spec(
         {
-            "model": {"uri": "https://h/m.onnx", "name": "resnet"},
+            "model": {"uri": "https://h/m.onnx", "name": "resnet", "format": "onnx"},
             "runtime": {
                 "batching": {"maxBatchSize": 8, "maxDelayMicroseconds": 900},
                 "threads": {"intraOp": 2, "interOp": 3},

@@ -40,7 +40,7 @@ from modelservice_runtime.serving.model import OnnxModel
 from modelservice_runtime.settings import Settings
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 log = logging.getLogger("modelservice.server")
@@ -102,6 +102,10 @@ def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 
 def _response(reply: Reply) -> Response:
+    if reply.stream is not None:  # server-sent events; on a disconnect Starlette stops it
+        return StreamingResponse(
+            reply.stream, reply.status, headers=reply.headers, media_type=reply.content_type
+        )
     return Response(reply.body, reply.status, headers=reply.headers, media_type=reply.content_type)
 
 
@@ -139,7 +143,7 @@ class RuntimeApp(FastAPI):
         try:
             if route.auth:
                 self._auth.check(headers)
-            if route.direct:  # a POST: its body is the request
+            if route.method == "POST":  # its body is the request
                 body = decode_body(
                     body, headers.get("content-encoding"), self.settings.max_request_bytes
                 )
@@ -157,7 +161,7 @@ class RuntimeApp(FastAPI):
 
         async def endpoint(request: Request, **params: Any) -> Response:
             body = b""
-            if route.direct:
+            if route.method == "POST":
                 try:
                     body = await read_body(request, limit)
                 except ModelServiceError as e:
@@ -245,7 +249,10 @@ def create_app(
                 if on_fatal is not None:
                     on_fatal()
                 return
-        dataplane.register(loaded)
+        if isinstance(loaded, OnnxModel):
+            dataplane.register(loaded)
+        else:
+            dataplane.register_generative(loaded)
         # Startup objects (onnxruntime, numpy, the app) never die: keep them out of the
         # collector's scans so GC pauses stay short under load (better tail latency).
         gc.collect()

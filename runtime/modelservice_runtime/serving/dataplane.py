@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from modelservice_runtime import __version__
@@ -24,6 +24,10 @@ from modelservice_runtime.serving.batching import BatchResult, DynamicBatcher
 from modelservice_runtime.serving.metrics import Metrics, ModelMetrics
 from modelservice_runtime.serving.model import OnnxModel
 from modelservice_runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from modelservice_runtime.serving.generation import GenaiModel
+    from modelservice_runtime.serving.openai_endpoints import GenerativeEntry
 
 log = logging.getLogger("modelservice.dataplane")
 
@@ -43,8 +47,16 @@ INLINE_UNBATCHED_BELOW_S = 0.001
 UNBATCHED_CONCURRENCY = 2
 
 
-def load_model(s: Settings) -> OnnxModel:
-    """Blocking: load the model and, unless disabled, warm it up."""
+def load_model(s: Settings) -> OnnxModel | GenaiModel:
+    """Blocking: load the model and, unless disabled, warm it up. A language model (a
+    folder with genai_config.json, or --format genai) loads on onnxruntime-genai."""
+    from modelservice_runtime.serving.generation import GenaiModel, wants_genai
+
+    if wants_genai(s):
+        genai = GenaiModel(s)
+        if s.warmup:
+            genai.warmup()
+        return genai
     model = OnnxModel(s)
     if s.warmup:
         started = time.perf_counter()
@@ -71,9 +83,33 @@ class DataPlane:
         self._models: dict[str, ModelEntry] = {}
         self.draining = False
         self.load_error: str | None = None
+        self.generative: GenerativeEntry | None = None  # a language model, when served
         self.on_close: list[Callable[[], None]] = []  # what else close() stops (explain threads)
 
     # --- lifecycle ------------------------------------------------------------------------
+
+    def register_generative(self, model: GenaiModel) -> GenerativeEntry:
+        """Serve a language model: its engine thread starts here (on the event loop)."""
+        import time
+
+        from modelservice_runtime.serving.generation import GenerationEngine, GenerationMetrics
+        from modelservice_runtime.serving.metrics import labels
+        from modelservice_runtime.serving.openai_endpoints import GenerativeEntry
+
+        s = self.settings
+        metrics = GenerationMetrics(labels(s.name, s.model_version))
+        self.metrics.extra.append(metrics.render)
+        entry = GenerativeEntry(
+            s.name,
+            s.model_version,
+            model,
+            GenerationEngine(model, metrics, s.max_queue_size),
+            metrics,
+            self.metrics.for_model(s.name, s.model_version),
+            int(time.time()),
+        )
+        self.generative = entry
+        return entry
 
     def register(self, model: OnnxModel) -> ModelEntry:
         """Make a loaded model servable (on the event loop). Ready from here on."""
@@ -113,6 +149,8 @@ class DataPlane:
         return entry
 
     async def close(self) -> None:
+        if self.generative is not None:
+            self.generative.engine.close()
         for entry in self._models.values():
             await entry.batcher.stop()
             entry.executor.shutdown(wait=False, cancel_futures=True)
@@ -122,17 +160,22 @@ class DataPlane:
     # --- health and metadata --------------------------------------------------------------
 
     def ready(self) -> bool:
-        return bool(self._models) and not self.draining
+        return (bool(self._models) or self.generative is not None) and not self.draining
 
     def server_metadata(self) -> dict[str, Any]:
         extensions = [*EXTENSIONS, *([explaining.EXTENSION] if self.settings.explain else [])]
         return {"name": SERVER_NAME, "version": __version__, "extensions": extensions}
 
     def names(self) -> list[str]:
-        return list(self._models)
+        return list(self._models) + ([self.generative.name] if self.generative else [])
 
     def get(self, name: str, version: str | None = None) -> ModelEntry:
         entry = self._models.get(name)
+        if entry is None and self.generative is not None and name == self.generative.name:
+            raise NotFound(
+                f"model {name!r} is a language model: use the OpenAI routes "
+                "(/v1/completions, /v1/chat/completions)"
+            )
         if entry is None:
             if self.load_error is None and not self._models and name == self.settings.name:
                 raise ServiceUnavailable(f"model {name!r} is still loading", retry_after=1)

@@ -12,7 +12,7 @@ routes and the direct router of the HTTP protocol from it. The shape is KServe's
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,6 +21,7 @@ import orjson
 from modelservice_runtime.errors import ServiceUnavailable, error_body
 from modelservice_runtime.serving.dataplane import DataPlane, ModelEntry
 from modelservice_runtime.serving.metrics import CONTENT_TYPE, Metrics
+from modelservice_runtime.serving.openai_endpoints import OpenAIEndpoints, openai_routes
 from modelservice_runtime.serving.protocol import v1, v2
 
 Headers = Mapping[str, str]  # request headers, names in lower case
@@ -35,6 +36,8 @@ class Reply(NamedTuple):
     content_type: str
     body: bytes
     headers: dict[str, str] | None = None
+    # A streamed answer (server-sent events): its parts, sent as they come (app.py).
+    stream: AsyncIterator[bytes] | None = None
 
     @classmethod
     def json(cls, obj: Any) -> Reply:
@@ -75,12 +78,13 @@ class Route:
     tag: str
     auth: bool = True  # health probes and /metrics stay open (auth.py)
     openapi: dict[str, Any] | None = None  # extra OpenAPI for the request body
+    streams: bool = False  # may answer with a stream: served through ASGI only
 
     @property
     def direct(self) -> bool:
         """POSTs are the inference traffic: the HTTP protocol answers them without ASGI,
-        with the whole body (transport/http_protocol.py)."""
-        return self.method == "POST"
+        with the whole body (transport/http_protocol.py); streamed answers go through ASGI."""
+        return self.method == "POST" and not self.streams
 
 
 async def _infer(
@@ -196,6 +200,8 @@ class V1Endpoints:
         self.v2 = v2_endpoints
 
     async def models(self, headers: Headers, body: bytes) -> Reply:
+        if self.dataplane.generative is not None:  # OpenAI's shape for a language model
+            return await OpenAIEndpoints(self.dataplane).models(headers, body)
         return Reply.json({"models": self.dataplane.names()})
 
     async def model(self, headers: Headers, body: bytes, model_name: str) -> Reply:
@@ -283,4 +289,5 @@ def route_table(dataplane: DataPlane, metrics: Metrics) -> list[Route]:
         ),
         Route("POST", "/predict", v1_.predict_default, "v1", openapi=_INFER_BODY),
         Route("GET", "/metrics", prometheus, "metrics", auth=False),
+        *openai_routes(dataplane),
     ]

@@ -15,7 +15,7 @@ store is atomic on the platforms we run on, so a reader never sees a torn value.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -84,6 +84,11 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def labels(model: str, version: str) -> str:
+    """The labels of one model's series."""
+    return f'model="{_escape(model)}",version="{_escape(version)}"'
+
+
 def _num(value: float) -> str:
     return f"{value:.17g}"
 
@@ -102,12 +107,14 @@ class Metrics:
         self._workers = workers
         self._base = REGION * worker
         self._labels: list[str] = []
+        # More metric families, rendered after these (generation.py's, this process only).
+        self.extra: list[Callable[[], str]] = []
 
     def for_model(self, model: str, version: str) -> ModelMetrics:
         index = len(self._labels)
         if index >= MAX_MODELS:
             raise ValueError(f"at most {MAX_MODELS} models have metrics in one server")
-        self._labels.append(f'model="{_escape(model)}",version="{_escape(version)}"')
+        self._labels.append(labels(model, version))
         offset = self._base + index * BLOCK
         # A restarted worker keeps its region's counters (they stay monotonic) but its
         # predecessor's in-flight requests died with it.
@@ -152,7 +159,7 @@ class Metrics:
         for labels, b in blocks:
             cells = b[X_LATENCY_AT : X_LATENCY_AT + len(_EXPLAIN_BUCKETS) + 2]
             lines += _histogram(name, labels, _EXPLAIN_BUCKETS, cells)
-        return ("\n".join(lines) + "\n").encode()
+        return ("\n".join(lines) + "\n" + "".join(r() for r in self.extra)).encode()
 
 
 def _histogram(name: str, labels: str, bounds: Sequence[float], cells: list[float]) -> list[str]:
