@@ -19,6 +19,8 @@ import pytest
 from modelservice_runtime.tools.fetch import FetchError, fetch_model
 from modelservice_runtime.tools.progress import PREFIX
 
+from tests.loopback_http import loopback_server
+
 MIB = 1 << 20
 PARTS = 3
 TAIL = 12345  # the body is 3 MiB + TAIL bytes
@@ -79,16 +81,8 @@ def gated_server(lines: Lines, *, declare_length: bool) -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/m.bin"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
+    with loopback_server(Handler) as base:
+        yield f"{base}/m.bin"
     assert not errors, errors
 
 

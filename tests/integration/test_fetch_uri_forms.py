@@ -19,7 +19,6 @@ import io
 import re
 import shutil
 import tarfile
-import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from modelservice_runtime.tools.fetch_set import find_model_file, set_digest
 from tests import extdata
 from tests.integration.conftest import wait_until
 from tests.integration.s3server import S3, s3_server
+from tests.loopback_http import loopback_server
 
 BUCKET = "models"
 
@@ -71,16 +71,8 @@ def make_archives(src: Path, out: Path) -> dict[str, Path]:
 def http_server(directory: Path) -> Iterator[str]:
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
     handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
+    with loopback_server(handler) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -263,16 +255,8 @@ def cutting_proxy(upstream: str, cut_path: str) -> Iterator[tuple[str, list[str]
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
+    with loopback_server(Handler) as base:
+        yield base, seen
 
 
 def test_an_s3_object_cut_short_is_fetched_again(sources: Sources, tmp_path: Path) -> None:
@@ -343,18 +327,11 @@ def test_a_tar_is_unpacked_while_it_downloads_without_a_copy_of_the_archive(
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/m.tar"
+    with loopback_server(Handler) as base:
         digest = hashlib.sha256(body).hexdigest()
-        result = fetch_model(url, tmp_path / "m", digest, env={}, check_onnx=False, log=print)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
+        result = fetch_model(
+            f"{base}/m.tar", tmp_path / "m", digest, env={}, check_onnx=False, log=print
+        )
     assert not failure, failure
     assert seen_tree == [["tree"]]  # no archive beside the tree
     assert result.sha256 == digest
