@@ -231,6 +231,25 @@ def service_address(kctl: Kubectl, name: str) -> str:
     return f"{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
 
 
+def hostpath_claim(
+    kctl: Kubectl, stack: contextlib.ExitStack, pv_dir: Path, pv: str, claim: str
+) -> None:
+    """A ReadOnlyMany claim `claim` bound by name to a hostPath PersistentVolume `pv` on
+    `pv_dir` (no provisioner here); the volume goes when `stack` closes."""
+    kctl.run("apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
+                 "hostPath": {"path": str(pv_dir), "type": "Directory"},
+                 "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain"},
+    }))  # fmt: skip
+    stack.callback(kctl.run, "delete", "pv", pv, "--wait=false", check=False)
+    kctl.apply({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                 "volumeName": pv, "resources": {"requests": {"storage": "1Gi"}}},
+    }, NAMESPACE)  # fmt: skip
+
+
 def _parse_time(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
@@ -343,26 +362,11 @@ def test_a_model_from_each_scheme_serves_through_the_service(
             model = {"uri": model_files.url("mlp.onnx"), "sha256": sha, "name": name}
         elif scheme == "pvc":
             # A hostPath volume on the node, bound to a claim by name (no provisioner here).
-            pv_dir = REPO_ROOT / ".cache" / "node" / f"pv-{SUFFIX}"
-            pv_dir.mkdir(parents=True, exist_ok=True)
-            pv_dir.chmod(0o755)
+            pv_dir = node_dir("pv")
             shutil.copy(mlp_onnx, pv_dir / "mlp.onnx")
             (pv_dir / "mlp.onnx").chmod(0o644)
             stack.callback(shutil.rmtree, pv_dir, True)
-            pv = f"msvc-real-{SUFFIX}"
-            kctl.run("apply", "-f", "-", stdin=json.dumps({
-                "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
-                         "hostPath": {"path": str(pv_dir), "type": "Directory"},
-                         "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain"},
-            }))  # fmt: skip
-            stack.callback(kctl.run, "delete", "pv", pv, "--wait=false", check=False)
-            kctl.apply({
-                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {"name": "models"},
-                "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                         "volumeName": pv, "resources": {"requests": {"storage": "1Gi"}}},
-            }, NAMESPACE)  # fmt: skip
+            hostpath_claim(kctl, stack, pv_dir, f"msvc-real-{SUFFIX}", "models")
             model = {"uri": "pvc://models/mlp.onnx", "sha256": sha, "name": name}
         else:
             import boto3
@@ -738,20 +742,7 @@ def test_a_model_with_external_data_serves_from_a_folder_or_an_archive(
             shutil.copytree(large_model.folder, pv_dir / "big")
             for p in [pv_dir / "big", *(pv_dir / "big").iterdir()]:
                 p.chmod(0o755 if p.is_dir() else 0o644)
-            pv = f"msvc-large-{SUFFIX}"
-            kctl.run("apply", "-f", "-", stdin=json.dumps({
-                "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
-                         "hostPath": {"path": str(pv_dir), "type": "Directory"},
-                         "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain"},
-            }))  # fmt: skip
-            stack.callback(kctl.run, "delete", "pv", pv, "--wait=false", check=False)
-            kctl.apply({
-                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {"name": "large-models"},
-                "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                         "volumeName": pv, "resources": {"requests": {"storage": "1Gi"}}},
-            }, NAMESPACE)  # fmt: skip
+            hostpath_claim(kctl, stack, pv_dir, f"msvc-large-{SUFFIX}", "large-models")
             # The set digest: the init container verifies the folder before the runtime
             # serves it in place from the claim.
             model = {"uri": "pvc://large-models/big/", "sha256": large_model.set_digest}
