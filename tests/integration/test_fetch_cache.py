@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from modelservice_runtime.tools import cache
-from modelservice_runtime.tools.fetch import FetchError
-from modelservice_runtime.tools.fetch_set import set_digest
+from modelservice_runtime.fetch import FetchError, cache
+from modelservice_runtime.fetch.trees import set_digest
 
 from tests import external_data
 
