@@ -26,6 +26,7 @@ from tests.waiting import refuses_connections, wait_until
 pytestmark = pytest.mark.slow
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def _stat(pid: int) -> list[str]:
@@ -278,10 +279,13 @@ def test_once_every_worker_drains_the_port_refuses_while_in_flight_requests_fini
                                          "data": x.ravel().tolist()}]})  # fmt: skip
         with socket.create_connection(("127.0.0.1", served.port), timeout=30) as held:
             held.sendall(
-                b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\n"
-                b"Content-Length: %d\r\n\r\n" % len(body) + body[:100]
-            )  # a request in flight: its body not all sent yet
-            time.sleep(0.3)  # for the worker to parse the head (else it is an idle connection)
+                b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body)
+            )
+            # The worker has parsed the head once it asks for the body: from then on the
+            # connection holds a request in flight (before, it would count as idle).
+            assert held.recv(len(CONTINUE)) == CONTINUE
+            held.sendall(body[:100])  # its body not all sent yet
             served.proc.send_signal(signal.SIGTERM)
 
             wait_until(
