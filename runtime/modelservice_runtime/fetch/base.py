@@ -7,6 +7,7 @@ this one, never the other way round.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -14,7 +15,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
@@ -41,6 +42,15 @@ class FetchError(Exception):
 
 class SetError(Exception):
     """A multi-file fetch was refused; the message is one line naming the member and rule."""
+
+
+@contextlib.contextmanager
+def refusals_named(show: str) -> Iterator[None]:
+    """A SetError inside becomes the FetchError `<show>: <the refusal>`."""
+    try:
+        yield
+    except SetError as e:
+        raise FetchError(f"{show}: {e}") from e
 
 
 class Retryable(Exception):

@@ -181,7 +181,7 @@ def _body_reader(response: http.client.HTTPResponse, total: int | None) -> Calla
     return read
 
 
-def _file_sink(tmp: Path) -> Sink:
+def file_sink(tmp: Path) -> Sink:
     """The sink that writes the body to `tmp` (open errors are final)."""
 
     def sink(
@@ -216,13 +216,10 @@ def _attempt(uri: str, transfer: Transfer, sink: Sink) -> tuple[str, int]:
     return digest, size
 
 
-def fetch_http(
-    uri: str, tmp: Path, transfer: Transfer, sink: Sink | None = None
-) -> tuple[str, int]:
-    """GET `uri` into the file `tmp` (or into `sink`), retried; (sha256, bytes)."""
+def fetch_http(uri: str, transfer: Transfer, sink: Sink) -> tuple[str, int]:
+    """GET `uri` into `sink` (file_sink(path) for a file), retried; (sha256, bytes)."""
     show = redact(uri)
     parts = urllib.parse.urlsplit(uri)
     if not parts.hostname:
         raise FetchError(f"URI: expected {parts.scheme}://host/path, got {show!r}")
-    into = sink if sink is not None else _file_sink(tmp)
-    return with_retries(lambda: _attempt(uri, transfer, into), transfer, show=show)
+    return with_retries(lambda: _attempt(uri, transfer, sink), transfer, show=show)

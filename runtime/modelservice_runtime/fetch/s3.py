@@ -21,6 +21,7 @@ from modelservice_runtime.fetch.base import (
     Transfer,
     copy_stream,
     redact,
+    refusals_named,
     with_retries,
 )
 from modelservice_runtime.fetch.progress import Progress
@@ -157,10 +158,8 @@ def fetch_prefix(uri: str, tree: Path, transfer: Transfer) -> str:
             )
             for obj in page.get("Contents", [])
         ]
-    try:
+    with refusals_named(show):
         plan = plan_prefix(prefix, listed)
-    except SetError as e:
-        raise FetchError(f"{show}: {e}") from e
 
     hashes: list[tuple[str, str]] = []
     label = PurePosixPath(prefix.rstrip("/")).name or bucket

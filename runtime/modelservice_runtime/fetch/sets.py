@@ -28,11 +28,11 @@ from modelservice_runtime.fetch.base import (
     BackgroundHash,
     FetchError,
     FetchResult,
-    SetError,
     Transfer,
     check_digest,
     copy_stream,
     redact,
+    refusals_named,
     scheme_of,
 )
 from modelservice_runtime.fetch.progress import Progress
@@ -68,7 +68,8 @@ def fetch_set(
     if kind == "dir":
         src = local.local_path(uri)
         if dest.exists() and src.resolve() == dest.resolve():
-            digest = _refused_as_fetch_error(show, trees.set_digest, src)
+            with refusals_named(show):
+                digest = trees.set_digest(src)
             check_digest(show, dest, expected, digest)
             return FetchResult(dest, digest, trees.tree_size(dest), copied=False)
     try:
@@ -98,22 +99,13 @@ def fetch_set(
     return FetchResult(dest, digest, size, copied=True)
 
 
-def _refused_as_fetch_error(show: str, call: Callable[[Path], str], path: Path) -> str:
-    try:
-        return call(path)
-    except SetError as e:
-        raise FetchError(f"{show}: {e}") from e
-
-
 def _copy_dir(uri: str, tree: Path, transfer: Transfer) -> str:
     """A local directory copied into `tree`; its set digest."""
     src = local.local_path(uri)
-    try:
+    with refusals_named(redact(uri)):
         total = trees.tree_size(src)
         with transfer.meter(src.name or str(src), total) as progress:
             hashes = trees.copy_tree(src, tree, progress.add)
-    except SetError as e:
-        raise FetchError(f"{redact(uri)}: {e}") from e
     return trees.digest_of(hashes)
 
 
@@ -146,10 +138,8 @@ def _unpack(
 ) -> None:
     """The archive file unpacked into `tree` and removed; the limit defaults to 4x its size."""
     extract = archives.extract_zip if kind == "zip" else archives.extract_tar
-    try:
+    with refusals_named(show):
         extract(archive, tree, limit or archives.DEFAULT_UNPACK_FACTOR * max(size, 1))
-    except SetError as e:
-        raise FetchError(f"{show}: {e}") from e
     archive.unlink()
 
 
@@ -177,14 +167,13 @@ def _stream_tar(uri: str, tree: Path, max_unpacked_bytes: int | None, transfer: 
                 _unpack(show, "tar", archive, tree, None, size)
                 return hexdigest, size
             limit = max_unpacked_bytes or archives.DEFAULT_UNPACK_FACTOR * max(total or 0, 1)
-            return _unpack_stream(read, tree, limit, progress)
-        except SetError as e:
-            raise FetchError(f"{show}: {e}") from e
+            with refusals_named(show):
+                return _unpack_stream(read, tree, limit, progress)
         except OSError as e:  # reads raise ReadFailed: this is the disk
             raise FetchError(f"DEST: cannot write {tree.parent}: {e.strerror or e}") from e
 
     if scheme_of(uri) in ("http", "https"):
-        digest, _ = http.fetch_http(uri, tree.parent / "unused", transfer, sink=sink)
+        digest, _ = http.fetch_http(uri, transfer, sink)
         return digest
     src = local.local_path(uri)
     with local.open_source(src) as (read, size), transfer.meter(src.name, size) as progress:

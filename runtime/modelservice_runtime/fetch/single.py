@@ -47,7 +47,7 @@ def download(uri: str, tmp: Path, transfer: Transfer) -> tuple[str, int]:
     check_scheme(uri)
     scheme = scheme_of(uri)
     if scheme in ("http", "https"):
-        return http.fetch_http(uri, tmp, transfer)
+        return http.fetch_http(uri, transfer, http.file_sink(tmp))
     if scheme == "s3":
         return s3.fetch_object(uri, tmp, transfer)
     return local.copy_file(local.local_path(uri), tmp, transfer.meter)
