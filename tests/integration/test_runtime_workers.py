@@ -150,7 +150,10 @@ def test_connections_are_spread_evenly_over_the_workers(mlp_onnx: Path) -> None:
                 "the worker to close its 8 connections",
                 lambda: emptied not in _worker_of_each_connection(served.port, pids).values(),
             )
-            time.sleep(0.5)  # and to count them: its loop's close callbacks run just after
+            # And to count them: its loop's close callbacks run just after the fds close
+            # (uvloop), and the count lives in shared memory only the supervisor reads, so
+            # no signal shows it from here: a pause, not a wait.
+            time.sleep(0.5)
             conns = list(ports.values()) + _open_and_use(served.port, 8)
             per_worker = collections.Counter(_worker_of_each_connection(served.port, pids).values())
             assert per_worker == {pids[0]: 8, pids[1]: 8}, per_worker
