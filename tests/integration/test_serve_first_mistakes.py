@@ -39,7 +39,7 @@ def one_line(done: subprocess.CompletedProcess[str]) -> str:
     [
         ("model.pt", b"PK\x03\x04rest-of-a-torch-zip", "a zip archive, as torch.save writes"),
         ("README.md", b"# My model\n\nIt is great.\n", "a text file (.md)"),
-        ("x.npy", None, "a NumPy array"),
+        ("x.npy", None, "a NumPy array: a request's input"),
     ],
 )
 def test_a_file_that_is_not_onnx_names_modelservice_export(
@@ -52,7 +52,10 @@ def test_a_file_that_is_not_onnx_names_modelservice_export(
         path.write_bytes(content)
     line = one_line(run_serve(path, "--port", "0"))
     assert f"{path}: not an ONNX model ({what}" in line
-    assert "modelservice export MODULE:FACTORY --input-shape" in line
+    if name.endswith(".npy"):
+        assert "send the array in a request, or explain it: modelservice explain" in line
+    else:
+        assert "modelservice export MODULE:FACTORY --input-shape" in line
 
 
 def test_a_hugging_face_folder_names_export_llm(tmp_path: Path) -> None:

@@ -20,13 +20,14 @@ from modelservice_runtime import model_files
 GENAI_CONFIG = "genai_config.json"  # an onnxruntime-genai folder (what export-llm writes)
 HF_CONFIG = "config.json"  # a Hugging Face model folder
 EXPORT = "modelservice export MODULE:FACTORY --input-shape 1,64 -o model.onnx"
+NUMPY = "a NumPy array"
 
 # First bytes -> what the file is. ONNX is a protobuf whose first byte is a field tag
 # (0x08 for ir_version); none of these can start one.
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"PK\x03\x04", "a zip archive, as torch.save writes a .pt checkpoint"),
     (b"\x80", "a Python pickle, as torch.save wrote a checkpoint before zip"),
-    (b"\x93NUMPY", "a NumPy array: that is a request's input, not a model"),
+    (b"\x93NUMPY", f"{NUMPY}: a request's input, not a model"),
     (b"\x1f\x8b", "a gzip archive: unpack it, or let `modelservice fetch URI DIR` unpack it"),
 )
 
@@ -46,6 +47,11 @@ def check_model(path: Path, fmt: str = "auto") -> None:
         _check_folder(path, fmt)
     elif fmt != "genai":
         what = sniff(path)
+        if what is not None and what.startswith(NUMPY):
+            raise PreflightError(
+                f"{path}: not an ONNX model ({what}); serve the .onnx model and send the "
+                f"array in a request, or explain it: modelservice explain MODEL.onnx --input {path}"
+            )
         if what is not None:
             raise PreflightError(
                 f"{path}: not an ONNX model ({what}); export the PyTorch model to ONNX "
