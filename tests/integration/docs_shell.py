@@ -4,8 +4,9 @@
     python -m tests.integration.docs_shell wait PID LOG serve ARGS...
 
 `pip` installs nothing: it checks that each extra named is one of pyproject.toml's and each
-package named is importable here. `wait` waits until the `modelservice serve` with that PID
-answers /v2/health/ready on its --port, or fails with its log's tail when it exits first.
+package named is importable here. `wait` waits (runtime_server.wait_ready) until the
+`modelservice serve` with that PID answers /v2/health/ready on its --port, or fails with its
+log's tail when it exits first.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import importlib.util
 import os
 import re
 import sys
-import time
 import tomllib
-import urllib.request
 from pathlib import Path
+
+from tests.integration.runtime_server import wait_ready
 
 # pip's name -> the module that shows it is installed
 MODULES = {"tritonclient": "tritonclient.http"}
@@ -55,6 +56,7 @@ def pip(pyproject: str, args: list[str]) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` runs (not a zombie: the servers are children of the blocks' shells)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, IndexError):
@@ -63,21 +65,13 @@ def _alive(pid: int) -> bool:
 
 def wait(pid: int, log: str, args: list[str]) -> None:
     port = args[args.index("--port") + 1] if "--port" in args else "8080"
-    limit = float(os.environ.get("DOCS_READY_S", "120"))
-    deadline = time.monotonic() + limit
-    while True:
-        try:
-            url = f"http://127.0.0.1:{port}/v2/health/ready"
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    print(f"(docs test) modelservice serve ready on port {port}")
-                    return
-        except OSError:
-            pass
-        if not _alive(pid) or time.monotonic() > deadline:
-            what = "exited" if not _alive(pid) else f"was not ready on port {port} in {limit} s"
-            sys.exit(f"modelservice serve {what}:\n" + Path(log).read_text()[-3000:])
-        time.sleep(0.1)
+    wait_ready(
+        f"http://127.0.0.1:{port}",
+        lambda: _alive(pid),
+        float(os.environ.get("DOCS_READY_S", "120")),
+        lambda: ":\n" + Path(log).read_text(errors="replace")[-3000:],
+    )
+    print(f"(docs test) modelservice serve ready on port {port}")
 
 
 if __name__ == "__main__":

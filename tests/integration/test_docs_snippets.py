@@ -25,6 +25,7 @@ failure (tag it `bash`).
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
 import shutil
@@ -38,7 +39,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.docs_shell import _alive
 from tests.integration.runtime_server import free_port
+from tests.loopback_http import loopback_server
 from tests.needs import needed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,6 +146,7 @@ def session(tmp_path: Path) -> Iterator[dict[str, str]]:
         "PATH": f"{tools}:{os.environ['PATH']}",
         "PYTHONPATH": os.pathsep.join([*path, os.environ.get("PYTHONPATH", "")]),
         "MPLBACKEND": "Agg",
+        "MODELSERVICE_SHUTDOWN_DELAY_S": "0",  # stopped by the test: no unready delay
         "DOCS_PYTHON": sys.executable,
         "DOCS_BIN": str(tools),
         "DOCS_DIR": str(tmp_path),
@@ -164,14 +168,6 @@ def session(tmp_path: Path) -> Iterator[dict[str, str]]:
                 time.sleep(0.1)
             if _alive(pid):
                 os.killpg(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs (not a zombie: the servers are children of the blocks' shells)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def run_block(b: Block, env: dict[str, str], port: int) -> str:
@@ -233,3 +229,28 @@ def test_bash_blocks_parse() -> None:
             if b.lang == "bash":
                 done = subprocess.run(["bash", "-n", "-c", b.text], capture_output=True, text=True)
                 assert done.returncode == 0, f"{b.where}: {done.stderr}"
+
+
+class _Refuses(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # a pasted body that is not JSON: what the old README got
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"error": "request body is not valid JSON"}')
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_block_whose_curl_gets_a_400_fails(session: dict[str, str]) -> None:
+    """The checks bite: a 4xx fails the block, and so does a pip extra that does not exist."""
+    with loopback_server(_Refuses) as url:
+        port = int(url.rsplit(":", 1)[1])
+        bad = Block(
+            ROOT / "README.md", 1, "bash", "curl -s localhost:8080/x -d '[0.5, ...]'", None, ""
+        )
+        with pytest.raises(AssertionError, match=r"failed \(exit 22\)[\s\S]*not valid JSON"):
+            run_block(bad, session, port)
+    typo = Block(ROOT / "README.md", 1, "bash", "pip install -e '.[runtime,exprot]'", None, "")
+    with pytest.raises(AssertionError, match=r"no extra \['exprot'\]"):
+        run_block(typo, session, 0)
