@@ -90,6 +90,7 @@ def test_export_llm_names_a_missing_input_and_refuses_a_non_empty_output(
     assert (out / "genai_config.json").read_text() == "{}"  # untouched
 
 
+@pytest.mark.slow  # the model builder starts (transformers, torch) before it refuses
 def test_export_llm_force_failing_leaves_the_output_as_it_was(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
