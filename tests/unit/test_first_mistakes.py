@@ -122,3 +122,17 @@ def test_help_says_what_demo_does_and_shows_defaults(capsys: pytest.CaptureFixtu
     for shown in ("(default 20)", "ONNX opset version (default", "check (default 2)",
                   "outputs (default", "--force", "examples/make_models.py"):  # fmt: skip
         assert shown in text, shown
+
+
+def test_export_llm_publish_swaps_the_checked_folder_in_whole(tmp_path: Path) -> None:
+    from modelservice_runtime.tools.export_llm import publish
+
+    out = tmp_path / "served"
+    out.mkdir()
+    (out / "old.onnx").write_text("old")
+    staged = tmp_path / "staging" / "served"
+    staged.mkdir(parents=True)
+    (staged / "genai_config.json").write_text("{}")
+    publish(staged, out)
+    assert sorted(p.name for p in out.iterdir()) == ["genai_config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["served", "staging"]  # no old copy
