@@ -286,7 +286,9 @@ class GenerationEngine:
     def _step(self, step: ipc.Step) -> None:
         now = time.perf_counter()
         m = self.metrics
-        m.running, m.queued, m.rows_in_step = step.running, step.queued, step.rows_in_step
+        m.running, m.queued = step.running, step.queued
+        if step.rows_in_step:
+            m.step_rows.observe(step.rows_in_step)
         m.tokens += len(step.tokens)
         by_rid: dict[int, list[int]] = {}
         for i, (rid, token) in enumerate(zip(step.rids, step.tokens, strict=True)):

@@ -1,7 +1,7 @@
 """The messages between the HTTP side and the engine process: packed bytes, no pickles.
 
 To the engine:
-- ADD  b"A" rid u32, max_tokens u32, temperature f32, top_p f32, top_k i32, seed i64,
+- ADD  b"A" rid u32, max_tokens u32, temperature f64, top_p f64, top_k i32, seed i64,
   flags u8 (1: seeded, 2: log-probabilities), then the prompt as int32 ids;
 - CANCEL b"C" rid u32; QUIT b"Q".
 From the engine:
@@ -25,7 +25,7 @@ from modelservice_runtime.generation.sampling import SamplingParams
 from modelservice_runtime.generation.scheduler import StepResult
 
 ADD, CANCEL, QUIT, READY, FATAL, STEP = b"A", b"C", b"Q", b"R", b"X", b"S"
-_ADD = struct.Struct("<cIIffiqB")
+_ADD = struct.Struct("<cIIddiqB")
 _CANCEL = struct.Struct("<cI")
 _STEP = struct.Struct("<cHHHII")
 

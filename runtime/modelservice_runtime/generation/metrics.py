@@ -8,6 +8,7 @@ import bisect
 from dataclasses import dataclass, field
 
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
 
@@ -43,7 +44,7 @@ class GenerationMetrics:
     prompt_tokens: int = 0
     queued: int = 0
     running: int = 0
-    rows_in_step: int = 0
+    step_rows: _Histogram = field(default_factory=lambda: _Histogram(_ROWS_BUCKETS))
     finished: dict[str, int] = field(
         default_factory=lambda: {"stop": 0, "length": 0, "cancelled": 0, "error": 0}
     )
@@ -69,9 +70,9 @@ class GenerationMetrics:
             "# HELP modelservice_generation_requests_running Generations in the running batch",
             "# TYPE modelservice_generation_requests_running gauge",
             f"modelservice_generation_requests_running{{{L}}} {self.running}",
-            "# HELP modelservice_generation_step_rows Rows of the engine's last decode step",
-            "# TYPE modelservice_generation_step_rows gauge",
-            f"modelservice_generation_step_rows{{{L}}} {self.rows_in_step}",
+            "# HELP modelservice_generation_step_rows Generations in each decode step",
+            "# TYPE modelservice_generation_step_rows histogram",
+            *self.step_rows.lines("modelservice_generation_step_rows", L),
             "# HELP modelservice_generations_finished_total Generations ended, by reason",
             "# TYPE modelservice_generations_finished_total counter",
         ]
