@@ -141,58 +141,87 @@ class Decoder:
                 else:
                     buf = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype))
                 self._kv.append((past % layer, present % layer, buf))
-        self._io = self.session.io_binding()
-        # Bound first, so it is the first of the binding's outputs (they come in the order
-        # their names were first bound, and a rebinding keeps the place).
-        self._io.bind_output(config.logits, "cpu")
         self._element = self.kv_dtype
+        # Decode steps reuse one binding: its inputs and outputs are preallocated arrays
+        # (rows 0..k-1 of each) bound by pointer, rebound only when k changes; a step
+        # writes the new tokens and mask bits in place and runs. Binding costs tens of
+        # microseconds a tensor in Python: per step that was most of a small model's step.
+        self._ids = np.zeros((slots, 1), np.int64)
+        self._positions = np.zeros((slots, 1), np.int64)
+        # The mask is max_length wide: GQA reads only each row's sum (its length + 1) and
+        # the width (the shared buffer's length), so a row's bits are set once each.
+        self._mask = np.zeros((slots, self.max_length), np.int64)
+        self._ones = np.zeros(slots, np.int64)  # mask bits set in each row
+        self._logits = np.zeros((slots, 1, config.vocab_size), np.float32)
+        self._decode_io = self.session.io_binding()
+        self._decode_rows = 0
+        self._prefill_io = self.session.io_binding()
+        self._prefill_io.bind_output(config.logits, "cpu")  # first: output 0
 
     @property
     def kv_bytes_per_row(self) -> int:
         return self._row_bytes * len(self._kv)
 
-    def _bind_kv(self, first: int, rows: int) -> None:
+    def _bind_kv(self, io: Any, first: int, rows: int) -> None:
         """Past and present of rows first..first+rows-1 bound to the same memory."""
         shape = [rows, self.config.kv_heads, self.max_length, self.config.head_size]
-        io = self._io
         for past, present, buf in self._kv:
             ptr = buf.data_ptr() + first * self._row_bytes
             io.bind_input(past, self.device, 0, self._element, shape, ptr)
             io.bind_output(present, self.device, 0, self._element, shape, ptr)
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
-        io = self._io
-        c = self.config
-        io.bind_cpu_input(c.input_ids, ids)
-        io.bind_cpu_input(c.attention_mask, mask)
-        if self.has_position_ids:
-            assert positions is not None and c.position_ids is not None
-            io.bind_cpu_input(c.position_ids, positions)
-        io.bind_output(c.logits, "cpu")  # rebound: its shape changes between runs
-        self.session.run_with_iobinding(io)
-        return io.get_outputs()[0].numpy()
-
     def prefill(self, slot: int, prompt: np.ndarray) -> np.ndarray:
         """Run `prompt` (int64 ids) into `slot`'s cache; the logits of its last position."""
         n = len(prompt)
-        self._bind_kv(slot, 1)
-        logits = self._run(
-            prompt.reshape(1, n),
-            np.ones((1, n), np.int64),
-            np.arange(n, dtype=np.int64).reshape(1, n),
-        )
-        return logits[0, -1]
+        c, io = self.config, self._prefill_io
+        self._bind_kv(io, slot, 1)
+        io.bind_cpu_input(c.input_ids, np.ascontiguousarray(prompt, np.int64).reshape(1, n))
+        io.bind_cpu_input(c.attention_mask, np.ones((1, n), np.int64))
+        if self.has_position_ids:
+            assert c.position_ids is not None
+            io.bind_cpu_input(c.position_ids, np.arange(n, dtype=np.int64).reshape(1, n))
+        io.bind_output(c.logits, "cpu")  # rebound: its shape changes between runs
+        self.session.run_with_iobinding(io)
+        return io.get_outputs()[0].numpy()[0, -1]
+
+    def _bind_decode(self, k: int) -> None:
+        c, io = self.config, self._decode_io
+
+        def bind(name: str, array: np.ndarray, output: bool = False) -> None:
+            view = array[:k]
+            shape, ptr = list(view.shape), view.ctypes.data
+            if output:
+                io.bind_output(name, "cpu", 0, view.dtype, shape, ptr)
+            else:
+                io.bind_input(name, "cpu", 0, view.dtype, shape, ptr)
+
+        bind(c.input_ids, self._ids)
+        bind(c.attention_mask, self._mask)
+        if self.has_position_ids:
+            assert c.position_ids is not None
+            bind(c.position_ids, self._positions)
+        bind(c.logits, self._logits, output=True)
+        self._bind_kv(io, 0, k)
+        self._decode_rows = k
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One token for rows 0..k-1 (k = len(tokens)); `lengths` are the tokens each row
-        already holds (0 for a free slot). The logits [k, vocab] of the new positions."""
+        already holds (0 for a free slot). The logits [k, vocab] of the new positions
+        (a view of a buffer the next step overwrites)."""
         k = len(tokens)
-        total = int(lengths.max()) + 1
-        mask = (np.arange(total, dtype=np.int64)[None, :] <= lengths[:, None]).astype(np.int64)
-        self._bind_kv(0, k)
-        logits = self._run(
-            tokens.reshape(k, 1).astype(np.int64, copy=False),
-            mask,
-            lengths.reshape(k, 1).astype(np.int64),
-        )
-        return logits[:, -1]
+        if k != self._decode_rows:
+            self._bind_decode(k)
+        self._ids[:k, 0] = tokens
+        if self.has_position_ids:
+            self._positions[:k, 0] = lengths
+        want = lengths + 1
+        ones = self._ones[:k]
+        if not np.array_equal(want, ones + 1):  # not just one more each: set rows anew
+            for row in np.flatnonzero(want != ones + 1).tolist():
+                self._mask[row, : want[row]] = 1
+                self._mask[row, want[row] :] = 0
+            ones[:] = want - 1
+        self._mask[np.arange(k), ones] = 1
+        ones += 1
+        self.session.run_with_iobinding(self._decode_io)
+        return self._logits[:k, 0]
