@@ -5,6 +5,7 @@ raw-socket client that costs little CPU. Server CPU per token counts the HTTP pr
 its engine process. Not a timed test; bench/llm.py is the full benchmark.
 
     python -m bench.llm_engine_quick GENAI_FOLDER [--tokens 128] [--rounds 3]
+        [--execution-provider cpu|cuda] [--streams 1,16]
 """
 
 from __future__ import annotations
@@ -57,14 +58,17 @@ def og_generator(folder: Path, tokens: int, rounds: int) -> float:
     return best
 
 
-def own_engine(folder: Path, tokens: int, rounds: int, streams: int) -> float:
+def own_engine(folder: Path, tokens: int, rounds: int, streams: int, provider: str) -> float:
+    import onnxruntime as ort
     from modelservice_runtime.generation.decoder import Decoder, DecoderConfig
     from modelservice_runtime.generation.sampling import SamplingParams
     from modelservice_runtime.generation.scheduler import Scheduler
+    from modelservice_runtime.serving.model import select_providers
     from tokenizers import Tokenizer
 
     cfg = DecoderConfig.read(folder)
-    decoder = Decoder(cfg, max(streams, 1), ["CPUExecutionProvider"])
+    providers = select_providers(provider, ort.get_available_providers())
+    decoder = Decoder(cfg, max(streams, 1), providers)
     sched = Scheduler(decoder, ())  # no end of sequence: every request makes `tokens`
     hf = Tokenizer.from_file(str(folder / "tokenizer.json"))
     best, rid = 0.0, 0
@@ -117,17 +121,22 @@ def main() -> None:
     ap.add_argument("folder", type=Path)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--execution-provider", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--streams", default="1,16")
     a = ap.parse_args()
+    counts = [int(x) for x in a.streams.split(",")]
     print(f"load: {os.getloadavg()}")
     print(f"in-process og.Generator, 1 stream: {og_generator(a.folder, a.tokens, a.rounds):.0f}")
-    for s in (1, 16):
-        rate = own_engine(a.folder, a.tokens, a.rounds, s)
+    for s in counts:
+        rate = own_engine(a.folder, a.tokens, a.rounds, s, a.execution_provider)
         print(f"in-process own scheduler, {s} streams: {rate:.0f}")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "modelservice_cli", "serve", str(a.folder), "--name", "m",
-           "--port", str(port), "--host", "127.0.0.1", "--log-level", "warning"]  # fmt: skip
+           "--port", str(port), "--host", "127.0.0.1", "--log-level", "warning",
+           "--execution-provider", a.execution_provider,
+           "--generation-batch-size", str(max(counts))]  # fmt: skip
     proc = subprocess.Popen(cmd, env={**os.environ, "MODELSERVICE_SHUTDOWN_DELAY_S": "0"})
     try:
         import httpx
@@ -142,7 +151,7 @@ def main() -> None:
             assert time.monotonic() < deadline, "server not ready"
             time.sleep(0.2)
         pids = [proc.pid, *children(proc.pid)]
-        for s in (1, 16):
+        for s in counts:
             cpu0 = sum(cpu_seconds(p) for p in pids)
             me0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
