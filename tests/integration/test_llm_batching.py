@@ -250,3 +250,48 @@ def test_the_engine_process_ends_with_the_server(tiny_llm: tuple[Path, Path]) ->
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f"/proc/{pid}").exists(), "the engine process outlived its server"
+
+
+def test_sigterm_lets_running_streams_finish_and_refuses_new_ones(
+    tiny_llm: tuple[Path, Path],
+) -> None:
+    with serve(tiny_llm[1], "--name", "tiny", "--generation-batch-size", "8") as served:
+        client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
+        want = [
+            client.completions.create(
+                model="tiny", prompt=PROMPTS[i % 4], max_tokens=LONG, temperature=0
+            ).usage.completion_tokens  # type: ignore[union-attr]
+            for i in range(6)
+        ]
+        started = threading.Barrier(7)
+        counts: list[object] = [None] * 6
+
+        def stream(i: int) -> None:
+            n, waited = 0, False
+            try:
+                for chunk in client.completions.create(
+                    model="tiny", prompt=PROMPTS[i % 4], max_tokens=LONG, temperature=0,
+                    stream=True, stream_options={"include_usage": True},
+                ):  # fmt: skip
+                    if not waited:
+                        started.wait()
+                        waited = True
+                    if chunk.usage is not None:
+                        n = chunk.usage.completion_tokens
+                counts[i] = n
+            except Exception as e:
+                counts[i] = e
+
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        started.wait(30)  # every stream has its first tokens
+        served.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        with pytest.raises((httpx.HTTPError, AssertionError)):
+            r = httpx.post(served.url + "/v1/completions", json={"prompt": "x"}, timeout=5)
+            assert r.status_code != 200, "a new generation was taken while draining"
+        for t in threads:
+            t.join(60)
+        assert counts == want  # every stream whole
+        assert served.proc.wait(30) == 0
