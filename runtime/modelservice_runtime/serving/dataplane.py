@@ -89,13 +89,10 @@ class DataPlane:
         """Serve a language model: its engine process is read from here (the event loop)."""
         import time
 
-        from modelservice_runtime.serving.generation import GenerationMetrics
-        from modelservice_runtime.serving.metrics import labels
         from modelservice_runtime.serving.openai_endpoints import GenerativeEntry
 
         s = self.settings
-        metrics = GenerationMetrics(labels(s.name, s.model_version))
-        self.metrics.extra.append(metrics.render)
+        metrics = self.metrics.generation(s.name, s.model_version)
         entry = GenerativeEntry(
             s.name,
             s.model_version,
