@@ -92,10 +92,11 @@ def test_more_than_four_rows_run_in_one_step_and_each_gets_its_lone_answer(
     client: openai.OpenAI, server: Served
 ) -> None:
     prompts = [f"{p} {i}" for i, p in enumerate(PROMPTS * 2)]
-    alone = [stream_text(client, p, 64, temperature=0) for p in prompts]
+    # Long enough that threads started together overlap on a loaded machine.
+    alone = [stream_text(client, p, LONG, temperature=0) for p in prompts]
     before = steps_over(server, 4)
     together = run_together(
-        *(lambda p=p: stream_text(client, p, 64, temperature=0) for p in prompts)
+        *(lambda p=p: stream_text(client, p, LONG, temperature=0) for p in prompts)
     )
     assert together == alone
     assert steps_over(server, 4) > before  # 5 or more generations in one model run
@@ -105,10 +106,10 @@ def test_seeded_and_greedy_requests_share_steps_and_repeat(
     client: openai.OpenAI, server: Served
 ) -> None:
     def seeded(seed: int) -> str:
-        return stream_text(client, PROMPTS[0], 64, temperature=1.0, top_p=0.9, seed=seed)
+        return stream_text(client, PROMPTS[0], LONG, temperature=1.0, top_p=0.9, seed=seed)
 
     def greedy(i: int) -> str:
-        return stream_text(client, PROMPTS[i], 64, temperature=0)
+        return stream_text(client, PROMPTS[i], LONG, temperature=0)
 
     alone = [seeded(1), seeded(2), seeded(3), greedy(1), greedy(2)]
     before = steps_over(server, 4)

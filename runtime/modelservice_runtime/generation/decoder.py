@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from modelservice_runtime.providers import CUDA
+
 log = logging.getLogger("modelservice.generation")
 
 GENAI_CONFIG = "genai_config.json"
@@ -119,7 +121,7 @@ class Decoder:
             providers=providers,
         )
         self.providers = self.session.get_providers()
-        on_cuda = self.providers[0] == "CUDAExecutionProvider"
+        on_cuda = self.providers[0] == CUDA
         self.device = "cuda" if on_cuda else "cpu"
         types = {i.name: i.type for i in self.session.get_inputs()}
         self.kv_dtype = _ORT_TYPES[types[config.past_key % 0]]
