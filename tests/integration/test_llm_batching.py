@@ -296,3 +296,26 @@ def test_sigterm_lets_running_streams_finish_and_refuses_new_ones(
             t.join(60)
         assert counts == want  # every stream whole
         assert served.proc.wait(30) == 0
+
+
+def test_a_50_mb_prompt_is_refused_and_holds_no_probe(server: Served) -> None:
+    prompt = "the quick brown fox " * (50 * 2**20 // 20)
+    answer: dict[str, httpx.Response] = {}
+
+    def post() -> None:
+        answer["r"] = httpx.post(
+            server.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 4}, timeout=60
+        )
+
+    t = threading.Thread(target=post)
+    t.start()
+    slowest = 0.0
+    while t.is_alive():
+        started = time.perf_counter()
+        assert httpx.get(server.url + "/v2/health/live", timeout=10).status_code == 200
+        slowest = max(slowest, time.perf_counter() - started)
+        time.sleep(0.01)
+    t.join()
+    r = answer["r"]
+    assert r.status_code == 400 and "over the context length" in r.json()["error"]
+    assert slowest < 1.0, f"the liveness probe waited {slowest:.2f}s"
