@@ -321,3 +321,36 @@ def test_a_50_mb_prompt_is_refused_and_holds_no_probe(server: Served) -> None:
     # What is left on the loop is reading and parsing the JSON body (orjson: about 0.3 s
     # for 50 MB on a loaded 2-core machine); tokenizing it there took many seconds.
     assert slowest < 2.5, f"the liveness probe waited {slowest:.2f}s"
+
+
+def test_two_workers_run_two_engines_and_metrics_count_the_whole_server(
+    tiny_llm: tuple[Path, Path],
+) -> None:
+    with serve(tiny_llm[1], "--name", "tiny", "--workers", "2") as served:
+        for _ in range(6):
+            r = httpx.post(
+                served.url + "/v1/completions",
+                json={"prompt": "Hello", "max_tokens": 5, "temperature": 0},
+                timeout=30,
+            )
+            assert r.status_code == 200
+            assert r.json()["usage"]["completion_tokens"] <= 5
+        text = metrics_text(served)
+        finished_all = sum(
+            value(text, "modelservice_generations_finished_total", reason=reason)
+            for reason in ("stop", "length")
+        )
+        assert finished_all == 6  # whichever worker answered the scrape
+        workers = subprocess.run(
+            ["pgrep", "-P", str(served.proc.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        engines = [
+            subprocess.run(
+                ["pgrep", "-P", w, "-f", "engine_process"], capture_output=True, text=True,
+                check=False,
+            ).stdout.split()
+            for w in workers
+        ]  # fmt: skip
+        # one engine under each of the two workers
+        assert sorted(map(len, engines))[-2:] == [1, 1], (workers, engines)
+        assert sum(map(len, engines)) == 2, (workers, engines)
