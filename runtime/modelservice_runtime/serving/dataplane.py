@@ -22,13 +22,8 @@ from modelservice_runtime.errors import NotFound, ServiceUnavailable
 from modelservice_runtime.serving import explaining
 from modelservice_runtime.serving.batching import BatchResult, DynamicBatcher
 from modelservice_runtime.serving.entries import GenerativeEntry, ModelEntry
-from modelservice_runtime.serving.generation import (
-    GenaiModel,
-    GenerationEngine,
-    GenerationMetrics,
-    wants_genai,
-)
-from modelservice_runtime.serving.metrics import Metrics, labels
+from modelservice_runtime.serving.generation import GenaiModel, wants_genai
+from modelservice_runtime.serving.metrics import Metrics
 from modelservice_runtime.serving.model import OnnxModel
 from modelservice_runtime.settings import Settings
 
@@ -56,12 +51,9 @@ UNBATCHED_CONCURRENCY = 2
 
 def load_model(s: Settings) -> OnnxModel | GenaiModel:
     """Blocking: load the model and, unless disabled, warm it up. A language model (a
-    folder with genai_config.json, or --format genai) loads on onnxruntime-genai."""
+    folder with genai_config.json, or --format genai) starts its engine process."""
     if wants_genai(s):
-        genai = GenaiModel(s)
-        if s.warmup:
-            genai.warmup()
-        return genai
+        return GenaiModel(s)  # its engine process loads and warms the model itself
     model = OnnxModel(s)
     if s.warmup:
         started = time.perf_counter()
@@ -83,15 +75,14 @@ class DataPlane:
     # --- lifecycle ------------------------------------------------------------------------
 
     def register_generative(self, model: GenaiModel) -> GenerativeEntry:
-        """Serve a language model: its engine thread starts here (on the event loop)."""
+        """Serve a language model: its engine process is read from here (the event loop)."""
         s = self.settings
-        metrics = GenerationMetrics(labels(s.name, s.model_version))
-        self.metrics.extra.append(metrics.render)
+        metrics = self.metrics.generation(s.name, s.model_version)
         entry = GenerativeEntry(
             s.name,
             s.model_version,
             model,
-            GenerationEngine(model, metrics, s.max_queue_size),
+            model.start_engine(metrics, s.max_queue_size),
             metrics,
             self.metrics.for_model(s.name, s.model_version),
             int(time.time()),
@@ -148,7 +139,10 @@ class DataPlane:
     # --- health and metadata --------------------------------------------------------------
 
     def ready(self) -> bool:
-        return (bool(self._models) or self.generative is not None) and not self.draining
+        generative = self.generative
+        if generative is not None and not generative.engine.alive:
+            return False  # the engine process died: its generations failed, and so would new ones
+        return (bool(self._models) or generative is not None) and not self.draining
 
     def server_metadata(self) -> dict[str, Any]:
         extensions = [*EXTENSIONS, *([explaining.EXTENSION] if self.settings.explain else [])]

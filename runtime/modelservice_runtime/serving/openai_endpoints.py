@@ -4,7 +4,9 @@ them (routes.py). Parsing and answers are protocol/openai.py's; the tokens come 
 generation.py.
 A streamed answer is a `Reply` whose `stream` yields the server-sent events, ending in
 `data: [DONE]`; when the client leaves, the app stops iterating it, which cancels the
-generations in the engine (Generation's iterator cancels on close).
+generations in the engine (Generation's iterator cancels on close). Every token that is
+ready goes out at once: one event carries all the text of the tokens that arrived
+together. Tokenizing and the chat template run off the event loop.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from modelservice_runtime.errors import BadRequest, NotFound, ServiceUnavailable
 from modelservice_runtime.serving.dataplane import DataPlane
 from modelservice_runtime.serving.entries import GenerativeEntry
-from modelservice_runtime.serving.generation import Generation, Sampling, TextAssembler
+from modelservice_runtime.serving.generation import Generation, Sampling, TextAssembler, check
 from modelservice_runtime.serving.protocol import openai
 from modelservice_runtime.serving.reply import SSE, Headers, Reply
 
@@ -64,11 +66,11 @@ class OpenAIEndpoints:
             assert req.messages is not None
             if model.chat_template is None:
                 raise BadRequest("messages: this model has no chat template; use /v1/completions")
-            text = model.chat_prompt(req.messages)
+            prompt = await model.encode_async(None, req.messages)
         else:
             assert req.prompt is not None
-            text = req.prompt
-        prompt = model.encode(text)
+            prompt = await model.encode_async(req.prompt, None)
+        entry = self._entry(req.model)  # again: the server may have begun draining meanwhile
         if not prompt:
             raise BadRequest(("messages" if chat else "prompt") + " must not be empty")
         sampling = Sampling(
@@ -79,14 +81,16 @@ class OpenAIEndpoints:
             seed=req.seed,
             stop=req.stop,
         )
-        entry.engine.check(prompt, sampling, req.n)
+        check(entry.engine, prompt, sampling, req.n)
         # n choices: one generation each, seeds seed, seed+1, ... so a seeded n repeats.
         generations = [
             entry.engine.submit(
                 prompt,
-                sampling
-                if sampling.seed is None or i == 0
-                else Sampling(**{**sampling.__dict__, "seed": sampling.seed + i}),
+                (
+                    sampling
+                    if sampling.seed is None or i == 0
+                    else Sampling(**{**sampling.__dict__, "seed": sampling.seed + i})
+                ).params(),
             )
             for i in range(req.n)
         ]
@@ -131,8 +135,8 @@ async def _collect(
     entry: GenerativeEntry, generation: Generation, stop: tuple[str, ...]
 ) -> tuple[str, list[int], str]:
     assembler = TextAssembler(entry.model.decode, stop)
-    async for token in generation:
-        assembler.add(token)
+    async for tokens in generation.chunks():
+        assembler.add(tokens)
         if assembler.stopped:
             generation.stop()
             break
@@ -154,14 +158,26 @@ async def _stream(
 
     async def pump(index: int, generation: Generation) -> None:
         try:
-            async for token in generation:
-                await merged.put((index, token))
+            async for tokens in generation.chunks():
+                await merged.put((index, tokens))
         except BaseException as e:
             await merged.put((index, e))
             raise
         await merged.put((index, None))
 
-    tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(generations)]
+    async def one(generation: Generation) -> AsyncIterator[tuple[int, Any]]:
+        """One choice (the usual case): its chunks straight, no task and queue between."""
+        async for tokens in generation.chunks():
+            yield 0, tokens
+        yield 0, None
+
+    async def several() -> AsyncIterator[tuple[int, Any]]:
+        while True:
+            yield await merged.get()
+
+    single = len(generations) == 1
+    tasks = [] if single else [asyncio.create_task(pump(i, g)) for i, g in enumerate(generations)]
+    events = one(generations[0]) if single else several()
     assemblers = [TextAssembler(entry.model.decode, req.stop) for _ in generations]
     ok = False
     try:
@@ -169,8 +185,9 @@ async def _stream(
             for i in range(len(generations)):
                 yield openai.chunk(chat, rid, name, i, "", None, role=True)
         open_ = len(generations)
-        while open_:
-            index, item = await merged.get()
+        async for index, item in events:
+            if not open_:
+                break
             assembler, generation = assemblers[index], generations[index]
             if isinstance(item, BaseException):
                 raise item
@@ -181,6 +198,8 @@ async def _stream(
                         yield openai.chunk(chat, rid, name, index, tail, None)
                     yield openai.chunk(chat, rid, name, index, None, _finish(generation, assembler))
                     open_ -= 1
+                    if not open_:
+                        break
                 continue
             delta = assembler.add(item)
             if assembler.stopped:
@@ -189,7 +208,10 @@ async def _stream(
                     yield openai.chunk(chat, rid, name, index, delta, None)
                 yield openai.chunk(chat, rid, name, index, None, "stop")
                 open_ -= 1
-                tasks[index].cancel()
+                if tasks:
+                    tasks[index].cancel()
+                if not open_:
+                    break
                 continue
             if delta:
                 yield openai.chunk(chat, rid, name, index, delta, None)
@@ -202,6 +224,7 @@ async def _stream(
     finally:
         for task in tasks:
             task.cancel()
+        await events.aclose()  # type: ignore[attr-defined]
         for g in generations:
             g.cancel()
         entry.requests.on_request(ok, time.perf_counter() - started, 0.0, 0.0)
