@@ -584,3 +584,74 @@ def test_grpc_port_taken_is_an_error_at_start(mlp_onnx: Path) -> None:
         )  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"cannot listen for gRPC on 127.0.0.1:{port}" in proc.stderr, proc.stderr
+
+
+def _slow_input(rows: int) -> list[tgrpc.InferInput]:
+    inp = tgrpc.InferInput("input", [rows, 512], "FP32")
+    inp.set_data_from_numpy(np.ones((rows, 512), np.float32))
+    return [inp]
+
+
+def test_queue_full_is_unavailable_with_rests_message(tmp_path: Path) -> None:
+    """The same queue bound as REST's 503: two calls hold both runs (batching off), one waits
+    (--max-queue-size 1), one more gets UNAVAILABLE at once; the accepted ones are answered."""
+    from tests.integration.runtime_server import rows_to_hold, slow_model, wait_pending
+
+    path = slow_model(tmp_path / "slow.onnx")
+    port = free_port()
+    args = ("--grpc-port", str(port), "--max-batch-size", "0", "--max-queue-size", "1")
+    with serve(path, *args) as served:
+        heavy = rows_to_hold(served.url)
+        answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        client = tgrpc.InferenceServerClient(f"127.0.0.1:{port}")
+        try:
+
+            def send(rows: int) -> None:
+                client.async_infer(
+                    "slow",
+                    _slow_input(rows),
+                    callback=lambda result, error: answers.put((result, error)),
+                )
+
+            send(heavy)
+            send(heavy)
+            wait_pending(served.url, 2)
+            send(1)
+            wait_pending(served.url, 3)
+            with pytest.raises(InferenceServerException) as refused:
+                client.infer("slow", _slow_input(1))
+            assert refused.value.status() == "StatusCode.UNAVAILABLE"
+            assert refused.value.message() == (
+                "the request queue is full (1 requests waiting); retry after a moment"
+            )
+            got = [answers.get(timeout=120) for _ in range(3)]
+        finally:
+            client.close()
+        assert [error for _, error in got] == [None, None, None]
+        GrpcServed(served, port).alive()
+
+
+def test_draining_is_not_serving_then_exit(mlp_onnx: Path) -> None:
+    """SIGTERM: through --shutdown-delay-s the health service says NOT_SERVING and
+    ServerReady is false while calls are still answered; then the server exits 0."""
+    port = free_port()
+    with serve(mlp_onnx, "--grpc-port", str(port), "--shutdown-delay-s", "3") as served:
+        target = f"127.0.0.1:{port}"
+        with grpc.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service="")
+            assert health.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+            served.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 2
+            while health.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING:
+                assert time.monotonic() < deadline, "health still SERVING 2 s after SIGTERM"
+                time.sleep(0.05)
+            client = tgrpc.InferenceServerClient(target)
+            try:
+                assert not client.is_server_ready()
+                x = tgrpc.InferInput("input", [1, 64], "FP32")
+                x.set_data_from_numpy(np.ones((1, 64), np.float32))
+                assert client.infer("mlp", [x]).as_numpy("output").shape == (1, 10)
+            finally:
+                client.close()
+        assert served.proc.wait(timeout=30) == 0, served.log_tail()
