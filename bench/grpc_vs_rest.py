@@ -1,7 +1,7 @@
 """gRPC ModelInfer (raw tensors) against REST binary, same server, same load, same run.
 
-    .cache/venv/bin/python bench/grpc_vs_rest.py [--models mlp,cnn] [--connections 16] [--duration 8]
-                                         [--rounds 2]
+    .cache/venv/bin/python bench/grpc_vs_rest.py [--models mlp,cnn] [--connections 16]
+                                                 [--duration 8] [--rounds 2]
 
 One `modelservice serve` per model (batching on, the defaults, one worker) serves both front
 ends over one data plane. The load is closed-loop at the same concurrency for both: wrk
@@ -40,7 +40,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `python bench/grpc_vs_rest.py` puts bench/, not the repo, on the path
+if str(REPO) not in sys.path:  # `python bench/grpc_vs_rest.py` puts bench/ on the path, not REPO
     sys.path.insert(0, str(REPO))
 
 from bench import load, models, servers  # noqa: E402
@@ -230,8 +230,8 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             BEGIN,
             "## gRPC against REST binary",
             "",
-            "`.cache/venv/bin/python bench/grpc_vs_rest.py` (issue 28). One `modelservice serve` per "
-            "model (batching on, defaults, one worker) serves both; closed loop at "
+            "`.cache/venv/bin/python bench/grpc_vs_rest.py` (issue 28). One `modelservice serve` "
+            "per model (batching on, defaults, one worker) serves both; closed loop at "
             f"{meta['connections']} concurrent requests: wrk posting the V2 binary body, ghz "
             f"{GHZ_VERSION} calling `ModelInfer` with the tensor in `raw_input_contents` "
             f"(`--cpus 1`). {meta['rounds']} rounds of {meta['duration']:.0f} s each, "
