@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 from modelservice_runtime.errors import BadRequest, ModelServiceError, ServiceUnavailable
 from modelservice_runtime.serving.auth import BearerAuth
-from modelservice_runtime.serving.dataplane import DataPlane, ModelEntry
+from modelservice_runtime.serving.dataplane import DataPlane
+from modelservice_runtime.serving.entries import ModelEntry
 from modelservice_runtime.serving.grpc_front import grpc_predict_v2_pb2 as pb
 from modelservice_runtime.serving.grpc_front import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelservice_runtime.serving.grpc_front import tensors
@@ -192,22 +193,23 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         """One inference request: parsed, batched and counted as a REST one is."""
         entry = self._entry(request.model_name, request.model_version, "model_name")
-        started = time.perf_counter()
-        m = entry.metrics
-        m.request_started()
-        try:
+
+        def parse(
+            request: pb.ModelInferRequest,
+        ) -> tuple[dict[str, np.ndarray], tensors.InferRequest]:
             req = tensors.parse_infer_request(request)
             if req.outputs is not None:
-                entry.model.check_outputs(req.outputs)
-            result = await self.dataplane.infer(entry, req.inputs)
-            reply = tensors.build_infer_response(
-                entry.name, entry.version, request.id, result.outputs, req.outputs, raw=req.raw
+                entry.check_outputs(req.outputs)
+            return req.inputs, req
+
+        def build(
+            outputs: dict[str, np.ndarray], req: tensors.InferRequest
+        ) -> pb.ModelInferResponse:
+            return tensors.build_infer_response(
+                entry.name, entry.version, request.id, outputs, req.outputs, raw=req.raw
             )
-        except BaseException:
-            m.on_request(False, time.perf_counter() - started, 0.0, 0.0)
-            raise
-        m.on_request(True, time.perf_counter() - started, result.queue_s, result.compute_s)
-        return reply
+
+        return await self.dataplane.run_request(entry, parse, build, request)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
