@@ -102,7 +102,7 @@ def run_ghz(
     argv = [
         ghz, "--insecure", "--proto", str(PROTO),
         "--call", "inference.GRPCInferenceService.ModelInfer",
-        "--binary", "--data-file", str(data),
+        "--binary-file", str(data),
         "--connections", str(connections), "--concurrency", str(connections),
         "--duration", f"{max(1, round(duration_s))}s", "--timeout", "10s",
         "--cpus", "1", "--format", "json", "--output", str(out), target,
@@ -110,11 +110,12 @@ def run_ghz(
     cpu_before = servers.cpu_times(pid)
     gen_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before = float(Path("/proc/loadavg").read_text().split()[0])
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
+    done = subprocess.run(argv, capture_output=True, timeout=duration_s + 60)
     gen_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_after = servers.cpu_times(pid)
     if done.returncode != 0 or not out.exists():
-        raise RuntimeError(f"ghz failed (exit {done.returncode}): {done.stderr[-2000:]}")
+        said = (done.stderr or done.stdout)[-2000:].decode(errors="replace")
+        raise RuntimeError(f"ghz failed (exit {done.returncode}): {said}")
     r = json.loads(out.read_text())
     ok = r.get("statusCodeDistribution", {}).get("OK", 0)
     seconds = r["total"] / 1e9

@@ -655,3 +655,80 @@ def test_draining_is_not_serving_then_exit(mlp_onnx: Path) -> None:
             finally:
                 client.close()
         assert served.proc.wait(timeout=30) == 0, served.log_tail()
+
+
+# --- KServe's client --------------------------------------------------------------------------
+
+# kserve pins its own protobuf and grpcio (and much else), so its client runs from a venv of
+# its own, made the way bench/servers.py makes the bench's (the same folder: one install).
+KSERVE_VENV = Path(__file__).resolve().parents[2] / ".cache" / "bench-kserve-venv"
+KSERVE_SCRIPT = """
+import asyncio, json, sys
+import grpc
+import numpy as np
+from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+async def main(target, model, x):
+    out = {}
+    async with InferenceGRPCClient(target, timeout=30) as client:
+        out["live"] = await client.is_server_live()
+        out["ready"] = await client.is_server_ready()
+        out["model_ready"] = await client.is_model_ready(model)
+        for binary in (True, False):  # raw_input_contents, then typed contents
+            inp = InferInput(name="input", shape=list(x.shape), datatype="FP32")
+            inp.set_data_from_numpy(x, binary_data=binary)
+            res = await client.infer(InferRequest(model, [inp], request_id="k1"))
+            out["raw" if binary else "typed"] = [res.id, res.outputs[0].as_numpy().tolist()]
+        try:
+            await client.infer(InferRequest("nope", [inp]))
+        except grpc.RpcError as e:
+            out["unknown"] = [e.code().name, e.details()]
+    print(json.dumps(out))
+
+x = np.array(json.loads(sys.argv[3]), dtype=np.float32)
+asyncio.run(main(sys.argv[1], sys.argv[2], x))
+"""
+
+
+def kserve_python() -> Path:
+    python = KSERVE_VENV / "bin" / "python"
+    if not (python.exists() and subprocess.run([python, "-c", "import kserve"]).returncode == 0):
+        made = subprocess.run(
+            ["python3", "-m", "venv", str(KSERVE_VENV)], capture_output=True, text=True
+        )
+        pip = subprocess.run(
+            [python, "-m", "pip", "install", "-q", "kserve", "onnxruntime"],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+        if made.returncode or pip.returncode:
+            from tests.needs import needed
+
+            needed(f"kserve's client does not install here: {(pip.stderr or made.stderr)[-500:]}")
+    return python
+
+
+def test_kserve_inference_grpc_client(mlp_onnx: Path) -> None:
+    """kserve's InferenceGRPCClient (its own venv): health, raw and typed infer, NOT_FOUND."""
+    import json
+
+    python = kserve_python()
+    port = free_port()
+    x = np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32)
+    want = reference(mlp_onnx, {"input": x})["output"]
+    with serve(mlp_onnx, "--grpc-port", str(port)):
+        done = subprocess.run(
+            [python, "-c", KSERVE_SCRIPT, f"127.0.0.1:{port}", "mlp", json.dumps(x.tolist())],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["live"] and out["ready"] and out["model_ready"]
+    for form in ("raw", "typed"):
+        request_id, got = out[form]
+        assert request_id == "k1"
+        np.testing.assert_allclose(np.array(got, np.float32), want, rtol=1e-5, atol=1e-6)
+    assert out["unknown"] == ["NOT_FOUND", "model 'nope' not found; this server serves ['mlp']"]
