@@ -108,7 +108,8 @@ class Server(uvicorn.Server):
 
     async def _wait_tasks_to_complete(self) -> None:
         """uvicorn's wait for in-flight HTTP requests, and for the gRPC calls too: the
-        lifespan shutdown after it closes the data plane."""
+        lifespan shutdown after it closes the data plane. (A uvicorn internal: checked by
+        tests/unit/test_third_party_internals.py.)"""
         await super()._wait_tasks_to_complete()
         if self._grpc_stopped is not None:
             await asyncio.shield(self._grpc_stopped)
