@@ -613,11 +613,18 @@ def test_queue_full_is_unavailable_with_rests_message(tmp_path: Path) -> None:
                     callback=lambda result, error: answers.put((result, error)),
                 )
 
+            def seen(count: int) -> None:
+                try:
+                    wait_pending(served.url, count)
+                except AssertionError as e:  # say what the calls sent so far got
+                    early = [answers.get_nowait() for _ in range(answers.qsize())]
+                    raise AssertionError(f"{e}; answered meanwhile: {early}") from None
+
             send(heavy)
             send(heavy)
-            wait_pending(served.url, 2)
+            seen(2)
             send(1)
-            wait_pending(served.url, 3)
+            seen(3)
             with pytest.raises(InferenceServerException) as refused:
                 client.infer("slow", _slow_input(1))
             assert refused.value.status() == "StatusCode.UNAVAILABLE"
