@@ -96,13 +96,21 @@ def verify_grpc(target: str, model: models.BenchModel) -> None:
 
 
 def run_ghz(
-    ghz: str, target: str, data: Path, connections: int, duration_s: float, pid: int
+    ghz: str,
+    target: str,
+    data: Path,
+    connections: int,
+    duration_s: float,
+    pid: int,
+    method: str = "ModelInfer",
 ) -> dict[str, Any]:
+    """ghz calling `method` with the serialized request in `data` (an empty file: an empty
+    message)."""
     out = data.with_suffix(".json")
     argv = [
         ghz, "--insecure", "--proto", str(PROTO),
-        "--call", "inference.GRPCInferenceService.ModelInfer",
-        "--binary-file", str(data),
+        "--call", f"inference.GRPCInferenceService.{method}",
+        *(["--binary-file", str(data)] if data.stat().st_size else ["--data", "{}"]),
         "--connections", str(connections), "--concurrency", str(connections),
         "--duration", f"{max(1, round(duration_s))}s", "--timeout", "10s",
         "--cpus", "1", "--format", "json", "--output", str(out), target,
@@ -206,11 +214,18 @@ def bench_model(
                     grpc_rounds.append(
                         run_ghz(ghz, target, data, args.connections, args.duration, server.pid)
                     )
+        # The floor: grpcio's cost of a call that does nothing (ServerLive, no model).
+        empty = work / "empty.bin"
+        empty.write_bytes(b"")
+        live = run_ghz(
+            ghz, target, empty, args.connections, args.duration, server.pid, "ServerLive"
+        )
     return {
         "model": model.name,
         "description": model.description,
         "rest": summarize(rest_rounds),
         "grpc": summarize(grpc_rounds),
+        "grpc_live": summarize([live]),
     }
 
 
@@ -218,7 +233,10 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     rows = []
     for r in results:
         rest, grpc = r["rest"], r["grpc"]
-        for label, s in (("REST binary (wrk)", rest), ("gRPC raw (ghz)", grpc)):
+        pairs = [("REST binary (wrk)", rest), ("gRPC raw (ghz)", grpc)]
+        if "grpc_live" in r:
+            pairs.append(("gRPC ServerLive, no model (ghz)", r["grpc_live"]))
+        for label, s in pairs:
             rows.append(
                 f"| {r['model']} | {label} | {s['requests_per_s']:.0f} | {s['p50_ms']:.2f} "
                 f"| {s['p99_ms']:.2f} | {s['server_cpu_us']:.0f} | {s['load_cpu_us']:.0f} "
@@ -270,7 +288,15 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             )
             + " such calls in this run, left out.",
             "",
-            "**Why gRPC costs more here.** A py-spy profile of the server under the same gRPC "
+            "**Why gRPC costs more here.** The `ServerLive` rows are calls that touch no "
+            "model and no data plane: grpcio's own cost of one unary call in this server ("
+            + ", ".join(
+                f"{r['grpc_live']['server_cpu_us']:.0f} us beside REST binary's whole "
+                f"{r['model']} inference at {r['rest']['server_cpu_us']:.0f} us"
+                for r in results
+                if "grpc_live" in r
+            )
+            + "). A py-spy profile of the server under the same gRPC "
             "load on the MLP (`py-spy record` for 6 s, 16 ghz connections) puts about 55% of the "
             "samples in native code under the event loop (grpc.aio's Cython completion-queue "
             "and call machinery) and about 17% in grpc's own poller thread, against about 5% in "
@@ -305,7 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="print the section only")
+    p.add_argument("--render", type=Path, help="re-render the section from a results JSON")
     args = p.parse_args(argv)
+    if args.render is not None:
+        saved = json.loads(args.render.read_text())
+        print(f"wrote {write_section(render(saved['results'], saved['meta']), BEGIN, END)}")
+        return 0
     load.ensure_wrk()
     ghz = ensure_ghz()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
