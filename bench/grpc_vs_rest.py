@@ -306,9 +306,13 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "(docs/runtime.md, One request); gRPC goes through grpcio's general machinery, "
             "which wakes a second thread per batch of events. So the issue's targets (gRPC at "
             "most REST binary's CPU per request on the CNN, within 20% on the MLP) are "
-            "missed, and grpc_front's own code (about 5%) cannot close the gap; what might "
-            "(grpcio's sync server on a thread pool, or an HTTP/2 server of the runtime's "
-            "own) was not tried.",
+            "missed, and grpc_front's own code (about 5%) cannot close the gap. Nor would "
+            "grpcio's sync server: checked once by hand (2026-12-06, the same ghz load, a "
+            "sync `grpc.server` on a thread pool answering `ServerLive` alone, no model, no "
+            "event loop) it cost about 360 us of CPU per call with 1 or 4 threads, still "
+            "above REST binary's whole MLP inference, before the hand-off to the event loop an "
+            "inference would add. Closing the gap takes an HTTP/2 server of the runtime's own "
+            "(as its HTTP/1.1 protocol is), not tried here.",
             "",
             "**Triton's own gRPC front end** was not measured. The one Triton server that "
             "installs from PyPI is the `tritonserver` binary inside PyTriton's wheel "
