@@ -249,7 +249,9 @@ def test_a_model_that_cannot_load_stops_every_worker(tmp_path: Path) -> None:
     from tests.integration.test_faults_runtime import run_failing_serve
 
     bad = tmp_path / "bad.onnx"
-    bad.write_bytes(b"not a model")
+    # Binary, starting like ONNX's protobuf: past serve's preflight (which refuses text
+    # before any worker starts), so the workers are the ones that fail to load it.
+    bad.write_bytes(b"\x08\x07\x12\x00not a model\xff\xfe")
     started = time.monotonic()
     code, out, ready = run_failing_serve(str(bad), "--workers", "2")
     assert code == 1 and ready == 0, out

@@ -52,6 +52,7 @@ class Defaults:
     samples: int = 2048
     max_samples: int = 16384
     patch: tuple[int, int] | None = None  # None: groups.default_patch
+    cap: str = "--explain-max-samples"  # how messages name max_samples (serve's flag)
 
 
 @dataclass(frozen=True)
@@ -124,18 +125,7 @@ def parse_parameters(
     baseline_echo = raw.get("baseline", 0)
     baseline = _baseline(baseline_echo, instance_shape, dtype, name("baseline"))
 
-    samples = raw.get("samples", defaults.samples)
-    if not _int(samples) or samples < 1:
-        raise BadParameter(
-            "samples", f"{name('samples')}: expected a positive integer, got {samples!r}"
-        )
-    if samples > defaults.max_samples:
-        raise BadParameter(
-            "samples",
-            f"{name('samples')}: {samples} is over the limit of {defaults.max_samples} "
-            "perturbed inputs per request (--explain-max-samples)",
-        )
-
+    samples = _samples(raw.get("samples", defaults.samples), defaults, name)
     seed = raw.get("seed", DEFAULT_SEED)
     if not _int(seed) or not 0 <= seed < 2**63:
         raise BadParameter(
@@ -168,6 +158,20 @@ def parse_parameters(
     )
     _check_budget(request, instances, defaults, name)
     return request
+
+
+def _samples(samples: Any, defaults: Defaults, name: Callable[[str], str]) -> int:
+    if not _int(samples) or samples < 1:
+        raise BadParameter(
+            "samples", f"{name('samples')}: expected a positive integer, got {samples!r}"
+        )
+    if samples > defaults.max_samples:
+        raise BadParameter(
+            "samples",
+            f"{name('samples')}: {samples} is over the limit of {defaults.max_samples} "
+            f"perturbed inputs per request ({defaults.cap})",
+        )
+    return int(samples)
 
 
 def _baseline(value: Any, shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray:
@@ -270,5 +274,5 @@ def _check_budget(
             which,
             f"{name(which)}: {instances} instance(s) x {request.rows()} perturbed inputs "
             f"({method.name} over {d} features or patches) = {rows}, over the limit of "
-            f"{defaults.max_samples} per request (--explain-max-samples){hint}",
+            f"{defaults.max_samples} per request ({defaults.cap}){hint}",
         )
