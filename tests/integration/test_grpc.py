@@ -563,7 +563,7 @@ def test_sigterm_drains_a_grpc_call_in_flight(tmp_path: Path) -> None:
         served.proc.send_signal(signal.SIGTERM)
         result, error = results.get(timeout=60)
         client.close()
-        assert error is None, error
+        assert error is None, (error.status(), error.message(), served.log_tail())
         assert result.as_numpy("output").shape == (rows, 512)
         assert served.proc.wait(timeout=30) == 0, served.log_tail()
 
