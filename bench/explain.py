@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             bodies=("binary",),
             argv_for_port=[
                 *servers.OUR_RUNTIME, str(model.path), "--host", "127.0.0.1",
-                "--port", "{port}", "--log-level", "warning",
+                "--port", "{port}", "--grpc-port", "0", "--log-level", "warning",
             ],
         )  # fmt: skip
         with servers.RunningServer(spec, out_dir / "logs") as server:

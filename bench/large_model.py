@@ -110,7 +110,8 @@ def serving(
     """`modelservice serve` on a free port; yields (process, port, seconds to ready)."""
     port = free_port()
     cmd = [str(BIN / "modelservice"), "serve", str(model), "--host", "127.0.0.1",
-           "--port", str(port), "--workers", str(workers), "--log-level", "warning",
+           "--port", str(port), "--grpc-port", "0", "--workers", str(workers),
+           "--log-level", "warning",
            *flags]  # fmt: skip
     env = {**os.environ, "MODELSERVICE_SHUTDOWN_DELAY_S": "0"}
     with log.open("wb") as out:

@@ -64,6 +64,7 @@ def our_runtime(
         "--port", "{port}",
         "--max-batch-size", batch,
         "--workers", str(workers),
+        "--grpc-port", "0",  # REST only here; bench/grpc.py measures gRPC beside it
         "--log-level", "warning",
     ]  # fmt: skip
     return ServerSpec(

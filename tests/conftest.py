@@ -13,6 +13,10 @@ import pytest
 from tests import modelzoo
 from tests.needs import CANNOT_HAVE, in_ci, needed_module
 
+# `modelservice serve` listens for gRPC on 8081 by default: the many servers the tests start
+# side by side would fight over it. Off unless a test asks for a port (--grpc-port beats it).
+os.environ.setdefault("MODELSERVICE_GRPC_PORT", "0")
+
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -135,6 +135,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("name", str, "", "served model name; empty: the model file's stem", operator=True),
     Setting("host", str, "0.0.0.0", "listen address", operator=True),
     Setting("port", int, 8080, "listen port", minimum=0, maximum=65535, operator=True),
+    Setting("grpc_port", int, 8081, "gRPC port of the Open Inference Protocol "
+            "(inference.GRPCInferenceService, as tritonclient.grpc speaks it, and "
+            "grpc.health.v1); 0 = no gRPC", minimum=0, maximum=65535, operator=True),
     Setting("workers", int, 1, "server processes sharing the port (one process is held to "
             "about one core by Python's GIL), each with its own onnxruntime session (what "
             "one costs in memory: docs/runtime.md); 0 = one per CPU, but one on a GPU",

@@ -16,7 +16,7 @@ from typing import Any
 from modelservice_cli import fetch_flags, serve_flags
 
 from modelservice_operator import FIELD_MANAGER, GROUP
-from modelservice_operator.spec import ModelServiceSpec
+from modelservice_operator.spec import GrpcSpec, ModelServiceSpec
 
 APP_NAME = "modelservice-runtime"
 LABEL_NAME = "app.kubernetes.io/name"
@@ -167,6 +167,7 @@ def runtime_settings(name: str, spec: ModelServiceSpec) -> dict[str, Any]:
         "name": spec.model.name or name,
         "host": "0.0.0.0",
         "port": HTTP_PORT,
+        "grpc_port": rt.grpc.port if rt.grpc.enabled else 0,
         "workers": runtime_workers(spec),
         "max_batch_size": rt.batching.max_batch_size,
         "max_batch_delay_us": rt.batching.max_delay_microseconds,
@@ -294,7 +295,14 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": serve_command(name, spec),
-        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            *(
+                [{"name": "grpc", "containerPort": spec.runtime.grpc.port, "protocol": "TCP"}]
+                if spec.runtime.grpc.enabled
+                else []
+            ),
+        ],
         "resources": _resources(spec, placement.limits),
         "volumeMounts": mounts,
         "startupProbe": _http_probe(
@@ -392,18 +400,28 @@ def render_deployment(
     return body
 
 
-def render_service(name: str, namespace: str) -> dict[str, Any]:
+def render_service(
+    name: str, namespace: str, spec: ModelServiceSpec | None = None
+) -> dict[str, Any]:
+    """HTTP on port 80; gRPC (h2c, so meshes and Gateways speak HTTP/2 to it) on the
+    runtime's gRPC port unless spec.runtime.grpc turns it off (no spec: the default, on)."""
+    grpc = spec.runtime.grpc if spec is not None else GrpcSpec()
+    ports = [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}]
+    if grpc.enabled:
+        ports.append(
+            {
+                "name": "grpc",
+                "port": grpc.port,
+                "targetPort": "grpc",
+                "protocol": "TCP",
+                "appProtocol": "kubernetes.io/h2c",
+            }
+        )
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(name, namespace),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector_labels(name),
-            "ports": [
-                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
-            ],
-        },
+        "spec": {"type": "ClusterIP", "selector": selector_labels(name), "ports": ports},
     }
 
 
@@ -462,7 +480,7 @@ def render_children(
     """Every child that should exist, in apply order (the HPA after its target)."""
     children = [
         render_deployment(name, namespace, spec, default_image),
-        render_service(name, namespace),
+        render_service(name, namespace, spec),
         render_pdb(name, namespace),
     ]
     hpa = render_hpa(name, namespace, spec)

@@ -409,6 +409,38 @@ class NormalizeSpec(_Model):
         return self
 
 
+class GrpcSpec(_Model):
+    """The Open Inference Protocol over gRPC (inference.GRPCInferenceService, as
+    tritonclient.grpc and kserve's InferenceGRPCClient speak it), beside HTTP."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.port != 8080",
+            message="must differ from the HTTP port 8080",
+            field_path=".port",
+        ),
+    )
+
+    enabled: bool = Field(
+        default=True,
+        description="Serve gRPC: the pod's container port `grpc` and the Service's port "
+        "`grpc` (appProtocol kubernetes.io/h2c). Off: HTTP only.",
+    )
+    port: int = Field(
+        default=8081,
+        ge=1,
+        le=65535,
+        description="The runtime's gRPC port (--grpc-port), also the Service's port `grpc`. "
+        "Must differ from the HTTP port 8080.",
+    )
+
+    @model_validator(mode="after")
+    def _not_the_http_port(self) -> GrpcSpec:
+        if self.port == 8080:
+            raise SpecRuleError("port", "must differ from the HTTP port 8080")
+        return self
+
+
 class EnvVar(_Model):
     """A core/v1 EnvVar (name plus value or valueFrom), passed to the runtime container."""
 
@@ -473,6 +505,10 @@ class RuntimeSpec(_Model):
     )
     normalize: NormalizeSpec | None = Field(
         default=None, description="Optional per-channel input normalization."
+    )
+    grpc: GrpcSpec = Field(
+        default_factory=GrpcSpec,
+        description="The Open Inference Protocol over gRPC beside HTTP; on by default.",
     )
     env: list[EnvVar] = Field(
         default_factory=list,

@@ -396,6 +396,48 @@ def test_a_model_from_each_scheme_serves_through_the_service(
             kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
 
 
+def test_grpc_answers_through_the_services_grpc_port(
+    kctl: Kubectl, chart_operator: str, model_files: ModelFiles, mlp_onnx: Path
+) -> None:
+    """The Service's second port `grpc` (h2c) reaches the runtime's gRPC front end:
+    unmodified tritonclient.grpc through the ClusterIP, answers equal to onnxruntime, and the
+    grpc.health.v1 check a Kubernetes grpc probe would make says SERVING."""
+    import grpc
+    import onnxruntime as ort
+    import tritonclient.grpc as grpcclient
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    name = "over-grpc"
+    model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"],
+             "name": name}  # fmt: skip
+    kctl.apply(manifest(name, model), NAMESPACE)
+    try:
+        wait_ready(kctl, name)
+        svc = kctl.get("service", name, NAMESPACE)
+        (port,) = [p for p in svc["spec"]["ports"] if p["name"] == "grpc"]
+        assert port["appProtocol"] == "kubernetes.io/h2c"
+        address = f"{svc['spec']['clusterIP']}:{port['port']}"
+        x = np.random.default_rng(8).standard_normal((ROWS, 64)).astype(np.float32)
+        session = ort.InferenceSession(str(mlp_onnx), providers=["CPUExecutionProvider"])
+        (expected,) = session.run(None, {"input": x})
+        client = grpcclient.InferenceServerClient(address)
+        try:
+            assert client.is_server_ready() and client.is_model_ready(name)
+            inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            got = client.infer(name, [inp]).as_numpy("output")
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        finally:
+            client.close()
+        with grpc.insecure_channel(address) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=10
+            )
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
+
+
 # --- failures are reported ------------------------------------------------------------------
 
 

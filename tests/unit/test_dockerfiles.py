@@ -81,7 +81,7 @@ def test_entrypoint_cmd_and_port(dockerfile: Path) -> None:
     stage = dict(final_stage(dockerfile))
     assert json.loads(stage["ENTRYPOINT"]) == ["modelservice"]
     assert json.loads(stage["CMD"]) == ["serve", "/models/model.onnx"]
-    assert stage["EXPOSE"] == "8080"
+    assert stage["EXPOSE"] == "8080 8081"  # HTTP, gRPC
 
 
 def test_read_only_root_friendly_env(dockerfile: Path) -> None:

@@ -22,14 +22,27 @@ SERVING = "modelservice_runtime.serving"
 # Top to bottom. A new serving/ module gets its place here, with the reason for it.
 SERVING_LAYERS: list[set[str]] = [
     {"app"},
-    {"routes"},
-    {"endpoints", "explain_endpoints", "openai_endpoints"},  # one front end's protocols
+    # the HTTP route table; the gRPC server (grpc_front/server.py), the other front end's top
+    {"routes", "grpc_front.server"},
+    # one front end's protocols; the gRPC servicer (grpc_front/service.py)
+    {"endpoints", "explain_endpoints", "openai_endpoints", "grpc_front.service"},
     {"dataplane"},
     {"explaining"},
     {"entries"},
     {"model", "generation", "batching", "auth"},
-    {"metrics", "protocol", "protocol.v1", "protocol.v2", "protocol.openai", "external_data"},
-    {"datatypes", "reply"},
+    # the wire formats; grpc_front's tensors.py and the generated service stubs
+    {
+        "metrics",
+        "protocol",
+        "protocol.v1",
+        "protocol.v2",
+        "protocol.openai",
+        "external_data",
+        "grpc_front.tensors",
+        "grpc_front.grpc_predict_v2_pb2_grpc",
+    },
+    # the generated messages (grpc_front/grpc_predict_v2_pb2.py), the package docs
+    {"datatypes", "reply", "grpc_front", "grpc_front.grpc_predict_v2_pb2"},
 ]
 
 

@@ -18,7 +18,7 @@ from modelservice_operator.render import (
     selector_string,
     service_url,
 )
-from modelservice_operator.spec import parse_spec
+from modelservice_operator.spec import InvalidSpec, parse_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 IMAGE = "registry.local/modelservice-runtime:test"
@@ -116,10 +116,14 @@ def test_runtime_container_command_ports_and_probes() -> None:
     assert c["image"] == IMAGE
     assert c["command"] == [
         "modelservice", "serve", "/models/model.onnx", "--name", "demo", "--host", "0.0.0.0",
-        "--port", "8080", "--workers", "1", "--max-batch-size", "8", "--max-batch-delay-us", "900",
-        "--intra-op-threads", "2", "--inter-op-threads", "1", "--execution-provider", "cpu",
+        "--port", "8080", "--grpc-port", "8081", "--workers", "1", "--max-batch-size", "8",
+        "--max-batch-delay-us", "900", "--intra-op-threads", "2", "--inter-op-threads", "1",
+        "--execution-provider", "cpu",
     ]  # fmt: skip
-    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8081, "protocol": "TCP"},
+    ]
     for probe, path in (
         ("startupProbe", "/v2/health/ready"),
         ("readinessProbe", "/v2/health/ready"),
@@ -319,7 +323,14 @@ def test_service() -> None:
         "app.kubernetes.io/instance": "demo",
     }
     assert svc["spec"]["ports"] == [
-        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+        {
+            "name": "grpc",
+            "port": 8081,
+            "targetPort": "grpc",
+            "protocol": "TCP",
+            "appProtocol": "kubernetes.io/h2c",
+        },
     ]
     assert service_url("demo", "ns1") == "http://demo.ns1.svc.cluster.local"
     assert selector_string("demo") == (
@@ -416,3 +427,21 @@ def test_the_llm_example_scales_on_requests_in_flight() -> None:
     names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     assert names == ["nv_inference_pending_request_count"]
     assert all(m["type"] != "Resource" for m in hpa["spec"]["metrics"])
+
+
+def test_grpc_off_or_on_another_port() -> None:
+    """spec.runtime.grpc: off leaves HTTP alone (no port anywhere, --grpc-port 0); another
+    port moves the container port, the Service port and the flag together."""
+    off = _spec(runtime={"grpc": {"enabled": False}})
+    c = _container(off)
+    assert c["command"][c["command"].index("--grpc-port") + 1] == "0"
+    assert [p["name"] for p in c["ports"]] == ["http"]
+    assert [p["name"] for p in render_service("demo", "ns1", off)["spec"]["ports"]] == ["http"]
+    moved = _spec(runtime={"grpc": {"port": 9000}})
+    c = _container(moved)
+    assert c["command"][c["command"].index("--grpc-port") + 1] == "9000"
+    assert {"name": "grpc", "containerPort": 9000, "protocol": "TCP"} in c["ports"]
+    grpc_port = render_service("demo", "ns1", moved)["spec"]["ports"][1]
+    assert (grpc_port["port"], grpc_port["targetPort"]) == (9000, "grpc")
+    with pytest.raises(InvalidSpec, match="port: must differ from the HTTP port 8080"):
+        _spec(runtime={"grpc": {"port": 8080}})

@@ -12,6 +12,7 @@ import pytest
 from modelservice_operator import crd
 from modelservice_operator.spec import (
     AutoscalingSpec,
+    GrpcSpec,
     ModelCacheSpec,
     ModelServiceSpec,
     ModelSource,
@@ -41,6 +42,9 @@ CASES: list[tuple[type[_Model], dict[str, Any], bool]] = [
     (NormalizeSpec, {"mean": [0.5, 0.5], "std": [0.2]}, False),
     (NormalizeSpec, {"mean": [0.5], "std": [0.2, 0.3]}, False),
     (NormalizeSpec, {"mean": [0.5, 0.5], "std": [0.2, 0.0]}, False),
+    (GrpcSpec, {}, True),
+    (GrpcSpec, {"enabled": False, "port": 9000}, True),
+    (GrpcSpec, {"port": 8080}, False),
     (AutoscalingSpec, {"maxReplicas": 3}, True),
     (AutoscalingSpec, {"minReplicas": 3, "maxReplicas": 3}, True),
     (AutoscalingSpec, {"minReplicas": 5, "maxReplicas": 3}, False),

@@ -58,3 +58,26 @@ def test_uvicorn_is_a_tested_minor_and_hands_protocols_what_http_protocol_takes(
     config = uvicorn_compat.Config(app=lambda scope, receive, send: None)
     for attribute in ("timeout_keep_alive", "root_path", "loaded", "load"):
         assert hasattr(config, attribute), f"uvicorn's Config lost {attribute!r}"
+
+
+def test_uvicorn_shutdown_still_waits_in_wait_tasks_to_complete() -> None:
+    """process/server.py overrides uvicorn.Server._wait_tasks_to_complete so that HTTP's
+    drain also waits for the gRPC calls in flight before the lifespan shutdown closes the data
+    plane: uvicorn's shutdown must still await it, between the two."""
+    import uvicorn
+
+    assert inspect.iscoroutinefunction(uvicorn.Server._wait_tasks_to_complete)
+    source = inspect.getsource(uvicorn.Server.shutdown)
+    assert source.index("self._wait_tasks_to_complete()") < source.index("lifespan.shutdown()")
+
+
+def test_grpc_aio_takes_the_options_grpc_front_sets() -> None:
+    """grpc_front/server.py: a grpc.aio server with the receive limit and SO_REUSEPORT set by
+    channel options, and grpcio at least the version that generated the stubs."""
+    import grpc
+    from modelservice_runtime.serving.grpc_front import grpc_predict_v2_pb2_grpc as stubs
+
+    have = tuple(int(p) for p in grpc.__version__.split(".")[:2])
+    made = tuple(int(p) for p in stubs.GRPC_GENERATED_VERSION.split(".")[:2])
+    assert have >= made, (grpc.__version__, stubs.GRPC_GENERATED_VERSION)
+    assert "options" in inspect.signature(grpc.aio.server).parameters

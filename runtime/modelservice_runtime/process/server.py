@@ -10,6 +10,7 @@ it (balancer.py) instead of a listening socket of its own.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import signal
@@ -26,6 +27,7 @@ from modelservice_runtime.settings import Settings
 if TYPE_CHECKING:
     from modelservice_runtime.process.balancer import HandedOverConnections
     from modelservice_runtime.serving.app import RuntimeApp
+    from modelservice_runtime.serving.grpc_front.server import GrpcFront
     from modelservice_runtime.serving.metrics import Metrics
     from modelservice_runtime.serving.model import OnnxModel
 
@@ -54,12 +56,17 @@ class Server(uvicorn.Server):
         self.app = app
         self.settings = settings
         self.handed_over = handed_over
+        self.grpc: GrpcFront | None = None
+        self.grpc_error: str | None = None
+        self._grpc_stopped: asyncio.Future[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         if self.handed_over is None:
             await super().startup(sockets)
+            await self._start_grpc()
             return
         await super().startup(sockets=[])  # no listening socket of our own
+        await self._start_grpc()
         if self.started:
             config = self.config
             self.handed_over.start(
@@ -71,10 +78,41 @@ class Server(uvicorn.Server):
                 )
             )
 
+    async def _start_grpc(self) -> None:
+        """The gRPC front end on this loop, over the app's data plane (--grpc-port)."""
+        if not self.started or not self.settings.grpc_port:
+            return
+        from modelservice_runtime.serving.grpc_front.server import GrpcFront
+
+        # Workers share the port through SO_REUSEPORT (grpc_front/server.py).
+        front = GrpcFront(self.app.state.dataplane, reuse_port=self.handed_over is not None)
+        try:
+            await front.start()
+        except OSError as e:
+            log.error("%s", e)
+            self.grpc_error = str(e)
+            self.should_exit = True
+            return
+        self.grpc = front
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.handed_over is not None:
             self.handed_over.stop()  # stop accepting, as uvicorn closes its listeners
+        if self.grpc is not None:  # drains beside HTTP, both before the data plane closes
+            self._grpc_stopped = asyncio.ensure_future(
+                self.grpc.stop(self.settings.graceful_timeout_s)
+            )
         await super().shutdown(sockets)
+        if self._grpc_stopped is not None:
+            await self._grpc_stopped
+
+    async def _wait_tasks_to_complete(self) -> None:
+        """uvicorn's wait for in-flight HTTP requests, and for the gRPC calls too: the
+        lifespan shutdown after it closes the data plane. (A uvicorn internal: checked by
+        tests/unit/test_third_party_internals.py.)"""
+        await super()._wait_tasks_to_complete()
+        if self._grpc_stopped is not None:
+            await asyncio.shield(self._grpc_stopped)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         dataplane = self.app.state.dataplane
@@ -142,6 +180,9 @@ def serve(
         settings,
     )
     server.run()
+    if server.grpc_error:
+        print(f"modelservice serve: {server.grpc_error}", file=sys.stderr)
+        return 1
     if app.state.dataplane.load_error:
         print(f"modelservice serve: {app.state.dataplane.load_error}", file=sys.stderr)
         return 1

@@ -149,6 +149,18 @@ class Metrics:
                 total[i] += value
         return total
 
+    def totals(self, model: str, version: str) -> dict[str, float] | None:
+        """One model's counters summed over every worker, by their Triton names without the
+        `nv_inference_` prefix (request_success, count, queue_duration_us...); None for a
+        model without metrics. For Triton's statistics API (gRPC ModelStatistics)."""
+        try:
+            index = self._labels.index(labels(model, version))
+        except ValueError:
+            return None
+        block = self._summed(index)
+        names = [name.removeprefix("nv_inference_") for name in _COUNTERS]
+        return {name: block[cell] for cell, name in enumerate(names)}
+
     def render(self) -> bytes:
         """Prometheus text format 0.0.4."""
         blocks = [(labels, self._summed(i)) for i, labels in enumerate(self._labels)]

@@ -285,8 +285,9 @@ class Demo:
         _step(5, "serve the same model on localhost")
         port = free_port()
         base = f"http://127.0.0.1:{port}"
+        # HTTP on a free port, no gRPC: 8081 may be taken on the user's machine.
         serve_cmd = [self.modelservice, "serve", str(model), "--name", DEMO_NAME,
-                     "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+                     "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0"]  # fmt: skip
         with background(serve_cmd, self.work / "serve.log", self.env):
 
             def ready() -> bool:
