@@ -24,7 +24,8 @@ VENV = REPO / ".cache" / "venv"
 OUR_RUNTIME = [str(VENV / "bin" / "modelservice"), "serve"]
 CPUS = len(os.sched_getaffinity(0))
 KSERVE_VENV = REPO / ".cache" / "bench-kserve-venv"
-KSERVE_PACKAGES = ["kserve", "onnxruntime"]
+# Pinned: the bench and tests/integration/test_grpc.py run this client and server.
+KSERVE_PACKAGES = ["kserve==0.21.0", "onnxruntime==1.32.0"]
 STARTUP_TIMEOUT_S = 120.0
 
 

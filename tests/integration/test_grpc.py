@@ -668,7 +668,6 @@ def test_draining_is_not_serving_then_exit(mlp_onnx: Path) -> None:
 
 # kserve pins its own protobuf and grpcio (and much else), so its client runs from a venv of
 # its own, made the way bench/servers.py makes the bench's (the same folder: one install).
-KSERVE_VENV = Path(__file__).resolve().parents[2] / ".cache" / "bench-kserve-venv"
 KSERVE_SCRIPT = """
 import asyncio, json, sys
 import grpc
@@ -697,30 +696,24 @@ asyncio.run(main(sys.argv[1], sys.argv[2], x))
 """
 
 
-def kserve_python() -> Path:
-    python = KSERVE_VENV / "bin" / "python"
-    if not (python.exists() and subprocess.run([python, "-c", "import kserve"]).returncode == 0):
-        made = subprocess.run(
-            ["python3", "-m", "venv", str(KSERVE_VENV)], capture_output=True, text=True
-        )
-        pip = subprocess.run(
-            [python, "-m", "pip", "install", "-q", "kserve", "onnxruntime"],
-            capture_output=True,
-            text=True,
-            timeout=1200,
-        )
-        if made.returncode or pip.returncode:
-            from tests.needs import needed
+def kserve_python(tmp_path: Path) -> Path:
+    from bench.servers import KSERVE_VENV, ensure_kserve_venv
 
-            needed(f"kserve's client does not install here: {(pip.stderr or made.stderr)[-500:]}")
-    return python
+    try:
+        ensure_kserve_venv(tmp_path / "kserve-venv.log")
+    except subprocess.CalledProcessError:
+        from tests.needs import needed
+
+        log = (tmp_path / "kserve-venv.log").read_text()[-500:]
+        needed(f"kserve's client does not install here: {log}")
+    return KSERVE_VENV / "bin" / "python"
 
 
-def test_kserve_inference_grpc_client(mlp_onnx: Path) -> None:
+def test_kserve_inference_grpc_client(mlp_onnx: Path, tmp_path: Path) -> None:
     """kserve's InferenceGRPCClient (its own venv): health, raw and typed infer, NOT_FOUND."""
     import json
 
-    python = kserve_python()
+    python = kserve_python(tmp_path)
     port = free_port()
     x = np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32)
     want = reference(mlp_onnx, {"input": x})["output"]
