@@ -944,6 +944,28 @@ def test_a_fetching_pod_shows_its_last_log_line_in_the_status(
 # --- a language model ----------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def tiny_llm_archive(
+    node_ip: str, mlp_onnx: Path, tiny_llm: tuple[Path, Path], tmp_path: Path, name: str
+) -> Iterator[dict[str, Any]]:
+    """The tiny Llama's onnxruntime-genai folder as a .tar.gz served over HTTP from the
+    node's address: the `spec.model` of a `format: genai` ModelService."""
+    import tarfile
+
+    root = tmp_path / "files"
+    root.mkdir()
+    with tarfile.open(root / "tiny-llm.tar.gz", "w:gz") as tar:
+        for f in sorted(tiny_llm[1].iterdir()):
+            tar.add(f, arcname=f.name)
+    with serve_model_files(node_ip, mlp_onnx, root) as files:
+        yield {
+            "uri": files.url("tiny-llm.tar.gz"),
+            "sha256": files.sha256["tiny-llm.tar.gz"],
+            "name": name,
+            "format": "genai",
+        }
+
+
 def test_a_language_model_becomes_ready_and_answers_a_chat_completion_through_the_service(
     kctl: Kubectl,
     chart_operator: str,
@@ -955,25 +977,12 @@ def test_a_language_model_becomes_ready_and_answers_a_chat_completion_through_th
     """The tiny Llama's onnxruntime-genai folder as a .tar.gz over HTTP, `format: genai`:
     Ready, then greedy tokens through the Service equal onnxruntime-genai's in-process
     Generator on the same folder, and the openai client gets a chat completion."""
-    import tarfile
-
     import httpx
     import openai
     from modelservice_runtime.tools.export_llm import greedy
 
-    root = tmp_path / "files"
-    root.mkdir()
-    with tarfile.open(root / "tiny-llm.tar.gz", "w:gz") as tar:
-        for f in sorted(tiny_llm[1].iterdir()):
-            tar.add(f, arcname=f.name)
     name = "tiny-llm"
-    with serve_model_files(node_ip, mlp_onnx, root) as files:
-        model = {
-            "uri": files.url("tiny-llm.tar.gz"),
-            "sha256": files.sha256["tiny-llm.tar.gz"],
-            "name": name,
-            "format": "genai",
-        }
+    with tiny_llm_archive(node_ip, mlp_onnx, tiny_llm, tmp_path, name) as model:
         kctl.apply(manifest(name, model), NAMESPACE)
         try:
             wait_ready(kctl, name)
@@ -992,5 +1001,105 @@ def test_a_language_model_becomes_ready_and_answers_a_chat_completion_through_th
                 model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=8
             )
             assert chat.usage is not None and chat.usage.completion_tokens >= 1
+        finally:
+            kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
+
+
+@dataclass
+class StreamLoad:
+    """Clients each streaming greedy completions through the Service without pause, each on
+    a new connection; a stream counts as completed only when it ends in `data: [DONE]`
+    after a finish_reason, else as broken (a refusal, a reset, a cut stream)."""
+
+    address: str
+    model: str
+    clients: int = 16
+    max_tokens: int = 32
+    sent: int = 0
+    completed: int = 0
+    broken: int = 0
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _one(self, body: bytes) -> None:
+        host, port = self.address.rsplit(":", 1)
+        ok, err = False, ""
+        try:
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+            ok = (
+                resp.status == 200
+                and data.endswith(b"data: [DONE]\n\n")
+                and b'"finish_reason":"length"' in data
+            )
+            err = f"HTTP {resp.status}: {data[-200:]!r}"
+            conn.close()
+        except (OSError, http.client.HTTPException) as e:
+            err = repr(e)
+        with self._lock:
+            self.sent += 1
+            if ok:
+                self.completed += 1
+            else:
+                self.broken += 1
+                if len(self.errors) < 10:
+                    self.errors.append(err)
+
+    def _run(self) -> None:
+        body = json.dumps({"model": self.model, "prompt": "Once upon a time",
+                           "max_tokens": self.max_tokens, "temperature": 0,
+                           "stream": True}).encode()  # fmt: skip
+        while not self._stop.is_set():
+            self._one(body)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[StreamLoad]:
+        threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self.clients)]
+        for t in threads:
+            t.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            for t in threads:
+                t.join(timeout=90)
+
+    def report(self, what: str) -> str:
+        return (
+            f"{what}: {self.sent} streams sent, {self.completed} completed, {self.broken} "
+            f"broken {self.errors}"
+        )
+
+
+def test_a_language_model_rollout_under_16_streams_breaks_no_stream(
+    kctl: Kubectl,
+    chart_operator: str,
+    node_ip: str,
+    mlp_onnx: Path,
+    tiny_llm: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """Two replicas of the tiny Llama under 16 streaming clients; a runtime change rolls new
+    pods in while the old ones drain (SIGTERM: in-flight streams finish, the port closes to
+    new ones). Every stream sent completes."""
+    name = "llm-rollout"
+    with tiny_llm_archive(node_ip, mlp_onnx, tiny_llm, tmp_path, name) as model:
+        kctl.apply(manifest(name, model, replicas=2), NAMESPACE)
+        try:
+            wait_ready(kctl, name)
+            address = service_address(kctl, name)
+            with StreamLoad(address, name).running() as load:
+                wait_until("streams to flow", lambda: load.sent >= 32, timeout=60)
+                changed = {"env": [{"name": "MODELSERVICE_ROLLOUT_TEST", "value": "1"}]}
+                kctl.apply(manifest(name, model, replicas=2, runtime=changed), NAMESPACE)
+                wait_rolled_out(kctl, name)
+                wait_ready(kctl, name)
+                sent_at_end = load.sent
+                wait_until("streams after the rollout", lambda: load.sent >= sent_at_end + 32, 60)
+            print(load.report("genai rollout"))
+            assert load.broken == 0, load.report("genai rollout")
         finally:
             kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
