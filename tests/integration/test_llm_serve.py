@@ -99,8 +99,9 @@ def test_openai_client_sync_and_streaming_chat_join_to_the_same_text(
     assert whole.usage is not None and whole.usage.completion_tokens > 0
     parts, usage, finish = [], None, None
     for chunk in client.chat.completions.create(
-        model="tiny", messages=messages, max_tokens=40, temperature=0, stream=True
-    ):
+        model="tiny", messages=messages, max_tokens=40, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    ):  # fmt: skip
         if chunk.usage is not None:
             usage = chunk.usage
         for c in chunk.choices:

@@ -9,12 +9,13 @@ generations in the engine (Generation's iterator cancels on close).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from modelservice_runtime.errors import BadRequest, NotFound, ServiceUnavailable
+from modelservice_runtime.errors import BadRequest, NotFound, ServiceUnavailable, first_line
 from modelservice_runtime.serving.generation import (
     GenaiModel,
     Generation,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from modelservice_runtime.serving.endpoints import Headers, Reply, Route
 
 SSE = "text/event-stream"
+log = logging.getLogger("modelservice.openai")
 
 
 @dataclass(eq=False)
@@ -85,42 +87,17 @@ class OpenAIEndpoints:
     async def _generate(self, body: bytes, chat: bool) -> Reply:
         from modelservice_runtime.serving.endpoints import Reply
 
-        req = openai.parse_request(body, chat)
-        entry = self._entry(req.model)
-        model = entry.model
-        if chat:
-            assert req.messages is not None
-            if model.chat_template is None:
-                raise BadRequest("messages: this model has no chat template; use /v1/completions")
-            text = model.chat_prompt(req.messages)
-        else:
-            assert req.prompt is not None
-            text = req.prompt
-        prompt = model.encode(text)
-        if not prompt:
-            raise BadRequest(("messages" if chat else "prompt") + " must not be empty")
-        sampling = Sampling(
-            max_tokens=req.max_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            seed=req.seed,
-            stop=req.stop,
-        )
-        entry.engine.check(prompt, sampling, req.n)
-        # n choices: one generation each, seeds seed, seed+1, ... so a seeded n repeats.
-        generations = [
-            entry.engine.submit(
-                prompt,
-                sampling
-                if sampling.seed is None or i == 0
-                else Sampling(**{**sampling.__dict__, "seed": sampling.seed + i}),
-            )
-            for i in range(req.n)
-        ]
-        rid = openai.new_id(chat)
+        # Counted from here: a request refused by parsing or by capacity is a failed
+        # request in the counters (and the pending gauge), not an unseen one.
+        entry = self._entry(None)
         started = time.perf_counter()
         entry.requests.request_started()
+        try:
+            req, prompt, generations = self._start(entry, body, chat)
+        except BaseException:
+            entry.requests.on_request(False, time.perf_counter() - started, 0.0, 0.0)
+            raise
+        rid = openai.new_id(chat)
         if req.stream:
             stream = _stream(entry, req, rid, prompt, generations, started)
             return Reply(200, SSE, b"", {"Cache-Control": "no-cache"}, stream)
@@ -149,6 +126,56 @@ class OpenAIEndpoints:
             doc["prompt_token_ids"] = prompt
             content = orjson.dumps(doc)
         return Reply(200, "application/json", content)
+
+    def _start(
+        self, entry: GenerativeEntry, body: bytes, chat: bool
+    ) -> tuple[openai.GenerateRequest, list[int], list[Generation]]:
+        """Parse and check everything the engine would refuse, then submit the generations:
+        nothing is streamed before this has passed."""
+        engine, model = entry.engine, entry.model
+        limits = openai.Limits(vocab_size=model.vocab_size, max_n=engine.capacity)
+        req = openai.parse_request(body, chat, limits)
+        self._entry(req.model)
+        if chat:
+            assert req.messages is not None
+            if model.chat_template is None:
+                raise BadRequest("messages: this model has no chat template; use /v1/completions")
+            if any("\0" in m["content"] for m in req.messages):
+                raise BadRequest("messages: content must not contain NUL characters")
+            try:
+                text = model.chat_prompt(req.messages)
+            except Exception as e:
+                raise BadRequest(
+                    f"messages: the model's chat template failed: {first_line(e)}"
+                ) from None
+        else:
+            assert req.prompt is not None
+            if "\0" in req.prompt:
+                raise BadRequest("prompt must not contain NUL characters")
+            text = req.prompt
+        prompt = model.encode(text)
+        if not prompt:
+            raise BadRequest(("messages" if chat else "prompt") + " must not be empty")
+        sampling = Sampling(
+            max_tokens=req.max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            seed=req.seed,
+            stop=req.stop,
+        )
+        engine.check(prompt, sampling, req.n)
+        # n choices: one generation each, seeds seed, seed+1, ... so a seeded n repeats.
+        generations = [
+            engine.submit(
+                prompt,
+                sampling
+                if sampling.seed is None or i == 0
+                else Sampling(**{**sampling.__dict__, "seed": sampling.seed + i}),
+            )
+            for i in range(req.n)
+        ]
+        return req, prompt, generations
 
 
 def _finish(generation: Generation, assembler: TextAssembler) -> str:
@@ -221,12 +248,15 @@ async def _stream(
                 continue
             if delta:
                 yield openai.chunk(chat, rid, name, index, delta, None)
-        completion_tokens = sum(len(a.ids) for a in assemblers)
-        yield openai.chunk(
-            chat, rid, name, 0, None, None, use=openai.usage(len(prompt), completion_tokens)
-        )
+        if req.include_usage:  # stream_options.include_usage: a last chunk, no choices
+            completion_tokens = sum(len(a.ids) for a in assemblers)
+            use = openai.usage(len(prompt), completion_tokens)
+            yield openai.chunk(chat, rid, name, 0, None, None, use=use)
         yield openai.DONE
         ok = True
+    except Exception as e:  # after the 200: the stream ends with OpenAI's error event
+        log.exception("a streamed generation failed", exc_info=e)
+        yield openai.error_event(f"generation failed: {first_line(e)}")
     finally:
         for task in tasks:
             task.cancel()

@@ -18,26 +18,47 @@ from modelservice_runtime.errors import BadRequest
 # Accepted and without effect on the tokens: who asked, and how the answer is framed.
 _NEUTRAL = {"model", "user", "stream", "stream_options", "return_token_ids"}
 _SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n"}
-# Fields that change results and are not implemented: refused by name.
-_REFUSED = {
-    "logprobs",
-    "top_logprobs",
-    "logit_bias",
-    "presence_penalty",
-    "frequency_penalty",
-    "best_of",
-    "echo",
-    "suffix",
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "response_format",
-    "repetition_penalty",
-    "min_tokens",
+# Fields that change results and are not implemented: refused by name, unless they carry
+# the value that means "off" (clients such as LangChain send `presence_penalty: 0`).
+_REFUSED: dict[str, tuple[Any, ...]] = {
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
+    "repetition_penalty": (None, 1),
+    "best_of": (None, 1),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "parallel_tool_calls": (None,),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "response_format": (None, {"type": "text"}),
+    "min_tokens": (None, 0),
 }
+# Chat only: the newer name of max_tokens (the openai client sends either).
+_CHAT_ONLY = {"max_completion_tokens"}
+ROLES = ("system", "developer", "user", "assistant", "tool")
+_MESSAGE_KEYS = {"role", "content", "name", "tool_call_id"}
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 MAX_N = 8
+# Seeds: onnxruntime-genai's random_seed is a C int (a seed of 2**31 or more is refused),
+# and choice i of n is sampled with seed + i, so seed + n - 1 must stay a positive int32.
+MAX_SEED = 2**31 - 1
+# top_k above the vocabulary is refused by the engine; without a model (tests) this bounds it.
+MAX_TOP_K = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the served model and server can take, for the checks that depend on them:
+    `vocab_size` bounds top_k, `max_n` the choices one request may ask for (at most what
+    the server can ever admit at once, so an `n` over it is a 400, never a 503 to retry)."""
+
+    vocab_size: int = MAX_TOP_K
+    max_n: int = MAX_N
 
 
 @dataclass(frozen=True)
@@ -60,26 +81,109 @@ class GenerateRequest:
     return_token_ids: bool
 
 
-def _number(doc: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+def _number(
+    doc: dict[str, Any], name: str, default: float, lo: float, hi: float, *, open_lo: bool = False
+) -> float:
     value = doc.get(name, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise BadRequest(f"{name} must be a number from {lo:g} to {hi:g}, got {value!r}")
+    ok = not isinstance(value, bool) and isinstance(value, int | float)
+    if not ok or not (lo < value <= hi if open_lo else lo <= value <= hi):
+        what = f"above {lo:g} and at most {hi:g}" if open_lo else f"from {lo:g} to {hi:g}"
+        raise BadRequest(f"{name} must be a number {what}, got {_show(value)}")
     return float(value)
 
 
-def _integer(doc: dict[str, Any], name: str, default: int | None, lo: int) -> int | None:
+def _integer(doc: dict[str, Any], name: str, default: int | None, lo: int, hi: int) -> int | None:
     value = doc.get(name, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise BadRequest(f"{name} must be an integer >= {lo}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BadRequest(f"{name} must be an integer from {lo} to {hi}, got {_show(value)}")
     return value
 
 
-def parse_request(body: bytes, chat: bool) -> GenerateRequest:
-    """The request in `body`; BadRequest naming the field and what was expected."""
+def _boolean(doc: dict[str, Any], name: str) -> bool:
+    """A JSON boolean (or null: false). The string "false" is truthy in Python: refused."""
+    value = doc.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be a JSON boolean (true or false), got {_show(value)}")
+    return value
+
+
+def _is_off(value: Any, off: Any) -> bool:
+    """`value` is the "off" value `off` (0 and 0.0 alike, but never True for 1)."""
+    if off is None or isinstance(off, bool):
+        return value is off
+    if isinstance(off, int):
+        return not isinstance(value, bool) and isinstance(value, int | float) and value == off
+    return type(value) is type(off) and value == off
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value for a message, cut short: a fuzzer's megabyte string is not echoed back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _content(i: int, message: dict[str, Any]) -> str:
+    """A message's text: a string, or a list of text parts ({"type": "text", "text": ...})
+    joined, as the openai client sends them."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise BadRequest(
+                    f"messages[{i}].content[{j}] must be a text part "
+                    '{"type": "text", "text": "..."}; this model takes text only'
+                )
+            text = part.get("text")
+            if not isinstance(text, str) or set(part) - {"type", "text"}:
+                raise BadRequest(
+                    f'messages[{i}].content[{j}] must be {{"type": "text", "text": <string>}}'
+                )
+            texts.append(text)
+        return "".join(texts)
+    raise BadRequest(
+        f"messages[{i}].content must be a string or a non-empty list of text parts, "
+        f"got {_show(content)}"
+    )
+
+
+def _messages(doc: dict[str, Any]) -> list[dict[str, str]]:
+    messages = doc.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list of {role, content} objects")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise BadRequest(f"messages[{i}] must be an object with a role and content")
+        role = m.get("role")
+        if role not in ROLES:
+            raise BadRequest(f"messages[{i}].role must be one of {list(ROLES)}, got {_show(role)}")
+        extra = set(m) - _MESSAGE_KEYS
+        if extra:
+            raise BadRequest(
+                f"messages[{i}] has unsupported keys {sorted(extra)[:4]}; "
+                f"supported: {sorted(_MESSAGE_KEYS)}"
+            )
+        for key in ("name", "tool_call_id"):
+            if m.get(key) is not None and not isinstance(m[key], str):
+                raise BadRequest(f"messages[{i}].{key} must be a string")
+        out.append({"role": role, "content": _content(i, m)})
+    return out
+
+
+def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> GenerateRequest:
+    """The request in `body`, every field checked against what the engine accepts (so
+    nothing the engine would refuse is streamed); BadRequest naming the field and what was
+    expected."""
+    limits = limits or Limits()
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
@@ -87,25 +191,17 @@ def parse_request(body: bytes, chat: bool) -> GenerateRequest:
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object")
     main = "messages" if chat else "prompt"
-    for name in doc:
+    known = _NEUTRAL | _SAMPLING | {main} | (_CHAT_ONLY if chat else set())
+    for name, value in doc.items():
         if name in _REFUSED:
+            if any(_is_off(value, off) for off in _REFUSED[name]):
+                continue  # the value that means "off"
             raise BadRequest(f"{name} is not supported by this server; remove it")
-        if name not in _NEUTRAL | _SAMPLING | {main}:
-            raise BadRequest(
-                f"unknown parameter {name!r}; supported: {sorted(_NEUTRAL | _SAMPLING | {main})}"
-            )
+        if name not in known:
+            raise BadRequest(f"unknown parameter {_show(name)}; supported: {sorted(known)}")
     prompt, messages = None, None
     if chat:
-        messages = doc.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest("messages must be a non-empty list of {role, content} objects")
-        for i, m in enumerate(messages):
-            ok = isinstance(m, dict) and isinstance(m.get("role"), str)
-            if not ok or not isinstance(m.get("content"), str):
-                raise BadRequest(
-                    f"messages[{i}] must be an object with a string role and string content"
-                )
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        messages = _messages(doc)
     else:
         prompt = doc.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -120,37 +216,46 @@ def parse_request(body: bytes, chat: bool) -> GenerateRequest:
     elif isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop):
         stops = tuple(stop)
     else:
-        raise BadRequest(f"stop must be a string or a list of up to 4 strings, got {stop!r}")
+        raise BadRequest(f"stop must be a string or a list of up to 4 strings, got {_show(stop)}")
     if any(not s for s in stops):
         raise BadRequest("stop strings must not be empty")
+    stream = _boolean(doc, "stream")
     options = doc.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise BadRequest("stream_options must be an object")
-    model = doc.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest(f"model must be a string, got {model!r}")
-    n = _integer(doc, "n", 1, 1)
+    if options is not None:
+        if not isinstance(options, dict) or set(options) - {"include_usage"}:
+            raise BadRequest('stream_options must be an object {"include_usage": true|false}')
+        if not stream:
+            raise BadRequest("stream_options is only allowed with stream: true")
+    include_usage = _boolean(options or {}, "include_usage")
+    for name in ("model", "user"):
+        if doc.get(name) is not None and not isinstance(doc[name], str):
+            raise BadRequest(f"{name} must be a string, got {_show(doc[name])}")
+    max_n = min(MAX_N, limits.max_n)
+    n = _integer(doc, "n", 1, 1, max_n)
     assert n is not None
-    if n > MAX_N:
-        raise BadRequest(f"n must be at most {MAX_N}, got {n}")
-    max_tokens = _integer(doc, "max_tokens", DEFAULT_MAX_TOKENS, 1)
+    if chat and doc.get("max_completion_tokens") is not None:
+        if doc.get("max_tokens") is not None:
+            raise BadRequest("give max_tokens or max_completion_tokens, not both")
+        doc = {**doc, "max_tokens": doc["max_completion_tokens"]}
+    max_tokens = _integer(doc, "max_tokens", DEFAULT_MAX_TOKENS, 1, 2**31 - 1)
     assert max_tokens is not None
-    top_k = _integer(doc, "top_k", 0, -1)
+    top_k = _integer(doc, "top_k", 0, -1, limits.vocab_size)
     return GenerateRequest(
         chat=chat,
         prompt=prompt,
         messages=messages,
-        model=model,
+        model=doc.get("model"),
         max_tokens=max_tokens,
         temperature=_number(doc, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(doc, "top_p", 1.0, 0.0, 1.0),
+        top_p=_number(doc, "top_p", 1.0, 0.0, 1.0, open_lo=True),
         top_k=max(0, top_k or 0),  # vLLM's -1 means no bound, as 0 here
-        seed=_integer(doc, "seed", None, 0),
+        # choice i is sampled with seed + i: the last one must be a valid seed too
+        seed=_integer(doc, "seed", None, 0, MAX_SEED - (n - 1)),
         stop=stops,
         n=n,
-        stream=bool(doc.get("stream", False)),
-        include_usage=bool((options or {}).get("include_usage", False)),
-        return_token_ids=bool(doc.get("return_token_ids", False)),
+        stream=stream,
+        include_usage=include_usage,
+        return_token_ids=_boolean(doc, "return_token_ids"),
     )
 
 
@@ -228,6 +333,13 @@ def chunk(
 
 
 DONE = b"data: [DONE]\n\n"
+
+
+def error_event(message: str, kind: str = "server_error", param: str | None = None) -> bytes:
+    """The event that ends a stream that failed after its 200 was sent: OpenAI's error
+    object (what the openai client raises as APIError with this message), then [DONE]."""
+    error = {"message": message, "type": kind, "param": param, "code": None}
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n" + DONE
 
 
 def models_list(name: str, created: int) -> dict[str, Any]:

@@ -1,0 +1,263 @@
+"""The OpenAI API as clients use it, through a real server on loopback and the unmodified
+`openai` client: the sampling fields having their effect, chat against transformers'
+apply_chat_template + generate, the /openai/v1 routes, the bad-input classes of docs/llm.md
+(each a 4xx naming its field, before anything is streamed), the counters and the gauge."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.runtime_server import Served, serve
+from tests.integration.test_llm_serve import metric, wait_for
+
+openai = pytest.importorskip("openai")
+
+# batch 2 + queue 4: the server can never admit more than 6 generations at once
+CAPACITY = 6
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llm: tuple[Path, Path]) -> Iterator[Served]:
+    with serve(
+        tiny_llm[1], "--name", "tiny", "--generation-batch-size", "2", "--max-queue-size", "4"
+    ) as served:
+        yield served
+        assert httpx.get(served.url + "/v2/health/live", timeout=5).status_code == 200
+        assert "Traceback" not in served.log.read_text(errors="replace"), served.log_tail()
+
+
+@pytest.fixture(scope="module")
+def client(server: Served) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def complete(client: openai.OpenAI, **fields: Any) -> Any:
+    extra = {k: fields.pop(k) for k in ("top_k",) if k in fields}
+    return client.completions.create(
+        model="tiny", prompt=fields.pop("prompt", PROMPT), extra_body=extra or None, **fields
+    )
+
+
+def test_n_gives_n_choices_and_seeded_n_repeats(client: openai.OpenAI) -> None:
+    first = complete(client, max_tokens=20, temperature=1.0, n=3, seed=11)
+    assert [c.index for c in first.choices] == [0, 1, 2]
+    texts = [c.text for c in first.choices]
+    assert len(set(texts)) > 1  # seeds 11, 12, 13: different samples
+    again = complete(client, max_tokens=20, temperature=1.0, n=3, seed=11)
+    assert [c.text for c in again.choices] == texts
+    # choice 1 is the lone request with seed 12
+    assert complete(client, max_tokens=20, temperature=1.0, seed=12).choices[0].text == texts[1]
+
+
+def test_stop_cuts_the_text_before_it(client: openai.OpenAI) -> None:
+    greedy = complete(client, max_tokens=30, temperature=0).choices[0].text
+    assert len(greedy) > 6
+    stop = greedy[4:7]
+    cut = complete(client, max_tokens=30, temperature=0, stop=[stop]).choices[0]
+    assert cut.text == greedy[: greedy.index(stop)]
+    assert cut.finish_reason == "stop"
+
+
+def test_top_k_and_top_p_have_their_effect_and_seeds_differ(client: openai.OpenAI) -> None:
+    greedy = complete(client, max_tokens=24, temperature=0).choices[0].text
+    seeded = [complete(client, max_tokens=24, temperature=1.0, seed=s).choices[0].text
+              for s in (1, 2, 3)]  # fmt: skip
+    assert len(set(seeded)) > 1, "different seeds gave the same text"
+    assert greedy not in seeded
+    # top_k 1 and a tiny top_p leave one candidate: greedy, seeded (a Generator) or not
+    # (the Engine's batch)
+    for fields in ({"top_k": 1}, {"top_p": 1e-6}):
+        assert (
+            complete(client, max_tokens=24, temperature=1.0, seed=1, **fields).choices[0].text
+            == greedy
+        ), fields
+        assert complete(client, max_tokens=24, temperature=1.0, **fields).choices[0].text == (
+            greedy
+        ), fields
+
+
+def test_chat_with_a_system_message_equals_transformers(
+    client: openai.OpenAI, tiny_llm: tuple[Path, Path]
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    messages = [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "The quick brown fox"},
+    ]
+    tok = AutoTokenizer.from_pretrained(tiny_llm[0])
+    model = AutoModelForCausalLM.from_pretrained(tiny_llm[0]).eval()
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if not isinstance(ids, list):  # transformers 5 answers a BatchEncoding
+        ids = ids["input_ids"]
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False)[0]
+    want = out[len(ids) :].tolist()
+    r = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=20, temperature=0,
+        extra_body={"return_token_ids": True},
+    )  # fmt: skip
+    doc = r.model_dump()
+    assert doc["prompt_token_ids"] == ids
+    assert doc["choices"][0]["token_ids"] == want
+    assert r.choices[0].message.content == tok.decode(want, skip_special_tokens=True)
+
+
+def test_the_openai_v1_routes_answer_as_v1(client: openai.OpenAI, server: Served) -> None:
+    kserve = openai.OpenAI(base_url=server.url + "/openai/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "Hello"}]
+    for c in (client, kserve):
+        assert [m.id for m in c.models.list().data] == ["tiny"]
+    chat = [
+        c.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+        .choices[0]
+        .message.content
+        for c in (client, kserve)
+    ]
+    assert chat[0] == chat[1] and chat[0]
+    text = [complete(c, max_tokens=12, temperature=0).choices[0].text for c in (client, kserve)]
+    assert text[0] == text[1] and text[0]
+    streamed = "".join(
+        e.choices[0].text
+        for e in kserve.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=12, temperature=0, stream=True
+        )
+        if e.choices
+    )
+    assert streamed == text[0]
+
+
+def test_include_usage_only_when_asked(client: openai.OpenAI) -> None:
+    def usages(**fields: Any) -> list[Any]:
+        events = client.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=5, temperature=0, stream=True, **fields
+        )
+        return [e.usage for e in events if e.usage is not None]
+
+    assert usages() == []
+    [use] = usages(stream_options={"include_usage": True})
+    assert use.completion_tokens == 5
+
+
+def test_the_pending_gauge_counts_streams(tiny_llm: tuple[Path, Path]) -> None:
+    """A stream is in flight from its request until its last event: in-process, so the test
+    holds the stream open between events (the tiny model ends 400 tokens in under a second)."""
+    from fastapi.testclient import TestClient
+    from modelservice_runtime.serving.app import create_app
+    from modelservice_runtime.serving.openai_endpoints import OpenAIEndpoints
+    from modelservice_runtime.settings import Settings
+
+    settings = Settings(model_path=tiny_llm[1], name="tiny", generation_batch_size=2)
+    with TestClient(create_app(settings)) as tc:
+        wait_for("ready", lambda: tc.get("/v2/health/ready").status_code == 200)
+        dataplane = tc.app.dataplane  # type: ignore[attr-defined]
+        requests = dataplane.generative.requests
+        body = json.dumps({"prompt": PROMPT, "max_tokens": 64, "stream": True}).encode()
+
+        async def hold() -> list[float]:
+            reply = await OpenAIEndpoints(dataplane).completions({}, body)
+            seen = [requests.pending()]
+            assert reply.stream is not None
+            await anext(reply.stream)
+            seen.append(requests.pending())
+            await reply.stream.aclose()  # type: ignore[attr-defined]
+            return [*seen, requests.pending()]
+
+        assert tc.portal.call(hold) == [1, 1, 0]  # type: ignore[union-attr]
+
+
+# --- the bad-input classes (docs/llm.md): a 4xx naming the field, nothing streamed ---------
+
+CHAT = [{"role": "user", "content": "hi"}]
+BAD: list[tuple[str, str, dict[str, Any], int, str]] = [
+    # (class, route, body, status, the words the error holds)
+    ("boolean as a string", "completions", {"prompt": "x", "stream": "false"}, 400, "stream"),
+    ("boolean as a string", "completions", {"prompt": "x", "return_token_ids": "no"}, 400,
+     "return_token_ids"),
+    ("top_p 0 with sampling", "completions", {"prompt": "x", "top_p": 0, "stream": True}, 400,
+     "top_p"),
+    ("top_k over the vocabulary", "completions", {"prompt": "x", "top_k": 10**6}, 400, "top_k"),
+    ("top_k near 2^63", "chat/completions", {"messages": CHAT, "top_k": 2**63 - 1,
+     "stream": True}, 400, "top_k"),
+    ("seed 2^31", "completions", {"prompt": "x", "seed": 2**31, "temperature": 1}, 400, "seed"),
+    ("seed 2^31-1 with n 2", "completions", {"prompt": "x", "seed": 2**31 - 1, "n": 2,
+     "stream": True}, 400, "seed"),
+    ("n over what the server admits", "completions", {"prompt": "x", "n": CAPACITY + 1}, 400,
+     f"n must be an integer from 1 to {CAPACITY}"),
+    ("unknown role", "chat/completions", {"messages": [{"role": "wizard", "content": "x"}]},
+     400, "messages[0].role"),
+    ("empty role", "chat/completions", {"messages": [{"role": "", "content": "x"}],
+     "stream": True}, 400, "messages[0].role"),
+    ("NUL in the prompt", "completions", {"prompt": "a\u0000b"}, 400, "prompt"),
+    ("over the context", "completions", {"prompt": "x", "max_tokens": 100000}, 400,
+     "max_tokens"),
+    ("unknown model", "completions", {"prompt": "x", "model": "gpt-4"}, 404, "model"),
+    ("unimplemented field", "chat/completions", {"messages": CHAT, "logit_bias": {"1": 1}},
+     400, "logit_bias"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("what", "route", "body", "status", "words"), BAD,
+                         ids=[b[0] for b in BAD])  # fmt: skip
+def test_bad_inputs_are_a_4xx_naming_the_field(
+    server: Served, what: str, route: str, body: dict[str, Any], status: int, words: str
+) -> None:
+    for prefix in ("/v1/", "/openai/v1/"):
+        r = httpx.post(server.url + prefix + route, content=json.dumps(body), timeout=30)
+        assert r.status_code == status, (what, r.text)
+        assert r.headers["content-type"].startswith("application/json")
+        assert words in r.json()["error"], (what, r.text)
+
+
+def test_refused_requests_are_counted(server: Served) -> None:
+    failures = metric(server, "nv_inference_request_failure")
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "x", "top_p": 0}, timeout=5)
+    assert r.status_code == 400
+    assert metric(server, "nv_inference_request_failure") == failures + 1
+    assert metric(server, "nv_inference_pending_request_count") == 0
+
+
+def test_a_full_server_is_503_but_n_over_capacity_is_400(tiny_llm: tuple[Path, Path]) -> None:
+    """The 503 is for a bound that frees up; an n the server can never admit is a 400."""
+    from fastapi.testclient import TestClient
+    from modelservice_runtime.serving.app import create_app
+    from modelservice_runtime.settings import Settings
+
+    settings = Settings(
+        model_path=tiny_llm[1], name="tiny", generation_batch_size=1, max_queue_size=1
+    )
+    with TestClient(create_app(settings)) as tc:
+        wait_for("ready", lambda: tc.get("/v2/health/ready").status_code == 200)
+        r = tc.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "n": 3})
+        assert r.status_code == 400 and "n must be an integer from 1 to 2" in r.json()["error"]
+        engine = tc.app.dataplane.generative.engine  # type: ignore[attr-defined]
+        engine.admitted = 1
+        r = tc.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "n": 2})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        engine.admitted = 0
+        assert tc.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "n": 2}).is_success
+
+
+def read_stream(r: httpx.Response) -> list[Any]:
+    events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events and events[-1] == "[DONE]", events[-3:]
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_stream_error_event_shape_is_what_the_client_raises(server: Served) -> None:
+    """A streamed answer never holds an error for a bad input (checked before the 200);
+    the error event itself is unit-tested (tests/unit/test_openai_protocol.py). Here: a
+    good stream has none and ends in [DONE]."""
+    body = {"messages": CHAT, "max_tokens": 4, "stream": True, "n": 2}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as r:
+        events = read_stream(r)
+    assert not any("error" in e for e in events)
+    assert {c["index"] for e in events for c in e["choices"]} == {0, 1}
