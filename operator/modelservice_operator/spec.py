@@ -235,6 +235,7 @@ class ModelFormat(enum.StrEnum):
     AUTO = "auto"
     ONNX = "onnx"
     GENAI = "genai"
+    EMBEDDING = "embedding"
 
 
 class ModelSource(_Model):
@@ -287,7 +288,8 @@ class ModelSource(_Model):
         description=describe(
             "format",
             "A language model (an onnxruntime-genai folder, e.g. from `modelservice export-llm`,"
-            " given as a directory, s3 prefix or archive uri) is served with the OpenAI API.",
+            " given as a directory, s3 prefix or archive uri) is served with the OpenAI API;"
+            " an embedding model (an ONNX encoder folder) on POST /v1/embeddings.",
         ),
     )
     secret_ref: LocalObjectReference | None = Field(

@@ -34,6 +34,7 @@ from modelservice_runtime.errors import (
 )
 from modelservice_runtime.serving.auth import BearerAuth
 from modelservice_runtime.serving.dataplane import DataPlane, load_model
+from modelservice_runtime.serving.embedding import EmbeddingModel
 from modelservice_runtime.serving.endpoints import Headers, Reply, Route, route_table
 from modelservice_runtime.serving.metrics import Metrics
 from modelservice_runtime.serving.model import OnnxModel
@@ -251,6 +252,9 @@ def create_app(
                 return
         if isinstance(loaded, OnnxModel):
             dataplane.register(loaded)
+        elif isinstance(loaded, EmbeddingModel):
+            dataplane.embedding = loaded
+            dataplane.register(loaded.onnx)
         else:
             dataplane.register_generative(loaded)
         # Startup objects (onnxruntime, numpy, the app) never die: keep them out of the

@@ -26,6 +26,7 @@ from modelservice_runtime.serving.model import OnnxModel
 from modelservice_runtime.settings import Settings
 
 if TYPE_CHECKING:
+    from modelservice_runtime.serving.embedding import EmbeddingModel
     from modelservice_runtime.serving.generation import GenaiModel
     from modelservice_runtime.serving.openai_endpoints import GenerativeEntry
 
@@ -47,9 +48,11 @@ INLINE_UNBATCHED_BELOW_S = 0.001
 UNBATCHED_CONCURRENCY = 2
 
 
-def load_model(s: Settings) -> OnnxModel | GenaiModel:
+def load_model(s: Settings) -> OnnxModel | GenaiModel | EmbeddingModel:
     """Blocking: load the model and, unless disabled, warm it up. A language model (a
-    folder with genai_config.json, or --format genai) loads on onnxruntime-genai."""
+    folder with genai_config.json, or --format genai) loads on onnxruntime-genai; an
+    encoder folder (embedding.py) as its ONNX encoder plus tokenizer and pooling."""
+    from modelservice_runtime.serving.embedding import EmbeddingModel, wants_embedding
     from modelservice_runtime.serving.generation import GenaiModel, wants_genai
 
     if wants_genai(s):
@@ -57,6 +60,11 @@ def load_model(s: Settings) -> OnnxModel | GenaiModel:
         if s.warmup:
             genai.warmup()
         return genai
+    if wants_embedding(s):
+        encoder = EmbeddingModel(s)
+        if s.warmup:
+            encoder.warmup(s.max_batch_size)
+        return encoder
     model = OnnxModel(s)
     if s.warmup:
         started = time.perf_counter()
@@ -84,6 +92,9 @@ class DataPlane:
         self.draining = False
         self.load_error: str | None = None
         self.generative: GenerativeEntry | None = None  # a language model, when served
+        # An embedding model: its encoder is served as a model (register), this adds the
+        # tokenizer and pooling of POST /v1/embeddings.
+        self.embedding: EmbeddingModel | None = None
         self.on_close: list[Callable[[], None]] = []  # what else close() stops (explain threads)
 
     # --- lifecycle ------------------------------------------------------------------------

@@ -200,8 +200,9 @@ class V1Endpoints:
         self.v2 = v2_endpoints
 
     async def models(self, headers: Headers, body: bytes) -> Reply:
-        if self.dataplane.generative is not None:  # OpenAI's shape for a language model
-            return await OpenAIEndpoints(self.dataplane).models(headers, body)
+        dp = self.dataplane
+        if dp.generative is not None or dp.embedding is not None:  # OpenAI's shape for them
+            return await OpenAIEndpoints(dp).models(headers, body)
         return Reply.json({"models": self.dataplane.names()})
 
     async def model(self, headers: Headers, body: bytes, model_name: str) -> Reply:
@@ -250,6 +251,7 @@ def _is_v2(doc: Any) -> bool:
 def route_table(dataplane: DataPlane, metrics: Metrics) -> list[Route]:
     """Every route of the runtime, once."""
     # Here, not at the top: explain_endpoints.py builds on this module's Reply and Headers.
+    from modelservice_runtime.serving.embeddings_endpoints import embedding_routes
     from modelservice_runtime.serving.explain_endpoints import ExplainEndpoints
     from modelservice_runtime.serving.explaining import ExplainPlane
 
@@ -290,4 +292,5 @@ def route_table(dataplane: DataPlane, metrics: Metrics) -> list[Route]:
         Route("POST", "/predict", v1_.predict_default, "v1", openapi=_INFER_BODY),
         Route("GET", "/metrics", prometheus, "metrics", auth=False),
         *openai_routes(dataplane),
+        *embedding_routes(dataplane),
     ]

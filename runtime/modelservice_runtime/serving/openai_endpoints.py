@@ -73,6 +73,9 @@ class OpenAIEndpoints:
     async def models(self, headers: Headers, body: bytes) -> Reply:
         from modelservice_runtime.serving.endpoints import Reply
 
+        if self.dataplane.embedding is not None:  # an embedding model: listed the same way
+            name = self.dataplane.default().name
+            return Reply.json(openai.models_list(name, self.dataplane.embedding.created))
         entry = self._entry(None)
         return Reply.json(openai.models_list(entry.name, entry.created))
 
