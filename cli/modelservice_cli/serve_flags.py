@@ -206,6 +206,12 @@ SETTINGS: tuple[Setting, ...] = (
             "/metrics must carry", flag=None, operator=True, secret=True),
     Setting("auth_token_file", Path, None, "file holding the bearer token (over "
             f"{ENV_PREFIX}AUTH_TOKEN)"),
+    Setting("api_keys", str, None, "API keys, each with optional request and token budgets "
+            "per minute, as JSON {\"keys\": [{\"id\", \"key\", \"requestsPerMinute\", "
+            "\"tokensPerMinute\"}]} (docs/llm.md, Keys and budgets)", flag=None, operator=True,
+            secret=True),
+    Setting("api_keys_file", Path, None, "file holding the API keys JSON (over "
+            f"{ENV_PREFIX}API_KEYS)"),
     Setting("log_level", str, "info", "log level",
             choices=("critical", "error", "warning", "info", "debug")),
     Setting("shutdown_delay_s", float, 2.0, "on SIGTERM, seconds to stay up, unready, before "

@@ -449,6 +449,32 @@ class AuthSpec(_Model):
     )
 
 
+class ApiKeysSecretRef(SecretKeyRef):
+    """The key in a Secret holding the API keys document."""
+
+    key: str = Field(
+        default="keys.json",
+        description="Key within the Secret holding the keys document.",
+        min_length=1,
+        max_length=253,
+    )
+
+
+class ApiKeysSpec(_Model):
+    """API keys on the runtime's HTTP API, each with optional budgets per minute."""
+
+    secret_ref: ApiKeysSecretRef = Field(
+        description=(
+            'Secret key holding the keys as JSON: {"keys": [{"id": "team-a", "key": "sk-...", '
+            '"requestsPerMinute": 60, "tokensPerMinute": 100000}]} (budgets optional). Passed '
+            "as MODELSERVICE_API_KEYS via secretKeyRef (the operator never reads Secrets). "
+            "Over a budget a request gets 429 with Retry-After; /metrics counts requests, "
+            "tokens and refusals per key id. Budgets are per runtime process (each replica "
+            "and worker keeps its own). A runtime.auth bearer token keeps working beside them."
+        )
+    )
+
+
 class RuntimeSpec(_Model):
     """The inference runtime container."""
 
@@ -671,6 +697,10 @@ class ModelServiceSpec(_Model):
     explainer: ExplainerSpec | None = Field(
         default=None,
         description="Explanation defaults, or enabled: false to turn the explain routes off.",
+    )
+    auth: ApiKeysSpec | None = Field(
+        default=None,
+        description="API keys from a Secret, each with optional request/token budgets per minute.",
     )
     replicas: int | None = Field(
         default=None,

@@ -32,7 +32,8 @@ from modelservice_runtime.errors import (
     PayloadTooLarge,
     body_too_large,
 )
-from modelservice_runtime.serving.auth import BearerAuth
+from modelservice_runtime.serving import auth
+from modelservice_runtime.serving.auth import Auth, keys_from
 from modelservice_runtime.serving.dataplane import DataPlane, load_model
 from modelservice_runtime.serving.embedding import EmbeddingModel
 from modelservice_runtime.serving.endpoints import Headers, Reply, Route, route_table
@@ -116,7 +117,7 @@ class RuntimeApp(FastAPI):
 
     dataplane: DataPlane
     settings: Settings
-    _auth: BearerAuth
+    _auth: Auth
     _direct: list[tuple[re.Pattern[str], Route]]
 
     def serve_routes(self, routes: list[Route]) -> None:
@@ -142,13 +143,16 @@ class RuntimeApp(FastAPI):
     ) -> Reply:
         """Authenticate, inflate the body and run the endpoint; any error becomes its reply."""
         try:
-            if route.auth:
-                self._auth.check(headers)
+            caller = self._auth.check(headers) if route.auth else None
             if route.method == "POST":  # its body is the request
                 body = decode_body(
                     body, headers.get("content-encoding"), self.settings.max_request_bytes
                 )
-            return await route.endpoint(headers, body, **params)
+            entered = self._auth.enter(caller)  # whom the endpoint charges its tokens to
+            try:
+                return await route.endpoint(headers, body, **params)
+            finally:
+                auth.reset_caller(entered)
         except ModelServiceError as e:
             return Reply.error(e.status_code, e.message, e.headers)
         except Exception as e:
@@ -288,7 +292,8 @@ def create_app(
     )
     app.dataplane = app.state.dataplane = dataplane
     app.settings = app.state.settings = settings
-    app._auth = BearerAuth(settings.auth_token)
+    app._auth = Auth(settings.auth_token, keys_from(settings))
+    metrics.extra.append(app._auth.render)  # per-key counters (nothing without keys)
     app.serve_routes(route_table(dataplane, metrics))
 
     # Framework errors (no such route, a method not allowed) get the same {"error": ...}.

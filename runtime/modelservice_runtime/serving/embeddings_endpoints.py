@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from modelservice_runtime.errors import NotFound
+from modelservice_runtime.serving.auth import charge_tokens
 from modelservice_runtime.serving.embedding import EmbeddingModel, truncate
 from modelservice_runtime.serving.protocol import embeddings
 
@@ -51,6 +52,7 @@ class EmbeddingEndpoints:
                     f"model {req.model!r} not found; this server serves [{entry.name!r}]"
                 )
             encoded = model.encode(req.inputs)
+            charge_tokens(encoded.tokens)
             result = await dp.infer(entry, encoded.feeds)
             vectors = model.embed(result.outputs, encoded.mask)
             if req.dimensions is not None and req.dimensions < vectors.shape[1]:

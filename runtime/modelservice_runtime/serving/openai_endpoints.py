@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from modelservice_runtime.errors import BadRequest, NotFound, ServiceUnavailable, first_line
+from modelservice_runtime.serving.auth import Caller, charge_tokens, current_caller
 from modelservice_runtime.serving.generation import (
     GenaiModel,
     Generation,
@@ -101,8 +102,9 @@ class OpenAIEndpoints:
             entry.requests.on_request(False, time.perf_counter() - started, 0.0, 0.0)
             raise
         rid = openai.new_id(chat)
+        caller = current_caller()  # charged the tokens used, when answered
         if req.stream:
-            stream = _stream(entry, req, rid, prompt, generations, started)
+            stream = _stream(entry, req, rid, prompt, generations, started, caller)
             return Reply(200, SSE, b"", {"Cache-Control": "no-cache"}, stream)
         ok = False
         try:
@@ -120,6 +122,7 @@ class OpenAIEndpoints:
                 c["token_ids"] = ids
             choices.append(c)
             completion_tokens += len(ids)
+        charge_tokens(len(prompt) + completion_tokens, caller)
         doc_use = openai.usage(len(prompt), completion_tokens)
         content = openai.response(chat, rid, entry.name, choices, doc_use)
         if req.return_token_ids:
@@ -205,6 +208,7 @@ async def _stream(
     prompt: list[int],
     generations: list[Generation],
     started: float,
+    caller: Caller | None = None,
 ) -> AsyncIterator[bytes]:
     """The server-sent events of a streamed answer; closing it cancels the generations."""
     chat, name = req.chat, entry.name
@@ -261,6 +265,7 @@ async def _stream(
         log.exception("a streamed generation failed", exc_info=e)
         yield openai.error_event(f"generation failed: {first_line(e)}")
     finally:
+        charge_tokens(len(prompt) + sum(len(a.ids) for a in assemblers), caller)
         for task in tasks:
             task.cancel()
         for g in generations:
