@@ -225,7 +225,7 @@ async def _stream(
 
     tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(generations)]
     assemblers = [TextAssembler(entry.model.decode, req.stop) for _ in generations]
-    ok = False
+    ok = charged = False
     try:
         if chat:
             for i in range(len(generations)):
@@ -259,13 +259,16 @@ async def _stream(
             completion_tokens = sum(len(a.ids) for a in assemblers)
             use = openai.usage(len(prompt), completion_tokens)
             yield openai.chunk(chat, rid, name, 0, None, None, use=use)
+        charged = True  # before the last event: a client that reads [DONE] sees its charge
+        charge_tokens(len(prompt) + sum(len(a.ids) for a in assemblers), caller)
         yield openai.DONE
         ok = True
     except Exception as e:  # after the 200: the stream ends with OpenAI's error event
         log.exception("a streamed generation failed", exc_info=e)
         yield openai.error_event(f"generation failed: {first_line(e)}")
     finally:
-        charge_tokens(len(prompt) + sum(len(a.ids) for a in assemblers), caller)
+        if not charged:  # the client left, or the stream failed: what was generated counts
+            charge_tokens(len(prompt) + sum(len(a.ids) for a in assemblers), caller)
         for task in tasks:
             task.cancel()
         for g in generations:
