@@ -226,25 +226,3 @@ def test_health_and_metrics_stay(server: Served) -> None:
     assert metric(server, "modelservice_generated_tokens_total") > 0
     r = httpx.post(server.url + "/v2/models/tiny/infer", json={"inputs": []}, timeout=5)
     assert r.status_code == 404 and "language model" in r.json()["error"]
-
-
-def test_a_full_server_answers_503_with_retry_after(tiny_llm: tuple[Path, Path]) -> None:
-    """The bound itself (engine.check): the engine is filled in-process, so the test does not
-    depend on how fast the model finishes what holds the rows."""
-    from fastapi.testclient import TestClient
-    from modelservice_runtime.serving.app import create_app
-    from modelservice_runtime.settings import Settings
-
-    settings = Settings(
-        model_path=tiny_llm[1], name="tiny", generation_batch_size=1, max_queue_size=1
-    )
-    with TestClient(create_app(settings)) as tc:
-        wait_for("ready", lambda: tc.get("/v2/health/ready").status_code == 200)
-        engine = tc.app.dataplane.generative.engine  # type: ignore[attr-defined]
-        engine.admitted = engine.capacity  # two generations in: one running, one queued
-        r = tc.post("/v1/completions", json={"prompt": "x", "max_tokens": 4})
-        assert r.status_code == 503
-        assert r.headers["retry-after"] == "1"
-        assert "at capacity" in r.json()["error"]
-        engine.admitted = 0
-        assert tc.post("/v1/completions", json={"prompt": "x", "max_tokens": 4}).status_code == 200

@@ -112,8 +112,9 @@ def test_only_runtime_code_and_extras_go_in(dockerfile: Path) -> None:
     assert "operator" not in " ".join(sources)
     installs = [a for k, a in ins if k == "RUN" and "pip install" in a]
     assert len(installs) == 1
-    # genai (onnxruntime-genai, which needs the CPU onnxruntime) only in the CPU image
-    extra = "gpu" if dockerfile.name.endswith(".gpu") else "runtime,genai"
+    # genai (onnxruntime-genai, which needs the CPU onnxruntime) only in the CPU image; the
+    # GPU image has its CUDA build beside onnxruntime-gpu (genai-gpu)
+    extra = "gpu,genai-gpu" if dockerfile.name.endswith(".gpu") else "runtime,genai"
     # pinned to the versions the tests ran; s3 for the init container's s3:// fetches
     assert f'-c constraints.txt ".[{extra},s3]"' in installs[0]
     # the build fails if torch or kopf (or the wrong onnxruntime flavour) slipped in

@@ -14,6 +14,7 @@ re-encoding by the framework.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
 import logging
@@ -173,6 +174,10 @@ class RuntimeApp(FastAPI):
                     return _response(Reply.error(e.status_code, e.message, e.headers))
                 except ClientDisconnect:  # nobody is left to read an answer
                     return _response(Reply.error(400, "the client left before its body arrived"))
+            if route.streams:  # a generation: the client leaving ends it (see _unless_left)
+                return _response(
+                    await _unless_left(request, self.answer(route, request.headers, body, params))
+                )
             return _response(await self.answer(route, request.headers, body, params))
 
         names = _PARAM.findall(route.path)
@@ -210,6 +215,29 @@ class RuntimeApp(FastAPI):
         if scope["type"] == "http" and self.dataplane.draining:
             send = _closing_connection(send)
         await super().__call__(scope, receive, send)
+
+
+async def _unless_left(request: Request, answering: Awaitable[Reply]) -> Reply:
+    """`answering`, cancelled if the client disconnects before it is ready: a non-streamed
+    generation whose client left stops using its batch row (a streamed answer is ready at
+    once, and its stream is cancelled by the response when the client leaves)."""
+    task = asyncio.ensure_future(answering)
+    left = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((task, left), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return Reply.error(400, "the client left before its answer was ready")
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _closing_connection(send: Send) -> Send:

@@ -56,10 +56,7 @@ def load_model(s: Settings) -> OnnxModel | GenaiModel | EmbeddingModel:
     from modelservice_runtime.serving.generation import GenaiModel, wants_genai
 
     if wants_genai(s):
-        genai = GenaiModel(s)
-        if s.warmup:
-            genai.warmup()
-        return genai
+        return GenaiModel(s)  # its engine process loads and warms the model itself
     if wants_embedding(s):
         encoder = EmbeddingModel(s)
         if s.warmup:
@@ -100,10 +97,10 @@ class DataPlane:
     # --- lifecycle ------------------------------------------------------------------------
 
     def register_generative(self, model: GenaiModel) -> GenerativeEntry:
-        """Serve a language model: its engine thread starts here (on the event loop)."""
+        """Serve a language model: its engine process is read from here (the event loop)."""
         import time
 
-        from modelservice_runtime.serving.generation import GenerationEngine, GenerationMetrics
+        from modelservice_runtime.serving.generation import GenerationMetrics
         from modelservice_runtime.serving.metrics import labels
         from modelservice_runtime.serving.openai_endpoints import GenerativeEntry
 
@@ -114,7 +111,7 @@ class DataPlane:
             s.name,
             s.model_version,
             model,
-            GenerationEngine(model, metrics, s.max_queue_size),
+            model.start_engine(metrics, s.max_queue_size),
             metrics,
             self.metrics.for_model(s.name, s.model_version),
             int(time.time()),
@@ -171,7 +168,10 @@ class DataPlane:
     # --- health and metadata --------------------------------------------------------------
 
     def ready(self) -> bool:
-        return (bool(self._models) or self.generative is not None) and not self.draining
+        generative = self.generative
+        if generative is not None and not generative.engine.alive:
+            return False  # the engine process died: its generations failed, and so would new ones
+        return (bool(self._models) or generative is not None) and not self.draining
 
     def server_metadata(self) -> dict[str, Any]:
         extensions = [*EXTENSIONS, *([explaining.EXTENSION] if self.settings.explain else [])]

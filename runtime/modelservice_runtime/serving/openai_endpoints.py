@@ -3,7 +3,9 @@ model's chat template) and the model list, each also under /openai/v1 as KServe 
 them. Parsing and answers are protocol/openai.py's; the tokens come from generation.py.
 A streamed answer is a `Reply` whose `stream` yields the server-sent events, ending in
 `data: [DONE]`; when the client leaves, the app stops iterating it, which cancels the
-generations in the engine (Generation's iterator cancels on close).
+generations in the engine (Generation's iterator cancels on close). Every token that is
+ready goes out at once: one event carries all the text of the tokens that arrived
+together. Tokenizing and the chat template run off the event loop.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from modelservice_runtime.serving.generation import (
     GenerationMetrics,
     Sampling,
     TextAssembler,
+    check,
 )
 from modelservice_runtime.serving.metrics import ModelMetrics
 from modelservice_runtime.serving.protocol import openai
@@ -97,7 +100,7 @@ class OpenAIEndpoints:
         started = time.perf_counter()
         entry.requests.request_started()
         try:
-            req, prompt, generations = self._start(entry, body, chat)
+            req, prompt, generations = await self._start(entry, body, chat)
         except BaseException:
             entry.requests.on_request(False, time.perf_counter() - started, 0.0, 0.0)
             raise
@@ -133,7 +136,7 @@ class OpenAIEndpoints:
             content = orjson.dumps(doc)
         return Reply(200, "application/json", content)
 
-    def _start(
+    async def _start(
         self, entry: GenerativeEntry, body: bytes, chat: bool
     ) -> tuple[openai.GenerateRequest, list[int], list[Generation]]:
         """Parse and check everything the engine would refuse, then submit the generations:
@@ -149,7 +152,7 @@ class OpenAIEndpoints:
             if any("\0" in m["content"] for m in req.messages):
                 raise BadRequest("messages: content must not contain NUL characters")
             try:
-                text = model.chat_prompt(req.messages)
+                prompt = await model.encode_async(None, req.messages)
             except Exception as e:
                 raise BadRequest(
                     f"messages: the model's chat template failed: {first_line(e)}"
@@ -158,8 +161,8 @@ class OpenAIEndpoints:
             assert req.prompt is not None
             if "\0" in req.prompt:
                 raise BadRequest("prompt must not contain NUL characters")
-            text = req.prompt
-        prompt = model.encode(text)
+            prompt = await model.encode_async(req.prompt, None)
+        entry = self._entry(req.model)  # again: the server may have begun draining meanwhile
         if not prompt:
             raise BadRequest(("messages" if chat else "prompt") + " must not be empty")
         sampling = Sampling(
@@ -170,14 +173,16 @@ class OpenAIEndpoints:
             seed=req.seed,
             stop=req.stop,
         )
-        engine.check(prompt, sampling, req.n)
+        check(engine, prompt, sampling, req.n)
         # n choices: one generation each, seeds seed, seed+1, ... so a seeded n repeats.
         generations = [
             engine.submit(
                 prompt,
-                sampling
-                if sampling.seed is None or i == 0
-                else Sampling(**{**sampling.__dict__, "seed": sampling.seed + i}),
+                (
+                    sampling
+                    if sampling.seed is None or i == 0
+                    else Sampling(**{**sampling.__dict__, "seed": sampling.seed + i})
+                ).params(),
             )
             for i in range(req.n)
         ]
@@ -192,8 +197,8 @@ async def _collect(
     entry: GenerativeEntry, generation: Generation, stop: tuple[str, ...]
 ) -> tuple[str, list[int], str]:
     assembler = TextAssembler(entry.model.decode, stop)
-    async for token in generation:
-        assembler.add(token)
+    async for tokens in generation.chunks():
+        assembler.add(tokens)
         if assembler.stopped:
             generation.stop()
             break
@@ -216,14 +221,26 @@ async def _stream(
 
     async def pump(index: int, generation: Generation) -> None:
         try:
-            async for token in generation:
-                await merged.put((index, token))
+            async for tokens in generation.chunks():
+                await merged.put((index, tokens))
         except BaseException as e:
             await merged.put((index, e))
             raise
         await merged.put((index, None))
 
-    tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(generations)]
+    async def one(generation: Generation) -> AsyncIterator[tuple[int, Any]]:
+        """One choice (the usual case): its chunks straight, no task and queue between."""
+        async for tokens in generation.chunks():
+            yield 0, tokens
+        yield 0, None
+
+    async def several() -> AsyncIterator[tuple[int, Any]]:
+        while True:
+            yield await merged.get()
+
+    single = len(generations) == 1
+    tasks = [] if single else [asyncio.create_task(pump(i, g)) for i, g in enumerate(generations)]
+    events = one(generations[0]) if single else several()
     assemblers = [TextAssembler(entry.model.decode, req.stop) for _ in generations]
     ok = charged = False
     try:
@@ -231,8 +248,9 @@ async def _stream(
             for i in range(len(generations)):
                 yield openai.chunk(chat, rid, name, i, "", None, role=True)
         open_ = len(generations)
-        while open_:
-            index, item = await merged.get()
+        async for index, item in events:
+            if not open_:
+                break
             assembler, generation = assemblers[index], generations[index]
             if isinstance(item, BaseException):
                 raise item
@@ -243,6 +261,8 @@ async def _stream(
                         yield openai.chunk(chat, rid, name, index, tail, None)
                     yield openai.chunk(chat, rid, name, index, None, _finish(generation, assembler))
                     open_ -= 1
+                    if not open_:
+                        break
                 continue
             delta = assembler.add(item)
             if assembler.stopped:
@@ -251,7 +271,10 @@ async def _stream(
                     yield openai.chunk(chat, rid, name, index, delta, None)
                 yield openai.chunk(chat, rid, name, index, None, "stop")
                 open_ -= 1
-                tasks[index].cancel()
+                if tasks:
+                    tasks[index].cancel()
+                if not open_:
+                    break
                 continue
             if delta:
                 yield openai.chunk(chat, rid, name, index, delta, None)
@@ -271,6 +294,7 @@ async def _stream(
             charge_tokens(len(prompt) + sum(len(a.ids) for a in assemblers), caller)
         for task in tasks:
             task.cancel()
+        await events.aclose()  # type: ignore[attr-defined]
         for g in generations:
             g.cancel()
         entry.requests.on_request(ok, time.perf_counter() - started, 0.0, 0.0)

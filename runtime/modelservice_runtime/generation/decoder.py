@@ -1,0 +1,227 @@
+"""The decoder graph of an onnxruntime-genai folder run directly on onnxruntime, one batch
+row per generation slot.
+
+The builder's graph (model.onnx) takes `input_ids`, `attention_mask` and, per layer,
+`past_key_values.N.key/value`, and attends with GroupQueryAttention. GQA supports a shared
+past/present buffer: when past and present are bound to the same memory it writes each new
+key and value in place at the row's own length (the sum of its attention mask, minus the new
+tokens) and attends over that length only. So the KV cache here is one preallocated buffer
+per layer, [slots, kv_heads, max_length, head_size], and every row keeps its own length:
+
+- prefill: one slot's prompt, alone (batch 1, the slot's row of the buffers bound by
+  pointer, mask of the prompt's length: GQA's "first prompt", positions 0..n-1);
+- decode: rows 0..k-1 (k = the highest slot in use + 1) one token each; mask [k, T] with
+  T = the longest row + 1 and each row's mask as long as its own sequence. A free slot
+  below k rides along with a one-token mask and writes at position 0 of its own row,
+  which the next prefill there overwrites.
+
+Nothing is copied between steps: no concatenation of caches, no compaction of rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("modelservice.generation")
+
+GENAI_CONFIG = "genai_config.json"
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """What genai_config.json says about the decoder graph."""
+
+    folder: Path
+    filename: str
+    context_length: int
+    vocab_size: int
+    layers: int
+    kv_heads: int
+    head_size: int
+    eos_token_ids: frozenset[int]
+    input_ids: str
+    attention_mask: str
+    position_ids: str | None
+    past_key: str
+    past_value: str
+    logits: str
+    present_key: str
+    present_value: str
+
+    @classmethod
+    def read(cls, folder: Path) -> DecoderConfig:
+        doc = json.loads((folder / GENAI_CONFIG).read_text())
+        model = doc["model"]
+        dec = model["decoder"]
+        ins, outs = dec["inputs"], dec["outputs"]
+        eos = model.get("eos_token_id")
+        eos_ids = frozenset(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        return cls(
+            folder=folder,
+            filename=dec["filename"],
+            context_length=int(model["context_length"]),
+            vocab_size=int(model["vocab_size"]),
+            layers=int(dec["num_hidden_layers"]),
+            kv_heads=int(dec["num_key_value_heads"]),
+            head_size=int(dec["head_size"]),
+            eos_token_ids=eos_ids,
+            input_ids=ins["input_ids"],
+            attention_mask=ins["attention_mask"],
+            position_ids=ins.get("position_ids"),
+            past_key=ins["past_key_names"],
+            past_value=ins["past_value_names"],
+            logits=outs["logits"],
+            present_key=outs["present_key_names"],
+            present_value=outs["present_value_names"],
+        )
+
+
+def session_options(intra_op_threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    # Spinning intra-op threads would take the cores the HTTP process needs.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+class Decoder:
+    """The session and the KV buffers of `slots` rows, each up to `max_length` tokens."""
+
+    def __init__(
+        self,
+        config: DecoderConfig,
+        slots: int,
+        providers: list[Any],
+        intra_op_threads: int = 0,
+        max_length: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.config = config
+        self.slots = slots
+        self.max_length = min(max_length or config.context_length, config.context_length)
+        self.session = ort.InferenceSession(
+            str(config.folder / config.filename),
+            session_options(intra_op_threads),
+            providers=providers,
+        )
+        self.providers = self.session.get_providers()
+        on_cuda = self.providers[0] == "CUDAExecutionProvider"
+        self.device = "cuda" if on_cuda else "cpu"
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        self.kv_dtype = _ORT_TYPES[types[config.past_key % 0]]
+        self.has_position_ids = bool(config.position_ids) and config.position_ids in types
+        shape = (slots, config.kv_heads, self.max_length, config.head_size)
+        self._row_bytes = (
+            config.kv_heads
+            * self.max_length
+            * config.head_size
+            * (np.dtype(self.kv_dtype).itemsize)
+        )
+        # One buffer per layer for keys and one for values, on the session's device.
+        self._kv: list[tuple[str, str, Any]] = []  # (input name, output name, buffer)
+        for layer in range(config.layers):
+            for past, present in (
+                (config.past_key, config.present_key),
+                (config.past_value, config.present_value),
+            ):
+                if on_cuda:
+                    buf = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, "cuda", 0)
+                else:
+                    buf = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype))
+                self._kv.append((past % layer, present % layer, buf))
+        self._element = self.kv_dtype
+        # Decode steps reuse one binding: its inputs and outputs are preallocated arrays
+        # (rows 0..k-1 of each) bound by pointer, rebound only when k changes; a step
+        # writes the new tokens and mask bits in place and runs. Binding costs tens of
+        # microseconds a tensor in Python: per step that was most of a small model's step.
+        self._ids = np.zeros((slots, 1), np.int64)
+        self._positions = np.zeros((slots, 1), np.int64)
+        # The mask is max_length wide: GQA reads only each row's sum (its length + 1) and
+        # the width (the shared buffer's length), so a row's bits are set once each.
+        self._mask = np.zeros((slots, self.max_length), np.int64)
+        self._ones = np.zeros(slots, np.int64)  # mask bits set in each row
+        self._logits = np.zeros((slots, 1, config.vocab_size), np.float32)
+        self._decode_io = self.session.io_binding()
+        self._decode_rows = 0
+        self._prefill_io = self.session.io_binding()
+        self._prefill_io.bind_output(config.logits, "cpu")  # first: output 0
+
+    @property
+    def kv_bytes_per_row(self) -> int:
+        return self._row_bytes * len(self._kv)
+
+    def _bind_kv(self, io: Any, first: int, rows: int) -> None:
+        """Past and present of rows first..first+rows-1 bound to the same memory."""
+        shape = [rows, self.config.kv_heads, self.max_length, self.config.head_size]
+        for past, present, buf in self._kv:
+            ptr = buf.data_ptr() + first * self._row_bytes
+            io.bind_input(past, self.device, 0, self._element, shape, ptr)
+            io.bind_output(present, self.device, 0, self._element, shape, ptr)
+
+    def prefill(self, slot: int, prompt: np.ndarray) -> np.ndarray:
+        """Run `prompt` (int64 ids) into `slot`'s cache; the logits of its last position."""
+        n = len(prompt)
+        c, io = self.config, self._prefill_io
+        self._bind_kv(io, slot, 1)
+        io.bind_cpu_input(c.input_ids, np.ascontiguousarray(prompt, np.int64).reshape(1, n))
+        io.bind_cpu_input(c.attention_mask, np.ones((1, n), np.int64))
+        if self.has_position_ids:
+            assert c.position_ids is not None
+            io.bind_cpu_input(c.position_ids, np.arange(n, dtype=np.int64).reshape(1, n))
+        io.bind_output(c.logits, "cpu")  # rebound: its shape changes between runs
+        self.session.run_with_iobinding(io)
+        return io.get_outputs()[0].numpy()[0, -1]
+
+    def _bind_decode(self, k: int) -> None:
+        c, io = self.config, self._decode_io
+
+        def bind(name: str, array: np.ndarray, output: bool = False) -> None:
+            view = array[:k]
+            shape, ptr = list(view.shape), view.ctypes.data
+            if output:
+                io.bind_output(name, "cpu", 0, view.dtype, shape, ptr)
+            else:
+                io.bind_input(name, "cpu", 0, view.dtype, shape, ptr)
+
+        bind(c.input_ids, self._ids)
+        bind(c.attention_mask, self._mask)
+        if self.has_position_ids:
+            assert c.position_ids is not None
+            bind(c.position_ids, self._positions)
+        bind(c.logits, self._logits, output=True)
+        self._bind_kv(io, 0, k)
+        self._decode_rows = k
+
+    def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """One token for rows 0..k-1 (k = len(tokens)); `lengths` are the tokens each row
+        already holds (0 for a free slot). The logits [k, vocab] of the new positions
+        (a view of a buffer the next step overwrites)."""
+        k = len(tokens)
+        if k != self._decode_rows:
+            self._bind_decode(k)
+        self._ids[:k, 0] = tokens
+        if self.has_position_ids:
+            self._positions[:k, 0] = lengths
+        want = lengths + 1
+        ones = self._ones[:k]
+        if not np.array_equal(want, ones + 1):  # not just one more each: set rows anew
+            for row in np.flatnonzero(want != ones + 1).tolist():
+                self._mask[row, : want[row]] = 1
+                self._mask[row, want[row] :] = 0
+            ones[:] = want - 1
+        self._mask[np.arange(k), ones] = 1
+        ones += 1
+        self.session.run_with_iobinding(self._decode_io)
+        return self._logits[:k, 0]

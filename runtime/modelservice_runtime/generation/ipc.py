@@ -1,0 +1,120 @@
+"""The messages between the HTTP side and the engine process: packed bytes, no pickles.
+
+To the engine:
+- ADD  b"A" rid u32, max_tokens u32, temperature f64, top_p f64, top_k i32, seed i64,
+  flags u8 (1: seeded, 2: log-probabilities), then the prompt as int32 ids;
+- CANCEL b"C" rid u32; QUIT b"Q".
+From the engine:
+- READY b"R" + JSON (what it loaded); FATAL b"X" + message;
+- STEP b"S" running u16, queued u16, rows in the step u16, tokens n u32, finished m u32,
+  then rid u32[n], token i32[n], log-probability f32[n] (NaN when not asked), rid u32[m],
+  reason u8[m], then JSON of {rid: error message} when any row failed (else nothing).
+One STEP message carries every row's new tokens of one engine step.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelservice_runtime.generation.sampling import SamplingParams
+from modelservice_runtime.generation.scheduler import StepResult
+
+ADD, CANCEL, QUIT, READY, FATAL, STEP = b"A", b"C", b"Q", b"R", b"X", b"S"
+_ADD = struct.Struct("<cIIddiqB")
+_CANCEL = struct.Struct("<cI")
+_STEP = struct.Struct("<cHHHII")
+
+
+def pack_add(rid: int, prompt: np.ndarray | list[int], p: SamplingParams) -> bytes:
+    flags = (1 if p.seed is not None else 0) | (2 if p.logprobs else 0)
+    head = _ADD.pack(ADD, rid, p.max_tokens, p.temperature, p.top_p, p.top_k, p.seed or 0, flags)
+    return head + np.asarray(prompt, dtype=np.int32).tobytes()
+
+
+def unpack_add(msg: bytes) -> tuple[int, np.ndarray, SamplingParams]:
+    _, rid, max_tokens, temperature, top_p, top_k, seed, flags = _ADD.unpack_from(msg)
+    prompt = np.frombuffer(msg, np.int32, offset=_ADD.size).astype(np.int64)
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed if flags & 1 else None,
+        logprobs=bool(flags & 2),
+    )
+    return rid, prompt, params
+
+
+def pack_cancel(rid: int) -> bytes:
+    return _CANCEL.pack(CANCEL, rid)
+
+
+def unpack_cancel(msg: bytes) -> int:
+    return int(_CANCEL.unpack_from(msg)[1])
+
+
+def pack_step(r: StepResult) -> bytes:
+    n, m = len(r.tokens), len(r.finished)
+    parts = [_STEP.pack(STEP, min(r.running, 65535), min(r.queued, 65535), r.rows_in_step, n, m)]
+    if n:
+        rids, tokens, logprobs = zip(*r.tokens, strict=True)
+        parts += [
+            np.array(rids, np.uint32).tobytes(),
+            np.array(tokens, np.int32).tobytes(),
+            np.array(logprobs, np.float32).tobytes(),
+        ]
+    if m:
+        rids, reasons = zip(*r.finished, strict=True)
+        parts += [np.array(rids, np.uint32).tobytes(), np.array(reasons, np.uint8).tobytes()]
+    if r.errors:
+        parts.append(json.dumps({str(k): v for k, v in r.errors.items()}).encode())
+    return b"".join(parts)
+
+
+@dataclass
+class Step:
+    running: int
+    queued: int
+    rows_in_step: int
+    rids: list[int]
+    tokens: list[int]
+    logprobs: np.ndarray
+    finished: list[tuple[int, int]]
+    errors: dict[int, str]
+
+
+def unpack_step(msg: bytes) -> Step:
+    _, running, queued, rows, n, m = _STEP.unpack_from(msg)
+    at = _STEP.size
+    rids = np.frombuffer(msg, np.uint32, n, at).tolist()
+    at += 4 * n
+    tokens = np.frombuffer(msg, np.int32, n, at).tolist()
+    at += 4 * n
+    logprobs = np.frombuffer(msg, np.float32, n, at)
+    at += 4 * n
+    frids = np.frombuffer(msg, np.uint32, m, at).tolist()
+    at += 4 * m
+    reasons = np.frombuffer(msg, np.uint8, m, at).tolist()
+    at += m
+    errors: dict[int, str] = {}
+    if at < len(msg):
+        errors = {int(k): v for k, v in json.loads(msg[at:]).items()}
+    return Step(
+        running,
+        queued,
+        rows,
+        rids,
+        tokens,
+        logprobs,
+        list(zip(frids, reasons, strict=True)),
+        errors,
+    )
+
+
+def pack_json(kind: bytes, doc: Any) -> bytes:
+    return kind + json.dumps(doc).encode()

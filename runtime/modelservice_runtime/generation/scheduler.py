@@ -1,0 +1,197 @@
+"""Continuous batching: requests join and leave the running batch between steps.
+
+Each `step()`:
+1. admits waiting requests into free slots (the lowest free slot first), each with a
+   prefill run of its own prompt (batch 1), which gives its first token;
+2. runs one decode step for every running row (rows 0..k-1, k = the highest slot in use
+   + 1; a free slot below k rides along unused), which gives each row its next token;
+3. ends rows that produced an end-of-sequence token, reached their max_tokens or the slot's
+   length; their slots take the next waiting requests at the next step.
+
+A cancelled request leaves at once (its slot is free for the next step). The scheduler knows
+nothing of processes or HTTP: engine_process.py drives it and ships its `StepResult`s.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from modelservice_runtime.generation.sampling import LogitsProcessor, RowSampler, SamplingParams
+from modelservice_runtime.generation.sampling import select as select_tokens
+
+log = logging.getLogger("modelservice.generation")
+
+# Why a generation ended (the codes travel in ipc.py's step messages).
+STOP, LENGTH, CANCELLED, ERROR = 0, 1, 2, 3
+REASONS = ("stop", "length", "cancelled", "error")
+
+
+class DecoderLike(Protocol):
+    slots: int
+    max_length: int
+
+    def prefill(self, slot: int, prompt: np.ndarray) -> np.ndarray: ...
+
+    def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(eq=False)
+class Row:
+    rid: int
+    prompt: np.ndarray  # int64 ids
+    sampler: RowSampler
+    slot: int = -1
+    length: int = 0  # tokens in the slot's cache
+    last: int = 0  # the newest token, not yet in the cache
+    generated: list[int] = field(default_factory=list)
+
+
+@dataclass
+class StepResult:
+    """What one step produced: tokens (rid, token, log-probability) in order, finished rows
+    (rid, reason code), error messages by rid, and the rows running and waiting after it."""
+
+    tokens: list[tuple[int, int, float]] = field(default_factory=list)
+    finished: list[tuple[int, int]] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+    running: int = 0
+    queued: int = 0
+    rows_in_step: int = 0  # generations in the decode run (0 if none ran)
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens or self.finished)
+
+
+class Scheduler:
+    def __init__(self, decoder: DecoderLike, eos_token_ids: Iterable[int]) -> None:
+        self.decoder = decoder
+        self.eos = frozenset(eos_token_ids)
+        self.slots: list[Row | None] = [None] * decoder.slots
+        self.waiting: deque[Row] = deque()
+        self.by_rid: dict[int, Row] = {}
+        self._pending = StepResult()  # what happened between steps (cancels)
+
+    @property
+    def running(self) -> int:
+        return sum(r is not None for r in self.slots)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting) or any(r is not None for r in self.slots)
+
+    @property
+    def has_news(self) -> bool:
+        """Something to report before the next step (a cancel, a refused request)."""
+        return bool(self._pending)
+
+    def add(
+        self,
+        rid: int,
+        prompt: np.ndarray,
+        params: SamplingParams,
+        processors: list[LogitsProcessor] | None = None,
+    ) -> None:
+        row = Row(rid, prompt.astype(np.int64, copy=False), RowSampler(params, processors or []))
+        if len(prompt) + params.max_tokens > self.decoder.max_length + 1 or not len(prompt):
+            self._pending.finished.append((rid, ERROR))
+            self._pending.errors[rid] = (
+                f"prompt of {len(prompt)} tokens with max_tokens {params.max_tokens} does not "
+                f"fit the engine's {self.decoder.max_length} positions"
+            )
+            return
+        self.by_rid[rid] = row
+        self.waiting.append(row)
+
+    def cancel(self, rid: int) -> None:
+        """End `rid` now (a no-op for one already ended)."""
+        row = self.by_rid.pop(rid, None)
+        if row is None:
+            return
+        if row.slot >= 0:
+            self.slots[row.slot] = None
+        else:
+            self.waiting.remove(row)
+        self._pending.finished.append((rid, CANCELLED))
+
+    def step(self) -> StepResult:
+        out, self._pending = self._pending, StepResult()
+        self._admit(out)
+        self._decode(out)
+        out.running = self.running
+        out.queued = len(self.waiting)
+        return out
+
+    # --- the parts of a step -----------------------------------------------------------------
+
+    def _admit(self, out: StepResult) -> None:
+        for slot, held in enumerate(self.slots):
+            if not self.waiting:
+                return
+            if held is not None:
+                continue
+            row = self.waiting.popleft()
+            row.slot = slot
+            self.slots[slot] = row
+            try:
+                logits = self.decoder.prefill(slot, row.prompt)
+            except Exception as e:  # a prompt the model refuses fails alone
+                log.exception("prefill failed", exc_info=e)
+                self._end(row, ERROR, out, f"generation failed: {e}")
+                continue
+            row.length = len(row.prompt)
+            tokens, logprobs = select_tokens([row.sampler], logits[None, :], [row.generated])
+            self._emit(row, tokens[0], logprobs[0], out)
+
+    def _decode(self, out: StepResult) -> None:
+        k = max((i + 1 for i, r in enumerate(self.slots) if r is not None), default=0)
+        if not k:
+            return
+        rows = self.slots[:k]
+        tokens = np.array([r.last if r is not None else 0 for r in rows], np.int64)
+        lengths = np.array([r.length if r is not None else 0 for r in rows], np.int64)
+        try:
+            logits = self.decoder.decode(tokens, lengths)
+        except Exception as e:  # the whole step failed: so do its rows
+            log.exception("a decode step failed", exc_info=e)
+            for r in rows:
+                if r is not None:
+                    self._end(r, ERROR, out, f"generation failed: {e}")
+            return
+        live = [i for i, r in enumerate(rows) if r is not None]
+        out.rows_in_step = len(live)
+        samplers = [rows[i].sampler for i in live]  # type: ignore[union-attr]
+        chosen, logprobs = select_tokens(
+            samplers,
+            logits[live] if len(live) < k else logits,
+            [rows[i].generated for i in live],  # type: ignore[union-attr]
+        )
+        for i, token, lp in zip(live, chosen, logprobs, strict=True):
+            row = rows[i]
+            assert row is not None
+            row.length += 1
+            self._emit(row, token, lp, out)
+
+    def _emit(self, row: Row, token: int, logprob: float, out: StepResult) -> None:
+        row.generated.append(token)
+        row.last = token
+        out.tokens.append((row.rid, token, logprob))
+        if token in self.eos:
+            self._end(row, STOP, out)
+        else:
+            full = row.length + 1 > self.decoder.max_length  # no room for one more in the slot
+            if full or len(row.generated) >= row.sampler.params.max_tokens:
+                self._end(row, LENGTH, out)
+
+    def _end(self, row: Row, reason: int, out: StepResult, error: str | None = None) -> None:
+        if row.slot >= 0 and self.slots[row.slot] is row:
+            self.slots[row.slot] = None
+        self.by_rid.pop(row.rid, None)
+        out.finished.append((row.rid, reason))
+        if error is not None:
+            out.errors[row.rid] = error

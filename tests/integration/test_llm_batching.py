@@ -1,0 +1,252 @@
+"""Continuous batching observed from outside: a real server on loopback, the unmodified
+`openai` client, and what /metrics reports (rows per decode step, finished by reason,
+running and queued). Nothing here reaches into the server's objects."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.runtime_server import Served, serve
+from tests.integration.test_llm_serve import PROMPTS, wait_for
+
+openai = pytest.importorskip("openai")
+
+LONG = 440  # tokens: the tiny model's context is 512
+
+
+def metrics_text(server: Served) -> str:
+    return httpx.get(server.url + "/metrics", timeout=5).text
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    want = "".join(f',{k}="{v}"' for k, v in labels.items())
+    match = re.search(rf'^{name}{{model="tiny",version="1"{want}}} (\S+)$', text, re.M)
+    assert match is not None, f"{name}{labels} not on /metrics"
+    return float(match[1])
+
+
+def steps_over(server: Served, rows: int) -> float:
+    """Decode steps so far that ran more than `rows` generations (rows is a bucket bound)."""
+    text = metrics_text(server)
+    name = "modelservice_generation_step_rows"
+    return value(text, f"{name}_count") - value(text, f"{name}_bucket", le=f"{float(rows)}")
+
+
+def finished(server: Served, reason: str) -> float:
+    return value(metrics_text(server), "modelservice_generations_finished_total", reason=reason)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llm: tuple[Path, Path]) -> Iterator[Served]:
+    args = ("--name", "tiny", "--generation-batch-size", "8", "--max-queue-size", "8")
+    with serve(tiny_llm[1], *args) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def client(server: Served) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def stream_text(client: openai.OpenAI, prompt: str, max_tokens: int, **kw: object) -> str:
+    return "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model="tiny", prompt=prompt, max_tokens=max_tokens, stream=True, **kw
+        )
+        if c.choices
+    )
+
+
+def run_together(*calls: object) -> list[object]:
+    """Each call in its own thread, started at once; their results in order."""
+    results: list[object] = [None] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = calls[i]()  # type: ignore[operator]
+        except Exception as e:  # the test sees it as the result
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results
+
+
+def test_more_than_four_rows_run_in_one_step_and_each_gets_its_lone_answer(
+    client: openai.OpenAI, server: Served
+) -> None:
+    prompts = [f"{p} {i}" for i, p in enumerate(PROMPTS * 2)]
+    alone = [stream_text(client, p, 64, temperature=0) for p in prompts]
+    before = steps_over(server, 4)
+    together = run_together(
+        *(lambda p=p: stream_text(client, p, 64, temperature=0) for p in prompts)
+    )
+    assert together == alone
+    assert steps_over(server, 4) > before  # 5 or more generations in one model run
+
+
+def test_seeded_and_greedy_requests_share_steps_and_repeat(
+    client: openai.OpenAI, server: Served
+) -> None:
+    def seeded(seed: int) -> str:
+        return stream_text(client, PROMPTS[0], 64, temperature=1.0, top_p=0.9, seed=seed)
+
+    def greedy(i: int) -> str:
+        return stream_text(client, PROMPTS[i], 64, temperature=0)
+
+    alone = [seeded(1), seeded(2), seeded(3), greedy(1), greedy(2)]
+    before = steps_over(server, 4)
+    together = run_together(
+        lambda: seeded(1), lambda: seeded(2), lambda: seeded(3), lambda: greedy(1),
+        lambda: greedy(2),
+    )  # fmt: skip
+    assert together == alone
+    assert len(set(alone[:3])) > 1  # the seeds sample differently
+    assert steps_over(server, 4) > before  # all five in one step: seeded rows share the batch
+
+
+def test_a_late_short_request_joins_the_running_batch(
+    client: openai.OpenAI, server: Served
+) -> None:
+    """A short request sent while long ones run is answered while they still run: it
+    joined their batch (onnxruntime-genai 0.18's Engine made it wait for the group)."""
+    ended: dict[str, float] = {}
+    first_token = threading.Event()
+
+    def long_stream(i: int) -> None:
+        stream = client.completions.create(
+            model="tiny", prompt=PROMPTS[i], max_tokens=LONG, temperature=0, stream=True
+        )
+        for _ in stream:
+            first_token.set()
+        ended[f"long{i}"] = time.perf_counter()
+
+    threads = [threading.Thread(target=long_stream, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    assert first_token.wait(30)
+    sent = time.perf_counter()
+    short = client.completions.create(model="tiny", prompt="Hi", max_tokens=4, temperature=0)
+    done = time.perf_counter()
+    for t in threads:
+        t.join(60)
+    assert short.usage is not None and short.usage.completion_tokens >= 1
+    assert all(done < at for at in ended.values()), (done - sent, ended)
+
+
+def test_a_non_streamed_request_whose_client_leaves_is_cancelled(server: Served) -> None:
+    cancelled = finished(server, "cancelled")
+    body = {"prompt": PROMPTS[2], "max_tokens": LONG, "temperature": 0}
+    with pytest.raises(httpx.TimeoutException):
+        # The client is gone long before LONG tokens are ready.
+        httpx.post(server.url + "/v1/completions", json=body, timeout=0.005)
+    wait_for("the generation to be cancelled", lambda: finished(server, "cancelled") > cancelled)
+    wait_for(
+        "no generation running",
+        lambda: value(metrics_text(server), "modelservice_generation_requests_running") == 0,
+    )
+
+
+@pytest.fixture
+def small_server(tiny_llm: tuple[Path, Path]) -> Iterator[Served]:
+    """One row and one place in the queue."""
+    args = ("--name", "tiny", "--generation-batch-size", "1", "--max-queue-size", "1")
+    with serve(tiny_llm[1], *args) as served:
+        yield served
+
+
+def test_the_503_comes_from_generations_really_held(small_server: Served) -> None:
+    body = {"prompt": PROMPTS[0], "max_tokens": LONG, "temperature": 0}
+
+    def post() -> httpx.Response:
+        return httpx.post(small_server.url + "/v1/completions", json=body, timeout=60)
+
+    answers = run_together(*([post] * 6))
+    codes = sorted(r.status_code for r in answers)  # type: ignore[union-attr]
+    assert codes.count(200) >= 2 and 503 in codes, codes  # one ran, one waited, more refused
+    refused = next(r for r in answers if r.status_code == 503)  # type: ignore[union-attr]
+    assert refused.headers["retry-after"] == "1"  # type: ignore[union-attr]
+    assert "at capacity" in refused.json()["error"]  # type: ignore[union-attr]
+    assert post().status_code == 200  # held no more once answered
+
+
+def test_a_freed_row_is_taken_by_the_waiting_request_at_once(small_server: Served) -> None:
+    """With one row: a long stream runs, a second request waits; the stream's client leaves
+    and the waiting request runs and is answered long before the stream would have ended."""
+    url = small_server.url + "/v1/completions"
+    body = {"prompt": PROMPTS[1], "max_tokens": LONG, "temperature": 0, "stream": True}
+    lone = time.perf_counter()
+    httpx.post(url, json={**body, "stream": False}, timeout=60)
+    lone = time.perf_counter() - lone  # what the long stream takes on its own
+    answer: dict[str, object] = {}
+    with httpx.Client(timeout=60) as c, c.stream("POST", url, json=body) as r:
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+
+        def waiting() -> None:
+            started = time.perf_counter()
+            answer["r"] = httpx.post(url, json={"prompt": "Hi", "max_tokens": 4}, timeout=60)
+            answer["s"] = time.perf_counter() - started
+
+        t = threading.Thread(target=waiting)
+        t.start()
+        wait_for(
+            "the second request to wait",
+            lambda: (
+                value(metrics_text(small_server), "modelservice_generation_requests_queued") >= 1
+                or "r" in answer
+            ),
+        )
+    # the stream's connection is closed here
+    t.join(60)
+    assert answer["r"].status_code == 200  # type: ignore[attr-defined]
+
+
+def engine_pid(server: Served) -> int:
+    out = subprocess.run(
+        ["pgrep", "-P", str(server.proc.pid), "-f", "engine_process"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    assert len(out) == 1, out
+    return int(out[0])
+
+
+def test_a_dead_engine_fails_its_requests_and_the_server_turns_unready(
+    small_server: Served,
+) -> None:
+    url = small_server.url
+    assert httpx.get(url + "/v2/health/ready", timeout=5).status_code == 200
+    os.kill(engine_pid(small_server), signal.SIGKILL)
+    wait_for("not ready", lambda: httpx.get(url + "/v2/health/ready", timeout=5).status_code == 503)
+    r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 4}, timeout=5)
+    assert r.status_code == 503 and "engine" in r.json()["error"]
+    assert httpx.get(url + "/v2/health/live", timeout=5).status_code == 200
+
+
+def test_the_engine_process_ends_with_the_server(tiny_llm: tuple[Path, Path]) -> None:
+    with serve(tiny_llm[1], "--name", "tiny") as served:
+        pid = engine_pid(served)
+        served.proc.kill()  # not even a chance to close its end
+        served.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists(), "the engine process outlived its server"

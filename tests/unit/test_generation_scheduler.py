@@ -1,0 +1,202 @@
+"""The scheduler over a decoder whose logits are a function of what it was given: joins and
+leaves between steps, slot reuse, cancels, end of sequence, max_tokens, the slot's length,
+failures; and the packed step messages of ipc.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from modelservice_runtime.generation import ipc
+from modelservice_runtime.generation.sampling import RowSampler, SamplingParams, select
+from modelservice_runtime.generation.scheduler import CANCELLED, ERROR, LENGTH, STOP, Scheduler
+
+VOCAB = 50
+EOS = 49
+
+
+class Decoder:
+    """Greedy next token = (last token + 1) % 48, or EOS after a token `eos_after`; records
+    what each run got, like a model's cache: a row's length must be what it holds."""
+
+    def __init__(self, slots: int = 8, max_length: int = 64, eos_after: int = -1) -> None:
+        self.slots, self.max_length, self.eos_after = slots, max_length, eos_after
+        self.held = [0] * slots  # tokens in each slot's cache
+        self.runs: list[tuple[str, int]] = []  # ("prefill", slot) or ("decode", rows)
+        self.fail_decode = False
+
+    def _logits(self, last: int) -> np.ndarray:
+        out = np.zeros(VOCAB, np.float32)
+        out[EOS if last == self.eos_after else (last + 1) % 48] = 1.0
+        return out
+
+    def prefill(self, slot: int, prompt: np.ndarray) -> np.ndarray:
+        self.runs.append(("prefill", slot))
+        self.held[slot] = len(prompt)
+        return self._logits(int(prompt[-1]))
+
+    def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        if self.fail_decode:
+            raise RuntimeError("boom")
+        self.runs.append(("decode", len(tokens)))
+        for slot, n in enumerate(lengths.tolist()):
+            if n:
+                assert self.held[slot] == n, (slot, n, self.held[slot])
+                self.held[slot] = n + 1
+        return np.stack([self._logits(int(t)) for t in tokens])
+
+
+def greedy(n: int) -> SamplingParams:
+    return SamplingParams(max_tokens=n, temperature=0)
+
+
+def tokens_of(results: list, rid: int) -> list[int]:
+    return [t for r in results for (i, t, _) in r.tokens if i == rid]
+
+
+def run(s: Scheduler, limit: int = 1000) -> list:
+    out = []
+    while s.busy or s.has_news:
+        out.append(s.step())
+        assert len(out) < limit
+    return out
+
+
+def test_rows_join_between_steps_and_each_gets_its_own_tokens() -> None:
+    d = Decoder()
+    s = Scheduler(d, [EOS])
+    s.add(1, np.array([5]), greedy(4))
+    first = s.step()
+    assert tokens_of([first], 1) == [6, 7]  # the prefill's token, then the step's
+    s.add(2, np.array([20, 30]), greedy(3))  # joins the running batch
+    rest = run(s)
+    assert tokens_of([first, *rest], 1) == [6, 7, 8, 9]
+    assert tokens_of(rest, 2) == [31, 32, 33]
+    assert ("decode", 2) in d.runs  # both in one model run
+    assert [f for r in rest for f in r.finished] == [(1, LENGTH), (2, LENGTH)]
+
+
+def test_more_rows_than_slots_wait_and_take_freed_slots_at_once() -> None:
+    d = Decoder(slots=2)
+    s = Scheduler(d, [EOS])
+    s.add(1, np.array([1]), greedy(2))
+    s.add(2, np.array([1]), greedy(10))
+    s.add(3, np.array([1]), greedy(2))
+    r = s.step()
+    assert (r.running, r.queued) == (1, 1)  # 1 ended (2 tokens), 2 runs, 3 waits
+    assert (1, LENGTH) in r.finished
+    r = s.step()  # 3 takes slot 0 in the very next step
+    assert d.runs[-2:] == [("prefill", 0), ("decode", 2)]
+    assert tokens_of([r], 3) == [2, 3]
+    assert r.running == 1 and r.queued == 0
+    run(s)
+
+
+def test_cancel_frees_the_slot_and_reports_once() -> None:
+    d = Decoder(slots=1)
+    s = Scheduler(d, [EOS])
+    s.add(1, np.array([1]), greedy(30))
+    s.add(2, np.array([1]), greedy(2))
+    s.step()
+    s.cancel(1)
+    s.cancel(1)  # twice: once reported
+    s.cancel(99)  # unknown: ignored
+    r = s.step()
+    assert r.finished[0] == (1, CANCELLED)
+    assert tokens_of([r], 2) == [2, 3]  # the waiting request took the slot in the same step
+    s.add(3, np.array([1]), greedy(5))
+    s.cancel(3)  # cancelled while waiting
+    assert s.step().finished == [(3, CANCELLED)]
+    assert not s.busy
+
+
+def test_end_of_sequence_and_the_slot_length_end_a_row() -> None:
+    d = Decoder(eos_after=3, max_length=10)
+    s = Scheduler(d, [EOS])
+    s.add(1, np.array([1]), greedy(8))  # 2, 3, EOS
+    s.add(2, np.array([10] * 5), greedy(6))  # fits: 5 + 6 - 1 = 10 positions
+    s.add(3, np.array([10] * 5), greedy(7))  # does not
+    results = run(s)
+    assert tokens_of(results, 1) == [2, 3, EOS]
+    assert len(tokens_of(results, 2)) == 6
+    finished = dict(f for r in results for f in r.finished)
+    assert finished == {1: STOP, 2: LENGTH, 3: ERROR}
+    assert "does not fit" in next(r.errors[3] for r in results if 3 in r.errors)
+
+
+def test_a_failed_decode_fails_its_rows_and_the_scheduler_goes_on() -> None:
+    d = Decoder()
+    s = Scheduler(d, [EOS])
+    s.add(1, np.array([1]), greedy(5))
+    s.add(2, np.array([1]), greedy(5))
+    d.fail_decode = True
+    r = s.step()
+    assert sorted(r.finished) == [(1, ERROR), (2, ERROR)] and "boom" in r.errors[1]
+    d.fail_decode = False
+    s.add(3, np.array([1]), greedy(2))
+    assert tokens_of(run(s), 3) == [2, 3]
+
+
+def test_more_than_four_rows_in_one_step() -> None:
+    d = Decoder(slots=16)
+    s = Scheduler(d, [EOS])
+    for rid in range(1, 13):
+        s.add(rid, np.array([rid]), greedy(3))
+    r = s.step()
+    assert r.rows_in_step == 12 and ("decode", 12) in d.runs
+
+
+def test_seeded_rows_repeat_and_differ_by_seed() -> None:
+    logits = np.random.default_rng(0).normal(size=(1, VOCAB)).astype(np.float32)
+
+    def draw(seed: int) -> list[int]:
+        sampler = RowSampler(SamplingParams(max_tokens=9, temperature=1.0, top_k=20, seed=seed))
+        return [select([sampler], logits, [[]])[0][0] for _ in range(20)]
+
+    assert draw(7) == draw(7)
+    assert draw(7) != draw(8)
+
+
+def test_top_p_and_top_k_keep_to_their_sets_and_logprobs_are_right() -> None:
+    logits = np.array([[0.0, 5.0, 4.9, -3.0, 1.0]], np.float32)
+    k2 = RowSampler(SamplingParams(max_tokens=1, temperature=1.0, top_k=2, seed=1))
+    assert {select([k2], logits, [[]])[0][0] for _ in range(200)} == {1, 2}
+    p = RowSampler(SamplingParams(max_tokens=1, temperature=1.0, top_p=0.01, seed=1))
+    assert {select([p], logits, [[]])[0][0] for _ in range(50)} == {1}
+    lp = RowSampler(SamplingParams(max_tokens=1, temperature=0, logprobs=True))
+    tokens, logprobs = select([lp], logits, [[]])
+    x = logits[0].astype(np.float64)
+    assert tokens == [1]
+    assert logprobs[0] == pytest.approx(x[1] - np.log(np.exp(x).sum()))
+
+
+def test_a_logits_processor_sees_its_row_and_changes_the_choice() -> None:
+    seen = []
+
+    def ban_one(generated: list[int], logits: np.ndarray) -> np.ndarray:
+        seen.append(list(generated))
+        logits = logits.copy()
+        logits[1] = -np.inf
+        return logits
+
+    row = RowSampler(SamplingParams(max_tokens=1, temperature=0), [ban_one])
+    logits = np.array([[0.0, 5.0, 4.9]], np.float32)
+    assert select([row], logits, [[7, 8]])[0] == [2]
+    assert seen == [[7, 8]]
+
+
+def test_step_messages_pack_and_unpack() -> None:
+    d = Decoder()
+    s = Scheduler(d, [EOS])
+    s.add(1, np.array([1]), SamplingParams(max_tokens=1, temperature=0, logprobs=True))
+    s.add(7, np.array([1]), greedy(3))
+    s.add(9, np.array([1] * 100), greedy(1))  # refused: an error message travels too
+    r = s.step()
+    step = ipc.unpack_step(ipc.pack_step(r))
+    assert list(zip(step.rids, step.tokens, strict=True)) == [(i, t) for i, t, _ in r.tokens]
+    assert step.finished == r.finished and step.errors == r.errors
+    assert not np.isnan(step.logprobs[0]) and np.isnan(step.logprobs[-1])
+    assert (step.running, step.queued, step.rows_in_step) == (r.running, r.queued, 1)
+    params = SamplingParams(max_tokens=5, temperature=0.5, top_p=0.9, top_k=3, seed=2**40)
+    rid, prompt, back = ipc.unpack_add(ipc.pack_add(4, [3, 2, 1], params))
+    assert (rid, prompt.tolist(), back) == (4, [3, 2, 1], params)
+    assert ipc.unpack_add(ipc.pack_add(4, [1], greedy(2)))[2].seed is None
