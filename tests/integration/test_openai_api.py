@@ -239,10 +239,10 @@ def test_a_full_server_is_503_but_n_over_capacity_is_400(tiny_llm: tuple[Path, P
         r = tc.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "n": 3})
         assert r.status_code == 400 and "n must be an integer from 1 to 2" in r.json()["error"]
         engine = tc.app.dataplane.generative.engine  # type: ignore[attr-defined]
-        engine.admitted = 1
+        engine.live[2**40] = None  # one generation held (a key no engine rid takes)
         r = tc.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "n": 2})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
-        engine.admitted = 0
+        del engine.live[2**40]
         assert tc.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "n": 2}).is_success
 
 
