@@ -261,3 +261,66 @@ def test_stream_error_event_shape_is_what_the_client_raises(server: Served) -> N
         events = read_stream(r)
     assert not any("error" in e for e in events)
     assert {c["index"] for e in events for c in e["choices"]} == {0, 1}
+
+
+def test_logprobs_equal_a_log_softmax_of_onnxruntime_genais_logits(
+    client: openai.OpenAI, tiny_llm: tuple[Path, Path]
+) -> None:
+    """Each chosen token's log-probability, against onnxruntime-genai in-process fed the
+    same tokens (teacher-forced), so the reference does not depend on its own sampling."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    r = client.completions.create(
+        model="tiny", prompt=PROMPT, max_tokens=12, temperature=0, logprobs=0,
+        extra_body={"return_token_ids": True},
+    )  # fmt: skip
+    doc = r.model_dump()
+    ids, prompt = doc["choices"][0]["token_ids"], doc["prompt_token_ids"]
+    got = doc["choices"][0]["logprobs"]
+    assert len(got["token_logprobs"]) == len(ids) == len(got["tokens"]) == len(got["text_offset"])
+    assert "".join(got["tokens"]) == r.choices[0].text
+    assert got["text_offset"][0] == 0 and got["top_logprobs"] is None
+    model = og.Model(str(tiny_llm[1]))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(prompt) + len(ids) + 1)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.array(prompt, np.int32))
+    want = []
+    for token in ids:
+        logits = np.asarray(generator.get_logits(), np.float64).reshape(-1, 384)[-1]
+        logits -= logits.max()
+        want.append(float(logits[token] - np.log(np.exp(logits).sum())))
+        generator.append_tokens(np.array([token], np.int32))
+    np.testing.assert_allclose(got["token_logprobs"], want, atol=1e-3)
+
+    # chat: the same numbers as content entries, and streamed the same as whole
+    messages = [{"role": "user", "content": "Hello"}]
+    whole = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=10, temperature=0, logprobs=True,
+        top_logprobs=0,
+    )  # fmt: skip
+    content = whole.choices[0].logprobs.content
+    assert len(content) == whole.usage.completion_tokens
+    assert all(c.logprob <= 0 and c.top_logprobs == [] for c in content)
+    streamed = [
+        c
+        for e in client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=10, temperature=0, logprobs=True,
+            stream=True,
+        )
+        for ch in e.choices
+        if ch.logprobs is not None
+        for c in ch.logprobs.content
+    ]  # fmt: skip
+    assert [(c.token, round(c.logprob, 5)) for c in streamed] == [
+        (c.token, round(c.logprob, 5)) for c in content
+    ]
+    for bad, words in (({"top_logprobs": 2, "logprobs": True}, "top_logprobs must be 0"),
+                       ({"top_logprobs": 0}, "top_logprobs needs logprobs: true")):  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="tiny", messages=messages, **bad)
+        assert words in e.value.response.json()["error"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="tiny", prompt="x", logprobs=2)
+    assert "logprobs must be 0" in e.value.response.json()["error"]

@@ -67,6 +67,10 @@ BAD = [
     ("unimplemented field", {"prompt": "x", "echo": True}, "echo is not supported"),
     ("unimplemented field", {"prompt": "x", "suffix": "end"}, "suffix is not supported"),
     ("not an object", [1, 2], "request body must be a JSON object"),
+    ("logprobs alternatives", {"prompt": "x", "logprobs": 3}, "logprobs must be 0"),
+    ("logprobs over 5", {"prompt": "x", "logprobs": 6}, "logprobs must be an integer from 0"),
+    ("logprobs a boolean", {"prompt": "x", "logprobs": True}, "logprobs must be an integer"),
+    ("top_logprobs in completions", {"prompt": "x", "top_logprobs": 0}, "unknown parameter"),
 ]
 BAD_CHAT = [
     ("unknown role", {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role must"),
@@ -95,6 +99,16 @@ BAD_CHAT = [
         "max_tokens or max_completion_tokens",
     ),
     ("prompt in chat", {"messages": [{"role": "user", "content": "x"}], "prompt": "x"}, "unknown"),
+    (
+        "top_logprobs alternatives",
+        {"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 1},
+        "top_logprobs must be 0",
+    ),
+    (
+        "logprobs as a number",
+        {"messages": [{"role": "user", "content": "x"}], "logprobs": 1},
+        "logprobs must be a JSON boolean",
+    ),
 ]
 
 
@@ -128,6 +142,14 @@ def test_edges_that_are_accepted() -> None:
     }
     assert parse({"prompt": "x", **off}).prompt == "x"
     assert "best_of" in refused({"prompt": "x", "best_of": True})  # True is not 1
+
+
+def test_logprobs_asked_as_each_api_asks() -> None:
+    assert parse({"prompt": "x", "logprobs": 0}).logprobs
+    assert not parse({"prompt": "x", "logprobs": None}).logprobs
+    chat = [{"role": "user", "content": "x"}]
+    assert parse({"messages": chat, "logprobs": True, "top_logprobs": 0}, chat=True).logprobs
+    assert not parse({"messages": chat, "logprobs": False}, chat=True).logprobs
 
 
 def test_chat_roles_text_parts_and_max_completion_tokens() -> None:

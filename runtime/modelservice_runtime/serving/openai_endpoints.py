@@ -120,7 +120,8 @@ class OpenAIEndpoints:
         choices = []
         completion_tokens = 0
         for i, (text_out, ids, finish) in enumerate(results):
-            c = openai.choice(chat, i, text_out, finish)
+            lps = _logprobs(entry, chat, ids, generations[i], 0) if req.logprobs else None
+            c = openai.choice(chat, i, text_out, finish, lps)
             if req.return_token_ids:
                 c["token_ids"] = ids
             choices.append(c)
@@ -172,6 +173,7 @@ class OpenAIEndpoints:
             top_k=req.top_k,
             seed=req.seed,
             stop=req.stop,
+            logprobs=req.logprobs,
         )
         check(engine, prompt, sampling, req.n)
         # n choices: one generation each, seeds seed, seed+1, ... so a seeded n repeats.
@@ -187,6 +189,19 @@ class OpenAIEndpoints:
             for i in range(req.n)
         ]
         return req, prompt, generations
+
+
+def _logprobs(
+    entry: GenerativeEntry, chat: bool, ids: list[int], generation: Generation, start: int
+) -> dict[str, Any]:
+    """The `logprobs` of the tokens ids[start:]: each chosen token's log-probability (from
+    the engine, under the model's logits before temperature, top-k and top-p), its text,
+    and for completions its offset in the choice's text."""
+    decode = entry.model.decode
+    tokens = [decode([t]) for t in ids[start:]]
+    offsets = [] if chat else [len(decode(ids[:i])) for i in range(start, len(ids))]
+    lps = [float(x) for x in generation.logprobs[start : len(ids)]]
+    return openai.logprobs_doc(chat, tokens, lps, offsets)
 
 
 def _finish(generation: Generation, assembler: TextAssembler) -> str:
@@ -264,11 +279,16 @@ async def _stream(
                     if not open_:
                         break
                 continue
+            before = len(assembler.ids)
             delta = assembler.add(item)
+            # the log-probabilities of this event's tokens ride with its text (even empty)
+            lps = None
+            if req.logprobs:
+                lps = _logprobs(entry, chat, assembler.ids, generation, before)
             if assembler.stopped:
                 generation.stop()
-                if delta:
-                    yield openai.chunk(chat, rid, name, index, delta, None)
+                if delta or lps:
+                    yield openai.chunk(chat, rid, name, index, delta, None, logprobs=lps)
                 yield openai.chunk(chat, rid, name, index, None, "stop")
                 open_ -= 1
                 if tasks:
@@ -276,8 +296,8 @@ async def _stream(
                 if not open_:
                     break
                 continue
-            if delta:
-                yield openai.chunk(chat, rid, name, index, delta, None)
+            if delta or lps:
+                yield openai.chunk(chat, rid, name, index, delta, None, logprobs=lps)
         if req.include_usage:  # stream_options.include_usage: a last chunk, no choices
             completion_tokens = sum(len(a.ids) for a in assemblers)
             use = openai.usage(len(prompt), completion_tokens)

@@ -16,13 +16,11 @@ import orjson
 from modelservice_runtime.errors import BadRequest
 
 # Accepted and without effect on the tokens: who asked, and how the answer is framed.
-_NEUTRAL = {"model", "user", "stream", "stream_options", "return_token_ids"}
+_NEUTRAL = {"model", "user", "stream", "stream_options", "return_token_ids", "logprobs"}
 _SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n"}
 # Fields that change results and are not implemented: refused by name, unless they carry
 # the value that means "off" (clients such as LangChain send `presence_penalty: 0`).
 _REFUSED: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
     "logit_bias": (None, {}),
     "presence_penalty": (None, 0),
     "frequency_penalty": (None, 0),
@@ -38,8 +36,11 @@ _REFUSED: dict[str, tuple[Any, ...]] = {
     "response_format": (None, {"type": "text"}),
     "min_tokens": (None, 0),
 }
-# Chat only: the newer name of max_tokens (the openai client sends either).
-_CHAT_ONLY = {"max_completion_tokens"}
+# Chat only: the newer name of max_tokens (the openai client sends either), and how many
+# alternatives to report beside each token's log-probability.
+_CHAT_ONLY = {"max_completion_tokens", "top_logprobs"}
+# The engine reports the chosen token's log-probability, not the runners-up.
+_NO_TOP = "the engine reports each chosen token's log-probability, not the top alternatives"
 ROLES = ("system", "developer", "user", "assistant", "tool")
 _MESSAGE_KEYS = {"role", "content", "name", "tool_call_id"}
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
@@ -79,6 +80,7 @@ class GenerateRequest:
     stream: bool
     include_usage: bool
     return_token_ids: bool
+    logprobs: bool = False  # each chosen token's log-probability in the answer
 
 
 def _number(
@@ -256,7 +258,27 @@ def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> Gene
         stream=stream,
         include_usage=include_usage,
         return_token_ids=_boolean(doc, "return_token_ids"),
+        logprobs=_logprobs(doc, chat),
     )
+
+
+def _logprobs(doc: dict[str, Any], chat: bool) -> bool:
+    """Completions: `logprobs` an integer 0..5 (alternatives per token; 0 is supported);
+    chat: `logprobs` a boolean and `top_logprobs` 0..20 (0 is supported)."""
+    if not chat:
+        if doc.get("logprobs") is False:  # what some clients send for "none"
+            return False
+        n = _integer(doc, "logprobs", None, 0, 5)
+        if n:
+            raise BadRequest(f"logprobs must be 0 (or null) on this server, got {n}: {_NO_TOP}")
+        return n is not None
+    top = _integer(doc, "top_logprobs", None, 0, 20)
+    wanted = _boolean(doc, "logprobs")
+    if top:
+        raise BadRequest(f"top_logprobs must be 0 (or null) on this server, got {top}: {_NO_TOP}")
+    if top is not None and not wanted:
+        raise BadRequest("top_logprobs needs logprobs: true")
+    return wanted
 
 
 def new_id(chat: bool) -> str:
@@ -271,15 +293,37 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def choice(chat: bool, index: int, text: str, finish: str | None) -> dict[str, Any]:
+def choice(
+    chat: bool, index: int, text: str, finish: str | None, logprobs: Any = None
+) -> dict[str, Any]:
     if chat:
         return {
             "index": index,
             "message": {"role": "assistant", "content": text},
-            "logprobs": None,
+            "logprobs": logprobs,
             "finish_reason": finish,
         }
-    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def logprobs_doc(
+    chat: bool, tokens: list[str], logprobs: list[float], offsets: list[int]
+) -> dict[str, Any]:
+    """The `logprobs` of a choice (or of a streamed delta): chat's `content` list, or
+    completions' parallel lists (`top_logprobs` null: no alternatives are reported)."""
+    if chat:
+        return {
+            "content": [
+                {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+                for t, lp in zip(tokens, logprobs, strict=True)
+            ]
+        }
+    return {
+        "tokens": tokens,
+        "token_logprobs": logprobs,
+        "top_logprobs": None,
+        "text_offset": offsets,
+    }
 
 
 def response(
@@ -307,18 +351,20 @@ def chunk(
     *,
     role: bool = False,
     use: dict[str, int] | None = None,
+    logprobs: Any = None,
 ) -> bytes:
     """One server-sent event of a stream: a delta for choice `index` (or, with `use` and
     no text, the usage chunk)."""
     choices: list[dict[str, Any]] = []
-    if text is not None or finish is not None or role:
+    if text is not None or finish is not None or role or logprobs is not None:
         if chat:
             delta: dict[str, Any] = {"role": "assistant"} if role else {}
             if text is not None:
                 delta["content"] = text
-            choices = [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]
+            choices = [{"index": index, "delta": delta, "logprobs": logprobs,
+                        "finish_reason": finish}]  # fmt: skip
         else:
-            choices = [{"index": index, "text": text or "", "logprobs": None,
+            choices = [{"index": index, "text": text or "", "logprobs": logprobs,
                         "finish_reason": finish}]  # fmt: skip
     doc: dict[str, Any] = {
         "id": rid,
