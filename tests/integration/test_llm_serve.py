@@ -203,8 +203,8 @@ def test_a_client_that_leaves_stops_its_generation_and_frees_its_slot(server: Se
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"prompt": "x", "logprobs": 1}, "logprobs is not supported"),
-        ({"prompt": "x", "presence_penalty": 0.5}, "presence_penalty is not supported"),
+        ({"prompt": "x", "logprobs": 1}, "logprobs must be 0"),
+        ({"prompt": "x", "presence_penalty": 3}, "presence_penalty must be a number from -2 to 2"),
         ({"prompt": "x", "best_ofs": 2}, "unknown parameter 'best_ofs'"),
         ({"prompt": "x", "max_tokens": 100000}, "max_tokens must be at most 512"),
         ({"prompt": "x", "temperature": 5}, "temperature must be a number from 0 to 2"),

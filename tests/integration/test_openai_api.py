@@ -200,8 +200,10 @@ BAD: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("over the context", "completions", {"prompt": "x", "max_tokens": 100000}, 400,
      "max_tokens"),
     ("unknown model", "completions", {"prompt": "x", "model": "gpt-4"}, 404, "model"),
-    ("unimplemented field", "chat/completions", {"messages": CHAT, "logit_bias": {"1": 1}},
-     400, "logit_bias"),
+    ("unimplemented field", "chat/completions", {"messages": CHAT, "tools": [{"type": "x"}]},
+     400, "tools"),
+    ("logit_bias outside the vocabulary", "completions", {"prompt": "x",
+     "logit_bias": {"100000": 1}}, 400, "logit_bias"),
 ]  # fmt: skip
 
 
@@ -324,3 +326,49 @@ def test_logprobs_equal_a_log_softmax_of_onnxruntime_genais_logits(
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="tiny", prompt="x", logprobs=2)
     assert "logprobs must be 0" in e.value.response.json()["error"]
+
+
+def test_logit_bias_and_penalties_through_the_engines_processors(
+    client: openai.OpenAI, tiny_llm: tuple[Path, Path]
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def ids(**fields: Any) -> list[int]:
+        extra = {"return_token_ids": True, **fields.pop("extra", {})}
+        r = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=16,
+                                      temperature=0, extra_body=extra, **fields)  # fmt: skip
+        return r.model_dump()["choices"][0]["token_ids"]
+
+    greedy = ids()
+    assert len(greedy) == 16
+    forced = greedy[0] + 1 if greedy[0] + 1 < 384 else 7
+    assert ids(logit_bias={str(forced): 100}) == [forced] * 16
+    assert ids(logit_bias={str(greedy[0]): -100})[0] != greedy[0]
+    # repetition_penalty: transformers' own, over the prompt and what was generated
+    tok = AutoTokenizer.from_pretrained(tiny_llm[0])
+    model = AutoModelForCausalLM.from_pretrained(tiny_llm[0]).eval()
+    prompt = tok(PROMPT)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False,
+                             repetition_penalty=1.5)[0][len(prompt):].tolist()  # fmt: skip
+    penalised = ids(extra={"repetition_penalty": 1.5})
+    assert penalised == out[: len(penalised)] and penalised != greedy
+    # presence and frequency penalties: each greedy token is the argmax of
+    # onnxruntime-genai's logits (teacher-forced) less OpenAI's penalties
+    import numpy as np
+    import onnxruntime_genai as og
+
+    spread = ids(presence_penalty=2, frequency_penalty=1.5, logit_bias={str(greedy[1]): 3})
+    og_model = og.Model(str(tiny_llm[1]))
+    params = og.GeneratorParams(og_model)
+    params.set_search_options(do_sample=False, max_length=len(prompt) + 20)
+    generator = og.Generator(og_model, params)
+    generator.append_tokens(np.array(prompt, np.int32))
+    for i, token in enumerate(spread):
+        logits = np.asarray(generator.get_logits(), np.float64).reshape(-1, 384)[-1]
+        for seen in set(spread[:i]):
+            logits[seen] -= 2 + 1.5 * spread[:i].count(seen)
+        logits[greedy[1]] += 3
+        assert int(np.argmax(logits)) == token, i
+        generator.append_tokens(np.array([token], np.int32))

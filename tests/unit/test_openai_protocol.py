@@ -62,8 +62,20 @@ BAD = [
     ("model not a string", {"prompt": "x", "model": 1}, "model must be a string"),
     ("user not a string", {"prompt": "x", "user": {}}, "user must be a string"),
     ("unknown field", {"prompt": "x", "foo": 1}, "unknown parameter 'foo'"),
-    ("unimplemented field", {"prompt": "x", "logit_bias": {"1": 5}}, "logit_bias is not supp"),
-    ("unimplemented field", {"prompt": "x", "presence_penalty": 0.5}, "presence_penalty is not"),
+    (
+        "logit_bias outside the vocabulary",
+        {"prompt": "x", "logit_bias": {"384": 5}},
+        "logit_bias: key",
+    ),
+    ("logit_bias key not an id", {"prompt": "x", "logit_bias": {"a": 5}}, "logit_bias: key 'a'"),
+    ("logit_bias over 100", {"prompt": "x", "logit_bias": {"1": 101}}, "logit_bias[1] must be"),
+    ("presence_penalty over 2", {"prompt": "x", "presence_penalty": 2.5}, "presence_penalty must"),
+    ("repetition_penalty 0", {"prompt": "x", "repetition_penalty": 0}, "repetition_penalty must"),
+    (
+        "unimplemented field",
+        {"prompt": "x", "response_format": {"type": "json_object"}},
+        "response_format is not supported",
+    ),
     ("unimplemented field", {"prompt": "x", "echo": True}, "echo is not supported"),
     ("unimplemented field", {"prompt": "x", "suffix": "end"}, "suffix is not supported"),
     ("not an object", [1, 2], "request body must be a JSON object"),
@@ -142,6 +154,15 @@ def test_edges_that_are_accepted() -> None:
     }
     assert parse({"prompt": "x", **off}).prompt == "x"
     assert "best_of" in refused({"prompt": "x", "best_of": True})  # True is not 1
+
+
+def test_logit_bias_and_penalties_for_the_engine() -> None:
+    r = parse({"prompt": "x", "logit_bias": {"5": 100, "7": 0}, "presence_penalty": 0.5,
+               "frequency_penalty": 0, "repetition_penalty": 1.2})  # fmt: skip
+    assert r.processing == {
+        "logit_bias": {"5": 100.0}, "presence_penalty": 0.5, "repetition_penalty": 1.2
+    }  # fmt: skip
+    assert parse({"prompt": "x", "repetition_penalty": 1}).processing == {}
 
 
 def test_logprobs_asked_as_each_api_asks() -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from modelservice_runtime.generation import ipc
+from modelservice_runtime.generation import ipc, processors
 from modelservice_runtime.generation.decoder import Decoder, DecoderConfig
 from modelservice_runtime.generation.sampling import SamplingParams
 from modelservice_runtime.generation.scheduler import Scheduler
@@ -71,7 +71,8 @@ def serve(conn: Connection, decoder: Decoder, scheduler: Scheduler) -> None:
             kind = msg[:1]
             if kind == ipc.ADD:
                 rid, prompt, params = ipc.unpack_add(msg)
-                scheduler.add(rid, prompt, params)
+                extra = processors.build(ipc.unpack_processors(msg), prompt)
+                scheduler.add(rid, prompt, params, extra)
             elif kind == ipc.CANCEL:
                 scheduler.cancel(ipc.unpack_cancel(msg))
             elif kind == ipc.QUIT:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from modelservice_runtime.errors import BadRequest, NotFound, ServiceUnavailable, first_line
+from modelservice_runtime.generation import processors
 from modelservice_runtime.serving.auth import Caller, charge_tokens, current_caller
 from modelservice_runtime.serving.generation import (
     GenaiModel,
@@ -176,6 +177,7 @@ class OpenAIEndpoints:
             logprobs=req.logprobs,
         )
         check(engine, prompt, sampling, req.n)
+        extra = processors.encode(req.processing)  # logit_bias and penalties
         # n choices: one generation each, seeds seed, seed+1, ... so a seeded n repeats.
         generations = [
             engine.submit(
@@ -185,6 +187,7 @@ class OpenAIEndpoints:
                     if sampling.seed is None or i == 0
                     else Sampling(**{**sampling.__dict__, "seed": sampling.seed + i})
                 ).params(),
+                extra,
             )
             for i in range(req.n)
         ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -18,13 +18,12 @@ from modelservice_runtime.errors import BadRequest
 # Accepted and without effect on the tokens: who asked, and how the answer is framed.
 _NEUTRAL = {"model", "user", "stream", "stream_options", "return_token_ids", "logprobs"}
 _SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n"}
+# Through the engine's logits processors (generation/processors.py).
+_PROCESSING = {"logit_bias", "presence_penalty", "frequency_penalty", "repetition_penalty"}
+MAX_LOGIT_BIAS = 1024  # entries
 # Fields that change results and are not implemented: refused by name, unless they carry
 # the value that means "off" (clients such as LangChain send `presence_penalty: 0`).
 _REFUSED: dict[str, tuple[Any, ...]] = {
-    "logit_bias": (None, {}),
-    "presence_penalty": (None, 0),
-    "frequency_penalty": (None, 0),
-    "repetition_penalty": (None, 1),
     "best_of": (None, 1),
     "echo": (None, False),
     "suffix": (None, ""),
@@ -81,6 +80,8 @@ class GenerateRequest:
     include_usage: bool
     return_token_ids: bool
     logprobs: bool = False  # each chosen token's log-probability in the answer
+    # logit_bias and the penalties, for the engine's logits processors ({} if none)
+    processing: dict[str, Any] = field(default_factory=dict)
 
 
 def _number(
@@ -193,7 +194,7 @@ def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> Gene
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object")
     main = "messages" if chat else "prompt"
-    known = _NEUTRAL | _SAMPLING | {main} | (_CHAT_ONLY if chat else set())
+    known = _NEUTRAL | _SAMPLING | _PROCESSING | {main} | (_CHAT_ONLY if chat else set())
     for name, value in doc.items():
         if name in _REFUSED:
             if any(_is_off(value, off) for off in _REFUSED[name]):
@@ -259,7 +260,41 @@ def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> Gene
         include_usage=include_usage,
         return_token_ids=_boolean(doc, "return_token_ids"),
         logprobs=_logprobs(doc, chat),
+        processing=_processing(doc, limits.vocab_size),
     )
+
+
+def _processing(doc: dict[str, Any], vocab_size: int) -> dict[str, Any]:
+    """logit_bias ({token id as a string: -100..100}, token ids within the vocabulary) and
+    the penalties, each with OpenAI's (or vLLM's) range; the neutral values drop out."""
+    out: dict[str, Any] = {}
+    bias = doc.get("logit_bias")
+    if bias is not None:
+        if not isinstance(bias, dict) or len(bias) > MAX_LOGIT_BIAS:
+            raise BadRequest(
+                f"logit_bias must be an object of up to {MAX_LOGIT_BIAS} token ids to biases"
+            )
+        checked: dict[str, float] = {}
+        for key, value in bias.items():
+            if not (key.isascii() and key.isdigit() and int(key) < vocab_size):
+                raise BadRequest(
+                    f"logit_bias: key {_show(key)} must be a token id from 0 to {vocab_size - 1}"
+                )
+            ok = not isinstance(value, bool) and isinstance(value, int | float)
+            if not ok or not -100 <= value <= 100:
+                raise BadRequest(f"logit_bias[{key}] must be a number from -100 to 100")
+            if value:
+                checked[str(int(key))] = float(value)
+        if checked:
+            out["logit_bias"] = checked
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = _number(doc, name, 0.0, -2.0, 2.0)
+        if value:
+            out[name] = value
+    repetition = _number(doc, "repetition_penalty", 1.0, 0.0, 10.0, open_lo=True)
+    if repetition != 1.0:
+        out["repetition_penalty"] = repetition
+    return out
 
 
 def _logprobs(doc: dict[str, Any], chat: bool) -> bool:
