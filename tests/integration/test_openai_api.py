@@ -372,3 +372,18 @@ def test_logit_bias_and_penalties_through_the_engines_processors(
         logits[greedy[1]] += 3
         assert int(np.argmax(logits)) == token, i
         generator.append_tokens(np.array([token], np.int32))
+
+
+def test_echo_puts_the_prompt_before_the_text(client: openai.OpenAI) -> None:
+    plain = complete(client, max_tokens=8, temperature=0)
+    echoed = complete(client, max_tokens=8, temperature=0, echo=True)
+    assert echoed.choices[0].text == PROMPT + plain.choices[0].text
+    assert echoed.usage.completion_tokens == plain.usage.completion_tokens
+    streamed = "".join(
+        e.choices[0].text
+        for e in client.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=8, temperature=0, echo=True, stream=True
+        )
+        if e.choices
+    )
+    assert streamed == echoed.choices[0].text

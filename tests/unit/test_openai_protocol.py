@@ -76,7 +76,8 @@ BAD = [
         {"prompt": "x", "response_format": {"type": "json_object"}},
         "response_format is not supported",
     ),
-    ("unimplemented field", {"prompt": "x", "echo": True}, "echo is not supported"),
+    ("echo with logprobs", {"prompt": "x", "echo": True, "logprobs": 0}, "echo with logprobs"),
+    ("echo as a string", {"prompt": "x", "echo": "true"}, "echo must be a JSON boolean"),
     ("unimplemented field", {"prompt": "x", "suffix": "end"}, "suffix is not supported"),
     ("not an object", [1, 2], "request body must be a JSON object"),
     ("logprobs alternatives", {"prompt": "x", "logprobs": 3}, "logprobs must be 0"),
@@ -109,6 +110,11 @@ BAD_CHAT = [
             "max_completion_tokens": 3,
         },
         "max_tokens or max_completion_tokens",
+    ),
+    (
+        "echo in chat",
+        {"messages": [{"role": "user", "content": "x"}], "echo": True},
+        "unknown parameter 'echo'",
     ),
     ("prompt in chat", {"messages": [{"role": "user", "content": "x"}], "prompt": "x"}, "unknown"),
     (

@@ -122,6 +122,8 @@ class OpenAIEndpoints:
         completion_tokens = 0
         for i, (text_out, ids, finish) in enumerate(results):
             lps = _logprobs(entry, chat, ids, generations[i], 0) if req.logprobs else None
+            if req.echo:
+                text_out = (req.prompt or "") + text_out
             c = openai.choice(chat, i, text_out, finish, lps)
             if req.return_token_ids:
                 c["token_ids"] = ids
@@ -265,6 +267,9 @@ async def _stream(
         if chat:
             for i in range(len(generations)):
                 yield openai.chunk(chat, rid, name, i, "", None, role=True)
+        elif req.echo and req.prompt:  # the prompt first, as the text's start
+            for i in range(len(generations)):
+                yield openai.chunk(chat, rid, name, i, req.prompt, None)
         open_ = len(generations)
         async for index, item in events:
             if not open_:

@@ -25,7 +25,6 @@ MAX_LOGIT_BIAS = 1024  # entries
 # the value that means "off" (clients such as LangChain send `presence_penalty: 0`).
 _REFUSED: dict[str, tuple[Any, ...]] = {
     "best_of": (None, 1),
-    "echo": (None, False),
     "suffix": (None, ""),
     "tools": (None, []),
     "tool_choice": (None, "none"),
@@ -38,6 +37,7 @@ _REFUSED: dict[str, tuple[Any, ...]] = {
 # Chat only: the newer name of max_tokens (the openai client sends either), and how many
 # alternatives to report beside each token's log-probability.
 _CHAT_ONLY = {"max_completion_tokens", "top_logprobs"}
+_COMPLETIONS_ONLY = {"echo"}  # the prompt before the completion's text
 # The engine reports the chosen token's log-probability, not the runners-up.
 _NO_TOP = "the engine reports each chosen token's log-probability, not the top alternatives"
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -82,6 +82,7 @@ class GenerateRequest:
     logprobs: bool = False  # each chosen token's log-probability in the answer
     # logit_bias and the penalties, for the engine's logits processors ({} if none)
     processing: dict[str, Any] = field(default_factory=dict)
+    echo: bool = False  # completions: the prompt, then the completion, as the text
 
 
 def _number(
@@ -194,7 +195,9 @@ def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> Gene
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object")
     main = "messages" if chat else "prompt"
-    known = _NEUTRAL | _SAMPLING | _PROCESSING | {main} | (_CHAT_ONLY if chat else set())
+    known = (
+        _NEUTRAL | _SAMPLING | _PROCESSING | {main} | (_CHAT_ONLY if chat else _COMPLETIONS_ONLY)
+    )
     for name, value in doc.items():
         if name in _REFUSED:
             if any(_is_off(value, off) for off in _REFUSED[name]):
@@ -261,7 +264,19 @@ def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> Gene
         return_token_ids=_boolean(doc, "return_token_ids"),
         logprobs=_logprobs(doc, chat),
         processing=_processing(doc, limits.vocab_size),
+        echo=_echo(doc),
     )
+
+
+def _echo(doc: dict[str, Any]) -> bool:
+    echo = _boolean(doc, "echo")
+    logprobs = doc.get("logprobs")
+    if echo and logprobs is not None and logprobs is not False:
+        raise BadRequest(
+            "echo with logprobs is not supported: the prompt's tokens have no log-probabilities "
+            "here; ask for one of them"
+        )
+    return echo
 
 
 def _processing(doc: dict[str, Any], vocab_size: int) -> dict[str, Any]:
