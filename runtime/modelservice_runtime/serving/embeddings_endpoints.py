@@ -13,10 +13,10 @@ from modelservice_runtime.errors import NotFound
 from modelservice_runtime.serving.auth import charge_tokens
 from modelservice_runtime.serving.embedding import EmbeddingModel, truncate
 from modelservice_runtime.serving.protocol import embeddings
+from modelservice_runtime.serving.reply import JSON, Headers, Reply
 
 if TYPE_CHECKING:
     from modelservice_runtime.serving.dataplane import DataPlane
-    from modelservice_runtime.serving.endpoints import Headers, Reply, Route
 
 
 class EmbeddingEndpoints:
@@ -37,8 +37,6 @@ class EmbeddingEndpoints:
     async def embeddings(self, headers: Headers, body: bytes) -> Reply:
         """OpenAI embeddings: `input` (string, strings, token ids), `encoding_format`
         float|base64, `dimensions` (the first N components, renormalised)."""
-        from modelservice_runtime.serving.endpoints import JSON, Reply
-
         model = self._model()
         dp = self.dataplane
         entry = dp.default()
@@ -63,13 +61,3 @@ class EmbeddingEndpoints:
             raise
         m.on_request(True, time.perf_counter() - started, result.queue_s, result.compute_s)
         return Reply(200, JSON, content)
-
-
-def embedding_routes(dataplane: DataPlane) -> list[Route]:
-    from modelservice_runtime.serving.endpoints import Route
-
-    ep = EmbeddingEndpoints(dataplane)
-    return [
-        Route("POST", f"{prefix}/embeddings", ep.embeddings, "openai")
-        for prefix in ("/v1", "/openai/v1")
-    ]

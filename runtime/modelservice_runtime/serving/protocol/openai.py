@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from modelservice_runtime.errors import BadRequest
+from modelservice_runtime.errors import BadRequest, load_json
 
 # Accepted and without effect on the tokens: who asked, and how the answer is framed.
 _NEUTRAL = {"model", "user", "stream", "stream_options", "return_token_ids", "logprobs"}
@@ -188,10 +188,7 @@ def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> Gene
     nothing the engine would refuse is streamed); BadRequest naming the field and what was
     expected."""
     limits = limits or Limits()
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    doc = load_json(body)
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object")
     main = "messages" if chat else "prompt"
