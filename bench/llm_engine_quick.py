@@ -126,10 +126,11 @@ def main() -> None:
     a = ap.parse_args()
     counts = [int(x) for x in a.streams.split(",")]
     print(f"load: {os.getloadavg()}")
-    print(f"in-process og.Generator, 1 stream: {og_generator(a.folder, a.tokens, a.rounds):.0f}")
     for s in counts:
         rate = own_engine(a.folder, a.tokens, a.rounds, s, a.execution_provider)
         print(f"in-process own scheduler, {s} streams: {rate:.0f}")
+    # Last: onnxruntime-genai's sessions spin their threads, which would slow what follows.
+    print(f"in-process og.Generator, 1 stream: {og_generator(a.folder, a.tokens, a.rounds):.0f}")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

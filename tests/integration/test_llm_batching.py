@@ -92,10 +92,11 @@ def test_more_than_four_rows_run_in_one_step_and_each_gets_its_lone_answer(
     client: openai.OpenAI, server: Served
 ) -> None:
     prompts = [f"{p} {i}" for i, p in enumerate(PROMPTS * 2)]
-    alone = [stream_text(client, p, 64, temperature=0) for p in prompts]
+    # Long enough that threads started together overlap on a loaded machine.
+    alone = [stream_text(client, p, LONG, temperature=0) for p in prompts]
     before = steps_over(server, 4)
     together = run_together(
-        *(lambda p=p: stream_text(client, p, 64, temperature=0) for p in prompts)
+        *(lambda p=p: stream_text(client, p, LONG, temperature=0) for p in prompts)
     )
     assert together == alone
     assert steps_over(server, 4) > before  # 5 or more generations in one model run
@@ -105,10 +106,10 @@ def test_seeded_and_greedy_requests_share_steps_and_repeat(
     client: openai.OpenAI, server: Served
 ) -> None:
     def seeded(seed: int) -> str:
-        return stream_text(client, PROMPTS[0], 64, temperature=1.0, top_p=0.9, seed=seed)
+        return stream_text(client, PROMPTS[0], LONG, temperature=1.0, top_p=0.9, seed=seed)
 
     def greedy(i: int) -> str:
-        return stream_text(client, PROMPTS[i], 64, temperature=0)
+        return stream_text(client, PROMPTS[i], LONG, temperature=0)
 
     alone = [seeded(1), seeded(2), seeded(3), greedy(1), greedy(2)]
     before = steps_over(server, 4)
@@ -250,3 +251,71 @@ def test_the_engine_process_ends_with_the_server(tiny_llm: tuple[Path, Path]) ->
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f"/proc/{pid}").exists(), "the engine process outlived its server"
+
+
+def test_sigterm_lets_running_streams_finish_and_refuses_new_ones(
+    tiny_llm: tuple[Path, Path],
+) -> None:
+    with serve(tiny_llm[1], "--name", "tiny", "--generation-batch-size", "8") as served:
+        client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
+        want = [
+            client.completions.create(
+                model="tiny", prompt=PROMPTS[i % 4], max_tokens=LONG, temperature=0
+            ).usage.completion_tokens  # type: ignore[union-attr]
+            for i in range(6)
+        ]
+        started = threading.Barrier(7)
+        counts: list[object] = [None] * 6
+
+        def stream(i: int) -> None:
+            n, waited = 0, False
+            try:
+                for chunk in client.completions.create(
+                    model="tiny", prompt=PROMPTS[i % 4], max_tokens=LONG, temperature=0,
+                    stream=True, stream_options={"include_usage": True},
+                ):  # fmt: skip
+                    if not waited:
+                        started.wait()
+                        waited = True
+                    if chunk.usage is not None:
+                        n = chunk.usage.completion_tokens
+                counts[i] = n
+            except Exception as e:
+                counts[i] = e
+
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        started.wait(30)  # every stream has its first tokens
+        served.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        with pytest.raises((httpx.HTTPError, AssertionError)):
+            r = httpx.post(served.url + "/v1/completions", json={"prompt": "x"}, timeout=5)
+            assert r.status_code != 200, "a new generation was taken while draining"
+        for t in threads:
+            t.join(60)
+        assert counts == want  # every stream whole
+        assert served.proc.wait(30) == 0
+
+
+def test_a_50_mb_prompt_is_refused_and_holds_no_probe(server: Served) -> None:
+    prompt = "the quick brown fox " * (50 * 2**20 // 20)
+    answer: dict[str, httpx.Response] = {}
+
+    def post() -> None:
+        answer["r"] = httpx.post(
+            server.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 4}, timeout=60
+        )
+
+    t = threading.Thread(target=post)
+    t.start()
+    slowest = 0.0
+    while t.is_alive():
+        started = time.perf_counter()
+        assert httpx.get(server.url + "/v2/health/live", timeout=10).status_code == 200
+        slowest = max(slowest, time.perf_counter() - started)
+        time.sleep(0.01)
+    t.join()
+    r = answer["r"]
+    assert r.status_code == 400 and "over the context length" in r.json()["error"]
+    assert slowest < 1.0, f"the liveness probe waited {slowest:.2f}s"

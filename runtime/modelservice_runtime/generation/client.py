@@ -214,7 +214,7 @@ class GenerationEngine:
         self._rid = (self._rid + 1) & 0xFFFFFFFF
         generation = Generation(self, self._rid, prompt, params)
         self.live[self._rid] = generation
-        self.metrics.prompt_tokens += len(prompt)
+        self.metrics.add_prompt_tokens(len(prompt))
         self._send(ipc.pack_add(self._rid, prompt, params, processors))
         return generation
 
@@ -288,10 +288,10 @@ class GenerationEngine:
     def _step(self, step: ipc.Step) -> None:
         now = time.perf_counter()
         m = self.metrics
-        m.running, m.queued = step.running, step.queued
+        m.set_load(step.running, step.queued)
         if step.rows_in_step:
-            m.step_rows.observe(step.rows_in_step)
-        m.tokens += len(step.tokens)
+            m.observe_rows(step.rows_in_step)
+        m.add_tokens(len(step.tokens))
         by_rid: dict[int, list[int]] = {}
         for i, (rid, token) in enumerate(zip(step.rids, step.tokens, strict=True)):
             got = by_rid.get(rid)
@@ -306,9 +306,9 @@ class GenerationEngine:
             if g is None:
                 continue
             if g._last is None:
-                m.ttft.observe(now - g.started)
+                m.observe_ttft(now - g.started)
             else:
-                m.itl.observe((now - g._last) / len(tokens))
+                m.observe_itl((now - g._last) / len(tokens))
             g._last = now
             g.tokens.put_nowait(tokens)
         for rid, code in step.finished:
@@ -317,7 +317,7 @@ class GenerationEngine:
                 continue
             g.done = True
             if code == ERROR:
-                m.finished["error"] += 1
+                m.finished("error")
                 message = step.errors.get(rid, "the engine failed the generation")
                 g.tokens.put_nowait(EngineError(message))
             else:
@@ -325,7 +325,7 @@ class GenerationEngine:
                 if reason == "cancelled":
                     reason = g.cancel_reason
                 g.finish_reason = reason
-                m.finished[reason] += 1
+                m.finished(reason)
             g.tokens.put_nowait(_DONE)
 
     def _died(self) -> None:
@@ -340,7 +340,7 @@ class GenerationEngine:
         error = EngineError(f"the generation engine exited (code {code})")
         for g in self.live.values():
             g.done = True
-            self.metrics.finished["error"] += 1
+            self.metrics.finished("error")
             g.tokens.put_nowait(error)
         self.live.clear()
-        self.metrics.running = self.metrics.queued = 0
+        self.metrics.set_load(0, 0)

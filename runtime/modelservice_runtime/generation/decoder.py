@@ -28,9 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from modelservice_runtime.providers import CUDA
+
 log = logging.getLogger("modelservice.generation")
 
 GENAI_CONFIG = "genai_config.json"
+
+MASK_STEP = 64  # the decode mask's width grows in steps of this many positions
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -117,7 +121,7 @@ class Decoder:
             providers=providers,
         )
         self.providers = self.session.get_providers()
-        on_cuda = self.providers[0] == "CUDAExecutionProvider"
+        on_cuda = self.providers[0] == CUDA
         self.device = "cuda" if on_cuda else "cpu"
         types = {i.name: i.type for i in self.session.get_inputs()}
         self.kv_dtype = _ORT_TYPES[types[config.past_key % 0]]
@@ -148,9 +152,12 @@ class Decoder:
         # microseconds a tensor in Python: per step that was most of a small model's step.
         self._ids = np.zeros((slots, 1), np.int64)
         self._positions = np.zeros((slots, 1), np.int64)
-        # The mask is max_length wide: GQA reads only each row's sum (its length + 1) and
-        # the width (the shared buffer's length), so a row's bits are set once each.
-        self._mask = np.zeros((slots, self.max_length), np.int64)
+        # GQA reads only each row's mask sum (its length + 1) and the mask's width (the
+        # total length it attends up to, and part of its work grows with it): the mask is
+        # as wide as the longest row, rounded up to MASK_STEP so it is reallocated and
+        # rebound once every MASK_STEP steps, and a row's bits are set once each.
+        self._width = 0
+        self._mask = np.zeros((slots, 0), np.int64)
         self._ones = np.zeros(slots, np.int64)  # mask bits set in each row
         self._logits = np.zeros((slots, 1, config.vocab_size), np.float32)
         self._decode_io = self.session.io_binding()
@@ -209,6 +216,13 @@ class Decoder:
         already holds (0 for a free slot). The logits [k, vocab] of the new positions
         (a view of a buffer the next step overwrites)."""
         k = len(tokens)
+        need = int(lengths.max()) + 1
+        width = min(self.max_length, -(-need // MASK_STEP) * MASK_STEP)
+        if width != self._width:
+            self._width = width
+            self._mask = np.zeros((self.slots, width), np.int64)
+            self._ones[:] = 0
+            self._decode_rows = 0
         if k != self._decode_rows:
             self._bind_decode(k)
         self._ids[:k, 0] = tokens

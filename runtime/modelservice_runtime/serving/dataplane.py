@@ -22,12 +22,8 @@ from modelservice_runtime.errors import NotFound, ServiceUnavailable
 from modelservice_runtime.serving import explaining
 from modelservice_runtime.serving.batching import BatchResult, DynamicBatcher
 from modelservice_runtime.serving.entries import GenerativeEntry, ModelEntry
-from modelservice_runtime.serving.generation import (
-    GenaiModel,
-    GenerationMetrics,
-    wants_genai,
-)
-from modelservice_runtime.serving.metrics import Metrics, labels
+from modelservice_runtime.serving.generation import GenaiModel, wants_genai
+from modelservice_runtime.serving.metrics import Metrics
 from modelservice_runtime.serving.model import OnnxModel
 from modelservice_runtime.settings import Settings
 
@@ -58,8 +54,8 @@ UNBATCHED_CONCURRENCY = 2
 
 def load_model(s: Settings) -> OnnxModel | GenaiModel | EmbeddingModel:
     """Blocking: load the model and, unless disabled, warm it up. A language model (a
-    folder with genai_config.json, or --format genai) loads on onnxruntime-genai; an
-    encoder folder (embedding.py) as its ONNX encoder plus tokenizer and pooling."""
+    folder with genai_config.json, or --format genai) starts its engine process; an
+    encoder folder (embedding.py) loads as its ONNX encoder plus tokenizer and pooling."""
     from modelservice_runtime.serving.embedding import EmbeddingModel, wants_embedding
 
     if wants_genai(s):
@@ -95,8 +91,7 @@ class DataPlane:
     def register_generative(self, model: GenaiModel) -> GenerativeEntry:
         """Serve a language model: its engine process is read from here (the event loop)."""
         s = self.settings
-        metrics = GenerationMetrics(labels(s.name, s.model_version))
-        self.metrics.extra.append(metrics.render)
+        metrics = self.metrics.generation(s.name, s.model_version)
         entry = GenerativeEntry(
             s.name,
             s.model_version,

@@ -111,6 +111,13 @@ class GenaiModel:
             except ImportError:
                 log.warning("the tokenizers package is missing: decoding with onnxruntime-genai")
         self.chat_template = _chat_template(folder)
+        # The longest token's UTF-8 length (bytes >= characters): a text of c characters is
+        # at least c / this many tokens, so a prompt far over the context is refused
+        # without tokenizing it (a 50 MB prompt would take the tokenizer seconds).
+        self.max_token_chars = 64
+        if self._hf is not None:
+            vocab = self._hf.get_vocab(with_added_tokens=True)
+            self.max_token_chars = max((len(t.encode()) for t in vocab), default=64) or 64
         self.engine_process = EngineProcess(
             {
                 "folder": str(folder),
@@ -147,8 +154,17 @@ class GenaiModel:
     async def encode_async(
         self, text: str | None, messages: list[dict[str, str]] | None
     ) -> list[int]:
-        """The prompt's token ids (through the chat template for `messages`), off the loop."""
+        """The prompt's token ids (through the chat template for `messages`), off the loop.
+        A 400 without tokenizing when the text cannot fit the context."""
         loop = asyncio.get_running_loop()
+        texts = [text or ""] if messages is None else [m["content"] for m in messages]
+        at_least = sum(map(len, texts)) // self.max_token_chars
+        if at_least > self.context_length:
+            field = "prompt" if messages is None else "messages"
+            raise BadRequest(
+                f"{field} is at least {at_least} tokens: over the context length of "
+                f"{self.context_length} tokens"
+            )
 
         def work() -> list[int]:
             return self.encode(self.chat_prompt(messages) if messages is not None else text or "")

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from modelservice_runtime.generation.metrics import GenerationMetrics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -65,7 +68,10 @@ X_PENDING = EXPLAIN_AT + 7
 X_LATENCY_AT = X_PENDING + 1
 BLOCK = X_LATENCY_AT + len(_EXPLAIN_BUCKETS) + 2
 MAX_MODELS = 4  # per server; one is served today, the layout leaves room
-REGION = BLOCK * MAX_MODELS  # cells per worker
+# A language model's figures (generation/metrics.py's cells) after the models' blocks.
+GENERATION_AT = BLOCK * MAX_MODELS
+GENERATION_CELLS = 64
+REGION = GENERATION_AT + GENERATION_CELLS  # cells per worker
 
 
 def shared_cells(workers: int) -> Any:
@@ -107,7 +113,7 @@ class Metrics:
         self._workers = workers
         self._base = REGION * worker
         self._labels: list[str] = []
-        # More metric families, rendered after these (generation.py's, this process only).
+        # More metric families, rendered after these (a language model's).
         self.extra: list[Callable[[], str]] = []
 
     def for_model(self, model: str, version: str) -> ModelMetrics:
@@ -121,6 +127,18 @@ class Metrics:
         self._cells[offset + PENDING] = 0.0
         self._cells[offset + X_PENDING] = 0.0
         return ModelMetrics(self._cells, offset)
+
+    def generation(self, model: str, version: str) -> GenerationMetrics:
+        """The language model's recorder: this worker's cells, rendered summed over all."""
+        from modelservice_runtime.generation.metrics import CELLS, GenerationMetrics
+
+        assert CELLS <= GENERATION_CELLS
+        offsets = [w * REGION + GENERATION_AT for w in range(self._workers)]
+        recorder = GenerationMetrics(
+            labels(model, version), self._cells, self._base + GENERATION_AT, offsets
+        )
+        self.extra.append(recorder.render)
+        return recorder
 
     def _summed(self, index: int) -> list[float]:
         """Model `index`'s block summed over every worker's region."""
