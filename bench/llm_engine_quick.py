@@ -153,6 +153,7 @@ def main() -> None:
             time.sleep(0.2)
         pids = [proc.pid, *children(proc.pid)]
         for s in counts:
+            http0 = cpu_seconds(proc.pid)
             cpu0 = sum(cpu_seconds(p) for p in pids)
             me0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
@@ -160,11 +161,13 @@ def main() -> None:
             wall = time.perf_counter() - t0
             me1 = resource.getrusage(resource.RUSAGE_SELF)
             cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+            http = cpu_seconds(proc.pid) - http0
             mine = me1.ru_utime + me1.ru_stime - me0.ru_utime - me0.ru_stime
             total = rate * wall  # about the tokens of all rounds
             print(
                 f"served, {s} streams: {rate:.0f} tok/s; server CPU "
-                f"{cpu / total * 1e6:.0f} us/token (HTTP + engine), "
+                f"{cpu / total * 1e6:.0f} us/token (HTTP process {http / total * 1e6:.0f}, "
+                f"engine {(cpu - http) / total * 1e6:.0f}), "
                 f"client CPU {mine / total * 1e6:.0f} us/token"
             )
     finally:

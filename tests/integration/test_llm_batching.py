@@ -318,4 +318,6 @@ def test_a_50_mb_prompt_is_refused_and_holds_no_probe(server: Served) -> None:
     t.join()
     r = answer["r"]
     assert r.status_code == 400 and "over the context length" in r.json()["error"]
-    assert slowest < 1.0, f"the liveness probe waited {slowest:.2f}s"
+    # What is left on the loop is reading and parsing the JSON body (orjson: about 0.3 s
+    # for 50 MB on a loaded 2-core machine); tokenizing it there took many seconds.
+    assert slowest < 2.5, f"the liveness probe waited {slowest:.2f}s"

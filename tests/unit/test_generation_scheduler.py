@@ -200,3 +200,27 @@ def test_step_messages_pack_and_unpack() -> None:
     rid, prompt, back = ipc.unpack_add(ipc.pack_add(4, [3, 2, 1], params))
     assert (rid, prompt.tolist(), back) == (4, [3, 2, 1], params)
     assert ipc.unpack_add(ipc.pack_add(4, [1], greedy(2)))[2].seed is None
+
+
+def test_a_burst_of_long_prompts_is_prefilled_a_budget_per_step_while_rows_decode() -> None:
+    from modelservice_runtime.generation.scheduler import PREFILL_BUDGET
+
+    d = Decoder(slots=8, max_length=4 * PREFILL_BUDGET)
+    s = Scheduler(d, [EOS])
+    s.add(1, np.array([1]), greedy(50))
+    s.step()
+    long = PREFILL_BUDGET // 2 + 1
+    for rid in range(2, 6):
+        s.add(rid, np.ones(long, np.int64), greedy(2))
+    prefills = []
+    for _ in range(4):
+        before = len(d.runs)
+        s.step()
+        prefills.append(sum(kind == "prefill" for kind, _ in d.runs[before:]))
+    assert prefills == [1, 1, 1, 1]  # two would be over the budget: one a step
+    idle = Decoder(slots=8, max_length=4 * PREFILL_BUDGET)
+    t = Scheduler(idle, [EOS])
+    for rid in range(1, 5):
+        t.add(rid, np.ones(long, np.int64), greedy(2))
+    t.step()
+    assert sum(kind == "prefill" for kind, _ in idle.runs) == 4  # nothing decoding: all at once

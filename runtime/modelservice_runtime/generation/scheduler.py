@@ -2,7 +2,8 @@
 
 Each `step()`:
 1. admits waiting requests into free slots (the lowest free slot first), each with a
-   prefill run of its own prompt (batch 1), which gives its first token;
+   prefill run of its own prompt (batch 1), which gives its first token; while other rows
+   decode, up to PREFILL_BUDGET prompt tokens a step (at least one prompt);
 2. runs one decode step for every running row (rows 0..k-1, k = the highest slot in use
    + 1; a free slot below k rides along unused), which gives each row its next token;
 3. ends rows that produced an end-of-sequence token, reached their max_tokens or the slot's
@@ -26,6 +27,8 @@ from modelservice_runtime.generation.sampling import LogitsProcessor, RowSampler
 from modelservice_runtime.generation.sampling import select as select_tokens
 
 log = logging.getLogger("modelservice.generation")
+
+PREFILL_BUDGET = 1024  # prompt tokens prefilled per step while other rows decode
 
 # Why a generation ended (the codes travel in ipc.py's step messages).
 STOP, LENGTH, CANCELLED, ERROR = 0, 1, 2, 3
@@ -130,11 +133,20 @@ class Scheduler:
     # --- the parts of a step -----------------------------------------------------------------
 
     def _admit(self, out: StepResult) -> None:
+        # While rows are decoding, a step prefills at most PREFILL_BUDGET prompt tokens
+        # (always one prompt), so a burst of arrivals does not stall the running rows.
+        budget = PREFILL_BUDGET if any(r is not None for r in self.slots) else None
+        first = True
         for slot, held in enumerate(self.slots):
             if not self.waiting:
                 return
             if held is not None:
                 continue
+            if budget is not None and not first and len(self.waiting[0].prompt) > budget:
+                return
+            first = False
+            if budget is not None:
+                budget -= len(self.waiting[0].prompt)
             row = self.waiting.popleft()
             row.slot = slot
             self.slots[slot] = row

@@ -228,12 +228,19 @@ async def _unless_left(request: Request, answering: Awaitable[Reply]) -> Reply:
         await asyncio.wait((task, left), return_when=asyncio.FIRST_COMPLETED)
     finally:
         left.cancel()
+    gone = left.done() and not left.cancelled() and left.exception() is None
     if not task.done():
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
         return Reply.error(400, "the client left before its answer was ready")
-    return task.result()
+    reply = task.result()
+    if gone and reply.stream is not None:
+        # The disconnect was read here, so the response would never see it: end the
+        # stream now (closing it cancels its generations).
+        await reply.stream.aclose()  # type: ignore[attr-defined]
+        return Reply.error(400, "the client left before its answer was ready")
+    return reply
 
 
 async def _disconnect(request: Request) -> None:
