@@ -387,3 +387,49 @@ def test_echo_puts_the_prompt_before_the_text(client: openai.OpenAI) -> None:
         if e.choices
     )
     assert streamed == echoed.choices[0].text
+
+
+def test_response_format_constrains_even_a_random_model_to_the_schema(
+    client: openai.OpenAI,
+) -> None:
+    """llguidance's token mask as the engine's last logits processor: the tiny random
+    model's answer parses and validates, greedy or sampled, streamed or not."""
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "enum": [1, 2, 3]}},
+        "required": ["ok", "n"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    messages = [{"role": "user", "content": "Answer in JSON"}]
+    for fields in ({"temperature": 0}, {"temperature": 1.0, "seed": 3}):
+        r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=40,
+                                           response_format=fmt, **fields)  # fmt: skip
+        doc = json.loads(r.choices[0].message.content)
+        assert set(doc) == {"ok", "n"} and isinstance(doc["ok"], bool) and doc["n"] in (1, 2, 3)
+        assert r.choices[0].finish_reason == "stop"
+    streamed = "".join(
+        e.choices[0].delta.content or ""
+        for e in client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=40, temperature=0, response_format=fmt,
+            stream=True,
+        )
+        if e.choices
+    )  # fmt: skip
+    assert isinstance(json.loads(streamed), dict)
+    free = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20,
+                                          temperature=0).choices[0].message.content  # fmt: skip
+    with pytest.raises(ValueError):
+        json.loads(free)  # without the mask the random model writes no JSON
+    # json_object: whatever the model writes inside, it is a JSON object while it runs
+    json_object = {"type": "json_object"}
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=60,
+                                       temperature=0, response_format=json_object)  # fmt: skip
+    text = r.choices[0].message.content
+    assert text.lstrip().startswith("{")
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(text), dict)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny", messages=messages,
+                                       response_format={"type": "xml"})  # fmt: skip
+    assert "response_format must be" in e.value.response.json()["error"]

@@ -71,10 +71,16 @@ BAD = [
     ("logit_bias over 100", {"prompt": "x", "logit_bias": {"1": 101}}, "logit_bias[1] must be"),
     ("presence_penalty over 2", {"prompt": "x", "presence_penalty": 2.5}, "presence_penalty must"),
     ("repetition_penalty 0", {"prompt": "x", "repetition_penalty": 0}, "repetition_penalty must"),
+    ("unimplemented field", {"prompt": "x", "tools": [{"type": "function"}]}, "tools is not"),
     (
-        "unimplemented field",
-        {"prompt": "x", "response_format": {"type": "json_object"}},
-        "response_format is not supported",
+        "response_format unknown",
+        {"prompt": "x", "response_format": {"type": "xml"}},
+        "response_format must be",
+    ),
+    (
+        "json_schema without a name",
+        {"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+        "response_format.json_schema must be",
     ),
     ("echo with logprobs", {"prompt": "x", "echo": True, "logprobs": 0}, "echo with logprobs"),
     ("echo as a string", {"prompt": "x", "echo": "true"}, "echo must be a JSON boolean"),
@@ -160,6 +166,16 @@ def test_edges_that_are_accepted() -> None:
     }
     assert parse({"prompt": "x", **off}).prompt == "x"
     assert "best_of" in refused({"prompt": "x", "best_of": True})  # True is not 1
+
+
+def test_response_format_gives_the_schema() -> None:
+    chat = [{"role": "user", "content": "x"}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "string"}}}
+    assert parse({"messages": chat, "response_format": fmt}, chat=True).schema == {"type": "string"}
+    assert parse({"prompt": "x", "response_format": {"type": "json_object"}}).schema == {
+        "type": "object"
+    }
+    assert parse({"prompt": "x", "response_format": {"type": "text"}}).schema is None
 
 
 def test_logit_bias_and_penalties_for_the_engine() -> None:

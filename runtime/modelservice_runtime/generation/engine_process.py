@@ -93,6 +93,9 @@ def main(argv: list[str]) -> int:
     try:
         started = time.perf_counter()
         decoder, scheduler = build(config)
+        tokenizer_json = Path(config["folder"]) / "tokenizer.json"
+        if tokenizer_json.is_file():  # for grammars (response_format), processors.py
+            processors.use_tokenizer(str(tokenizer_json))
         if config.get("warmup", True):
             warmup(scheduler)
     except Exception as e:

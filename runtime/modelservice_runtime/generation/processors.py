@@ -9,7 +9,11 @@ greedy rows included.
 - frequency_penalty f: minus f times the number of times a token was generated;
 - repetition_penalty r: every token of the prompt or generated so far has its logit divided
   by r when positive and multiplied by r when negative (transformers'
-  RepetitionPenaltyLogitsProcessor).
+  RepetitionPenaltyLogitsProcessor);
+- grammar: constrained decoding (`response_format`): an llguidance grammar (from a JSON
+  schema); each step the row's matcher takes the tokens generated since the last step and
+  every token it does not allow gets -inf, so the text always parses; once the grammar is
+  complete only the end-of-sequence token is left.
 """
 
 from __future__ import annotations
@@ -46,7 +50,59 @@ def build(raw: bytes, prompt: np.ndarray) -> list[LogitsProcessor]:
         )
     if spec.get("logit_bias"):
         out.append(LogitBias({int(k): float(v) for k, v in spec["logit_bias"].items()}))
+    if spec.get("grammar"):  # last: nothing after it may re-allow a masked token
+        out.append(GrammarMask(spec["grammar"]))
     return out
+
+
+_TOKENIZER: dict[str, Any] = {}  # the folder's llguidance tokenizer, made once
+
+
+def use_tokenizer(tokenizer_json: str) -> None:
+    """The engine process names its model's tokenizer.json (the grammar works on its tokens)."""
+    _TOKENIZER["path"] = tokenizer_json
+
+
+def grammar_tokenizer(path: str | None = None) -> Any:
+    """llguidance's tokenizer of `path` (default: the one named by use_tokenizer)."""
+    import llguidance
+
+    path = path or _TOKENIZER["path"]
+    cached = _TOKENIZER.get(("tok", path))
+    if cached is None:
+        with open(path) as f:
+            cached = _TOKENIZER[("tok", path)] = llguidance.LLTokenizer(f.read())
+    return cached
+
+
+class GrammarMask:
+    def __init__(self, grammar: str) -> None:
+        import llguidance
+        import llguidance.numpy
+
+        self._lnp = llguidance.numpy
+        self.tokenizer = grammar_tokenizer()
+        self.matcher = llguidance.LLMatcher(self.tokenizer, grammar)
+        self.mask = llguidance.numpy.allocate_token_bitmask(1, self.tokenizer.vocab_size)
+        self.consumed = 0
+
+    def __call__(self, generated: Sequence[int], logits: np.ndarray) -> np.ndarray:
+        for token in generated[self.consumed :]:
+            self.matcher.consume_token(int(token))
+        self.consumed = len(generated)
+        out = logits.astype(np.float32, copy=True)
+        n = self.tokenizer.vocab_size
+        out[n:] = -np.inf  # rows of the model's vocabulary the tokenizer has no token for
+        if self.matcher.is_stopped() or self.matcher.is_error():
+            eos = self.tokenizer.eos_token
+            keep = out[eos]
+            out[:] = -np.inf
+            out[eos] = keep if np.isfinite(keep) else 0.0
+            return out
+        self._lnp.fill_next_token_bitmask(self.matcher, self.mask, 0)
+        view = out[None, :n]
+        self._lnp.apply_token_bitmask_inplace(view, self.mask)
+        return out
 
 
 class LogitBias:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from modelservice_runtime.errors import BadRequest, NotFound, ServiceUnavailable, first_line
@@ -112,6 +113,29 @@ class OpenAIEndpoints:
             content = orjson.dumps(doc)
         return Reply(200, "application/json", content)
 
+    def _grammar(self, schema: dict[str, Any]) -> str:
+        """llguidance's grammar for `schema`, checked here against the model's tokenizer (a
+        grammar the engine process could not build would fail there)."""
+        folder = Path(self.dataplane.settings.model_path)
+        try:
+            import llguidance
+
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(schema)
+            matcher = llguidance.LLMatcher(
+                processors.grammar_tokenizer(str(folder / "tokenizer.json")), grammar
+            )
+        except ImportError:
+            raise BadRequest(
+                "response_format: this server has no llguidance (pip install llguidance)"
+            ) from None
+        except Exception as e:
+            raise BadRequest(
+                f"response_format: the schema is not usable: {first_line(e)}"
+            ) from None
+        if matcher.is_error():
+            raise BadRequest(f"response_format: the schema is not usable: {matcher.get_error()}")
+        return grammar
+
     async def _start(
         self, entry: GenerativeEntry, body: bytes, chat: bool
     ) -> tuple[openai.GenerateRequest, list[int], list[Generation]]:
@@ -151,7 +175,11 @@ class OpenAIEndpoints:
             logprobs=req.logprobs,
         )
         check(engine, prompt, sampling, req.n)
-        extra = processors.encode(req.processing)  # logit_bias and penalties
+        spec = dict(req.processing)
+        spec.pop("response_format", None)
+        if req.schema is not None:
+            spec["grammar"] = self._grammar(req.schema)
+        extra = processors.encode(spec)  # logit_bias, penalties, the grammar
         # n choices: one generation each, seeds seed, seed+1, ... so a seeded n repeats.
         generations = [
             engine.submit(

@@ -19,7 +19,13 @@ from modelservice_runtime.errors import BadRequest, load_json
 _NEUTRAL = {"model", "user", "stream", "stream_options", "return_token_ids", "logprobs"}
 _SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n"}
 # Through the engine's logits processors (generation/processors.py).
-_PROCESSING = {"logit_bias", "presence_penalty", "frequency_penalty", "repetition_penalty"}
+_PROCESSING = {
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "response_format",
+}
 MAX_LOGIT_BIAS = 1024  # entries
 # Fields that change results and are not implemented: refused by name, unless they carry
 # the value that means "off" (clients such as LangChain send `presence_penalty: 0`).
@@ -31,7 +37,6 @@ _REFUSED: dict[str, tuple[Any, ...]] = {
     "parallel_tool_calls": (None,),
     "functions": (None, []),
     "function_call": (None, "none"),
-    "response_format": (None, {"type": "text"}),
     "min_tokens": (None, 0),
 }
 # Chat only: the newer name of max_tokens (the openai client sends either), and how many
@@ -83,6 +88,8 @@ class GenerateRequest:
     # logit_bias and the penalties, for the engine's logits processors ({} if none)
     processing: dict[str, Any] = field(default_factory=dict)
     echo: bool = False  # completions: the prompt, then the completion, as the text
+    # response_format's JSON schema (json_object: any object), for constrained decoding
+    schema: dict[str, Any] | None = None
 
 
 def _number(
@@ -262,6 +269,37 @@ def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> Gene
         logprobs=_logprobs(doc, chat),
         processing=_processing(doc, limits.vocab_size),
         echo=_echo(doc),
+        schema=_response_format(doc),
+    )
+
+
+def _response_format(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema the answer must follow: {"type": "json_object"} (any object) or
+    {"type": "json_schema", "json_schema": {"name", "schema", "strict"?, "description"?}};
+    {"type": "text"} (or none) is free text."""
+    fmt = doc.get("response_format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text" and set(fmt) == {"type"}:
+        return None
+    if kind == "json_object" and set(fmt) == {"type"}:
+        return {"type": "object"}
+    if kind == "json_schema" and set(fmt) == {"type", "json_schema"}:
+        spec = fmt["json_schema"]
+        ok = isinstance(spec, dict) and isinstance(spec.get("name"), str)
+        if not ok or set(spec) - {"name", "schema", "strict", "description"}:
+            raise BadRequest(
+                "response_format.json_schema must be an object {name, schema, strict?, "
+                "description?}"
+            )
+        schema = spec.get("schema", {})
+        if not isinstance(schema, dict):
+            raise BadRequest("response_format.json_schema.schema must be a JSON schema object")
+        return schema
+    raise BadRequest(
+        'response_format must be {"type": "text"}, {"type": "json_object"} or '
+        '{"type": "json_schema", "json_schema": {...}}'
     )
 
 
