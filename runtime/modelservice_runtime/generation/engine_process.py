@@ -71,7 +71,12 @@ def serve(conn: Connection, decoder: Decoder, scheduler: Scheduler) -> None:
             kind = msg[:1]
             if kind == ipc.ADD:
                 rid, prompt, params = ipc.unpack_add(msg)
-                extra = processors.build(ipc.unpack_processors(msg), prompt)
+                try:
+                    extra = processors.build(ipc.unpack_processors(msg), prompt)
+                except Exception as e:  # a processor this row cannot have fails the row alone
+                    log.exception("generation %d: its logits processors failed", rid)
+                    scheduler.refuse(rid, f"the logits processors failed: {e}")
+                    continue
                 scheduler.add(rid, prompt, params, extra)
             elif kind == ipc.CANCEL:
                 scheduler.cancel(ipc.unpack_cancel(msg))
