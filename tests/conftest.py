@@ -136,3 +136,30 @@ def tiny_llm() -> tuple[Path, Path]:
         tinyllm.make_tiny_llama(hf)
         build(hf, genai, "fp32")
     return hf, genai
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder() -> Path:
+    """The folder of the tiny random BERT sentence encoder of tests/tinyencoder.py (ONNX,
+    tokenizer.json, sentence-transformers' pooling config). Cached under .cache/test-models
+    by a digest of the recipe and the torch version that exported it."""
+    import hashlib
+
+    from tests import tinyencoder
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    recipe = Path(tinyencoder.__file__).read_bytes() + torch.__version__.encode()
+    digest = hashlib.sha256(recipe).hexdigest()[:12]
+    root = Path(__file__).resolve().parents[1] / ".cache" / "test-models"
+    folder = root / f"tinyencoder-{digest}"
+    if not (folder / "modules.json").is_file():
+        tmp = root / f"tinyencoder-{digest}.partial-{os.getpid()}"
+        tinyencoder.make_tiny_encoder(tmp)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another session made it meanwhile
+            import shutil
+
+            shutil.rmtree(tmp)
+    return folder

@@ -176,8 +176,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("warmup", bool, True, "run the model once at load, before ready"),
     Setting("format", str, "auto", "what the model is: onnx (one forward pass a request), "
             "genai (a language model folder served with onnxruntime-genai and the OpenAI API), "
-            "auto = genai for a folder with genai_config.json", choices=("auto", "onnx", "genai"),
-            operator=True),
+            "embedding (an ONNX text encoder folder served on POST /v1/embeddings), "
+            "auto = genai for a folder with genai_config.json, embedding for a folder with "
+            "tokenizer.json and 1_Pooling/config.json",
+            choices=("auto", "onnx", "genai", "embedding"), operator=True),
+    Setting("pooling", str, "auto", "embedding models: token vectors -> one vector; auto = "
+            "as the folder's 1_Pooling/config.json says", choices=("auto", "mean", "cls",
+            "last", "max")),
+    Setting("embedding_normalize", str, "auto", "embedding models: L2-normalise the vectors; "
+            "auto = when the folder's modules.json lists a Normalize module",
+            choices=("auto", "on", "off"), flag="--normalize"),
     Setting("generation_batch_size", int, 16, "language models: generations that run together "
             "in the onnxruntime-genai engine's batch (its KV cache rows); more wait, up to "
             "--max-queue-size", minimum=1),
@@ -201,6 +209,12 @@ SETTINGS: tuple[Setting, ...] = (
             "/metrics must carry", flag=None, operator=True, secret=True),
     Setting("auth_token_file", Path, None, "file holding the bearer token (over "
             f"{ENV_PREFIX}AUTH_TOKEN)"),
+    Setting("api_keys", str, None, "API keys, each with optional request and token budgets "
+            "per minute, as JSON {\"keys\": [{\"id\", \"key\", \"requestsPerMinute\", "
+            "\"tokensPerMinute\"}]} (docs/llm.md, Keys and budgets)", flag=None, operator=True,
+            secret=True),
+    Setting("api_keys_file", Path, None, "file holding the API keys JSON (over "
+            f"{ENV_PREFIX}API_KEYS)"),
     Setting("log_level", str, "info", "log level",
             choices=("critical", "error", "warning", "info", "debug")),
     Setting("shutdown_delay_s", float, 2.0, "on SIGTERM, seconds to stay up, unready, before "

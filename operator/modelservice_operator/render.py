@@ -159,8 +159,8 @@ def runtime_workers(spec: ModelServiceSpec) -> int:
 
 def runtime_settings(name: str, spec: ModelServiceSpec) -> dict[str, Any]:
     """The runtime's settings the operator sets on its command line (the rows of
-    serve_flags.SETTINGS marked `operator`, but the auth token: that one comes from a
-    Secret, see _env)."""
+    serve_flags.SETTINGS marked `operator`, but the auth token and the API keys: those come
+    from Secrets, see _env)."""
     rt = spec.runtime
     values: dict[str, Any] = {
         "model_path": _model_path(spec),
@@ -250,6 +250,12 @@ def _env(spec: ModelServiceSpec) -> list[dict[str, Any]]:
         env.append({
             "name": serve_flags.BY_FIELD["auth_token"].variable,
             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+        })  # fmt: skip
+    if spec.auth is not None:  # API keys with budgets (serving/auth.py)
+        keys = spec.auth.secret_ref
+        env.append({
+            "name": serve_flags.BY_FIELD["api_keys"].variable,
+            "valueFrom": {"secretKeyRef": {"name": keys.name, "key": keys.key}},
         })  # fmt: skip
     return env
 

@@ -235,6 +235,7 @@ class ModelFormat(enum.StrEnum):
     AUTO = "auto"
     ONNX = "onnx"
     GENAI = "genai"
+    EMBEDDING = "embedding"
 
 
 class ModelSource(_Model):
@@ -287,7 +288,8 @@ class ModelSource(_Model):
         description=describe(
             "format",
             "A language model (an onnxruntime-genai folder, e.g. from `modelservice export-llm`,"
-            " given as a directory, s3 prefix or archive uri) is served with the OpenAI API.",
+            " given as a directory, s3 prefix or archive uri) is served with the OpenAI API;"
+            " an embedding model (an ONNX encoder folder) on POST /v1/embeddings.",
         ),
     )
     secret_ref: LocalObjectReference | None = Field(
@@ -475,6 +477,32 @@ class AuthSpec(_Model):
         description=(
             "Secret key holding the token; passed as MODELSERVICE_AUTH_TOKEN via secretKeyRef "
             "(the operator never reads Secrets)."
+        )
+    )
+
+
+class ApiKeysSecretRef(SecretKeyRef):
+    """The key in a Secret holding the API keys document."""
+
+    key: str = Field(
+        default="keys.json",
+        description="Key within the Secret holding the keys document.",
+        min_length=1,
+        max_length=253,
+    )
+
+
+class ApiKeysSpec(_Model):
+    """API keys on the runtime's HTTP API, each with optional budgets per minute."""
+
+    secret_ref: ApiKeysSecretRef = Field(
+        description=(
+            'Secret key holding the keys as JSON: {"keys": [{"id": "team-a", "key": "sk-...", '
+            '"requestsPerMinute": 60, "tokensPerMinute": 100000}]} (budgets optional). Passed '
+            "as MODELSERVICE_API_KEYS via secretKeyRef (the operator never reads Secrets). "
+            "Over a budget a request gets 429 with Retry-After; /metrics counts requests, "
+            "tokens and refusals per key id. Budgets are per runtime process (each replica "
+            "and worker keeps its own). A runtime.auth bearer token keeps working beside them."
         )
     )
 
@@ -705,6 +733,10 @@ class ModelServiceSpec(_Model):
     explainer: ExplainerSpec | None = Field(
         default=None,
         description="Explanation defaults, or enabled: false to turn the explain routes off.",
+    )
+    auth: ApiKeysSpec | None = Field(
+        default=None,
+        description="API keys from a Secret, each with optional request/token budgets per minute.",
     )
     replicas: int | None = Field(
         default=None,

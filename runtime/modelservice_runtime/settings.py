@@ -152,4 +152,25 @@ def from_args(args: Any, environ: Mapping[str, str] | None = None) -> Settings:
     elif settings.auth_token is not None:
         token = settings.auth_token.strip()
         settings = settings.model_copy(update={"auth_token": token or None})
+    keys_file = settings.api_keys_file
+    if keys_file is not None:
+        try:
+            text = Path(keys_file).read_text()
+        except OSError as e:
+            raise SettingsError(
+                f"--api-keys-file: cannot read {keys_file} ({e.strerror})"
+            ) from None
+        settings = settings.model_copy(update={"api_keys": text})
+    if settings.api_keys is not None:
+        from modelservice_runtime.serving.auth import parse_keys
+
+        where = (
+            "--api-keys-file"
+            if keys_file is not None
+            else serve_flags.BY_FIELD["api_keys"].variable
+        )
+        try:
+            parse_keys(settings.api_keys)
+        except ValueError as e:
+            raise SettingsError(f"{where}: {e}") from None
     return settings

@@ -99,8 +99,9 @@ def test_openai_client_sync_and_streaming_chat_join_to_the_same_text(
     assert whole.usage is not None and whole.usage.completion_tokens > 0
     parts, usage, finish = [], None, None
     for chunk in client.chat.completions.create(
-        model="tiny", messages=messages, max_tokens=40, temperature=0, stream=True
-    ):
+        model="tiny", messages=messages, max_tokens=40, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    ):  # fmt: skip
         if chunk.usage is not None:
             usage = chunk.usage
         for c in chunk.choices:
@@ -202,8 +203,8 @@ def test_a_client_that_leaves_stops_its_generation_and_frees_its_slot(server: Se
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"prompt": "x", "logprobs": 1}, "logprobs is not supported"),
-        ({"prompt": "x", "presence_penalty": 0.5}, "presence_penalty is not supported"),
+        ({"prompt": "x", "logprobs": 1}, "logprobs must be 0"),
+        ({"prompt": "x", "presence_penalty": 3}, "presence_penalty must be a number from -2 to 2"),
         ({"prompt": "x", "best_ofs": 2}, "unknown parameter 'best_ofs'"),
         ({"prompt": "x", "max_tokens": 100000}, "max_tokens must be at most 512"),
         ({"prompt": "x", "temperature": 5}, "temperature must be a number from 0 to 2"),

@@ -25,10 +25,17 @@ SERVING_LAYERS: list[set[str]] = [
     # the HTTP route table; the gRPC server (grpc_front/server.py), the other front end's top
     {"routes", "grpc_front.server"},
     # one front end's protocols; the gRPC servicer (grpc_front/service.py)
-    {"endpoints", "explain_endpoints", "openai_endpoints", "grpc_front.service"},
+    {
+        "endpoints",
+        "explain_endpoints",
+        "openai_endpoints",
+        "embeddings_endpoints",
+        "grpc_front.service",
+    },
     {"dataplane"},
     {"explaining"},
     {"entries"},
+    {"embedding"},  # an encoder folder: over its OnnxModel
     {"model", "generation", "batching", "auth"},
     # the wire formats; grpc_front's tensors.py and the generated service stubs
     {
@@ -37,6 +44,7 @@ SERVING_LAYERS: list[set[str]] = [
         "protocol.v1",
         "protocol.v2",
         "protocol.openai",
+        "protocol.embeddings",
         "external_data",
         "grpc_front.tensors",
         "grpc_front.grpc_predict_v2_pb2_grpc",

@@ -50,7 +50,12 @@ def _values(s: Setting) -> dict[str, Any]:
         values["normalize_std"] = (1.0, 2.0, 4.0)
     if s.field == "normalize_std":
         values["normalize_mean"] = (0.0, 0.0, 0.0)
+    if s.field == "api_keys":  # checked as a keys document
+        values["api_keys"] = KEYS
     return values
+
+
+KEYS = '{"keys": [{"id": "a", "key": "key-aaaa", "requestsPerMinute": 5}]}'
 
 
 def test_every_setting_is_a_settings_field_with_its_default() -> None:
@@ -70,6 +75,10 @@ def test_every_setting_by_flag_and_by_env(setting: Setting, tmp_path: Path) -> N
         token = tmp_path / "token"
         token.write_text("from-the-file\n")
         values["auth_token_file"] = token
+    if setting.field == "api_keys_file":
+        keys = tmp_path / "keys.json"
+        keys.write_text(KEYS)
+        values["api_keys_file"] = keys
     env = {serve_flags.BY_FIELD[f].variable: serve_flags.BY_FIELD[f].format(v)
            for f, v in values.items()}  # fmt: skip
     by_env = _parse([], env)
@@ -83,6 +92,8 @@ def test_every_setting_by_flag_and_by_env(setting: Setting, tmp_path: Path) -> N
     assert getattr(by_env, setting.field) == values[setting.field]
     if setting.field == "auth_token_file":
         assert by_env.auth_token == "from-the-file"
+    if setting.field == "api_keys_file":
+        assert by_env.api_keys == KEYS
     # and an unparsable or out-of-bounds value is refused naming the flag or variable
     if setting.type in (int, float) or setting.choices:
         if setting.choices:
@@ -106,6 +117,7 @@ def _maximal_spec() -> Any:
             },
             "gpu": {"count": 1},
             "explainer": {"enabled": True, "method": "lime", "samples": 99, "patch": [4, 2]},
+            "auth": {"secretRef": {"name": "keys"}},
         },
         "demo",
     )
@@ -114,11 +126,17 @@ def _maximal_spec() -> Any:
 def test_the_operator_sets_exactly_the_settings_marked_for_it() -> None:
     spec = _maximal_spec()
     rendered = render.runtime_settings("demo", spec)
-    by_env = {"auth_token"}  # from a Secret, as an env var of the container
+    by_env = {"auth_token", "api_keys"}  # from Secrets, as env vars of the container
     assert set(rendered) | by_env == {s.field for s in SETTINGS if s.operator}
     assert {s.variable for s in SETTINGS if s.operator} == OPERATOR_ENV_NAMES
     container = render.render_pod_spec("demo", spec, "img")["containers"][0]
-    assert [e["name"] for e in container["env"]] == [serve_flags.BY_FIELD["auth_token"].variable]
+    assert [e["name"] for e in container["env"]] == [
+        serve_flags.BY_FIELD["auth_token"].variable,
+        serve_flags.BY_FIELD["api_keys"].variable,
+    ]
+    assert container["env"][1]["valueFrom"] == {
+        "secretKeyRef": {"name": "keys", "key": "keys.json"}
+    }
     # what the runtime makes of the rendered command line is what the spec said
     command = container["command"]
     assert command[:2] == ["modelservice", "serve"]

@@ -206,14 +206,16 @@ class GenerationEngine:
     def capacity(self) -> int:
         return self.slots + self.max_queue
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> Generation:
+    def submit(
+        self, prompt: list[int], params: SamplingParams, processors: bytes = b""
+    ) -> Generation:
         if not self.alive:
             raise EngineError("the generation engine is not running")
         self._rid = (self._rid + 1) & 0xFFFFFFFF
         generation = Generation(self, self._rid, prompt, params)
         self.live[self._rid] = generation
         self.metrics.add_prompt_tokens(len(prompt))
-        self._send(ipc.pack_add(self._rid, prompt, params))
+        self._send(ipc.pack_add(self._rid, prompt, params, processors))
         return generation
 
     def cancel(self, generation: Generation) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from modelservice_runtime.generation import ipc
+from modelservice_runtime.generation import ipc, processors
 from modelservice_runtime.generation.decoder import Decoder, DecoderConfig
 from modelservice_runtime.generation.sampling import SamplingParams
 from modelservice_runtime.generation.scheduler import Scheduler
@@ -71,7 +71,13 @@ def serve(conn: Connection, decoder: Decoder, scheduler: Scheduler) -> None:
             kind = msg[:1]
             if kind == ipc.ADD:
                 rid, prompt, params = ipc.unpack_add(msg)
-                scheduler.add(rid, prompt, params)
+                try:
+                    extra = processors.build(ipc.unpack_processors(msg), prompt)
+                except Exception as e:  # a processor this row cannot have fails the row alone
+                    log.exception("generation %d: its logits processors failed", rid)
+                    scheduler.refuse(rid, f"the logits processors failed: {e}")
+                    continue
+                scheduler.add(rid, prompt, params, extra)
             elif kind == ipc.CANCEL:
                 scheduler.cancel(ipc.unpack_cancel(msg))
             elif kind == ipc.QUIT:
@@ -92,6 +98,9 @@ def main(argv: list[str]) -> int:
     try:
         started = time.perf_counter()
         decoder, scheduler = build(config)
+        tokenizer_json = Path(config["folder"]) / "tokenizer.json"
+        if tokenizer_json.is_file():  # for grammars (response_format), processors.py
+            processors.use_tokenizer(str(tokenizer_json))
         if config.get("warmup", True):
             warmup(scheduler)
     except Exception as e:

@@ -2,7 +2,8 @@
 
 To the engine:
 - ADD  b"A" rid u32, max_tokens u32, temperature f64, top_p f64, top_k i32, seed i64,
-  flags u8 (1: seeded, 2: log-probabilities), then the prompt as int32 ids;
+  flags u8 (1: seeded, 2: log-probabilities, 4: logits processors), then the prompt as
+  int32 ids (with flag 4: its length u32 first, and generation/processors.py's JSON after);
 - CANCEL b"C" rid u32; QUIT b"Q".
 From the engine:
 - READY b"R" + JSON (what it loaded); FATAL b"X" + message;
@@ -27,18 +28,38 @@ from modelservice_runtime.generation.scheduler import StepResult
 ADD, CANCEL, QUIT, READY, FATAL, STEP = b"A", b"C", b"Q", b"R", b"X", b"S"
 _ADD = struct.Struct("<cIIddiqB")
 _CANCEL = struct.Struct("<cI")
+_U32 = struct.Struct("<I")
 _STEP = struct.Struct("<cHHHII")
 
 
-def pack_add(rid: int, prompt: np.ndarray | list[int], p: SamplingParams) -> bytes:
-    flags = (1 if p.seed is not None else 0) | (2 if p.logprobs else 0)
+def pack_add(
+    rid: int, prompt: np.ndarray | list[int], p: SamplingParams, processors: bytes = b""
+) -> bytes:
+    """`processors`: generation/processors.py's document; with one (flag 4) the prompt's
+    length (u32) comes before it and the document after it."""
+    flags = (1 if p.seed is not None else 0) | (2 if p.logprobs else 0) | (4 if processors else 0)
     head = _ADD.pack(ADD, rid, p.max_tokens, p.temperature, p.top_p, p.top_k, p.seed or 0, flags)
-    return head + np.asarray(prompt, dtype=np.int32).tobytes()
+    ids = np.asarray(prompt, dtype=np.int32).tobytes()
+    if processors:
+        return head + _U32.pack(len(ids) // 4) + ids + processors
+    return head + ids
+
+
+def unpack_processors(msg: bytes) -> bytes:
+    """The processors document of an ADD message (b"" if none)."""
+    if not _ADD.unpack_from(msg)[-1] & 4:
+        return b""
+    (n,) = _U32.unpack_from(msg, _ADD.size)
+    return msg[_ADD.size + 4 + 4 * n :]
 
 
 def unpack_add(msg: bytes) -> tuple[int, np.ndarray, SamplingParams]:
     _, rid, max_tokens, temperature, top_p, top_k, seed, flags = _ADD.unpack_from(msg)
-    prompt = np.frombuffer(msg, np.int32, offset=_ADD.size).astype(np.int64)
+    if flags & 4:
+        (n,) = _U32.unpack_from(msg, _ADD.size)
+        prompt = np.frombuffer(msg, np.int32, n, _ADD.size + 4).astype(np.int64)
+    else:
+        prompt = np.frombuffer(msg, np.int32, offset=_ADD.size).astype(np.int64)
     params = SamplingParams(
         max_tokens=max_tokens,
         temperature=temperature,

@@ -111,6 +111,11 @@ class Scheduler:
         self.by_rid[rid] = row
         self.waiting.append(row)
 
+    def refuse(self, rid: int, message: str) -> None:
+        """End `rid`, never admitted, as failed with `message` (reported at the next step)."""
+        self._pending.finished.append((rid, ERROR))
+        self._pending.errors[rid] = message
+
     def cancel(self, rid: int) -> None:
         """End `rid` now (a no-op for one already ended)."""
         row = self.by_rid.pop(rid, None)

@@ -33,8 +33,10 @@ from modelservice_runtime.errors import (
     PayloadTooLarge,
     body_too_large,
 )
-from modelservice_runtime.serving.auth import BearerAuth
+from modelservice_runtime.serving import auth
+from modelservice_runtime.serving.auth import Auth, keys_from
 from modelservice_runtime.serving.dataplane import DataPlane, load_model
+from modelservice_runtime.serving.embedding import EmbeddingModel
 from modelservice_runtime.serving.metrics import Metrics
 from modelservice_runtime.serving.model import OnnxModel
 from modelservice_runtime.serving.reply import Headers, Reply, Route
@@ -117,7 +119,7 @@ class RuntimeApp(FastAPI):
 
     dataplane: DataPlane
     settings: Settings
-    _auth: BearerAuth
+    _auth: Auth
     _direct: list[tuple[re.Pattern[str], Route]]
 
     def serve_routes(self, routes: list[Route]) -> None:
@@ -143,13 +145,16 @@ class RuntimeApp(FastAPI):
     ) -> Reply:
         """Authenticate, inflate the body and run the endpoint; any error becomes its reply."""
         try:
-            if route.auth:
-                self._auth.check(headers)
+            caller = self._auth.check(headers) if route.auth else None
             if route.method == "POST":  # its body is the request
                 body = decode_body(
                     body, headers.get("content-encoding"), self.settings.max_request_bytes
                 )
-            return await route.endpoint(headers, body, **params)
+            entered = self._auth.enter(caller)  # whom the endpoint charges its tokens to
+            try:
+                return await route.endpoint(headers, body, **params)
+            finally:
+                auth.reset_caller(entered)
         except ModelServiceError as e:
             return Reply.error(e.status_code, e.message, e.headers)
         except Exception as e:
@@ -298,7 +303,8 @@ def create_app(
     )
     app.dataplane = app.state.dataplane = dataplane
     app.settings = app.state.settings = settings
-    app._auth = BearerAuth(settings.auth_token)
+    app._auth = Auth(settings.auth_token, keys_from(settings))
+    metrics.extra.append(app._auth.render)  # per-key counters (nothing without keys)
     app.serve_routes(route_table(dataplane, metrics))
 
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -326,6 +332,9 @@ async def _load(
             return
     if isinstance(loaded, OnnxModel):
         dataplane.register(loaded)
+    elif isinstance(loaded, EmbeddingModel):
+        dataplane.embedding = loaded
+        dataplane.register(loaded.onnx)
     else:
         dataplane.register_generative(loaded)
     # Startup objects (onnxruntime, numpy, the app) never die: keep them out of the

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from modelservice_runtime import __version__
@@ -30,6 +30,9 @@ from modelservice_runtime.settings import Settings
 Request = TypeVar("Request")
 Context = TypeVar("Context")
 Answer = TypeVar("Answer")
+
+if TYPE_CHECKING:
+    from modelservice_runtime.serving.embedding import EmbeddingModel
 
 log = logging.getLogger("modelservice.dataplane")
 
@@ -49,11 +52,19 @@ INLINE_UNBATCHED_BELOW_S = 0.001
 UNBATCHED_CONCURRENCY = 2
 
 
-def load_model(s: Settings) -> OnnxModel | GenaiModel:
+def load_model(s: Settings) -> OnnxModel | GenaiModel | EmbeddingModel:
     """Blocking: load the model and, unless disabled, warm it up. A language model (a
-    folder with genai_config.json, or --format genai) starts its engine process."""
+    folder with genai_config.json, or --format genai) starts its engine process; an
+    encoder folder (embedding.py) loads as its ONNX encoder plus tokenizer and pooling."""
+    from modelservice_runtime.serving.embedding import EmbeddingModel, wants_embedding
+
     if wants_genai(s):
         return GenaiModel(s)  # its engine process loads and warms the model itself
+    if wants_embedding(s):
+        encoder = EmbeddingModel(s)
+        if s.warmup:
+            encoder.warmup(s.max_batch_size)
+        return encoder
     model = OnnxModel(s)
     if s.warmup:
         started = time.perf_counter()
@@ -70,6 +81,9 @@ class DataPlane:
         self.draining = False
         self.load_error: str | None = None
         self.generative: GenerativeEntry | None = None  # a language model, when served
+        # An embedding model: its encoder is served as a model (register), this adds the
+        # tokenizer and pooling of POST /v1/embeddings.
+        self.embedding: EmbeddingModel | None = None
         self.on_close: list[Callable[[], None]] = []  # what else close() stops (explain threads)
 
     # --- lifecycle ------------------------------------------------------------------------

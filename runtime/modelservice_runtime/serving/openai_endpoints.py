@@ -12,16 +12,22 @@ together. Tokenizing and the chat template run off the event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from modelservice_runtime.errors import BadRequest, NotFound, ServiceUnavailable
+from modelservice_runtime.errors import BadRequest, NotFound, ServiceUnavailable, first_line
+from modelservice_runtime.generation import processors
+from modelservice_runtime.serving.auth import Caller, charge_tokens, current_caller
 from modelservice_runtime.serving.dataplane import DataPlane
 from modelservice_runtime.serving.entries import GenerativeEntry
 from modelservice_runtime.serving.generation import Generation, Sampling, TextAssembler, check
 from modelservice_runtime.serving.protocol import openai
 from modelservice_runtime.serving.reply import SSE, Headers, Reply
+
+log = logging.getLogger("modelservice.openai")
 
 
 class OpenAIEndpoints:
@@ -47,6 +53,9 @@ class OpenAIEndpoints:
         return entry
 
     async def models(self, headers: Headers, body: bytes) -> Reply:
+        if self.dataplane.embedding is not None:  # an embedding model: listed the same way
+            name = self.dataplane.default().name
+            return Reply.json(openai.models_list(name, self.dataplane.embedding.created))
         entry = self._entry(None)
         return Reply.json(openai.models_list(entry.name, entry.created))
 
@@ -59,46 +68,20 @@ class OpenAIEndpoints:
         return await self._generate(body, chat=True)
 
     async def _generate(self, body: bytes, chat: bool) -> Reply:
-        req = openai.parse_request(body, chat)
-        entry = self._entry(req.model)
-        model = entry.model
-        if chat:
-            assert req.messages is not None
-            if model.chat_template is None:
-                raise BadRequest("messages: this model has no chat template; use /v1/completions")
-            prompt = await model.encode_async(None, req.messages)
-        else:
-            assert req.prompt is not None
-            prompt = await model.encode_async(req.prompt, None)
-        entry = self._entry(req.model)  # again: the server may have begun draining meanwhile
-        if not prompt:
-            raise BadRequest(("messages" if chat else "prompt") + " must not be empty")
-        sampling = Sampling(
-            max_tokens=req.max_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            seed=req.seed,
-            stop=req.stop,
-        )
-        check(entry.engine, prompt, sampling, req.n)
-        # n choices: one generation each, seeds seed, seed+1, ... so a seeded n repeats.
-        generations = [
-            entry.engine.submit(
-                prompt,
-                (
-                    sampling
-                    if sampling.seed is None or i == 0
-                    else Sampling(**{**sampling.__dict__, "seed": sampling.seed + i})
-                ).params(),
-            )
-            for i in range(req.n)
-        ]
-        rid = openai.new_id(chat)
+        # Counted from here: a request refused by parsing or by capacity is a failed
+        # request in the counters (and the pending gauge), not an unseen one.
+        entry = self._entry(None)
         started = time.perf_counter()
         entry.requests.request_started()
+        try:
+            req, prompt, generations = await self._start(entry, body, chat)
+        except BaseException:
+            entry.requests.on_request(False, time.perf_counter() - started, 0.0, 0.0)
+            raise
+        rid = openai.new_id(chat)
+        caller = current_caller()  # charged the tokens used, when answered
         if req.stream:
-            stream = _stream(entry, req, rid, prompt, generations, started)
+            stream = _stream(entry, req, rid, prompt, generations, started, caller)
             return Reply(200, SSE, b"", {"Cache-Control": "no-cache"}, stream)
         ok = False
         try:
@@ -111,11 +94,15 @@ class OpenAIEndpoints:
         choices = []
         completion_tokens = 0
         for i, (text_out, ids, finish) in enumerate(results):
-            c = openai.choice(chat, i, text_out, finish)
+            lps = _logprobs(entry, chat, ids, generations[i], 0) if req.logprobs else None
+            if req.echo:
+                text_out = (req.prompt or "") + text_out
+            c = openai.choice(chat, i, text_out, finish, lps)
             if req.return_token_ids:
                 c["token_ids"] = ids
             choices.append(c)
             completion_tokens += len(ids)
+        charge_tokens(len(prompt) + completion_tokens, caller)
         doc_use = openai.usage(len(prompt), completion_tokens)
         content = openai.response(chat, rid, entry.name, choices, doc_use)
         if req.return_token_ids:
@@ -125,6 +112,101 @@ class OpenAIEndpoints:
             doc["prompt_token_ids"] = prompt
             content = orjson.dumps(doc)
         return Reply(200, "application/json", content)
+
+    def _grammar(self, schema: dict[str, Any]) -> str:
+        """llguidance's grammar for `schema`, checked here against the model's tokenizer (a
+        grammar the engine process could not build would fail there)."""
+        folder = Path(self.dataplane.settings.model_path)
+        try:
+            import llguidance
+
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(schema)
+            matcher = llguidance.LLMatcher(
+                processors.grammar_tokenizer(str(folder / "tokenizer.json")), grammar
+            )
+        except ImportError:
+            raise BadRequest(
+                "response_format: this server has no llguidance (pip install llguidance)"
+            ) from None
+        except Exception as e:
+            raise BadRequest(
+                f"response_format: the schema is not usable: {first_line(e)}"
+            ) from None
+        if matcher.is_error():
+            raise BadRequest(f"response_format: the schema is not usable: {matcher.get_error()}")
+        return grammar
+
+    async def _start(
+        self, entry: GenerativeEntry, body: bytes, chat: bool
+    ) -> tuple[openai.GenerateRequest, list[int], list[Generation]]:
+        """Parse and check everything the engine would refuse, then submit the generations:
+        nothing is streamed before this has passed."""
+        engine, model = entry.engine, entry.model
+        limits = openai.Limits(vocab_size=model.vocab_size, max_n=engine.capacity)
+        req = openai.parse_request(body, chat, limits)
+        self._entry(req.model)
+        if chat:
+            assert req.messages is not None
+            if model.chat_template is None:
+                raise BadRequest("messages: this model has no chat template; use /v1/completions")
+            if any("\0" in m["content"] for m in req.messages):
+                raise BadRequest("messages: content must not contain NUL characters")
+            try:
+                prompt = await model.encode_async(None, req.messages)
+            except Exception as e:
+                raise BadRequest(
+                    f"messages: the model's chat template failed: {first_line(e)}"
+                ) from None
+        else:
+            assert req.prompt is not None
+            if "\0" in req.prompt:
+                raise BadRequest("prompt must not contain NUL characters")
+            prompt = await model.encode_async(req.prompt, None)
+        entry = self._entry(req.model)  # again: the server may have begun draining meanwhile
+        if not prompt:
+            raise BadRequest(("messages" if chat else "prompt") + " must not be empty")
+        sampling = Sampling(
+            max_tokens=req.max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            seed=req.seed,
+            stop=req.stop,
+            logprobs=req.logprobs,
+        )
+        check(engine, prompt, sampling, req.n)
+        spec = dict(req.processing)
+        spec.pop("response_format", None)
+        if req.schema is not None:
+            spec["grammar"] = self._grammar(req.schema)
+        extra = processors.encode(spec)  # logit_bias, penalties, the grammar
+        # n choices: one generation each, seeds seed, seed+1, ... so a seeded n repeats.
+        generations = [
+            engine.submit(
+                prompt,
+                (
+                    sampling
+                    if sampling.seed is None or i == 0
+                    else Sampling(**{**sampling.__dict__, "seed": sampling.seed + i})
+                ).params(),
+                extra,
+            )
+            for i in range(req.n)
+        ]
+        return req, prompt, generations
+
+
+def _logprobs(
+    entry: GenerativeEntry, chat: bool, ids: list[int], generation: Generation, start: int
+) -> dict[str, Any]:
+    """The `logprobs` of the tokens ids[start:]: each chosen token's log-probability (from
+    the engine, under the model's logits before temperature, top-k and top-p), its text,
+    and for completions its offset in the choice's text."""
+    decode = entry.model.decode
+    tokens = [decode([t]) for t in ids[start:]]
+    offsets = [] if chat else [len(decode(ids[:i])) for i in range(start, len(ids))]
+    lps = [float(x) for x in generation.logprobs[start : len(ids)]]
+    return openai.logprobs_doc(chat, tokens, lps, offsets)
 
 
 def _finish(generation: Generation, assembler: TextAssembler) -> str:
@@ -151,6 +233,7 @@ async def _stream(
     prompt: list[int],
     generations: list[Generation],
     started: float,
+    caller: Caller | None = None,
 ) -> AsyncIterator[bytes]:
     """The server-sent events of a streamed answer; closing it cancels the generations."""
     chat, name = req.chat, entry.name
@@ -179,11 +262,14 @@ async def _stream(
     tasks = [] if single else [asyncio.create_task(pump(i, g)) for i, g in enumerate(generations)]
     events = one(generations[0]) if single else several()
     assemblers = [TextAssembler(entry.model.decode, req.stop) for _ in generations]
-    ok = False
+    ok = charged = False
     try:
         if chat:
             for i in range(len(generations)):
                 yield openai.chunk(chat, rid, name, i, "", None, role=True)
+        elif req.echo and req.prompt:  # the prompt first, as the text's start
+            for i in range(len(generations)):
+                yield openai.chunk(chat, rid, name, i, req.prompt, None)
         open_ = len(generations)
         async for index, item in events:
             if not open_:
@@ -201,11 +287,16 @@ async def _stream(
                     if not open_:
                         break
                 continue
+            before = len(assembler.ids)
             delta = assembler.add(item)
+            # the log-probabilities of this event's tokens ride with its text (even empty)
+            lps = None
+            if req.logprobs:
+                lps = _logprobs(entry, chat, assembler.ids, generation, before)
             if assembler.stopped:
                 generation.stop()
-                if delta:
-                    yield openai.chunk(chat, rid, name, index, delta, None)
+                if delta or lps:
+                    yield openai.chunk(chat, rid, name, index, delta, None, logprobs=lps)
                 yield openai.chunk(chat, rid, name, index, None, "stop")
                 open_ -= 1
                 if tasks:
@@ -213,15 +304,22 @@ async def _stream(
                 if not open_:
                     break
                 continue
-            if delta:
-                yield openai.chunk(chat, rid, name, index, delta, None)
-        completion_tokens = sum(len(a.ids) for a in assemblers)
-        yield openai.chunk(
-            chat, rid, name, 0, None, None, use=openai.usage(len(prompt), completion_tokens)
-        )
+            if delta or lps:
+                yield openai.chunk(chat, rid, name, index, delta, None, logprobs=lps)
+        if req.include_usage:  # stream_options.include_usage: a last chunk, no choices
+            completion_tokens = sum(len(a.ids) for a in assemblers)
+            use = openai.usage(len(prompt), completion_tokens)
+            yield openai.chunk(chat, rid, name, 0, None, None, use=use)
+        charged = True  # before the last event: a client that reads [DONE] sees its charge
+        charge_tokens(len(prompt) + sum(len(a.ids) for a in assemblers), caller)
         yield openai.DONE
         ok = True
+    except Exception as e:  # after the 200: the stream ends with OpenAI's error event
+        log.exception("a streamed generation failed", exc_info=e)
+        yield openai.error_event(f"generation failed: {first_line(e)}")
     finally:
+        if not charged:  # the client left, or the stream failed: what was generated counts
+            charge_tokens(len(prompt) + sum(len(a.ids) for a in assemblers), caller)
         for task in tasks:
             task.cancel()
         await events.aclose()  # type: ignore[attr-defined]

@@ -2,12 +2,14 @@
 
 app.py builds both the FastAPI routes and the direct router of the HTTP protocol from it.
 Each route names an endpoint method of one protocol's class (endpoints.py for V2 and V1,
-explain_endpoints.py, openai_endpoints.py); the classes share the one data plane.
+explain_endpoints.py, openai_endpoints.py, embeddings_endpoints.py); the classes share the
+one data plane.
 """
 
 from __future__ import annotations
 
 from modelservice_runtime.serving.dataplane import DataPlane
+from modelservice_runtime.serving.embeddings_endpoints import EmbeddingEndpoints
 from modelservice_runtime.serving.endpoints import V1Endpoints, V2Endpoints
 from modelservice_runtime.serving.explain_endpoints import ExplainEndpoints
 from modelservice_runtime.serving.explaining import ExplainPlane
@@ -45,6 +47,7 @@ def route_table(dataplane: DataPlane, metrics: Metrics) -> list[Route]:
     explain = ExplainEndpoints(dataplane, ExplainPlane(dataplane.settings))
     dataplane.on_close.append(explain.explainer.close)
     openai_ = OpenAIEndpoints(dataplane)
+    embeddings_ = EmbeddingEndpoints(dataplane)
 
     async def prometheus(headers: Headers, body: bytes) -> Reply:
         return Reply(200, CONTENT_TYPE, metrics.render())
@@ -52,7 +55,7 @@ def route_table(dataplane: DataPlane, metrics: Metrics) -> list[Route]:
     async def models(headers: Headers, body: bytes) -> Reply:
         """GET /v1/models: OpenAI's list for a language model, KServe V1's otherwise (the
         model loads after the routes exist, so this is decided per request)."""
-        if dataplane.generative is not None:
+        if dataplane.generative is not None or dataplane.embedding is not None:
             return await openai_.models(headers, body)
         return await v1_.models(headers, body)
 
@@ -96,5 +99,9 @@ def route_table(dataplane: DataPlane, metrics: Metrics) -> list[Route]:
                 streams=True,
             ),
         ]
+    routes += [
+        Route("POST", f"{prefix}/embeddings", embeddings_.embeddings, "openai")
+        for prefix in OPENAI_PREFIXES
+    ]
     routes.append(Route("GET", "/openai/v1/models", openai_.models, "openai"))
     return routes

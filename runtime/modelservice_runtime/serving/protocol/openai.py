@@ -9,35 +9,61 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from modelservice_runtime.errors import BadRequest, load_json
 
 # Accepted and without effect on the tokens: who asked, and how the answer is framed.
-_NEUTRAL = {"model", "user", "stream", "stream_options", "return_token_ids"}
+_NEUTRAL = {"model", "user", "stream", "stream_options", "return_token_ids", "logprobs"}
 _SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n"}
-# Fields that change results and are not implemented: refused by name.
-_REFUSED = {
-    "logprobs",
-    "top_logprobs",
+# Through the engine's logits processors (generation/processors.py).
+_PROCESSING = {
     "logit_bias",
     "presence_penalty",
     "frequency_penalty",
-    "best_of",
-    "echo",
-    "suffix",
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "response_format",
     "repetition_penalty",
-    "min_tokens",
+    "response_format",
 }
+MAX_LOGIT_BIAS = 1024  # entries
+# Fields that change results and are not implemented: refused by name, unless they carry
+# the value that means "off" (clients such as LangChain send `presence_penalty: 0`).
+_REFUSED: dict[str, tuple[Any, ...]] = {
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "parallel_tool_calls": (None,),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "min_tokens": (None, 0),
+}
+# Chat only: the newer name of max_tokens (the openai client sends either), and how many
+# alternatives to report beside each token's log-probability.
+_CHAT_ONLY = {"max_completion_tokens", "top_logprobs"}
+_COMPLETIONS_ONLY = {"echo"}  # the prompt before the completion's text
+# The engine reports the chosen token's log-probability, not the runners-up.
+_NO_TOP = "the engine reports each chosen token's log-probability, not the top alternatives"
+ROLES = ("system", "developer", "user", "assistant", "tool")
+_MESSAGE_KEYS = {"role", "content", "name", "tool_call_id"}
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 MAX_N = 8
+# Seeds: onnxruntime-genai's random_seed is a C int (a seed of 2**31 or more is refused),
+# and choice i of n is sampled with seed + i, so seed + n - 1 must stay a positive int32.
+MAX_SEED = 2**31 - 1
+# top_k above the vocabulary is refused by the engine; without a model (tests) this bounds it.
+MAX_TOP_K = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the served model and server can take, for the checks that depend on them:
+    `vocab_size` bounds top_k, `max_n` the choices one request may ask for (at most what
+    the server can ever admit at once, so an `n` over it is a 400, never a 503 to retry)."""
+
+    vocab_size: int = MAX_TOP_K
+    max_n: int = MAX_N
 
 
 @dataclass(frozen=True)
@@ -58,51 +84,134 @@ class GenerateRequest:
     stream: bool
     include_usage: bool
     return_token_ids: bool
+    logprobs: bool = False  # each chosen token's log-probability in the answer
+    # logit_bias and the penalties, for the engine's logits processors ({} if none)
+    processing: dict[str, Any] = field(default_factory=dict)
+    echo: bool = False  # completions: the prompt, then the completion, as the text
+    # response_format's JSON schema (json_object: any object), for constrained decoding
+    schema: dict[str, Any] | None = None
 
 
-def _number(doc: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+def _number(
+    doc: dict[str, Any], name: str, default: float, lo: float, hi: float, *, open_lo: bool = False
+) -> float:
     value = doc.get(name, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise BadRequest(f"{name} must be a number from {lo:g} to {hi:g}, got {value!r}")
+    ok = not isinstance(value, bool) and isinstance(value, int | float)
+    if not ok or not (lo < value <= hi if open_lo else lo <= value <= hi):
+        what = f"above {lo:g} and at most {hi:g}" if open_lo else f"from {lo:g} to {hi:g}"
+        raise BadRequest(f"{name} must be a number {what}, got {_show(value)}")
     return float(value)
 
 
-def _integer(doc: dict[str, Any], name: str, default: int | None, lo: int) -> int | None:
+def _integer(doc: dict[str, Any], name: str, default: int | None, lo: int, hi: int) -> int | None:
     value = doc.get(name, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise BadRequest(f"{name} must be an integer >= {lo}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BadRequest(f"{name} must be an integer from {lo} to {hi}, got {_show(value)}")
     return value
 
 
-def parse_request(body: bytes, chat: bool) -> GenerateRequest:
-    """The request in `body`; BadRequest naming the field and what was expected."""
+def _boolean(doc: dict[str, Any], name: str) -> bool:
+    """A JSON boolean (or null: false). The string "false" is truthy in Python: refused."""
+    value = doc.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be a JSON boolean (true or false), got {_show(value)}")
+    return value
+
+
+def _is_off(value: Any, off: Any) -> bool:
+    """`value` is the "off" value `off` (0 and 0.0 alike, but never True for 1)."""
+    if off is None or isinstance(off, bool):
+        return value is off
+    if isinstance(off, int):
+        return not isinstance(value, bool) and isinstance(value, int | float) and value == off
+    return type(value) is type(off) and value == off
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value for a message, cut short: a fuzzer's megabyte string is not echoed back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _content(i: int, message: dict[str, Any]) -> str:
+    """A message's text: a string, or a list of text parts ({"type": "text", "text": ...})
+    joined, as the openai client sends them."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise BadRequest(
+                    f"messages[{i}].content[{j}] must be a text part "
+                    '{"type": "text", "text": "..."}; this model takes text only'
+                )
+            text = part.get("text")
+            if not isinstance(text, str) or set(part) - {"type", "text"}:
+                raise BadRequest(
+                    f'messages[{i}].content[{j}] must be {{"type": "text", "text": <string>}}'
+                )
+            texts.append(text)
+        return "".join(texts)
+    raise BadRequest(
+        f"messages[{i}].content must be a string or a non-empty list of text parts, "
+        f"got {_show(content)}"
+    )
+
+
+def _messages(doc: dict[str, Any]) -> list[dict[str, str]]:
+    messages = doc.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list of {role, content} objects")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise BadRequest(f"messages[{i}] must be an object with a role and content")
+        role = m.get("role")
+        if role not in ROLES:
+            raise BadRequest(f"messages[{i}].role must be one of {list(ROLES)}, got {_show(role)}")
+        extra = set(m) - _MESSAGE_KEYS
+        if extra:
+            raise BadRequest(
+                f"messages[{i}] has unsupported keys {sorted(extra)[:4]}; "
+                f"supported: {sorted(_MESSAGE_KEYS)}"
+            )
+        for key in ("name", "tool_call_id"):
+            if m.get(key) is not None and not isinstance(m[key], str):
+                raise BadRequest(f"messages[{i}].{key} must be a string")
+        out.append({"role": role, "content": _content(i, m)})
+    return out
+
+
+def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> GenerateRequest:
+    """The request in `body`, every field checked against what the engine accepts (so
+    nothing the engine would refuse is streamed); BadRequest naming the field and what was
+    expected."""
+    limits = limits or Limits()
     doc = load_json(body)
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object")
     main = "messages" if chat else "prompt"
-    for name in doc:
+    known = (
+        _NEUTRAL | _SAMPLING | _PROCESSING | {main} | (_CHAT_ONLY if chat else _COMPLETIONS_ONLY)
+    )
+    for name, value in doc.items():
         if name in _REFUSED:
+            if any(_is_off(value, off) for off in _REFUSED[name]):
+                continue  # the value that means "off"
             raise BadRequest(f"{name} is not supported by this server; remove it")
-        if name not in _NEUTRAL | _SAMPLING | {main}:
-            raise BadRequest(
-                f"unknown parameter {name!r}; supported: {sorted(_NEUTRAL | _SAMPLING | {main})}"
-            )
+        if name not in known:
+            raise BadRequest(f"unknown parameter {_show(name)}; supported: {sorted(known)}")
     prompt, messages = None, None
     if chat:
-        messages = doc.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest("messages must be a non-empty list of {role, content} objects")
-        for i, m in enumerate(messages):
-            ok = isinstance(m, dict) and isinstance(m.get("role"), str)
-            if not ok or not isinstance(m.get("content"), str):
-                raise BadRequest(
-                    f"messages[{i}] must be an object with a string role and string content"
-                )
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        messages = _messages(doc)
     else:
         prompt = doc.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -117,38 +226,144 @@ def parse_request(body: bytes, chat: bool) -> GenerateRequest:
     elif isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop):
         stops = tuple(stop)
     else:
-        raise BadRequest(f"stop must be a string or a list of up to 4 strings, got {stop!r}")
+        raise BadRequest(f"stop must be a string or a list of up to 4 strings, got {_show(stop)}")
     if any(not s for s in stops):
         raise BadRequest("stop strings must not be empty")
+    stream = _boolean(doc, "stream")
     options = doc.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise BadRequest("stream_options must be an object")
-    model = doc.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest(f"model must be a string, got {model!r}")
-    n = _integer(doc, "n", 1, 1)
+    if options is not None:
+        if not isinstance(options, dict) or set(options) - {"include_usage"}:
+            raise BadRequest('stream_options must be an object {"include_usage": true|false}')
+        if not stream:
+            raise BadRequest("stream_options is only allowed with stream: true")
+    include_usage = _boolean(options or {}, "include_usage")
+    for name in ("model", "user"):
+        if doc.get(name) is not None and not isinstance(doc[name], str):
+            raise BadRequest(f"{name} must be a string, got {_show(doc[name])}")
+    max_n = min(MAX_N, limits.max_n)
+    n = _integer(doc, "n", 1, 1, max_n)
     assert n is not None
-    if n > MAX_N:
-        raise BadRequest(f"n must be at most {MAX_N}, got {n}")
-    max_tokens = _integer(doc, "max_tokens", DEFAULT_MAX_TOKENS, 1)
+    if chat and doc.get("max_completion_tokens") is not None:
+        if doc.get("max_tokens") is not None:
+            raise BadRequest("give max_tokens or max_completion_tokens, not both")
+        doc = {**doc, "max_tokens": doc["max_completion_tokens"]}
+    max_tokens = _integer(doc, "max_tokens", DEFAULT_MAX_TOKENS, 1, 2**31 - 1)
     assert max_tokens is not None
-    top_k = _integer(doc, "top_k", 0, -1)
+    top_k = _integer(doc, "top_k", 0, -1, limits.vocab_size)
     return GenerateRequest(
         chat=chat,
         prompt=prompt,
         messages=messages,
-        model=model,
+        model=doc.get("model"),
         max_tokens=max_tokens,
         temperature=_number(doc, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(doc, "top_p", 1.0, 0.0, 1.0),
+        top_p=_number(doc, "top_p", 1.0, 0.0, 1.0, open_lo=True),
         top_k=max(0, top_k or 0),  # vLLM's -1 means no bound, as 0 here
-        seed=_integer(doc, "seed", None, 0),
+        # choice i is sampled with seed + i: the last one must be a valid seed too
+        seed=_integer(doc, "seed", None, 0, MAX_SEED - (n - 1)),
         stop=stops,
         n=n,
-        stream=bool(doc.get("stream", False)),
-        include_usage=bool((options or {}).get("include_usage", False)),
-        return_token_ids=bool(doc.get("return_token_ids", False)),
+        stream=stream,
+        include_usage=include_usage,
+        return_token_ids=_boolean(doc, "return_token_ids"),
+        logprobs=_logprobs(doc, chat),
+        processing=_processing(doc, limits.vocab_size),
+        echo=_echo(doc),
+        schema=_response_format(doc),
     )
+
+
+def _response_format(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema the answer must follow: {"type": "json_object"} (any object) or
+    {"type": "json_schema", "json_schema": {"name", "schema", "strict"?, "description"?}};
+    {"type": "text"} (or none) is free text."""
+    fmt = doc.get("response_format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text" and set(fmt) == {"type"}:
+        return None
+    if kind == "json_object" and set(fmt) == {"type"}:
+        return {"type": "object"}
+    if kind == "json_schema" and set(fmt) == {"type", "json_schema"}:
+        spec = fmt["json_schema"]
+        ok = isinstance(spec, dict) and isinstance(spec.get("name"), str)
+        if not ok or set(spec) - {"name", "schema", "strict", "description"}:
+            raise BadRequest(
+                "response_format.json_schema must be an object {name, schema, strict?, "
+                "description?}"
+            )
+        schema = spec.get("schema", {})
+        if not isinstance(schema, dict):
+            raise BadRequest("response_format.json_schema.schema must be a JSON schema object")
+        return schema
+    raise BadRequest(
+        'response_format must be {"type": "text"}, {"type": "json_object"} or '
+        '{"type": "json_schema", "json_schema": {...}}'
+    )
+
+
+def _echo(doc: dict[str, Any]) -> bool:
+    echo = _boolean(doc, "echo")
+    logprobs = doc.get("logprobs")
+    if echo and logprobs is not None and logprobs is not False:
+        raise BadRequest(
+            "echo with logprobs is not supported: the prompt's tokens have no log-probabilities "
+            "here; ask for one of them"
+        )
+    return echo
+
+
+def _processing(doc: dict[str, Any], vocab_size: int) -> dict[str, Any]:
+    """logit_bias ({token id as a string: -100..100}, token ids within the vocabulary) and
+    the penalties, each with OpenAI's (or vLLM's) range; the neutral values drop out."""
+    out: dict[str, Any] = {}
+    bias = doc.get("logit_bias")
+    if bias is not None:
+        if not isinstance(bias, dict) or len(bias) > MAX_LOGIT_BIAS:
+            raise BadRequest(
+                f"logit_bias must be an object of up to {MAX_LOGIT_BIAS} token ids to biases"
+            )
+        checked: dict[str, float] = {}
+        for key, value in bias.items():
+            if not (key.isascii() and key.isdigit() and int(key) < vocab_size):
+                raise BadRequest(
+                    f"logit_bias: key {_show(key)} must be a token id from 0 to {vocab_size - 1}"
+                )
+            ok = not isinstance(value, bool) and isinstance(value, int | float)
+            if not ok or not -100 <= value <= 100:
+                raise BadRequest(f"logit_bias[{key}] must be a number from -100 to 100")
+            if value:
+                checked[str(int(key))] = float(value)
+        if checked:
+            out["logit_bias"] = checked
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = _number(doc, name, 0.0, -2.0, 2.0)
+        if value:
+            out[name] = value
+    repetition = _number(doc, "repetition_penalty", 1.0, 0.0, 10.0, open_lo=True)
+    if repetition != 1.0:
+        out["repetition_penalty"] = repetition
+    return out
+
+
+def _logprobs(doc: dict[str, Any], chat: bool) -> bool:
+    """Completions: `logprobs` an integer 0..5 (alternatives per token; 0 is supported);
+    chat: `logprobs` a boolean and `top_logprobs` 0..20 (0 is supported)."""
+    if not chat:
+        if doc.get("logprobs") is False:  # what some clients send for "none"
+            return False
+        n = _integer(doc, "logprobs", None, 0, 5)
+        if n:
+            raise BadRequest(f"logprobs must be 0 (or null) on this server, got {n}: {_NO_TOP}")
+        return n is not None
+    top = _integer(doc, "top_logprobs", None, 0, 20)
+    wanted = _boolean(doc, "logprobs")
+    if top:
+        raise BadRequest(f"top_logprobs must be 0 (or null) on this server, got {top}: {_NO_TOP}")
+    if top is not None and not wanted:
+        raise BadRequest("top_logprobs needs logprobs: true")
+    return wanted
 
 
 def new_id(chat: bool) -> str:
@@ -163,15 +378,37 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def choice(chat: bool, index: int, text: str, finish: str | None) -> dict[str, Any]:
+def choice(
+    chat: bool, index: int, text: str, finish: str | None, logprobs: Any = None
+) -> dict[str, Any]:
     if chat:
         return {
             "index": index,
             "message": {"role": "assistant", "content": text},
-            "logprobs": None,
+            "logprobs": logprobs,
             "finish_reason": finish,
         }
-    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def logprobs_doc(
+    chat: bool, tokens: list[str], logprobs: list[float], offsets: list[int]
+) -> dict[str, Any]:
+    """The `logprobs` of a choice (or of a streamed delta): chat's `content` list, or
+    completions' parallel lists (`top_logprobs` null: no alternatives are reported)."""
+    if chat:
+        return {
+            "content": [
+                {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+                for t, lp in zip(tokens, logprobs, strict=True)
+            ]
+        }
+    return {
+        "tokens": tokens,
+        "token_logprobs": logprobs,
+        "top_logprobs": None,
+        "text_offset": offsets,
+    }
 
 
 def response(
@@ -199,18 +436,20 @@ def chunk(
     *,
     role: bool = False,
     use: dict[str, int] | None = None,
+    logprobs: Any = None,
 ) -> bytes:
     """One server-sent event of a stream: a delta for choice `index` (or, with `use` and
     no text, the usage chunk)."""
     choices: list[dict[str, Any]] = []
-    if text is not None or finish is not None or role:
+    if text is not None or finish is not None or role or logprobs is not None:
         if chat:
             delta: dict[str, Any] = {"role": "assistant"} if role else {}
             if text is not None:
                 delta["content"] = text
-            choices = [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]
+            choices = [{"index": index, "delta": delta, "logprobs": logprobs,
+                        "finish_reason": finish}]  # fmt: skip
         else:
-            choices = [{"index": index, "text": text or "", "logprobs": None,
+            choices = [{"index": index, "text": text or "", "logprobs": logprobs,
                         "finish_reason": finish}]  # fmt: skip
     doc: dict[str, Any] = {
         "id": rid,
@@ -225,6 +464,13 @@ def chunk(
 
 
 DONE = b"data: [DONE]\n\n"
+
+
+def error_event(message: str, kind: str = "server_error", param: str | None = None) -> bytes:
+    """The event that ends a stream that failed after its 200 was sent: OpenAI's error
+    object (what the openai client raises as APIError with this message), then [DONE]."""
+    error = {"message": message, "type": kind, "param": param, "code": None}
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n" + DONE
 
 
 def models_list(name: str, created: int) -> dict[str, Any]:
