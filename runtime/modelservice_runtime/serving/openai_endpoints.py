@@ -226,6 +226,53 @@ async def _collect(
     return assembler.text, assembler.ids, _finish(generation, assembler)
 
 
+class _Choices:
+    """The chunks of a request's generations as (choice index, tokens), then (index, None)
+    at a choice's end or (index, exception), in arrival order. One choice (the usual case)
+    is read straight, without a task and a queue between."""
+
+    def __init__(self, generations: list[Generation]) -> None:
+        self._merged: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        if len(generations) == 1:
+            self._events = self._one(generations[0])
+        else:
+            self._tasks = [asyncio.create_task(self._pump(i, g)) for i, g in enumerate(generations)]
+            self._events = self._several()
+
+    async def _pump(self, index: int, generation: Generation) -> None:
+        try:
+            async for tokens in generation.chunks():
+                await self._merged.put((index, tokens))
+        except BaseException as e:
+            await self._merged.put((index, e))
+            raise
+        await self._merged.put((index, None))
+
+    @staticmethod
+    async def _one(generation: Generation) -> AsyncIterator[tuple[int, Any]]:
+        async for tokens in generation.chunks():
+            yield 0, tokens
+        yield 0, None
+
+    async def _several(self) -> AsyncIterator[tuple[int, Any]]:
+        while True:
+            yield await self._merged.get()
+
+    def __aiter__(self) -> AsyncIterator[tuple[int, Any]]:
+        return self._events
+
+    def drop(self, index: int) -> None:
+        """Nothing more from this choice (a stop string ended it)."""
+        if self._tasks:
+            self._tasks[index].cancel()
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self._events.aclose()  # type: ignore[attr-defined]
+
+
 async def _stream(
     entry: GenerativeEntry,
     req: openai.GenerateRequest,
@@ -237,30 +284,7 @@ async def _stream(
 ) -> AsyncIterator[bytes]:
     """The server-sent events of a streamed answer; closing it cancels the generations."""
     chat, name = req.chat, entry.name
-    merged: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-
-    async def pump(index: int, generation: Generation) -> None:
-        try:
-            async for tokens in generation.chunks():
-                await merged.put((index, tokens))
-        except BaseException as e:
-            await merged.put((index, e))
-            raise
-        await merged.put((index, None))
-
-    async def one(generation: Generation) -> AsyncIterator[tuple[int, Any]]:
-        """One choice (the usual case): its chunks straight, no task and queue between."""
-        async for tokens in generation.chunks():
-            yield 0, tokens
-        yield 0, None
-
-    async def several() -> AsyncIterator[tuple[int, Any]]:
-        while True:
-            yield await merged.get()
-
-    single = len(generations) == 1
-    tasks = [] if single else [asyncio.create_task(pump(i, g)) for i, g in enumerate(generations)]
-    events = one(generations[0]) if single else several()
+    events = _Choices(generations)
     assemblers = [TextAssembler(entry.model.decode, req.stop) for _ in generations]
     ok = charged = False
     try:
@@ -299,8 +323,7 @@ async def _stream(
                     yield openai.chunk(chat, rid, name, index, delta, None, logprobs=lps)
                 yield openai.chunk(chat, rid, name, index, None, "stop")
                 open_ -= 1
-                if tasks:
-                    tasks[index].cancel()
+                events.drop(index)
                 if not open_:
                     break
                 continue
@@ -320,9 +343,7 @@ async def _stream(
     finally:
         if not charged:  # the client left, or the stream failed: what was generated counts
             charge_tokens(len(prompt) + sum(len(a.ids) for a in assemblers), caller)
-        for task in tasks:
-            task.cancel()
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
         for g in generations:
             g.cancel()
         entry.requests.on_request(ok, time.perf_counter() - started, 0.0, 0.0)

@@ -190,6 +190,20 @@ def _messages(doc: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def _stops(stop: Any) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stops: tuple[str, ...] = (stop,)
+    elif isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop):
+        stops = tuple(stop)
+    else:
+        raise BadRequest(f"stop must be a string or a list of up to 4 strings, got {_show(stop)}")
+    if any(not s for s in stops):
+        raise BadRequest("stop strings must not be empty")
+    return stops
+
+
 def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> GenerateRequest:
     """The request in `body`, every field checked against what the engine accepts (so
     nothing the engine would refuse is streamed); BadRequest naming the field and what was
@@ -218,17 +232,7 @@ def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> Gene
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise BadRequest("prompt must be a string (one prompt per request)")
-    stop = doc.get("stop")
-    if stop is None:
-        stops: tuple[str, ...] = ()
-    elif isinstance(stop, str):
-        stops = (stop,)
-    elif isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop):
-        stops = tuple(stop)
-    else:
-        raise BadRequest(f"stop must be a string or a list of up to 4 strings, got {_show(stop)}")
-    if any(not s for s in stops):
-        raise BadRequest("stop strings must not be empty")
+    stops = _stops(doc.get("stop"))
     stream = _boolean(doc, "stream")
     options = doc.get("stream_options")
     if options is not None:
