@@ -417,7 +417,7 @@ class GrpcSpec(_Model):
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
-            rule="self.port != 8080",
+            rule="!has(self.port) || self.port != 8080",
             message="must differ from the HTTP port 8080",
             field_path=".port",
         ),
