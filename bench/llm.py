@@ -599,12 +599,14 @@ def render(results: dict) -> str:
             if not o:
                 continue
             base = ip["gen1_tok_s"] if n == 1 else ip["gen16_tok_s"]
+            peer = f"{ll['tok_s']:,.0f}" if ll else "not run"
+            vs = f"{o['tok_s'] / ll['tok_s']:.2f}" if ll else "—"
+            peer_cpu = f"{ll['server_us_tok']:,.0f}" if ll else "—"
             lines.append(
                 f"| {r['model']} | {recipe.params() / 1e6:.0f}M | {r['precision']} | {n} | "
-                f"{o['tok_s']:,.0f} | {ll['tok_s'] if ll else float('nan'):,.0f} | "
-                f"{ip['gen1_tok_s']:,.0f} / {ip['gen16_tok_s']:,.0f} | {o['tok_s'] / base:.2f} | "
-                f"{o['tok_s'] / ll['tok_s'] if ll else float('nan'):.2f} | "
-                f"{o['server_us_tok']:,.0f} / {ll['server_us_tok'] if ll else float('nan'):,.0f} |"
+                f"{o['tok_s']:,.0f} | {peer} | {ip['gen1_tok_s']:,.0f} / "
+                f"{ip['gen16_tok_s']:,.0f} | {o['tok_s'] / base:.2f} | {vs} | "
+                f"{o['server_us_tok']:,.0f} / {peer_cpu} |"
             )
     lines += [
         "",
@@ -640,13 +642,15 @@ def render(results: dict) -> str:
             "short request (8 words, 8 tokens) while a row is free; its TTFT against its TTFT "
             "alone (median of 3).",
             "",
-            "| model | server | short TTFT alone ms | behind long ones ms | ratio |",
-            "|---|---|---|---|---|",
+            "| model | server | short TTFT alone ms | behind long ones ms | ratio | long ones "
+            "still streaming when it ended |",
+            "|---|---|---|---|---|---|",
         ]
         for r, s, h in hol:
             lines.append(
                 f"| {r['model']} {r['precision']} | {s} | {h['lone_ttft'] * 1e3:,.1f} | "
-                f"{h['behind_ttft'] * 1e3:,.1f} | {h['ratio']:.1f} |"
+                f"{h['behind_ttft'] * 1e3:,.1f} | {h['ratio']:.1f} | {h['long_running']} of "
+                f"{BATCH - 1} |"
             )
     lines += [
         "",
