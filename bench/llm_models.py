@@ -179,14 +179,21 @@ def build(name: str, gguf: bool = True, log=print) -> Path:
         llama = llamacpp_dir()
         gkey = {"llama_cpp": llama.name if llama else None}
         if llama and not _stamp(folder, "gguf.json", gkey):
-            log(f"{name}: GGUF f32 and Q4_0 with llama.cpp {llama.name}")
-            to_gguf(folder / "hf", folder / "gguf-f32.gguf", llama)
+            for old in folder.glob("*.gguf"):
+                old.unlink()
+            (folder / "gguf.json").write_text(json.dumps(gkey))
+        f32, q4 = folder / "gguf-f32.gguf", folder / "gguf-q4_0.gguf"
+        if llama and not f32.is_file():
+            log(f"{name}: GGUF f32 with llama.cpp {llama.name}'s converter")
+            to_gguf(folder / "hf", f32, llama)
+        if llama and not q4.is_file():
+            log(f"{name}: GGUF Q4_0 with llama-quantize")
+            part = q4.with_suffix(".part")
             subprocess.run(
-                [str(llama / "bin" / "llama-quantize"), str(folder / "gguf-f32.gguf"),
-                 str(folder / "gguf-q4_0.gguf"), "Q4_0"],
+                [str(llama / "bin" / "llama-quantize"), str(f32), str(part), "Q4_0"],
                 check=True, capture_output=True,
             )  # fmt: skip
-            (folder / "gguf.json").write_text(json.dumps(gkey))
+            part.rename(q4)
     return folder
 
 
@@ -205,13 +212,17 @@ def llamacpp_dir(build_it: bool = True) -> Path | None:
 
 
 # Runs llama.cpp's converter with an unknown pre-tokenizer hash taken as gpt-2's (ours is a
-# ByteLevel BPE with GPT-2's split pattern, trained here: no published hash can match).
+# ByteLevel BPE with GPT-2's split pattern, trained here: no published hash can match), and
+# with no need for sentencepiece (our tokenizer is BPE).
 _CONVERT = """
 import sys
 sys.path.insert(0, sys.argv[1])
 sys.argv = [sys.argv[1] + "/convert_hf_to_gguf.py"] + sys.argv[2:]
 import convert_hf_to_gguf as c
-base = getattr(c, "TextModel", None) or c.Model
+try:
+    from conversion.base import TextModel as base
+except ImportError:
+    base = getattr(c, "TextModel", None) or c.Model
 orig = base.get_vocab_base_pre
 def pre(self, tokenizer):
     try:
@@ -219,15 +230,27 @@ def pre(self, tokenizer):
     except NotImplementedError:
         return "gpt-2"
 base.get_vocab_base_pre = pre
+# Without sentencepiece installed its import fails before the converter looks for a
+# tokenizer.model; with it, a folder without one raises FileNotFoundError and the converter
+# goes on to the BPE vocabulary. Do that directly.
+spm = base._set_vocab_sentencepiece
+def no_spm(self, *a, **k):
+    if not (self.dir_model / "tokenizer.model").is_file():
+        raise FileNotFoundError("no tokenizer.model")
+    return spm(self, *a, **k)
+base._set_vocab_sentencepiece = no_spm
 c.main()
 """
 
 
 def to_gguf(hf: Path, out: Path, llama: Path) -> None:
+    part = out.with_suffix(".part")
     cmd = [sys.executable, "-c", _CONVERT, str(llama / "src"), str(hf), "--outtype", "f32",
-           "--outfile", str(out)]  # fmt: skip
+           "--outfile", str(part)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0 or not out.is_file():
+    if done.returncode == 0 and part.is_file():
+        part.rename(out)
+    else:
         raise RuntimeError(f"convert_hf_to_gguf failed:\n{(done.stdout + done.stderr)[-2000:]}")
 
 

@@ -41,6 +41,7 @@ cp "$WORK/build/bin/llama-server" "$WORK/build/bin/llama-quantize" "$DEST/bin/"
 find "$WORK/build" -name '*.so*' -exec cp -P {} "$DEST/bin/" \;
 # The converter (HF folder -> GGUF) and its gguf package, for bench/llm_models.py.
 cp -r "$SRC/convert_hf_to_gguf.py" "$SRC/gguf-py" "$DEST/src/"
+[[ -d "$SRC/conversion" ]] && cp -r "$SRC/conversion" "$DEST/src/"
 cp -r "$SRC/LICENSE" "$DEST/src/" 2>/dev/null || true
 "$DEST/bin/llama-server" --version >&2 || true
 echo "$DEST"
