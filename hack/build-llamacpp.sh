@@ -21,6 +21,13 @@ if [[ -x "$DEST/bin/llama-server" && -x "$DEST/bin/llama-quantize" && -f "$DEST/
     exit 0
 fi
 mkdir -p "$DEST"
+# One build at a time (two benches starting at once wait for the first).
+exec 9>"$DEST.lock"
+flock 9
+if [[ -x "$DEST/bin/llama-server" && -x "$DEST/bin/llama-quantize" && -f "$DEST/src/convert_hf_to_gguf.py" ]]; then
+    echo "$DEST"
+    exit 0
+fi
 WORK="$(mktemp -d "$DEST/../build-XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 echo "llama.cpp: downloading llama-cpp-python==$VERSION's sdist" >&2
