@@ -682,14 +682,61 @@ def render(results: dict) -> str:
             f"RSS over {results['rss_run']['requests']:,} requests (tests' tiny model, 16 "
             "streams, 8 tokens each): " + ", ".join(f"{k:,}: {v / 2**20:.1f} MiB" for k, v in pts),
         ]
+    if results.get("compare"):
+        lines += ["", *compare_lines(results, results["compare"])]
     if results.get("cross_check"):
         lines += ["", results["cross_check"]]
     lines += [END, ""]
     return "\n".join(lines)
 
 
-def git_rev() -> str:
-    done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+def compare_lines(this: dict, other: dict) -> list[str]:
+    """This run's server beside another run's (other code, same harness): each against the
+    in-process Generator of its own run, since the machine's load differs between runs."""
+    a, b = this["env"]["ours_code"], other["env"]["ours_code"]
+    out = [
+        f"The same harness on other code: *ours* from `{b}` at {other['env']['when']} (load "
+        f"average {other['env']['load_before']} before, {other['env']['load_after']} after), "
+        f"beside this run (`{a}`). Each served figure is divided by the in-process Generator of "
+        "its own run (1 stream: one sequence; 16 and more: the fixed batch of 16).",
+        "",
+        "| model | precision | arrivals | streams | tok/s (÷ in-process) this run | "
+        "tok/s (÷ in-process) other | server µs/token this / other | TTFT p50 ms this / other |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def points(res: dict) -> dict:
+        got = {}
+        for r in res["runs"]:
+            for p in r["points"]:
+                if p["server"] == "ours":
+                    ip = r["in_process"]["gen1_tok_s" if p["streams"] == 1 else "gen16_tok_s"]
+                    got[(r["model"], r["precision"], p["arrival"], p["streams"])] = (p, ip)
+        return got
+
+    mine, theirs = points(this), points(other)
+    for key, (p, ip) in mine.items():
+        if key not in theirs:
+            continue
+        q, iq = theirs[key]
+        out.append(
+            f"| {' | '.join(map(str, key))} | {p['tok_s']:,.0f} ({p['tok_s'] / ip:.2f}) | "
+            f"{q['tok_s']:,.0f} ({q['tok_s'] / iq:.2f}) | {p['server_us_tok']:,.0f} / "
+            f"{q['server_us_tok']:,.0f} | {p['ttft_p50'] * 1e3:,.0f} / {q['ttft_p50'] * 1e3:,.0f} |"
+        )
+    return out
+
+
+def code_of(pythonpath: str | None) -> str:
+    """Where `modelservice serve` ran from: a checkout (and its commit)."""
+    root = Path(pythonpath.split(":")[0]).parent if pythonpath else REPO
+    done = subprocess.run(["git", "-C", str(root), "branch", "--show-current"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    return f"{root} (branch {done.stdout.strip() or '?'} at {git_rev(root)})"
+
+
+def git_rev(root: Path = REPO) -> str:
+    done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True, check=False)  # fmt: skip
     return done.stdout.strip() or "?"
 
@@ -706,6 +753,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ours-pythonpath", help="PYTHONPATH for `modelservice serve` (another build)")
     p.add_argument("--out", type=Path, help="report to write (default docs/benchmarks.md)")
     p.add_argument("--json", type=Path, help="results file (default .cache/bench/llm-*.json)")
+    p.add_argument("--compare", type=Path, help="another run's results file: a table beside")
+    p.add_argument("--render", type=Path, metavar="RESULTS.json", help="only re-render a run")
     a = p.parse_args(argv)
     a.models = (a.models or ("llama25m" if a.quick else "llama25m,llama500m")).split(",")
     a.precisions = a.precisions.split(",")
@@ -721,7 +770,13 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    import onnxruntime_genai as og  # noqa: F401
+    if args.render:
+        results = json.loads(args.render.read_text())
+        if args.compare:
+            results["compare"] = json.loads(args.compare.read_text())
+        write_section(render(results), BEGIN, END, out)
+        log(f"wrote {out}")
+        return 0
 
     llama = None if args.no_peer else llm_models.llamacpp_dir()
     results: dict = {
@@ -733,7 +788,7 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> int:
             "cpus": os.cpu_count(),
             "load_before": f"{os.getloadavg()[0]:.2f}",
             "llama_cpp": f"(llama-cpp-python {llama.name} sdist)" if llama else "(not built)",
-            "ours_code": args.ours_pythonpath or "this checkout",
+            "ours_code": code_of(args.ours_pythonpath),
         },
         "runs": [],
         "sizes": {},
@@ -748,6 +803,8 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> int:
     if args.rss_requests:
         results["rss_run"] = rss_run(args.rss_requests, args, log)
     results["env"]["load_after"] = f"{os.getloadavg()[0]:.2f}"
+    if args.compare:
+        results["compare"] = json.loads(args.compare.read_text())
     path = args.json or REPO / ".cache" / "bench" / f"llm-{int(time.time())}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
