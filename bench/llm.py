@@ -516,7 +516,9 @@ def bench_precision(
         arrivals = ["all"] if (big or args.quick) else ["all", "staggered"]
         for arrival in arrivals:
             for n in streams:
-                per = 1 if big or n >= 16 else 2 if n >= 4 else 4
+                if arrival == "staggered" and n not in args.staggered_streams:
+                    continue
+                per = 1 if big or n >= 16 else 2
                 if arrival == "all":
                     load = all_at_once(n, tokens, per)
                 else:
@@ -613,7 +615,7 @@ def render(results: dict) -> str:
         "Detail: every load point. *all*: the streams start together, one prompt length (about "
         "30 tokens) and one output length; *staggered*: streams start 50 ms apart on average "
         "(exponential gaps; 1 s for the large model), prompts of 8, 64 or 256 words, outputs of "
-        "half, once or twice the length. Streams below 16 send 2-4 requests back to back. ITL = "
+        "half, once or twice the length. Streams below 16 send 2 requests back to back. ITL = "
         "a request's time per output token after the first. Goodput: the share of requests "
         "with TTFT and ITL within the bounds given per model.",
         "",
@@ -748,6 +750,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precisions", default="fp32,int4")
     p.add_argument("--streams", default="1,4,16,64")
     p.add_argument("--tokens", type=int, help="output tokens per request (default 64, quick 32)")
+    p.add_argument(
+        "--staggered-streams", help="streams of the staggered loads (default: as --streams)"
+    )
     p.add_argument("--no-peer", action="store_true", help="skip llama-server")
     p.add_argument("--rss-requests", type=int, default=0, help="RSS over N requests (tiny model)")
     p.add_argument("--ours-pythonpath", help="PYTHONPATH for `modelservice serve` (another build)")
@@ -760,6 +765,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.precisions = a.precisions.split(",")
     a.streams = [int(n) for n in (("1,16" if a.quick else a.streams).split(","))]
     a.tokens = a.tokens or (32 if a.quick else 64)
+    a.staggered_streams = (
+        [int(n) for n in a.staggered_streams.split(",")] if a.staggered_streams else a.streams
+    )
     return a
 
 
