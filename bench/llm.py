@@ -471,6 +471,54 @@ def rss_over(server: Server, n: int, streams: int = BATCH) -> list[tuple[int, in
     return points
 
 
+# ---------------------------------------------------------------- the cross-check
+
+GUIDELLM = REPO / ".cache" / "bench-guidellm-venv" / "bin" / "guidellm"
+
+
+def cross_check(
+    server: Server, hf: Path, streams: int, tokens: int, bounds: tuple[float, float]
+) -> dict | None:
+    """The same load through guidellm (PyPI, its own venv: it pins torch and datasets of its
+    own) and through this client, back to back: output tokens/s, TTFT and ITL medians."""
+    if not GUIDELLM.exists():
+        return None
+    requests = 2 * streams
+    out = LOGS / f"guidellm-{server.label}-{server.precision}.json"
+    out.unlink(missing_ok=True)
+    backend = (
+        f"kind=openai_http,target=http://127.0.0.1:{server.port},model=m,validate_backend=false,"
+        f"request_format=/v1/completions,max_tokens={tokens}"
+    )  # no output_tokens in the data: guidellm would send ignore_eos, which ours refuses
+    cmd = [str(GUIDELLM), "run", "--backend", backend,
+           "--profile", f"kind=concurrent,streams={streams}",
+           "--constraint", f"kind=max_requests,count={requests}",
+           "--data", "kind=synthetic_text,prompt_tokens=64",
+           "--tokenizer", f"kind=hf_auto,model={hf}",
+           "--output", f"kind=json,path={out}", "--disable-console-interactive"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=False)
+    if done.returncode != 0 or not out.is_file():
+        return {"error": (done.stdout + done.stderr)[-500:]}
+    m = json.loads(out.read_text())["benchmarks"][0]["metrics"]
+    ok = m["request_totals"]["successful"]
+    mine = measure(server, all_at_once(streams, tokens, 2), bounds)
+    return {
+        "streams": streams,
+        "tokens": tokens,
+        "requests": requests,
+        "guidellm": {
+            "ok": ok,
+            "tok_s": m["output_tokens_per_second"]["successful"]["mean"],
+            "ttft_p50": m["time_to_first_token_ms"]["successful"]["median"] / 1e3,
+            "itl_p50": m["inter_token_latency_ms"]["successful"]["median"] / 1e3,
+            "output_tokens": m["output_token_count"]["successful"]["total_sum"],
+        },
+        "ours_client": mine,
+    }
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -539,6 +587,10 @@ def bench_precision(
                 h = head_of_line(s, long_tokens=4 * tokens)
                 out.setdefault("hol", {})[s.label] = h
                 log(f"  {s.label} head-of-line: {h}")
+        if args.cross_check and not big and precision == "fp32" and started:
+            log("  cross-check with guidellm")
+            out["cross_check"] = cross_check(started[0], folder / "hf", BATCH, tokens, bounds)
+            log(f"  {out['cross_check']}")
         for s in started:
             out.setdefault("rss", {})[s.label] = rss_bytes(s.proc.pid)
     finally:
@@ -686,8 +738,24 @@ def render(results: dict) -> str:
         ]
     if results.get("compare"):
         lines += ["", *compare_lines(results, results["compare"])]
-    if results.get("cross_check"):
-        lines += ["", results["cross_check"]]
+    for r in results["runs"]:
+        c = r.get("cross_check")
+        if not c or "guidellm" not in c:
+            continue
+        g, o = c["guidellm"], c["ours_client"]
+        lines += [
+            "",
+            f"Cross-check ({r['model']} {r['precision']}, ours): guidellm 0.8.1 (its own venv, "
+            f"`--profile kind=concurrent,streams={c['streams']}`, {c['requests']} requests, "
+            f"synthetic 64-token prompts, max_tokens {c['tokens']}) against this client right "
+            f"after ({c['streams']} streams x 2 requests, prompts of about 76 tokens): output "
+            f"tokens/s {g['tok_s']:,.0f} vs {o['tok_s']:,.0f}, "
+            f"TTFT p50 {g['ttft_p50'] * 1e3:,.0f} vs "
+            f"{o['ttft_p50'] * 1e3:,.0f} ms, ITL p50 {g['itl_p50'] * 1e3:,.1f} vs "
+            f"{o['itl_p50'] * 1e3:,.1f} ms ({g['ok']} requests and {g['output_tokens']:,.0f} "
+            f"tokens through guidellm; this client used {o['client_us_tok']:,.0f} µs of CPU per "
+            "token).",
+        ]
     lines += [END, ""]
     return "\n".join(lines)
 
@@ -754,6 +822,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--staggered-streams", help="streams of the staggered loads (default: as --streams)"
     )
     p.add_argument("--no-peer", action="store_true", help="skip llama-server")
+    p.add_argument(
+        "--cross-check",
+        action=argparse.BooleanOptionalAction,
+        help="the same 16-stream load through guidellm (.cache/bench-guidellm-venv) and this "
+        "client (default: on, off with --quick)",
+    )
     p.add_argument("--rss-requests", type=int, default=0, help="RSS over N requests (tiny model)")
     p.add_argument("--ours-pythonpath", help="PYTHONPATH for `modelservice serve` (another build)")
     p.add_argument("--out", type=Path, help="report to write (default docs/benchmarks.md)")
@@ -765,6 +839,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.precisions = a.precisions.split(",")
     a.streams = [int(n) for n in (("1,16" if a.quick else a.streams).split(","))]
     a.tokens = a.tokens or (32 if a.quick else 64)
+    a.cross_check = (not a.quick) if a.cross_check is None else a.cross_check
     a.staggered_streams = (
         [int(n) for n in a.staggered_streams.split(",")] if a.staggered_streams else a.streams
     )
