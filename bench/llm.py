@@ -738,6 +738,8 @@ def render(results: dict) -> str:
         ]
     if results.get("compare"):
         lines += ["", *compare_lines(results, results["compare"])]
+    for note in results.get("notes", []):
+        lines += ["", note]
     for r in results["runs"]:
         c = r.get("cross_check")
         if not c or "guidellm" not in c:
@@ -834,6 +836,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="results file (default .cache/bench/llm-*.json)")
     p.add_argument("--compare", type=Path, help="another run's results file: a table beside")
     p.add_argument("--render", type=Path, metavar="RESULTS.json", help="only re-render a run")
+    p.add_argument("--note", action="append", default=[], help="a paragraph for the section")
     a = p.parse_args(argv)
     a.models = (a.models or ("llama25m" if a.quick else "llama25m,llama500m")).split(",")
     a.precisions = a.precisions.split(",")
@@ -857,6 +860,7 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> int:
         results = json.loads(args.render.read_text())
         if args.compare:
             results["compare"] = json.loads(args.compare.read_text())
+        results["notes"] = results.get("notes", []) + args.note
         write_section(render(results), BEGIN, END, out)
         log(f"wrote {out}")
         return 0
@@ -888,6 +892,7 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> int:
     results["env"]["load_after"] = f"{os.getloadavg()[0]:.2f}"
     if args.compare:
         results["compare"] = json.loads(args.compare.read_text())
+    results["notes"] = args.note
     path = args.json or REPO / ".cache" / "bench" / f"llm-{int(time.time())}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
