@@ -18,7 +18,7 @@ _RUNTIME = "modelservice_runtime"
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": (f"{_RUNTIME}.process.launch", "run the inference runtime for an ONNX model"),
-    "fetch": (f"{_RUNTIME}.tools.fetch", "download or copy a model atomically and verify it"),
+    "fetch": (f"{_RUNTIME}.fetch.command", "download or copy a model atomically and verify it"),
     "digest": (f"{_RUNTIME}.tools.digest", "print the sha256 of a file or the set digest of a dir"),
     "export": (f"{_RUNTIME}.tools.export", "export a PyTorch module to ONNX"),
     "quantize": (f"{_RUNTIME}.tools.quantize", "int8-quantize an ONNX model"),
