@@ -28,11 +28,15 @@ if [[ -x "$DEST/bin/llama-server" && -x "$DEST/bin/llama-quantize" && -f "$DEST/
     echo "$DEST"
     exit 0
 fi
-WORK="$(mktemp -d "$DEST/../build-XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
-echo "llama.cpp: downloading llama-cpp-python==$VERSION's sdist" >&2
-"$PY" -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$WORK" >&2
-tar xzf "$WORK"/llama_cpp_python-"$VERSION".tar.gz -C "$WORK"
+# The build folder stays until the binaries are in place: an interrupted or failed build
+# resumes where it stopped (ninja) instead of compiling everything again.
+WORK="$DEST.build"
+mkdir -p "$WORK"
+if [[ ! -f "$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp/CMakeLists.txt" ]]; then
+    echo "llama.cpp: downloading llama-cpp-python==$VERSION's sdist" >&2
+    "$PY" -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$WORK" >&2
+    tar xzf "$WORK"/llama_cpp_python-"$VERSION".tar.gz -C "$WORK"
+fi
 SRC="$WORK/llama_cpp_python-$VERSION/vendor/llama.cpp"
 NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 echo "llama.cpp: building llama-server and llama-quantize (nice, -j$JOBS; several minutes)" >&2
@@ -51,4 +55,5 @@ cp -r "$SRC/convert_hf_to_gguf.py" "$SRC/gguf-py" "$DEST/src/"
 [[ -d "$SRC/conversion" ]] && cp -r "$SRC/conversion" "$DEST/src/"
 cp -r "$SRC/LICENSE" "$DEST/src/" 2>/dev/null || true
 "$DEST/bin/llama-server" --version >&2 || true
+rm -rf "$WORK"
 echo "$DEST"
