@@ -22,3 +22,12 @@ def write_section(text: str, begin: str, end: str, doc: Path = BENCHMARKS_MD) ->
         current = current.rstrip() + "\n\n" + text
     doc.write_text(current)
     return doc
+
+
+def marked_sections(text: str) -> list[str]:
+    """Every marked section of `text` (from its BEGIN to its END marker), in order: what a
+    bench that rewrites the whole document keeps."""
+    import re
+
+    pattern = r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->"
+    return [m.group(0) for m in re.finditer(pattern, text, flags=re.S)]

@@ -542,4 +542,9 @@ def render(results: dict, out_md: Path) -> None:
         "`.cache/venv/bin/python bench/run.py --render <that file>`.",
         "",
     ]
-    out_md.write_text("\n".join(lines))
+    # The other benches' marked sections (real node, explanations, language models, ...)
+    # stay as they were.
+    from bench.doc_sections import marked_sections
+
+    kept = marked_sections(out_md.read_text()) if out_md.exists() else []
+    out_md.write_text("\n".join(lines) + "".join(f"\n{k}\n" for k in kept))

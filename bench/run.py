@@ -59,6 +59,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--operator-sizes", help="ModelService counts (default 100,500,1000; quick 100)")
     p.add_argument("--no-operator", action="store_true", help="skip the operator-scale part")
     p.add_argument(
+        "--llm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="language models against llama.cpp's llama-server (bench/llm.py; --quick: its "
+        "quick run); --no-llm skips them",
+    )
+    p.add_argument(
         "--profile",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -338,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     raw.write_text(json.dumps(results, indent=1, default=str))
     report.render(results, args.out)
     print(f"wrote {args.out} (raw: {raw})", flush=True)
+    if args.llm:
+        from bench import llm
+
+        print("== language models (bench/llm.py)", flush=True)
+        llm.main(["--quick"] if args.quick else [], out=args.out)
     return 0
 
 
