@@ -162,7 +162,8 @@ def ours(folder: Path, precision: str, pythonpath: str | None = None) -> Server:
     env = {"MODELSERVICE_SHUTDOWN_DELAY_S": "0"}
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    return Server("ours", precision, cmd, {}, env)
+    # The token count comes from usage: one event may carry several tokens.
+    return Server("ours", precision, cmd, {"stream_options": {"include_usage": True}}, env)
 
 
 def llama_server(llama: Path, gguf: Path, precision: str, context: int) -> Server:

@@ -23,16 +23,24 @@ class Decoder:
         self.held = [0] * slots  # tokens in each slot's cache
         self.runs: list[tuple[str, int]] = []  # ("prefill", slot) or ("decode", rows)
         self.fail_decode = False
+        self.fail_prompt: int | None = None  # a prompt starting with this token is refused
+        self.prefill_runs: list[int] = []  # prompts per prefill run
 
     def _logits(self, last: int) -> np.ndarray:
         out = np.zeros(VOCAB, np.float32)
         out[EOS if last == self.eos_after else (last + 1) % 48] = 1.0
         return out
 
-    def prefill(self, slot: int, prompt: np.ndarray) -> np.ndarray:
-        self.runs.append(("prefill", slot))
-        self.held[slot] = len(prompt)
-        return self._logits(int(prompt[-1]))
+    def prefill(self, first: int, prompts: list[np.ndarray]) -> np.ndarray:
+        self.prefill_runs.append(len(prompts))
+        out = []
+        for slot, prompt in enumerate(prompts, start=first):
+            if int(prompt[0]) == self.fail_prompt:
+                raise RuntimeError("a prompt the model refuses")
+            self.runs.append(("prefill", slot))
+            self.held[slot] = len(prompt)
+            out.append(self._logits(int(prompt[-1])))
+        return np.stack(out)
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if self.fail_decode:
@@ -224,3 +232,24 @@ def test_a_burst_of_long_prompts_is_prefilled_a_budget_per_step_while_rows_decod
         t.add(rid, np.ones(long, np.int64), greedy(2))
     t.step()
     assert sum(kind == "prefill" for kind, _ in idle.runs) == 4  # nothing decoding: all at once
+
+
+def test_prompts_arriving_together_are_prefilled_in_one_run_and_a_refused_one_fails_alone() -> None:
+    d = Decoder(slots=4)
+    s = Scheduler(d, [EOS])
+    for rid, first in ((1, 5), (2, 13), (3, 21)):
+        s.add(rid, np.array([first, first + 1]), greedy(3))
+    results = run(s)
+    assert d.prefill_runs == [3]  # three neighbouring free slots: one model run
+    for rid, first in ((1, 5), (2, 13), (3, 21)):
+        assert tokens_of(results, rid) == [first + 2, first + 3, first + 4]
+
+    d = Decoder(slots=4)
+    d.fail_prompt = 13
+    s = Scheduler(d, [EOS])
+    for rid, first in ((1, 5), (2, 13), (3, 21)):
+        s.add(rid, np.array([first, first + 1]), greedy(2))
+    results = run(s)
+    assert d.prefill_runs[0] == 3 and d.prefill_runs[1:] == [1, 1, 1]  # then one at a time
+    assert (2, ERROR) in [f for r in results for f in r.finished]
+    assert tokens_of(results, 1) == [7, 8] and tokens_of(results, 3) == [23, 24]

@@ -177,19 +177,32 @@ class Decoder:
             io.bind_input(past, self.device, 0, self._element, shape, ptr)
             io.bind_output(present, self.device, 0, self._element, shape, ptr)
 
-    def prefill(self, slot: int, prompt: np.ndarray) -> np.ndarray:
-        """Run `prompt` (int64 ids) into `slot`'s cache; the logits of its last position."""
-        n = len(prompt)
+    def prefill(self, first: int, prompts: list[np.ndarray]) -> np.ndarray:
+        """Run each prompt (int64 ids) into the slots first, first+1, ... in one run; the
+        logits [len(prompts), vocab] of each prompt's last position.
+
+        The prompts are right-padded to the longest: the graph's attention reads each row's
+        length from its mask (GroupQueryAttention's seqlens_k), so a padded row's logits and
+        cache equal its own run's (checked on fp32; int4's MatMulNBits rounds a batch a
+        little differently). Padding is written past a row's length in its cache, where
+        its next tokens overwrite it before anything attends to it."""
+        rows, n = len(prompts), max(len(p) for p in prompts)
         c, io = self.config, self._prefill_io
-        self._bind_kv(io, slot, 1)
-        io.bind_cpu_input(c.input_ids, np.ascontiguousarray(prompt, np.int64).reshape(1, n))
-        io.bind_cpu_input(c.attention_mask, np.ones((1, n), np.int64))
+        ids = np.zeros((rows, n), np.int64)
+        mask = np.zeros((rows, n), np.int64)
+        for i, prompt in enumerate(prompts):
+            ids[i, : len(prompt)] = prompt
+            mask[i, : len(prompt)] = 1
+        self._bind_kv(io, first, rows)
+        io.bind_cpu_input(c.input_ids, ids)
+        io.bind_cpu_input(c.attention_mask, mask)
         if self.has_position_ids:
             assert c.position_ids is not None
-            io.bind_cpu_input(c.position_ids, np.arange(n, dtype=np.int64).reshape(1, n))
+            io.bind_cpu_input(c.position_ids, np.tile(np.arange(n, dtype=np.int64), (rows, 1)))
         io.bind_output(c.logits, "cpu")  # rebound: its shape changes between runs
         self.session.run_with_iobinding(io)
-        return io.get_outputs()[0].numpy()[0, -1]
+        logits = io.get_outputs()[0].numpy()
+        return logits[np.arange(rows), [len(p) - 1 for p in prompts]]
 
     def _bind_decode(self, k: int) -> None:
         c, io = self.config, self._decode_io

@@ -39,7 +39,9 @@ class DecoderLike(Protocol):
     slots: int
     max_length: int
 
-    def prefill(self, slot: int, prompt: np.ndarray) -> np.ndarray: ...
+    def prefill(self, first: int, prompts: list[np.ndarray]) -> np.ndarray:
+        """Prompts into the slots first, first+1, ... in one run: [len(prompts), vocab]."""
+        ...
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray: ...
 
@@ -141,29 +143,52 @@ class Scheduler:
         # While rows are decoding, a step prefills at most PREFILL_BUDGET prompt tokens
         # (always one prompt), so a burst of arrivals does not stall the running rows.
         budget = PREFILL_BUDGET if any(r is not None for r in self.slots) else None
-        first = True
+        admitted: list[Row] = []
         for slot, held in enumerate(self.slots):
             if not self.waiting:
-                return
+                break
             if held is not None:
                 continue
-            if budget is not None and not first and len(self.waiting[0].prompt) > budget:
-                return
-            first = False
+            if budget is not None and admitted and len(self.waiting[0].prompt) > budget:
+                break
             if budget is not None:
                 budget -= len(self.waiting[0].prompt)
             row = self.waiting.popleft()
             row.slot = slot
             self.slots[slot] = row
+            admitted.append(row)
+        # Rows in neighbouring slots are prefilled together, in one model run.
+        for run in _contiguous(admitted):
             try:
-                logits = self.decoder.prefill(slot, row.prompt)
-            except Exception as e:  # a prompt the model refuses fails alone
+                logits = self.decoder.prefill(run[0].slot, [r.prompt for r in run])
+            except Exception as e:
+                if len(run) > 1:  # one prompt the model refuses must fail alone
+                    log.warning("a batched prefill failed (%s): one prompt at a time", e)
+                    for row in run:
+                        self._prefill_alone(row, out)
+                    continue
                 log.exception("prefill failed", exc_info=e)
-                self._end(row, ERROR, out, f"generation failed: {e}")
+                self._end(run[0], ERROR, out, f"generation failed: {e}")
                 continue
+            self._first_tokens(run, logits, out)
+
+    def _prefill_alone(self, row: Row, out: StepResult) -> None:
+        try:
+            logits = self.decoder.prefill(row.slot, [row.prompt])
+        except Exception as e:
+            log.exception("prefill failed", exc_info=e)
+            self._end(row, ERROR, out, f"generation failed: {e}")
+            return
+        self._first_tokens([row], logits, out)
+
+    def _first_tokens(self, run: list[Row], logits: np.ndarray, out: StepResult) -> None:
+        for row in run:
             row.length = len(row.prompt)
-            tokens, logprobs = select_tokens([row.sampler], logits[None, :], [row.generated])
-            self._emit(row, tokens[0], logprobs[0], out)
+        tokens, logprobs = select_tokens(
+            [r.sampler for r in run], logits, [r.generated for r in run]
+        )
+        for row, token, lp in zip(run, tokens, logprobs, strict=True):
+            self._emit(row, token, lp, out)
 
     def _decode(self, out: StepResult) -> None:
         k = max((i + 1 for i, r in enumerate(self.slots) if r is not None), default=0)
@@ -212,3 +237,14 @@ class Scheduler:
         out.finished.append((row.rid, reason))
         if error is not None:
             out.errors[row.rid] = error
+
+
+def _contiguous(rows: list[Row]) -> list[list[Row]]:
+    """`rows` (in slot order) split into runs of neighbouring slots."""
+    runs: list[list[Row]] = []
+    for row in rows:
+        if runs and runs[-1][-1].slot + 1 == row.slot:
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    return runs
