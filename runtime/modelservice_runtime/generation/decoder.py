@@ -135,6 +135,7 @@ class Decoder:
         )
         # One buffer per layer for keys and one for values, on the session's device.
         self._kv: list[tuple[str, str, Any]] = []  # (input name, output name, buffer)
+        self._kv_arrays: list[np.ndarray] = []  # on the CPU: the buffers as numpy arrays
         for layer in range(config.layers):
             for past, present in (
                 (config.past_key, config.present_key),
@@ -143,7 +144,9 @@ class Decoder:
                 if on_cuda:
                     buf = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.kv_dtype, "cuda", 0)
                 else:
-                    buf = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype))
+                    array = np.zeros(shape, self.kv_dtype)
+                    self._kv_arrays.append(array)
+                    buf = ort.OrtValue.ortvalue_from_numpy(array)
                 self._kv.append((past % layer, present % layer, buf))
         self._element = self.kv_dtype
         # Decode steps reuse one binding: its inputs and outputs are preallocated arrays
@@ -193,7 +196,7 @@ class Decoder:
         for i, prompt in enumerate(prompts):
             ids[i, : len(prompt)] = prompt
             mask[i, : len(prompt)] = 1
-        self._bind_kv(io, first, rows)
+        staged = self._bind_prefill_kv(io, first, rows, n)
         io.bind_cpu_input(c.input_ids, ids)
         io.bind_cpu_input(c.attention_mask, mask)
         if self.has_position_ids:
@@ -201,8 +204,28 @@ class Decoder:
             io.bind_cpu_input(c.position_ids, np.tile(np.arange(n, dtype=np.int64), (rows, 1)))
         io.bind_output(c.logits, "cpu")  # rebound: its shape changes between runs
         self.session.run_with_iobinding(io)
+        for array, part in zip(self._kv_arrays, staged, strict=False):
+            array[first : first + rows, :, :n] = part
         logits = io.get_outputs()[0].numpy()
         return logits[np.arange(rows), [len(p) - 1 for p in prompts]]
+
+    def _bind_prefill_kv(self, io: Any, first: int, rows: int, n: int) -> list[np.ndarray]:
+        """On the CPU a prompt runs into buffers of its own length, copied into the rows'
+        slots after: GroupQueryAttention's work on a prompt grows with the buffer it is
+        given (measured on llama25m: 15 prompts of 26 tokens took 3.5x as long against
+        2048 positions as against 256). On CUDA the slots are bound directly."""
+        if not self._kv_arrays:
+            self._bind_kv(io, first, rows)
+            return []
+        c = self.config
+        staged = []
+        for past, present, _ in self._kv:
+            part = np.zeros((rows, c.kv_heads, n, c.head_size), self.kv_dtype)
+            shape, ptr = list(part.shape), part.ctypes.data
+            io.bind_input(past, "cpu", 0, self._element, shape, ptr)
+            io.bind_output(present, "cpu", 0, self._element, shape, ptr)
+            staged.append(part)
+        return staged
 
     def _bind_decode(self, k: int) -> None:
         c, io = self.config, self._decode_io
