@@ -32,6 +32,7 @@ from modelservice_runtime.serving.grpc_front import grpc_predict_v2_pb2_grpc as 
 from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
+from tests.integration.kserve_client import KSERVE_SCRIPT, kserve_python
 from tests.integration.processes import free_port
 from tests.integration.runtime_server import Served, metric, serve
 from tests.integration.test_tensor_types import (
@@ -665,48 +666,6 @@ def test_draining_is_not_serving_then_exit(mlp_onnx: Path) -> None:
 
 
 # --- KServe's client --------------------------------------------------------------------------
-
-# kserve pins its own protobuf and grpcio (and much else), so its client runs from a venv of
-# its own, made the way bench/servers.py makes the bench's (the same folder: one install).
-KSERVE_SCRIPT = """
-import asyncio, json, sys
-import grpc
-import numpy as np
-from kserve import InferenceGRPCClient, InferInput, InferRequest
-
-async def main(target, model, x):
-    out = {}
-    async with InferenceGRPCClient(target, timeout=30) as client:
-        out["live"] = await client.is_server_live()
-        out["ready"] = await client.is_server_ready()
-        out["model_ready"] = await client.is_model_ready(model)
-        for binary in (True, False):  # raw_input_contents, then typed contents
-            inp = InferInput(name="input", shape=list(x.shape), datatype="FP32")
-            inp.set_data_from_numpy(x, binary_data=binary)
-            res = await client.infer(InferRequest(model, [inp], request_id="k1"))
-            out["raw" if binary else "typed"] = [res.id, res.outputs[0].as_numpy().tolist()]
-        try:
-            await client.infer(InferRequest("nope", [inp]))
-        except grpc.RpcError as e:
-            out["unknown"] = [e.code().name, e.details()]
-    print(json.dumps(out))
-
-x = np.array(json.loads(sys.argv[3]), dtype=np.float32)
-asyncio.run(main(sys.argv[1], sys.argv[2], x))
-"""
-
-
-def kserve_python(tmp_path: Path) -> Path:
-    from bench.servers import KSERVE_VENV, ensure_kserve_venv
-
-    try:
-        ensure_kserve_venv(tmp_path / "kserve-venv.log")
-    except subprocess.CalledProcessError:
-        from tests.needs import needed
-
-        log = (tmp_path / "kserve-venv.log").read_text()[-500:]
-        needed(f"kserve's client does not install here: {log}")
-    return KSERVE_VENV / "bin" / "python"
 
 
 def test_kserve_inference_grpc_client(mlp_onnx: Path, tmp_path: Path) -> None:

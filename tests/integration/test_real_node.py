@@ -397,15 +397,18 @@ def test_a_model_from_each_scheme_serves_through_the_service(
 
 
 def test_grpc_answers_through_the_services_grpc_port(
-    kctl: Kubectl, chart_operator: str, model_files: ModelFiles, mlp_onnx: Path
+    kctl: Kubectl, chart_operator: str, model_files: ModelFiles, mlp_onnx: Path, tmp_path: Path
 ) -> None:
     """The Service's second port `grpc` (h2c) reaches the runtime's gRPC front end:
-    unmodified tritonclient.grpc through the ClusterIP, answers equal to onnxruntime, and the
-    grpc.health.v1 check a Kubernetes grpc probe would make says SERVING."""
+    unmodified tritonclient.grpc and KServe's InferenceGRPCClient through the ClusterIP,
+    answers equal to onnxruntime, and the grpc.health.v1 check a Kubernetes grpc probe would
+    make says SERVING."""
     import grpc
     import onnxruntime as ort
     import tritonclient.grpc as grpcclient
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.integration.kserve_client import KSERVE_SCRIPT, kserve_python
 
     name = "over-grpc"
     model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"],
@@ -434,6 +437,23 @@ def test_grpc_answers_through_the_services_grpc_port(
                 health_pb2.HealthCheckRequest(service=""), timeout=10
             )
         assert check.status == health_pb2.HealthCheckResponse.SERVING
+
+        # KServe's InferenceGRPCClient (from its own venv) through the same port.
+        python = kserve_python(tmp_path)
+        done = subprocess.run(
+            [python, "-c", KSERVE_SCRIPT, address, name, json.dumps(x.tolist())],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        assert out["live"] and out["ready"] and out["model_ready"]
+        for form in ("raw", "typed"):
+            np.testing.assert_allclose(
+                np.array(out[form][1], np.float32), expected, rtol=1e-5, atol=1e-6
+            )
+        assert out["unknown"][0] == "NOT_FOUND"
     finally:
         kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
 
