@@ -7,13 +7,12 @@ operator does not own (notably Deployment `spec.replicas` while an HPA owns the 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelservice_cli import fetch_flags, serve_flags
+from modelservice_cli import fetch_flags, runtime_paths, serve_flags
 
 from modelservice_operator import FIELD_MANAGER, GROUP
 from modelservice_operator.spec import ModelServiceSpec
@@ -22,7 +21,6 @@ APP_NAME = "modelservice-runtime"
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_COMPONENT = "app.kubernetes.io/component"
 SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
 
 HTTP_PORT = 8080
@@ -71,10 +69,9 @@ def service_url(name: str, namespace: str) -> str:
 
 
 def spec_hash(spec: ModelServiceSpec) -> str:
-    """Hash of everything that shapes the pods; scaling fields are left out so that
-    `kubectl scale` or an autoscaling change never restarts pods."""
-    data = spec.model_dump(by_alias=True, exclude={"replicas", "autoscaling"}, mode="json")
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of everything that shapes the pods (ModelServiceSpec.pod_template_hash, computed
+    once per parsed spec): the pod template's SPEC_HASH_ANNOTATION."""
+    return spec.pod_template_hash
 
 
 def _meta(name: str, namespace: str) -> dict[str, Any]:
@@ -298,13 +295,13 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
         "resources": _resources(spec, placement.limits),
         "volumeMounts": mounts,
         "startupProbe": _http_probe(
-            "/v2/health/ready",
+            runtime_paths.HEALTH_READY,
             period=STARTUP_PROBE_PERIOD_SECONDS,
             failures=math.ceil(spec.runtime.startup_timeout_seconds / STARTUP_PROBE_PERIOD_SECONDS),
             timeout=3,
         ),
-        "readinessProbe": _http_probe("/v2/health/ready", period=5, failures=2, timeout=3),
-        "livenessProbe": _http_probe("/v2/health/live", period=10, failures=3, timeout=5),
+        "readinessProbe": _http_probe(runtime_paths.HEALTH_READY, period=5, failures=2, timeout=3),
+        "livenessProbe": _http_probe(runtime_paths.HEALTH_LIVE, period=10, failures=3, timeout=5),
         # Keep serving while endpoints controllers and proxies drop the pod, then SIGTERM.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "securityContext": _restricted_container_security(),
@@ -378,7 +375,7 @@ def render_deployment(
                         SPEC_HASH_ANNOTATION: spec_hash(spec),
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(HTTP_PORT),
-                        "prometheus.io/path": "/metrics",
+                        "prometheus.io/path": runtime_paths.METRICS,
                     },
                 },
                 "spec": render_pod_spec(name, spec, default_image),
@@ -456,16 +453,29 @@ def render_pdb(name: str, namespace: str) -> dict[str, Any]:
     }
 
 
+# Every kind of child, in apply order (the HPA after its target), with how it is rendered.
+CHILD_KINDS: dict[str, Callable[[str, str, ModelServiceSpec, str], dict[str, Any] | None]] = {
+    "Deployment": render_deployment,
+    "Service": lambda name, namespace, spec, image: render_service(name, namespace),
+    "PodDisruptionBudget": lambda name, namespace, spec, image: render_pdb(name, namespace),
+    "HorizontalPodAutoscaler": lambda name, namespace, spec, image: render_hpa(
+        name, namespace, spec
+    ),
+}
+
+
+def render_child(
+    kind: str, name: str, namespace: str, spec: ModelServiceSpec, default_image: str
+) -> dict[str, Any] | None:
+    """The one child of `kind` the spec renders, or None (an HPA while autoscaling is off,
+    a kind the operator does not make)."""
+    render = CHILD_KINDS.get(kind)
+    return None if render is None else render(name, namespace, spec, default_image)
+
+
 def render_children(
     name: str, namespace: str, spec: ModelServiceSpec, default_image: str
 ) -> list[dict[str, Any]]:
     """Every child that should exist, in apply order (the HPA after its target)."""
-    children = [
-        render_deployment(name, namespace, spec, default_image),
-        render_service(name, namespace),
-        render_pdb(name, namespace),
-    ]
-    hpa = render_hpa(name, namespace, spec)
-    if hpa is not None:
-        children.append(hpa)
-    return children
+    rendered = (render(name, namespace, spec, default_image) for render in CHILD_KINDS.values())
+    return [child for child in rendered if child is not None]

@@ -14,6 +14,9 @@ Validation errors read as `spec.autoscaling.minReplicas: must be <= maxReplicas 
 from __future__ import annotations
 
 import enum
+import functools
+import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -43,7 +46,6 @@ QUANTITY_PATTERN = (
 )
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNS_LABEL_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-URI_SCHEMES = ("https", "http", "file", "pvc", "s3")
 URI_PATTERN = r"^(https?|file|pvc|s3)://.+$"
 PVC_URI_PATTERN = r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+$"
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
@@ -64,6 +66,12 @@ OPERATOR_ENV_NAMES = frozenset(s.variable for s in serve_flags.SETTINGS if s.ope
 def _lowest(field: str) -> float | None:
     """The runtime's lower bound of a setting the spec passes on."""
     return serve_flags.BY_FIELD[field].minimum
+
+
+def _default(field: str) -> Any:
+    """The runtime's default of a setting the spec passes on (serve_flags.SETTINGS): the
+    spec's default is the runtime's, written once."""
+    return serve_flags.BY_FIELD[field].default
 
 
 class QuantityMarker:
@@ -283,7 +291,7 @@ class ModelSource(_Model):
         pattern=MODEL_NAME_PATTERN,
     )
     format: ModelFormat = Field(
-        default=ModelFormat.AUTO,
+        default=ModelFormat(_default("format")),
         description=describe(
             "format",
             "A language model (an onnxruntime-genai folder, e.g. from `modelservice export-llm`,"
@@ -342,13 +350,13 @@ class BatchingSpec(_Model):
     """Server-side dynamic batching of concurrent requests."""
 
     max_batch_size: int = Field(
-        default=32,
+        default=_default("max_batch_size"),
         ge=_lowest("max_batch_size"),
         le=4096,
         description=describe("max_batch_size"),
     )
     max_delay_microseconds: int = Field(
-        default=500,
+        default=_default("max_batch_delay_us"),
         ge=_lowest("max_batch_delay_us"),
         le=10_000_000,
         description=describe("max_batch_delay_us"),
@@ -359,13 +367,13 @@ class ThreadsSpec(_Model):
     """onnxruntime thread pools."""
 
     intra_op: int = Field(
-        default=0,
+        default=_default("intra_op_threads"),
         ge=_lowest("intra_op_threads"),
         le=1024,
         description=describe("intra_op_threads"),
     )
     inter_op: int = Field(
-        default=0,
+        default=_default("inter_op_threads"),
         ge=_lowest("inter_op_threads"),
         le=1024,
         description=describe("inter_op_threads"),
@@ -463,7 +471,7 @@ class RuntimeSpec(_Model):
         default_factory=ThreadsSpec, description="onnxruntime thread pool sizes."
     )
     workers: int = Field(
-        default=1,
+        default=_default("workers"),
         ge=_lowest("workers"),
         le=256,
         description=describe(
@@ -520,13 +528,13 @@ class ExplainerSpec(_Model):
     /v2/models/<name>/explain (occlusion, KernelSHAP, LIME; docs/explain.md). Without this
     block they are on with the runtime's defaults."""
 
-    enabled: bool = Field(default=True, description=describe("explain"))
+    enabled: bool = Field(default=_default("explain"), description=describe("explain"))
     method: ExplainMethod = Field(  # type: ignore[valid-type]
-        default=ExplainMethod(serve_flags.BY_FIELD["explain_method"].default),
+        default=ExplainMethod(_default("explain_method")),
         description=describe("explain_method"),
     )
     samples: int = Field(
-        default=serve_flags.BY_FIELD["explain_samples"].default,
+        default=_default("explain_samples"),
         ge=_lowest("explain_samples"),
         le=serve_flags.BY_FIELD["explain_max_samples"].default,
         description=describe(
@@ -722,6 +730,14 @@ class ModelServiceSpec(_Model):
     def fixed_replicas(self) -> int:
         """Replica count the Deployment gets when there is no HPA."""
         return 1 if self.replicas is None else self.replicas
+
+    @functools.cached_property
+    def pod_template_hash(self) -> str:
+        """Hash of everything that shapes the pods, computed once per parsed spec (a parsed
+        spec is never changed); scaling fields are left out so that `kubectl scale` or an
+        autoscaling change never restarts pods."""
+        data = self.model_dump(by_alias=True, exclude={"replicas", "autoscaling"}, mode="json")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --- entry points ----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from modelservice_operator.cli import kopf_args
-from modelservice_operator.handlers import contains
+from modelservice_operator.drift import contains
 from modelservice_operator.settings import DEFAULT_RUNTIME_IMAGE, OperatorSettings
 
 
