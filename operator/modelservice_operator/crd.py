@@ -25,7 +25,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from modelservice_operator import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
-from modelservice_operator.spec import QUANTITY_PATTERN, ModelServiceSpec, QuantityMarker
+from modelservice_operator.spec import ModelServiceSpec
+from modelservice_operator.spec_types import QUANTITY_PATTERN, QuantityMarker
 from modelservice_operator.status import ModelServiceStatus
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

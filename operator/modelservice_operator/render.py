@@ -259,40 +259,54 @@ def _http_probe(path: str, period: int, failures: int, timeout: int) -> dict[str
     }
 
 
-def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> dict[str, Any]:
-    image = spec.runtime.image or default_image
-    placement = gpu_placement(spec)
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
-    init_mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+@dataclass
+class _Volumes:
+    """The pod's volumes and where each container mounts them."""
+
+    volumes: list[dict[str, Any]]
+    runtime: list[dict[str, Any]]  # the runtime container's mounts
+    fetch: list[dict[str, Any]]  # the model-fetch init container's mounts
+
+
+def _volumes(spec: ModelServiceSpec) -> _Volumes:
+    """Scratch /tmp for both; the model's emptyDir (written by the fetch, read-only for the
+    runtime) or the claim of a pvc:// model (read-only for both, plus scratch space to
+    verify a checksum in); the fetch's cache."""
+    tmp = {"name": "tmp", "mountPath": "/tmp"}
+    out = _Volumes([{"name": "tmp", "emptyDir": {}}], [tmp], [dict(tmp)])
     pvc = spec.model.pvc_claim_and_path
     if pvc is not None:
-        volumes.append({
+        out.volumes.append({
             "name": "model-pvc",
             "persistentVolumeClaim": {"claimName": pvc[0], "readOnly": True},
         })  # fmt: skip
         pvc_mount = {"name": "model-pvc", "mountPath": PVC_MOUNT, "readOnly": True}
-        mounts.append(pvc_mount)
-        init_mounts.append(pvc_mount)
+        out.runtime.append(pvc_mount)
+        out.fetch.append(pvc_mount)
         if spec.model.sha256:
-            volumes.append({"name": "verify", "emptyDir": {}})
-            init_mounts.append({"name": "verify", "mountPath": VERIFY_DIR})
+            out.volumes.append({"name": "verify", "emptyDir": {}})
+            out.fetch.append({"name": "verify", "mountPath": VERIFY_DIR})
     else:
-        volumes.append({"name": "model", "emptyDir": {}})
-        mounts.append({"name": "model", "mountPath": MODEL_DIR, "readOnly": True})
-        init_mounts.append({"name": "model", "mountPath": MODEL_DIR})
+        out.volumes.append({"name": "model", "emptyDir": {}})
+        out.runtime.append({"name": "model", "mountPath": MODEL_DIR, "readOnly": True})
+        out.fetch.append({"name": "model", "mountPath": MODEL_DIR})
     cache_volume = _cache_volume(spec)
     if cache_volume is not None:
-        volumes.append(cache_volume)
-        init_mounts.append({"name": "model-cache", "mountPath": CACHE_MOUNT})
+        out.volumes.append(cache_volume)
+        out.fetch.append({"name": "model-cache", "mountPath": CACHE_MOUNT})
+    return out
 
+
+def _runtime_container(
+    name: str, spec: ModelServiceSpec, image: str, mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
     runtime: dict[str, Any] = {
         "name": RUNTIME_CONTAINER,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": serve_command(name, spec),
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
-        "resources": _resources(spec, placement.limits),
+        "resources": _resources(spec, gpu_placement(spec).limits),
         "volumeMounts": mounts,
         "startupProbe": _http_probe(
             runtime_paths.HEALTH_READY,
@@ -310,7 +324,34 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
     env = _env(spec)
     if env:
         runtime["env"] = env
+    return runtime
 
+
+def _fetch_container(
+    spec: ModelServiceSpec, image: str, mounts: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    fetch = fetch_command(spec)
+    if fetch is None:
+        return None
+    init: dict[str, Any] = {
+        "name": FETCH_CONTAINER,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": fetch,
+        "resources": _resources(spec, {}),
+        "volumeMounts": mounts,
+        "securityContext": _restricted_container_security(),
+        "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
+    }
+    if spec.model.secret_ref is not None:
+        init["envFrom"] = [{"secretRef": {"name": spec.model.secret_ref.name}}]
+    return init
+
+
+def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> dict[str, Any]:
+    image = spec.runtime.image or default_image
+    placement = gpu_placement(spec)
+    volumes = _volumes(spec)
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -322,25 +363,12 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
             "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [runtime],
-        "volumes": volumes,
+        "containers": [_runtime_container(name, spec, image, volumes.runtime)],
+        "volumes": volumes.volumes,
     }
-    fetch = fetch_command(spec)
-    if fetch is not None:
-        init: dict[str, Any] = {
-            "name": FETCH_CONTAINER,
-            "image": image,
-            "imagePullPolicy": "IfNotPresent",
-            "command": fetch,
-            "resources": _resources(spec, {}),
-            "volumeMounts": init_mounts,
-            "securityContext": _restricted_container_security(),
-            "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
-        }
-        if spec.model.secret_ref is not None:
-            init["envFrom"] = [{"secretRef": {"name": spec.model.secret_ref.name}}]
+    init = _fetch_container(spec, image, volumes.fetch)
+    if init is not None:
         pod["initContainers"] = [init]
-
     node_selector = dict(spec.node_selector) | placement.node_selector
     tolerations = [dict(t) for t in spec.tolerations]
     if placement.toleration is not None and placement.toleration not in tolerations:
