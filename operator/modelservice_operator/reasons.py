@@ -14,6 +14,11 @@ class Phase(enum.StrEnum):
     FAILED = "Failed"
 
 
+_phases = [p.value for p in Phase]
+# "Pending, Progressing, Ready, Degraded or Failed", for descriptions.
+PHASES = ", ".join(_phases[:-1]) + " or " + _phases[-1]
+
+
 class ConditionType(enum.StrEnum):
     READY = "Ready"
     AVAILABLE = "Available"

@@ -22,6 +22,7 @@ from pydantic.alias_generators import to_camel
 from modelservice_operator.pods import PodDiagnosis
 from modelservice_operator.reasons import (
     FAILURE_REASONS,
+    PHASES,
     WARNING_REASONS,
     ConditionStatus,
     ConditionType,
@@ -70,9 +71,7 @@ class ModelServiceStatus(_StatusModel):
     observed_generation: int | None = Field(
         default=None, description="metadata.generation the operator last reconciled."
     )
-    phase: Phase | None = Field(
-        default=None, description="Pending, Progressing, Ready, Degraded or Failed."
-    )
+    phase: Phase | None = Field(default=None, description=f"{PHASES}.")
     url: str | None = Field(default=None, description="In-cluster URL of the runtime Service.")
     replicas: int | None = Field(default=None, description="Runtime pods that exist now.")
     ready_replicas: int | None = Field(default=None, description="Runtime pods that are ready.")
