@@ -8,6 +8,8 @@ expected.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ModelServiceError(Exception):
     """Base of every error the runtime reports to a client; HTTP 500 unless overridden."""
@@ -80,6 +82,16 @@ def first_line(e: BaseException) -> str:
     botocore errors can span pages, and the first line says what went wrong."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def load_json(data: bytes | memoryview, what: str = "request body") -> Any:
+    """`data` parsed as JSON, or the one 400 every protocol gives for text that is not JSON."""
+    import orjson  # here: the toolkit's commands use this module without the runtime extra
+
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"{what} is not valid JSON ({e}); expected a JSON object") from None
 
 
 def error_body(message: str) -> bytes:

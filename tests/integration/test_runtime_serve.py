@@ -228,7 +228,9 @@ def test_queue_full_is_503_and_sigterm_drains_in_flight_after_unready(tmp_path: 
     queue behind it, filling --max-queue-size 8 (all 9 seen in the pending gauge): a 10th is
     refused with 503. SIGTERM then turns readiness false while all 9 are still in flight,
     and every one of them is answered 200 before the process exits 0."""
-    args = ("--max-queue-size", "8", "--max-batch-size", "8", "--shutdown-delay-s", "0.5")
+    # The shutdown delay is the window in which readiness is asked after SIGTERM: 0.5 s was
+    # too short on a loaded machine (the port had closed: ConnectError).
+    args = ("--max-queue-size", "8", "--max-batch-size", "8", "--shutdown-delay-s", "3")
     with serve(slow_model(tmp_path / "slow.onnx"), *args) as served:
         url = served.url + "/v2/models/slow/infer"
         small, small_headers = binary_body(np.ones((1, 512), np.float32))

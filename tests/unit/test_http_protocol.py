@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 import orjson
 import pytest
 import uvicorn
-from modelservice_runtime.serving.endpoints import Reply
+from modelservice_runtime.serving.reply import Reply
 from modelservice_runtime.transport.coalesced_writes import CoalescedWrites
 from modelservice_runtime.transport.http_protocol import http_protocol
 

@@ -25,3 +25,13 @@ def test_the_operator_probes_and_scrapes_what_the_runtime_serves(mlp_onnx: Path)
         assert client.get(runtime_paths.HEALTH_LIVE).status_code == 200
         metrics = client.get(runtime_paths.METRICS)
         assert metrics.status_code == 200 and "# TYPE" in metrics.text
+
+
+def test_the_route_tables_names_for_them_are_the_same() -> None:
+    from modelservice_runtime.serving import routes
+
+    assert (routes.LIVE_PATH, routes.READY_PATH, routes.METRICS_PATH) == (
+        runtime_paths.HEALTH_LIVE,
+        runtime_paths.HEALTH_READY,
+        runtime_paths.METRICS,
+    )

@@ -38,6 +38,7 @@ from typing import Any
 from modelservice_cli.serve_flags import auto_workers
 from modelservice_runtime.process import server
 from modelservice_runtime.process.balancer import Balancer, HandedOverConnections, listening_socket
+from modelservice_runtime.providers import GPU_PROVIDERS
 from modelservice_runtime.settings import Settings
 
 log = logging.getLogger("modelservice.workers")
@@ -48,7 +49,6 @@ RESTART_WINDOW_S = 60.0
 # How long the port waits for every worker to serve before it listens with those that do.
 START_TOGETHER_TIMEOUT_S = 120.0
 LISTEN_BACKLOG = 2048  # uvicorn's default
-_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -76,7 +76,7 @@ def _on_gpu(execution_provider: str) -> bool:
     if execution_provider == "auto":
         import onnxruntime
 
-        return bool(set(_GPU_PROVIDERS) & set(onnxruntime.get_available_providers()))
+        return bool(set(GPU_PROVIDERS) & set(onnxruntime.get_available_providers()))
     return execution_provider in ("cuda", "tensorrt")
 
 

@@ -34,9 +34,10 @@ from modelservice_runtime.errors import (
 )
 from modelservice_runtime.serving.auth import BearerAuth
 from modelservice_runtime.serving.dataplane import DataPlane, load_model
-from modelservice_runtime.serving.endpoints import Headers, Reply, Route, route_table
 from modelservice_runtime.serving.metrics import Metrics
 from modelservice_runtime.serving.model import OnnxModel
+from modelservice_runtime.serving.reply import Headers, Reply, Route
+from modelservice_runtime.serving.routes import route_table
 from modelservice_runtime.settings import Settings
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect

@@ -1,10 +1,11 @@
 """Transport-neutral core: the model registry, readiness, metadata and inference.
 
-The endpoints (endpoints.py) parse and serialize; everything they ask of the model goes
-through here, so a gRPC front end could reuse it unchanged. Every inference goes through
-the model's DynamicBatcher (batching.py): with batching off it is a batcher of one request
-per run, two runs at a time, so the queue limit and the choice between the event loop and
-a worker thread are the batcher's in both cases.
+The endpoints (endpoints.py, explain_endpoints.py, openai_endpoints.py) parse and
+serialize; everything they ask of the model goes through here, and so does the recording of
+request metrics (`run_request`), so a second front end (gRPC) reuses both unchanged.
+Every inference goes through the model's DynamicBatcher (batching.py): with batching off
+it is a batcher of one request per run, two runs at a time, so the queue limit and the
+choice between the event loop and a worker thread are the batcher's in both cases.
 """
 
 from __future__ import annotations
@@ -13,21 +14,27 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import numpy as np
 from modelservice_runtime import __version__
 from modelservice_runtime.errors import NotFound, ServiceUnavailable
 from modelservice_runtime.serving import explaining
 from modelservice_runtime.serving.batching import BatchResult, DynamicBatcher
-from modelservice_runtime.serving.metrics import Metrics, ModelMetrics
+from modelservice_runtime.serving.entries import GenerativeEntry, ModelEntry
+from modelservice_runtime.serving.generation import (
+    GenaiModel,
+    GenerationEngine,
+    GenerationMetrics,
+    wants_genai,
+)
+from modelservice_runtime.serving.metrics import Metrics, labels
 from modelservice_runtime.serving.model import OnnxModel
 from modelservice_runtime.settings import Settings
 
-if TYPE_CHECKING:
-    from modelservice_runtime.serving.generation import GenaiModel
-    from modelservice_runtime.serving.openai_endpoints import GenerativeEntry
+Request = TypeVar("Request")
+Context = TypeVar("Context")
+Answer = TypeVar("Answer")
 
 log = logging.getLogger("modelservice.dataplane")
 
@@ -50,8 +57,6 @@ UNBATCHED_CONCURRENCY = 2
 def load_model(s: Settings) -> OnnxModel | GenaiModel:
     """Blocking: load the model and, unless disabled, warm it up. A language model (a
     folder with genai_config.json, or --format genai) loads on onnxruntime-genai."""
-    from modelservice_runtime.serving.generation import GenaiModel, wants_genai
-
     if wants_genai(s):
         genai = GenaiModel(s)
         if s.warmup:
@@ -63,17 +68,6 @@ def load_model(s: Settings) -> OnnxModel | GenaiModel:
         model.warmup(s.max_batch_size)
         log.info("warm-up of %s took %.0f ms", s.name, (time.perf_counter() - started) * 1e3)
     return model
-
-
-@dataclass(eq=False)
-class ModelEntry:
-    name: str
-    version: str
-    model: OnnxModel
-    metrics: ModelMetrics
-    executor: ThreadPoolExecutor
-    batcher: DynamicBatcher  # with batching off, one request per run
-    max_batch_size: int  # 0: batching is off (as Triton's model config says it)
 
 
 class DataPlane:
@@ -90,12 +84,6 @@ class DataPlane:
 
     def register_generative(self, model: GenaiModel) -> GenerativeEntry:
         """Serve a language model: its engine thread starts here (on the event loop)."""
-        import time
-
-        from modelservice_runtime.serving.generation import GenerationEngine, GenerationMetrics
-        from modelservice_runtime.serving.metrics import labels
-        from modelservice_runtime.serving.openai_endpoints import GenerativeEntry
-
         s = self.settings
         metrics = GenerationMetrics(labels(s.name, s.model_version))
         self.metrics.extra.append(metrics.render)
@@ -238,3 +226,25 @@ class DataPlane:
         # A model without an open batch axis takes each request as one row.
         rows = next(iter(feeds.values())).shape[0] if feeds and entry.model.batchable else 1
         return await entry.batcher.submit(feeds, rows)
+
+    async def run_request(
+        self,
+        entry: ModelEntry,
+        parse: Callable[[Request], tuple[dict[str, np.ndarray], Context]],
+        build: Callable[[dict[str, np.ndarray], Context], Answer],
+        request: Request,
+    ) -> Answer:
+        """One inference request of any front end: parse, infer, build, timed and counted
+        in the model's request metrics (a refusal counts as a failed request)."""
+        started = time.perf_counter()
+        m = entry.metrics
+        m.request_started()
+        try:
+            inputs, context = parse(request)
+            result = await self.infer(entry, inputs)
+            answer = build(result.outputs, context)
+        except BaseException:
+            m.on_request(False, time.perf_counter() - started, 0.0, 0.0)
+            raise
+        m.on_request(True, time.perf_counter() - started, result.queue_s, result.compute_s)
+        return answer

@@ -1,112 +1,25 @@
-"""The endpoints, one class per protocol over the data plane, and the one route table.
+"""The V2 and V1 endpoints, one class per protocol over the data plane.
 
 Each endpoint takes the request headers (names in lower case), the whole body and the path
-parameters, and returns a `Reply`; it knows nothing of FastAPI or of the HTTP protocol.
-The wire formats are pure functions in `protocol/` (v1.py, v2.py): an endpoint parses with
-them, asks the data plane (dataplane.py, which batches through batching.py), and builds its
-answer with them. `route_table()` lists every route once; app.py builds both the FastAPI
-routes and the direct router of the HTTP protocol from it. The shape is KServe's
-`V1Endpoints`/`V2Endpoints` over its `DataPlane`.
+parameters, and returns a `Reply` (reply.py); it knows nothing of FastAPI or of the HTTP
+protocol. The wire formats are pure functions in `protocol/` (v1.py, v2.py): an endpoint
+parses with them, asks the data plane (dataplane.py, which batches through batching.py and
+records the request metrics), and builds its answer with them. The shape is KServe's
+`V1Endpoints`/`V2Endpoints` over its `DataPlane`; routes.py lists the routes.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Awaitable
+from typing import Any
 
 import numpy as np
 import orjson
-from modelservice_runtime.errors import ServiceUnavailable, error_body
-from modelservice_runtime.serving.dataplane import DataPlane, ModelEntry
-from modelservice_runtime.serving.metrics import CONTENT_TYPE, Metrics
-from modelservice_runtime.serving.openai_endpoints import OpenAIEndpoints, openai_routes
+from modelservice_runtime.errors import ServiceUnavailable
+from modelservice_runtime.serving.dataplane import DataPlane
+from modelservice_runtime.serving.entries import ModelEntry
 from modelservice_runtime.serving.protocol import v1, v2
-
-Headers = Mapping[str, str]  # request headers, names in lower case
-JSON = "application/json"
-
-
-class Reply(NamedTuple):
-    """An endpoint's answer: what the app sends as a Response, or the HTTP protocol writes
-    itself for a direct route."""
-
-    status: int
-    content_type: str
-    body: bytes
-    headers: dict[str, str] | None = None
-    # A streamed answer (server-sent events): its parts, sent as they come (app.py).
-    stream: AsyncIterator[bytes] | None = None
-
-    @classmethod
-    def json(cls, obj: Any) -> Reply:
-        return cls(200, JSON, orjson.dumps(obj))
-
-    @classmethod
-    def error(cls, status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
-        """Every error answer, whichever way it is sent: `{"error": "<message>"}`."""
-        return cls(status, JSON, error_body(message), headers or None)
-
-
-Endpoint = Callable[..., Awaitable[Reply]]  # (headers, body, **path params) -> Reply
-
-_INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            JSON: {"schema": {"type": "object", "required": ["inputs"]}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
-_PREDICT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {JSON: {"schema": {"type": "object", "required": ["instances"]}}},
-    }
-}
-
-
-@dataclass(frozen=True)
-class Route:
-    """One route: `path` is a FastAPI path template (`{model_name}`)."""
-
-    method: str
-    path: str
-    endpoint: Endpoint
-    tag: str
-    auth: bool = True  # health probes and /metrics stay open (auth.py)
-    openapi: dict[str, Any] | None = None  # extra OpenAPI for the request body
-    streams: bool = False  # may answer with a stream: served through ASGI only
-
-    @property
-    def direct(self) -> bool:
-        """POSTs are the inference traffic: the HTTP protocol answers them without ASGI,
-        with the whole body (transport/http_protocol.py); streamed answers go through ASGI."""
-        return self.method == "POST" and not self.streams
-
-
-async def _infer(
-    dataplane: DataPlane,
-    entry: ModelEntry,
-    parse: Callable[[bytes], tuple[dict[str, np.ndarray], Any]],
-    build: Callable[[dict[str, np.ndarray], Any], Reply],
-    body: bytes,
-) -> Reply:
-    """Parse, infer, build: timed and counted as one inference request."""
-    started = time.perf_counter()
-    m = entry.metrics
-    m.request_started()
-    try:
-        inputs, context = parse(body)
-        result = await dataplane.infer(entry, inputs)
-        reply = build(result.outputs, context)
-    except BaseException:
-        m.on_request(False, time.perf_counter() - started, 0.0, 0.0)
-        raise
-    m.on_request(True, time.perf_counter() - started, result.queue_s, result.compute_s)
-    return reply
+from modelservice_runtime.serving.reply import JSON, Headers, Reply
 
 
 class V2Endpoints:
@@ -167,7 +80,7 @@ class V2Endpoints:
         def parse(body: bytes) -> tuple[dict[str, np.ndarray], v2.InferRequest]:
             req = v2.parse_infer_request(body, header_length, doc)
             if req.outputs is not None:
-                entry.model.check_outputs([o.name for o in req.outputs])
+                entry.check_outputs([o.name for o in req.outputs])
             return req.inputs, req
 
         def build(outputs: dict[str, np.ndarray], req: v2.InferRequest) -> Reply:
@@ -188,7 +101,7 @@ class V2Endpoints:
                 {"Inference-Header-Content-Length": str(hlen)},
             )
 
-        return _infer(self.dataplane, entry, parse, build, body)
+        return self.dataplane.run_request(entry, parse, build, body)
 
 
 class V1Endpoints:
@@ -200,8 +113,6 @@ class V1Endpoints:
         self.v2 = v2_endpoints
 
     async def models(self, headers: Headers, body: bytes) -> Reply:
-        if self.dataplane.generative is not None:  # OpenAI's shape for a language model
-            return await OpenAIEndpoints(self.dataplane).models(headers, body)
         return Reply.json({"models": self.dataplane.names()})
 
     async def model(self, headers: Headers, body: bytes, model_name: str) -> Reply:
@@ -212,7 +123,7 @@ class V1Endpoints:
         return await self.predict_on(self.dataplane.get(model_name), body)
 
     def predict_on(self, entry: ModelEntry, body: bytes, doc: Any = None) -> Awaitable[Reply]:
-        specs = [(s.name, s.dtype) for s in entry.model.inputs]
+        specs = entry.input_specs()
 
         def parse(body: bytes) -> tuple[dict[str, np.ndarray], None]:
             return v1.parse_predict_request(body, specs, doc), None
@@ -220,7 +131,7 @@ class V1Endpoints:
         def build(outputs: dict[str, np.ndarray], _ctx: None) -> Reply:
             return Reply(200, JSON, v1.build_predict_response(outputs))
 
-        return _infer(self.dataplane, entry, parse, build, body)
+        return self.dataplane.run_request(entry, parse, build, body)
 
     async def predict_default(self, headers: Headers, body: bytes) -> Reply:
         """The default model. A V2 body (`inputs` as a list of named tensors, or binary with
@@ -245,49 +156,3 @@ def _is_v2(doc: Any) -> bool:
         and bool(inputs)
         and all(isinstance(t, dict) and "datatype" in t for t in inputs)
     )
-
-
-def route_table(dataplane: DataPlane, metrics: Metrics) -> list[Route]:
-    """Every route of the runtime, once."""
-    # Here, not at the top: explain_endpoints.py builds on this module's Reply and Headers.
-    from modelservice_runtime.serving.explain_endpoints import ExplainEndpoints
-    from modelservice_runtime.serving.explaining import ExplainPlane
-
-    v2_ = V2Endpoints(dataplane)
-    v1_ = V1Endpoints(dataplane, v2_)
-    explain = ExplainEndpoints(dataplane, ExplainPlane(dataplane.settings))
-    dataplane.on_close.append(explain.explainer.close)
-
-    async def prometheus(headers: Headers, body: bytes) -> Reply:
-        return Reply(200, CONTENT_TYPE, metrics.render())
-
-    model = "/v2/models/{model_name}"
-    version = "/v2/models/{model_name}/versions/{model_version}"
-    return [
-        Route("GET", "/v2/health/live", v2_.live, "health", auth=False),
-        Route("GET", "/v2/health/ready", v2_.ready, "health", auth=False),
-        Route("GET", "/v2", v2_.server_metadata, "v2"),
-        Route("GET", model, v2_.model_metadata, "v2"),
-        Route("GET", version, v2_.model_metadata, "v2"),
-        Route("GET", f"{model}/config", v2_.model_config, "v2"),
-        Route("GET", f"{version}/config", v2_.model_config, "v2"),
-        Route("GET", f"{model}/ready", v2_.model_ready, "v2"),
-        Route("GET", f"{version}/ready", v2_.model_ready, "v2"),
-        Route("POST", f"{model}/infer", v2_.infer, "v2", openapi=_INFER_BODY),
-        Route("POST", f"{version}/infer", v2_.infer, "v2", openapi=_INFER_BODY),
-        Route("POST", f"{model}/explain", explain.explain_v2, "explain", openapi=_INFER_BODY),
-        Route("POST", f"{version}/explain", explain.explain_v2, "explain", openapi=_INFER_BODY),
-        Route("GET", "/v1/models", v1_.models, "v1"),
-        Route("GET", "/v1/models/{model_name}", v1_.model, "v1"),
-        Route("POST", "/v1/models/{model_name}:predict", v1_.predict, "v1", openapi=_PREDICT_BODY),
-        Route(
-            "POST",
-            "/v1/models/{model_name}:explain",
-            explain.explain_v1,
-            "explain",
-            openapi=_PREDICT_BODY,
-        ),
-        Route("POST", "/predict", v1_.predict_default, "v1", openapi=_INFER_BODY),
-        Route("GET", "/metrics", prometheus, "metrics", auth=False),
-        *openai_routes(dataplane),
-    ]

@@ -15,22 +15,14 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from modelservice_runtime.errors import BadRequest
+from modelservice_runtime.errors import load_json
 from modelservice_runtime.serving.dataplane import DataPlane
-from modelservice_runtime.serving.endpoints import Headers, Reply
 from modelservice_runtime.serving.explaining import Explained, ExplainPlane
 from modelservice_runtime.serving.protocol import v1, v2
+from modelservice_runtime.serving.reply import JSON, Headers, Reply
 
-JSON = "application/json"
 # V2 request parameters the V2 protocol owns: explanations always answer in JSON.
 _V2_OWN = ("binary_data_output",)
-
-
-def _load(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"request body is not valid JSON ({e}); expected a JSON object") from None
 
 
 def _explanations(explained: Explained) -> list[dict[str, Any]]:
@@ -49,8 +41,8 @@ class ExplainEndpoints:
         explanations (docs/explain.md)."""
         self.explainer.check_enabled(model_name)
         entry = self.dataplane.get(model_name)
-        doc = _load(body)
-        specs = [(s.name, s.dtype) for s in entry.model.inputs]
+        doc = load_json(body)
+        specs = entry.input_specs()
         inputs = v1.parse_predict_request(body, specs, doc)
         instances = self.explainer.instances(entry, inputs)
         explained = await self.explainer.explain(entry, instances, doc.get("parameters"))
@@ -68,12 +60,12 @@ class ExplainEndpoints:
         header_length = headers.get(v2.HEADER_LENGTH)
         req = v2.parse_infer_request(body, header_length)  # binary tensor data too
         hlen = int(header_length) if header_length is not None else len(body)
-        params = _load(body[:hlen]).get("parameters")
+        params = load_json(body[:hlen]).get("parameters")
         instances = self.explainer.instances(entry, req.inputs)
         explained = await self.explainer.explain(entry, instances, params, ignore=_V2_OWN)
         requested = None
         if req.outputs is not None:  # as asked, but in JSON
-            entry.model.check_outputs([o.name for o in req.outputs])
+            entry.check_outputs([o.name for o in req.outputs])
             requested = [v2.RequestedOutput(o.name, False) for o in req.outputs]
         content, _ = v2.build_infer_response(
             entry.name, entry.version, explained.result.outputs, requested, request_id=req.id

@@ -29,7 +29,7 @@ from modelservice_runtime.explain.params import BadParameter, Defaults, parse_pa
 from modelservice_runtime.settings import Settings
 
 if TYPE_CHECKING:
-    from modelservice_runtime.serving.dataplane import ModelEntry
+    from modelservice_runtime.serving.entries import ModelEntry
     from modelservice_runtime.serving.metrics import ModelMetrics
     from modelservice_runtime.serving.model import OnnxModel
 

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from modelservice_runtime import model_files
 from modelservice_runtime.errors import BadRequest, InferenceFailed
+from modelservice_runtime.ort_compat import invalid_argument
+from modelservice_runtime.providers import CPU, CUDA, TENSORRT
 from modelservice_runtime.serving.datatypes import ONNX_TO_V2, V2_TO_NUMPY, v2_datatype
 from modelservice_runtime.serving.external_data import (
     ExternalDataError,
@@ -24,12 +26,6 @@ from modelservice_runtime.serving.external_data import (
 from modelservice_runtime.settings import Settings
 
 log = logging.getLogger("modelservice.model")
-
-CPU, CUDA, TENSORRT = (
-    "CPUExecutionProvider",
-    "CUDAExecutionProvider",
-    "TensorrtExecutionProvider",
-)
 
 
 class ModelLoadError(RuntimeError):
@@ -93,7 +89,7 @@ class OnnxModel:
     def __init__(self, settings: Settings) -> None:
         import onnxruntime as ort
 
-        self._ort = ort
+        self._invalid_argument = invalid_argument()
         try:
             # A directory (a model with external data files) names its model file.
             path = model_files.locate(Path(settings.model_path))
@@ -250,7 +246,7 @@ class OnnxModel:
             feeds = {**feeds, name: x}
         try:
             results = self.session.run(self.output_names, feeds)
-        except self._ort.capi.onnxruntime_pybind11_state.InvalidArgument as e:
+        except self._invalid_argument as e:
             raise BadRequest(f"the model rejected the input: {e}") from e
         except UnicodeDecodeError as e:  # onnxruntime hands tensor(string) out as str only
             raise InferenceFailed(

@@ -1,6 +1,7 @@
 """The OpenAI endpoints over the generation engine: completions, chat completions (the
 model's chat template) and the model list, each also under /openai/v1 as KServe places
-them. Parsing and answers are protocol/openai.py's; the tokens come from generation.py.
+them (routes.py). Parsing and answers are protocol/openai.py's; the tokens come from
+generation.py.
 A streamed answer is a `Reply` whose `stream` yields the server-sent events, ending in
 `data: [DONE]`; when the client leaves, the app stops iterating it, which cancels the
 generations in the engine (Generation's iterator cancels on close).
@@ -11,39 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelservice_runtime.errors import BadRequest, NotFound, ServiceUnavailable
-from modelservice_runtime.serving.generation import (
-    GenaiModel,
-    Generation,
-    GenerationEngine,
-    GenerationMetrics,
-    Sampling,
-    TextAssembler,
-)
-from modelservice_runtime.serving.metrics import ModelMetrics
+from modelservice_runtime.serving.dataplane import DataPlane
+from modelservice_runtime.serving.entries import GenerativeEntry
+from modelservice_runtime.serving.generation import Generation, Sampling, TextAssembler
 from modelservice_runtime.serving.protocol import openai
-
-if TYPE_CHECKING:
-    from modelservice_runtime.serving.dataplane import DataPlane
-    from modelservice_runtime.serving.endpoints import Headers, Reply, Route
-
-SSE = "text/event-stream"
-
-
-@dataclass(eq=False)
-class GenerativeEntry:
-    """A served language model: what the data plane keeps for it."""
-
-    name: str
-    version: str
-    model: GenaiModel
-    engine: GenerationEngine
-    metrics: GenerationMetrics
-    requests: ModelMetrics  # the in-flight gauge and request counters every model has
-    created: int
+from modelservice_runtime.serving.reply import SSE, Headers, Reply
 
 
 class OpenAIEndpoints:
@@ -69,8 +45,6 @@ class OpenAIEndpoints:
         return entry
 
     async def models(self, headers: Headers, body: bytes) -> Reply:
-        from modelservice_runtime.serving.endpoints import Reply
-
         entry = self._entry(None)
         return Reply.json(openai.models_list(entry.name, entry.created))
 
@@ -83,8 +57,6 @@ class OpenAIEndpoints:
         return await self._generate(body, chat=True)
 
     async def _generate(self, body: bytes, chat: bool) -> Reply:
-        from modelservice_runtime.serving.endpoints import Reply
-
         req = openai.parse_request(body, chat)
         entry = self._entry(req.model)
         model = entry.model
@@ -233,19 +205,3 @@ async def _stream(
         for g in generations:
             g.cancel()
         entry.requests.on_request(ok, time.perf_counter() - started, 0.0, 0.0)
-
-
-def openai_routes(dataplane: DataPlane) -> list[Route]:
-    """The OpenAI routes, at /v1 and at /openai/v1."""
-    from modelservice_runtime.serving.endpoints import Route
-
-    ep = OpenAIEndpoints(dataplane)
-    out = []
-    for prefix in ("/v1", "/openai/v1"):
-        out += [
-            Route("POST", f"{prefix}/completions", ep.completions, "openai", streams=True),
-            Route("POST", f"{prefix}/chat/completions", ep.chat_completions, "openai",
-                  streams=True),
-        ]  # fmt: skip
-    out.append(Route("GET", "/openai/v1/models", ep.models, "openai"))
-    return out

@@ -55,9 +55,13 @@ from typing import Any, Protocol
 import httptools
 from modelservice_runtime.errors import body_too_large, error_body
 from modelservice_runtime.transport.coalesced_writes import CoalescedWrites
-from uvicorn.config import Config
-from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
-from uvicorn.server import ServerState
+from modelservice_runtime.transport.uvicorn_compat import (
+    Config,
+    ServerState,
+    get_local_addr,
+    get_remote_addr,
+    is_ssl,
+)
 
 log = logging.getLogger("modelservice.http")
 

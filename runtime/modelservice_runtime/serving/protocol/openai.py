@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from modelservice_runtime.errors import BadRequest
+from modelservice_runtime.errors import BadRequest, load_json
 
 # Accepted and without effect on the tokens: who asked, and how the answer is framed.
 _NEUTRAL = {"model", "user", "stream", "stream_options", "return_token_ids"}
@@ -80,10 +80,7 @@ def _integer(doc: dict[str, Any], name: str, default: int | None, lo: int) -> in
 
 def parse_request(body: bytes, chat: bool) -> GenerateRequest:
     """The request in `body`; BadRequest naming the field and what was expected."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    doc = load_json(body)
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object")
     main = "messages" if chat else "prompt"

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from modelservice_runtime.errors import BadRequest
+from modelservice_runtime.errors import BadRequest, load_json
 from modelservice_runtime.serving.datatypes import json_numbers
 
 
@@ -35,12 +35,7 @@ def parse_predict_request(
     as JSON by a caller that had to look inside it first.
     """
     if doc is None:
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            raise BadRequest(
-                f"request body is not valid JSON ({e}); expected a JSON object"
-            ) from None
+        doc = load_json(body)
     if not isinstance(doc, dict) or not ("instances" in doc or "inputs" in doc):
         raise BadRequest("request body must be an object with 'instances' (a list of rows)")
     key = "instances" if "instances" in doc else "inputs"

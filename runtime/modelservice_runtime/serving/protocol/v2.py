@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from modelservice_runtime.errors import BadRequest
+from modelservice_runtime.errors import BadRequest, load_json
 from modelservice_runtime.serving.datatypes import (
     decode_bytes_tensor,
     encode_bytes_tensor,
@@ -44,13 +44,6 @@ class InferRequest:
     outputs: list[RequestedOutput] | None  # None: every model output
     id: str | None = None
     binary_output: bool = False  # request-level parameters.binary_data_output
-
-
-def _load_json(data: bytes | memoryview, what: str) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"{what} is not valid JSON ({e}); expected a JSON object") from None
 
 
 def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
@@ -153,7 +146,7 @@ def parse_infer_request(
             raise BadRequest(
                 f"Inference-Header-Content-Length is {hlen} but the body has {len(body)} bytes"
             )
-    doc = _load_json(memoryview(body)[:hlen] if hlen != len(body) else body, "request body")
+    doc = load_json(memoryview(body)[:hlen] if hlen != len(body) else body, "request body")
     return _infer_request(doc, body, hlen)
 
 
