@@ -104,7 +104,7 @@ def configure(
     # kopf logs each handler call that succeeds: for the watch-event handlers that was 4 in
     # 5 lines of the log (12,500 of 15,500 for 1000 ModelServices), all saying nothing.
     quiet = (
-        modelservice_event, deployment_event, hpa_event, service_event, pdb_event, pod_event,
+        modelservice_event, deployment_event, hpa_event, service_or_pdb_event, pod_event,
         namespace_event,
     )  # fmt: skip
     logging.getLogger("kopf.objects").addFilter(QuietSuccesses(h.__name__ for h in quiet))
@@ -307,19 +307,8 @@ def hpa_event(
 
 
 @kopf.on.event("v1", "services", labels=CHILD_LABELS)
-def service_event(
-    body: kopf.Body,
-    type: str | None,
-    memo: kopf.Memo,
-    msvc_by_name: kopf.Index,
-    logger: kopf.Logger,
-    **_: Any,
-) -> None:
-    repair_drift(body, type, msvc_by_name, _image(memo), logger)
-
-
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
-def pdb_event(
+def service_or_pdb_event(
     body: kopf.Body,
     type: str | None,
     memo: kopf.Memo,
@@ -327,6 +316,7 @@ def pdb_event(
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
+    """A Service or PodDisruptionBudget changed: only drift matters (no status from them)."""
     repair_drift(body, type, msvc_by_name, _image(memo), logger)
 
 
