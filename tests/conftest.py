@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import modelzoo
-from tests.needs import CANNOT_HAVE, in_ci
+from tests.needs import CANNOT_HAVE, in_ci, needed_module
 
 
 @pytest.fixture(scope="session")
@@ -120,8 +120,8 @@ def tiny_llm() -> tuple[Path, Path]:
 
     from tests import tinyllm
 
-    pytest.importorskip("onnxruntime_genai")
-    pytest.importorskip("transformers")
+    needed_module("onnxruntime_genai")
+    needed_module("transformers")
     recipe = Path(tinyllm.__file__).read_bytes()
     digest = hashlib.sha256(recipe).hexdigest()[:12]
     root = Path(__file__).resolve().parents[1] / ".cache" / "test-models" / f"tinyllm-{digest}"

@@ -11,7 +11,9 @@ See tests/README.md.
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 from typing import NoReturn
 
 import pytest
@@ -29,6 +31,14 @@ def needed(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"required in CI (CI=true) but missing: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def needed_module(name: str) -> ModuleType:
+    """`import name`, or `needed` naming the module: pytest.importorskip that fails in CI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        needed(f"the Python module {name} is not installed ({e})")
 
 
 def cannot_have(reason: str) -> NoReturn:

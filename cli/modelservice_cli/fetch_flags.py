@@ -1,5 +1,5 @@
 """The model cache's flags of `modelservice fetch`: named once, for the fetch command that
-parses them (modelservice_runtime/tools/fetch.py) and the operator that renders them into
+parses them (modelservice_runtime/fetch/command.py) and the operator that renders them into
 the model-fetch init container (modelservice_operator/render.py).
 
 Pure standard library: both images carry it.

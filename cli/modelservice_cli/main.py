@@ -18,7 +18,7 @@ _RUNTIME = "modelservice_runtime"
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": (f"{_RUNTIME}.process.launch", "run the inference runtime for an ONNX model"),
-    "fetch": (f"{_RUNTIME}.tools.fetch", "download or copy a model atomically and verify it"),
+    "fetch": (f"{_RUNTIME}.fetch.command", "download or copy a model atomically and verify it"),
     "digest": (f"{_RUNTIME}.tools.digest", "print the sha256 of a file or the set digest of a dir"),
     "export": (f"{_RUNTIME}.tools.export", "export a PyTorch module to ONNX"),
     "quantize": (f"{_RUNTIME}.tools.quantize", "int8-quantize an ONNX model"),
@@ -27,7 +27,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "a local Hugging Face language model -> an onnxruntime-genai folder",
     ),
     "operator": ("modelservice_operator.cli", "run the Kubernetes operator (kopf)"),
-    "demo": (f"{_RUNTIME}.tools.demo", "export, serve and query a model locally"),
+    "demo": (
+        f"{_RUNTIME}.tools.demo",
+        "the whole flow on a local Kubernetes control plane it starts (make demo): export a "
+        "model, run the operator, apply a ModelService, wait for Ready, answer one request; "
+        "needs a clone of the repository, Go and the export and operator extras",
+    ),
     "explain": (
         f"{_RUNTIME}.tools.explain",
         "attributions for one input: a table, or a heat map PNG for an image",
@@ -41,6 +46,7 @@ def _missing_extra(command: str, e: ImportError) -> SystemExit:
         "export": "export",
         "quantize": "export",
         "export-llm": "export",
+        "explain": "runtime,explain",
     }.get(command, "runtime")
     return SystemExit(
         f"modelservice {command}: missing dependency ({e.name or e}); "
@@ -71,8 +77,12 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["operator"]:
-        # kopf owns the operator's flags; pass them through untouched.
-        return int(_load("operator").run_kopf(argv[1:]) or 0)
+        # kopf owns the operator's flags (--help too); pass them through untouched.
+        operator = _load("operator")
+        try:
+            return int(operator.run_kopf(argv[1:]) or 0)
+        except ImportError as e:  # kopf itself is imported inside run_kopf
+            raise _missing_extra("operator", e) from e
     args = build_parser(argv).parse_args(argv)
     try:
         return int(_load(args.command).run(args) or 0)

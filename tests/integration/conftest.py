@@ -22,16 +22,17 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from tests.integration.nodes import on_fake_nodes
 from tests.integration.processes import free_port, stop
 from tests.needs import needed
+from tests.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_KUBECONFIG = REPO_ROOT / ".cache" / "cluster" / "kubeconfig"
@@ -41,29 +42,6 @@ CRD_NAME = "modelservices.serving.modelservice.io"
 TEST_RUNTIME_IMAGE = "registry.invalid/modelservice-runtime:it"
 SESSION_ID = uuid.uuid4().hex[:6]
 NAMESPACE_PREFIX = f"msvc-it-{SESSION_ID}"
-
-T = TypeVar("T")
-
-
-def wait_until(
-    what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.5
-) -> T:
-    """Poll `probe` until it returns something truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = probe()
-        except AssertionError as e:  # a kubectl error counts as "not yet"
-            last = e
-        else:
-            if last:
-                return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}"
-            )
-        time.sleep(interval)
 
 
 def _binary(name: str) -> str:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,28 +61,37 @@ def serve(
         )
     served = Served(proc, port, log)
     try:
-        deadline = time.monotonic() + ready_within
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"modelservice serve exited with {proc.returncode} before it was ready:\n"
-                    + served.log_tail()
-                )
-            try:
-                if httpx.get(served.url + "/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"modelservice serve was not ready on port {port} within {ready_within}s:\n"
-                    + served.log_tail()
-                )
-            time.sleep(0.05)
+        wait_ready(
+            served.url,
+            lambda: proc.poll() is None,
+            ready_within,
+            lambda: f"(exit code {proc.returncode}):\n{served.log_tail()}",
+        )
         yield served
     finally:
         stop(proc, grace_s=15)
         log.unlink(missing_ok=True)
+
+
+def wait_ready(
+    url: str, alive: Callable[[], bool], within: float, describe: Callable[[], str]
+) -> None:
+    """Until `url` answers /v2/health/ready with 200; AssertionError with `describe()` (the
+    server's log) when the server stops being `alive` first, or after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        if not alive():
+            raise AssertionError(f"modelservice serve exited before it was ready {describe()}")
+        try:
+            if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"modelservice serve was not ready at {url} within {within}s {describe()}"
+            )
+        time.sleep(0.05)
 
 
 def cpu_only_onnxruntime(directory: Path) -> dict[str, str]:

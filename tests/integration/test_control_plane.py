@@ -12,16 +12,16 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from tests.integration.nodes import on_fake_nodes
 from tests.needs import needed
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -33,8 +33,6 @@ GPU_NODE = "kwok-gpu-0"
 SIMULATED_CPU = "modelservice.dev/simulated-cpu"
 # kwok never pulls images; any name works, a non-resolvable one proves nothing is pulled.
 IMAGE = "registry.invalid/modelservice/placeholder:1"
-
-T = TypeVar("T")
 
 
 def _kubectl_path() -> str:
@@ -70,18 +68,6 @@ class Kubectl:
         if selector:
             args += ["-l", selector]
         return json.loads(self.run(*args).stdout)["items"]
-
-
-def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 90.0) -> T:
-    """Poll `probe` until it returns a truthy value; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")
@@ -164,12 +150,13 @@ def test_deployment_pods_run_on_cpu_nodes(kubectl: Kubectl, namespace: str) -> N
         pods = [p for p in kubectl.pods(namespace, "app=web") if _running_ready(p)]
         return pods if len(pods) == 2 else None
 
-    pods = wait_until("2 Running and Ready pods of Deployment web", two_ready)
+    pods = wait_until("2 Running and Ready pods of Deployment web", two_ready, timeout=90)
     assert {p["spec"]["nodeName"] for p in pods} <= CPU_NODES
     deployment = kubectl.get("deployment", "web", namespace)
     wait_until(
         "Deployment web to report 2 ready replicas",
         lambda: kubectl.get("deployment", "web", namespace)["status"].get("readyReplicas") == 2,
+        timeout=90,
     )
     assert deployment["spec"]["replicas"] == 2
 
@@ -181,6 +168,7 @@ def test_gpu_pods_need_the_toleration(kubectl: Kubectl, namespace: str) -> None:
     pod = wait_until(
         "pod gpu-tolerated to be Running and Ready",
         lambda: (p := kubectl.get("pod", "gpu-tolerated", namespace)) and _running_ready(p) and p,
+        timeout=90,
     )
     assert pod["spec"]["nodeName"] == GPU_NODE
 
@@ -191,7 +179,9 @@ def test_gpu_pods_need_the_toleration(kubectl: Kubectl, namespace: str) -> None:
                 return c
         return None
 
-    condition = wait_until("pod gpu-untolerated to be marked Unschedulable", unschedulable)
+    condition = wait_until(
+        "pod gpu-untolerated to be marked Unschedulable", unschedulable, timeout=90
+    )
     assert "nvidia.com/gpu" in condition.get("message", ""), condition
     pod = kubectl.get("pod", "gpu-untolerated", namespace)
     assert pod["status"]["phase"] == "Pending"
@@ -254,6 +244,7 @@ def test_metrics_server_reports_simulated_pod_cpu(kubectl: Kubectl, namespace: s
     wait_until(
         "pod busy to be Running and Ready",
         lambda: _running_ready(kubectl.get("pod", "busy", namespace)),
+        timeout=90,
     )
     path = f"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/busy"
 

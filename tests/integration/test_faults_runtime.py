@@ -43,6 +43,7 @@ from tests.integration.runtime_server import (
     slow_model,
     wait_pending,
 )
+from tests.waiting import refuses_connections, wait_until
 
 ROW = [0.5] * 64
 
@@ -673,17 +674,12 @@ def test_second_sigterm_skips_the_delay_but_still_answers_in_flight(tmp_path: Pa
             assert "SIGTERM: not ready; stopping in 30.0s" in served.log_tail()
             served.proc.send_signal(signal.SIGTERM)
 
-            def refused() -> bool:
-                try:
-                    socket.create_connection(("127.0.0.1", served.port), timeout=2).close()
-                except ConnectionRefusedError:
-                    return True
-                return False
-
-            deadline = time.monotonic() + 10
-            while not refused():
-                assert time.monotonic() < deadline, "the port still accepts 10 s after SIGTERM x2"
-                time.sleep(0.02)
+            wait_until(
+                "the port to refuse new connections after SIGTERM x2",
+                lambda: refuses_connections(served.port),
+                timeout=10,
+                interval=0.02,
+            )
             assert not running.done(), "the running request ended before the port closed"
             answered = [f.result() for f in [running, *waiting]]
         assert [r.status_code for r in answered] == [200] * 5, [r.text[:200] for r in answered]

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 from modelservice_cli import main as cli
-from modelservice_runtime.tools.fetch import FetchError, fetch, fetch_model, redact
-from modelservice_runtime.tools.progress import PREFIX as PROGRESS
+from modelservice_runtime.fetch import FetchError, fetch, fetch_model, redact
+from modelservice_runtime.fetch.progress import PREFIX as PROGRESS
 
 from tests.needs import needed
 

@@ -9,23 +9,22 @@ import contextlib
 import hashlib
 import http.server
 import io
-import os
 import subprocess
 import sys
 import tarfile
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from modelservice_runtime.tools import cache
-from modelservice_runtime.tools.fetch import FetchError
-from modelservice_runtime.tools.fetch_set import set_digest
+from modelservice_runtime.fetch import FetchError, cache
+from modelservice_runtime.fetch.trees import set_digest
 
 from tests import external_data
+from tests.needs import needed
+from tests.waiting import wait_until
 
 
 @dataclass
@@ -144,17 +143,16 @@ def test_a_hit_skips_the_download_and_hardlinks_on_one_filesystem(tmp_path: Path
     assert list((cache_dir / "tmp").iterdir()) == []
 
 
-@pytest.mark.skipif(
-    not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == os.stat("/tmp").st_dev,
-    reason="needs /dev/shm on another filesystem than the cache",
-)
 def test_a_hit_on_another_filesystem_is_copied(tmp_path: Path, mlp_onnx: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        needed("/dev/shm on another filesystem than the cache (pytest's tmp_path)")
     digest = sha(mlp_onnx.read_bytes())
     cache_dir = tmp_path / "cache"
     cache.fetch_cached(str(mlp_onnx), tmp_path / "a.onnx", digest, cache_dir=cache_dir, log=Lines())
     lines = Lines()
-    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
-        dest = Path(shm) / "m.onnx"
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        dest = Path(other) / "m.onnx"
         got = cache.fetch_cached(str(mlp_onnx), dest, digest, cache_dir=cache_dir, log=lines)
         assert got.path == dest
         assert got.path.read_bytes() == mlp_onnx.read_bytes()
@@ -211,13 +209,6 @@ def fetch_process(uri: str, dest: Path, digest: str, cache_dir: Path) -> subproc
     )  # fmt: skip
 
 
-def wait_for(what: str, check: object, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_two_fetch_processes_of_one_model_download_it_once(tmp_path: Path) -> None:
     """The first process's download is held open by the server until the second one says
     it is waiting for the first: they overlap for certain, and the lock decides."""
@@ -229,7 +220,9 @@ def test_two_fetch_processes_of_one_model_download_it_once(tmp_path: Path) -> No
         server.hold.add("/m.tar.gz")
         uri = server.base + "/m.tar.gz"
         first = fetch_process(uri, tmp_path / "a", digest, cache_dir)
-        wait_for("the first fetch's GET", lambda: server.count("GET", "/m.tar.gz") == 1)
+        wait_until(
+            "the first fetch's GET", lambda: server.count("GET", "/m.tar.gz") == 1, interval=0.05
+        )
         second = fetch_process(uri, tmp_path / "b", digest, cache_dir)
         # The second blocks on the key's lock; its stderr says so before it blocks.
         waiting = second.stderr.readline() if second.stderr else ""

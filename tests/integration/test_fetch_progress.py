@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from modelservice_runtime.tools.fetch import FetchError, fetch_model
-from modelservice_runtime.tools.progress import PREFIX
+from modelservice_runtime.fetch import FetchError, fetch_model
+from modelservice_runtime.fetch.progress import PREFIX
 
 from tests.loopback_http import loopback_server
 

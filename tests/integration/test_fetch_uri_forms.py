@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from modelservice_runtime.fetch import FetchError, fetch_model
+from modelservice_runtime.fetch.trees import find_model_file, set_digest
 from modelservice_runtime.serving.model import OnnxModel
 from modelservice_runtime.settings import Settings
-from modelservice_runtime.tools.fetch import FetchError, fetch_model
-from modelservice_runtime.tools.fetch_set import find_model_file, set_digest
 
 from tests import extdata
 from tests.integration.conftest import wait_until

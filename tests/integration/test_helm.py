@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import pytest
 from tests.integration.nodes import FAKE_NODE_SELECTOR, FAKE_NODE_TOLERATION
 from tests.integration.processes import free_port, stop
 from tests.needs import needed
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -432,13 +432,12 @@ def _token_kubeconfig(cluster: Cluster, sa: str, ns: str, path: Path) -> Path:
 
 
 def _wait(what: str, predicate: Callable[[], bool], seconds: float, logs: list[Path]) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(1)
-    tails = "\n".join(f"--- {p.name}:\n{p.read_text()[-3000:]}" for p in logs)
-    pytest.fail(f"timed out after {seconds:.0f}s waiting for {what}; operator logs:\n{tails}")
+    """wait_until, failing with the operators' log tails."""
+    try:
+        wait_until(what, predicate, timeout=seconds, interval=1)
+    except AssertionError as e:
+        tails = "\n".join(f"--- {p.name}:\n{p.read_text()[-3000:]}" for p in logs)
+        pytest.fail(f"{e}; operator logs:\n{tails}")
 
 
 @dataclass

@@ -681,7 +681,7 @@ def large_model(
 ) -> Iterator[LargeModel]:
     import tarfile
 
-    from modelservice_runtime.tools.fetch_set import set_digest
+    from modelservice_runtime.fetch.trees import set_digest
 
     from tests import external_data
 

@@ -292,4 +292,5 @@ def test_a_file_that_is_not_onnx_exits_1(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 1
-    assert f"modelservice serve: cannot load {bad} as an ONNX model" in done.stderr
+    # told from its first bytes before anything starts (test_serve_first_mistakes.py)
+    assert f"modelservice serve: {bad}: not an ONNX model (a text file (.onnx))" in done.stderr

@@ -21,10 +21,12 @@ import orjson
 import pytest
 
 from tests.integration.runtime_server import metric, serve
+from tests.waiting import refuses_connections, wait_until
 
 pytestmark = pytest.mark.slow
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def _stat(pid: int) -> list[str]:
@@ -61,16 +63,6 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_for(what: str, check, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def infer(url: str, x: np.ndarray) -> np.ndarray:
     body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
                         "data": x.ravel().tolist()}]}  # fmt: skip
@@ -82,7 +74,7 @@ def infer(url: str, x: np.ndarray) -> np.ndarray:
 
 def test_workers_share_the_port_and_metrics_count_the_whole_server(mlp_onnx: Path) -> None:
     with serve(mlp_onnx, "--workers", "2") as served:
-        pids = wait_for(
+        pids = wait_until(
             "2 workers", lambda: (w := workers_of(served.proc.pid)) and len(w) == 2 and w
         )
         cpu_before = {pid: cpu_seconds(pid) for pid in pids}
@@ -154,11 +146,14 @@ def test_connections_are_spread_evenly_over_the_workers(mlp_onnx: Path) -> None:
             for port, pid in holder.items():
                 if pid == emptied:
                     ports.pop(port).close()
-            wait_for(
+            wait_until(
                 "the worker to close its 8 connections",
                 lambda: emptied not in _worker_of_each_connection(served.port, pids).values(),
             )
-            time.sleep(0.5)  # and to count them: its loop's close callbacks run just after
+            # And to count them: its loop's close callbacks run just after the fds close
+            # (uvloop), and the count lives in shared memory only the supervisor reads, so
+            # no signal shows it from here: a pause, not a wait.
+            time.sleep(0.5)
             conns = list(ports.values()) + _open_and_use(served.port, 8)
             per_worker = collections.Counter(_worker_of_each_connection(served.port, pids).values())
             assert per_worker == {pids[0]: 8, pids[1]: 8}, per_worker
@@ -169,14 +164,14 @@ def test_connections_are_spread_evenly_over_the_workers(mlp_onnx: Path) -> None:
 
 def test_a_killed_worker_is_replaced_without_losing_counts(mlp_onnx: Path) -> None:
     with serve(mlp_onnx, "--workers", "2") as served:
-        pids = wait_for(
+        pids = wait_until(
             "2 workers", lambda: (w := workers_of(served.proc.pid)) and len(w) == 2 and w
         )
         x = np.zeros((1, 64), np.float32)
         for _ in range(50):
             infer(served.url, x)
         os.kill(pids[0], signal.SIGKILL)  # a crash (OOM kill, segfault) of one worker
-        replaced = wait_for(
+        replaced = wait_until(
             "a replacement worker",
             lambda: (w := workers_of(served.proc.pid)) and len(w) == 2 and pids[0] not in w and w,
         )
@@ -189,7 +184,7 @@ def test_a_killed_worker_is_replaced_without_losing_counts(mlp_onnx: Path) -> No
         assert served.proc.poll() is None
         served.proc.send_signal(signal.SIGTERM)
         assert served.proc.wait(timeout=30) == 0
-        wait_for("workers to exit", lambda: not any(alive(p) for p in replaced), timeout=10)
+        wait_until("workers to exit", lambda: not any(alive(p) for p in replaced), timeout=10)
 
 
 def test_a_worker_with_a_stuck_event_loop_gets_no_connections_and_is_replaced(
@@ -204,7 +199,7 @@ def test_a_worker_with_a_stuck_event_loop_gets_no_connections_and_is_replaced(
 
     timeout_s = 15
     with serve(mlp_onnx, "--workers", "2", "--worker-timeout-s", str(timeout_s)) as served:
-        pids = wait_for(
+        pids = wait_until(
             "2 workers", lambda: (w := workers_of(served.proc.pid)) and len(w) == 2 and w
         )
         time.sleep(timeout_s + 0.5)  # serving and beating for longer: nobody is killed
@@ -220,7 +215,7 @@ def test_a_worker_with_a_stuck_event_loop_gets_no_connections_and_is_replaced(
             # Still there and still stopped: the 20 answers came while it was stuck.
             assert pids[0] in workers_of(served.proc.pid), "killed before the check ran"
             assert _stat(pids[0])[0] == "T", _stat(pids[0])[0]
-            replaced = wait_for(
+            replaced = wait_until(
                 "the stuck worker to be replaced",
                 lambda: (
                     (w := workers_of(served.proc.pid)) and len(w) == 2 and pids[0] not in w and w
@@ -239,13 +234,13 @@ def test_a_worker_with_a_stuck_event_loop_gets_no_connections_and_is_replaced(
 
 def test_killing_the_supervisor_takes_its_workers_down(mlp_onnx: Path) -> None:
     with serve(mlp_onnx, "--workers", "2") as served:
-        pids = wait_for(
+        pids = wait_until(
             "2 workers", lambda: (w := workers_of(served.proc.pid)) and len(w) == 2 and w
         )
         served.proc.kill()  # SIGKILL: no chance to forward anything
         served.proc.wait(timeout=10)
         # PR_SET_PDEATHSIG: the kernel SIGTERMs each orphaned worker, which then drains.
-        wait_for("orphaned workers to exit", lambda: not any(alive(p) for p in pids), timeout=20)
+        wait_until("orphaned workers to exit", lambda: not any(alive(p) for p in pids), timeout=20)
         with pytest.raises(httpx.ConnectError):
             httpx.get(served.url + "/v2/health/live", timeout=2)
 
@@ -254,7 +249,9 @@ def test_a_model_that_cannot_load_stops_every_worker(tmp_path: Path) -> None:
     from tests.integration.test_faults_runtime import run_failing_serve
 
     bad = tmp_path / "bad.onnx"
-    bad.write_bytes(b"not a model")
+    # Binary, starting like ONNX's protobuf: past serve's preflight (which refuses text
+    # before any worker starts), so the workers are the ones that fail to load it.
+    bad.write_bytes(b"\x08\x07\x12\x00not a model\xff\xfe")
     started = time.monotonic()
     code, out, ready = run_failing_serve(str(bad), "--workers", "2")
     assert code == 1 and ready == 0, out
@@ -264,7 +261,7 @@ def test_a_model_that_cannot_load_stops_every_worker(tmp_path: Path) -> None:
 
 def test_sigterm_drains_every_worker_and_exits_zero(mlp_onnx: Path) -> None:
     with serve(mlp_onnx, "--workers", "2") as served:
-        pids = wait_for(
+        pids = wait_until(
             "2 workers", lambda: (w := workers_of(served.proc.pid)) and len(w) == 2 and w
         )
         served.proc.send_signal(signal.SIGTERM)
@@ -287,20 +284,21 @@ def test_once_every_worker_drains_the_port_refuses_while_in_flight_requests_fini
                                          "data": x.ravel().tolist()}]})  # fmt: skip
         with socket.create_connection(("127.0.0.1", served.port), timeout=30) as held:
             held.sendall(
-                b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\n"
-                b"Content-Length: %d\r\n\r\n" % len(body) + body[:100]
-            )  # a request in flight: its body not all sent yet
-            time.sleep(0.3)  # for the worker to parse the head (else it is an idle connection)
+                b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body)
+            )
+            # The worker has parsed the head once it asks for the body: from then on the
+            # connection holds a request in flight (before, it would count as idle).
+            assert held.recv(len(CONTINUE)) == CONTINUE
+            held.sendall(body[:100])  # its body not all sent yet
             served.proc.send_signal(signal.SIGTERM)
 
-            def refused() -> bool:
-                try:
-                    socket.create_connection(("127.0.0.1", served.port), timeout=2).close()
-                except ConnectionRefusedError:
-                    return True
-                return False
-
-            wait_for("the port to refuse new connections", refused, timeout=15)
+            wait_until(
+                "the port to refuse new connections",
+                lambda: refuses_connections(served.port),
+                timeout=15,
+                interval=0.05,
+            )
             assert served.proc.poll() is None, "exited without finishing the held request"
             held.sendall(body[100:])
             answer = held.recv(65536)

@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.integration.runtime_server import Served, binary_body, serve
+from tests.integration.runtime_server import Served, binary_body, metric, serve
 from tests.soak_report import write_results
 
 pytestmark = pytest.mark.soak
@@ -205,13 +205,6 @@ class RssSampler:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-def metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
-    )
 
 
 @pytest.mark.timeout(soak_seconds() + 300)  # pyproject's 600 s would cut long soaks short

@@ -167,7 +167,7 @@ def test_wheel_builds_from_the_docker_context_alone(tmp_path: Path) -> None:
     (wheel,) = wheels.glob("modelservice-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "modelservice_cli/main.py" in names
-    assert "modelservice_runtime/tools/fetch.py" in names
+    assert "modelservice_runtime/fetch/command.py" in names
     assert not [n for n in names if n.startswith("modelservice_operator")]
     metadata = next(n for n in names if n.endswith("METADATA"))
     text = zipfile.ZipFile(wheel).read(metadata).decode()

@@ -173,7 +173,7 @@ def test_loading_never_copies_the_model_into_python_memory(tmp_path: Path) -> No
 
 def test_fetch_refuses_a_set_whose_external_data_escapes(tmp_path: Path) -> None:
     """Said at fetch time too (the init container), before the runtime would refuse it."""
-    from modelservice_runtime.tools.fetch import FetchError, fetch_model
+    from modelservice_runtime.fetch import FetchError, fetch_model
 
     path = extdata.save_external(tmp_path / "src")
     extdata.set_location(path, "w2", "../../etc/passwd")

@@ -1,10 +1,10 @@
-"""The progress line's one format (tools/progress.py), and the Progress meter driven by a
+"""The progress line's one format (fetch/progress.py), and the Progress meter driven by a
 fake clock and a log that records what it is given."""
 
 from __future__ import annotations
 
 import pytest
-from modelservice_runtime.tools.progress import Progress, format_line, human_bytes
+from modelservice_runtime.fetch.progress import Progress, format_line, human_bytes
 
 MIB = 1 << 20
 

@@ -12,14 +12,10 @@ import numpy as np
 import onnx
 import pytest
 from modelservice_cli import main as cli
-from modelservice_runtime.tools.fetch import FetchError, fetch_model
-from modelservice_runtime.tools.fetch_set import (
-    SetError,
-    digest_of,
-    plan_prefix,
-    s3_prefix,
-    set_digest,
-)
+from modelservice_runtime.fetch import FetchError, fetch_model
+from modelservice_runtime.fetch.base import SetError
+from modelservice_runtime.fetch.s3 import plan_prefix, s3_prefix
+from modelservice_runtime.fetch.trees import digest_of, set_digest
 from onnx import TensorProto, helper, numpy_helper
 
 

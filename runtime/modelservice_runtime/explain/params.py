@@ -52,6 +52,7 @@ class Defaults:
     samples: int = 2048
     max_samples: int = 16384
     patch: tuple[int, int] | None = None  # None: groups.default_patch
+    cap: str = "--explain-max-samples"  # how messages name max_samples (serve's flag)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def parse_parameters(
         raise BadParameter(
             "samples",
             f"{name('samples')}: {samples} is over the limit of {defaults.max_samples} "
-            "perturbed inputs per request (--explain-max-samples)",
+            f"perturbed inputs per request ({defaults.cap})",
         )
 
     seed = raw.get("seed", DEFAULT_SEED)
@@ -270,5 +271,5 @@ def _check_budget(
             which,
             f"{name(which)}: {instances} instance(s) x {request.rows()} perturbed inputs "
             f"({method.name} over {d} features or patches) = {rows}, over the limit of "
-            f"{defaults.max_samples} per request (--explain-max-samples){hint}",
+            f"{defaults.max_samples} per request ({defaults.cap}){hint}",
         )

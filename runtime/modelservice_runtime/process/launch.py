@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from modelservice_runtime import settings as settings_mod
-from modelservice_runtime.process import server, workers
+from modelservice_runtime.process import preflight, server, workers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,12 @@ def run(args: argparse.Namespace) -> int:
     except settings_mod.SettingsError as e:
         print(f"modelservice serve: {e}", file=sys.stderr)
         return 2
+    try:  # before anything starts or logs: one line naming the next step
+        preflight.check_model(Path(settings.model_path), settings.format)
+        preflight.check_port(settings.host, settings.port)
+    except preflight.PreflightError as e:
+        print(f"modelservice serve: {e}", file=sys.stderr)
+        return 1  # as a model that fails to load
     server.configure_logging(settings)
     count = workers.worker_count(settings)
     if count > 1:

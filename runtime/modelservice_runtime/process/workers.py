@@ -36,7 +36,7 @@ from types import FrameType
 from typing import Any
 
 from modelservice_cli.serve_flags import auto_workers
-from modelservice_runtime.process import server
+from modelservice_runtime.process import preflight, server
 from modelservice_runtime.process.balancer import Balancer, HandedOverConnections, listening_socket
 from modelservice_runtime.providers import GPU_PROVIDERS
 from modelservice_runtime.settings import Settings
@@ -275,7 +275,7 @@ def supervise(settings: Settings, count: int) -> int:
         supervisor = Supervisor(settings, count)
     except OSError as e:
         print(
-            f"modelservice serve: cannot listen on {settings.host}:{settings.port}: {e}",
+            f"modelservice serve: {preflight.listen_error(settings.host, settings.port, e)}",
             file=sys.stderr,
         )
         return 1

@@ -238,28 +238,6 @@ def create_app(
     metrics = metrics if metrics is not None else Metrics()
     dataplane = DataPlane(settings, metrics)
 
-    async def load() -> None:
-        loaded = model
-        if loaded is None:
-            try:
-                loop = asyncio.get_running_loop()
-                loaded = await loop.run_in_executor(None, load_model, settings)
-            except Exception as e:
-                dataplane.load_error = str(e)
-                log.error("cannot serve %s: %s", settings.model_path, e)
-                if on_fatal is not None:
-                    on_fatal()
-                return
-        if isinstance(loaded, OnnxModel):
-            dataplane.register(loaded)
-        else:
-            dataplane.register_generative(loaded)
-        # Startup objects (onnxruntime, numpy, the app) never die: keep them out of the
-        # collector's scans so GC pauses stay short under load (better tail latency).
-        gc.collect()
-        gc.freeze()
-        log.info("model %s is ready", settings.name)
-
     async def beat(send: Callable[[], None]) -> None:
         while True:
             send()
@@ -267,7 +245,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(load())]
+        tasks = [asyncio.create_task(_load(dataplane, model, on_fatal))]
         if heartbeat is not None:
             tasks.append(asyncio.create_task(beat(heartbeat)))
         try:
@@ -288,24 +266,55 @@ def create_app(
     app._auth = BearerAuth(settings.auth_token)
     app.serve_routes(route_table(dataplane, metrics))
 
-    # Framework errors (no such route, a method not allowed) get the same {"error": ...}.
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        where = f"{request.method} {request.url.path}"
-        message = {
-            404: f"no endpoint {where}; see /docs for the API",
-            405: f"method not allowed: {where}; see /docs for the API",
-        }.get(exc.status_code, str(exc.detail))
-        return _response(Reply.error(exc.status_code, message, getattr(exc, "headers", None)))
-
-    async def validation_error(_r: Request, exc: Exception) -> Response:
-        return _response(Reply.error(400, f"invalid request: {exc}"))
-
-    async def unexpected_error(_r: Request, exc: Exception) -> Response:
-        log.exception("unexpected error", exc_info=exc)
-        return _response(Reply.error(500, f"internal error: {type(exc).__name__}"))
-
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(Exception, unexpected_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)
     return app
+
+
+async def _load(
+    dataplane: DataPlane, model: OnnxModel | None, on_fatal: Callable[[], None] | None
+) -> None:
+    """Load the model (unless a worker was handed one) and make it servable: ready from
+    here on. A model that cannot load is the server's load_error, and on_fatal is called."""
+    settings = dataplane.settings
+    loaded = model
+    if loaded is None:
+        try:
+            loop = asyncio.get_running_loop()
+            loaded = await loop.run_in_executor(None, load_model, settings)
+        except Exception as e:
+            dataplane.load_error = str(e)
+            log.error("cannot serve %s: %s", settings.model_path, e)
+            if on_fatal is not None:
+                on_fatal()
+            return
+    if isinstance(loaded, OnnxModel):
+        dataplane.register(loaded)
+    else:
+        dataplane.register_generative(loaded)
+    # Startup objects (onnxruntime, numpy, the app) never die: keep them out of the
+    # collector's scans so GC pauses stay short under load (better tail latency).
+    gc.collect()
+    gc.freeze()
+    log.info("model %s is ready", settings.name)
+
+
+# Framework errors (no such route, a method not allowed) get the same {"error": ...}.
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    where = f"{request.method} {request.url.path}"
+    message = {
+        404: f"no endpoint {where}; see /docs for the API",
+        405: f"method not allowed: {where}; see /docs for the API",
+    }.get(exc.status_code, str(exc.detail))
+    return _response(Reply.error(exc.status_code, message, getattr(exc, "headers", None)))
+
+
+async def _validation_error(_r: Request, exc: Exception) -> Response:
+    return _response(Reply.error(400, f"invalid request: {exc}"))
+
+
+async def _unexpected_error(_r: Request, exc: Exception) -> Response:
+    log.exception("unexpected error", exc_info=exc)
+    return _response(Reply.error(500, f"internal error: {type(exc).__name__}"))

@@ -47,7 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep", action="store_true", help="leave the control plane running at the end"
     )
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for Ready")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        help="seconds to wait for Ready (default %(default)s)",
+    )
 
 
 def _step(n: int, text: str) -> None:

@@ -2,10 +2,12 @@
 
 The same parameters, defaults and methods as the runtime's explain routes (explain/, and
 the model loaded as `modelservice serve` loads it), with each parameter a flag. A tabular
-instance prints as a table, largest attributions first; an image-like instance (two or more
-axes: C x H x W or H x W) is written as a PNG heat map over the image, red where a patch
-pushes the explained output up, blue where it pulls it down. The PNG is written with zlib
-alone, so the runtime image needs no imaging library for it.
+instance prints as a table, largest attributions first (and, with --png, a bar chart); an
+image-like instance (two or more axes: C x H x W or H x W) is drawn as a figure: the input
+beside its attribution map on a diverging colour scale with a legend (explain_figure.py,
+matplotlib: the `explain` extra). Without matplotlib the image gets the plain heat map
+written here with zlib alone, red where a patch pushes the explained output up, blue where
+it pulls it down.
 """
 
 from __future__ import annotations
@@ -29,14 +31,22 @@ from modelservice_runtime.explain.params import (
 )
 
 HEATMAP_MIN_SIDE = 256  # small images are scaled up (nearest) to at least this many pixels
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = Defaults()
+    p.epilog = (
+        "Make a model and an input to try it on: python examples/make_models.py (writes "
+        "mlp.onnx and mlp-x.npy, a tabular model and one row; cnn.onnx and image.npy, an "
+        "image model and one C x H x W image). The figure needs matplotlib: "
+        "pip install 'modelservice[runtime,explain]'."
+    )
     p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model")
     p.add_argument(
         "--input", required=True, metavar="FILE.npy",
-        help="one instance (shaped like one row of the model's input), or several on a first "
+        help="a .npy file (numpy.save) holding one instance, shaped like one row of the "
+        "model's input without the batch axis (an image: C x H x W), or several on a first "
         "axis",
     )  # fmt: skip
     p.add_argument("--method", choices=METHODS, help=f"default {d.method}")
@@ -55,9 +65,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-samples", type=int, default=d.max_samples,
         help=f"cap on perturbed inputs, all instances together (default {d.max_samples})",
     )  # fmt: skip
-    p.add_argument("--png", metavar="OUT.png", help="heat map path for an image input "
-                   "(default: <input>-explain.png; -<i> added per instance)")  # fmt: skip
-    p.add_argument("--top", type=int, default=20, help="table rows for tabular inputs")
+    p.add_argument("--png", metavar="OUT.png", help="the figure: for an image input its "
+                   "attribution map (default: <input>-explain.png), for a tabular one a bar "
+                   "chart (default: none); -<i> added per instance")  # fmt: skip
+    p.add_argument(
+        "--top", type=int, default=20,
+        help="features in the table and the bar chart of a tabular input (default 20)",
+    )  # fmt: skip
 
 
 def _raw_parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -91,10 +105,37 @@ def _float_or(text: str) -> Any:
         return text
 
 
+def read_input(path: str) -> np.ndarray:
+    """The --input array; SystemExit saying how to make a .npy of what was given."""
+    given = Path(path)
+    try:
+        with given.open("rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except FileNotFoundError:
+        raise SystemExit(f"--input: {path} does not exist") from None
+    except OSError as e:
+        raise SystemExit(f"--input: cannot read {path} ({e.strerror})") from None
+    if head != NPY_MAGIC:
+        load = (
+            f"np.loadtxt('{path}', delimiter=',', dtype=np.float32)"
+            if given.suffix.lower() in (".csv", ".txt", ".tsv")
+            else "your_array"
+        )
+        raise SystemExit(
+            f"--input: {path} is not a .npy file; --input takes an array saved with numpy: "
+            f"python -c \"import numpy as np; np.save('x.npy', {load})\""
+        )
+    try:
+        return np.load(given)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--input: cannot read {path} as a .npy array ({e})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from modelservice_runtime.serving.explaining import model_runner
     from modelservice_runtime.serving.model import ModelLoadError, OnnxModel
     from modelservice_runtime.settings import Settings
+    from modelservice_runtime.tools import explain_figure
 
     try:
         model = OnnxModel(Settings(model_path=args.model, execution_provider="cpu"))
@@ -106,25 +147,34 @@ def run(args: argparse.Namespace) -> int:
             f"this one takes {[s.metadata() for s in model.inputs]}"
         )
     spec = model.inputs[0]
-    try:
-        data = np.load(args.input)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"--input: cannot read {args.input} as a .npy array ({e})") from None
+    data = read_input(args.input)
     one = spec.shape[1:] if model.batchable else spec.shape  # one instance's shape
-    if data.ndim == len(one):
-        data = data[None]
-    if data.ndim != len(one) + 1 or any(
-        want not in (-1, got) for want, got in zip(one, data.shape[1:], strict=True)
+    stacked = data[None] if data.ndim == len(one) else data
+    if stacked.ndim != len(one) + 1 or any(
+        want not in (-1, got) for want, got in zip(one, stacked.shape[1:], strict=True)
     ):
         raise SystemExit(
-            f"--input: an array of shape {list(data.shape)} is neither one instance nor a "
-            f"stack of instances of input {spec.name!r} {list(spec.shape)} (-1 = any size)"
+            f"--input: an array of shape {list(data.shape)} is neither one instance "
+            f"{list(one)} nor a stack of instances {[-1, *one]} of input {spec.name!r} "
+            f"{list(spec.shape)} (-1 = any size){_reshape_hint(data, one)}"
         )
-    instances = data.astype(spec.dtype, copy=False)
+    instances = stacked.astype(spec.dtype, copy=False)
+    image = is_image_like(instances.shape[1:])
+    figure = explain_figure.available()
+    if args.png and not image and not figure:
+        raise SystemExit(
+            f"--png: the bar chart of a tabular input needs matplotlib: {explain_figure.INSTALL}"
+        )
+    d = Defaults()
     try:
         request = parse_parameters(
             _raw_parameters(args),
-            defaults=Defaults(max_samples=args.max_samples),
+            # the default samples is held to the cap, as the server holds it
+            defaults=Defaults(
+                samples=min(d.samples, args.max_samples),
+                max_samples=args.max_samples,
+                cap="--max-samples",
+            ),
             instance_shape=instances.shape[1:],
             dtype=instances.dtype,
             outputs=model.output_names,
@@ -134,23 +184,52 @@ def run(args: argparse.Namespace) -> int:
         result = explain_batch(model_runner(model), instances, request)
     except BadParameter as e:
         raise SystemExit(e.message.replace("parameters.", "--")) from None
+    what = Path(args.model).name
     for i, e in enumerate(result.explanations):
         print(_summary(i, e))
-        if is_image_like(instances.shape[1:]):
+        if image:
             path = _png_path(args, i, len(instances))
-            write_heatmap(path, instances[i], e.attributions)
-            print(f"  heat map: {path}")
+            if figure:
+                assert request.patch is not None  # an image-like instance has patches
+                explain_figure.image_figure(path, instances[i], e, request.patch, what)
+                print(f"  figure: {path}")
+            else:
+                write_heatmap(path, instances[i], e.attributions)
+                print(f"  heat map: {path} (for the figure with a legend: "
+                      f"{explain_figure.INSTALL})")  # fmt: skip
         else:
             print(table(instances[i], request.baseline, e.attributions, args.top))
+            if args.png:
+                path = _png_path(args, i, len(instances))
+                explain_figure.bar_figure(path, instances[i], e, args.top, what)
+                print(f"  bar chart: {path}")
     return 0
+
+
+def _reshape_hint(data: np.ndarray, one: tuple[int, ...]) -> str:
+    """What to do with a wrongly shaped input: reshape it, when its values would fit."""
+    if any(d < 0 for d in one):
+        return ""
+    size = math.prod(one)
+    if data.size % size:
+        return f"; one instance holds {size} values, this array {data.size}"
+    shape = ", ".join(str(d) for d in (data.size // size, *one))
+    return f"; reshape it: np.save(PATH, x.reshape({shape}))"
 
 
 def _summary(i: int, e: Explanation) -> str:
     how = "exact" if e.exact else f"sampled, seed {e.seed}"
+    head = f"instance {i}: {e.method} ({e.samples} perturbed inputs, {how}), target {e.target}: "
+    total = e.attributions.sum()
+    if e.method == "shap":  # efficiency: the attributions add up by construction
+        return (
+            f"{head}prediction {e.prediction:.6g} = base value {e.base_value:.6g} + "
+            f"attributions {total:.6g}"
+        )
     return (
-        f"instance {i}: {e.method} ({e.samples} perturbed inputs, {how}), target {e.target}: "
-        f"prediction {e.prediction:.6g} = base value {e.base_value:.6g} + attributions "
-        f"{e.attributions.sum():.6g}" + ("" if e.method == "shap" else " (not guaranteed)")
+        f"{head}prediction {e.prediction:.6g}, base value {e.base_value:.6g}, attributions sum "
+        f"to {total:.6g} ({e.method}'s add up to prediction - base value only for a linear "
+        "model; shap's always do)"
     )
 
 

@@ -266,6 +266,11 @@ def check_numerics(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Needs the export extra (torch, onnx): pip install 'modelservice[runtime,export]'; "
+        "from PyPI on Linux that is a CUDA build of torch, several GB (README.md, Install). "
+        "Example: modelservice export tests.modelzoo:mlp --input-shape 1,64 -o mlp.onnx"
+    )
     parser.add_argument(
         "factory",
         metavar="MODULE:FACTORY",
@@ -279,16 +284,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "as dynamic)",
     )
     parser.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
-    parser.add_argument("--input-name", default="input", help="graph input name")
-    parser.add_argument("--output-name", default="output", help="graph output name")
+    parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version (default %(default)s)"
+    )
+    parser.add_argument(
+        "--input-name", default="input", help="graph input name (default %(default)s)"
+    )
+    parser.add_argument(
+        "--output-name", default="output", help="graph output name (default %(default)s)"
+    )
     parser.add_argument(
         "--prune",
         type=float,
         default=0.0,
         metavar="AMOUNT",
         help="before export, zero this fraction (0..1) of the smallest weights globally "
-        "across Linear/Conv layers (L1 magnitude pruning)",
+        "across Linear/Conv layers (L1 magnitude pruning; default %(default)s: none)",
     )
     parser.add_argument(
         "--check-samples",
@@ -296,13 +307,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=2,
         metavar="N",
         help="random inputs per checked batch size (1 and 3) for the torch-vs-onnxruntime "
-        "check; 0 skips the check",
+        "check; 0 skips the check (default %(default)s)",
     )
     parser.add_argument(
         "--atol",
         type=float,
         default=DEFAULT_ATOL,
-        help="largest allowed absolute difference between torch and onnxruntime outputs",
+        help="largest allowed absolute difference between torch and onnxruntime outputs "
+        "(default %(default)s)",
     )
 
 

@@ -5,12 +5,19 @@ data, the tokenizer files), by onnxruntime-genai's model builder, with no hub do
 set; its size is reported, and for int4 the change against an fp32 export of the same
 folder: the share of greedy tokens that agree, prompt by prompt, up to the first
 difference.
+
+The folder is built and checked beside OUT, then moved into place: a failed export leaves
+OUT as it was. An OUT that already holds files (perhaps what a server is serving) is
+refused unless --force, which replaces it whole, by a rename, only once the new one passed
+its check.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,12 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="cpu",
         help="the provider the model is built for (default cpu)",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUT when it already holds files (it is swapped in whole once the new "
+        "export passed its check)",
+    )
 
 
 def build(hf_folder: Path, out: Path, precision: str, provider: str = "cpu") -> Path:
     """Run the model builder on `hf_folder` into `out`; ExportError with its last lines."""
-    if not (hf_folder / "config.json").is_file():
-        raise ExportError(f"{hf_folder}: not a Hugging Face model folder (no config.json)")
+    check_input(hf_folder)
     if precision not in PRECISIONS:
         raise ExportError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
     out.mkdir(parents=True, exist_ok=True)
@@ -64,6 +76,42 @@ def build(hf_folder: Path, out: Path, precision: str, provider: str = "cpu") -> 
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise ExportError(f"the onnxruntime-genai model builder failed on {hf_folder}:\n{tail}")
     return out
+
+
+def check_input(hf_folder: Path) -> None:
+    """ExportError naming what is wrong with HF_FOLDER, and what it should be."""
+    if not hf_folder.exists():
+        raise ExportError(
+            f"{hf_folder}: does not exist; pass a local Hugging Face model folder (config.json, "
+            "model.safetensors, tokenizer.json), e.g. one made by python examples/make_tiny_llm.py"
+        )
+    if not hf_folder.is_dir() or not (hf_folder / "config.json").is_file():
+        raise ExportError(
+            f"{hf_folder}: not a Hugging Face model folder (no config.json); pass the folder "
+            "save_pretrained wrote"
+        )
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Refuse an OUT holding files, unless `force`."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"-o {out}: is a file; the output is a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ExportError(
+            f"-o {out}: the folder is not empty (a server may be serving it); pass --force to "
+            "replace it once the new export has passed its check, or choose another -o"
+        )
+
+
+def publish(staged: Path, out: Path) -> None:
+    """Move the checked folder `staged` to `out`, replacing what was there by renames."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.rename(old / out.name)
+    staged.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def greedy(
@@ -116,7 +164,20 @@ class Report:
     agreement_with_fp32: float | None = None
 
 
-def export_llm(hf_folder: Path, out: Path, precision: str, provider: str = "cpu") -> Report:
+def export_llm(
+    hf_folder: Path, out: Path, precision: str, provider: str = "cpu", force: bool = False
+) -> Report:
+    check_input(hf_folder)
+    check_output(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.export-llm-", dir=out.parent) as tmp:
+        staged = Path(tmp) / out.name
+        report = _export(hf_folder, staged, precision, provider)
+        publish(staged, out)
+    return dataclasses.replace(report, out=out)
+
+
+def _export(hf_folder: Path, out: Path, precision: str, provider: str) -> Report:
     build(hf_folder, out, precision, provider)
     tokens = greedy(out)
     if not all(tokens):
@@ -135,7 +196,11 @@ def export_llm(hf_folder: Path, out: Path, precision: str, provider: str = "cpu"
 def run(args: argparse.Namespace) -> int:
     try:
         report = export_llm(
-            Path(args.hf_folder), Path(args.output), args.precision, args.execution_provider
+            Path(args.hf_folder),
+            Path(args.output),
+            args.precision,
+            args.execution_provider,
+            args.force,
         )
     except ExportError as e:
         print(f"modelservice export-llm: {e}", file=sys.stderr)

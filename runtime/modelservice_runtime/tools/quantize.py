@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from modelservice_runtime.errors import first_line
-from modelservice_runtime.tools.atomic import atomic_target
+from modelservice_runtime.fetch.atomic import atomic_target
 
 DEFAULT_SAMPLES = 16
 

@@ -73,7 +73,16 @@ def parse_predict_request(
 
 
 def _bad_row(row: dict[str, Any], names: list[str]) -> Any:
-    raise BadRequest(f"instance keys {sorted(row)} do not match the model's inputs {names}")
+    if {"name", "shape", "datatype"} <= set(row):  # a V2 tensor under V1's "inputs"
+        raise BadRequest(
+            f"inputs: {row.get('name')!r} is an Open Inference Protocol (V2) tensor; send V2 "
+            'bodies to /v2/models/{model}/infer, or send V1 {"instances": [row, ...]} here'
+        )
+    raise BadRequest(
+        f"instances: instance keys {sorted(row)} do not match the model's inputs {names}; "
+        'send {"instances": [row, ...]} (rows of numbers), or rows that are objects keyed '
+        "by input name"
+    )
 
 
 def _plain(arr: np.ndarray) -> Any:

@@ -57,21 +57,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelservice_runtime.tools import fetch_set
-from modelservice_runtime.tools.atomic import atomic_target
-from modelservice_runtime.tools.fetch import (
-    USER_AGENT,
+from modelservice_runtime.fetch import http
+from modelservice_runtime.fetch.api import fetch_model
+from modelservice_runtime.fetch.atomic import atomic_target, publish_dir
+from modelservice_runtime.fetch.base import (
     FetchError,
     FetchResult,
     Log,
-    _SameOriginAuthRedirect,
-    _stderr,
-    auth_header,
-    fetch_model,
     normalize_sha256,
     redact,
     resolve_dest,
+    stderr_log,
 )
+from modelservice_runtime.fetch.trees import iter_files
 
 ENTRIES, LOCKS, TMP = "entries", "locks", "tmp"
 DATA, META, LAST_USED = "data", "entry.json", "last-used"
@@ -96,36 +94,13 @@ def cache_key(
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
     if scheme not in ("http", "https"):
         return None, "no sha256 (an http(s) URI without one is keyed by its ETag)"
-    etag, length = _head(uri, env=env, timeout=timeout)
+    etag, length = http.head(uri, env=env, timeout=timeout)
     if etag is None:
         return None, f"no sha256 and no strong ETag from {redact(uri)}"
     # The URI whole (query included: another presigned URL may be another object), hashed
     # so that no signature lands on disk.
     ident = "\n".join((uri, etag, length or "")).encode()
     return f"etag-{hashlib.sha256(ident).hexdigest()}", f"the URI and ETag {etag}"
-
-
-def _head(uri: str, *, env: Mapping[str, str], timeout: float) -> tuple[str | None, str | None]:
-    """(strong ETag, Content-Length) from a HEAD request; (None, None) if it says none."""
-    parts = urllib.parse.urlsplit(uri)
-    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
-    headers = {"User-Agent": USER_AGENT}
-    authorization = auth_header(env, uri)
-    if authorization:
-        headers["Authorization"] = authorization
-    opener = urllib.request.build_opener(_SameOriginAuthRedirect())
-    request = urllib.request.Request(url, headers=headers, method="HEAD")
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            etag = response.headers.get("ETag")
-            length = response.headers.get("Content-Length")
-    except (urllib.error.URLError, OSError):
-        return None, None  # the GET will say what is wrong, with retries
-    if not etag or etag.startswith("W/"):
-        return None, None  # a weak ETag promises equivalence, not the same bytes
-    return etag, length
 
 
 @contextlib.contextmanager
@@ -198,13 +173,13 @@ def publish(data: Path, dest: str | Path) -> tuple[Path, str]:
     try:
         tree = work / "tree"
         how = "hardlink"
-        for rel, path in fetch_set.iter_files(data):
+        for rel, path in iter_files(data):
             target = tree / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             if _link_or_copy(path, target) == "copy":
                 how = "copy"
         tree.mkdir(exist_ok=True)  # an empty set still lands as a directory
-        fetch_set.publish_dir(tree, dest)
+        publish_dir(tree, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return dest, how
@@ -227,7 +202,7 @@ def _key_lock(cache_dir: Path, key: str) -> Path:
     return cache_dir / LOCKS / f"{key}.lock"
 
 
-def evict(cache_dir: Path, max_bytes: int, keep: str, log: Log = _stderr) -> list[str]:
+def evict(cache_dir: Path, max_bytes: int, keep: str, log: Log = stderr_log) -> list[str]:
     """Remove least recently used entries until they add up to <= max_bytes; the keys gone.
 
     `keep` (the entry just used) and entries whose lock another fetch holds are skipped.
@@ -281,7 +256,7 @@ def fetch_cached(
     *,
     cache_dir: str | Path,
     max_bytes: int | None = None,
-    log: Log = _stderr,
+    log: Log = stderr_log,
     env: Mapping[str, str] | None = None,
     **fetch_kwargs: Any,
 ) -> FetchResult:

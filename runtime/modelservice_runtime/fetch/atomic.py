@@ -1,4 +1,5 @@
-"""Atomic file replacement: readers see the old file or the complete new one, never a part.
+"""Atomic replacement of a file or a directory: readers see the old one or the complete new
+one, never a part.
 
 The model-fetch init container and the runtime share a volume; a crash, a timeout or a
 checksum failure mid-write must not leave a truncated /models/model.onnx that a restarted
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask."""
     # os.umask can only be read by setting it; restore it at once.
     mask = os.umask(0o022)
     os.umask(mask)
@@ -36,7 +39,31 @@ def atomic_target(dest: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def publish_dir(staging: Path, dest: Path) -> None:
+    """Rename the complete staging dir to dest, replacing what was there.
+
+    An existing dest is first renamed aside, then removed, so a reader sees the old set or
+    the new one; never a mixture. Modes become the usual ones (as atomic_target's).
+    """
+    mask = umask()
+    for dirpath, _, filenames in os.walk(staging):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
+    old: Path | None = None
+    if dest.exists() or dest.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+        os.rmdir(old)
+        os.replace(dest, old)
+    os.replace(staging, dest)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
