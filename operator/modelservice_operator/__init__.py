@@ -1,8 +1,10 @@
 """Kubernetes operator for ModelService resources (kopf).
 
 Split by concern: `spec` (pydantic models, the one source of truth for the CRD schema),
-`crd` (CRD generation), `render` (pure manifests), `status` (status from children),
-`kube` (API calls), `handlers` (kopf orchestration), `cli` (`modelservice operator`).
+`crd` (CRD generation), `render` (pure manifests), `status` and `pods` (status from
+children), `kube` (API calls), `handlers` (kopf registrations only) over `reconcile`,
+`drift`, `reporting`, `progress`, `indexes` and `purge`, `cli` (`modelservice operator`);
+operator/README.md has the full table.
 """
 
 GROUP = "serving.modelservice.io"

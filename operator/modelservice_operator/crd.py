@@ -25,7 +25,9 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from modelservice_operator import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
-from modelservice_operator.spec import QUANTITY_PATTERN, ModelServiceSpec, QuantityMarker
+from modelservice_operator.reasons import PHASES, ConditionType
+from modelservice_operator.spec import ModelServiceSpec
+from modelservice_operator.spec_types import QUANTITY_PATTERN, QuantityMarker
 from modelservice_operator.status import ModelServiceStatus
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -166,16 +168,16 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 PRINTER_COLUMNS = [
     {
-        "name": "Ready",
+        "name": ConditionType.READY.value,
         "type": "string",
-        "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+        "jsonPath": f'.status.conditions[?(@.type=="{ConditionType.READY.value}")].status',
         "description": "Whether the model is being served by all desired replicas.",
     },
     {
         "name": "Phase",
         "type": "string",
         "jsonPath": ".status.phase",
-        "description": "Pending, Progressing, Ready, Degraded or Failed.",
+        "description": f"{PHASES}.",
     },
     {
         "name": "Replicas",

@@ -7,13 +7,12 @@ operator does not own (notably Deployment `spec.replicas` while an HPA owns the 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelservice_cli import fetch_flags, serve_flags
+from modelservice_cli import fetch_flags, runtime_paths, serve_flags
 
 from modelservice_operator import FIELD_MANAGER, GROUP
 from modelservice_operator.spec import GrpcSpec, ModelServiceSpec
@@ -22,7 +21,6 @@ APP_NAME = "modelservice-runtime"
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_COMPONENT = "app.kubernetes.io/component"
 SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
 
 HTTP_PORT = 8080
@@ -71,10 +69,9 @@ def service_url(name: str, namespace: str) -> str:
 
 
 def spec_hash(spec: ModelServiceSpec) -> str:
-    """Hash of everything that shapes the pods; scaling fields are left out so that
-    `kubectl scale` or an autoscaling change never restarts pods."""
-    data = spec.model_dump(by_alias=True, exclude={"replicas", "autoscaling"}, mode="json")
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of everything that shapes the pods (ModelServiceSpec.pod_template_hash, computed
+    once per parsed spec): the pod template's SPEC_HASH_ANNOTATION."""
+    return spec.pod_template_hash
 
 
 def _meta(name: str, namespace: str) -> dict[str, Any]:
@@ -269,33 +266,47 @@ def _http_probe(path: str, period: int, failures: int, timeout: int) -> dict[str
     }
 
 
-def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> dict[str, Any]:
-    image = spec.runtime.image or default_image
-    placement = gpu_placement(spec)
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
-    init_mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+@dataclass
+class _Volumes:
+    """The pod's volumes and where each container mounts them."""
+
+    volumes: list[dict[str, Any]]
+    runtime: list[dict[str, Any]]  # the runtime container's mounts
+    fetch: list[dict[str, Any]]  # the model-fetch init container's mounts
+
+
+def _volumes(spec: ModelServiceSpec) -> _Volumes:
+    """Scratch /tmp for both; the model's emptyDir (written by the fetch, read-only for the
+    runtime) or the claim of a pvc:// model (read-only for both, plus scratch space to
+    verify a checksum in); the fetch's cache."""
+    tmp = {"name": "tmp", "mountPath": "/tmp"}
+    out = _Volumes([{"name": "tmp", "emptyDir": {}}], [tmp], [dict(tmp)])
     pvc = spec.model.pvc_claim_and_path
     if pvc is not None:
-        volumes.append({
+        out.volumes.append({
             "name": "model-pvc",
             "persistentVolumeClaim": {"claimName": pvc[0], "readOnly": True},
         })  # fmt: skip
         pvc_mount = {"name": "model-pvc", "mountPath": PVC_MOUNT, "readOnly": True}
-        mounts.append(pvc_mount)
-        init_mounts.append(pvc_mount)
+        out.runtime.append(pvc_mount)
+        out.fetch.append(pvc_mount)
         if spec.model.sha256:
-            volumes.append({"name": "verify", "emptyDir": {}})
-            init_mounts.append({"name": "verify", "mountPath": VERIFY_DIR})
+            out.volumes.append({"name": "verify", "emptyDir": {}})
+            out.fetch.append({"name": "verify", "mountPath": VERIFY_DIR})
     else:
-        volumes.append({"name": "model", "emptyDir": {}})
-        mounts.append({"name": "model", "mountPath": MODEL_DIR, "readOnly": True})
-        init_mounts.append({"name": "model", "mountPath": MODEL_DIR})
+        out.volumes.append({"name": "model", "emptyDir": {}})
+        out.runtime.append({"name": "model", "mountPath": MODEL_DIR, "readOnly": True})
+        out.fetch.append({"name": "model", "mountPath": MODEL_DIR})
     cache_volume = _cache_volume(spec)
     if cache_volume is not None:
-        volumes.append(cache_volume)
-        init_mounts.append({"name": "model-cache", "mountPath": CACHE_MOUNT})
+        out.volumes.append(cache_volume)
+        out.fetch.append({"name": "model-cache", "mountPath": CACHE_MOUNT})
+    return out
 
+
+def _runtime_container(
+    name: str, spec: ModelServiceSpec, image: str, mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
     runtime: dict[str, Any] = {
         "name": RUNTIME_CONTAINER,
         "image": image,
@@ -309,16 +320,16 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
                 else []
             ),
         ],
-        "resources": _resources(spec, placement.limits),
+        "resources": _resources(spec, gpu_placement(spec).limits),
         "volumeMounts": mounts,
         "startupProbe": _http_probe(
-            "/v2/health/ready",
+            runtime_paths.HEALTH_READY,
             period=STARTUP_PROBE_PERIOD_SECONDS,
             failures=math.ceil(spec.runtime.startup_timeout_seconds / STARTUP_PROBE_PERIOD_SECONDS),
             timeout=3,
         ),
-        "readinessProbe": _http_probe("/v2/health/ready", period=5, failures=2, timeout=3),
-        "livenessProbe": _http_probe("/v2/health/live", period=10, failures=3, timeout=5),
+        "readinessProbe": _http_probe(runtime_paths.HEALTH_READY, period=5, failures=2, timeout=3),
+        "livenessProbe": _http_probe(runtime_paths.HEALTH_LIVE, period=10, failures=3, timeout=5),
         # Keep serving while endpoints controllers and proxies drop the pod, then SIGTERM.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "securityContext": _restricted_container_security(),
@@ -327,7 +338,34 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
     env = _env(spec)
     if env:
         runtime["env"] = env
+    return runtime
 
+
+def _fetch_container(
+    spec: ModelServiceSpec, image: str, mounts: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    fetch = fetch_command(spec)
+    if fetch is None:
+        return None
+    init: dict[str, Any] = {
+        "name": FETCH_CONTAINER,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": fetch,
+        "resources": _resources(spec, {}),
+        "volumeMounts": mounts,
+        "securityContext": _restricted_container_security(),
+        "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
+    }
+    if spec.model.secret_ref is not None:
+        init["envFrom"] = [{"secretRef": {"name": spec.model.secret_ref.name}}]
+    return init
+
+
+def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> dict[str, Any]:
+    image = spec.runtime.image or default_image
+    placement = gpu_placement(spec)
+    volumes = _volumes(spec)
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -339,25 +377,12 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
             "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [runtime],
-        "volumes": volumes,
+        "containers": [_runtime_container(name, spec, image, volumes.runtime)],
+        "volumes": volumes.volumes,
     }
-    fetch = fetch_command(spec)
-    if fetch is not None:
-        init: dict[str, Any] = {
-            "name": FETCH_CONTAINER,
-            "image": image,
-            "imagePullPolicy": "IfNotPresent",
-            "command": fetch,
-            "resources": _resources(spec, {}),
-            "volumeMounts": init_mounts,
-            "securityContext": _restricted_container_security(),
-            "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
-        }
-        if spec.model.secret_ref is not None:
-            init["envFrom"] = [{"secretRef": {"name": spec.model.secret_ref.name}}]
+    init = _fetch_container(spec, image, volumes.fetch)
+    if init is not None:
         pod["initContainers"] = [init]
-
     node_selector = dict(spec.node_selector) | placement.node_selector
     tolerations = [dict(t) for t in spec.tolerations]
     if placement.toleration is not None and placement.toleration not in tolerations:
@@ -392,7 +417,7 @@ def render_deployment(
                         SPEC_HASH_ANNOTATION: spec_hash(spec),
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(HTTP_PORT),
-                        "prometheus.io/path": "/metrics",
+                        "prometheus.io/path": runtime_paths.METRICS,
                     },
                 },
                 "spec": render_pod_spec(name, spec, default_image),
@@ -480,16 +505,29 @@ def render_pdb(name: str, namespace: str) -> dict[str, Any]:
     }
 
 
+# Every kind of child, in apply order (the HPA after its target), with how it is rendered.
+CHILD_KINDS: dict[str, Callable[[str, str, ModelServiceSpec, str], dict[str, Any] | None]] = {
+    "Deployment": render_deployment,
+    "Service": lambda name, namespace, spec, image: render_service(name, namespace, spec),
+    "PodDisruptionBudget": lambda name, namespace, spec, image: render_pdb(name, namespace),
+    "HorizontalPodAutoscaler": lambda name, namespace, spec, image: render_hpa(
+        name, namespace, spec
+    ),
+}
+
+
+def render_child(
+    kind: str, name: str, namespace: str, spec: ModelServiceSpec, default_image: str
+) -> dict[str, Any] | None:
+    """The one child of `kind` the spec renders, or None (an HPA while autoscaling is off,
+    a kind the operator does not make)."""
+    render = CHILD_KINDS.get(kind)
+    return None if render is None else render(name, namespace, spec, default_image)
+
+
 def render_children(
     name: str, namespace: str, spec: ModelServiceSpec, default_image: str
 ) -> list[dict[str, Any]]:
     """Every child that should exist, in apply order (the HPA after its target)."""
-    children = [
-        render_deployment(name, namespace, spec, default_image),
-        render_service(name, namespace, spec),
-        render_pdb(name, namespace),
-    ]
-    hpa = render_hpa(name, namespace, spec)
-    if hpa is not None:
-        children.append(hpa)
-    return children
+    rendered = (render(name, namespace, spec, default_image) for render in CHILD_KINDS.values())
+    return [child for child in rendered if child is not None]

@@ -6,7 +6,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-DEFAULT_RUNTIME_IMAGE = "ghcr.io/modelservice/modelservice-runtime:0.1.0"
+from modelservice_cli import __version__
+
+# The runtime image's name (hack/images.sh and the Makefile build it under this name, tagged
+# dev) and the default the operator puts in pods: this release's tag. The Helm chart's
+# runtimeImage repeats it (tests/unit/test_one_version.py).
+RUNTIME_REPOSITORY = "modelservice-runtime"
+DEFAULT_RUNTIME_IMAGE = f"{RUNTIME_REPOSITORY}:{__version__}"
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:

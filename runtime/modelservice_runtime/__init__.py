@@ -6,9 +6,9 @@ are imported by the commands that need them, so `modelservice --help` stays fast
 runtime image never needs torch.
 """
 
-__version__ = "0.1.0"
-
 import os as _os
+
+from modelservice_cli import __version__ as __version__
 
 # numpy's OpenBLAS threads (used here only by the explanations' least-squares fits) would
 # spin against onnxruntime's pool and the event loop for the same cores: a 2048 x 63 lstsq

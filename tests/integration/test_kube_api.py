@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from modelservice_operator.handlers import ReconcileError, drift, failure_is_the_specs
+from modelservice_operator.drift import drift
 from modelservice_operator.kube import Kube, KubeApiError
+from modelservice_operator.reconcile import ReconcileError, failure_is_the_specs
 from modelservice_operator.render import render_children
 from modelservice_operator.spec import parse_spec
 

@@ -469,7 +469,7 @@ def test_fields_of_other_managers_are_not_treated_as_drift(
 ) -> None:
     """Found by this test: a sidecar another manager added counted as drift (lists compared
     by length), so every Deployment event re-applied and posted DriftRepaired; fixed in
-    handlers.contains() (named entries matched by name)."""
+    drift.contains() (named entries matched by name)."""
     ns, name = msvc_namespace, "sidecar"
     kctl.apply(msvc(name, replicas=1), ns)
     wait_phase(kctl, ns, name, "Ready")
@@ -533,7 +533,7 @@ def test_deleted_namespace_leaves_the_operator_index(
 ) -> None:
     """Found by this test (intermittent): kopf stops a namespace's watch streams as the
     namespace goes, and the DELETED events it had not processed by then never reached its
-    indexes, which kept the ModelServices for good. handlers.namespace_event purges them;
+    indexes, which kept the ModelServices for good. handlers.namespace_event (purge.py) purges them;
     its log line says when the purge was what dropped them."""
     ns = f"{NAMESPACE_PREFIX}-{uuid.uuid4().hex[:6]}"
     kctl.run("create", "namespace", ns)

@@ -1,8 +1,8 @@
 """The operator's side of pod failures: status refreshed from the pods, one Warning per
 failure (not one per pod event), and refused specs left alone.
 
-kopf.warn and the status PATCH are replaced by recorders here: what is tested is when the
-handlers call them. The real path (watch, event, status) runs against the control plane.
+kopf.warn and the status PATCH are replaced by recorders here: what is tested is when
+reporting.py calls them. The real path (watch, event, status) runs against the control plane.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import logging
 from typing import Any
 
 import pytest
-from modelservice_operator import handlers
+from modelservice_operator import reporting
+from modelservice_operator.indexes import Children
 from modelservice_operator.render import SPEC_HASH_ANNOTATION, spec_hash
 from modelservice_operator.spec import parse_spec
 from modelservice_operator.status import invalid_status
@@ -78,7 +79,7 @@ class StatusRecorder:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> StatusRecorder:
     recorder = StatusRecorder()
-    monkeypatch.setattr(handlers, "client", lambda: recorder)
+    monkeypatch.setattr(reporting, "client", lambda: recorder)
     return recorder
 
 
@@ -89,8 +90,8 @@ def warnings(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     def warn(obj: Any, *, reason: str, message: str) -> None:
         posted.append({"uid": obj["metadata"]["uid"], "reason": reason, "message": message})
 
-    monkeypatch.setattr(handlers.kopf, "warn", warn)
-    monkeypatch.setattr(handlers, "_reported", {})
+    monkeypatch.setattr(reporting.kopf, "warn", warn)
+    reporting.REPORTED.clear()
     return posted
 
 
@@ -103,7 +104,7 @@ class Owner:
 
     def refresh(self, *pods: dict[str, Any]) -> None:
         before = len(self.api.patches)
-        handlers.refresh_status(self.body, DEPLOYMENT, None, list(pods), LOG)
+        reporting.refresh_status(self.body, Children(DEPLOYMENT, None, list(pods)), LOG)
         if len(self.api.patches) > before:
             self.body["status"] = {**self.body["status"], **self.api.patches[-1]}
 
@@ -145,7 +146,7 @@ def test_a_restarted_operator_does_not_repeat_what_the_status_says(api, warnings
     first = Owner(api)
     first.refresh(_failing())
     assert len(warnings) == 1
-    handlers._reported.clear()  # a new process: nothing in memory
+    reporting.REPORTED.clear()  # a new process: nothing in memory
     again = Owner(api, status=first.body["status"])
     again.refresh(_failing())
     assert len(warnings) == 1

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelservice_operator.render import SPEC_HASH_ANNOTATION, spec_hash
-from modelservice_operator.spec import parse_spec
-from modelservice_operator.status import (
+from modelservice_operator.pods import (
     MESSAGE_MAX_CHARS,
     PodDiagnosis,
-    Reason,
-    compute_status,
     diagnose_pod,
     diagnose_pods,
-    invalid_status,
     pod_essentials,
-    refused,
     tail,
 )
+from modelservice_operator.reasons import Reason
+from modelservice_operator.render import SPEC_HASH_ANNOTATION, spec_hash
+from modelservice_operator.spec import parse_spec
+from modelservice_operator.status import compute_status, invalid_status, refused
 
 URI = "https://models.example.com/m.onnx"
 SPEC = parse_spec({"model": {"uri": URI, "sha256": "ab" * 32}, "replicas": 2}, "demo")

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 from modelservice_operator.render import render_deployment
-from modelservice_operator.spec import InvalidSpec, parse_spec, quantity_bytes
+from modelservice_operator.spec import InvalidSpec, parse_spec
+from modelservice_operator.spec_types import quantity_bytes
 
 IMAGE = "registry.local/modelservice-runtime:test"
 SHA = "ab" * 32

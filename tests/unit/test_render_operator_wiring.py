@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from modelservice_operator.cli import kopf_args
-from modelservice_operator.handlers import contains
+from modelservice_operator.drift import contains
 from modelservice_operator.settings import DEFAULT_RUNTIME_IMAGE, OperatorSettings
 
 
@@ -121,3 +121,15 @@ def test_quiet_successes_drops_only_the_named_handlers_successes() -> None:
     assert passes("Handler 'reconcile_modelservice' succeeded.")
     assert passes("Handler 'deployment_event' failed with an exception. Will retry.", logging.ERROR)
     assert passes("applied Deployment, Service (spec hash abc)")
+
+
+def test_importing_the_handlers_reads_no_settings() -> None:
+    """Settings are read at kopf startup (handlers.configure, into kopf's memo), not at
+    import: a bad value fails the operator's start, not an import of the module."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MODELSERVICE_OPERATOR_MAX_CONCURRENT": "-1"}
+    code = "import modelservice_operator.handlers as h; assert not hasattr(h, 'SETTINGS')"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)

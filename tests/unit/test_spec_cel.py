@@ -10,15 +10,9 @@ from typing import Any
 import celpy
 import pytest
 from modelservice_operator import crd
-from modelservice_operator.spec import (
-    AutoscalingSpec,
-    GrpcSpec,
-    ModelCacheSpec,
-    ModelServiceSpec,
-    ModelSource,
-    NormalizeSpec,
-    _Model,
-)
+from modelservice_operator.spec import AutoscalingSpec, GrpcSpec, ModelServiceSpec, NormalizeSpec
+from modelservice_operator.spec_model import ModelCacheSpec, ModelSource
+from modelservice_operator.spec_types import SpecModel
 from pydantic import BaseModel, ValidationError
 
 from tests.unit.test_crd import _apply_defaults
@@ -27,7 +21,7 @@ URI = "https://models.example.com/m.onnx"
 ONE_METRIC = [{"type": "Pods", "pods": {"metric": {"name": "inflight"}}}]
 
 # (model, object, whether every rule holds)
-CASES: list[tuple[type[_Model], dict[str, Any], bool]] = [
+CASES: list[tuple[type[SpecModel], dict[str, Any], bool]] = [
     (ModelSource, {"uri": URI}, True),
     (ModelSource, {"uri": "pvc://models/resnet/model.onnx"}, True),
     (ModelSource, {"uri": "pvc://models"}, False),
@@ -112,7 +106,7 @@ def test_every_model_with_cel_rules_has_cases_both_ways() -> None:
         assert {(model, True), (model, False)} <= covered, model.__name__
 
 
-def _cel_holds(model: type[_Model], obj: dict[str, Any]) -> bool:
+def _cel_holds(model: type[SpecModel], obj: dict[str, Any]) -> bool:
     env = celpy.Environment()
     defaulted = _apply_defaults(crd.model_schema(model), copy.deepcopy(obj))
     activation = {"self": celpy.json_to_cel(defaulted)}
@@ -124,7 +118,7 @@ def _cel_holds(model: type[_Model], obj: dict[str, Any]) -> bool:
     return all(verdicts)
 
 
-def _pydantic_holds(model: type[_Model], obj: dict[str, Any]) -> bool:
+def _pydantic_holds(model: type[SpecModel], obj: dict[str, Any]) -> bool:
     try:
         model.model_validate(copy.deepcopy(obj))
     except ValidationError:
@@ -133,6 +127,6 @@ def _pydantic_holds(model: type[_Model], obj: dict[str, Any]) -> bool:
 
 
 @pytest.mark.parametrize(("model", "obj", "holds"), CASES)
-def test_cel_and_pydantic_agree(model: type[_Model], obj: dict[str, Any], holds: bool) -> None:
+def test_cel_and_pydantic_agree(model: type[SpecModel], obj: dict[str, Any], holds: bool) -> None:
     assert _pydantic_holds(model, obj) is holds, "pydantic"
     assert _cel_holds(model, obj) is holds, "CEL"

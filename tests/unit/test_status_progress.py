@@ -3,16 +3,18 @@ status.py): which container's log to read, which line of it, and the message it 
 
 from __future__ import annotations
 
-from modelservice_operator.status import (
+import dataclasses
+
+from modelservice_operator.pods import (
     PROGRESS_MAX_CHARS,
     PodDiagnosis,
-    Reason,
-    compute_status,
     diagnose_pods,
     last_progress_line,
     progress_source,
     with_progress,
 )
+from modelservice_operator.reasons import Reason
+from modelservice_operator.status import compute_status
 
 from tests.unit.test_pod_status import (
     INITIALIZING,
@@ -91,20 +93,24 @@ def test_status_of_a_fetching_pod_shows_its_last_line() -> None:
 
 
 def test_the_operator_notes_starting_pods_and_forgets_them_once_started() -> None:
-    """What the status computations leave for the log poller (handlers._track_start): a
+    """What the status computations leave for the log poller (progress.track_start): a
     ModelService with a fetching pod is noted with its pod and container, and its stored
-    line shows in every later diagnosis; once no pod is starting, both are dropped."""
-    from modelservice_operator import handlers
+    line shows in every later diagnosis; once no pod is starting, it is dropped."""
+    from modelservice_operator import progress
+    from modelservice_operator.memory import owner_key
 
-    owner = {"metadata": {"namespace": "ns", "name": "demo"}, "spec": {}, "status": {}}
-    handlers._track_start(owner, None, None, [], FETCHING)
-    assert handlers._starting[("ns", "demo")].source == (POD, "model-fetch")
-    handlers._progress[("ns", "demo", POD, "model-fetch")] = LINE
-    shown = handlers._with_known_progress("ns", "demo", FETCHING)
+    meta = {"namespace": "ns", "name": "demo", "uid": "u1"}
+    owner, key = {"metadata": meta, "spec": {}, "status": {}}, owner_key(meta)
+    progress.track_start(owner, None, None, [], FETCHING)
+    start = progress.STARTING.get(key)
+    assert start is not None and start.source == (POD, "model-fetch")
+    progress.STARTING.put(key, dataclasses.replace(start, line=LINE))
+    shown = progress.with_known_progress(meta, FETCHING)
     assert shown is not None and shown.detail.endswith(f"; last output: {LINE}")
+    progress.track_start(owner, None, None, [], FETCHING)  # the next event keeps the line
+    assert progress.with_known_progress(meta, FETCHING) == shown
     # The same pod now loading: the fetch's line is not the runtime's.
-    handlers._track_start(owner, None, None, [], LOADING)
-    assert handlers._with_known_progress("ns", "demo", LOADING) == LOADING
-    handlers._track_start(owner, None, None, [], None)
-    assert ("ns", "demo") not in handlers._starting
-    assert not [k for k in handlers._progress if k[:2] == ("ns", "demo")]
+    progress.track_start(owner, None, None, [], LOADING)
+    assert progress.with_known_progress(meta, LOADING) == LOADING
+    progress.track_start(owner, None, None, [], None)
+    assert key not in progress.STARTING

@@ -8,6 +8,7 @@ one data plane.
 
 from __future__ import annotations
 
+from modelservice_cli.runtime_paths import HEALTH_LIVE, HEALTH_READY, METRICS
 from modelservice_runtime.serving.dataplane import DataPlane
 from modelservice_runtime.serving.embeddings_endpoints import EmbeddingEndpoints
 from modelservice_runtime.serving.endpoints import V1Endpoints, V2Endpoints
@@ -16,11 +17,6 @@ from modelservice_runtime.serving.explaining import ExplainPlane
 from modelservice_runtime.serving.metrics import CONTENT_TYPE, Metrics
 from modelservice_runtime.serving.openai_endpoints import OpenAIEndpoints
 from modelservice_runtime.serving.reply import JSON, Headers, Reply, Route
-
-# The probes' paths: the operator's pod template reads them from here too.
-LIVE_PATH = "/v2/health/live"
-READY_PATH = "/v2/health/ready"
-METRICS_PATH = "/metrics"
 
 _INFER_BODY = {
     "requestBody": {
@@ -62,8 +58,8 @@ def route_table(dataplane: DataPlane, metrics: Metrics) -> list[Route]:
     model = "/v2/models/{model_name}"
     version = "/v2/models/{model_name}/versions/{model_version}"
     routes = [
-        Route("GET", LIVE_PATH, v2_.live, "health", auth=False),
-        Route("GET", READY_PATH, v2_.ready, "health", auth=False),
+        Route("GET", HEALTH_LIVE, v2_.live, "health", auth=False),
+        Route("GET", HEALTH_READY, v2_.ready, "health", auth=False),
         Route("GET", "/v2", v2_.server_metadata, "v2"),
         Route("GET", model, v2_.model_metadata, "v2"),
         Route("GET", version, v2_.model_metadata, "v2"),
@@ -86,7 +82,7 @@ def route_table(dataplane: DataPlane, metrics: Metrics) -> list[Route]:
             openapi=_PREDICT_BODY,
         ),
         Route("POST", "/predict", v1_.predict_default, "v1", openapi=_INFER_BODY),
-        Route("GET", METRICS_PATH, prometheus, "metrics", auth=False),
+        Route("GET", METRICS, prometheus, "metrics", auth=False),
     ]
     for prefix in OPENAI_PREFIXES:
         routes += [

@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from modelservice_cli import runtime_paths
+
 DEMO_NAME = "demo-mlp"
 DEMO_NAMESPACE = "default"
 EXAMPLE = "examples/cpu-autoscaled.yaml"
@@ -292,7 +294,7 @@ class Demo:
 
             def ready() -> bool:
                 try:
-                    urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2)
+                    urllib.request.urlopen(f"{base}{runtime_paths.HEALTH_READY}", timeout=2)
                     return True
                 except OSError:
                     return False

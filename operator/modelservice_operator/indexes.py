@@ -1,0 +1,194 @@
+"""The operator's in-memory view of the cluster: what its kopf indexes hold, and the lookups.
+
+Four indexes (registered in handlers.py): ModelServices by (namespace, name), owned
+Deployments and HPAs by (namespace, name), and runtime pods by (namespace, ModelService
+name). Each entry keeps only what status and drift need, plus `identity` (kopf's key of the
+object, for `purge.purge_namespace`). A ModelService's entry also carries its spec parsed
+once (`PARSED`), so the events of its children never parse it again.
+
+`children` is the one lookup of "this ModelService's Deployment, HPA and pods".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from modelservice_operator import API_VERSION, FIELD_MANAGER, KIND
+from modelservice_operator.pods import pod_essentials
+from modelservice_operator.render import LABEL_INSTANCE, LABEL_MANAGED_BY
+from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
+
+# The label every child carries: the child indexes and watches select on it.
+CHILD_LABELS = {LABEL_MANAGED_BY: FIELD_MANAGER}
+# Where an indexed ModelService keeps its parsed spec (a ModelServiceSpec, or None when
+# the spec is invalid).
+PARSED = "parsed"
+
+
+def clean(value: Any) -> Any:
+    """kopf bodies are views; a plain copy keeps render/compare functions simple."""
+    if isinstance(value, Mapping):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
+
+
+def identity(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The indexed object's own namespace, name and uid (kopf's key for its index entries)
+    and creation time, kept in every entry so that `purge_namespace` can drop them."""
+    meta = body.get("metadata") or {}
+    return {k: meta.get(k) for k in ("namespace", "name", "uid", "creationTimestamp")}
+
+
+def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain copy of what the operator reads of a ModelService."""
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            **identity(body),
+            "generation": meta.get("generation"),
+            "labels": dict(meta.get("labels") or {}),
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        },
+        "spec": clean(body.get("spec") or {}),
+        "status": clean(body.get("status") or {}),
+    }
+
+
+def _parse(owner: Mapping[str, Any]) -> ModelServiceSpec | None:
+    try:
+        return parse_spec(owner["spec"], owner["metadata"]["name"])
+    except InvalidSpec:
+        return None
+
+
+def owner_spec(owner: Mapping[str, Any]) -> ModelServiceSpec | None:
+    """The owner's parsed spec (None when it is invalid): the index entry's, parsed when the
+    ModelService changed; an owner made otherwise is parsed now."""
+    if PARSED in owner:
+        parsed: ModelServiceSpec | None = owner[PARSED]
+        return parsed
+    return _parse(owner)
+
+
+def modelservice_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A ModelService's index entry: its snapshot and its spec, parsed here once."""
+    owner = snapshot(body)
+    owner[PARSED] = _parse(owner)
+    return owner
+
+
+def owner_of_body(body: Mapping[str, Any], index: kopf.Index[Any, Any]) -> dict[str, Any]:
+    """A snapshot of this ModelService body with its spec as the index parsed it (same uid
+    and generation: the spec has not changed since; for a custom resource with a status
+    subresource the generation moves with every spec change), else parsed when needed."""
+    owner = snapshot(body)
+    meta = owner["metadata"]
+    for entry in index.get((meta["namespace"], meta["name"]), []):
+        if (entry["metadata"]["uid"], entry["metadata"]["generation"]) == (
+            meta["uid"],
+            meta["generation"],
+        ):
+            owner[PARSED] = entry.get(PARSED)
+            break
+    return owner
+
+
+def deployment_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What status needs of an owned Deployment, so that status checks read the watch's
+    latest copy instead of GETting it."""
+    meta = body.get("metadata") or {}
+    return {
+        "metadata": {**identity(body), "generation": meta.get("generation")},
+        "spec": {"replicas": (body.get("spec") or {}).get("replicas")},
+        "status": clean(body.get("status") or {}),
+    }
+
+
+def hpa_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The status of an owned HPA (see deployment_entry)."""
+    return {"metadata": identity(body), "status": clean(body.get("status") or {})}
+
+
+def pod_instance(body: Mapping[str, Any]) -> str | None:
+    """The ModelService a runtime pod serves: its instance label (its owner is a
+    ReplicaSet)."""
+    return ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_INSTANCE) or None
+
+
+def pod_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What status needs of a runtime pod (status.pod_essentials), with its identity."""
+    pod = pod_essentials(body)
+    pod["metadata"].update(identity(body))
+    return pod
+
+
+def owner_body(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """What kopf.adopt and kopf.event need of the owner (with the owner's labels)."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "labels")},
+    }
+
+
+def indexed(index: kopf.Index[Any, Any], namespace: str, name: str) -> dict[str, Any] | None:
+    """The first entry under (namespace, name), or None."""
+    return next(iter(index.get((namespace, name), [])), None)
+
+
+def owner_of(child: Mapping[str, Any], index: kopf.Index[Any, Any]) -> dict[str, Any] | None:
+    """The indexed ModelService that controls `child` (matching uid), if still alive."""
+    meta = child.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") != KIND or not ref.get("controller"):
+            continue
+        for snap in index.get((meta.get("namespace"), ref.get("name")), []):
+            if snap["metadata"]["uid"] == ref.get("uid") and not snap["metadata"].get(
+                "deletionTimestamp"
+            ):
+                return snap
+    return None
+
+
+@dataclass(frozen=True)
+class Children:
+    """A ModelService's Deployment and HPA (None if absent, or the HPA while autoscaling is
+    off) and its runtime pods, as the indexes hold them."""
+
+    deployment: Mapping[str, Any] | None
+    hpa: Mapping[str, Any] | None
+    pods: list[Mapping[str, Any]] = field(default_factory=list)
+
+
+_LOOK_UP: Any = object()
+
+
+def children(
+    owner: Mapping[str, Any],
+    deployments: kopf.Index[Any, Any],
+    hpas: kopf.Index[Any, Any],
+    pods: kopf.Index[Any, Any],
+    *,
+    deployment: Mapping[str, Any] | None = _LOOK_UP,
+    hpa: Mapping[str, Any] | None = _LOOK_UP,
+) -> Children:
+    """This ModelService's children from the indexes; `deployment` or `hpa`, when given,
+    stand for the index's (the object of the event being handled, None if it was deleted)."""
+    meta = owner["metadata"]
+    key = (meta["namespace"], meta["name"])
+    if deployment is _LOOK_UP:
+        deployment = indexed(deployments, *key)
+    if not (owner.get("spec") or {}).get("autoscaling"):
+        hpa = None
+    elif hpa is _LOOK_UP:
+        hpa = indexed(hpas, *key)
+    return Children(deployment, hpa, list(pods.get(key, [])))
