@@ -154,6 +154,7 @@ def session(tmp_path: Path) -> Iterator[dict[str, str]]:
         "DOCS_READY_S": str(SERVER_READY_S),
         "DOCS_PYPROJECT": str(ROOT / "pyproject.toml"),
         "WORK": str(work),
+        **{f"PORT_{p}": str(free_port()) for p in MORE_PORTS},
     }
     try:
         yield env
@@ -170,8 +171,14 @@ def session(tmp_path: Path) -> Iterator[dict[str, str]]:
                 os.killpg(pid, signal.SIGKILL)
 
 
+# A page's further servers (beside the first, on 8080) use these: each gets a free port.
+MORE_PORTS = ("8090", "8091")
+
+
 def run_block(b: Block, env: dict[str, str], port: int) -> str:
     text = b.text.replace("8080", str(port))
+    for written in MORE_PORTS:
+        text = text.replace(written, env[f"PORT_{written}"])
     work = env["WORK"]
     if b.lang == "python":
         script = Path(env["DOCS_DIR"]) / f"block-{b.line}.py"
