@@ -50,7 +50,7 @@ SERVING_LAYERS: list[set[str]] = [
         "grpc_front.grpc_predict_v2_pb2_grpc",
     },
     # the generated messages (grpc_front/grpc_predict_v2_pb2.py), the package docs
-    {"datatypes", "reply", "grpc_front", "grpc_front.grpc_predict_v2_pb2"},
+    {"datatypes", "reply", "protocol.tools", "grpc_front", "grpc_front.grpc_predict_v2_pb2"},
 ]
 
 

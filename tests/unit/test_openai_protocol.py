@@ -71,7 +71,8 @@ BAD = [
     ("logit_bias over 100", {"prompt": "x", "logit_bias": {"1": 101}}, "logit_bias[1] must be"),
     ("presence_penalty over 2", {"prompt": "x", "presence_penalty": 2.5}, "presence_penalty must"),
     ("repetition_penalty 0", {"prompt": "x", "repetition_penalty": 0}, "repetition_penalty must"),
-    ("unimplemented field", {"prompt": "x", "tools": [{"type": "function"}]}, "tools is not"),
+    ("unimplemented field", {"prompt": "x", "suffix": "y"}, "suffix is not"),
+    ("tools on completions", {"prompt": "x", "tools": []}, "unknown parameter 'tools'"),
     (
         "response_format unknown",
         {"prompt": "x", "response_format": {"type": "xml"}},
@@ -105,8 +106,13 @@ BAD_CHAT = [
     ("message not an object", {"messages": ["hi"]}, "messages[0] must be an object"),
     (
         "unknown message key",
-        {"messages": [{"role": "user", "content": "x", "tool_calls": []}]},
+        {"messages": [{"role": "user", "content": "x", "function_call": {}}]},
         "messages[0] has unsupported keys",
+    ),
+    (
+        "tool_calls on a user message",
+        {"messages": [{"role": "user", "content": "x", "tool_calls": []}]},
+        "messages[0].tool_calls must be a list, on an assistant",
     ),
     (
         "both max_tokens names",
@@ -162,9 +168,10 @@ def test_edges_that_are_accepted() -> None:
         "logit_bias": {},
         "best_of": 1,
         "suffix": None,
-        "tools": [],
     }
     assert parse({"prompt": "x", **off}).prompt == "x"
+    chat = {"messages": [{"role": "user", "content": "x"}], "tools": [], "tool_choice": "none"}
+    assert parse(chat, chat=True).tools is None
     assert "best_of" in refused({"prompt": "x", "best_of": True})  # True is not 1
 
 
@@ -207,7 +214,8 @@ def test_chat_roles_text_parts_and_max_completion_tokens() -> None:
         }
     )
     r = parse({"messages": messages, "max_completion_tokens": 7}, chat=True)
-    assert r.messages is not None and r.messages[-1] == {"role": "user", "content": "ab"}
+    assert r.messages is not None
+    assert r.messages[-1] == {"role": "user", "content": "ab", "name": "me"}  # for the template
     assert r.max_tokens == 7
 
 

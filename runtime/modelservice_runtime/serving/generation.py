@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modelservice_runtime.errors import BadRequest, ServiceUnavailable
 from modelservice_runtime.generation.client import (
@@ -145,14 +146,23 @@ class GenaiModel:
             return self._hf.decode(ids, skip_special_tokens=True)
         return self.tokenizer.decode(list(ids))
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        """The model's chat template applied, with the assistant's turn opened."""
+    def chat_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> str:
+        """The model's chat template applied, with the assistant's turn opened; `tools`
+        (OpenAI's tool list) become the template's `tools`."""
         return self.tokenizer.apply_chat_template(
-            json.dumps(messages), template_str=self.chat_template, add_generation_prompt=True
+            json.dumps(messages),
+            template_str=self.chat_template,
+            tools=json.dumps(tools) if tools else None,
+            add_generation_prompt=True,
         )
 
     async def encode_async(
-        self, text: str | None, messages: list[dict[str, str]] | None
+        self,
+        text: str | None,
+        messages: list[dict[str, Any]] | None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         """The prompt's token ids (through the chat template for `messages`), off the loop.
         A 400 without tokenizing when the text cannot fit the context."""
@@ -167,7 +177,9 @@ class GenaiModel:
             )
 
         def work() -> list[int]:
-            return self.encode(self.chat_prompt(messages) if messages is not None else text or "")
+            if messages is None:
+                return self.encode(text or "")
+            return self.encode(self.chat_prompt(messages, tools))
 
         return await loop.run_in_executor(None, work)
 

@@ -25,6 +25,7 @@ from modelservice_runtime.serving.dataplane import DataPlane
 from modelservice_runtime.serving.entries import GenerativeEntry
 from modelservice_runtime.serving.generation import Generation, Sampling, TextAssembler, check
 from modelservice_runtime.serving.protocol import openai
+from modelservice_runtime.serving.protocol.tools import tool_calls
 from modelservice_runtime.serving.reply import SSE, Headers, Reply
 
 log = logging.getLogger("modelservice.openai")
@@ -81,7 +82,8 @@ class OpenAIEndpoints:
         rid = openai.new_id(chat)
         caller = current_caller()  # charged the tokens used, when answered
         if req.stream:
-            stream = _stream(entry, req, rid, prompt, generations, started, caller)
+            answer = _stream_calls if req.tools is not None and req.tools.calls else _stream
+            stream = answer(entry, req, rid, prompt, generations, started, caller)
             return Reply(200, SSE, b"", {"Cache-Control": "no-cache"}, stream)
         ok = False
         try:
@@ -97,7 +99,7 @@ class OpenAIEndpoints:
             lps = _logprobs(entry, chat, ids, generations[i], 0) if req.logprobs else None
             if req.echo:
                 text_out = (req.prompt or "") + text_out
-            c = openai.choice(chat, i, text_out, finish, lps)
+            c = openai.choice(chat, i, text_out, finish, lps, _calls(req, text_out))
             if req.return_token_ids:
                 c["token_ids"] = ids
             choices.append(c)
@@ -113,7 +115,7 @@ class OpenAIEndpoints:
             content = orjson.dumps(doc)
         return Reply(200, "application/json", content)
 
-    def _grammar(self, schema: dict[str, Any]) -> str:
+    def _grammar(self, schema: dict[str, Any], field: str) -> str:
         """llguidance's grammar for `schema`, checked here against the model's tokenizer (a
         grammar the engine process could not build would fail there)."""
         folder = Path(self.dataplane.settings.model_path)
@@ -126,14 +128,12 @@ class OpenAIEndpoints:
             )
         except ImportError:
             raise BadRequest(
-                "response_format: this server has no llguidance (pip install llguidance)"
+                f"{field}: this server has no llguidance (pip install llguidance)"
             ) from None
         except Exception as e:
-            raise BadRequest(
-                f"response_format: the schema is not usable: {first_line(e)}"
-            ) from None
+            raise BadRequest(f"{field}: the schema is not usable: {first_line(e)}") from None
         if matcher.is_error():
-            raise BadRequest(f"response_format: the schema is not usable: {matcher.get_error()}")
+            raise BadRequest(f"{field}: the schema is not usable: {matcher.get_error()}")
         return grammar
 
     async def _start(
@@ -152,7 +152,8 @@ class OpenAIEndpoints:
             if any("\0" in m["content"] for m in req.messages):
                 raise BadRequest("messages: content must not contain NUL characters")
             try:
-                prompt = await model.encode_async(None, req.messages)
+                tools = req.tools.for_template if req.tools is not None else None
+                prompt = await model.encode_async(None, req.messages, tools)
             except Exception as e:
                 raise BadRequest(
                     f"messages: the model's chat template failed: {first_line(e)}"
@@ -178,7 +179,9 @@ class OpenAIEndpoints:
         spec = dict(req.processing)
         spec.pop("response_format", None)
         if req.schema is not None:
-            spec["grammar"] = self._grammar(req.schema)
+            spec["grammar"] = self._grammar(req.schema, "response_format")
+        elif req.tools is not None and (call := req.tools.schema()) is not None:
+            spec["grammar"] = self._grammar(call, "tools")  # one call, its arguments checked
         extra = processors.encode(spec)  # logit_bias, penalties, the grammar
         # n choices: one generation each, seeds seed, seed+1, ... so a seeded n repeats.
         generations = [
@@ -207,6 +210,52 @@ def _logprobs(
     offsets = [] if chat else [len(decode(ids[:i])) for i in range(start, len(ids))]
     lps = [float(x) for x in generation.logprobs[start : len(ids)]]
     return openai.logprobs_doc(chat, tokens, lps, offsets)
+
+
+def _calls(req: openai.GenerateRequest, text: str) -> list[dict[str, Any]] | None:
+    """The answer as `tool_calls`, when the request has tools and the text is a call."""
+    if req.tools is None or not req.tools.calls:
+        return None
+    call = req.tools.read_call(text)
+    return tool_calls(call) if call is not None else None
+
+
+async def _stream_calls(
+    entry: GenerativeEntry,
+    req: openai.GenerateRequest,
+    rid: str,
+    prompt: list[int],
+    generations: list[Generation],
+    started: float,
+    caller: Caller | None = None,
+) -> AsyncIterator[bytes]:
+    """A streamed answer that may be a tool call: whether it is one is known only at its
+    end, so each choice is sent whole (a call as one `tool_calls` delta, else its text)."""
+    name, ok, used = entry.name, False, 0
+    try:
+        results = await asyncio.gather(*(_collect(entry, g, req.stop) for g in generations))
+        for i in range(len(generations)):
+            yield openai.chunk(True, rid, name, i, "", None, role=True)
+        for i, (text, ids, finish) in enumerate(results):
+            used += len(ids)
+            calls = _calls(req, text)
+            if calls:
+                yield openai.chunk(True, rid, name, i, None, None, tool_calls=calls)
+            elif text:
+                yield openai.chunk(True, rid, name, i, text, None)
+            yield openai.chunk(True, rid, name, i, None, "tool_calls" if calls else finish)
+        if req.include_usage:
+            yield openai.chunk(True, rid, name, 0, None, None, use=openai.usage(len(prompt), used))
+        charge_tokens(len(prompt) + used, caller)
+        yield openai.DONE
+        ok = True
+    except Exception as e:  # after the 200: the stream ends with OpenAI's error event
+        log.exception("a streamed generation failed", exc_info=e)
+        yield openai.error_event(f"generation failed: {first_line(e)}")
+    finally:
+        for g in generations:
+            g.cancel()
+        entry.requests.on_request(ok, time.perf_counter() - started, 0.0, 0.0)
 
 
 def _finish(generation: Generation, assembler: TextAssembler) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from modelservice_runtime.errors import BadRequest, load_json
+from modelservice_runtime.serving.protocol.tools import Tools, parse_tools
 
 # Accepted and without effect on the tokens: who asked, and how the answer is framed.
 _NEUTRAL = {"model", "user", "stream", "stream_options", "return_token_ids", "logprobs"}
@@ -32,21 +33,20 @@ MAX_LOGIT_BIAS = 1024  # entries
 _REFUSED: dict[str, tuple[Any, ...]] = {
     "best_of": (None, 1),
     "suffix": (None, ""),
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
-    "parallel_tool_calls": (None,),
     "functions": (None, []),
     "function_call": (None, "none"),
     "min_tokens": (None, 0),
 }
-# Chat only: the newer name of max_tokens (the openai client sends either), and how many
-# alternatives to report beside each token's log-probability.
-_CHAT_ONLY = {"max_completion_tokens", "top_logprobs"}
+# Chat only: the newer name of max_tokens (the openai client sends either), how many
+# alternatives to report beside each token's log-probability, and function calling
+# (protocol/tools.py).
+_CHAT_ONLY = {"max_completion_tokens", "top_logprobs", "tools", "tool_choice",
+              "parallel_tool_calls"}  # fmt: skip
 _COMPLETIONS_ONLY = {"echo"}  # the prompt before the completion's text
 # The engine reports the chosen token's log-probability, not the runners-up.
 _NO_TOP = "the engine reports each chosen token's log-probability, not the top alternatives"
 ROLES = ("system", "developer", "user", "assistant", "tool")
-_MESSAGE_KEYS = {"role", "content", "name", "tool_call_id"}
+_MESSAGE_KEYS = {"role", "content", "name", "tool_call_id", "tool_calls"}
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 MAX_N = 8
 # Seeds: onnxruntime-genai's random_seed is a C int (a seed of 2**31 or more is refused),
@@ -72,7 +72,7 @@ class GenerateRequest:
 
     chat: bool
     prompt: str | None
-    messages: list[dict[str, str]] | None
+    messages: list[dict[str, Any]] | None
     model: str | None
     max_tokens: int
     temperature: float
@@ -90,6 +90,7 @@ class GenerateRequest:
     echo: bool = False  # completions: the prompt, then the completion, as the text
     # response_format's JSON schema (json_object: any object), for constrained decoding
     schema: dict[str, Any] | None = None
+    tools: Tools | None = None  # chat's function calling (protocol/tools.py)
 
 
 def _number(
@@ -166,7 +167,7 @@ def _content(i: int, message: dict[str, Any]) -> str:
     )
 
 
-def _messages(doc: dict[str, Any]) -> list[dict[str, str]]:
+def _messages(doc: dict[str, Any]) -> list[dict[str, Any]]:
     messages = doc.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages must be a non-empty list of {role, content} objects")
@@ -186,7 +187,19 @@ def _messages(doc: dict[str, Any]) -> list[dict[str, str]]:
         for key in ("name", "tool_call_id"):
             if m.get(key) is not None and not isinstance(m[key], str):
                 raise BadRequest(f"messages[{i}].{key} must be a string")
-        out.append({"role": role, "content": _content(i, m)})
+        message: dict[str, Any] = {"role": role}
+        calls = m.get("tool_calls")
+        if calls is not None:  # an assistant's earlier calls, for the template
+            if role != "assistant" or not isinstance(calls, list):
+                raise BadRequest(f"messages[{i}].tool_calls must be a list, on an assistant")
+            message["tool_calls"] = calls
+        # An assistant's turn that only called tools has no content.
+        has_content = not (calls and m.get("content") is None)
+        message["content"] = _content(i, m) if has_content else ""
+        for key in ("name", "tool_call_id"):
+            if m.get(key) is not None:
+                message[key] = m[key]
+        out.append(message)
     return out
 
 
@@ -254,6 +267,12 @@ def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> Gene
     max_tokens = _integer(doc, "max_tokens", DEFAULT_MAX_TOKENS, 1, 2**31 - 1)
     assert max_tokens is not None
     top_k = _integer(doc, "top_k", 0, -1, limits.vocab_size)
+    schema = _response_format(doc)
+    tools = parse_tools(doc) if chat else None
+    if schema is not None and tools is not None and tools.schema() is not None:
+        raise BadRequest(
+            "response_format and a tool_choice that forces a call cannot both shape the answer"
+        )
     return GenerateRequest(
         chat=chat,
         prompt=prompt,
@@ -273,7 +292,8 @@ def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> Gene
         logprobs=_logprobs(doc, chat),
         processing=_processing(doc, limits.vocab_size),
         echo=_echo(doc),
-        schema=_response_format(doc),
+        schema=schema,
+        tools=tools,
     )
 
 
@@ -383,14 +403,22 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def choice(
-    chat: bool, index: int, text: str, finish: str | None, logprobs: Any = None
+    chat: bool,
+    index: int,
+    text: str,
+    finish: str | None,
+    logprobs: Any = None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     if chat:
+        message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
         return {
             "index": index,
-            "message": {"role": "assistant", "content": text},
+            "message": message,
             "logprobs": logprobs,
-            "finish_reason": finish,
+            "finish_reason": "tool_calls" if tool_calls else finish,
         }
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
@@ -441,15 +469,18 @@ def chunk(
     role: bool = False,
     use: dict[str, int] | None = None,
     logprobs: Any = None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> bytes:
     """One server-sent event of a stream: a delta for choice `index` (or, with `use` and
     no text, the usage chunk)."""
     choices: list[dict[str, Any]] = []
-    if text is not None or finish is not None or role or logprobs is not None:
+    if text is not None or finish is not None or role or logprobs is not None or tool_calls:
         if chat:
             delta: dict[str, Any] = {"role": "assistant"} if role else {}
             if text is not None:
                 delta["content"] = text
+            if tool_calls:  # streamed whole: each call with its index among the calls
+                delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(tool_calls)]
             choices = [{"index": index, "delta": delta, "logprobs": logprobs,
                         "finish_reason": finish}]  # fmt: skip
         else:
