@@ -119,14 +119,25 @@ def pytest_configure(config: pytest.Config) -> None:
 def tiny_llm() -> tuple[Path, Path]:
     """(Hugging Face folder, onnxruntime-genai fp32 folder) of the tiny random Llama made by
     tests/tinyllm.py and exported with `modelservice export-llm`'s builder run. Cached under
-    .cache/test-models by a digest of the recipe: the export takes about a minute."""
+    .cache/test-models by a digest of the recipe, the exporter and onnxruntime-genai's version:
+    the export takes about a minute."""
     import hashlib
 
     from tests import tinyllm
 
     needed_module("onnxruntime_genai")
     needed_module("transformers")
-    recipe = Path(tinyllm.__file__).read_bytes()
+    from importlib.metadata import version
+
+    from modelservice_runtime.tools import export_llm
+
+    # Keyed on what makes the folder: the recipe, the exporter and onnxruntime-genai's
+    # builder (a new version writes another graph).
+    recipe = (
+        Path(tinyllm.__file__).read_bytes()
+        + Path(export_llm.__file__).read_bytes()
+        + version("onnxruntime-genai").encode()
+    )
     digest = hashlib.sha256(recipe).hexdigest()[:12]
     root = Path(__file__).resolve().parents[1] / ".cache" / "test-models" / f"tinyllm-{digest}"
     hf, genai = root / "hf", root / "genai-fp32"

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 from modelservice_cli.main import main
+
+from tests.integration.runtime_server import serve
 
 
 @pytest.mark.slow
@@ -19,6 +22,20 @@ def test_export_llm_int4_reports_size_and_agreement_with_fp32(
     assert (out / "genai_config.json").is_file()
     assert "check: greedy generation of 16 tokens on 4 prompts: ok" in printed
     assert "int4 vs fp32:" in printed and "greedy tokens agreeing with fp32" in printed
+
+    def size(folder: Path) -> int:
+        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+    assert size(out) < size(tiny_llm[1])  # the int4 folder is smaller than the fp32 one
+    # and it serves: a greedy completion through the server
+    with serve(out, "--name", "tiny4") as served:
+        r = httpx.post(
+            served.url + "/v1/completions",
+            json={"model": "tiny4", "prompt": "Hello", "max_tokens": 4, "temperature": 0},
+            timeout=60,
+        )
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] >= 1
 
 
 def test_export_llm_refuses_a_folder_without_config(
