@@ -260,18 +260,9 @@ def folder_bytes(folder: Path) -> int:
 
 def tiny() -> Path:
     """The tests' tiny model (tests/tinyllm.py) exported fp32, cached as the tests cache it."""
-    import hashlib
-
-    from modelservice_runtime.tools.export_llm import build as export
-
     from tests import tinyllm
 
-    digest = hashlib.sha256(Path(tinyllm.__file__).read_bytes()).hexdigest()[:12]
-    root = REPO / ".cache" / "test-models" / f"tinyllm-{digest}"
-    if not (root / "genai-fp32" / "genai_config.json").is_file():
-        tinyllm.make_tiny_llama(root / "hf")
-        export(root / "hf", root / "genai-fp32", "fp32")
-    return root / "genai-fp32"
+    return tinyllm.cached_tiny_llama(REPO / ".cache" / "test-models")[1]
 
 
 def main() -> None:

@@ -118,35 +118,13 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def tiny_llm() -> tuple[Path, Path]:
     """(Hugging Face folder, onnxruntime-genai fp32 folder) of the tiny random Llama made by
-    tests/tinyllm.py and exported with `modelservice export-llm`'s builder run. Cached under
-    .cache/test-models by a digest of the recipe, the exporter and onnxruntime-genai's version:
-    the export takes about a minute."""
-    import hashlib
-
+    tests/tinyllm.py and exported with `modelservice export-llm`'s builder run, cached under
+    .cache/test-models (tinyllm.cached_tiny_llama)."""
     from tests import tinyllm
 
     needed_module("onnxruntime_genai")
     needed_module("transformers")
-    from importlib.metadata import version
-
-    from modelservice_runtime.tools import export_llm
-
-    # Keyed on what makes the folder: the recipe, the exporter and onnxruntime-genai's
-    # builder (a new version writes another graph).
-    recipe = (
-        Path(tinyllm.__file__).read_bytes()
-        + Path(export_llm.__file__).read_bytes()
-        + version("onnxruntime-genai").encode()
-    )
-    digest = hashlib.sha256(recipe).hexdigest()[:12]
-    root = Path(__file__).resolve().parents[1] / ".cache" / "test-models" / f"tinyllm-{digest}"
-    hf, genai = root / "hf", root / "genai-fp32"
-    if not (genai / "genai_config.json").is_file():
-        from modelservice_runtime.tools.export_llm import build
-
-        tinyllm.make_tiny_llama(hf)
-        build(hf, genai, "fp32")
-    return hf, genai
+    return tinyllm.cached_tiny_llama(Path(__file__).resolve().parents[1] / ".cache" / "test-models")
 
 
 @pytest.fixture(scope="session")

@@ -83,3 +83,26 @@ def make_tiny_llama(folder: Path) -> Path:
     cfg.setdefault("chat_template", CHAT_TEMPLATE)
     cfg_path.write_text(json.dumps(cfg, indent=2))
     return folder
+
+
+def cached_tiny_llama(cache: Path) -> tuple[Path, Path]:
+    """(Hugging Face folder, onnxruntime-genai fp32 folder) of the tiny Llama, exported with
+    `modelservice export-llm`'s builder into `cache`/tinyllm-<digest>/ once. The digest covers
+    what makes the folder: this recipe, the exporter and onnxruntime-genai's version (a new
+    builder writes another graph). The export takes about a minute."""
+    import hashlib
+    from importlib.metadata import version
+
+    from modelservice_runtime.tools import export_llm
+
+    recipe = (
+        Path(__file__).read_bytes()
+        + Path(export_llm.__file__).read_bytes()
+        + version("onnxruntime-genai").encode()
+    )
+    root = cache / f"tinyllm-{hashlib.sha256(recipe).hexdigest()[:12]}"
+    hf, genai = root / "hf", root / "genai-fp32"
+    if not (genai / "genai_config.json").is_file():
+        make_tiny_llama(hf)
+        export_llm.build(hf, genai, "fp32")
+    return hf, genai
