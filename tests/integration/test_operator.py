@@ -67,6 +67,18 @@ def pods(k: Kubectl, ns: str, name: str) -> list[dict[str, Any]]:
 # --- examples and children -----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_is_accepted_by_the_apiserver(
+    kctl: Kubectl, msvc_namespace: str, path: Path
+) -> None:
+    """Each manifest users copy (llm-inflight.yaml too) passes the CRD's schema and CEL
+    rules on the real apiserver: a server-side dry run, nothing created."""
+    done = kctl.run("apply", "--dry-run=server", "-n", msvc_namespace, "-f", str(path),
+                    check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "created (server dry run)" in done.stdout, done.stdout
+
+
 def test_cpu_autoscaled_example_becomes_ready_with_all_children(
     kctl: Kubectl, msvc_namespace: str
 ) -> None:
