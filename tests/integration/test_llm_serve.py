@@ -203,7 +203,7 @@ def test_a_client_that_leaves_stops_its_generation_and_frees_its_slot(server: Se
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"prompt": "x", "logprobs": 1}, "logprobs must be 0"),
+        ({"prompt": "x", "logprobs": 6}, "logprobs must be an integer from 0 to 5"),
         ({"prompt": "x", "presence_penalty": 3}, "presence_penalty must be a number from -2 to 2"),
         ({"prompt": "x", "best_ofs": 2}, "unknown parameter 'best_ofs'"),
         ({"prompt": "x", "max_tokens": 100000}, "max_tokens must be at most 512"),

@@ -274,7 +274,7 @@ def test_logprobs_equal_a_log_softmax_of_onnxruntime_genais_logits(
     import onnxruntime_genai as og
 
     r = client.completions.create(
-        model="tiny", prompt=PROMPT, max_tokens=12, temperature=0, logprobs=0,
+        model="tiny", prompt=PROMPT, max_tokens=12, temperature=0, logprobs=3,
         extra_body={"return_token_ids": True},
     )  # fmt: skip
     doc = r.model_dump()
@@ -282,19 +282,27 @@ def test_logprobs_equal_a_log_softmax_of_onnxruntime_genais_logits(
     got = doc["choices"][0]["logprobs"]
     assert len(got["token_logprobs"]) == len(ids) == len(got["tokens"]) == len(got["text_offset"])
     assert "".join(got["tokens"]) == r.choices[0].text
-    assert got["text_offset"][0] == 0 and got["top_logprobs"] is None
+    assert got["text_offset"][0] == 0 and len(got["top_logprobs"]) == len(ids)
     model = og.Model(str(tiny_llm[1]))
     params = og.GeneratorParams(model)
     params.set_search_options(do_sample=False, max_length=len(prompt) + len(ids) + 1)
     generator = og.Generator(model, params)
     generator.append_tokens(np.array(prompt, np.int32))
-    want = []
+    want, want_top = [], []
     for token in ids:
         logits = np.asarray(generator.get_logits(), np.float64).reshape(-1, 384)[-1]
         logits -= logits.max()
-        want.append(float(logits[token] - np.log(np.exp(logits).sum())))
+        lsm = logits - np.log(np.exp(logits).sum())
+        want.append(float(lsm[token]))
+        want_top.append(sorted(lsm, reverse=True)[:3])
         generator.append_tokens(np.array([token], np.int32))
     np.testing.assert_allclose(got["token_logprobs"], want, atol=1e-3)
+    # logprobs 3: the 3 most likely tokens beside each (completions key them by their text,
+    # so byte tokens that decode alike share a key), greedy's choice the most likely
+    for top, lp, w in zip(got["top_logprobs"], got["token_logprobs"], want_top, strict=True):
+        assert 1 <= len(top) <= 3 and max(top.values()) == pytest.approx(lp, abs=1e-5)
+        assert max(top.values()) == pytest.approx(w[0], abs=1e-3)
+        assert all(any(v == pytest.approx(x, abs=1e-3) for x in w) for v in top.values())
 
     # chat: the same numbers as content entries, and streamed the same as whole
     messages = [{"role": "user", "content": "Hello"}]
@@ -318,14 +326,36 @@ def test_logprobs_equal_a_log_softmax_of_onnxruntime_genais_logits(
     assert [(c.token, round(c.logprob, 5)) for c in streamed] == [
         (c.token, round(c.logprob, 5)) for c in content
     ]
-    for bad, words in (({"top_logprobs": 2, "logprobs": True}, "top_logprobs must be 0"),
+    # top_logprobs: the most likely tokens beside each chosen one, streamed too
+    top2 = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=10, temperature=0, logprobs=True,
+        top_logprobs=2,
+    ).choices[0].logprobs.content  # fmt: skip
+    assert [c.logprob for c in top2] == pytest.approx([c.logprob for c in content], abs=1e-5)
+    for c in top2:
+        assert len(c.top_logprobs) == 2 and c.top_logprobs[0].logprob >= c.top_logprobs[1].logprob
+        assert c.top_logprobs[0].token == c.token  # greedy: the chosen token is the first
+    streamed_top = [
+        c
+        for e in client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=10, temperature=0, logprobs=True,
+            top_logprobs=2, stream=True,
+        )
+        for ch in e.choices
+        if ch.logprobs is not None
+        for c in ch.logprobs.content
+    ]  # fmt: skip
+    assert [[t.token for t in c.top_logprobs] for c in streamed_top] == [
+        [t.token for t in c.top_logprobs] for c in top2
+    ]
+    for bad, words in (({"top_logprobs": 21, "logprobs": True}, "top_logprobs must be"),
                        ({"top_logprobs": 0}, "top_logprobs needs logprobs: true")):  # fmt: skip
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model="tiny", messages=messages, **bad)
         assert words in e.value.response.json()["error"]
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model="tiny", prompt="x", logprobs=2)
-    assert "logprobs must be 0" in e.value.response.json()["error"]
+        client.completions.create(model="tiny", prompt="x", logprobs=6)
+    assert "logprobs must be an integer from 0 to 5" in e.value.response.json()["error"]
 
 
 def test_logit_bias_and_penalties_through_the_engines_processors(

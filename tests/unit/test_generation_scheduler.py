@@ -253,3 +253,20 @@ def test_prompts_arriving_together_are_prefilled_in_one_run_and_a_refused_one_fa
     assert d.prefill_runs[0] == 3 and d.prefill_runs[1:] == [1, 1, 1]  # then one at a time
     assert (2, ERROR) in [f for r in results for f in r.finished]
     assert tokens_of(results, 1) == [7, 8] and tokens_of(results, 3) == [23, 24]
+
+
+def test_top_logprobs_travel_with_each_token_in_order() -> None:
+    """A row asking for top_logprobs gets its most likely tokens for every token, the
+    prompt's and the first decode's of one step included, through the packed messages."""
+    params = SamplingParams(max_tokens=3, temperature=0, logprobs=True, top_logprobs=2)
+    rid, prompt, back = ipc.unpack_add(ipc.pack_add(7, np.array([5]), params))
+    assert (rid, back.top_logprobs, back.logprobs) == (7, 2, True)
+    s = Scheduler(Decoder(), [EOS])
+    s.add(rid, prompt, back)
+    first = s.step()  # the prefill's token and the step's: two tokens of one row
+    assert [t for _, t, _ in first.tokens] == [6, 7]
+    tops = ipc.unpack_tops(ipc.pack_tops(first))
+    assert [r for r, _ in tops] == [7, 7]
+    for (_, top), (_, token, lp) in zip(tops, first.tokens, strict=True):
+        assert len(top) == 2 and top[0][0] == token  # greedy: the chosen token first
+        assert top[0][1] == pytest.approx(lp, abs=1e-6) and top[0][1] >= top[1][1]

@@ -87,7 +87,6 @@ BAD = [
     ("echo as a string", {"prompt": "x", "echo": "true"}, "echo must be a JSON boolean"),
     ("unimplemented field", {"prompt": "x", "suffix": "end"}, "suffix is not supported"),
     ("not an object", [1, 2], "request body must be a JSON object"),
-    ("logprobs alternatives", {"prompt": "x", "logprobs": 3}, "logprobs must be 0"),
     ("logprobs over 5", {"prompt": "x", "logprobs": 6}, "logprobs must be an integer from 0"),
     ("logprobs a boolean", {"prompt": "x", "logprobs": True}, "logprobs must be an integer"),
     ("top_logprobs in completions", {"prompt": "x", "top_logprobs": 0}, "unknown parameter"),
@@ -130,9 +129,9 @@ BAD_CHAT = [
     ),
     ("prompt in chat", {"messages": [{"role": "user", "content": "x"}], "prompt": "x"}, "unknown"),
     (
-        "top_logprobs alternatives",
-        {"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 1},
-        "top_logprobs must be 0",
+        "top_logprobs over 20",
+        {"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21},
+        "top_logprobs must be an integer from 0 to 20",
     ),
     (
         "logprobs as a number",
@@ -226,3 +225,13 @@ def test_error_event_is_openais_shape_then_done() -> None:
         "generation failed: boom"
     )
     assert done + b"\n\n" == openai.DONE
+
+
+def test_logprobs_with_alternatives_are_parsed() -> None:
+    assert (
+        parse({"prompt": "x", "logprobs": 3}).logprobs,
+        parse({"prompt": "x", "logprobs": 3}).top_logprobs,
+    ) == (True, 3)
+    chat = [{"role": "user", "content": "x"}]
+    r = parse({"messages": chat, "logprobs": True, "top_logprobs": 5}, chat=True)
+    assert (r.logprobs, r.top_logprobs) == (True, 5)

@@ -132,6 +132,7 @@ class Generation:
         self.sampling = params
         self.tokens: asyncio.Queue[Any] = asyncio.Queue()
         self.logprobs: list[float] = []
+        self.top_logprobs: list[list[tuple[int, float]]] = []  # per token, when asked
         self.finish_reason = "length"
         self.started = time.perf_counter()
         self.done = False
@@ -283,6 +284,11 @@ class GenerationEngine:
             at += 4 + n
             if msg[:1] == ipc.STEP:
                 self._step(ipc.unpack_step(msg))
+            elif msg[:1] == ipc.TOPS:
+                for rid, top in ipc.unpack_tops(msg):
+                    g = self.live.get(rid)
+                    if g is not None:
+                        g.top_logprobs.append(top)
         del buf[:at]
 
     def _step(self, step: ipc.Step) -> None:

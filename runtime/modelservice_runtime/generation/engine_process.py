@@ -83,6 +83,8 @@ def serve(conn: Connection, decoder: Decoder, scheduler: Scheduler) -> None:
             elif kind == ipc.QUIT:
                 return
         result = scheduler.step()
+        if result.tops:
+            conn.send_bytes(ipc.pack_tops(result))
         if result or not scheduler.busy:
             conn.send_bytes(ipc.pack_step(result))
 

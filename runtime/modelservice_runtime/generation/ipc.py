@@ -2,11 +2,15 @@
 
 To the engine:
 - ADD  b"A" rid u32, max_tokens u32, temperature f64, top_p f64, top_k i32, seed i64,
-  flags u8 (1: seeded, 2: log-probabilities, 4: logits processors), then the prompt as
-  int32 ids (with flag 4: its length u32 first, and generation/processors.py's JSON after);
+  flags u8 (1: seeded, 2: log-probabilities, 4: logits processors), top_logprobs u8, then
+  the prompt as int32 ids (with flag 4: its length u32 first, and
+  generation/processors.py's JSON after);
 - CANCEL b"C" rid u32; QUIT b"Q".
 From the engine:
 - READY b"R" + JSON (what it loaded); FATAL b"X" + message;
+- TOPS b"T" n u32, rid u32[n], k u8[n], then token i32[sum k], log-probability f32[sum k]:
+  the most likely tokens of the rows that asked (top_logprobs), sent just before the STEP
+  that carries their chosen tokens;
 - STEP b"S" running u16, queued u16, rows in the step u16, tokens n u32, finished m u32,
   then rid u32[n], token i32[n], log-probability f32[n] (NaN when not asked), rid u32[m],
   reason u8[m], then JSON of {rid: error message} when any row failed (else nothing).
@@ -25,8 +29,8 @@ import numpy as np
 from modelservice_runtime.generation.sampling import SamplingParams
 from modelservice_runtime.generation.scheduler import StepResult
 
-ADD, CANCEL, QUIT, READY, FATAL, STEP = b"A", b"C", b"Q", b"R", b"X", b"S"
-_ADD = struct.Struct("<cIIddiqB")
+ADD, CANCEL, QUIT, READY, FATAL, STEP, TOPS = b"A", b"C", b"Q", b"R", b"X", b"S", b"T"
+_ADD = struct.Struct("<cIIddiqBB")
 _CANCEL = struct.Struct("<cI")
 _U32 = struct.Struct("<I")
 _STEP = struct.Struct("<cHHHII")
@@ -38,7 +42,9 @@ def pack_add(
     """`processors`: generation/processors.py's document; with one (flag 4) the prompt's
     length (u32) comes before it and the document after it."""
     flags = (1 if p.seed is not None else 0) | (2 if p.logprobs else 0) | (4 if processors else 0)
-    head = _ADD.pack(ADD, rid, p.max_tokens, p.temperature, p.top_p, p.top_k, p.seed or 0, flags)
+    head = _ADD.pack(
+        ADD, rid, p.max_tokens, p.temperature, p.top_p, p.top_k, p.seed or 0, flags, p.top_logprobs
+    )
     ids = np.asarray(prompt, dtype=np.int32).tobytes()
     if processors:
         return head + _U32.pack(len(ids) // 4) + ids + processors
@@ -47,14 +53,14 @@ def pack_add(
 
 def unpack_processors(msg: bytes) -> bytes:
     """The processors document of an ADD message (b"" if none)."""
-    if not _ADD.unpack_from(msg)[-1] & 4:
+    if not _ADD.unpack_from(msg)[-2] & 4:
         return b""
     (n,) = _U32.unpack_from(msg, _ADD.size)
     return msg[_ADD.size + 4 + 4 * n :]
 
 
 def unpack_add(msg: bytes) -> tuple[int, np.ndarray, SamplingParams]:
-    _, rid, max_tokens, temperature, top_p, top_k, seed, flags = _ADD.unpack_from(msg)
+    _, rid, max_tokens, temperature, top_p, top_k, seed, flags, top = _ADD.unpack_from(msg)
     if flags & 4:
         (n,) = _U32.unpack_from(msg, _ADD.size)
         prompt = np.frombuffer(msg, np.int32, n, _ADD.size + 4).astype(np.int64)
@@ -67,6 +73,7 @@ def unpack_add(msg: bytes) -> tuple[int, np.ndarray, SamplingParams]:
         top_k=top_k,
         seed=seed if flags & 1 else None,
         logprobs=bool(flags & 2),
+        top_logprobs=top,
     )
     return rid, prompt, params
 
@@ -135,6 +142,34 @@ def unpack_step(msg: bytes) -> Step:
         list(zip(frids, reasons, strict=True)),
         errors,
     )
+
+
+def pack_tops(r: StepResult) -> bytes:
+    rids = np.array([rid for rid, _, _ in r.tops], np.uint32)
+    ks = np.array([len(ids) for _, ids, _ in r.tops], np.uint8)
+    ids = np.concatenate([ids for _, ids, _ in r.tops]).astype(np.int32)
+    lps = np.concatenate([lps for _, _, lps in r.tops]).astype(np.float32)
+    parts = [TOPS, _U32.pack(len(rids)), rids.tobytes(), ks.tobytes(), ids.tobytes()]
+    return b"".join([*parts, lps.tobytes()])
+
+
+def unpack_tops(msg: bytes) -> list[tuple[int, list[tuple[int, float]]]]:
+    """[(rid, [(token, log-probability), ...] most likely first)], in the tokens' order (a
+    row may have two in one step: its prompt's and its first decode's)."""
+    (n,) = _U32.unpack_from(msg, 1)
+    at = 5
+    rids = np.frombuffer(msg, np.uint32, n, at).tolist()
+    at += 4 * n
+    ks = np.frombuffer(msg, np.uint8, n, at).tolist()
+    at += n
+    total = sum(ks)
+    ids = np.frombuffer(msg, np.int32, total, at).tolist()
+    lps = np.frombuffer(msg, np.float32, total, at + 4 * total).tolist()
+    out, start = [], 0
+    for rid, k in zip(rids, ks, strict=True):
+        out.append((rid, list(zip(ids[start : start + k], lps[start : start + k], strict=True))))
+        start += k
+    return out
 
 
 def pack_json(kind: bytes, doc: Any) -> bytes:

@@ -27,6 +27,7 @@ class SamplingParams:
     top_k: int = 0  # 0 (or less): no top-k bound
     seed: int | None = None
     logprobs: bool = False  # report the chosen token's log-probability
+    top_logprobs: int = 0  # and this many most likely tokens with theirs (0..20)
 
     @property
     def greedy(self) -> bool:
@@ -47,6 +48,8 @@ class RowSampler:
     params: SamplingParams
     processors: list[LogitsProcessor] = field(default_factory=list)
     rng: np.random.Generator = field(init=False)
+    # The last choice's most likely tokens and their log-probabilities (top_logprobs).
+    top: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.params.seed)
@@ -64,13 +67,21 @@ class RowSampler:
             token = int(np.argmax(logits))
         else:
             token = _sample(logits, p.temperature, p.top_k, p.top_p, self.rng)
-        return token, (_logprob(logits, token) if p.logprobs else float("nan"))
+        if not p.logprobs:
+            return token, float("nan")
+        logprobs = _log_softmax(logits)
+        if p.top_logprobs:
+            k = min(p.top_logprobs, logprobs.size)
+            best = np.argpartition(logprobs, -k)[-k:]
+            best = best[np.argsort(-logprobs[best], kind="stable")]
+            self.top = (best.astype(np.int32), logprobs[best].astype(np.float32))
+        return token, float(logprobs[token])
 
 
-def _logprob(logits: np.ndarray, token: int) -> float:
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64)
     m = x.max()
-    return float(x[token] - m - np.log(np.exp(x - m).sum()))
+    return x - m - np.log(np.exp(x - m).sum())
 
 
 def _sample(

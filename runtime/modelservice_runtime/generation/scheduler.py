@@ -68,6 +68,8 @@ class StepResult:
     running: int = 0
     queued: int = 0
     rows_in_step: int = 0  # generations in the decode run (0 if none ran)
+    # (rid, token ids, log-probabilities): the most likely tokens, for rows that asked
+    tops: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.tokens or self.finished)
@@ -220,6 +222,9 @@ class Scheduler:
             self._emit(row, token, lp, out)
 
     def _emit(self, row: Row, token: int, logprob: float, out: StepResult) -> None:
+        if row.sampler.top is not None:
+            out.tops.append((row.rid, *row.sampler.top))
+            row.sampler.top = None
         row.generated.append(token)
         row.last = token
         out.tokens.append((row.rid, token, logprob))

@@ -68,6 +68,7 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: bool = False
+    top_logprobs: int = 0
 
     @property
     def greedy(self) -> bool:
@@ -76,7 +77,13 @@ class Sampling:
     def params(self) -> SamplingParams:
         """What the engine needs (stop strings are the HTTP side's)."""
         return SamplingParams(
-            self.max_tokens, self.temperature, self.top_p, self.top_k, self.seed, self.logprobs
+            self.max_tokens,
+            self.temperature,
+            self.top_p,
+            self.top_k,
+            self.seed,
+            self.logprobs,
+            self.top_logprobs,
         )
 
 

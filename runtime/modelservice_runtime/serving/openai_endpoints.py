@@ -174,6 +174,7 @@ class OpenAIEndpoints:
             seed=req.seed,
             stop=req.stop,
             logprobs=req.logprobs,
+            top_logprobs=req.top_logprobs,
         )
         check(engine, prompt, sampling, req.n)
         spec = dict(req.processing)
@@ -203,13 +204,20 @@ def _logprobs(
     entry: GenerativeEntry, chat: bool, ids: list[int], generation: Generation, start: int
 ) -> dict[str, Any]:
     """The `logprobs` of the tokens ids[start:]: each chosen token's log-probability (from
-    the engine, under the model's logits before temperature, top-k and top-p), its text,
-    and for completions its offset in the choice's text."""
+    the engine, under the model's logits after the request's logits processors, before
+    temperature, top-k and top-p), its text, for completions its offset in the choice's
+    text, and the most likely tokens beside it when asked."""
     decode = entry.model.decode
     tokens = [decode([t]) for t in ids[start:]]
     offsets = [] if chat else [len(decode(ids[:i])) for i in range(start, len(ids))]
     lps = [float(x) for x in generation.logprobs[start : len(ids)]]
-    return openai.logprobs_doc(chat, tokens, lps, offsets)
+    tops = None
+    if generation.sampling.top_logprobs:
+        tops = [
+            [(decode([t]), lp) for t, lp in top]
+            for top in generation.top_logprobs[start : len(ids)]
+        ]
+    return openai.logprobs_doc(chat, tokens, lps, offsets, tops)
 
 
 def _calls(req: openai.GenerateRequest, text: str) -> list[dict[str, Any]] | None:

@@ -43,8 +43,6 @@ _REFUSED: dict[str, tuple[Any, ...]] = {
 _CHAT_ONLY = {"max_completion_tokens", "top_logprobs", "tools", "tool_choice",
               "parallel_tool_calls"}  # fmt: skip
 _COMPLETIONS_ONLY = {"echo"}  # the prompt before the completion's text
-# The engine reports the chosen token's log-probability, not the runners-up.
-_NO_TOP = "the engine reports each chosen token's log-probability, not the top alternatives"
 ROLES = ("system", "developer", "user", "assistant", "tool")
 _MESSAGE_KEYS = {"role", "content", "name", "tool_call_id", "tool_calls"}
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
@@ -85,6 +83,7 @@ class GenerateRequest:
     include_usage: bool
     return_token_ids: bool
     logprobs: bool = False  # each chosen token's log-probability in the answer
+    top_logprobs: int = 0  # and this many most likely tokens beside each
     # logit_bias and the penalties, for the engine's logits processors ({} if none)
     processing: dict[str, Any] = field(default_factory=dict)
     echo: bool = False  # completions: the prompt, then the completion, as the text
@@ -268,6 +267,7 @@ def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> Gene
     assert max_tokens is not None
     top_k = _integer(doc, "top_k", 0, -1, limits.vocab_size)
     schema = _response_format(doc)
+    logprobs, top_logprobs = _logprobs(doc, chat)
     tools = parse_tools(doc) if chat else None
     if schema is not None and tools is not None and tools.schema() is not None:
         raise BadRequest(
@@ -289,7 +289,8 @@ def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> Gene
         stream=stream,
         include_usage=include_usage,
         return_token_ids=_boolean(doc, "return_token_ids"),
-        logprobs=_logprobs(doc, chat),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
         processing=_processing(doc, limits.vocab_size),
         echo=_echo(doc),
         schema=schema,
@@ -371,23 +372,19 @@ def _processing(doc: dict[str, Any], vocab_size: int) -> dict[str, Any]:
     return out
 
 
-def _logprobs(doc: dict[str, Any], chat: bool) -> bool:
-    """Completions: `logprobs` an integer 0..5 (alternatives per token; 0 is supported);
-    chat: `logprobs` a boolean and `top_logprobs` 0..20 (0 is supported)."""
+def _logprobs(doc: dict[str, Any], chat: bool) -> tuple[bool, int]:
+    """(log-probabilities wanted, how many most likely tokens beside each). Completions:
+    `logprobs` an integer 0..5; chat: `logprobs` a boolean and `top_logprobs` 0..20."""
     if not chat:
         if doc.get("logprobs") is False:  # what some clients send for "none"
-            return False
+            return False, 0
         n = _integer(doc, "logprobs", None, 0, 5)
-        if n:
-            raise BadRequest(f"logprobs must be 0 (or null) on this server, got {n}: {_NO_TOP}")
-        return n is not None
+        return n is not None, n or 0
     top = _integer(doc, "top_logprobs", None, 0, 20)
     wanted = _boolean(doc, "logprobs")
-    if top:
-        raise BadRequest(f"top_logprobs must be 0 (or null) on this server, got {top}: {_NO_TOP}")
     if top is not None and not wanted:
         raise BadRequest("top_logprobs needs logprobs: true")
-    return wanted
+    return wanted, top or 0
 
 
 def new_id(chat: bool) -> str:
@@ -424,21 +421,35 @@ def choice(
 
 
 def logprobs_doc(
-    chat: bool, tokens: list[str], logprobs: list[float], offsets: list[int]
+    chat: bool,
+    tokens: list[str],
+    logprobs: list[float],
+    offsets: list[int],
+    tops: list[list[tuple[str, float]]] | None = None,
 ) -> dict[str, Any]:
     """The `logprobs` of a choice (or of a streamed delta): chat's `content` list, or
-    completions' parallel lists (`top_logprobs` null: no alternatives are reported)."""
+    completions' parallel lists; `tops`: each token's most likely tokens (text,
+    log-probability), when asked (top_logprobs, or completions' logprobs N)."""
     if chat:
         return {
             "content": [
-                {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
-                for t, lp in zip(tokens, logprobs, strict=True)
+                {
+                    "token": t,
+                    "logprob": lp,
+                    "bytes": list(t.encode()),
+                    "top_logprobs": [
+                        {"token": a, "logprob": alp, "bytes": list(a.encode())}
+                        for a, alp in (tops[i] if tops else [])
+                    ],
+                }
+                for i, (t, lp) in enumerate(zip(tokens, logprobs, strict=True))
             ]
         }
     return {
         "tokens": tokens,
         "token_logprobs": logprobs,
-        "top_logprobs": None,
+        # keyed by text: where two tokens decode alike, the likelier one's stays
+        "top_logprobs": [dict(reversed(top)) for top in tops] if tops else None,
         "text_offset": offsets,
     }
 
