@@ -618,10 +618,14 @@ def test_queue_full_is_unavailable_with_rests_message(tmp_path: Path) -> None:
                 try:
                     wait_pending(served.url, count)
                 except AssertionError as e:  # say what the calls sent so far got
-                    early = [answers.get_nowait() for _ in range(answers.qsize())]
+                    early = [
+                        (r, None if err is None else (err.status(), err.message()))
+                        for r, err in (answers.get_nowait() for _ in range(answers.qsize()))
+                    ]
                     raise AssertionError(f"{e}; answered meanwhile: {early}") from None
 
             send(heavy)
+            seen(1)
             send(heavy)
             seen(2)
             send(1)
