@@ -4,8 +4,12 @@ loopback, test_real_node.py through a Service."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 # The venv is made the way bench/servers.py makes the bench's (the same folder: one install).
 KSERVE_SCRIPT = """
@@ -47,3 +51,16 @@ def kserve_python(tmp_path: Path) -> Path:
         log = (tmp_path / "kserve-venv.log").read_text()[-500:]
         needed(f"kserve's client does not install here: {log}")
     return KSERVE_VENV / "bin" / "python"
+
+
+def run_kserve_client(tmp_path: Path, target: str, model: str, x: np.ndarray) -> dict[str, Any]:
+    """KSERVE_SCRIPT against `target` (host:port) for `model` with input `x`: what it saw
+    (live, ready, model_ready, raw and typed [request id, output], unknown [code, details])."""
+    done = subprocess.run(
+        [kserve_python(tmp_path), "-c", KSERVE_SCRIPT, target, model, json.dumps(x.tolist())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

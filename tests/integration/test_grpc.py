@@ -32,7 +32,7 @@ from modelservice_runtime.serving.grpc_front import grpc_predict_v2_pb2_grpc as 
 from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.kserve_client import KSERVE_SCRIPT, kserve_python
+from tests.integration.kserve_client import run_kserve_client
 from tests.integration.processes import free_port
 from tests.integration.runtime_server import Served, metric, serve
 from tests.integration.test_tensor_types import (
@@ -674,21 +674,11 @@ def test_draining_is_not_serving_then_exit(mlp_onnx: Path) -> None:
 
 def test_kserve_inference_grpc_client(mlp_onnx: Path, tmp_path: Path) -> None:
     """kserve's InferenceGRPCClient (its own venv): health, raw and typed infer, NOT_FOUND."""
-    import json
-
-    python = kserve_python(tmp_path)
     port = free_port()
     x = np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32)
     want = reference(mlp_onnx, {"input": x})["output"]
     with serve(mlp_onnx, "--grpc-port", str(port)):
-        done = subprocess.run(
-            [python, "-c", KSERVE_SCRIPT, f"127.0.0.1:{port}", "mlp", json.dumps(x.tolist())],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+        out = run_kserve_client(tmp_path, f"127.0.0.1:{port}", "mlp", x)
     assert out["live"] and out["ready"] and out["model_ready"]
     for form in ("raw", "typed"):
         request_id, got = out[form]

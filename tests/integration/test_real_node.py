@@ -408,7 +408,7 @@ def test_grpc_answers_through_the_services_grpc_port(
     import tritonclient.grpc as grpcclient
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from tests.integration.kserve_client import KSERVE_SCRIPT, kserve_python
+    from tests.integration.kserve_client import run_kserve_client
 
     name = "over-grpc"
     model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"],
@@ -439,15 +439,7 @@ def test_grpc_answers_through_the_services_grpc_port(
         assert check.status == health_pb2.HealthCheckResponse.SERVING
 
         # KServe's InferenceGRPCClient (from its own venv) through the same port.
-        python = kserve_python(tmp_path)
-        done = subprocess.run(
-            [python, "-c", KSERVE_SCRIPT, address, name, json.dumps(x.tolist())],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        out = json.loads(done.stdout.strip().splitlines()[-1])
+        out = run_kserve_client(tmp_path, address, name, x)
         assert out["live"] and out["ready"] and out["model_ready"]
         for form in ("raw", "typed"):
             np.testing.assert_allclose(
