@@ -45,6 +45,7 @@ from bench import llm_models  # noqa: E402
 from bench.doc_sections import BENCHMARKS_MD, write_section  # noqa: E402
 
 BATCH = 16
+PROMPT_TOKENS = 32  # the all-at-once loads' prompt length, served and in-process alike
 BEGIN, END = "<!-- llm:begin -->", "<!-- llm:end -->"
 LOGS = REPO / ".cache" / "bench" / "llm-logs"
 # Goodput bounds per model: (TTFT s, ITL s).
@@ -318,11 +319,30 @@ def words(n: int, rng: random.Random) -> str:
     return " ".join(_WORDS[start : start + n])
 
 
-def all_at_once(n: int, tokens: int, per_stream: int, seed: int = 1) -> list[list[Req]]:
-    """n streams started together, each `per_stream` requests back to back, one length."""
+def exact_prompt(tokenizer, n: int, rng: random.Random) -> str:
+    """A text of words that `tokenizer` (the model's tokenizer.json, no special tokens added,
+    as the servers and onnxruntime-genai tokenize a completion's prompt) makes exactly n
+    tokens: the same prompt work for every server and the in-process baseline."""
+    while True:
+        ids = tokenizer.encode(words(n, rng), add_special_tokens=False).ids  # n words >= n ids
+        text = tokenizer.decode(ids[:n])
+        if len(tokenizer.encode(text, add_special_tokens=False).ids) == n:
+            return text
+
+
+def all_at_once(
+    n: int, tokens: int, per_stream: int, seed: int = 1, tokenizer=None
+) -> list[list[Req]]:
+    """n streams started together, each `per_stream` requests back to back, one length:
+    prompts of PROMPT_TOKENS tokens exactly with the model's tokenizer, or of 24 words."""
     rng = random.Random(seed)
-    return [[Req(f"{i}.{j} " + words(24, rng), tokens) for j in range(per_stream)]
-            for i in range(n)]  # fmt: skip
+
+    def prompt() -> str:
+        if tokenizer is None:
+            return words(24, rng)
+        return exact_prompt(tokenizer, PROMPT_TOKENS, rng)
+
+    return [[Req(prompt(), tokens) for _ in range(per_stream)] for _ in range(n)]
 
 
 def staggered(n: int, tokens: int, per_stream: int, gap: float, seed: int = 2) -> list[list[Req]]:
@@ -383,18 +403,19 @@ def measure(server: Server, streams: list[list[Req]], bounds: tuple[float, float
 # ---------------------------------------------------------------- in-process baselines
 
 
-def in_process(folder: Path, tokens: int, rounds: int) -> dict:
-    """Warm onnxruntime-genai Generator tokens/s: one sequence, and a fixed batch of 16
-    (same prompt length per row, no padding). Prefill included, as for the servers."""
+def in_process(folder: Path, tokens: int, rounds: int, prompts: list[str]) -> dict:
+    """Warm onnxruntime-genai Generator tokens/s: one sequence, and a fixed batch of 16, on
+    the all-at-once load's own prompts (each PROMPT_TOKENS tokens, so no padding). Prefill
+    included, as for the servers."""
     import numpy as np
     import onnxruntime_genai as og
 
     model = og.Model(str(folder))
     tok = og.Tokenizer(model)
-    rng = random.Random(3)
-    ids = [list(tok.encode(f"{i} " + words(24, rng)))[:24] for i in range(BATCH)]
-    length = min(len(x) for x in ids)
-    ids = [x[:length] for x in ids]
+    ids = [list(tok.encode(p)) for p in prompts[:BATCH]]
+    length = len(ids[0])
+    if any(len(x) != length for x in ids) or len(ids) < BATCH:
+        raise RuntimeError(f"in-process prompts: {[len(x) for x in ids]} tokens, not all equal")
 
     def run(batch: int) -> float:
         params = og.GeneratorParams(model)
@@ -543,7 +564,12 @@ def bench_precision(
     rounds = 1 if (big or args.quick) else 3
     log(f"{name} {precision}: in-process Generator (warm)")
     out: dict = {"model": name, "precision": precision, "tokens": tokens, "points": []}
-    out["in_process"] = in_process(genai, tokens, rounds)
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(genai / "tokenizer.json"))
+    prompts = [reqs[0].prompt for reqs in all_at_once(BATCH, tokens, 1, tokenizer=tokenizer)]
+    out["in_process"] = in_process(genai, tokens, rounds, prompts)
+    out["prompt_tokens"] = PROMPT_TOKENS
     log(f"  {out['in_process']}")
     servers = [ours(genai, precision, args.ours_pythonpath)]
     gguf = folder / ("gguf-f32.gguf" if precision == "fp32" else "gguf-q4_0.gguf")
@@ -569,7 +595,7 @@ def bench_precision(
                     continue
                 per = 1 if big or n >= 16 else 2
                 if arrival == "all":
-                    load = all_at_once(n, tokens, per)
+                    load = all_at_once(n, tokens, per, tokenizer=tokenizer)
                 else:
                     load = staggered(n, tokens, per, gap=0.05 if not big else 1.0)
                 for s in started:
@@ -665,8 +691,9 @@ def render(results: dict) -> str:
             )
     lines += [
         "",
-        "Detail: every load point. *all*: the streams start together, one prompt length (about "
-        "30 tokens) and one output length; *staggered*: streams start 50 ms apart on average "
+        "Detail: every load point. *all*: the streams start together, prompts of exactly "
+        f"{PROMPT_TOKENS} tokens (the in-process baselines run the same prompts) and one output "
+        "length; *staggered*: streams start 50 ms apart on average "
         "(exponential gaps; 1 s for the large model), prompts of 8, 64 or 256 words, outputs of "
         "half, once or twice the length. Streams below 16 send 2 requests back to back. ITL = "
         "a request's time per output token after the first. Goodput: the share of requests "

@@ -89,7 +89,13 @@ def own_engine(folder: Path, tokens: int, rounds: int, streams: int, provider: s
 
 async def one_stream(port: int, prompt: str, tokens: int) -> int:
     body = json.dumps(
-        {"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True}
+        {
+            "prompt": prompt,
+            "max_tokens": tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
     ).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
