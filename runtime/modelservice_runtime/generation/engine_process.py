@@ -2,8 +2,9 @@
 process's GIL. Started by client.py as `python -m modelservice_runtime.generation.
 engine_process FD CONFIG_JSON` with one end of a socket pair as FD.
 
-The loop: take every waiting command (blocking only when nothing runs), run one step, send
-one STEP message with all its tokens. It exits when the HTTP side says QUIT or closes its
+The loop: take every waiting command (blocking only when nothing runs), run one step and
+send its tokens as STEP messages: the newly admitted requests' first tokens as soon as
+their prefill ends, then the decode run's. It exits when the HTTP side says QUIT or closes its
 end, and (Linux) when its parent dies, so it never outlives the server.
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 from modelservice_runtime.generation import ipc, processors
 from modelservice_runtime.generation.decoder import Decoder, DecoderConfig
 from modelservice_runtime.generation.sampling import SamplingParams
-from modelservice_runtime.generation.scheduler import Scheduler
+from modelservice_runtime.generation.scheduler import Scheduler, StepResult
 
 log = logging.getLogger("modelservice.engine")
 
@@ -82,11 +83,21 @@ def serve(conn: Connection, decoder: Decoder, scheduler: Scheduler) -> None:
                 scheduler.cancel(ipc.unpack_cancel(msg))
             elif kind == ipc.QUIT:
                 return
-        result = scheduler.step()
-        if result.tops:
-            conn.send_bytes(ipc.pack_tops(result))
+        # Admitted requests' first tokens go out before the decode run: a request's time to
+        # first token is its prefill, not its prefill and a decode run of every row.
+        admitted = scheduler.admit()
+        if admitted.tokens:
+            _send(conn, admitted)
+            admitted = None
+        result = scheduler.decode(admitted)
         if result or not scheduler.busy:
-            conn.send_bytes(ipc.pack_step(result))
+            _send(conn, result)
+
+
+def _send(conn: Connection, result: StepResult) -> None:
+    if result.tops:
+        conn.send_bytes(ipc.pack_tops(result))
+    conn.send_bytes(ipc.pack_step(result))
 
 
 def main(argv: list[str]) -> int:

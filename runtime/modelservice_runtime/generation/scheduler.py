@@ -1,6 +1,6 @@
 """Continuous batching: requests join and leave the running batch between steps.
 
-Each `step()`:
+Each `step()` (`admit()` then `decode()`):
 1. admits waiting requests into free slots (the lowest free slot first), each with a
    prefill run of its own prompt (batch 1), which gives its first token; while other rows
    decode, up to PREFILL_BUDGET prompt tokens a step (at least one prompt);
@@ -132,9 +132,25 @@ class Scheduler:
         self._pending.finished.append((rid, CANCELLED))
 
     def step(self) -> StepResult:
+        """Admit, then decode: one result for both."""
+        out = self.admit()
+        return self.decode(out)
+
+    def admit(self) -> StepResult:
+        """The first half of a step: waiting requests into free slots, their prompts
+        prefilled; their first tokens are in the result, which engine_process.py sends
+        before the decode run (a new request's first token does not wait for it)."""
         out, self._pending = self._pending, StepResult()
         self._admit(out)
+        return self._counted(out)
+
+    def decode(self, out: StepResult | None = None) -> StepResult:
+        """The second half: one decode run of every running row (added to `out`)."""
+        out = out if out is not None else StepResult()
         self._decode(out)
+        return self._counted(out)
+
+    def _counted(self, out: StepResult) -> StepResult:
         out.running = self.running
         out.queued = len(self.waiting)
         return out
