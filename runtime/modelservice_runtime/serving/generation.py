@@ -165,6 +165,14 @@ class GenaiModel:
             add_generation_prompt=True,
         )
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest body a fitting request can need: a prompt (or messages) of the whole
+        context with every character JSON-escaped (6 bytes), plus 1 MiB and 32 bytes a
+        vocabulary entry for the other fields (tools, schemas, a logit_bias of every token).
+        A larger body is refused before it is parsed: parsing holds the event loop."""
+        return 6 * self.max_token_chars * self.context_length + (1 << 20) + 32 * self.vocab_size
+
     async def encode_async(
         self,
         text: str | None,

@@ -143,6 +143,12 @@ class OpenAIEndpoints:
         nothing is streamed before this has passed."""
         engine, model = entry.engine, entry.model
         limits = openai.Limits(vocab_size=model.vocab_size, max_n=engine.capacity)
+        if len(body) > model.max_body_bytes:  # refused unparsed: parsing holds the loop
+            raise BadRequest(
+                f"the request body ({len(body):,} bytes) is over the context length of "
+                f"{model.context_length} tokens: a request that fits takes at most "
+                f"{model.max_body_bytes:,} bytes"
+            )
         req = openai.parse_request(body, chat, limits)
         self._entry(req.model)
         if chat:
