@@ -9,7 +9,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, BinaryIO
 
 import orjson
@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from modelservice_runtime.serving.reply import Reply
 from modelservice_runtime.transport.coalesced_writes import CoalescedWrites
+from modelservice_runtime.transport.http_exchange import EndsWithClient
 from modelservice_runtime.transport.http_protocol import http_protocol
 
 # A coroutine left unawaited (a pipelined answer never given) must fail the test.
@@ -75,12 +76,46 @@ async def answer_directly(path: str, body: bytes) -> Reply:
     return Reply(200, "application/json", orjson.dumps({"direct": path, "length": len(body)}))
 
 
+ENDED: list[str] = []  # what the streamed and client-bound answers saw of their end
+
+
+async def parts(n: int, gap_s: float) -> AsyncIterator[bytes]:
+    try:
+        for i in range(n):
+            await asyncio.sleep(gap_s)
+            yield b"part%d," % i
+    finally:
+        ENDED.append("stream closed")
+
+
+async def answer_streaming(path: str) -> Reply:
+    """POST /stream/<n>/<ms>: n parts, <ms> apart, as a stream (server-sent events)."""
+    n, gap_ms = (int(x) for x in path.split("/")[2:4])
+    return Reply(
+        200, "text/event-stream", b"", {"Cache-Control": "no-cache"}, parts(n, gap_ms / 1e3)
+    )
+
+
+async def answer_never() -> Reply:
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        ENDED.append("answer cancelled")
+        raise
+    return Reply(200, "application/json", b"{}")
+
+
 def direct(
     method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
 ) -> Awaitable[Reply] | None:
-    """POST /direct/<ms>: answered after <ms> without the app; anything else goes to it."""
+    """POST /direct/<ms>: answered after <ms> without the app; POST /stream/<n>/<ms> and
+    /never: answers that end with their client; anything else goes to the app."""
     if method == "POST" and path.startswith("/direct/"):
         return answer_directly(path, body)
+    if method == "POST" and path.startswith("/stream/"):
+        return EndsWithClient(answer_streaming(path))
+    if method == "POST" and path == "/never":
+        return EndsWithClient(answer_never())
     return None
 
 
@@ -241,6 +276,46 @@ def test_pipelined_requests_are_answered_in_order(client: Client) -> None:
     assert client.response().json()["method"] == "GET"
     assert client.response().json() == {"direct": "/direct/0", "length": 2}
     assert client.response().json()["messages"][0]["body"] == 3
+
+
+def test_a_direct_stream_is_sent_chunked_part_by_part_and_the_connection_goes_on(
+    client: Client,
+) -> None:
+    client.send(post("/stream/3/1", b""))
+    r = client.response("POST")
+    assert r.status == 200 and r.body == b"part0,part1,part2,"
+    assert r.headers["transfer-encoding"] == "chunked"
+    assert r.headers["content-type"] == "text/event-stream"
+    assert r.headers["cache-control"] == "no-cache"
+    client.send(post("/direct/0", b"x"))  # the same connection, the next request
+    assert client.response().json() == {"direct": "/direct/0", "length": 1}
+
+
+def wait_for(what: str, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while what not in ENDED:
+        assert time.monotonic() < deadline, f"{what!r} never happened: {ENDED}"
+        time.sleep(0.01)
+
+
+def test_a_client_leaving_ends_its_stream_and_its_unsent_answer(served: Served) -> None:
+    """A generation whose client leaves must stop using its batch row: mid-stream, the
+    stream is closed (not run to its end); before the answer, the answer is cancelled."""
+    ENDED.clear()
+    c = served.connect()
+    c.send(post("/stream/100000/10", b""))  # about 17 minutes of parts
+    assert c.file.readline().startswith(b"HTTP/1.1 200")
+    c.close()
+    wait_for("stream closed")
+    c = served.connect()
+    c.send(post("/never", b""))
+    time.sleep(0.1)  # the answer is being made
+    c.close()
+    wait_for("answer cancelled")
+    c = served.connect()  # and the server goes on
+    c.send(post("/direct/0", b"x"))
+    assert c.response().status == 200
+    c.close()
 
 
 def test_a_declared_body_over_the_limit_is_413_at_once_and_the_connection_closes(

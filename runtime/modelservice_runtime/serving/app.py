@@ -42,6 +42,7 @@ from modelservice_runtime.serving.model import OnnxModel
 from modelservice_runtime.serving.reply import Headers, Reply, Route
 from modelservice_runtime.serving.routes import route_table
 from modelservice_runtime.settings import Settings
+from modelservice_runtime.transport.http_exchange import EndsWithClient
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
@@ -203,7 +204,9 @@ class RuntimeApp(FastAPI):
             if match is not None:
                 named = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
                 answering = self.answer(route, named, body, match.groupdict())
-                return self._closing(answering) if self.dataplane.draining else answering
+                if self.dataplane.draining:
+                    answering = self._closing(answering)
+                return EndsWithClient(answering) if route.streams else answering
         return None
 
     @staticmethod

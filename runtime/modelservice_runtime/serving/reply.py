@@ -53,10 +53,10 @@ class Route:
     tag: str
     auth: bool = True  # health probes and /metrics stay open (auth.py)
     openapi: dict[str, Any] | None = None  # extra OpenAPI for the request body
-    streams: bool = False  # may answer with a stream: served through ASGI only
+    streams: bool = False  # a generation: may answer with a stream, ends if the client leaves
 
     @property
     def direct(self) -> bool:
         """POSTs are the inference traffic: the HTTP protocol answers them without ASGI,
-        with the whole body (transport/http_protocol.py); streamed answers go through ASGI."""
-        return self.method == "POST" and not self.streams
+        with the whole body (transport/http_protocol.py), streamed answers included."""
+        return self.method == "POST"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import http
 import re
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Generator
 from typing import Any, Protocol
 
 from modelservice_runtime.transport.coalesced_writes import CoalescedWrites
@@ -50,7 +50,8 @@ def head_start(status: int, server_state: ServerState) -> list[bytes]:
 
 
 class Answer(Protocol):
-    """What a direct route answers with (the app's `Reply` is one)."""
+    """What a direct route answers with (the app's `Reply` is one): a body, or a `stream`
+    of parts sent chunked as they come (server-sent events)."""
 
     @property
     def status(self) -> int: ...
@@ -60,6 +61,27 @@ class Answer(Protocol):
     def body(self) -> bytes: ...
     @property
     def headers(self) -> dict[str, str] | None: ...
+    @property
+    def stream(self) -> AsyncIterator[bytes] | None: ...
+
+
+class EndsWithClient:
+    """A direct answer that is cancelled when its client leaves before it is sent whole (a
+    generation: the client leaving frees its batch row), whether it is still being made or
+    being streamed. Awaited like the answer it wraps."""
+
+    __slots__ = ("answering",)
+
+    def __init__(self, answering: Awaitable[Answer]) -> None:
+        self.answering = answering
+
+    def __await__(self) -> Generator[Any, None, Answer]:
+        return self.answering.__await__()
+
+    def close(self) -> None:
+        """The request is never to be answered (its connection is gone)."""
+        if asyncio.iscoroutine(self.answering):
+            self.answering.close()
 
 
 class Refusal:
@@ -84,12 +106,14 @@ class Exchange:
         "complete",
         "conn",
         "disconnected",
+        "ends_with_client",
         "head",
         "keep_alive",
         "method",
         "remaining",
         "scope",
         "started",
+        "task",
         "waiter",
     )
 
@@ -115,6 +139,8 @@ class Exchange:
         self.chunked = False
         self.remaining = 0  # body bytes still owed under the response's Content-Length
         self.waiter: asyncio.Future[None] | None = None
+        self.ends_with_client = isinstance(answering, EndsWithClient)
+        self.task: asyncio.Task[None] | None = None  # what answers it, once started
 
     async def receive(self) -> dict[str, Any]:
         if self.body is not None and not self.disconnected:
@@ -184,6 +210,45 @@ class Exchange:
         self.conn.transport.writelines((head, b"" if self.method == "HEAD" else reply.body))
         self.complete = True
         self.conn.answered(self)
+
+    async def stream(self, reply: Answer) -> None:
+        """Send a streamed answer, chunked, each part as it comes (the head with the first);
+        the stream is closed at its end, also when the client leaves (the protocol cancels
+        this then, see EndsWithClient)."""
+        parts = reply.stream
+        assert parts is not None
+        try:
+            headers = [(b"content-type", reply.content_type.encode("latin-1"))]
+            if reply.headers:
+                headers += [
+                    (k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()
+                ]
+            self.head = self._head(reply.status, headers)  # no Content-Length: chunked
+            self.started = True
+            conn = self.conn
+            async for part in parts:
+                if conn.write_paused is not None and not self.disconnected:
+                    await conn.write_paused
+                if self.disconnected:
+                    return
+                if part:
+                    self._write(b"%x\r\n%b\r\n" % (len(part), part))
+            if not self.disconnected:
+                self._write(b"0\r\n\r\n")
+                self.complete = True
+                self.wake()
+                conn.answered(self)
+        finally:
+            aclose = getattr(parts, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def _write(self, data: bytes) -> None:
+        if self.head:
+            self.conn.transport.writelines((self.head, data))
+            self.head = b""
+        else:
+            self.conn.transport.write(data)
 
     def _head(self, status: int, headers: Any) -> bytes:
         parts = head_start(status, self.conn.server_state)

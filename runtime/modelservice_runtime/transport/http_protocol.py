@@ -27,6 +27,9 @@ and changes only how a connection is read and written:
 - Requests are answered in order. A pipelined request waits, with reading paused, until the
   one before it is answered; a malformed request gets a 400 in its turn and ends the
   connection, as the parser cannot find where the next request would start.
+- A direct answer may be a stream (server-sent events), sent chunked part by part; one
+  marked `EndsWithClient` (a generation) is cancelled when its client leaves, so the
+  client leaving a non-streamed generation frees its batch row too.
 - Keep-alive (closed after uvicorn's --timeout-keep-alive when idle), `Expect:
   100-continue`, HEAD, chunked request bodies, responses without Content-Length (sent
   chunked) and back-pressure from a slow reader work as they do under uvicorn.
@@ -53,7 +56,13 @@ from typing import Any
 import httptools
 from modelservice_runtime.errors import body_too_large, error_body
 from modelservice_runtime.transport.coalesced_writes import CoalescedWrites
-from modelservice_runtime.transport.http_exchange import Answer, Exchange, Refusal, head_start
+from modelservice_runtime.transport.http_exchange import (
+    Answer,
+    EndsWithClient,
+    Exchange,
+    Refusal,
+    head_start,
+)
 from modelservice_runtime.transport.uvicorn_compat import (
     Config,
     ServerState,
@@ -150,12 +159,16 @@ class BufferedHttpProtocol(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         for pending in self.waiting:  # never to be answered: close their coroutines
-            if isinstance(pending, Exchange) and asyncio.iscoroutine(pending.answering):
-                pending.answering.close()
+            answering = pending.answering if isinstance(pending, Exchange) else None
+            if isinstance(answering, EndsWithClient) or asyncio.iscoroutine(answering):
+                answering.close()
         self.waiting.clear()
-        if self.current is not None:
-            self.current.disconnected = True
-            self.current.wake()
+        current = self.current
+        if current is not None:
+            current.disconnected = True
+            current.wake()
+            if current.ends_with_client and current.task is not None and not current.complete:
+                current.task.cancel()  # a generation nobody will read: free its row
         self._resume_writers()
 
     def data_received(self, data: bytes) -> None:
@@ -309,7 +322,7 @@ class BufferedHttpProtocol(asyncio.Protocol):
     def _start(self, exchange: Exchange) -> None:
         exchange.keep_alive = exchange.keep_alive and not self.closing
         self.current = exchange
-        task = self.loop.create_task(self._run(exchange))
+        task = exchange.task = self.loop.create_task(self._run(exchange))
         tasks = self.server_state.tasks
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -320,14 +333,21 @@ class BufferedHttpProtocol(asyncio.Protocol):
                 reply = await exchange.answering
                 if self.write_paused is not None:  # the client is not reading: wait for it
                     await self.write_paused
-                exchange.reply(reply)
+                if reply.stream is not None:
+                    await exchange.stream(reply)
+                else:
+                    exchange.reply(reply)
             else:
                 await self.app(exchange.scope, exchange.receive, exchange.send)
+        except asyncio.CancelledError:
+            if exchange.ends_with_client and exchange.disconnected:
+                return  # its client left (_lost): nothing is left to answer
+            log.error("cancelled while answering a request")
+            self._fail(exchange)
+            raise
         except BaseException as e:
             log.error("exception while answering a request", exc_info=e)
             self._fail(exchange)
-            if isinstance(e, asyncio.CancelledError):
-                raise
             return
         if not (exchange.complete or exchange.disconnected):
             log.error("the ASGI app returned without completing its response")
