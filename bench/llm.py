@@ -164,7 +164,8 @@ def ours(folder: Path, precision: str, pythonpath: str | None = None) -> Server:
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     # The token count comes from usage: one event may carry several tokens.
-    return Server("ours", precision, cmd, {"stream_options": {"include_usage": True}}, env)
+    extra = {"stream_options": {"include_usage": True}, "ignore_eos": True}
+    return Server("ours", precision, cmd, extra, env)
 
 
 def llama_server(llama: Path, gguf: Path, precision: str, context: int) -> Server:
@@ -495,7 +496,7 @@ def rss_over(server: Server, n: int, streams: int = BATCH) -> list[tuple[int, in
 
 # ---------------------------------------------------------------- the cross-check
 
-GUIDELLM = REPO / ".cache" / "bench-guidellm-venv" / "bin" / "guidellm"
+GUIDELLM_VENV = REPO / "hack" / "guidellm-venv.sh"  # makes .cache/bench-guidellm-venv
 
 
 def cross_check(
@@ -503,19 +504,21 @@ def cross_check(
 ) -> dict | None:
     """The same load through guidellm (PyPI, its own venv: it pins torch and datasets of its
     own) and through this client, back to back: output tokens/s, TTFT and ITL medians."""
-    if not GUIDELLM.exists():
-        return None
+    made = subprocess.run([str(GUIDELLM_VENV)], capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        return {"error": f"hack/guidellm-venv.sh: {made.stderr[-300:]}"}
+    python = made.stdout.strip()  # run as a module: a venv's scripts break if it is moved
     requests = 2 * streams
     out = LOGS / f"guidellm-{server.label}-{server.precision}.json"
     out.unlink(missing_ok=True)
     backend = (
         f"kind=openai_http,target=http://127.0.0.1:{server.port},model=m,validate_backend=false,"
         f"request_format=/v1/completions,max_tokens={tokens}"
-    )  # no output_tokens in the data: guidellm would send ignore_eos, which ours refuses
-    cmd = [str(GUIDELLM), "run", "--backend", backend,
+    )
+    cmd = [python, "-m", "guidellm", "run", "--backend", backend,
            "--profile", f"kind=concurrent,streams={streams}",
            "--constraint", f"kind=max_requests,count={requests}",
-           "--data", "kind=synthetic_text,prompt_tokens=64",
+           "--data", f"kind=synthetic_text,prompt_tokens=64,output_tokens={tokens}",
            "--tokenizer", f"kind=hf_auto,model={hf}",
            "--output", f"kind=json,path={out}", "--disable-console-interactive"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -656,9 +659,9 @@ def render(results: dict) -> str:
         "exported with export-llm's builder (onnxruntime-genai fp32 and int4) and converted "
         "with llama.cpp's converter (GGUF f32 and Q4_0, same weights, same tokenizer). Greedy, "
         "the same prompts and token counts for every server (the end-of-sequence logit is pinned "
-        "at 0 so nothing ends early; counts checked). *ours*: `modelservice serve FOLDER "
-        f"--generation-batch-size {BATCH}`; *llama-server*: llama.cpp {env['llama_cpp']} "
-        f"`llama-server -np {BATCH} -cb -t 2 -tb 2` (`ignore_eos`, no prompt cache); both "
+        "at 0, and every request says `ignore_eos`; counts checked). *ours*: `modelservice serve "
+        f"FOLDER --generation-batch-size {BATCH}`; *llama-server*: llama.cpp {env['llama_cpp']} "
+        f"`llama-server -np {BATCH} -cb -t 2 -tb 2` (no prompt cache); both "
         "streamed `/v1/completions` over loopback. *Generator 1 / 16*: onnxruntime-genai's "
         "`og.Generator` in-process, warm, one sequence / a fixed batch of 16 (no serving: the "
         "limit). The client (raw asyncio HTTP, SSE by byte search) runs on the same 2 cores; its "

@@ -145,6 +145,11 @@ def test_include_usage_only_when_asked(client: openai.OpenAI) -> None:
     assert usages() == []
     [use] = usages(stream_options={"include_usage": True})
     assert use.completion_tokens == 5
+    # vLLM's continuous_usage_stats: the usage so far in every chunk, counting up to 5
+    every = usages(stream_options={"include_usage": True, "continuous_usage_stats": True})
+    counts = [u.completion_tokens for u in every]
+    assert counts == sorted(counts) and counts[-1] == 5 and len(counts) > 2, counts
+    assert {u.prompt_tokens for u in every} == {use.prompt_tokens}
 
 
 def test_the_pending_gauge_counts_streams(tiny_llm: tuple[Path, Path]) -> None:
@@ -402,6 +407,28 @@ def test_logit_bias_and_penalties_through_the_engines_processors(
         logits[greedy[1]] += 3
         assert int(np.argmax(logits)) == token, i
         generator.append_tokens(np.array([token], np.int32))
+
+
+def test_ignore_eos_goes_on_to_max_tokens(
+    client: openai.OpenAI, tiny_llm: tuple[Path, Path]
+) -> None:
+    """vLLM's ignore_eos (benchmark clients send it for exact output lengths): an
+    end-of-sequence token, here forced by logit_bias, ends the answer only without it."""
+    eos = json.loads((tiny_llm[1] / "genai_config.json").read_text())["model"]["eos_token_id"]
+    eos = eos[0] if isinstance(eos, list) else eos
+
+    def answer(**extra: Any) -> Any:
+        body = {"logit_bias": {str(eos): 100}, "return_token_ids": True, **extra}
+        r = client.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, extra_body=body
+        )
+        return r.choices[0].finish_reason, r.model_dump()["choices"][0]["token_ids"]
+
+    assert answer() == ("stop", [eos])
+    assert answer(ignore_eos=True) == ("length", [eos] * 6)
+    with pytest.raises(openai.BadRequestError) as refused:
+        answer(ignore_eos="yes")
+    assert "ignore_eos must be a JSON boolean" in refused.value.response.json()["error"]
 
 
 def test_echo_puts_the_prompt_before_the_text(client: openai.OpenAI) -> None:

@@ -2,7 +2,8 @@
 
 To the engine:
 - ADD  b"A" rid u32, max_tokens u32, temperature f64, top_p f64, top_k i32, seed i64,
-  flags u8 (1: seeded, 2: log-probabilities, 4: logits processors), top_logprobs u8, then
+  flags u8 (1: seeded, 2: log-probabilities, 4: logits processors, 8: ignore_eos),
+  top_logprobs u8, then
   the prompt as int32 ids (with flag 4: its length u32 first, and
   generation/processors.py's JSON after);
 - CANCEL b"C" rid u32; QUIT b"Q".
@@ -42,6 +43,7 @@ def pack_add(
     """`processors`: generation/processors.py's document; with one (flag 4) the prompt's
     length (u32) comes before it and the document after it."""
     flags = (1 if p.seed is not None else 0) | (2 if p.logprobs else 0) | (4 if processors else 0)
+    flags |= 8 if p.ignore_eos else 0
     head = _ADD.pack(
         ADD, rid, p.max_tokens, p.temperature, p.top_p, p.top_k, p.seed or 0, flags, p.top_logprobs
     )
@@ -74,6 +76,7 @@ def unpack_add(msg: bytes) -> tuple[int, np.ndarray, SamplingParams]:
         seed=seed if flags & 1 else None,
         logprobs=bool(flags & 2),
         top_logprobs=top,
+        ignore_eos=bool(flags & 8),
     )
     return rid, prompt, params
 

@@ -28,6 +28,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: bool = False  # report the chosen token's log-probability
     top_logprobs: int = 0  # and this many most likely tokens with theirs (0..20)
+    ignore_eos: bool = False  # an end-of-sequence token does not end the generation
 
     @property
     def greedy(self) -> bool:

@@ -244,7 +244,7 @@ class Scheduler:
         row.generated.append(token)
         row.last = token
         out.tokens.append((row.rid, token, logprob))
-        if token in self.eos:
+        if token in self.eos and not row.sampler.params.ignore_eos:
             self._end(row, STOP, out)
         else:
             full = row.length + 1 > self.decoder.max_length  # no room for one more in the slot

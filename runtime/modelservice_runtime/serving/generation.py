@@ -69,6 +69,7 @@ class Sampling:
     stop: tuple[str, ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0
+    ignore_eos: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -84,6 +85,7 @@ class Sampling:
             self.seed,
             self.logprobs,
             self.top_logprobs,
+            self.ignore_eos,
         )
 
 

@@ -181,6 +181,7 @@ class OpenAIEndpoints:
             stop=req.stop,
             logprobs=req.logprobs,
             top_logprobs=req.top_logprobs,
+            ignore_eos=req.ignore_eos,
         )
         check(engine, prompt, sampling, req.n)
         spec = dict(req.processing)
@@ -246,18 +247,24 @@ async def _stream_calls(
     """A streamed answer that may be a tool call: whether it is one is known only at its
     end, so each choice is sent whole (a call as one `tool_calls` delta, else its text)."""
     name, ok, used = entry.name, False, 0
+
+    def chunk(index: int, text: str | None, finish: str | None, **extra: Any) -> bytes:
+        if req.continuous_usage:  # vLLM's: the usage so far in every chunk
+            extra["use"] = openai.usage(len(prompt), used)
+        return openai.chunk(True, rid, name, index, text, finish, **extra)
+
     try:
         results = await asyncio.gather(*(_collect(entry, g, req.stop) for g in generations))
         for i in range(len(generations)):
-            yield openai.chunk(True, rid, name, i, "", None, role=True)
+            yield chunk(i, "", None, role=True)
         for i, (text, ids, finish) in enumerate(results):
             used += len(ids)
             calls = _calls(req, text)
             if calls:
-                yield openai.chunk(True, rid, name, i, None, None, tool_calls=calls)
+                yield chunk(i, None, None, tool_calls=calls)
             elif text:
-                yield openai.chunk(True, rid, name, i, text, None)
-            yield openai.chunk(True, rid, name, i, None, "tool_calls" if calls else finish)
+                yield chunk(i, text, None)
+            yield chunk(i, None, "tool_calls" if calls else finish)
         if req.include_usage:
             yield openai.chunk(True, rid, name, 0, None, None, use=openai.usage(len(prompt), used))
         charge_tokens(len(prompt) + used, caller)
@@ -350,13 +357,19 @@ async def _stream(
     events = _Choices(generations)
     assemblers = [TextAssembler(entry.model.decode, req.stop) for _ in generations]
     ok = charged = False
+
+    def chunk(index: int, text: str | None, finish: str | None, **extra: Any) -> bytes:
+        if req.continuous_usage:  # vLLM's: the usage so far in every chunk
+            extra["use"] = openai.usage(len(prompt), sum(len(a.ids) for a in assemblers))
+        return openai.chunk(chat, rid, name, index, text, finish, **extra)
+
     try:
         if chat:
             for i in range(len(generations)):
-                yield openai.chunk(chat, rid, name, i, "", None, role=True)
+                yield chunk(i, "", None, role=True)
         elif req.echo and req.prompt:  # the prompt first, as the text's start
             for i in range(len(generations)):
-                yield openai.chunk(chat, rid, name, i, req.prompt, None)
+                yield chunk(i, req.prompt, None)
         open_ = len(generations)
         async for index, item in events:
             if not open_:
@@ -368,8 +381,8 @@ async def _stream(
                 if item is None:
                     tail = assembler.finish()
                     if tail:
-                        yield openai.chunk(chat, rid, name, index, tail, None)
-                    yield openai.chunk(chat, rid, name, index, None, _finish(generation, assembler))
+                        yield chunk(index, tail, None)
+                    yield chunk(index, None, _finish(generation, assembler))
                     open_ -= 1
                     if not open_:
                         break
@@ -383,15 +396,15 @@ async def _stream(
             if assembler.stopped:
                 generation.stop()
                 if delta or lps:
-                    yield openai.chunk(chat, rid, name, index, delta, None, logprobs=lps)
-                yield openai.chunk(chat, rid, name, index, None, "stop")
+                    yield chunk(index, delta, None, logprobs=lps)
+                yield chunk(index, None, "stop")
                 open_ -= 1
                 events.drop(index)
                 if not open_:
                     break
                 continue
             if delta or lps:
-                yield openai.chunk(chat, rid, name, index, delta, None, logprobs=lps)
+                yield chunk(index, delta, None, logprobs=lps)
         if req.include_usage:  # stream_options.include_usage: a last chunk, no choices
             completion_tokens = sum(len(a.ids) for a in assemblers)
             use = openai.usage(len(prompt), completion_tokens)

@@ -18,7 +18,8 @@ from modelservice_runtime.serving.protocol.tools import Tools, parse_tools
 
 # Accepted and without effect on the tokens: who asked, and how the answer is framed.
 _NEUTRAL = {"model", "user", "stream", "stream_options", "return_token_ids", "logprobs"}
-_SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n"}
+# ignore_eos: vLLM's, sent by benchmark clients (guidellm) for exact output lengths.
+_SAMPLING = {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "ignore_eos"}
 # Through the engine's logits processors (generation/processors.py).
 _PROCESSING = {
     "logit_bias",
@@ -43,6 +44,8 @@ _REFUSED: dict[str, tuple[Any, ...]] = {
 _CHAT_ONLY = {"max_completion_tokens", "top_logprobs", "tools", "tool_choice",
               "parallel_tool_calls"}  # fmt: skip
 _COMPLETIONS_ONLY = {"echo"}  # the prompt before the completion's text
+# include_usage: OpenAI's; continuous_usage_stats: vLLM's (guidellm sends it)
+_STREAM_OPTIONS = {"include_usage", "continuous_usage_stats"}
 ROLES = ("system", "developer", "user", "assistant", "tool")
 _MESSAGE_KEYS = {"role", "content", "name", "tool_call_id", "tool_calls"}
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
@@ -82,8 +85,11 @@ class GenerateRequest:
     stream: bool
     include_usage: bool
     return_token_ids: bool
+    # stream_options.continuous_usage_stats (vLLM's): the usage so far in every chunk
+    continuous_usage: bool = False
     logprobs: bool = False  # each chosen token's log-probability in the answer
     top_logprobs: int = 0  # and this many most likely tokens beside each
+    ignore_eos: bool = False  # go on past end-of-sequence tokens, to max_tokens or a stop
     # logit_bias and the penalties, for the engine's logits processors ({} if none)
     processing: dict[str, Any] = field(default_factory=dict)
     echo: bool = False  # completions: the prompt, then the completion, as the text
@@ -248,11 +254,15 @@ def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> Gene
     stream = _boolean(doc, "stream")
     options = doc.get("stream_options")
     if options is not None:
-        if not isinstance(options, dict) or set(options) - {"include_usage"}:
-            raise BadRequest('stream_options must be an object {"include_usage": true|false}')
+        if not isinstance(options, dict) or set(options) - _STREAM_OPTIONS:
+            raise BadRequest(
+                'stream_options must be an object {"include_usage": true|false, '
+                '"continuous_usage_stats": true|false}'
+            )
         if not stream:
             raise BadRequest("stream_options is only allowed with stream: true")
     include_usage = _boolean(options or {}, "include_usage")
+    continuous_usage = _boolean(options or {}, "continuous_usage_stats")
     for name in ("model", "user"):
         if doc.get(name) is not None and not isinstance(doc[name], str):
             raise BadRequest(f"{name} must be a string, got {_show(doc[name])}")
@@ -288,9 +298,11 @@ def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> Gene
         n=n,
         stream=stream,
         include_usage=include_usage,
+        continuous_usage=continuous_usage,
         return_token_ids=_boolean(doc, "return_token_ids"),
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        ignore_eos=_boolean(doc, "ignore_eos"),
         processing=_processing(doc, limits.vocab_size),
         echo=_echo(doc),
         schema=schema,
