@@ -332,16 +332,21 @@ def exact_prompt(tokenizer, n: int, rng: random.Random) -> str:
 
 
 def all_at_once(
-    n: int, tokens: int, per_stream: int, seed: int = 1, tokenizer=None
+    n: int,
+    tokens: int,
+    per_stream: int,
+    seed: int = 1,
+    tokenizer=None,
+    prompt_tokens: int = PROMPT_TOKENS,
 ) -> list[list[Req]]:
     """n streams started together, each `per_stream` requests back to back, one length:
-    prompts of PROMPT_TOKENS tokens exactly with the model's tokenizer, or of 24 words."""
+    prompts of `prompt_tokens` tokens exactly with the model's tokenizer, or of 24 words."""
     rng = random.Random(seed)
 
     def prompt() -> str:
         if tokenizer is None:
             return words(24, rng)
-        return exact_prompt(tokenizer, PROMPT_TOKENS, rng)
+        return exact_prompt(tokenizer, prompt_tokens, rng)
 
     return [[Req(prompt(), tokens) for _ in range(per_stream)] for _ in range(n)]
 
@@ -500,7 +505,7 @@ GUIDELLM_VENV = REPO / "hack" / "guidellm-venv.sh"  # makes .cache/bench-guidell
 
 
 def cross_check(
-    server: Server, hf: Path, streams: int, tokens: int, bounds: tuple[float, float]
+    server: Server, hf: Path, streams: int, tokens: int, bounds: tuple[float, float], tokenizer
 ) -> dict | None:
     """The same load through guidellm (PyPI, its own venv: it pins torch and datasets of its
     own) and through this client, back to back: output tokens/s, TTFT and ITL medians."""
@@ -528,7 +533,8 @@ def cross_check(
         return {"error": (done.stdout + done.stderr)[-500:]}
     m = json.loads(out.read_text())["benchmarks"][0]["metrics"]
     ok = m["request_totals"]["successful"]
-    mine = measure(server, all_at_once(streams, tokens, 2), bounds)
+    mine = measure(server, all_at_once(streams, tokens, 2, tokenizer=tokenizer, prompt_tokens=64),
+                   bounds)  # fmt: skip
     return {
         "streams": streams,
         "tokens": tokens,
@@ -619,13 +625,57 @@ def bench_precision(
                 log(f"  {s.label} head-of-line: {h}")
         if args.cross_check and not big and precision == "fp32" and started:
             log("  cross-check with guidellm")
-            out["cross_check"] = cross_check(started[0], folder / "hf", BATCH, tokens, bounds)
+            out["cross_check"] = cross_check(
+                started[0], folder / "hf", BATCH, tokens, bounds, tokenizer
+            )
             log(f"  {out['cross_check']}")
         for s in started:
             out.setdefault("rss", {})[s.label] = rss_bytes(s.proc.pid)
     finally:
         for s in started:
             s.stop()
+    return out
+
+
+def own_cpu_seconds(pid: int) -> float:
+    """CPU of pid alone (the HTTP process, without its engine process)."""
+    st = _stat(pid)
+    return (int(st[11]) + int(st[12])) / CLK if st else 0.0
+
+
+def overhead_run(args: argparse.Namespace, log) -> dict:
+    """The tests' tiny model (64 wide, 2 layers: a step costs microseconds), where serving
+    overhead is nearly all the work: served tokens/s at 1 and 16 streams against the warm
+    in-process Generator, and the server's CPU per token, the HTTP process's share apart."""
+    from tokenizers import Tokenizer
+
+    folder = llm_models.tiny()
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokens = args.tokens
+    prompts = [reqs[0].prompt for reqs in all_at_once(BATCH, tokens, 1, tokenizer=tokenizer)]
+    out: dict = {"tokens": tokens, "in_process": in_process(folder, tokens, 3, prompts)}
+    log(f"tiny: in-process {out['in_process']}")
+    server = ours(folder, "fp32", args.ours_pythonpath).start()
+    points = []
+    try:
+        arun(run_load(server, all_at_once(4, 8, 1)))  # warm-up
+        for n in (1, BATCH):
+            load = all_at_once(n, tokens, 4 if n == 1 else 2, tokenizer=tokenizer)
+            http0 = own_cpu_seconds(server.proc.pid)
+            p = measure(server, load, BOUNDS["tiny"])
+            p["http_us_tok"] = (
+                1e6 * (own_cpu_seconds(server.proc.pid) - http0) / max(p["tokens"], 1)
+            )
+            p["streams"] = n
+            points.append(p)
+            log(
+                f"  tiny {n:3d} streams {p['tok_s']:8.1f} tok/s  server {p['server_us_tok']:5.0f}"
+                f" us/tok (HTTP {p['http_us_tok']:4.0f})  client {p['client_us_tok']:4.0f} us/tok"
+                f"  tokens {p['tokens']}/{p['expected_tokens']} errors {p['errors']}"
+            )
+    finally:
+        server.stop()
+    out["points"] = points
     return out
 
 
@@ -760,6 +810,8 @@ def render(results: dict) -> str:
             f"{mb(rc.kv_bytes_per_token() * rc.context)} | "
             f"{sizes.get('fp32', 0) / 1e6:,.0f} MB / {sizes.get('int4', 0) / 1e6:,.0f} MB | {rss} |"
         )
+    if results.get("overhead"):
+        lines += ["", *overhead_lines(results["overhead"])]
     if results.get("rss_run"):
         pts = results["rss_run"]["points"]
         lines += [
@@ -781,7 +833,7 @@ def render(results: dict) -> str:
             f"Cross-check ({r['model']} {r['precision']}, ours): guidellm 0.8.1 (its own venv, "
             f"`--profile kind=concurrent,streams={c['streams']}`, {c['requests']} requests, "
             f"synthetic 64-token prompts, max_tokens {c['tokens']}) against this client right "
-            f"after ({c['streams']} streams x 2 requests, prompts of about 76 tokens): output "
+            f"after ({c['streams']} streams x 2 requests, prompts of 64 tokens): output "
             f"tokens/s {g['tok_s']:,.0f} vs {o['tok_s']:,.0f}, "
             f"TTFT p50 {g['ttft_p50'] * 1e3:,.0f} vs "
             f"{o['ttft_p50'] * 1e3:,.0f} ms, ITL p50 {g['itl_p50'] * 1e3:,.1f} vs "
@@ -791,6 +843,27 @@ def render(results: dict) -> str:
         ]
     lines += [END, ""]
     return "\n".join(lines)
+
+
+def overhead_lines(o: dict) -> list[str]:
+    ip = o["in_process"]
+    lines = [
+        f"Overhead-bound: the tests' tiny model (64 wide, 2 layers, vocabulary 384), prompts of "
+        f"{PROMPT_TOKENS} tokens, {o['tokens']} tokens each; server CPU per token is the HTTP "
+        "process and the engine process together, the HTTP process's share beside it.",
+        "",
+        "| streams | ours tok/s | Generator 1 / 16 tok/s | ours ÷ in-process | server CPU µs/token "
+        "(HTTP process) | client µs/token |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in o["points"]:
+        base = ip["gen1_tok_s"] if p["streams"] == 1 else ip["gen16_tok_s"]
+        lines.append(
+            f"| {p['streams']} | {p['tok_s']:,.0f} | {ip['gen1_tok_s']:,.0f} / "
+            f"{ip['gen16_tok_s']:,.0f} | {p['tok_s'] / base:.2f} | {p['server_us_tok']:,.0f} "
+            f"({p['http_us_tok']:,.0f}) | {p['client_us_tok']:,.0f} |"
+        )
+    return lines
 
 
 def compare_lines(this: dict, other: dict) -> list[str]:
@@ -861,7 +934,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the same 16-stream load through guidellm (.cache/bench-guidellm-venv) and this "
         "client (default: on, off with --quick)",
     )
-    p.add_argument("--rss-requests", type=int, default=0, help="RSS over N requests (tiny model)")
+    p.add_argument(
+        "--rss-requests",
+        type=int,
+        help="RSS over N requests (tiny model; default 10000, quick 0)",
+    )
     p.add_argument("--ours-pythonpath", help="PYTHONPATH for `modelservice serve` (another build)")
     p.add_argument("--out", type=Path, help="report to write (default docs/benchmarks.md)")
     p.add_argument("--json", type=Path, help="results file (default .cache/bench/llm-*.json)")
@@ -874,6 +951,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.streams = [int(n) for n in (("1,16" if a.quick else a.streams).split(","))]
     a.tokens = a.tokens or (32 if a.quick else 64)
     a.cross_check = (not a.quick) if a.cross_check is None else a.cross_check
+    if a.rss_requests is None:
+        a.rss_requests = 0 if a.quick else 10_000
     a.staggered_streams = (
         [int(n) for n in a.staggered_streams.split(",")] if a.staggered_streams else a.streams
     )
@@ -918,6 +997,8 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> int:
         }
         for precision in args.precisions:
             results["runs"].append(bench_precision(name, precision, args, llama, log))
+    if not args.quick:
+        results["overhead"] = overhead_run(args, log)
     if args.rss_requests:
         results["rss_run"] = rss_run(args.rss_requests, args, log)
     results["env"]["load_after"] = f"{os.getloadavg()[0]:.2f}"

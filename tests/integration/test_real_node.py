@@ -200,6 +200,11 @@ def pods_of(kctl: Kubectl, name: str) -> list[dict[str, Any]]:
     return kctl.list("pods", NAMESPACE, selector=f"app.kubernetes.io/instance={name}")
 
 
+def live_pods_of(kctl: Kubectl, name: str) -> list[dict[str, Any]]:
+    """The pods not being deleted: a rollout's old pods drain for a while after it ends."""
+    return [p for p in pods_of(kctl, name) if not p["metadata"].get("deletionTimestamp")]
+
+
 def describe(kctl: Kubectl, name: str) -> str:
     """What a failed wait shows: the ModelService's status and its pods' states."""
     obj = kctl.maybe_get("msvc", name, NAMESPACE) or {}
@@ -573,7 +578,7 @@ def wait_rolled_out(kctl: Kubectl, name: str, timeout: float = 180) -> None:
     def done() -> bool:
         dep = kctl.get("deployment", name, NAMESPACE)
         st, want = dep.get("status") or {}, dep["spec"]["replicas"]
-        live = [p for p in pods_of(kctl, name) if not p["metadata"].get("deletionTimestamp")]
+        live = live_pods_of(kctl, name)
         return (
             st.get("observedGeneration") == dep["metadata"]["generation"]
             and st.get("updatedReplicas") == want
@@ -615,14 +620,14 @@ def test_rollout_and_pod_deletion_under_load_lose_no_request(
         # One pod deleted (gracefully, as a node drain would): its replacement serves.
         with Load(address, name).running() as load:
             wait_until("requests to flow", lambda: load.sent >= 50, timeout=30)
-            victim = pods_of(kctl, name)[0]["metadata"]["name"]
+            victim = live_pods_of(kctl, name)[0]["metadata"]["name"]  # not a draining one
             kctl.run("delete", "pod", victim, "-n", NAMESPACE, "--wait=true", timeout=90)
             wait_rolled_out(kctl, name)
             sent_at_end = load.sent
             wait_until("requests after the replacement", lambda: load.sent >= sent_at_end + 50, 30)
         print(load.report("pod deleted"))
-        names = {p["metadata"]["name"] for p in pods_of(kctl, name)}
-        assert victim not in names and len(names) == 2
+        names = {p["metadata"]["name"] for p in live_pods_of(kctl, name)}
+        assert victim not in names and len(names) == 2, names
         assert load.failed == 0, load.report("pod deleted")
     finally:
         kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
@@ -708,9 +713,7 @@ def test_hpa_scales_on_the_cpu_the_kubelet_measures(
             )  # fmt: skip
         print(load.report("hpa load"), f"peak seen {cpu_m()} m")
         wait_until("the HPA to scale back to 1 replica", lambda: replicas(1), timeout=180)
-        wait_until("1 runtime pod", lambda: len(
-            [p for p in pods_of(kctl, name) if not p["metadata"].get("deletionTimestamp")]) == 1,
-            timeout=120)  # fmt: skip
+        wait_until("1 runtime pod", lambda: len(live_pods_of(kctl, name)) == 1, timeout=120)
     finally:
         kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
 
