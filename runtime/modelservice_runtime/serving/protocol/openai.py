@@ -222,6 +222,21 @@ def _stops(stop: Any) -> tuple[str, ...]:
     return stops
 
 
+def _stream_options(doc: dict[str, Any], stream: bool) -> tuple[bool, bool]:
+    """stream_options: (include_usage, continuous_usage_stats)."""
+    options = doc.get("stream_options")
+    if options is None:
+        return False, False
+    if not isinstance(options, dict) or set(options) - _STREAM_OPTIONS:
+        raise BadRequest(
+            'stream_options must be an object {"include_usage": true|false, '
+            '"continuous_usage_stats": true|false}'
+        )
+    if not stream:
+        raise BadRequest("stream_options is only allowed with stream: true")
+    return _boolean(options, "include_usage"), _boolean(options, "continuous_usage_stats")
+
+
 def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> GenerateRequest:
     """The request in `body`, every field checked against what the engine accepts (so
     nothing the engine would refuse is streamed); BadRequest naming the field and what was
@@ -252,17 +267,7 @@ def parse_request(body: bytes, chat: bool, limits: Limits | None = None) -> Gene
             raise BadRequest("prompt must be a string (one prompt per request)")
     stops = _stops(doc.get("stop"))
     stream = _boolean(doc, "stream")
-    options = doc.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict) or set(options) - _STREAM_OPTIONS:
-            raise BadRequest(
-                'stream_options must be an object {"include_usage": true|false, '
-                '"continuous_usage_stats": true|false}'
-            )
-        if not stream:
-            raise BadRequest("stream_options is only allowed with stream: true")
-    include_usage = _boolean(options or {}, "include_usage")
-    continuous_usage = _boolean(options or {}, "continuous_usage_stats")
+    include_usage, continuous_usage = _stream_options(doc, stream)
     for name in ("model", "user"):
         if doc.get(name) is not None and not isinstance(doc[name], str):
             raise BadRequest(f"{name} must be a string, got {_show(doc[name])}")
