@@ -198,7 +198,9 @@ class Result:
     @property
     def itl(self) -> float:
         """Mean inter-token latency after the first token (time per output token)."""
-        return (self.times[-1] - self.times[0]) / (self.tokens - 1) if self.tokens > 1 else 0.0
+        if self.tokens < 2 or len(self.times) < 2:  # a server may put all text in one event
+            return 0.0
+        return (self.times[-1] - self.times[0]) / (self.tokens - 1)
 
 
 class _SSE(asyncio.Protocol):
