@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +235,24 @@ def _calls(req: openai.GenerateRequest, text: str) -> list[dict[str, Any]] | Non
     return tool_calls(call) if call is not None else None
 
 
+def _chunker(
+    req: openai.GenerateRequest,
+    rid: str,
+    name: str,
+    prompt_tokens: int,
+    completion_tokens: Callable[[], int],
+) -> Callable[..., bytes]:
+    """openai.chunk for one streamed answer; with vLLM's continuous_usage_stats every chunk
+    carries the usage so far."""
+
+    def chunk(index: int, text: str | None, finish: str | None, **extra: Any) -> bytes:
+        if req.continuous_usage:
+            extra["use"] = openai.usage(prompt_tokens, completion_tokens())
+        return openai.chunk(req.chat, rid, name, index, text, finish, **extra)
+
+    return chunk
+
+
 async def _stream_calls(
     entry: GenerativeEntry,
     req: openai.GenerateRequest,
@@ -247,12 +265,7 @@ async def _stream_calls(
     """A streamed answer that may be a tool call: whether it is one is known only at its
     end, so each choice is sent whole (a call as one `tool_calls` delta, else its text)."""
     name, ok, used = entry.name, False, 0
-
-    def chunk(index: int, text: str | None, finish: str | None, **extra: Any) -> bytes:
-        if req.continuous_usage:  # vLLM's: the usage so far in every chunk
-            extra["use"] = openai.usage(len(prompt), used)
-        return openai.chunk(True, rid, name, index, text, finish, **extra)
-
+    chunk = _chunker(req, rid, name, len(prompt), lambda: used)
     try:
         results = await asyncio.gather(*(_collect(entry, g, req.stop) for g in generations))
         for i in range(len(generations)):
@@ -357,12 +370,7 @@ async def _stream(
     events = _Choices(generations)
     assemblers = [TextAssembler(entry.model.decode, req.stop) for _ in generations]
     ok = charged = False
-
-    def chunk(index: int, text: str | None, finish: str | None, **extra: Any) -> bytes:
-        if req.continuous_usage:  # vLLM's: the usage so far in every chunk
-            extra["use"] = openai.usage(len(prompt), sum(len(a.ids) for a in assemblers))
-        return openai.chunk(chat, rid, name, index, text, finish, **extra)
-
+    chunk = _chunker(req, rid, name, len(prompt), lambda: sum(len(a.ids) for a in assemblers))
     try:
         if chat:
             for i in range(len(generations)):
