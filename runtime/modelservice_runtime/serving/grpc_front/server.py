@@ -30,6 +30,11 @@ from modelservice_runtime.serving.grpc_front.service import SERVICE, InferenceSe
 log = logging.getLogger("modelservice.grpc")
 
 HEALTH_POLL_S = 0.25  # how soon the health service follows readiness
+# How long an answer that has just been handed to gRPC gets to be written before the
+# connection closes: gRPC counts a call done once its answer is queued, and its stop can
+# then reset the connection under an answer of megabytes still being sent (CI saw a
+# drained call fail UNAVAILABLE "Stream removed" that way).
+ANSWER_LINGER_S = 1.0
 
 
 class GrpcFront:
@@ -41,6 +46,7 @@ class GrpcFront:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        self._service: InferenceService | None = None
         self._watch: asyncio.Task[None] | None = None
 
     def address(self) -> str:
@@ -72,7 +78,7 @@ class GrpcFront:
         if not port:
             raise OSError(f"cannot listen for gRPC on {address}")
         await server.start()
-        self._server, self.port = server, port
+        self._server, self._service, self.port = server, service, port
         self._watch = asyncio.ensure_future(self._follow_readiness())
         log.info("serving gRPC (%s, grpc.health.v1) on %s", SERVICE, address)
         return port
@@ -90,13 +96,23 @@ class GrpcFront:
             await asyncio.sleep(HEALTH_POLL_S)
 
     async def stop(self, grace: float) -> None:
-        """Refuse new calls, give the running ones `grace` seconds, then cancel them."""
+        """Say NOT_SERVING, let the running calls finish and their answers go out, then
+        refuse new calls (GOAWAY); whatever still runs `grace` seconds after the start is
+        cancelled."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        if self._server is None:
+        if self._server is None or self._service is None:
             return
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        in_flight = self._service.in_flight
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(in_flight.wait_idle(), max(0.0, deadline - loop.time()))
+        if in_flight.count == 0 and in_flight.last_ended:
+            linger = in_flight.last_ended + ANSWER_LINGER_S - loop.time()
+            await asyncio.sleep(max(0.0, min(linger, deadline - loop.time())))
+        await self._server.stop(max(0.0, deadline - loop.time()))
         self._server = None

@@ -45,6 +45,32 @@ STREAM_WINDOW = 64
 T = TypeVar("T")
 
 
+class InFlight:
+    """Unary calls running now, so a drain can wait for them to finish before gRPC's own
+    stop, and when the last one ended, so it can give that answer time to be written
+    (server.py says why). Streams are not counted: the GOAWAY of the stop leaves open
+    streams running, and a stream that never ends must not hold the drain."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_ended = 0.0  # loop time
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def __exit__(self, *_: object) -> None:
+        self.count -= 1
+        self.last_ended = asyncio.get_running_loop().time()
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
 def status_code(e: ModelServiceError) -> grpc.StatusCode:
     return CODES.get(e.status_code, grpc.StatusCode.UNKNOWN)
 
@@ -56,6 +82,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.dataplane = dataplane
         self._auth = auth
         self._guarded = guarded  # a token is set: check the metadata
+        self.in_flight = InFlight()
 
     # --- the shared wrapper ---------------------------------------------------------------
 
@@ -75,7 +102,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         try:
             if auth:
                 self._check_auth(context)
-            return await work()
+            with self.in_flight:
+                return await work()
         except ModelServiceError as e:
             code, message = status_code(e), e.message
         except Exception as e:
