@@ -96,9 +96,9 @@ class GrpcFront:
             await asyncio.sleep(HEALTH_POLL_S)
 
     async def stop(self, grace: float) -> None:
-        """Say NOT_SERVING, let the running calls finish and their answers go out, then
-        refuse new calls (GOAWAY); whatever still runs `grace` seconds after the start is
-        cancelled."""
+        """Say NOT_SERVING; let the calls running now finish and their answers go out; then
+        refuse new calls (GOAWAY) and give whatever still runs the rest of `grace` seconds
+        before it is cancelled."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         if self._watch is not None:
@@ -108,10 +108,11 @@ class GrpcFront:
         if self._server is None or self._service is None:
             return
         await self._health.enter_graceful_shutdown()
+        # Only the calls running now: calls that keep coming must not hold the GOAWAY back.
         in_flight = self._service.in_flight
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(in_flight.wait_idle(), max(0.0, deadline - loop.time()))
-        if in_flight.count == 0 and in_flight.last_ended:
+        if running := in_flight.running():
+            await asyncio.wait(running, timeout=max(0.0, deadline - loop.time()))
+        if in_flight.last_ended:
             linger = in_flight.last_ended + ANSWER_LINGER_S - loop.time()
             await asyncio.sleep(max(0.0, min(linger, deadline - loop.time())))
         await self._server.stop(max(0.0, deadline - loop.time()))

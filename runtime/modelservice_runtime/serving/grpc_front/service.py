@@ -14,8 +14,9 @@ shared memory, trace, logging) answer UNIMPLEMENTED saying so (`Unimplemented`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -46,29 +47,30 @@ T = TypeVar("T")
 
 
 class InFlight:
-    """Unary calls running now, so a drain can wait for them to finish before gRPC's own
-    stop, and when the last one ended, so it can give that answer time to be written
-    (server.py says why). Streams are not counted: the GOAWAY of the stop leaves open
-    streams running, and a stream that never ends must not hold the drain."""
+    """The unary calls running now, so a drain can wait for those that were running when it
+    began, and when the last call ended, so it can give that answer time to be written
+    (server.py says why). Streams are not counted: gRPC's stop leaves open streams running
+    until they end or the grace period does."""
 
     def __init__(self) -> None:
-        self.count = 0
-        self.last_ended = 0.0  # loop time
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._running: set[asyncio.Future[None]] = set()
+        self.last_ended = 0.0  # loop time; 0 until a call has ended
 
-    def __enter__(self) -> None:
-        self.count += 1
-        self._idle.clear()
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+        self._running.add(ended)
+        try:
+            yield
+        finally:
+            self._running.discard(ended)
+            ended.set_result(None)
+            self.last_ended = loop.time()
 
-    def __exit__(self, *_: object) -> None:
-        self.count -= 1
-        self.last_ended = asyncio.get_running_loop().time()
-        if self.count == 0:
-            self._idle.set()
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
+    def running(self) -> set[asyncio.Future[None]]:
+        """One future per call running now, done when it ends."""
+        return set(self._running)
 
 
 def status_code(e: ModelServiceError) -> grpc.StatusCode:
@@ -102,7 +104,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         try:
             if auth:
                 self._check_auth(context)
-            with self.in_flight:
+            with self.in_flight.call():
                 return await work()
         except ModelServiceError as e:
             code, message = status_code(e), e.message
