@@ -136,8 +136,8 @@ def tiny_encoder() -> Path:
 
     from tests import tinyencoder
 
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("transformers")
+    torch = needed_module("torch")
+    needed_module("transformers")
     recipe = Path(tinyencoder.__file__).read_bytes() + torch.__version__.encode()
     digest = hashlib.sha256(recipe).hexdigest()[:12]
     root = Path(__file__).resolve().parents[1] / ".cache" / "test-models"

@@ -27,10 +27,11 @@ def in_ci() -> bool:
 
 
 def needed(reason: str) -> NoReturn:
-    """Skip with `reason`, or fail with it when CI=true."""
+    """Skip with `reason`, or fail with it when CI=true. At a module's top it skips (or
+    fails) the whole module."""
     if in_ci():
         pytest.fail(f"required in CI (CI=true) but missing: {reason}", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
 
 
 def needed_module(name: str) -> ModuleType:

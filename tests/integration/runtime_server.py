@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import numpy as np
 import orjson
 
 from tests.integration.processes import free_port, stop
+from tests.waiting import wait_until
 
 # Tests stop servers by SIGTERM: skip the Kubernetes-oriented unready delay unless a test
 # asks for it with --shutdown-delay-s (a flag beats the env var).
@@ -124,12 +126,27 @@ def binary_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
     return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
 
 
-def metric(url: str, name: str) -> float:
-    """The sum of metric `name` over its labels in /metrics (a new connection: any worker)."""
-    text = httpx.get(url + "/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
-    )
+# One series of Prometheus text: its name, its labels if any, its value.
+_SERIES = re.compile(r"^(?P<name>[A-Za-z_:][\w:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$", re.M)
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_in(text: str, name: str, **labels: str) -> float:
+    """The sum of the series of `name` in Prometheus text whose labels include `labels`
+    (`le` of a bucket is given as the text writes it, "16.0"). AssertionError when no series
+    matches: a misspelt name or label never reads as 0."""
+    found = [
+        float(m["value"])
+        for m in _SERIES.finditer(text)
+        if m["name"] == name and labels.items() <= dict(_LABEL.findall(m["labels"] or "")).items()
+    ]
+    assert found, f"{name}{labels or ''} is not on /metrics"
+    return sum(found)
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """`metric_in` of the server's /metrics now (a new connection: any worker)."""
+    return metric_in(httpx.get(url + "/metrics", timeout=5).text, name, **labels)
 
 
 PENDING = "nv_inference_pending_request_count"  # requests accepted and not yet answered
@@ -139,12 +156,13 @@ def wait_pending(url: str, want: float, timeout: float = 20) -> None:
     """Wait until the pending-request gauge reads `want`; fail naming the last reading. The
     gauge counts a request from its submit to its answer, running or queued: the one signal
     that requests have reached the model's queue, whatever the machine's speed."""
-    deadline = time.monotonic() + timeout
-    while (pending := metric(url, PENDING)) != want:
-        assert time.monotonic() < deadline, (
-            f"{PENDING} still {pending} after {timeout} s; waited for {want}"
-        )
-        time.sleep(0.02)
+
+    def reads_want() -> bool:
+        pending = metric(url, PENDING)
+        assert pending == want, f"it reads {pending}"
+        return True
+
+    wait_until(f"{PENDING} to read {want}", reads_want, timeout, interval=0.02)
 
 
 def slow_model(path: Path, depth: int = 128, width: int = 512) -> Path:

@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from tests.integration.runtime_server import Served, serve
+from tests.needs import needed_module
 
-openai = pytest.importorskip("openai")
+openai = needed_module("openai")
 
 KEYS = {
     "keys": [

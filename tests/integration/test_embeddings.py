@@ -15,9 +15,11 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.runtime_server import Served, serve
+from tests.integration.runtime_server import Served, metric, serve
+from tests.needs import needed_module
+from tests.waiting import wait_until
 
-openai = pytest.importorskip("openai")
+openai = needed_module("openai")
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -102,12 +104,6 @@ def test_token_ids_dimensions_and_the_kserve_route(
     np.testing.assert_allclose(raw, reference(TEXTS[:1])[0], atol=ATOL)
 
 
-def metric(server: Served, name: str) -> float:
-    text = httpx.get(server.url + "/metrics", timeout=5).text
-    line = next(x for x in text.splitlines() if x.startswith(name + '{model="enc"'))
-    return float(line.rsplit(" ", 1)[1])
-
-
 def test_concurrent_requests_are_batched_and_each_equals_its_reference(
     server: Served, client: openai.OpenAI, reference: Reference
 ) -> None:
@@ -115,7 +111,10 @@ def test_concurrent_requests_are_batched_and_each_equals_its_reference(
     requests padded to the same bucket share model runs."""
     texts = [" ".join(TEXTS[: 1 + i % 4])[: 10 + 7 * i] for i in range(24)]
     want = reference(texts)
-    runs, rows = metric(server, "nv_inference_exec_count"), metric(server, "nv_inference_count")
+    runs, rows = (
+        metric(server.url, "nv_inference_exec_count"),
+        metric(server.url, "nv_inference_count"),
+    )
     got: list[np.ndarray | None] = [None] * len(texts)
     start = threading.Barrier(len(texts))
 
@@ -130,8 +129,8 @@ def test_concurrent_requests_are_batched_and_each_equals_its_reference(
     for t in threads:
         t.join(timeout=60)
     np.testing.assert_allclose(np.array(got), want, atol=ATOL)
-    assert metric(server, "nv_inference_count") - rows == len(texts)
-    assert metric(server, "nv_inference_exec_count") - runs <= len(texts)
+    assert metric(server.url, "nv_inference_count") - rows == len(texts)
+    assert metric(server.url, "nv_inference_exec_count") - runs <= len(texts)
 
 
 BAD = [
@@ -166,12 +165,7 @@ def test_pooling_and_normalisation_by_flag(tiny_encoder: Path, reference: Refere
         settings = Settings(model_path=tiny_encoder, name="enc", pooling=pooling,
                             embedding_normalize="off")  # fmt: skip
         with TestClient(create_app(settings)) as tc:
-            deadline = 30
-            while tc.get("/v2/health/ready").status_code != 200 and deadline:
-                import time
-
-                time.sleep(0.1)
-                deadline -= 1
+            wait_until("ready", lambda: tc.get("/v2/health/ready").status_code == 200, interval=0.1)
             r = tc.post("/v1/embeddings", json={"input": TEXTS, "encoding_format": "float"})
             got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
             np.testing.assert_allclose(got, reference(TEXTS, pooling, False), atol=ATOL)

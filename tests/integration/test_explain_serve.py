@@ -6,7 +6,6 @@ inference, the explain queue's 503 while inference keeps being answered, and --n
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,13 @@ import pytest
 import tritonclient.http as triton
 
 from tests import explain_models
-from tests.integration.runtime_server import Served, serve
+from tests.integration.runtime_server import Served, metric, serve
+from tests.waiting import wait_until
 
 RNG = np.random.default_rng(3)
 K, F = 3, 6
 W = RNG.standard_normal((K, F))
 B = RNG.standard_normal(K)
-
-
-def metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
-    )
 
 
 @pytest.fixture(scope="module")
@@ -254,14 +247,6 @@ def test_no_explain_answers_404(linear_onnx: Path) -> None:
         assert r.status_code == 200
 
 
-def _wait_for(what: str, check: Any, deadline_s: float = 60) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {deadline_s}s waiting for {what}")
-        time.sleep(0.02)
-
-
 def test_a_full_explain_queue_is_503_and_inference_is_still_answered(tmp_path: Path) -> None:
     slow = explain_models.slow(tmp_path / "slow.onnx")
     with serve(slow, "--explain-max-queue", "0", "--explain-max-samples", "16384") as served:
@@ -278,7 +263,11 @@ def test_a_full_explain_queue_is_503_and_inference_is_still_answered(tmp_path: P
         thread.start()
         try:
             pending = "modelservice_explain_pending_request_count"
-            _wait_for("the long explanation to start", lambda: metric(served.url, pending) == 1)
+            wait_until(
+                "the long explanation to start",
+                lambda: metric(served.url, pending) == 1,
+                interval=0.02,
+            )
             # while it runs: inference is answered, a second explanation is refused
             for _ in range(10):
                 r = httpx.post(served.url + "/v1/models/slow:predict", json={"instances": x})
@@ -347,7 +336,11 @@ def test_a_client_that_leaves_keeps_its_slot_until_its_explanation_ends(tmp_path
 
         thread = threading.Thread(target=leave_early)
         thread.start()
-        _wait_for("the long explanation to start", lambda: metric(served.url, pending) == 1)
+        wait_until(
+            "the long explanation to start",
+            lambda: metric(served.url, pending) == 1,
+            interval=0.02,
+        )
         thread.join(timeout=30)
         # its client is gone; its explanation still runs in the explain thread, so the one
         # slot is still taken and the queue (0 waiting) still refuses
@@ -355,8 +348,9 @@ def test_a_client_that_leaves_keeps_its_slot_until_its_explanation_ends(tmp_path
         assert r.status_code == 503, r.text
         # ... until it ends: then the slot is free again
         short = {"instances": x, "parameters": {"method": "occlusion"}}
-        _wait_for(
+        wait_until(
             "the explain slot to be free again",
             lambda: httpx.post(url, json=short, timeout=60).status_code == 200,
-            deadline_s=120,
+            timeout=120,
+            interval=0.02,
         )

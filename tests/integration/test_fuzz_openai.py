@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.runtime_server import Served, serve
+from tests.needs import needed_module
 
-pytest.importorskip("onnxruntime_genai")
+needed_module("onnxruntime_genai")
 
 MAX_EXAMPLES = 100
 EDGES = [0, 1, -1, 2, 8, 9, 383, 384, 385, 2**31 - 1, 2**31, 2**63 - 1, 2**63, 2**64, 0.5, 1e-9,

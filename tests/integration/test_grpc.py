@@ -14,7 +14,6 @@ import asyncio
 import queue
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from tests.integration.test_tensor_types import (
     reference,
     tensor_blob,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 OPSET = [helper.make_opsetid("", 17)]
@@ -544,7 +544,7 @@ def test_workers_share_the_grpc_port_and_drain(mlp_onnx: Path) -> None:
 
 def test_sigterm_drains_a_grpc_call_in_flight(tmp_path: Path) -> None:
     """A call running when SIGTERM comes is answered; the server then exits 0."""
-    from tests.integration.runtime_server import rows_to_hold, slow_model
+    from tests.integration.runtime_server import rows_to_hold, slow_model, wait_pending
 
     path = slow_model(tmp_path / "slow.onnx")
     port = free_port()
@@ -557,10 +557,7 @@ def test_sigterm_drains_a_grpc_call_in_flight(tmp_path: Path) -> None:
         client.async_infer(
             "slow", [inp], callback=lambda result, error: results.put((result, error))
         )
-        deadline = time.monotonic() + 20
-        while metric(served.url, "nv_inference_pending_request_count") < 1:
-            assert time.monotonic() < deadline, "the gRPC call never reached the model"
-            time.sleep(0.02)
+        wait_pending(served.url, 1)
         served.proc.send_signal(signal.SIGTERM)
         result, error = results.get(timeout=60)
         client.close()
@@ -654,10 +651,15 @@ def test_draining_is_not_serving_then_exit(mlp_onnx: Path) -> None:
             request = health_pb2.HealthCheckRequest(service="")
             assert health.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
             served.proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 2
-            while health.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING:
-                assert time.monotonic() < deadline, "health still SERVING 2 s after SIGTERM"
-                time.sleep(0.05)
+            wait_until(
+                "health to leave SERVING after SIGTERM",
+                lambda: (
+                    health.Check(request, timeout=5).status
+                    != health_pb2.HealthCheckResponse.SERVING
+                ),
+                timeout=2,
+                interval=0.05,
+            )
             client = tgrpc.InferenceServerClient(target)
             try:
                 assert not client.is_server_ready()

@@ -5,7 +5,6 @@ running and queued). Nothing here reaches into the server's objects."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -16,10 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.runtime_server import Served, serve
-from tests.integration.test_llm_serve import PROMPTS, wait_for
+from tests.integration.runtime_server import Served, metric, metric_in, serve
+from tests.integration.test_llm_serve import PROMPTS
+from tests.needs import needed_module
+from tests.waiting import refuses_connections, wait_until
 
-openai = pytest.importorskip("openai")
+openai = needed_module("openai")
 
 LONG = 440  # tokens: the tiny model's context is 512
 
@@ -28,22 +29,15 @@ def metrics_text(server: Served) -> str:
     return httpx.get(server.url + "/metrics", timeout=5).text
 
 
-def value(text: str, name: str, **labels: str) -> float:
-    want = "".join(f',{k}="{v}"' for k, v in labels.items())
-    match = re.search(rf'^{name}{{model="tiny",version="1"{want}}} (\S+)$', text, re.M)
-    assert match is not None, f"{name}{labels} not on /metrics"
-    return float(match[1])
-
-
 def steps_over(server: Served, rows: int) -> float:
     """Decode steps so far that ran more than `rows` generations (rows is a bucket bound)."""
     text = metrics_text(server)
     name = "modelservice_generation_step_rows"
-    return value(text, f"{name}_count") - value(text, f"{name}_bucket", le=f"{float(rows)}")
+    return metric_in(text, f"{name}_count") - metric_in(text, f"{name}_bucket", le=f"{float(rows)}")
 
 
 def finished(server: Served, reason: str) -> float:
-    return value(metrics_text(server), "modelservice_generations_finished_total", reason=reason)
+    return metric(server.url, "modelservice_generations_finished_total", reason=reason)
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +151,15 @@ def test_a_non_streamed_request_whose_client_leaves_is_cancelled(server: Served)
     with pytest.raises(httpx.TimeoutException):
         # The client is gone long before LONG tokens are ready.
         httpx.post(server.url + "/v1/completions", json=body, timeout=0.005)
-    wait_for("the generation to be cancelled", lambda: finished(server, "cancelled") > cancelled)
-    wait_for(
+    wait_until(
+        "the generation to be cancelled",
+        lambda: finished(server, "cancelled") > cancelled,
+        interval=0.02,
+    )
+    wait_until(
         "no generation running",
-        lambda: value(metrics_text(server), "modelservice_generation_requests_running") == 0,
+        lambda: metric(server.url, "modelservice_generation_requests_running") == 0,
+        interval=0.02,
     )
 
 
@@ -207,12 +206,13 @@ def test_a_freed_row_is_taken_by_the_waiting_request_at_once(small_server: Serve
 
         t = threading.Thread(target=waiting)
         t.start()
-        wait_for(
+        wait_until(
             "the second request to wait",
             lambda: (
-                value(metrics_text(small_server), "modelservice_generation_requests_queued") >= 1
+                metric(small_server.url, "modelservice_generation_requests_queued") >= 1
                 or "r" in answer
             ),
+            interval=0.02,
         )
     # the stream's connection is closed here
     t.join(60)
@@ -236,7 +236,11 @@ def test_a_dead_engine_fails_its_requests_and_the_server_turns_unready(
     url = small_server.url
     assert httpx.get(url + "/v2/health/ready", timeout=5).status_code == 200
     os.kill(engine_pid(small_server), signal.SIGKILL)
-    wait_for("not ready", lambda: httpx.get(url + "/v2/health/ready", timeout=5).status_code == 503)
+    wait_until(
+        "not ready",
+        lambda: httpx.get(url + "/v2/health/ready", timeout=5).status_code == 503,
+        interval=0.02,
+    )
     r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 4}, timeout=5)
     assert r.status_code == 503 and "engine" in r.json()["error"]
     assert httpx.get(url + "/v2/health/live", timeout=5).status_code == 200
@@ -247,10 +251,12 @@ def test_the_engine_process_ends_with_the_server(tiny_llm: tuple[Path, Path]) ->
         pid = engine_pid(served)
         served.proc.kill()  # not even a chance to close its end
         served.proc.wait(10)
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not Path(f"/proc/{pid}").exists(), "the engine process outlived its server"
+    wait_until(
+        "the engine process to end with its server",
+        lambda: not Path(f"/proc/{pid}").exists(),
+        timeout=10,
+        interval=0.05,
+    )
 
 
 def test_sigterm_lets_running_streams_finish_and_refuses_new_ones(
@@ -288,7 +294,12 @@ def test_sigterm_lets_running_streams_finish_and_refuses_new_ones(
             t.start()
         started.wait(30)  # every stream has its first tokens
         served.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.05)
+        wait_until(
+            "the port to close to new connections",
+            lambda: refuses_connections(served.port),
+            timeout=10,
+            interval=0.01,
+        )
         with pytest.raises((httpx.HTTPError, AssertionError)):
             r = httpx.post(served.url + "/v1/completions", json={"prompt": "x"}, timeout=5)
             assert r.status_code != 200, "a new generation was taken while draining"
@@ -338,7 +349,7 @@ def test_two_workers_run_two_engines_and_metrics_count_the_whole_server(
             assert r.json()["usage"]["completion_tokens"] <= 5
         text = metrics_text(served)
         finished_all = sum(
-            value(text, "modelservice_generations_finished_total", reason=reason)
+            metric_in(text, "modelservice_generations_finished_total", reason=reason)
             for reason in ("stop", "length")
         )
         assert finished_all == 6  # whichever worker answered the scrape

@@ -4,18 +4,18 @@ through the real server on loopback and the unmodified `openai` client."""
 
 from __future__ import annotations
 
-import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.runtime_server import Served, serve
+from tests.integration.runtime_server import Served, metric, serve
+from tests.needs import needed_module
+from tests.waiting import wait_until
 
-openai = pytest.importorskip("openai")
+openai = needed_module("openai")
 
 PROMPTS = ["Hello, how are you", "The quick brown fox", "Once upon a time", "Numbers: 0 1 2"]
 
@@ -49,23 +49,6 @@ def reference(tiny_llm: tuple[Path, Path]) -> Callable[[str, int], tuple[list[in
         return out, tok.decode(out, skip_special_tokens=True)
 
     return generate
-
-
-def metric(server: Served, name: str, **labels: str) -> float:
-    text = httpx.get(server.url + "/metrics", timeout=5).text
-    want = "".join(f',{k}="{v}"' for k, v in labels.items())
-    pattern = re.compile(rf'^{name}{{model="tiny",version="1"{want}}} (\S+)$', re.M)
-    match = pattern.search(text)
-    assert match is not None, f"{name}{labels} not on /metrics"
-    return float(match[1])
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_greedy_through_the_server_equals_transformers_token_for_token(
@@ -173,7 +156,7 @@ def test_eight_concurrent_streams_each_get_what_they_get_alone(client: openai.Op
 
 
 def test_a_client_that_leaves_stops_its_generation_and_frees_its_slot(server: Served) -> None:
-    cancelled = metric(server, "modelservice_generations_finished_total", reason="cancelled")
+    cancelled = metric(server.url, "modelservice_generations_finished_total", reason="cancelled")
     body = {"prompt": PROMPTS[2], "max_tokens": 480, "temperature": 0, "stream": True}
     with (
         httpx.Client(timeout=30) as c,
@@ -183,16 +166,18 @@ def test_a_client_that_leaves_stops_its_generation_and_frees_its_slot(server: Se
         lines = r.iter_lines()
         assert next(line for line in lines if line.startswith("data: "))
     # the connection is closed here, long before 480 tokens
-    wait_for(
+    wait_until(
         "the generation to be cancelled",
         lambda: (
-            metric(server, "modelservice_generations_finished_total", reason="cancelled")
+            metric(server.url, "modelservice_generations_finished_total", reason="cancelled")
             == cancelled + 1
         ),
+        interval=0.02,
     )
-    wait_for(
+    wait_until(
         "no generation running",
-        lambda: metric(server, "modelservice_generation_requests_running") == 0,
+        lambda: metric(server.url, "modelservice_generation_requests_running") == 0,
+        interval=0.02,
     )
     r = httpx.post(
         server.url + "/v1/completions", json={"prompt": "again", "max_tokens": 4}, timeout=30
@@ -222,7 +207,7 @@ def test_bad_requests_are_400_naming_the_field(server: Served, body: dict, messa
 def test_health_and_metrics_stay(server: Served) -> None:
     assert httpx.get(server.url + "/v2/health/live", timeout=5).status_code == 200
     assert httpx.get(server.url + "/v2/health/ready", timeout=5).status_code == 200
-    assert metric(server, "modelservice_time_to_first_token_seconds_count") > 0
-    assert metric(server, "modelservice_generated_tokens_total") > 0
+    assert metric(server.url, "modelservice_time_to_first_token_seconds_count") > 0
+    assert metric(server.url, "modelservice_generated_tokens_total") > 0
     r = httpx.post(server.url + "/v2/models/tiny/infer", json={"inputs": []}, timeout=5)
     assert r.status_code == 404 and "language model" in r.json()["error"]

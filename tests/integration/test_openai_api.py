@@ -13,10 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.runtime_server import Served, serve
-from tests.integration.test_llm_serve import metric, wait_for
+from tests.integration.runtime_server import Served, metric, serve
+from tests.needs import needed_module
+from tests.waiting import wait_until
 
-openai = pytest.importorskip("openai")
+openai = needed_module("openai")
 
 # batch 2 + queue 4: the server can never admit more than 6 generations at once
 CAPACITY = 6
@@ -162,7 +163,7 @@ def test_the_pending_gauge_counts_streams(tiny_llm: tuple[Path, Path]) -> None:
 
     settings = Settings(model_path=tiny_llm[1], name="tiny", generation_batch_size=2)
     with TestClient(create_app(settings)) as tc:
-        wait_for("ready", lambda: tc.get("/v2/health/ready").status_code == 200)
+        wait_until("ready", lambda: tc.get("/v2/health/ready").status_code == 200, interval=0.02)
         dataplane = tc.app.dataplane  # type: ignore[attr-defined]
         requests = dataplane.generative.requests
         body = json.dumps({"prompt": PROMPT, "max_tokens": 64, "stream": True}).encode()
@@ -225,11 +226,11 @@ def test_bad_inputs_are_a_4xx_naming_the_field(
 
 
 def test_refused_requests_are_counted(server: Served) -> None:
-    failures = metric(server, "nv_inference_request_failure")
+    failures = metric(server.url, "nv_inference_request_failure")
     r = httpx.post(server.url + "/v1/completions", json={"prompt": "x", "top_p": 0}, timeout=5)
     assert r.status_code == 400
-    assert metric(server, "nv_inference_request_failure") == failures + 1
-    assert metric(server, "nv_inference_pending_request_count") == 0
+    assert metric(server.url, "nv_inference_request_failure") == failures + 1
+    assert metric(server.url, "nv_inference_pending_request_count") == 0
 
 
 def test_a_full_server_is_503_but_n_over_capacity_is_400(tiny_llm: tuple[Path, Path]) -> None:
@@ -242,7 +243,7 @@ def test_a_full_server_is_503_but_n_over_capacity_is_400(tiny_llm: tuple[Path, P
         model_path=tiny_llm[1], name="tiny", generation_batch_size=1, max_queue_size=1
     )
     with TestClient(create_app(settings)) as tc:
-        wait_for("ready", lambda: tc.get("/v2/health/ready").status_code == 200)
+        wait_until("ready", lambda: tc.get("/v2/health/ready").status_code == 200, interval=0.02)
         r = tc.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "n": 3})
         assert r.status_code == 400 and "n must be an integer from 1 to 2" in r.json()["error"]
         engine = tc.app.dataplane.generative.engine  # type: ignore[attr-defined]

@@ -15,8 +15,9 @@ import jsonschema
 import pytest
 
 from tests.integration.runtime_server import Served, serve
+from tests.needs import needed_module
 
-openai = pytest.importorskip("openai")
+openai = needed_module("openai")
 
 WEATHER = {
     "type": "object",

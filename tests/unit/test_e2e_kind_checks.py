@@ -4,7 +4,6 @@ CNN served in-process by the real runtime (TestClient over create_app)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from tests.e2e.test_kind import EXAMPLE, example_input, expected_output, v2_request
+from tests.waiting import wait_until
 
 
 def test_example_input_is_not_constant_and_fills_a_dynamic_batch() -> None:
@@ -49,11 +49,13 @@ def test_the_expected_answer_is_what_the_runtime_answers_for_the_example(
     )
     app = create_app(settings)
     with TestClient(app) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/v2/health/ready").status_code != 200:
-            assert app.state.dataplane.load_error is None, app.state.dataplane.load_error
-            assert time.monotonic() < deadline, "the CNN was not ready within 60 s"
-            time.sleep(0.02)
+        wait_until(
+            "the CNN to be ready",
+            lambda: client.get("/v2/health/ready").status_code == 200,
+            timeout=60,
+            interval=0.02,
+        )
+        assert app.state.dataplane.load_error is None, app.state.dataplane.load_error
         meta = client.get("/v2/models/resnet").json()
         x = example_input(meta["inputs"][0]["shape"])
         reply = client.post("/v2/models/resnet/infer", json=v2_request(meta["inputs"], x))

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 from modelservice_runtime.generation.detokenize import IncrementalDecoder, TextAssembler
 
-tokenizers = pytest.importorskip("tokenizers")
+from tests.needs import needed_module
+
+tokenizers = needed_module("tokenizers")
 
 TEXT = "Grüße, naïve café! 東京 🚀 tokens  spaced\tout. " * 3
 

@@ -20,6 +20,8 @@ from modelservice_runtime.transport.coalesced_writes import CoalescedWrites
 from modelservice_runtime.transport.http_exchange import EndsWithClient
 from modelservice_runtime.transport.http_protocol import http_protocol
 
+from tests.waiting import wait_until
+
 # A coroutine left unawaited (a pipelined answer never given) must fail the test.
 pytestmark = [
     pytest.mark.filterwarnings("error::RuntimeWarning"),
@@ -136,10 +138,7 @@ class Served:
 
     def __enter__(self) -> Served:
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
-            time.sleep(0.01)
+        wait_until("uvicorn to start", lambda: self.server.started, timeout=10, interval=0.01)
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -291,11 +290,8 @@ def test_a_direct_stream_is_sent_chunked_part_by_part_and_the_connection_goes_on
     assert client.response().json() == {"direct": "/direct/0", "length": 1}
 
 
-def wait_for(what: str, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while what not in ENDED:
-        assert time.monotonic() < deadline, f"{what!r} never happened: {ENDED}"
-        time.sleep(0.01)
+def wait_for(what: str) -> None:
+    wait_until(repr(what), lambda: what in ENDED, timeout=5, interval=0.01)
 
 
 def test_a_client_leaving_ends_its_stream_and_its_unsent_answer(served: Served) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,8 @@ from fastapi.testclient import TestClient
 from modelservice_runtime.serving.app import create_app
 from modelservice_runtime.settings import Settings
 
+from tests.waiting import wait_until
+
 TOKEN = "s3cret-token-value"
 
 
@@ -26,11 +27,15 @@ TOKEN = "s3cret-token-value"
 def serving(**settings: Any) -> Iterator[TestClient]:
     app = create_app(Settings(**settings))
     with TestClient(app) as client:
-        deadline = time.monotonic() + 30
-        while client.get("/v2/health/ready").status_code != 200:
-            if app.state.dataplane.load_error or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
+        # A load error ends the wait too: some tests are about it.
+        wait_until(
+            "ready, or a load error",
+            lambda: (
+                app.state.dataplane.load_error or client.get("/v2/health/ready").status_code == 200
+            ),
+            timeout=30,
+            interval=0.02,
+        )
         yield client
 
 
