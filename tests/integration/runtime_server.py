@@ -144,9 +144,14 @@ def metric_in(text: str, name: str, **labels: str) -> float:
     return sum(found)
 
 
+def metrics_text(url: str) -> str:
+    """The server's /metrics now (a new connection: any worker)."""
+    return httpx.get(url + "/metrics", timeout=5).text
+
+
 def metric(url: str, name: str, **labels: str) -> float:
-    """`metric_in` of the server's /metrics now (a new connection: any worker)."""
-    return metric_in(httpx.get(url + "/metrics", timeout=5).text, name, **labels)
+    """`metric_in` of the server's /metrics now."""
+    return metric_in(metrics_text(url), name, **labels)
 
 
 PENDING = "nv_inference_pending_request_count"  # requests accepted and not yet answered

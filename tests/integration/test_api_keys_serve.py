@@ -4,14 +4,13 @@ client: the tiny language model, keys from --api-keys-file, the bearer token bes
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.runtime_server import Served, serve
+from tests.integration.runtime_server import Served, metric_in, metrics_text, serve
 from tests.needs import needed_module
 
 openai = needed_module("openai")
@@ -43,12 +42,9 @@ def client(server: Served, key: str) -> openai.OpenAI:
 
 
 def key_metric(server: Served, name: str, key: str, budget: str | None = None) -> float:
-    text = httpx.get(server.url + "/metrics", timeout=5).text
+    text = metrics_text(server.url)
     assert "sk-" not in text
-    labels = f'key="{key}"' + (f',budget="{budget}"' if budget else "")
-    match = re.search(rf"^{name}{{{re.escape(labels)}}} (\S+)$", text, re.M)
-    assert match is not None, (name, labels)
-    return float(match[1])
+    return metric_in(text, name, key=key, **({"budget": budget} if budget else {}))
 
 
 def test_keys_the_bearer_token_and_a_request_budget(server: Served) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.runtime_server import Served, metric, metric_in, serve
+from tests.integration.runtime_server import Served, metric, metric_in, metrics_text, serve
 from tests.integration.test_llm_serve import PROMPTS
 from tests.needs import needed_module
 from tests.waiting import refuses_connections, wait_until
@@ -25,13 +25,9 @@ openai = needed_module("openai")
 LONG = 440  # tokens: the tiny model's context is 512
 
 
-def metrics_text(server: Served) -> str:
-    return httpx.get(server.url + "/metrics", timeout=5).text
-
-
 def steps_over(server: Served, rows: int) -> float:
     """Decode steps so far that ran more than `rows` generations (rows is a bucket bound)."""
-    text = metrics_text(server)
+    text = metrics_text(server.url)
     name = "modelservice_generation_step_rows"
     return metric_in(text, f"{name}_count") - metric_in(text, f"{name}_bucket", le=f"{float(rows)}")
 
@@ -347,7 +343,7 @@ def test_two_workers_run_two_engines_and_metrics_count_the_whole_server(
             )
             assert r.status_code == 200
             assert r.json()["usage"]["completion_tokens"] <= 5
-        text = metrics_text(served)
+        text = metrics_text(served.url)
         finished_all = sum(
             metric_in(text, "modelservice_generations_finished_total", reason=reason)
             for reason in ("stop", "length")
