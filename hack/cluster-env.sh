@@ -5,6 +5,8 @@ BIN_DIR="${ROOT_DIR}/.cache/bin"
 CLUSTER_DIR="${ROOT_DIR}/.cache/cluster"
 KUBECONFIG_FILE="${CLUSTER_DIR}/kubeconfig"
 CLUSTER_NAME="modelservice"
+# dockerd of hack/docker-up.sh keeps its sockets and netns mounts here; docker-down.sh removes it.
+DOCKER_EXEC_ROOT="/run/modelservice-docker"
 # kwokctl keeps each cluster's pki, pids, logs and etcd data under $KWOK_WORKDIR/clusters/<name>.
 export KWOK_WORKDIR="${CLUSTER_DIR}/kwok"
 

@@ -5,7 +5,9 @@
 # rules and no masquerading (the host's network stays as it was; builds use --network host),
 # records its PID in .cache/docker/dockerd.pid, and hack/docker-down.sh stops it by that PID.
 set -euo pipefail
-ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=hack/cluster-env.sh
+source "${HACK_DIR}/cluster-env.sh"
 STATE_DIR="${ROOT_DIR}/.cache/docker"
 log() { printf '[docker-up] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -20,7 +22,7 @@ mkdir -p "${STATE_DIR}"
 log "starting dockerd (no bridge, no iptables; log ${STATE_DIR}/dockerd.log)"
 start="$(date +%s)"
 setsid dockerd --iptables=false --ip-masq=false --bridge=none \
-  --exec-root /run/modelservice-docker --pidfile "${STATE_DIR}/dockerd.pid" \
+  --exec-root "${DOCKER_EXEC_ROOT}" --pidfile "${STATE_DIR}/dockerd.pid" \
   >"${STATE_DIR}/dockerd.log" 2>&1 </dev/null &
 deadline=$(($(date +%s) + 60))
 until docker info >/dev/null 2>&1; do
