@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from modelservice_runtime.process.workers import available_cpus, worker_count
+from modelservice_runtime.cpus import available_cpus
+from modelservice_runtime.process.workers import worker_count
 from modelservice_runtime.serving import metrics as metrics_mod
 from modelservice_runtime.serving.metrics import Metrics, shared_cells
 from modelservice_runtime.settings import Settings, SettingsError, from_args

@@ -115,11 +115,9 @@ class Decoder:
         self.config = config
         self.slots = slots
         self.max_length = min(max_length or config.context_length, config.context_length)
-        self.session = ort.InferenceSession(
-            str(config.folder / config.filename),
-            session_options(intra_op_threads),
-            providers=providers,
-        )
+        self._requested_providers = providers
+        self.intra_op_threads = intra_op_threads
+        self.session = self._open(intra_op_threads)
         self.providers = self.session.get_providers()
         on_cuda = self.providers[0] == CUDA
         self.device = "cuda" if on_cuda else "cpu"
@@ -170,10 +168,29 @@ class Decoder:
         self._mask = np.zeros((slots, 0), np.int64)
         self._ones = np.zeros(slots, np.int64)  # mask bits set in each row
         self._logits = np.zeros((slots, 1, config.vocab_size), np.float32)
+        self._new_bindings()
+
+    def _open(self, intra_op_threads: int) -> Any:
+        import onnxruntime as ort
+
+        return ort.InferenceSession(
+            str(self.config.folder / self.config.filename),
+            session_options(intra_op_threads),
+            providers=self._requested_providers,
+        )
+
+    def _new_bindings(self) -> None:
         self._decode_io = self.session.io_binding()
         self._decode_rows = 0
         self._prefill_io = self.session.io_binding()
-        self._prefill_io.bind_output(config.logits, "cpu")  # first: output 0
+        self._prefill_io.bind_output(self.config.logits, "cpu")  # first: output 0
+
+    def reopen(self, intra_op_threads: int) -> None:
+        """The same graph in a new session with `intra_op_threads` threads. The KV buffers
+        are kept (rows keep their caches); the old session is freed."""
+        session = self._open(intra_op_threads)
+        self.session, self.intra_op_threads = session, intra_op_threads
+        self._new_bindings()
 
     @property
     def kv_bytes_per_row(self) -> int:
@@ -273,8 +290,9 @@ class Decoder:
             self._positions[:k, 0] = lengths
         want = lengths + 1
         ones = self._ones[:k]
-        if not np.array_equal(want, ones + 1):  # not just one more each: set rows anew
-            for row in np.flatnonzero(want != ones + 1).tolist():
+        anew = want != ones + 1  # rows not just one longer (new, freed): set them anew
+        if anew.any():
+            for row in np.flatnonzero(anew).tolist():
                 self._mask[row, : want[row]] = 1
                 self._mask[row, want[row] :] = 0
             ones[:] = want - 1

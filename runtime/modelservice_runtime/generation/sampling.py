@@ -48,16 +48,24 @@ class RowSampler:
 
     params: SamplingParams
     processors: list[LogitsProcessor] = field(default_factory=list)
-    rng: np.random.Generator = field(init=False)
     # The last choice's most likely tokens and their log-probabilities (top_logprobs).
     top: tuple[np.ndarray, np.ndarray] | None = None
+    _rng: np.random.Generator | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.rng = np.random.default_rng(self.params.seed)
+    @property
+    def rng(self) -> np.random.Generator:
+        # Made on first use: a greedy row never needs one, and making one costs ~20 us.
+        if self._rng is None:
+            self._rng = np.random.default_rng(self.params.seed)
+        return self._rng
 
     @property
     def plain_greedy(self) -> bool:
-        return self.params.greedy and not self.processors and not self.params.logprobs
+        return self._plain
+
+    def __post_init__(self) -> None:
+        # Asked for every row at every step: computed once (processors are fixed at start).
+        self._plain = self.params.greedy and not self.processors and not self.params.logprobs
 
     def choose(self, logits: np.ndarray, generated: Sequence[int]) -> tuple[int, float]:
         """(token, its log-probability under the processed logits, or NaN if not asked)."""
@@ -109,9 +117,11 @@ def select(
 ) -> tuple[list[int], list[float]]:
     """The next token of each row of `logits` ([rows, vocab]) and its log-probability."""
     n = len(samplers)
-    tokens: list[int] = [0] * n
     logprobs = [float("nan")] * n
     plain = [i for i, s in enumerate(samplers) if s.plain_greedy]
+    if len(plain) == n:  # the common case: every row greedy, one argmax
+        return np.argmax(logits, axis=1).tolist(), logprobs
+    tokens: list[int] = [0] * n
     if plain:
         best = np.argmax(logits[plain], axis=1)
         for i, t in zip(plain, best.tolist(), strict=True):

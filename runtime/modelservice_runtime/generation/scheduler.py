@@ -209,9 +209,10 @@ class Scheduler:
             self._emit(row, token, lp, out)
 
     def _decode(self, out: StepResult) -> None:
-        k = max((i + 1 for i, r in enumerate(self.slots) if r is not None), default=0)
-        if not k:
+        live = [i for i, r in enumerate(self.slots) if r is not None]
+        if not live:
             return
+        k = live[-1] + 1
         rows = self.slots[:k]
         tokens = np.array([r.last if r is not None else 0 for r in rows], np.int64)
         lengths = np.array([r.length if r is not None else 0 for r in rows], np.int64)
@@ -223,7 +224,6 @@ class Scheduler:
                 if r is not None:
                     self._end(r, ERROR, out, f"generation failed: {e}")
             return
-        live = [i for i, r in enumerate(rows) if r is not None]
         out.rows_in_step = len(live)
         samplers = [rows[i].sampler for i in live]  # type: ignore[union-attr]
         chosen, logprobs = select_tokens(

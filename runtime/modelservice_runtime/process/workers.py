@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import multiprocessing
 import os
 import signal
@@ -31,11 +30,11 @@ import sys
 import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from modelservice_cli.serve_flags import auto_workers
+from modelservice_runtime.cpus import available_cpus
 from modelservice_runtime.process import preflight, server
 from modelservice_runtime.process.balancer import Balancer, HandedOverConnections, listening_socket
 from modelservice_runtime.providers import GPU_PROVIDERS
@@ -50,18 +49,6 @@ RESTART_WINDOW_S = 60.0
 START_TOGETHER_TIMEOUT_S = 120.0
 LISTEN_BACKLOG = 2048  # uvicorn's default
 _PR_SET_PDEATHSIG = 1
-
-
-def available_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU limit."""
-    count = len(os.sched_getaffinity(0))
-    try:
-        quota, period = cgroup_cpu_max.read_text().split()
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 limit readable: the affinity mask is all we know
-    return count
 
 
 def worker_count(settings: Settings) -> int:
