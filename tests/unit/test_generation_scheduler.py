@@ -25,6 +25,7 @@ class Decoder:
         self.fail_decode = False
         self.fail_prompt: int | None = None  # a prompt starting with this token is refused
         self.prefill_runs: list[int] = []  # prompts per prefill run
+        self.prompt_tokens: list[int] = []  # prompt tokens per run (whole prompts and parts)
 
     def _logits(self, last: int) -> np.ndarray:
         out = np.zeros(VOCAB, np.float32)
@@ -40,7 +41,17 @@ class Decoder:
             self.runs.append(("prefill", slot))
             self.held[slot] = len(prompt)
             out.append(self._logits(int(prompt[-1])))
+        self.prompt_tokens.append(sum(len(p) for p in prompts))
         return np.stack(out)
+
+    def prefill_more(self, slot: int, tokens: np.ndarray, held: int) -> np.ndarray:
+        # The slot holds at least `held` (a decode step it rode along in wrote one more
+        # position, which this part overwrites).
+        assert 0 < held <= self.held[slot], (slot, held, self.held[slot])
+        self.runs.append(("prefill_more", slot))
+        self.held[slot] = held + len(tokens)
+        self.prompt_tokens.append(len(tokens))
+        return self._logits(int(tokens[-1]))
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if self.fail_decode:
@@ -210,28 +221,66 @@ def test_step_messages_pack_and_unpack() -> None:
     assert ipc.unpack_add(ipc.pack_add(4, [1], greedy(2)))[2].seed is None
 
 
-def test_a_burst_of_long_prompts_is_prefilled_a_budget_per_step_while_rows_decode() -> None:
+def test_prompt_tokens_per_step_stay_within_the_budget_while_rows_decode() -> None:
     from modelservice_runtime.generation.scheduler import PREFILL_BUDGET
 
-    d = Decoder(slots=8, max_length=4 * PREFILL_BUDGET)
+    d = Decoder(slots=8, max_length=8 * PREFILL_BUDGET)
     s = Scheduler(d, [EOS])
-    s.add(1, np.array([1]), greedy(50))
+    s.add(1, np.array([1]), greedy(60))
     s.step()
-    long = PREFILL_BUDGET // 2 + 1
-    for rid in range(2, 6):
-        s.add(rid, np.ones(long, np.int64), greedy(2))
-    prefills = []
-    for _ in range(4):
-        before = len(d.runs)
-        s.step()
-        prefills.append(sum(kind == "prefill" for kind, _ in d.runs[before:]))
-    assert prefills == [1, 1, 1, 1]  # two would be over the budget: one a step
-    idle = Decoder(slots=8, max_length=4 * PREFILL_BUDGET)
+    lengths = [PREFILL_BUDGET // 2 + 1, PREFILL_BUDGET // 2 + 1, 3 * PREFILL_BUDGET + 5, 7]
+    for rid, n in enumerate(lengths, start=2):
+        s.add(rid, np.full(n, 5 * rid, np.int64), greedy(2))
+    results = []
+    while any(r is not None and r.rid != 1 for r in s.slots) or s.waiting:
+        before = len(d.prompt_tokens)
+        results.append(s.step())
+        assert sum(d.prompt_tokens[before:]) <= PREFILL_BUDGET
+        assert tokens_of(results[-1:], 1), "the decoding row got no token this step"
+    for rid in range(2, 6):  # each prompt's first token follows its own last token
+        assert tokens_of(results, rid) == [5 * rid + 1, 5 * rid + 2]
+    assert any(kind == "prefill_more" for kind, _ in d.runs)  # the long one went in parts
+
+
+def test_a_long_prompt_is_prefilled_in_parts_and_the_running_rows_keep_decoding() -> None:
+    from modelservice_runtime.generation.scheduler import PREFILL_BUDGET
+
+    d = Decoder(slots=4, max_length=8 * PREFILL_BUDGET)
+    s = Scheduler(d, [EOS])
+    s.add(1, np.array([1]), greedy(40))
+    s.step()
+    prompt = np.arange(3 * PREFILL_BUDGET + 5, dtype=np.int64) % 40
+    s.add(2, prompt, greedy(3))
+    start = len(d.prompt_tokens)
+    results = run(s)
+    parts = d.prompt_tokens[start:]
+    assert sum(parts) == len(prompt) and parts[0] == PREFILL_BUDGET
+    # Deeper parts are smaller: each attends over what is in before it, and costs about
+    # what one prompt of the budget does (m x (held + m) <= budget^2).
+    held = 0
+    for part in parts:
+        assert part * (held + part) <= PREFILL_BUDGET**2
+        held += part
+    assert parts == sorted(parts, reverse=True) and len(parts) > 4
+    kinds = [kind for kind, _ in d.runs if kind.startswith("prefill")]
+    assert kinds[-len(parts) :] == ["prefill"] + ["prefill_more"] * (len(parts) - 1)
+    first = int(prompt[-1])
+    assert tokens_of(results, 2) == [first + 1, first + 2, first + 3]
+    # While its prompt went in, the running row got one token every step.
+    until = next(i for i, r in enumerate(results) if tokens_of([r], 2))
+    assert until >= len(parts) - 1 and all(tokens_of([r], 1) for r in results[:until])
+
+
+def test_with_nothing_decoding_whole_prompts_go_in_at_once() -> None:
+    from modelservice_runtime.generation.scheduler import PREFILL_BUDGET
+
+    idle = Decoder(slots=8, max_length=8 * PREFILL_BUDGET)
     t = Scheduler(idle, [EOS])
     for rid in range(1, 5):
-        t.add(rid, np.ones(long, np.int64), greedy(2))
+        t.add(rid, np.ones(2 * PREFILL_BUDGET, np.int64), greedy(2))
     t.step()
-    assert sum(kind == "prefill" for kind, _ in idle.runs) == 4  # nothing decoding: all at once
+    assert idle.prompt_tokens == [8 * PREFILL_BUDGET]  # one run of four whole prompts
+    assert idle.prefill_runs == [4]
 
 
 def test_prompts_arriving_together_are_prefilled_in_one_run_and_a_refused_one_fails_alone() -> None:

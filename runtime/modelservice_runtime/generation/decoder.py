@@ -214,37 +214,58 @@ class Decoder:
         little differently). Padding is written past a row's length in its cache, where
         its next tokens overwrite it before anything attends to it."""
         rows, n = len(prompts), max(len(p) for p in prompts)
-        c, io = self.config, self._prefill_io
         ids = np.zeros((rows, n), np.int64)
         mask = np.zeros((rows, n), np.int64)
         for i, prompt in enumerate(prompts):
             ids[i, : len(prompt)] = prompt
             mask[i, : len(prompt)] = 1
-        staged = self._bind_prefill_kv(io, first, rows, n)
+        logits = self._run_prompt(first, ids, mask, held=0)
+        return logits[np.arange(rows), [len(p) - 1 for p in prompts]]
+
+    def prefill_more(self, slot: int, tokens: np.ndarray, held: int) -> np.ndarray:
+        """The next part of a prompt (int64 ids) into `slot`, which holds its first `held`
+        tokens (chunked prefill); the logits [vocab] of its last position. GQA attends
+        the new tokens over the row's cache and writes theirs after it (checked: the
+        last logits of a prompt run in two parts equal those of one run, exactly)."""
+        n = held + len(tokens)
+        mask = np.ones((1, n), np.int64)
+        return self._run_prompt(slot, tokens[None], mask, held)[0, -1]
+
+    def _run_prompt(self, first: int, ids: np.ndarray, mask: np.ndarray, held: int) -> np.ndarray:
+        """One prompt run of rows first.. (ids [rows, m] after `held` cached tokens each,
+        mask [rows, held + m]): the logits [rows, m, vocab]."""
+        c, io = self.config, self._prefill_io
+        rows, n = mask.shape
+        staged = self._bind_prefill_kv(io, first, rows, n, held)
         io.bind_cpu_input(c.input_ids, ids)
         io.bind_cpu_input(c.attention_mask, mask)
         if self.has_position_ids:
             assert c.position_ids is not None
-            io.bind_cpu_input(c.position_ids, np.tile(np.arange(n, dtype=np.int64), (rows, 1)))
+            positions = np.tile(np.arange(held, n, dtype=np.int64), (rows, 1))
+            io.bind_cpu_input(c.position_ids, positions)
         io.bind_output(c.logits, "cpu")  # rebound: its shape changes between runs
         self.session.run_with_iobinding(io)
         for array, part in zip(self._kv_arrays, staged, strict=False):
-            array[first : first + rows, :, :n] = part
-        logits = io.get_outputs()[0].numpy()
-        return logits[np.arange(rows), [len(p) - 1 for p in prompts]]
+            array[first : first + rows, :, held:n] = part[:, :, held:]
+        return io.get_outputs()[0].numpy()
 
-    def _bind_prefill_kv(self, io: Any, first: int, rows: int, n: int) -> list[np.ndarray]:
-        """On the CPU a prompt runs into buffers of its own length, copied into the rows'
-        slots after: GroupQueryAttention's work on a prompt grows with the buffer it is
-        given (measured on llama25m: 15 prompts of 26 tokens took 3.5x as long against
-        2048 positions as against 256). On CUDA the slots are bound directly."""
+    def _bind_prefill_kv(
+        self, io: Any, first: int, rows: int, n: int, held: int
+    ) -> list[np.ndarray]:
+        """On the CPU a prompt runs into buffers of its own length (the rows' `held` cached
+        positions copied in), copied into the rows' slots after: GroupQueryAttention's
+        work on a prompt grows with the buffer it is given (measured on llama25m: 15
+        prompts of 26 tokens took 3.5x as long against 2048 positions as against 256).
+        On CUDA the slots are bound directly."""
         if not self._kv_arrays:
             self._bind_kv(io, first, rows)
             return []
         c = self.config
         staged = []
-        for past, present, _ in self._kv:
+        for (past, present, _), array in zip(self._kv, self._kv_arrays, strict=True):
             part = np.zeros((rows, c.kv_heads, n, c.head_size), self.kv_dtype)
+            if held:
+                part[:, :, :held] = array[first : first + rows, :, :held]
             shape, ptr = list(part.shape), part.ctypes.data
             io.bind_input(past, "cpu", 0, self._element, shape, ptr)
             io.bind_output(present, "cpu", 0, self._element, shape, ptr)

@@ -1,11 +1,15 @@
 """Continuous batching: requests join and leave the running batch between steps.
 
 Each `step()` (`admit()` then `decode()`):
-1. admits waiting requests into free slots (the lowest free slot first), each with a
-   prefill run of its own prompt (batch 1), which gives its first token; while other rows
-   decode, up to PREFILL_BUDGET prompt tokens a step (at least one prompt);
-2. runs one decode step for every running row (rows 0..k-1, k = the highest slot in use
-   + 1; a free slot below k rides along unused), which gives each row its next token;
+1. prefills prompts: first the next part of prompts already part-way in (oldest first),
+   then waiting requests into free slots (the lowest free slot first; neighbouring slots
+   in one run). While other rows decode, a step prefills at most PREFILL_BUDGET prompt
+   tokens, a longer prompt a part a step (chunked prefill), so the running rows are never
+   held for a whole long prompt; with nothing decoding, whole prompts at once. The last
+   part of a prompt gives its first token;
+2. runs one decode step for every decoding row (rows 0..k-1, k = the highest slot
+   decoding + 1; a free slot or a prompt part-way in below k rides along unused), which
+   gives each row its next token;
 3. ends rows that produced an end-of-sequence token, reached their max_tokens or the slot's
    length; their slots take the next waiting requests at the next step.
 
@@ -16,6 +20,7 @@ nothing of processes or HTTP: engine_process.py drives it and ships its `StepRes
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,7 +33,21 @@ from modelservice_runtime.generation.sampling import select as select_tokens
 
 log = logging.getLogger("modelservice.generation")
 
-PREFILL_BUDGET = 1024  # prompt tokens prefilled per step while other rows decode
+# Prompt tokens prefilled per step while other rows decode: each step the running rows
+# wait for at most about a prompt of this many tokens (vLLM's chunked prefill defaults to
+# 512 or more a step on GPUs). Deeper into a long prompt a part is smaller (part_size).
+PREFILL_BUDGET = 512
+
+
+def part_size(held: int, budget: int) -> int:
+    """The most tokens of a prompt to prefill after `held` of it within `budget`: m with
+    m x (held + m) <= budget^2. A part attends over everything before it, and on the CPU
+    that dominates a long prompt (llama25m, 2,000 tokens whole: 3.0 s; in parts of 512,
+    the last part alone took 1.4 s, 46% of the attention work), so a part costs about
+    what a prompt of `budget` tokens costs however deep it is."""
+    m = int((-held + math.sqrt(held * held + 4 * budget * budget)) / 2)
+    return max(1, min(budget, m))
+
 
 # Why a generation ended (the codes travel in ipc.py's step messages).
 STOP, LENGTH, CANCELLED, ERROR = 0, 1, 2, 3
@@ -43,6 +62,10 @@ class DecoderLike(Protocol):
         """Prompts into the slots first, first+1, ... in one run: [len(prompts), vocab]."""
         ...
 
+    def prefill_more(self, slot: int, tokens: np.ndarray, held: int) -> np.ndarray:
+        """A prompt's next part into a slot holding `held` of it: [vocab]."""
+        ...
+
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray: ...
 
 
@@ -55,6 +78,11 @@ class Row:
     length: int = 0  # tokens in the slot's cache
     last: int = 0  # the newest token, not yet in the cache
     generated: list[int] = field(default_factory=list)
+
+    @property
+    def in_prefill(self) -> bool:
+        """In a slot with part of its prompt still to prefill (it does not decode yet)."""
+        return self.length < len(self.prompt)
 
 
 @dataclass
@@ -76,8 +104,14 @@ class StepResult:
 
 
 class Scheduler:
-    def __init__(self, decoder: DecoderLike, eos_token_ids: Iterable[int]) -> None:
+    def __init__(
+        self,
+        decoder: DecoderLike,
+        eos_token_ids: Iterable[int],
+        prefill_budget: int = PREFILL_BUDGET,
+    ) -> None:
         self.decoder = decoder
+        self.prefill_budget = prefill_budget
         self.eos = frozenset(eos_token_ids)
         self.slots: list[Row | None] = [None] * decoder.slots
         self.waiting: deque[Row] = deque()
@@ -137,9 +171,10 @@ class Scheduler:
         return self.decode(out)
 
     def admit(self) -> StepResult:
-        """The first half of a step: waiting requests into free slots, their prompts
-        prefilled; their first tokens are in the result, which engine_process.py sends
-        before the decode run (a new request's first token does not wait for it)."""
+        """The first half of a step: prompts prefilled (the next parts of those part-way
+        in, then waiting requests into free slots); the first tokens of those whose last
+        part ran are in the result, which engine_process.py sends before the decode run
+        (a new request's first token does not wait for it)."""
         out, self._pending = self._pending, StepResult()
         self._admit(out)
         return self._counted(out)
@@ -158,24 +193,32 @@ class Scheduler:
     # --- the parts of a step -----------------------------------------------------------------
 
     def _admit(self, out: StepResult) -> None:
-        # While rows are decoding, a step prefills at most PREFILL_BUDGET prompt tokens
-        # (always one prompt), so a burst of arrivals does not stall the running rows.
-        budget = PREFILL_BUDGET if any(r is not None for r in self.slots) else None
+        decoding = any(r is not None and not r.in_prefill for r in self.slots)
+        budget = self.prefill_budget if decoding else None  # None: no bound
+        for row in sorted(self._in_prefill(), key=lambda r: r.rid):  # the oldest first
+            if budget is not None and budget <= 0:
+                return
+            n = len(row.prompt) - row.length
+            if budget is not None:
+                n = min(n, part_size(row.length, budget))
+                budget -= n
+            self._prefill_part(row, n, out)
         admitted: list[Row] = []
         for slot, held in enumerate(self.slots):
-            if not self.waiting:
+            if not self.waiting or (budget is not None and budget <= 0):
                 break
             if held is not None:
                 continue
-            if budget is not None and admitted and len(self.waiting[0].prompt) > budget:
-                break
-            if budget is not None:
-                budget -= len(self.waiting[0].prompt)
             row = self.waiting.popleft()
             row.slot = slot
             self.slots[slot] = row
+            if budget is not None and len(row.prompt) > budget:
+                self._prefill_part(row, budget, out)  # its first part; the rest next steps
+                break
+            if budget is not None:
+                budget -= len(row.prompt)
             admitted.append(row)
-        # Rows in neighbouring slots are prefilled together, in one model run.
+        # Whole prompts in neighbouring slots are prefilled together, in one model run.
         for run in _contiguous(admitted):
             try:
                 logits = self.decoder.prefill(run[0].slot, [r.prompt for r in run])
@@ -183,21 +226,31 @@ class Scheduler:
                 if len(run) > 1:  # one prompt the model refuses must fail alone
                     log.warning("a batched prefill failed (%s): one prompt at a time", e)
                     for row in run:
-                        self._prefill_alone(row, out)
+                        self._prefill_part(row, len(row.prompt), out)
                     continue
                 log.exception("prefill failed", exc_info=e)
                 self._end(run[0], ERROR, out, f"generation failed: {e}")
                 continue
             self._first_tokens(run, logits, out)
 
-    def _prefill_alone(self, row: Row, out: StepResult) -> None:
+    def _in_prefill(self) -> list[Row]:
+        return [r for r in self.slots if r is not None and r.in_prefill]
+
+    def _prefill_part(self, row: Row, n: int, out: StepResult) -> None:
+        """The next `n` tokens of the row's prompt; the last part gives its first token."""
+        part = row.prompt[row.length : row.length + n]
         try:
-            logits = self.decoder.prefill(row.slot, [row.prompt])
+            if row.length:
+                logits = self.decoder.prefill_more(row.slot, part, row.length)[None]
+            else:
+                logits = self.decoder.prefill(row.slot, [part])
         except Exception as e:
             log.exception("prefill failed", exc_info=e)
             self._end(row, ERROR, out, f"generation failed: {e}")
             return
-        self._first_tokens([row], logits, out)
+        row.length += n
+        if not row.in_prefill:
+            self._first_tokens([row], logits, out)
 
     def _first_tokens(self, run: list[Row], logits: np.ndarray, out: StepResult) -> None:
         for row in run:
@@ -209,20 +262,21 @@ class Scheduler:
             self._emit(row, token, lp, out)
 
     def _decode(self, out: StepResult) -> None:
-        live = [i for i, r in enumerate(self.slots) if r is not None]
+        live = [i for i, r in enumerate(self.slots) if r is not None and not r.in_prefill]
         if not live:
             return
         k = live[-1] + 1
         rows = self.slots[:k]
         tokens = np.array([r.last if r is not None else 0 for r in rows], np.int64)
+        # A row part-way through its prompt rides along at its own length: what the step
+        # writes there, its next part overwrites.
         lengths = np.array([r.length if r is not None else 0 for r in rows], np.int64)
         try:
             logits = self.decoder.decode(tokens, lengths)
         except Exception as e:  # the whole step failed: so do its rows
             log.exception("a decode step failed", exc_info=e)
-            for r in rows:
-                if r is not None:
-                    self._end(r, ERROR, out, f"generation failed: {e}")
+            for i in live:
+                self._end(rows[i], ERROR, out, f"generation failed: {e}")  # type: ignore[arg-type]
             return
         out.rows_in_step = len(live)
         samplers = [rows[i].sampler for i in live]  # type: ignore[union-attr]
