@@ -83,3 +83,50 @@ def drain(scheduler: Scheduler) -> list:
     while scheduler.busy:
         out.append(scheduler.step())
     return out
+
+
+def test_prefix_caching_gives_the_tokens_of_a_whole_prefill(tiny_llm: tuple[Path, Path]) -> None:
+    """A shared system prompt, on the real graph: a second request while the first runs
+    (its start copied from the running row), then the first's next turn (its history from
+    the freed row's own slot); each gets the tokens it gets with prefix caching off."""
+    config = DecoderConfig.read(tiny_llm[1])
+    rng = np.random.default_rng(11)
+    system = rng.integers(3, config.vocab_size - 1, 120).astype(np.int64)
+    a = np.concatenate([system, rng.integers(3, 300, 9)])
+    b = np.concatenate([system, rng.integers(3, 300, 14)])
+    # With log-probabilities: a cache off by one position can leave a random model's
+    # greedy tokens as they were, not its log-probabilities.
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True, logprobs=True)
+    short = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True, logprobs=True)
+
+    def tokens(results: list, rid: int) -> list[int]:
+        return [t for r in results for i, t, _ in r.tokens if i == rid]
+
+    def logprobs(results: list) -> dict[int, list[float]]:
+        out: dict[int, list[float]] = {}
+        for r in results:
+            for i, _, lp in r.tokens:
+                out.setdefault(i, []).append(lp)
+        return out
+
+    def serve(min_prefix: int | None) -> tuple[list[list[int]], int]:
+        s = Scheduler(Decoder(config, 4, ["CPUExecutionProvider"], 1), [], min_prefix=min_prefix)
+        s.add(1, a, params)
+        results = [s.step()]
+        s.add(2, b, short)  # ends first: its slot is above the running row's, kept whole
+        results += drain(s)
+        history = np.concatenate([a, tokens(results, 1), rng_turn])
+        s.add(3, history, params)
+        results += drain(s)
+        cached = sum(r.cached_tokens for r in results)
+        return [tokens(results, rid) for rid in (1, 2, 3)], logprobs(results), cached
+
+    rng_turn = rng.integers(3, 300, 6)
+    plain, plain_lp, none_cached = serve(None)
+    cached_run, cached_lp, cached = serve(32)
+    assert cached_run == plain
+    for rid in (1, 2, 3):
+        np.testing.assert_allclose(cached_lp[rid], plain_lp[rid], rtol=0, atol=1e-4)
+    assert none_cached == 0
+    # b's system prompt (120) and the next turn's prompt and answer but the last token.
+    assert cached == 120 + len(a) + 10 - 1

@@ -112,6 +112,22 @@ def test_seeded_and_greedy_requests_share_steps_and_repeat(
     assert steps_over(server, 4) > before  # all five in one step: seeded rows share the batch
 
 
+def test_a_prompt_starting_like_an_earlier_one_reuses_its_cache(
+    client: openai.OpenAI, server: Served
+) -> None:
+    """Prefix caching seen from outside: the second request's shared start is counted as
+    cached, not prefilled (that its tokens equal a whole prefill's is checked on the
+    graph in test_generation_decoder.py)."""
+    system = "You are a careful assistant who answers in short sentences. " * 3
+    stream_text(client, system + "What is one and one?", 8, temperature=0)
+    cached = metric(server.url, "modelservice_prompt_tokens_cached_total")
+    read = metric(server.url, "modelservice_prompt_tokens_total")
+    assert stream_text(client, system + "Name a colour.", 8, temperature=0)
+    reused = metric(server.url, "modelservice_prompt_tokens_cached_total") - cached
+    prompt = metric(server.url, "modelservice_prompt_tokens_total") - read
+    assert 32 <= reused < prompt  # the shared start, not the question
+
+
 def test_a_late_short_request_joins_the_running_batch(
     client: openai.OpenAI, server: Served
 ) -> None:

@@ -21,6 +21,8 @@ class Decoder:
     def __init__(self, slots: int = 8, max_length: int = 64, eos_after: int = -1) -> None:
         self.slots, self.max_length, self.eos_after = slots, max_length, eos_after
         self.held = [0] * slots  # tokens in each slot's cache
+        self.content: list[list[int]] = [[] for _ in range(slots)]  # what each cache holds
+        self.copies: list[tuple[int, int, int]] = []  # (source, target, n)
         self.runs: list[tuple[str, int]] = []  # ("prefill", slot) or ("decode", rows)
         self.fail_decode = False
         self.fail_prompt: int | None = None  # a prompt starting with this token is refused
@@ -40,6 +42,7 @@ class Decoder:
                 raise RuntimeError("a prompt the model refuses")
             self.runs.append(("prefill", slot))
             self.held[slot] = len(prompt)
+            self.content[slot] = [int(t) for t in prompt]
             out.append(self._logits(int(prompt[-1])))
         self.prompt_tokens.append(sum(len(p) for p in prompts))
         return np.stack(out)
@@ -50,8 +53,16 @@ class Decoder:
         assert 0 < held <= self.held[slot], (slot, held, self.held[slot])
         self.runs.append(("prefill_more", slot))
         self.held[slot] = held + len(tokens)
+        self.content[slot] = self.content[slot][:held] + [int(t) for t in tokens]
         self.prompt_tokens.append(len(tokens))
         return self._logits(int(tokens[-1]))
+
+    def copy_prefix(self, source: int, target: int, n: int) -> bool:
+        assert len(self.content[source]) >= n
+        self.copies.append((source, target, n))
+        self.content[target] = self.content[source][:n]
+        self.held[target] = n
+        return True
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if self.fail_decode:
@@ -61,6 +72,8 @@ class Decoder:
             if n:
                 assert self.held[slot] == n, (slot, n, self.held[slot])
                 self.held[slot] = n + 1
+            # Every row of the run writes its token at its length: a free slot at 0.
+            self.content[slot] = [*self.content[slot][:n], int(tokens[slot])]
         return np.stack([self._logits(int(t)) for t in tokens])
 
 
@@ -319,3 +332,65 @@ def test_top_logprobs_travel_with_each_token_in_order() -> None:
     for (_, top), (_, token, lp) in zip(tops, first.tokens, strict=True):
         assert len(top) == 2 and top[0][0] == token  # greedy: the chosen token first
         assert top[0][1] == pytest.approx(lp, abs=1e-6) and top[0][1] >= top[1][1]
+
+
+def test_a_prompt_sharing_a_running_rows_start_copies_it_and_prefills_the_rest() -> None:
+    d = Decoder(slots=4, max_length=256)
+    s = Scheduler(d, [EOS])
+    system = np.arange(40, dtype=np.int64) % 47
+    s.add(1, np.concatenate([system, [5, 6]]), greedy(30))
+    s.step()
+    s.add(2, np.concatenate([system, [7, 8, 9]]), greedy(3))
+    before = len(d.prompt_tokens)
+    results = run(s)
+    assert d.copies == [(0, 1, 40)]  # the shared start, from row 1's slot into row 2's
+    assert d.prompt_tokens[before] == 3  # only its own tokens were prefilled
+    assert d.content[1][:43] == [*system.tolist(), 7, 8, 9]
+    assert tokens_of(results, 2) == [10, 11, 12]
+    assert sum(r.cached_tokens for r in results) == 40
+
+
+def test_a_freed_rows_cache_serves_the_next_request_in_its_own_slot() -> None:
+    d = Decoder(slots=4, max_length=256)
+    s = Scheduler(d, [EOS])
+    chat = np.arange(50, dtype=np.int64) % 47
+    s.add(1, chat, greedy(4))
+    first = run(s)
+    answer = tokens_of(first, 1)
+    # The next turn: the whole history (prompt and answer) and a new question.
+    s.add(2, np.concatenate([chat, answer, [3, 4]]), greedy(2))
+    before = len(d.prompt_tokens)
+    results = run(s)
+    held = len(chat) + len(answer) - 1  # the newest answer token never went in
+    assert d.copies == [] and d.prompt_tokens[before] == len(chat) + len(answer) + 2 - held
+    assert results[0].cached_tokens == held
+    assert tokens_of(results, 2) == [5, 6]
+
+
+def test_a_free_slot_that_rode_along_in_a_decode_run_is_not_reused() -> None:
+    d = Decoder(slots=4, max_length=256)
+    s = Scheduler(d, [EOS])
+    start = np.arange(3, 43, dtype=np.int64)
+    s.add(1, np.concatenate([start, [1]]), greedy(1))  # slot 0: ends with its prefill
+    s.add(2, np.array([9]), greedy(20))  # slot 1: decodes on, and free slot 0 rides along
+    s.step()
+    assert d.content[0] == [0]  # the decode run wrote slot 0's position 0
+    s.add(3, np.concatenate([start, [2]]), greedy(1))
+    results = [s.step()]
+    assert d.prompt_tokens[-1] == 41 and results[0].cached_tokens == 0  # prefilled whole
+    assert d.copies == []
+
+
+def test_prefix_index_picks_the_longest_usable_start() -> None:
+    from modelservice_runtime.generation.prefixes import PrefixIndex, common_prefix
+
+    a = np.arange(100, dtype=np.int64)
+    assert common_prefix(a, a[:60]) == 60 and common_prefix(a, a + 1) == 0
+    index = PrefixIndex(4, min_prefix=32)
+    index.keep(0, a[:40])
+    index.keep(1, a[:20])  # shorter than min_prefix: not kept
+    assert index.free[1] is None
+    assert index.best(a[:80], {2: a[:70]}) == (2, 70)
+    assert index.best(a[:40], {}) == (0, 39)  # the last prompt token must still run
+    index.drop(0)
+    assert index.best(a[:80], {}) == (-1, 0)

@@ -298,6 +298,8 @@ class GenerationEngine:
         if step.rows_in_step:
             m.observe_rows(step.rows_in_step)
         m.add_tokens(len(step.tokens))
+        if step.cached_tokens:
+            m.add_cached_prompt_tokens(step.cached_tokens)
         by_rid: dict[int, list[int]] = {}
         for i, (rid, token) in enumerate(zip(step.rids, step.tokens, strict=True)):
             got = by_rid.get(rid)

@@ -231,6 +231,15 @@ class Decoder:
         mask = np.ones((1, n), np.int64)
         return self._run_prompt(slot, tokens[None], mask, held)[0, -1]
 
+    def copy_prefix(self, source: int, target: int, n: int) -> bool:
+        """The first n positions of `source`'s cache into `target`'s (prefix caching): on
+        the CPU a copy of n positions a layer; on CUDA not done (False)."""
+        if not self._kv_arrays:
+            return False
+        for array in self._kv_arrays:
+            array[target, :, :n] = array[source, :, :n]
+        return True
+
     def _run_prompt(self, first: int, ids: np.ndarray, mask: np.ndarray, held: int) -> np.ndarray:
         """One prompt run of rows first.. (ids [rows, m] after `held` cached tokens each,
         mask [rows, held + m]): the logits [rows, m, vocab]."""

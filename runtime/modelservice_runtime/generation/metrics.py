@@ -25,7 +25,8 @@ ITL_AT = TTFT_AT + len(_TTFT_BUCKETS) + 2
 ROWS_AT = ITL_AT + len(_ITL_BUCKETS) + 2
 TOKENS = ROWS_AT + len(_ROWS_BUCKETS) + 2
 PROMPT_TOKENS, QUEUED, RUNNING = TOKENS + 1, TOKENS + 2, TOKENS + 3
-FINISHED_AT = TOKENS + 4
+CACHED_PROMPT_TOKENS = TOKENS + 4
+FINISHED_AT = TOKENS + 5
 CELLS = FINISHED_AT + len(REASONS)
 
 
@@ -72,6 +73,9 @@ class GenerationMetrics:
 
     def add_prompt_tokens(self, n: int) -> None:
         self._c[self._o + PROMPT_TOKENS] += n
+
+    def add_cached_prompt_tokens(self, n: int) -> None:
+        self._c[self._o + CACHED_PROMPT_TOKENS] += n
 
     def set_load(self, running: int, queued: int) -> None:
         self._c[self._o + RUNNING] = running
@@ -125,6 +129,13 @@ class GenerationMetrics:
             *one("counter", "modelservice_generated_tokens_total", "Tokens generated", TOKENS),
             *one(
                 "counter", "modelservice_prompt_tokens_total", "Prompt tokens read", PROMPT_TOKENS
+            ),
+            *one(
+                "counter",
+                "modelservice_prompt_tokens_cached_total",
+                "Prompt tokens not prefilled: their KV cache was reused from a request with "
+                "the same start (prefix caching)",
+                CACHED_PROMPT_TOKENS,
             ),
             *one(
                 "gauge",

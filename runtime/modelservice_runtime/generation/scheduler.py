@@ -28,6 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
+from modelservice_runtime.generation.prefixes import MIN_PREFIX, PrefixIndex
 from modelservice_runtime.generation.sampling import LogitsProcessor, RowSampler, SamplingParams
 from modelservice_runtime.generation.sampling import select as select_tokens
 
@@ -66,6 +67,10 @@ class DecoderLike(Protocol):
         """A prompt's next part into a slot holding `held` of it: [vocab]."""
         ...
 
+    def copy_prefix(self, source: int, target: int, n: int) -> bool:
+        """The first n positions of one slot's cache into another's (False: cannot)."""
+        ...
+
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray: ...
 
 
@@ -84,6 +89,14 @@ class Row:
         """In a slot with part of its prompt still to prefill (it does not decode yet)."""
         return self.length < len(self.prompt)
 
+    def cached_tokens(self) -> np.ndarray:
+        """The tokens in its slot's cache, positions 0..length-1: its prompt, then its
+        generated tokens but the newest."""
+        if self.length <= len(self.prompt):
+            return self.prompt[: self.length]
+        answer = np.asarray(self.generated[: self.length - len(self.prompt)], np.int64)
+        return np.concatenate([self.prompt, answer])
+
 
 @dataclass
 class StepResult:
@@ -96,6 +109,7 @@ class StepResult:
     running: int = 0
     queued: int = 0
     rows_in_step: int = 0  # generations in the decode run (0 if none ran)
+    cached_tokens: int = 0  # prompt tokens taken from a cache instead of prefilled
     # (rid, token ids, log-probabilities): the most likely tokens, for rows that asked
     tops: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
 
@@ -109,9 +123,13 @@ class Scheduler:
         decoder: DecoderLike,
         eos_token_ids: Iterable[int],
         prefill_budget: int = PREFILL_BUDGET,
+        min_prefix: int | None = MIN_PREFIX,
     ) -> None:
+        """`min_prefix`: the shortest shared start reused from another row's cache
+        (prefixes.py); None turns prefix caching off."""
         self.decoder = decoder
         self.prefill_budget = prefill_budget
+        self.prefixes = PrefixIndex(decoder.slots, min_prefix) if min_prefix else None
         self.eos = frozenset(eos_token_ids)
         self.slots: list[Row | None] = [None] * decoder.slots
         self.waiting: deque[Row] = deque()
@@ -160,10 +178,16 @@ class Scheduler:
         if row is None:
             return
         if row.slot >= 0:
-            self.slots[row.slot] = None
+            self._free(row, keep_cache=True)
         else:
             self.waiting.remove(row)
         self._pending.finished.append((rid, CANCELLED))
+
+    def _free(self, row: Row, keep_cache: bool) -> None:
+        """The row's slot free for the next request; what its cache holds stays known."""
+        self.slots[row.slot] = None
+        if self.prefixes is not None and keep_cache:
+            self.prefixes.keep(row.slot, row.cached_tokens())
 
     def step(self) -> StepResult:
         """Admit, then decode: one result for both."""
@@ -204,20 +228,26 @@ class Scheduler:
                 budget -= n
             self._prefill_part(row, n, out)
         admitted: list[Row] = []
-        for slot, held in enumerate(self.slots):
-            if not self.waiting or (budget is not None and budget <= 0):
+        while self.waiting and (budget is None or budget > 0):
+            free = [i for i, r in enumerate(self.slots) if r is None]
+            if not free:
                 break
-            if held is not None:
-                continue
             row = self.waiting.popleft()
-            row.slot = slot
-            self.slots[slot] = row
-            if budget is not None and len(row.prompt) > budget:
-                self._prefill_part(row, budget, out)  # its first part; the rest next steps
-                break
+            row.slot, row.length = self._place(row.prompt, free)
+            self.slots[row.slot] = row
+            out.cached_tokens += row.length
+            if row.length or (budget is not None and len(row.prompt) > budget):
+                # A cached start, or too long for this step whole: in parts, alone.
+                n = len(row.prompt) - row.length
+                if budget is not None:
+                    n = min(n, part_size(row.length, budget))
+                    budget -= n
+                self._prefill_part(row, n, out)
+                continue
             if budget is not None:
                 budget -= len(row.prompt)
             admitted.append(row)
+        admitted.sort(key=lambda r: r.slot)
         # Whole prompts in neighbouring slots are prefilled together, in one model run.
         for run in _contiguous(admitted):
             try:
@@ -232,6 +262,22 @@ class Scheduler:
                 self._end(run[0], ERROR, out, f"generation failed: {e}")
                 continue
             self._first_tokens(run, logits, out)
+
+    def _place(self, prompt: np.ndarray, free: list[int]) -> tuple[int, int]:
+        """(slot, tokens of the prompt already in its cache) for a new request: the free
+        slot holding the longest start of its prompt, else the lowest free slot, with the
+        start copied from a running row when one has it."""
+        if self.prefixes is None:
+            return free[0], 0
+        running = {r.slot: r.prompt[: r.length] for r in self.slots if r is not None}
+        source, n = self.prefixes.best(prompt, running)
+        if n and source in free:
+            self.prefixes.drop(source)
+            return source, n
+        self.prefixes.drop(free[0])
+        if n and self.decoder.copy_prefix(source, free[0], n):
+            return free[0], n
+        return free[0], 0
 
     def _in_prefill(self) -> list[Row]:
         return [r for r in self.slots if r is not None and r.in_prefill]
@@ -267,6 +313,10 @@ class Scheduler:
             return
         k = live[-1] + 1
         rows = self.slots[:k]
+        if self.prefixes is not None:
+            for i, r in enumerate(rows):
+                if r is None:  # rides along and writes its position 0
+                    self.prefixes.drop(i)
         tokens = np.array([r.last if r is not None else 0 for r in rows], np.int64)
         # A row part-way through its prompt rides along at its own length: what the step
         # writes there, its next part overwrites.
@@ -307,7 +357,7 @@ class Scheduler:
 
     def _end(self, row: Row, reason: int, out: StepResult, error: str | None = None) -> None:
         if row.slot >= 0 and self.slots[row.slot] is row:
-            self.slots[row.slot] = None
+            self._free(row, keep_cache=reason != ERROR)
         self.by_rid.pop(row.rid, None)
         out.finished.append((row.rid, reason))
         if error is not None:
