@@ -154,7 +154,8 @@ SETTINGS: tuple[Setting, ...] = (
             "408; a connection silent, or not reading its answer, this long is closed",
             above=0),
     Setting("intra_op_threads", int, 0, "onnxruntime intra-op threads; 0 = onnxruntime's "
-            "default", minimum=0, operator=True),
+            "default (language models: a thread per available CPU, or one where the model is "
+            "too small to gain from more, timed at start)", minimum=0, operator=True),
     Setting("inter_op_threads", int, 0, "onnxruntime inter-op threads; 0 = onnxruntime's "
             "default", minimum=0, operator=True),
     Setting("graph_optimization_level", str, "all", "onnxruntime graph optimizations",
@@ -191,6 +192,13 @@ SETTINGS: tuple[Setting, ...] = (
             "--max-queue-size", minimum=1),
     Setting("max_generated_tokens", int, 0, "language models: the largest max_tokens a request "
             "may ask for; 0 = the model's context length", minimum=0),
+    Setting("prefill_budget", int, 512, "language models: prompt tokens prefilled per engine "
+            "step while other generations decode; a longer prompt goes in over several steps "
+            "(chunked prefill), so running streams wait for at most about this much",
+            minimum=16),
+    Setting("prefix_caching", bool, True, "language models: a prompt that starts like a "
+            "running or an earlier request's (32 tokens or more: a system prompt, a chat's "
+            "history) reuses that start's KV cache instead of prefilling it"),
     # Explanations (docs/explain.md): the routes, a request's defaults, the cap and the queue.
     Setting("explain", bool, True, "serve explanations on POST /v1/models/M:explain and "
             "/v2/models/M/explain; off, they answer 404", operator=True),

@@ -128,6 +128,26 @@ def test_a_prompt_starting_like_an_earlier_one_reuses_its_cache(
     assert 32 <= reused < prompt  # the shared start, not the question
 
 
+def test_prefix_caching_off_and_a_small_prefill_budget_answer_the_same(
+    client: openai.OpenAI, tiny_llm: tuple[Path, Path]
+) -> None:
+    """--no-prefix-caching and --prefill-budget reach the engine: nothing counted as
+    cached, and a long prompt sent in 16-token parts while another stream runs gets the
+    text the default server gives it."""
+    system = "You are a careful assistant who answers in short sentences. " * 6
+    prompts = [system + "What is one and one?", system + "Name a colour."]
+    expected = [stream_text(client, p, 24, temperature=0) for p in prompts]
+    args = ("--name", "tiny", "--no-prefix-caching", "--prefill-budget", "16")
+    with serve(tiny_llm[1], *args) as plain:
+        other = openai.OpenAI(base_url=plain.url + "/v1", api_key="unused", max_retries=0)
+        got = run_together(
+            lambda: stream_text(other, PROMPTS[0], LONG, temperature=0),
+            *(lambda p=p: stream_text(other, p, 24, temperature=0) for p in prompts),
+        )
+        assert got[1:] == expected
+        assert metric(plain.url, "modelservice_prompt_tokens_cached_total") == 0
+
+
 def test_a_late_short_request_joins_the_running_batch(
     client: openai.OpenAI, server: Served
 ) -> None:

@@ -27,8 +27,9 @@ import numpy as np
 from modelservice_runtime.cpus import available_cpus
 from modelservice_runtime.generation import ipc, processors
 from modelservice_runtime.generation.decoder import Decoder, DecoderConfig
+from modelservice_runtime.generation.prefixes import MIN_PREFIX
 from modelservice_runtime.generation.sampling import SamplingParams
-from modelservice_runtime.generation.scheduler import Scheduler, StepResult
+from modelservice_runtime.generation.scheduler import PREFILL_BUDGET, Scheduler, StepResult
 
 log = logging.getLogger("modelservice.engine")
 
@@ -58,7 +59,13 @@ def build(config: dict[str, Any]) -> tuple[Decoder, Scheduler]:
         config.get("intra_op_threads", 0) or available_cpus(),
         config.get("max_length") or None,
     )
-    return decoder, Scheduler(decoder, cfg.eos_token_ids)
+    scheduler = Scheduler(
+        decoder,
+        cfg.eos_token_ids,
+        prefill_budget=config.get("prefill_budget", PREFILL_BUDGET),
+        min_prefix=MIN_PREFIX if config.get("prefix_caching", True) else None,
+    )
+    return decoder, scheduler
 
 
 def warmup(scheduler: Scheduler) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from modelservice_cli.serve_flags import BY_FIELD
 
 from modelservice_runtime.generation.prefixes import MIN_PREFIX, PrefixIndex
 from modelservice_runtime.generation.sampling import LogitsProcessor, RowSampler, SamplingParams
@@ -34,10 +35,11 @@ from modelservice_runtime.generation.sampling import select as select_tokens
 
 log = logging.getLogger("modelservice.generation")
 
-# Prompt tokens prefilled per step while other rows decode: each step the running rows
-# wait for at most about a prompt of this many tokens (vLLM's chunked prefill defaults to
-# 512 or more a step on GPUs). Deeper into a long prompt a part is smaller (part_size).
-PREFILL_BUDGET = 512
+# Prompt tokens prefilled per step while other rows decode (--prefill-budget): each step
+# the running rows wait for at most about a prompt of this many tokens (vLLM's chunked
+# prefill defaults to 512 or more a step on GPUs). Deeper into a long prompt a part is
+# smaller (part_size).
+PREFILL_BUDGET: int = BY_FIELD["prefill_budget"].default
 
 
 def part_size(held: int, budget: int) -> int:

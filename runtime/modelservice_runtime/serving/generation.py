@@ -135,6 +135,8 @@ class GenaiModel:
                 "execution_provider": settings.execution_provider,
                 "gpu_mem_limit": settings.gpu_mem_limit,
                 "intra_op_threads": settings.intra_op_threads,
+                "prefill_budget": settings.prefill_budget,
+                "prefix_caching": settings.prefix_caching,
                 "warmup": settings.warmup,
                 "log_level": settings.log_level,
             }
