@@ -47,7 +47,9 @@ from modelservice_operator.reconcile import (
     ReconcileError,
     failure_is_the_specs,
     may_have_hpa,
+    may_have_revisions,
     reconcile,
+    refresh_route,
 )
 from modelservice_operator.reporting import (
     children_may_update,
@@ -56,6 +58,7 @@ from modelservice_operator.reporting import (
     report_pod_failure,
 )
 from modelservice_operator.reporting import forget as forget_reports
+from modelservice_operator.revisions import CANARY, revision_name
 from modelservice_operator.settings import OperatorSettings
 from modelservice_operator.spec import InvalidSpec, parse_spec
 from modelservice_operator.status import invalid_status
@@ -192,6 +195,7 @@ def reconcile_modelservice(
     reason: kopf.Reason,
     hpa_by_name: kopf.Index,
     pods_by_owner: kopf.Index,
+    deployment_by_name: kopf.Index,
     **_: Any,
 ) -> None:
     trigger = str(reason.value if hasattr(reason, "value") else reason)
@@ -208,11 +212,14 @@ def reconcile_modelservice(
             )
             kopf.warn(body, reason=Reason.INVALID_SPEC.value, message=str(e))
             raise kopf.PermanentError(f"invalid spec: {e}") from e
+        canary = indexes.indexed(deployment_by_name, namespace, revision_name(name, CANARY))
         try:
             status, diagnosis = reconcile(
                 snapshot, spec, _image(memo), logger,
                 may_have_hpa=may_have_hpa(bool(hpa_by_name.get((namespace, name))), old),
                 pods=pods_by_owner.get((namespace, name), []),
+                may_have_revisions=may_have_revisions(canary is not None, old),
+                canary=canary,
             )  # fmt: skip
         except ReconcileError as e:
             m.RECONCILES.labels(trigger, "error").inc()
@@ -283,7 +290,13 @@ def deployment_event(
     if owner is None:
         return
     live = None if type == "DELETED" else body
-    found = indexes.children(owner, deployment_by_name, hpa_by_name, pods_by_owner, deployment=live)
+    if (body.get("metadata") or {}).get("name") == owner["metadata"]["name"]:
+        found = indexes.children(
+            owner, deployment_by_name, hpa_by_name, pods_by_owner, deployment=live
+        )
+    else:  # the canary's: its Ready pods move the route's weights
+        found = indexes.children(owner, deployment_by_name, hpa_by_name, pods_by_owner, canary=live)
+        refresh_route(owner, live, logger)
     refresh_status(owner, found, logger)
 
 
