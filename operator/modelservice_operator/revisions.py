@@ -134,6 +134,44 @@ def render_revision_child(
     return None
 
 
+def clash_candidates(name: str) -> list[str]:
+    """Names of ModelServices whose children could share a name with this one's: its
+    revision children's names, and the base name when this one ends in -primary/-canary."""
+    out = [revision_name(name, r) for r in (PRIMARY, CANARY)]
+    for revision in (PRIMARY, CANARY):
+        suffix = f"-{revision}"
+        if name.endswith(suffix) and len(name) > len(suffix):
+            out.append(name[: -len(suffix)])
+    return out
+
+
+def name_clash(
+    name: str, created: str, has_canary: bool, neighbours: dict[str, tuple[bool, str]]
+) -> str | None:
+    """Why this ModelService must not apply its children, or None. `neighbours` maps the
+    `clash_candidates` that exist in the namespace to (has a canary, creationTimestamp).
+    Server-side apply by one field manager would silently take over the other's
+    Deployment or Service of the same name; the one created first keeps its children."""
+    for revision in (PRIMARY, CANARY):
+        child = revision_name(name, revision)
+        other = neighbours.get(child)
+        if has_canary and other is not None and other[1] <= created:
+            return (
+                f"spec.canary: its children are named {name}-primary and {name}-canary, and "
+                f"ModelService {child} (created first) owns children named {child}: rename "
+                "one of the two ModelServices"
+            )
+        suffix = f"-{revision}"
+        base = name[: -len(suffix)] if name.endswith(suffix) else None
+        other = neighbours.get(base) if base else None
+        if other is not None and other[0] and other[1] <= created:
+            return (
+                f"metadata.name: ModelService {base} (created first) has a canary whose "
+                f"children are named {name}: rename this ModelService"
+            )
+    return None
+
+
 def owned_names(name: str) -> list[tuple[str, str]]:
     """(kind, name) of every child a canary or a Gateway may add: what the reconcile
     deletes when the spec no longer renders it."""

@@ -10,6 +10,8 @@ import pytest
 from modelservice_operator import render
 from modelservice_operator.reasons import Reason
 from modelservice_operator.revisions import (
+    clash_candidates,
+    name_clash,
     owned_names,
     render_revision_child,
     render_revisions,
@@ -331,3 +333,26 @@ def test_without_a_canary_status_canary_is_cleared_and_no_condition() -> None:
     status = _status(spec, None, deployment=_dep(1, 1))
     assert status["canary"] is None  # null in a merge patch removes an old one
     assert _condition(status, "CanaryTraffic") is None
+
+
+# --- names shared with another ModelService's children --------------------------------------
+
+EARLY, LATE = "2026-12-07T08:00:00Z", "2026-12-07T09:00:00Z"
+
+
+def test_a_canary_whose_children_would_take_an_older_modelservices_names_is_refused() -> None:
+    assert clash_candidates("a") == ["a-primary", "a-canary"]
+    assert clash_candidates("a-canary") == ["a-canary-primary", "a-canary-canary", "a"]
+    message = name_clash("a", LATE, True, {"a-canary": (False, EARLY)})
+    assert message is not None and message.startswith("spec.canary: ")
+    assert "ModelService a-canary (created first)" in message
+    # Created first, or without a canary: nothing to refuse.
+    assert name_clash("a", EARLY, True, {"a-canary": (False, LATE)}) is None
+    assert name_clash("a", LATE, False, {"a-canary": (False, EARLY)}) is None
+
+
+def test_a_modelservice_named_like_an_older_ones_canary_child_is_refused() -> None:
+    message = name_clash("a-primary", LATE, False, {"a": (True, EARLY)})
+    assert message is not None and message.startswith("metadata.name: ModelService a ")
+    assert name_clash("a-primary", LATE, False, {"a": (False, EARLY)}) is None
+    assert name_clash("a-primary", EARLY, False, {"a": (True, LATE)}) is None
