@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from modelservice_operator import render
+from modelservice_operator import indexes, render
+from modelservice_operator.drift import drift
 from modelservice_operator.reasons import Reason
+from modelservice_operator.reconcile import desired_child, desired_children, traffic_plan
 from modelservice_operator.revisions import (
     clash_candidates,
     name_clash,
@@ -356,3 +358,55 @@ def test_a_modelservice_named_like_an_older_ones_canary_child_is_refused() -> No
     assert message is not None and message.startswith("metadata.name: ModelService a ")
     assert name_clash("a-primary", LATE, False, {"a": (False, EARLY)}) is None
     assert name_clash("a-primary", EARLY, False, {"a": (True, LATE)}) is None
+
+
+# --- drift and the indexes: children told apart by name ---------------------------------------
+
+
+def _owner(spec: dict[str, Any]) -> dict[str, Any]:
+    return indexes.snapshot({
+        "apiVersion": "serving.modelservice.io/v1alpha1", "kind": "ModelService",
+        "metadata": {"name": "demo", "namespace": "ns1", "uid": "u1", "generation": 2},
+        "spec": spec,
+    })  # fmt: skip
+
+
+CANARY_SPEC = {
+    "model": {"uri": URI},
+    "replicas": 5,
+    "canary": {"model": {"uri": URI2}, "trafficPercent": 20},
+}
+
+
+def test_drift_renders_the_child_of_the_events_name_not_only_its_kind() -> None:
+    owner = _owner(CANARY_SPEC)
+    spec = parse_spec(CANARY_SPEC, "demo")
+    applied = {
+        (c["kind"], c["metadata"]["name"]): c
+        for c in desired_children(owner, spec, IMAGE, traffic_plan(owner, spec))
+    }
+    for (kind, name), live in applied.items():
+        wanted = desired_child(kind, name, owner, spec, IMAGE)
+        assert wanted is not None and drift(live, "MODIFIED", wanted) is None, (kind, name)
+    assert applied[("Deployment", "demo")]["spec"]["replicas"] == 4
+    assert applied[("Deployment", "demo-canary")]["spec"]["replicas"] == 1
+    assert all(c["metadata"]["ownerReferences"][0]["uid"] == "u1" for c in applied.values())
+    # Edited away (the canary scaled by hand) is drift; a removed canary's child is not.
+    edited = dict(applied[("Deployment", "demo-canary")], spec={"replicas": 3})
+    wanted = desired_child("Deployment", "demo-canary", owner, spec, IMAGE)
+    assert drift(edited, "MODIFIED", wanted) == "edited"
+    plain = parse_spec({"model": {"uri": URI}, "replicas": 5}, "demo")
+    assert desired_child("Deployment", "demo-canary", _owner({}), plain, IMAGE) is None
+
+
+def test_the_indexes_hand_out_the_canary_deployment_apart_from_the_primary() -> None:
+    owner = _owner(CANARY_SPEC)
+    primary = {"metadata": {"name": "demo"}, "status": {"readyReplicas": 4}}
+    canary = {"metadata": {"name": "demo-canary"}, "status": {"readyReplicas": 1}}
+    deployments = {("ns1", "demo"): [primary], ("ns1", "demo-canary"): [canary]}
+    found = indexes.children(owner, deployments, {}, {})  # type: ignore[arg-type]
+    assert (found.deployment, found.canary) == (primary, canary)
+    gone = indexes.children(owner, deployments, {}, {}, canary=None)  # type: ignore[arg-type]
+    assert (gone.deployment, gone.canary) == (primary, None)
+    without = indexes.children(_owner({"model": {"uri": URI}}), deployments, {}, {})  # type: ignore[arg-type]
+    assert without.canary is None
