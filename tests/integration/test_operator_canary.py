@@ -224,3 +224,60 @@ def test_a_gateway_without_the_gateway_api_falls_back_to_replicas(
     )  # fmt: skip
     fetch = kctl.get("deployment", name, ns)["spec"]["template"]["spec"]["initContainers"][0]
     assert fetch["command"][2] == URI2
+
+
+def _route_weights(k: Kubectl, ns: str, name: str) -> list[int] | None:
+    route = k.maybe_get("httproute", name, ns)
+    if route is None:
+        return None
+    return [b.get("weight") for b in route["spec"]["rules"][0]["backendRefs"]]
+
+
+def test_split_by_an_httproute_where_the_gateway_api_is_served(
+    kctl: Kubectl, msvc_namespace: str
+) -> None:
+    """The weighted HTTPRoute on a real API server with the Gateway API's CRDs (no Gateway
+    implementation needed: the route is only checked, no request is sent). Skipped where the
+    cluster does not serve them (the local control plane today)."""
+    served = kctl.run("api-resources", "--api-group=gateway.networking.k8s.io", "-o", "name")
+    if "httproutes" not in served.stdout:
+        pytest.skip("this cluster does not serve the Gateway API (no HTTPRoute CRD)")
+    ns, name = msvc_namespace, "canary-route"
+    kctl.apply(_canary(name, 20, replicas=4, gateway={"name": "public", "namespace": "infra"}), ns)
+    obj = _status_when(
+        kctl, ns, name, "the canary ready and the route weighted 80/20",
+        lambda o: (o["status"].get("canary") or {}).get("canaryWeight") == 20,
+    )  # fmt: skip
+    assert obj["status"]["canary"]["mode"] == "HTTPRoute"
+    traffic = condition(obj, "CanaryTraffic")
+    assert (traffic["status"], traffic["reason"]) == ("True", "SplitByRoute"), traffic
+    wait_until("HTTPRoute weights 80/20", lambda: _route_weights(kctl, ns, name) == [80, 20])
+    route = kctl.get("httproute", name, ns)
+    assert _owned_by(route, obj)
+    assert route["spec"]["parentRefs"][0]["name"] == "public"
+    assert route["spec"]["parentRefs"][0]["namespace"] == "infra"
+    backends = [b["name"] for b in route["spec"]["rules"][0]["backendRefs"]]
+    assert backends == [f"{name}-primary", f"{name}-canary"]
+    # Through a route the primary keeps its count; the canary runs its share (ceil 20% of 4).
+    assert kctl.get("deployment", name, ns)["spec"]["replicas"] == 4
+    assert kctl.get("deployment", f"{name}-canary", ns)["spec"]["replicas"] == 1
+
+    # All traffic to the canary: its weight follows its pods as they become Ready.
+    kctl.run("patch", "msvc", name, "-n", ns, "--type=merge",
+             "-p", json.dumps({"spec": {"canary": {"trafficPercent": 100}}}))  # fmt: skip
+    wait_until(
+        "HTTPRoute weights 0/100 once the canary's 4 pods are Ready",
+        lambda: _route_weights(kctl, ns, name) == [0, 100],
+        timeout=90,
+    )
+
+    # The gateway removed: the route goes, the split falls back to replica count.
+    kctl.run("patch", "msvc", name, "-n", ns, "--type=json",
+             "-p", json.dumps([{"op": "remove", "path": "/spec/gateway"}]))  # fmt: skip
+    wait_until("the HTTPRoute deleted", lambda: _route_weights(kctl, ns, name) is None)
+    obj = _status_when(
+        kctl, ns, name, "split by replica count",
+        lambda o: (o["status"].get("canary") or {}).get("mode") == "ReplicaCount",
+    )  # fmt: skip
+    assert kctl.get("deployment", name, ns)["spec"]["replicas"] == 0  # 100% of 4 to the canary
+    assert kctl.get("deployment", f"{name}-canary", ns)["spec"]["replicas"] == 4
