@@ -1,6 +1,6 @@
 """Drift: a child deleted or edited away from what its owner's spec renders is re-applied.
 
-Only the child of the event's kind is rendered and compared, with the owner's spec as the
+Only the child of the event's kind and name is rendered and compared, with the owner's spec as the
 ModelService index parsed it (indexes.owner_spec): a child event never parses a spec.
 """
 
@@ -101,7 +101,13 @@ def repair_drift(
     if spec is None:
         return None
     kind = str(child.get("kind"))
-    wanted = desired_child(kind, owner, spec, default_image)
+    # By kind and name: a ModelService with a canary has two Deployments and three Services.
+    child_name = str((child.get("metadata") or {}).get("name"))
+    try:
+        wanted = desired_child(kind, child_name, owner, spec, default_image)
+    except ReconcileError as e:  # API discovery failed: the next event tries again
+        logger.warning("could not render %s %s: %s", kind, child_name, e)
+        return owner
     what = drift(child, event_type, wanted)
     if wanted is None or what is None:
         return owner

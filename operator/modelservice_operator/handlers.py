@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -47,7 +47,9 @@ from modelservice_operator.reconcile import (
     ReconcileError,
     failure_is_the_specs,
     may_have_hpa,
+    may_have_revisions,
     reconcile,
+    refresh_route,
 )
 from modelservice_operator.reporting import (
     children_may_update,
@@ -56,8 +58,9 @@ from modelservice_operator.reporting import (
     report_pod_failure,
 )
 from modelservice_operator.reporting import forget as forget_reports
+from modelservice_operator.revisions import CANARY, clash_candidates, name_clash, revision_name
 from modelservice_operator.settings import OperatorSettings
-from modelservice_operator.spec import InvalidSpec, parse_spec
+from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
 from modelservice_operator.status import invalid_status
 
 RETRY_DELAY_S = 10
@@ -83,6 +86,24 @@ def _image(memo: kopf.Memo) -> str:
     """The default runtime image, from the settings read at startup."""
     settings: OperatorSettings = memo.settings
     return settings.runtime_image
+
+
+def _name_clash(
+    snapshot: Mapping[str, Any], spec: ModelServiceSpec, msvc_by_name: kopf.Index
+) -> str | None:
+    """A canary's children named like another ModelService's (revisions.name_clash), from
+    the ModelService index: no API call."""
+    meta = snapshot["metadata"]
+    neighbours = {}
+    for other in clash_candidates(meta["name"]):
+        entry = indexes.indexed(msvc_by_name, meta["namespace"], other)
+        if entry is not None:
+            created = str(entry["metadata"].get("creationTimestamp") or "")
+            neighbours[other] = (bool((entry.get("spec") or {}).get("canary")), created)
+    if not neighbours:
+        return None
+    created = str(meta.get("creationTimestamp") or "")
+    return name_clash(meta["name"], created, spec.canary is not None, neighbours)
 
 
 # --- startup, probes, indexes --------------------------------------------------------------
@@ -192,6 +213,8 @@ def reconcile_modelservice(
     reason: kopf.Reason,
     hpa_by_name: kopf.Index,
     pods_by_owner: kopf.Index,
+    deployment_by_name: kopf.Index,
+    msvc_by_name: kopf.Index,
     **_: Any,
 ) -> None:
     trigger = str(reason.value if hasattr(reason, "value") else reason)
@@ -200,6 +223,9 @@ def reconcile_modelservice(
     with m.timed(trigger):
         try:
             spec = parse_spec(snapshot["spec"], name)
+            clash = _name_clash(snapshot, spec, msvc_by_name)
+            if clash is not None:
+                raise InvalidSpec([clash])
         except InvalidSpec as e:
             m.RECONCILES.labels(trigger, "invalid").inc()
             m.ERRORS.labels(Reason.INVALID_SPEC.value).inc()
@@ -208,11 +234,14 @@ def reconcile_modelservice(
             )
             kopf.warn(body, reason=Reason.INVALID_SPEC.value, message=str(e))
             raise kopf.PermanentError(f"invalid spec: {e}") from e
+        canary = indexes.indexed(deployment_by_name, namespace, revision_name(name, CANARY))
         try:
             status, diagnosis = reconcile(
                 snapshot, spec, _image(memo), logger,
                 may_have_hpa=may_have_hpa(bool(hpa_by_name.get((namespace, name))), old),
                 pods=pods_by_owner.get((namespace, name), []),
+                may_have_revisions=may_have_revisions(canary is not None, old),
+                canary=canary,
             )  # fmt: skip
         except ReconcileError as e:
             m.RECONCILES.labels(trigger, "error").inc()
@@ -283,7 +312,13 @@ def deployment_event(
     if owner is None:
         return
     live = None if type == "DELETED" else body
-    found = indexes.children(owner, deployment_by_name, hpa_by_name, pods_by_owner, deployment=live)
+    if (body.get("metadata") or {}).get("name") == owner["metadata"]["name"]:
+        found = indexes.children(
+            owner, deployment_by_name, hpa_by_name, pods_by_owner, deployment=live
+        )
+    else:  # the canary's: its Ready pods move the route's weights
+        found = indexes.children(owner, deployment_by_name, hpa_by_name, pods_by_owner, canary=live)
+        refresh_route(owner, live, logger)
     refresh_status(owner, found, logger)
 
 

@@ -20,6 +20,7 @@ import kopf
 from modelservice_operator import API_VERSION, FIELD_MANAGER, KIND
 from modelservice_operator.pods import pod_essentials
 from modelservice_operator.render import LABEL_INSTANCE, LABEL_MANAGED_BY
+from modelservice_operator.revisions import CANARY, revision_name
 from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
 
 # The label every child carries: the child indexes and watches select on it.
@@ -162,11 +163,13 @@ def owner_of(child: Mapping[str, Any], index: kopf.Index[Any, Any]) -> dict[str,
 @dataclass(frozen=True)
 class Children:
     """A ModelService's Deployment and HPA (None if absent, or the HPA while autoscaling is
-    off) and its runtime pods, as the indexes hold them."""
+    off), its runtime pods (both revisions'), and its canary's Deployment (None without
+    spec.canary), as the indexes hold them."""
 
     deployment: Mapping[str, Any] | None
     hpa: Mapping[str, Any] | None
     pods: list[Mapping[str, Any]] = field(default_factory=list)
+    canary: Mapping[str, Any] | None = None
 
 
 _LOOK_UP: Any = object()
@@ -180,15 +183,22 @@ def children(
     *,
     deployment: Mapping[str, Any] | None = _LOOK_UP,
     hpa: Mapping[str, Any] | None = _LOOK_UP,
+    canary: Mapping[str, Any] | None = _LOOK_UP,
 ) -> Children:
-    """This ModelService's children from the indexes; `deployment` or `hpa`, when given,
-    stand for the index's (the object of the event being handled, None if it was deleted)."""
+    """This ModelService's children from the indexes; `deployment`, `hpa` or `canary`, when
+    given, stand for the index's (the object of the event being handled, None if it was
+    deleted)."""
     meta = owner["metadata"]
     key = (meta["namespace"], meta["name"])
+    spec = owner.get("spec") or {}
     if deployment is _LOOK_UP:
         deployment = indexed(deployments, *key)
-    if not (owner.get("spec") or {}).get("autoscaling"):
+    if not spec.get("autoscaling"):
         hpa = None
     elif hpa is _LOOK_UP:
         hpa = indexed(hpas, *key)
-    return Children(deployment, hpa, list(pods.get(key, [])))
+    if not spec.get("canary"):
+        canary = None
+    elif canary is _LOOK_UP:
+        canary = indexed(deployments, meta["namespace"], revision_name(meta["name"], CANARY))
+    return Children(deployment, hpa, list(pods.get(key, [])), canary)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +26,12 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "ModelService": (f"/apis/{GROUP}/{VERSION}", PLURAL),
     "Pod": ("/api/v1", "pods"),  # only its log is read (status.progress_source)
+    # A canary's weighted route on a named Gateway (revisions.py); only where served.
+    "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
 }
+# How long an answer of API discovery is trusted: the Gateway API's CRDs may be installed
+# (or removed) while the operator runs, and a ModelService's next event sees it.
+DISCOVERY_TTL_S = 60.0
 
 
 class KubeApiError(Exception):
@@ -57,6 +63,8 @@ class Kube:
 
     def __init__(self, api_client: Any) -> None:
         self._api = api_client
+        self._discovery_lock = threading.Lock()
+        self._discovered: dict[str, tuple[bool, float]] = {}  # kind -> (served, when asked)
 
     def request(
         self,
@@ -149,6 +157,27 @@ class Kube:
             raise _api_error(resp.status, getattr(resp, "reason", "") or "", resp.data)
         data = resp.data or b""
         return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+
+    def serves(self, kind: str) -> bool:
+        """Whether the API server serves `kind` (API discovery of its group version; 404:
+        not installed), remembered for DISCOVERY_TTL_S. Asked only for kinds that may be
+        missing (HTTPRoute: the Gateway API is an add-on)."""
+        prefix, plural = RESOURCES[kind]
+        now = time.monotonic()
+        with self._discovery_lock:
+            known = self._discovered.get(kind)
+            if known is not None and now - known[1] < DISCOVERY_TTL_S:
+                return known[0]
+        try:
+            doc = self.request("GET", prefix)
+            found = any(r.get("name") == plural for r in doc.get("resources") or [])
+        except KubeApiError as e:
+            if e.status != 404:
+                raise
+            found = False
+        with self._discovery_lock:
+            self._discovered[kind] = (found, now)
+        return found
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch a ModelService's status subresource (children-triggered updates)."""

@@ -46,6 +46,7 @@ class Starting:
     pods: list[Mapping[str, Any]]
     source: tuple[str, str]  # (pod, container)
     line: str | None = None
+    canary: Mapping[str, Any] | None = None  # the canary's Deployment (spec.canary)
 
 
 # Recompute and write a noted ModelService's status (reporting.refresh_status, without
@@ -66,6 +67,7 @@ def track_start(
     hpa: Mapping[str, Any] | None,
     pods: list[Mapping[str, Any]],
     diagnosis: PodDiagnosis | None,
+    canary: Mapping[str, Any] | None = None,
 ) -> None:
     """Note (or forget) the ModelService for the poller, from what its status was computed
     from; a line read of the same pod and container is kept, another's dropped."""
@@ -76,7 +78,7 @@ def track_start(
 
     def note(old: Starting | None) -> Starting:
         line = old.line if old is not None and old.source == source else None
-        return Starting(owner, deployment, hpa, pods, source, line)
+        return Starting(owner, deployment, hpa, pods, source, line, canary)
 
     STARTING.update(owner_key(owner["metadata"]), note)
 

@@ -6,8 +6,12 @@ the operator under a ServiceAccount bound to nothing else.
 
 - ModelServices: watched by kopf, patched for kopf's annotations, status written.
 - Children: server-side applied (PATCH; `create` for apply-creates on older servers),
-  watched for status and drift; only HPAs are ever deleted (autoscaling removed). Other
-  children go with their owner (garbage collection), never deleted by the operator.
+  watched for status and drift. Deleted only when the spec stops rendering one while its
+  owner lives: an HPA (autoscaling removed), a canary's Deployment and Services (spec.canary
+  removed: promotion or rollback), the HTTPRoute (spec.gateway removed). Everything else
+  goes with its owner (garbage collection).
+- HTTPRoutes (gateway.networking.k8s.io): applied and deleted, never watched; whether the
+  Gateway API is installed is read from API discovery, which needs no rule.
 - Pods: only listed and watched (kopf's watch), to tell from their container statuses why
   replicas are not ready. Never read one by one, created, exec'd into or deleted. The log
   of a pod still fetching or loading its model is read (pods/log get, its last lines) for
@@ -28,13 +32,19 @@ _CHILD_VERBS = ["get", "list", "watch", "create", "patch"]
 NAMESPACED_RULES: list[dict[str, Any]] = [
     {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
-    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": _CHILD_VERBS},
-    {"apiGroups": [""], "resources": ["services"], "verbs": _CHILD_VERBS},
+    # delete: a canary's Deployment and Services once spec.canary is removed.
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": [*_CHILD_VERBS, "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": [*_CHILD_VERBS, "delete"]},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": _CHILD_VERBS},
     {
         "apiGroups": ["autoscaling"],
         "resources": ["horizontalpodautoscalers"],
         "verbs": [*_CHILD_VERBS, "delete"],
+    },
+    {
+        "apiGroups": ["gateway.networking.k8s.io"],
+        "resources": ["httproutes"],
+        "verbs": ["get", "create", "patch", "delete"],
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},

@@ -25,6 +25,7 @@ class ConditionType(enum.StrEnum):
     PROGRESSING = "Progressing"
     SCALING_LIMITED = "ScalingLimited"
     REPLICAS_IGNORED = "ReplicasIgnored"
+    CANARY_TRAFFIC = "CanaryTraffic"
 
 
 class ConditionStatus(enum.StrEnum):
@@ -60,6 +61,11 @@ class Reason(enum.StrEnum):
     UNSCHEDULABLE = "Unschedulable"
     FETCHING_MODEL = "FetchingModel"
     LOADING_MODEL = "LoadingModel"
+    # How a canary's traffic is split (condition CanaryTraffic, traffic.py).
+    SPLIT_BY_ROUTE = "SplitByRoute"
+    SPLIT_BY_REPLICAS = "SplitByReplicas"
+    GATEWAY_API_MISSING = "GatewayAPIMissing"
+    CANNOT_HONOUR = "CannotHonour"
 
 
 # Pod problems that need a person (the pod will not become ready by waiting): the
@@ -82,3 +88,4 @@ class EventReason(enum.StrEnum):
     HPA_REMOVED = "HPARemoved"
     REPLICAS_IGNORED = "ReplicasIgnored"
     DRIFT_REPAIRED = "DriftRepaired"
+    CANARY_REMOVED = "CanaryRemoved"

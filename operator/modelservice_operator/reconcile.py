@@ -14,14 +14,28 @@ from typing import Any
 import kopf
 
 from modelservice_operator import FIELD_MANAGER
-from modelservice_operator.indexes import owner_body
+from modelservice_operator.indexes import owner_body, owner_spec
 from modelservice_operator.kube import KubeApiError, client
 from modelservice_operator.pods import PodDiagnosis, diagnose_pods
 from modelservice_operator.progress import with_known_progress
-from modelservice_operator.reasons import EventReason
+from modelservice_operator.reasons import EventReason, Reason
 from modelservice_operator.render import LABEL_MANAGED_BY, render_child, render_children
+from modelservice_operator.revisions import (
+    CANARY,
+    owned_names,
+    render_revision_child,
+    render_revisions,
+    render_route,
+    revision_name,
+)
 from modelservice_operator.spec import ModelServiceSpec
 from modelservice_operator.status import compute_status
+from modelservice_operator.traffic import (
+    TrafficPlan,
+    plan_traffic,
+    route_weights,
+    routes_through_gateway,
+)
 
 
 class ReconcileError(Exception):
@@ -35,22 +49,80 @@ def normal_event(owner: Mapping[str, Any], *, reason: EventReason, message: str)
     kopf.event(obj, type="Normal", reason=reason.value, message=message)  # type: ignore[arg-type]
 
 
-def desired_children(
-    owner: Mapping[str, Any], spec: ModelServiceSpec, default_image: str
-) -> list[dict[str, Any]]:
-    """Every child the spec renders, adopted by the owner."""
+def gateway_api_served(spec: ModelServiceSpec) -> bool:
+    """Whether the cluster serves HTTPRoutes, asked (API discovery, cached in kube.py) only
+    when spec.gateway names a Gateway. Not served: the split falls back to replica count
+    and condition CanaryTraffic says so; the operator never fails for it."""
+    if spec.gateway is None:
+        return False
+    try:
+        return client().serves("HTTPRoute")
+    except KubeApiError as e:
+        raise ReconcileError(f"API discovery of gateway.networking.k8s.io/v1: {e}") from e
+
+
+def traffic_plan(owner: Mapping[str, Any], spec: ModelServiceSpec) -> TrafficPlan | None:
+    """The canary's split for this owner (None without spec.canary)."""
     meta = owner["metadata"]
-    children = render_children(meta["name"], meta["namespace"], spec, default_image)
+    return plan_traffic(spec, meta["namespace"], meta["name"], gateway_api=gateway_api_served(spec))
+
+
+def _ready(deployment: Mapping[str, Any] | None) -> int:
+    return int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+
+
+def desired_route(
+    owner: Mapping[str, Any],
+    spec: ModelServiceSpec,
+    plan: TrafficPlan | None,
+    canary: Mapping[str, Any] | None,
+) -> dict[str, Any] | None:
+    """The HTTPRoute to apply (None without a served Gateway), its canary weight as far as
+    the canary Deployment `canary` has Ready pods."""
+    if not routes_through_gateway(spec, gateway_api_served(spec)):
+        return None
+    meta = owner["metadata"]
+    desired = plan.canary_replicas if plan is not None else 0
+    weights = route_weights(plan, _ready(canary), desired)
+    route = render_route(meta["name"], meta["namespace"], spec, weights)
+    kopf.adopt(route, owner=owner_body(owner))  # type: ignore[arg-type]
+    return route
+
+
+def desired_children(
+    owner: Mapping[str, Any],
+    spec: ModelServiceSpec,
+    default_image: str,
+    plan: TrafficPlan | None = None,
+) -> list[dict[str, Any]]:
+    """Every child the spec renders but the HTTPRoute (desired_route), adopted by the owner:
+    the primary's, then a canary's."""
+    meta = owner["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    primary_replicas = plan.primary_replicas if plan is not None else None
+    children = render_children(name, namespace, spec, default_image, primary_replicas)
+    children += render_revisions(name, namespace, spec, default_image, plan)
     kopf.adopt(children, owner=owner_body(owner))  # type: ignore[arg-type]
     return children
 
 
 def desired_child(
-    kind: str, owner: Mapping[str, Any], spec: ModelServiceSpec, default_image: str
+    kind: str,
+    child_name: str,
+    owner: Mapping[str, Any],
+    spec: ModelServiceSpec,
+    default_image: str,
 ) -> dict[str, Any] | None:
-    """The one child of `kind` the spec renders, adopted (None if it renders none)."""
+    """The one child of this kind and name the spec renders, adopted (None if it renders
+    none: an HPA while autoscaling is off, a canary's child without spec.canary)."""
     meta = owner["metadata"]
-    child = render_child(kind, meta["name"], meta["namespace"], spec, default_image)
+    name, namespace = meta["name"], meta["namespace"]
+    plan = traffic_plan(owner, spec) if spec.canary is not None else None
+    if child_name == name:
+        primary_replicas = plan.primary_replicas if plan is not None else None
+        child = render_child(kind, name, namespace, spec, default_image, primary_replicas)
+    else:
+        child = render_revision_child(kind, child_name, name, namespace, spec, default_image, plan)
     if child is not None:
         kopf.adopt(child, owner=owner_body(owner))  # type: ignore[arg-type]
     return child
@@ -88,6 +160,63 @@ def failure_is_the_specs(e: ReconcileError) -> bool:
     return isinstance(cause, KubeApiError) and cause.status in (400, 422)
 
 
+def refresh_route(
+    owner: Mapping[str, Any], canary: Mapping[str, Any] | None, logger: logging.Logger | Any
+) -> None:
+    """Re-apply the HTTPRoute after an event of the canary's Deployment, so that its
+    weight follows the canary's Ready pods (a server-side apply of the same route changes
+    nothing). Failures are logged: the next event or reconcile applies it again."""
+    spec = owner_spec(owner)
+    if spec is None or spec.canary is None or spec.gateway is None:
+        return
+    try:
+        route = desired_route(owner, spec, traffic_plan(owner, spec), canary)
+        if route is not None:
+            apply_child(route)
+    except ReconcileError as e:
+        logger.warning("could not update the HTTPRoute of %s: %s", owner["metadata"]["name"], e)
+
+
+def may_have_revisions(canary_indexed: bool, old: Mapping[str, Any] | None) -> bool:
+    """Whether a reconcile must look for a canary's or a Gateway's children to delete: the
+    canary Deployment is indexed, or the previous spec had a canary or a gateway (the
+    route and the revision Services are not indexed). Otherwise none exists: GETs saved."""
+    spec = (old or {}).get("spec") or {}
+    return canary_indexed or bool(spec.get("canary") or spec.get("gateway"))
+
+
+def owned_by(obj: Mapping[str, Any] | None, owner_uid: str | None) -> bool:
+    """Ours (managed-by label) and controlled by this very ModelService: a child of the
+    same name another ModelService controls is never deleted."""
+    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return managed_by_us(obj) and any(
+        r.get("controller") and r.get("uid") == owner_uid for r in refs
+    )
+
+
+def remove_revisions(owner: Mapping[str, Any], rendered: Iterable[tuple[str, str]]) -> list[str]:
+    """Delete the canary's and the Gateway's children this spec no longer renders (a
+    canary promoted or rolled back, a gateway removed): their owner is alive, so garbage
+    collection would keep them. Returns "Kind name" of each one deleted."""
+    meta = owner["metadata"]
+    namespace, uid = meta["namespace"], meta["uid"]
+    keep = set(rendered)
+    kube, deleted = client(), []
+    for kind, child in owned_names(meta["name"]):
+        if (kind, child) in keep:
+            continue
+        try:
+            if kind == "HTTPRoute" and not kube.serves(kind):
+                continue  # no Gateway API: no route can exist
+            if owned_by(kube.get(kind, namespace, child), uid) and kube.delete(
+                kind, namespace, child
+            ):
+                deleted.append(f"{kind} {child}")
+        except KubeApiError as e:
+            raise ReconcileError(f"{kind} {child}: {e.message or e.reason}") from e
+    return deleted
+
+
 def remove_stale_hpa(namespace: str, name: str) -> bool:
     """Delete the HPA we created earlier when autoscaling was removed from the spec."""
     kube = client()
@@ -108,17 +237,36 @@ def reconcile(
     *,
     may_have_hpa: bool = True,
     pods: Iterable[Mapping[str, Any]] = (),
+    may_have_revisions: bool = True,
+    canary: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], PodDiagnosis | None]:
-    """Apply every child the spec renders, drop a stale HPA; return the new status and
-    what the pods (`pods`, from the index) said about it.
+    """Apply every child the spec renders, drop a stale HPA and the children of a removed
+    canary or gateway; return the new status and what the pods (`pods`, from the index)
+    said about it.
 
-    `may_have_hpa=False` skips looking for a stale HPA: the caller knows none of ours exists.
+    `may_have_hpa=False` skips looking for a stale HPA, `may_have_revisions=False` for a
+    removed canary's children: the caller knows none of ours exists. `canary`: the canary
+    Deployment as the index holds it (its Ready pods weight the route).
     """
     meta = snapshot["metadata"]
     name, namespace = meta["name"], meta["namespace"]
-    applied: dict[str, dict[str, Any]] = {}
-    for child in desired_children(snapshot, spec, default_image):
-        applied[child["kind"]] = apply_child(child)
+    plan = traffic_plan(snapshot, spec) if spec.canary is not None else None
+    applied: dict[tuple[str, str], dict[str, Any]] = {}
+    children = desired_children(snapshot, spec, default_image, plan)
+    route = desired_route(snapshot, spec, plan, canary)
+    for child in children + ([route] if route is not None else []):
+        applied[(child["kind"], child["metadata"]["name"])] = apply_child(child)
+    if may_have_revisions:
+        removed = remove_revisions(snapshot, applied)
+        if removed:
+            normal_event(
+                snapshot,
+                reason=EventReason.CANARY_REMOVED,
+                message=f"deleted {', '.join(removed)}: no longer in the spec "
+                "(spec.canary or spec.gateway removed)",
+            )
+    if plan is not None and plan.reason is Reason.CANNOT_HONOUR:
+        kopf.warn(owner_body(snapshot), reason=plan.reason.value, message=plan.message)  # type: ignore[arg-type]
     if spec.autoscaling is None and may_have_hpa and remove_stale_hpa(namespace, name):
         normal_event(
             snapshot,
@@ -126,7 +274,7 @@ def reconcile(
             message="autoscaling removed: deleted the HorizontalPodAutoscaler; "
             f"replicas fixed at {spec.fixed_replicas}",
         )
-    kinds, spec_hash = ", ".join(applied), spec.pod_template_hash
+    kinds, spec_hash = ", ".join(f"{k} {n}" for k, n in applied), spec.pod_template_hash
     logger.info("applied %s (spec hash %s)", kinds, spec_hash)
     normal_event(
         snapshot, reason=EventReason.APPLIED, message=f"applied {kinds} (spec hash {spec_hash})"
@@ -139,15 +287,20 @@ def reconcile(
             "the HorizontalPodAutoscaler owns the replica count "
             f"({spec.autoscaling.min_replicas}..{spec.autoscaling.max_replicas})",
         )
+    pods = list(pods)
     diagnosis = with_known_progress(meta, diagnose_pods(pods, spec))
+    canary_spec = spec.canary_revision
     status = compute_status(
         name=name,
         namespace=namespace,
         generation=meta.get("generation"),
         spec=spec,
-        deployment=applied.get("Deployment"),
-        hpa=applied.get("HorizontalPodAutoscaler"),
+        deployment=applied.get(("Deployment", name)),
+        hpa=applied.get(("HorizontalPodAutoscaler", name)),
         previous=snapshot.get("status"),
         diagnosis=diagnosis,
+        plan=plan,
+        canary=applied.get(("Deployment", revision_name(name, CANARY))),
+        canary_diagnosis=diagnose_pods(pods, canary_spec) if canary_spec else None,
     )
     return status, diagnosis

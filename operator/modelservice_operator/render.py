@@ -22,6 +22,11 @@ LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
+# Which revision a pod belongs to (primary, or canary: revisions.py). Only on the pod
+# template and in the per-revision selectors: the primary Deployment's selector is
+# immutable and stays as it was before canaries existed.
+REVISION_LABEL = f"{GROUP}/revision"
+PRIMARY = "primary"
 
 HTTP_PORT = 8080
 SERVICE_PORT = 80
@@ -397,8 +402,14 @@ def render_pod_spec(name: str, spec: ModelServiceSpec, default_image: str) -> di
 
 
 def render_deployment(
-    name: str, namespace: str, spec: ModelServiceSpec, default_image: str
+    name: str,
+    namespace: str,
+    spec: ModelServiceSpec,
+    default_image: str,
+    replicas: int | None = None,
 ) -> dict[str, Any]:
+    """The primary's Deployment; `replicas`, when given, is its share of a canary split by
+    replica count (traffic.py) instead of spec.replicas."""
     body: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -412,7 +423,7 @@ def render_deployment(
             },
             "template": {
                 "metadata": {
-                    "labels": labels(name),
+                    "labels": labels(name) | {REVISION_LABEL: PRIMARY},
                     "annotations": {
                         SPEC_HASH_ANNOTATION: spec_hash(spec),
                         "prometheus.io/scrape": "true",
@@ -427,7 +438,7 @@ def render_deployment(
     if spec.autoscaling is None:
         # Only without an HPA: with one, leaving replicas out of the apply hands the field
         # to the HPA instead of fighting it on every reconcile.
-        body["spec"]["replicas"] = spec.fixed_replicas
+        body["spec"]["replicas"] = spec.fixed_replicas if replicas is None else replicas
     return body
 
 
@@ -505,29 +516,46 @@ def render_pdb(name: str, namespace: str) -> dict[str, Any]:
     }
 
 
-# Every kind of child, in apply order (the HPA after its target), with how it is rendered.
-CHILD_KINDS: dict[str, Callable[[str, str, ModelServiceSpec, str], dict[str, Any] | None]] = {
+# Every kind of child named <name>, in apply order (the HPA after its target), with how it
+# is rendered (the last argument: the primary's replicas of a canary split, or None).
+_Render = Callable[[str, str, ModelServiceSpec, str, "int | None"], dict[str, Any] | None]
+CHILD_KINDS: dict[str, _Render] = {
     "Deployment": render_deployment,
-    "Service": lambda name, namespace, spec, image: render_service(name, namespace, spec),
-    "PodDisruptionBudget": lambda name, namespace, spec, image: render_pdb(name, namespace),
-    "HorizontalPodAutoscaler": lambda name, namespace, spec, image: render_hpa(
+    "Service": lambda name, namespace, spec, image, _: render_service(name, namespace, spec),
+    "PodDisruptionBudget": lambda name, namespace, spec, image, _: render_pdb(name, namespace),
+    "HorizontalPodAutoscaler": lambda name, namespace, spec, image, _: render_hpa(
         name, namespace, spec
     ),
 }
 
 
 def render_child(
-    kind: str, name: str, namespace: str, spec: ModelServiceSpec, default_image: str
+    kind: str,
+    name: str,
+    namespace: str,
+    spec: ModelServiceSpec,
+    default_image: str,
+    primary_replicas: int | None = None,
 ) -> dict[str, Any] | None:
-    """The one child of `kind` the spec renders, or None (an HPA while autoscaling is off,
-    a kind the operator does not make)."""
+    """The one child of `kind` named <name> the spec renders, or None (an HPA while
+    autoscaling is off, a kind the operator does not make)."""
     render = CHILD_KINDS.get(kind)
-    return None if render is None else render(name, namespace, spec, default_image)
+    if render is None:
+        return None
+    return render(name, namespace, spec, default_image, primary_replicas)
 
 
 def render_children(
-    name: str, namespace: str, spec: ModelServiceSpec, default_image: str
+    name: str,
+    namespace: str,
+    spec: ModelServiceSpec,
+    default_image: str,
+    primary_replicas: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Every child that should exist, in apply order (the HPA after its target)."""
-    rendered = (render(name, namespace, spec, default_image) for render in CHILD_KINDS.values())
+    """Every child named <name> that should exist, in apply order (the HPA after its
+    target); a canary's children come from revisions.py."""
+    rendered = (
+        render(name, namespace, spec, default_image, primary_replicas)
+        for render in CHILD_KINDS.values()
+    )
     return [child for child in rendered if child is not None]

@@ -22,6 +22,7 @@ from modelservice_operator.memory import OwnerMemory, owner_key
 from modelservice_operator.pods import PodDiagnosis, diagnose_pods
 from modelservice_operator.progress import Starting, track_start, with_known_progress
 from modelservice_operator.reasons import WARNING_REASONS, ConditionType
+from modelservice_operator.reconcile import ReconcileError, traffic_plan
 from modelservice_operator.status import compute_status, refused
 
 # The pod failure last reported per ModelService (PodDiagnosis.signature), so that the
@@ -68,6 +69,7 @@ def children_status(
     hpa: Mapping[str, Any] | None,
     pods: Iterable[Mapping[str, Any]],
     progress: Callable[[PodDiagnosis | None], PodDiagnosis | None] = lambda found: found,
+    canary: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], PodDiagnosis | None] | None:
     """The owner's status as its children make it, at the generation the reconcile last
     observed; None where the children have no say: before the first reconcile (no
@@ -81,10 +83,18 @@ def children_status(
     spec = owner_spec(owner)
     if spec is None:
         return None
+    pods = list(pods)
     diagnosis = progress(diagnose_pods(pods, spec))
+    canary_spec = spec.canary_revision
+    try:
+        plan = traffic_plan(owner, spec) if canary_spec is not None else None
+    except ReconcileError:
+        return None  # API discovery failed: keep the status until the next event
     status = compute_status(
         name=meta["name"], namespace=meta["namespace"], generation=generation, spec=spec,
-        deployment=deployment, hpa=hpa, previous=previous, diagnosis=diagnosis,
+        deployment=deployment, hpa=hpa, previous=previous, diagnosis=diagnosis, plan=plan,
+        canary=canary,
+        canary_diagnosis=diagnose_pods(pods, canary_spec) if canary_spec is not None else None,
     )  # fmt: skip
     return status, diagnosis
 
@@ -110,10 +120,12 @@ def refresh_status(
     pods = list(found.pods)
 
     def known_progress(diagnosis: PodDiagnosis | None) -> PodDiagnosis | None:
-        track_start(owner, found.deployment, found.hpa, pods, diagnosis)
+        track_start(owner, found.deployment, found.hpa, pods, diagnosis, found.canary)
         return with_known_progress(meta, diagnosis)
 
-    recomputed = children_status(owner, found.deployment, found.hpa, pods, known_progress)
+    recomputed = children_status(
+        owner, found.deployment, found.hpa, pods, known_progress, found.canary
+    )
     if recomputed is None:
         return
     status, diagnosis = recomputed
@@ -132,7 +144,7 @@ def refresh_status(
 def refresh_from_progress(start: Starting, logger: logging.Logger) -> None:
     """The progress poller's refresh: a new log line of a starting pod, from the state the
     handlers last saw (no Warning events: those came with that state)."""
-    found = Children(start.deployment, start.hpa, list(start.pods))
+    found = Children(start.deployment, start.hpa, list(start.pods), start.canary)
     refresh_status(start.owner, found, logger, report=False)
 
 

@@ -23,13 +23,13 @@ from typing import Annotated, Any, ClassVar
 from modelservice_cli import serve_flags
 from modelservice_cli.serve_flags import describe
 from pydantic import (
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from modelservice_operator.spec_canary import CanarySpec, GatewayRef
 from modelservice_operator.spec_model import (
     ModelSource,
 )
@@ -37,14 +37,15 @@ from modelservice_operator.spec_types import (
     DEFAULT_STARTUP_TIMEOUT_S,
     DNS_LABEL_1035,
     DNS_SUBDOMAIN_PATTERN,
-    ENV_NAME_PATTERN,
-    OPERATOR_ENV_NAMES,
+    OPERATOR_ENV_NAMES,  # noqa: F401 -- re-exported: tests and callers read it from here
     RESOURCE_NAME_PATTERN,
     CelRule,
+    EnvVar,
     InvalidSpec,
     Quantity,
     SpecModel,
     SpecRuleError,
+    check_env_names,
     format_validation_error,
     runtime_default,
     runtime_minimum,
@@ -156,19 +157,6 @@ class GrpcSpec(SpecModel):
         return self
 
 
-class EnvVar(SpecModel):
-    """A core/v1 EnvVar (name plus value or valueFrom), passed to the runtime container."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str = Field(
-        description="Environment variable name.",
-        min_length=1,
-        max_length=256,
-        pattern=ENV_NAME_PATTERN,
-    )
-
-
 class SecretKeyRef(SpecModel):
     """A key in a Secret in the ModelService's namespace."""
 
@@ -275,14 +263,7 @@ class RuntimeSpec(SpecModel):
     @field_validator("env")
     @classmethod
     def _no_operator_env(cls, env: list[EnvVar]) -> list[EnvVar]:
-        for i, var in enumerate(env):
-            if var.name in OPERATOR_ENV_NAMES:
-                raise SpecRuleError(
-                    f"[{i}].name",
-                    f"{var.name} is set by the operator from other spec fields; "
-                    "set the matching spec field instead",
-                )
-        return env
+        return check_env_names(env)
 
 
 # --- explanations ---------------------------------------------------------------------------
@@ -472,6 +453,17 @@ class ModelServiceSpec(SpecModel):
     affinity: dict[str, Any] = Field(
         default_factory=dict, description="core/v1 Affinity for the pods, passed through."
     )
+    canary: CanarySpec | None = Field(
+        default=None,
+        description="A second revision with another model beside the primary, given "
+        "trafficPercent of the requests under the same served model name.",
+    )
+    gateway: GatewayRef | None = Field(
+        default=None,
+        description="A Gateway API Gateway to route through: the operator renders the "
+        "HTTPRoute <name> attached to it, whose weighted backends split traffic between "
+        "the primary and the canary. Without it a canary's split is made by replica count.",
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> ModelServiceSpec:
@@ -509,9 +501,40 @@ class ModelServiceSpec(SpecModel):
         """Hash of everything that shapes the pods, computed once per parsed spec (a parsed
         spec is never changed); scaling fields are left out so that `kubectl scale` or an
         autoscaling change never restarts pods."""
-        data = self.model_dump(by_alias=True, exclude={"replicas", "autoscaling"}, mode="json")
+        # The canary and the gateway shape other children, never the primary's pods: adding
+        # or removing a canary must not restart the primary.
+        data = self.model_dump(
+            by_alias=True,
+            exclude={"replicas", "autoscaling", "canary", "gateway"},
+            mode="json",
+        )
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
+    @functools.cached_property
+    def canary_revision(self) -> ModelServiceSpec | None:
+        """The canary's whole spec: this one with the canary's model (uri, sha256, secret;
+        the served name and format stay the primary's) and runtime overrides, without a
+        canary of its own. None without spec.canary."""
+        canary = self.canary
+        if canary is None:
+            return None
+        data = self.model_dump(by_alias=True, exclude={"canary", "gateway"}, exclude_none=True)
+        model = {k: v for k, v in data["model"].items() if k not in ("sha256", "secretRef")}
+        model |= canary.model.model_dump(by_alias=True, exclude_none=True)
+        if model["uri"].startswith("pvc://"):
+            model.pop("cache", None)  # served from its claim: nothing to cache
+        data["model"] = model
+        if canary.runtime.image is not None:
+            data["runtime"]["image"] = canary.runtime.image
+        if canary.runtime.env is not None:
+            data["runtime"]["env"] = [
+                v.model_dump(by_alias=True, exclude_none=True) for v in canary.runtime.env
+            ]
+        return ModelServiceSpec.model_validate(data)
+
+
+# Longest suffix a child's name gets (<name>-primary): names must fit the Service's 63.
+REVISION_SUFFIX_MAX = len("-primary")
 
 # --- entry points ----------------------------------------------------------------------------
 
@@ -533,6 +556,17 @@ def parse_spec(spec: Mapping[str, Any], name: str | None = None) -> ModelService
     except ValidationError as e:
         errors.extend(format_validation_error(e))
         raise InvalidSpec(errors) from None
+    limit = 63 - REVISION_SUFFIX_MAX
+    if name is not None and parsed.canary is not None and len(name) > limit:
+        errors.append(
+            f"metadata.name: at most {limit} characters with spec.canary, because the "
+            f"Services <name>-primary and <name>-canary carry it (got {len(name)})"
+        )
+    if parsed.canary is not None:
+        try:
+            _ = parsed.canary_revision
+        except ValidationError as e:  # the canary's fields with the primary's: defensive
+            errors.extend(format_validation_error(e, root="spec (with spec.canary)"))
     if errors:
         raise InvalidSpec(errors)
     return parsed

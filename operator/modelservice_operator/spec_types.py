@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 from modelservice_cli import serve_flags
-from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 from pydantic.alias_generators import to_camel
 
 # core/v1's quantity grammar without the leading minus: a negative request or limit is never
@@ -164,3 +164,29 @@ def format_validation_error(exc: ValidationError, root: str = "spec") -> list[st
             msg = err["msg"][0].lower() + err["msg"][1:]
             lines.append(f"{path}: {msg} (got {err.get('input')!r})")
     return lines
+
+
+class EnvVar(SpecModel):
+    """A core/v1 EnvVar (name plus value or valueFrom), passed to the runtime container."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(
+        description="Environment variable name.",
+        min_length=1,
+        max_length=256,
+        pattern=ENV_NAME_PATTERN,
+    )
+
+
+def check_env_names(env: list[EnvVar]) -> list[EnvVar]:
+    """Refuse a variable the operator sets itself: the user's entry would be silently
+    shadowed (the runtime container's env and the canary's override alike)."""
+    for i, var in enumerate(env):
+        if var.name in OPERATOR_ENV_NAMES:
+            raise SpecRuleError(
+                f"[{i}].name",
+                f"{var.name} is set by the operator from other spec fields; "
+                "set the matching spec field instead",
+            )
+    return env

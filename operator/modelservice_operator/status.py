@@ -31,6 +31,7 @@ from modelservice_operator.reasons import (
 )
 from modelservice_operator.render import selector_string, service_url
 from modelservice_operator.spec import ModelServiceSpec
+from modelservice_operator.traffic import SplitMode, TrafficPlan, replica_split, route_weights
 
 __all__ = [
     "FAILURE_REASONS",
@@ -65,6 +66,40 @@ class Condition(_StatusModel):
     )
 
 
+class RevisionStatus(_StatusModel):
+    """One revision of a ModelService with a canary: its Deployment, model and readiness."""
+
+    deployment: str = Field(description="Name of the revision's Deployment.")
+    model_uri: str = Field(description="The model this revision serves.")
+    model_sha256: str | None = Field(default=None, description="Its expected SHA-256.")
+    replicas: int = Field(default=0, description="Pods of this revision that exist now.")
+    ready_replicas: int = Field(default=0, description="Pods of this revision that are ready.")
+    desired_replicas: int = Field(default=0, description="Pods of this revision wanted now.")
+    message: str | None = Field(
+        default=None, description="Why its pods are not ready (from their statuses), if known."
+    )
+
+
+class CanaryStatus(_StatusModel):
+    """Both revisions and the split of requests between them (spec.canary)."""
+
+    traffic_percent: int = Field(description="spec.canary.trafficPercent, as asked.")
+    mode: SplitMode = Field(
+        description="How requests are split: HTTPRoute (weighted backends on the named "
+        "Gateway) or ReplicaCount (both revisions behind the one Service)."
+    )
+    primary_weight: int | None = Field(
+        default=None,
+        description="Percent of requests the primary gets now: the HTTPRoute's weight, or its "
+        "share of ready pods behind the one Service (absent while no pod is ready).",
+    )
+    canary_weight: int | None = Field(
+        default=None, description="Percent of requests the canary gets now (as primaryWeight)."
+    )
+    primary: RevisionStatus = Field(description="The primary revision (spec.model).")
+    canary: RevisionStatus = Field(description="The canary revision (spec.canary.model).")
+
+
 class ModelServiceStatus(_StatusModel):
     """Observed state of a ModelService, written by the operator."""
 
@@ -84,8 +119,14 @@ class ModelServiceStatus(_StatusModel):
     selector: str | None = Field(
         default=None, description="Label selector of the runtime pods (scale subresource)."
     )
+    canary: CanaryStatus | None = Field(
+        default=None,
+        description="With spec.canary: both revisions, their readiness and the split in effect "
+        "(condition CanaryTraffic says how the split is made, or why it cannot be).",
+    )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Available, Progressing, ScalingLimited, ..."
+        default_factory=list,
+        description="Ready, Available, Progressing, ScalingLimited, CanaryTraffic, ...",
     )
 
 
@@ -217,10 +258,16 @@ class Observed:
 
 
 def desired_replicas(
-    spec: ModelServiceSpec, deployment: Mapping[str, Any] | None, hpa: Mapping[str, Any] | None
+    spec: ModelServiceSpec,
+    deployment: Mapping[str, Any] | None,
+    hpa: Mapping[str, Any] | None,
+    plan: TrafficPlan | None = None,
 ) -> int:
-    """Pods wanted now: spec.replicas without autoscaling, else the HPA's choice, else the
-    Deployment's replicas, else autoscaling.minReplicas."""
+    """Pods wanted now: the primary's share of a canary split by replica count, else
+    spec.replicas without autoscaling, else the HPA's choice, else the Deployment's
+    replicas, else autoscaling.minReplicas."""
+    if plan is not None and plan.primary_replicas is not None:
+        return plan.primary_replicas
     if spec.autoscaling is None:
         return spec.fixed_replicas
     hpa_desired = ((hpa or {}).get("status") or {}).get("desiredReplicas")
@@ -229,7 +276,10 @@ def desired_replicas(
 
 
 def observe(
-    spec: ModelServiceSpec, deployment: Mapping[str, Any] | None, hpa: Mapping[str, Any] | None
+    spec: ModelServiceSpec,
+    deployment: Mapping[str, Any] | None,
+    hpa: Mapping[str, Any] | None,
+    plan: TrafficPlan | None = None,
 ) -> Observed:
     dep_status = (deployment or {}).get("status") or {}
     return Observed(
@@ -237,7 +287,7 @@ def observe(
         current=dep_status.get("replicas", 0),
         ready=dep_status.get("readyReplicas", 0),
         updated=dep_status.get("updatedReplicas", 0),
-        desired=desired_replicas(spec, deployment, hpa),
+        desired=desired_replicas(spec, deployment, hpa, plan),
         complete=deployment is not None and rollout_complete(deployment),
         progressing=_dep_condition(deployment or {}, "Progressing"),
     )
@@ -320,6 +370,69 @@ def replicas_ignored_condition(spec: ModelServiceSpec) -> dict[str, Any] | None:
     )
 
 
+def _revision(
+    deployment_name: str,
+    spec: ModelServiceSpec,
+    deployment: Mapping[str, Any] | None,
+    desired: int,
+    diagnosis: PodDiagnosis | None = None,
+) -> dict[str, Any]:
+    st = (deployment or {}).get("status") or {}
+    out: dict[str, Any] = {
+        "deployment": deployment_name,
+        "modelUri": spec.model.uri,
+        "replicas": st.get("replicas", 0),
+        "readyReplicas": st.get("readyReplicas", 0),
+        "desiredReplicas": desired,
+    }
+    if spec.model.sha256:
+        out["modelSha256"] = spec.model.sha256
+    if diagnosis is not None:
+        out["message"] = diagnosis.message
+    return out
+
+
+def canary_status(
+    name: str,
+    spec: ModelServiceSpec,
+    plan: TrafficPlan,
+    seen: Observed,
+    deployment: Mapping[str, Any] | None,
+    canary: Mapping[str, Any] | None,
+    canary_diagnosis: PodDiagnosis | None = None,
+) -> dict[str, Any]:
+    """status.canary: both revisions and the split in effect now (the route's weights as
+    the canary's Ready pods allow them, or the share of ready pods behind one Service)."""
+    assert spec.canary_revision is not None
+    primary = _revision(name, spec, deployment, seen.desired)
+    second = _revision(
+        f"{name}-canary", spec.canary_revision, canary, plan.canary_replicas, canary_diagnosis
+    )
+    if plan.mode is SplitMode.ROUTE:
+        split: tuple[int, int] | None = route_weights(
+            plan, second["readyReplicas"], plan.canary_replicas
+        )
+    else:
+        split = replica_split(primary["readyReplicas"], second["readyReplicas"])
+    out: dict[str, Any] = {
+        "trafficPercent": plan.percent,
+        "mode": plan.mode.value,
+        "primary": primary,
+        "canary": second,
+    }
+    if split is not None:
+        out["primaryWeight"], out["canaryWeight"] = split
+    return out
+
+
+def canary_traffic_condition(plan: TrafficPlan | None) -> dict[str, Any] | None:
+    """True while the split runs as asked (how, in the reason), False (CannotHonour) when
+    it cannot; no such condition without a canary."""
+    if plan is None:
+        return None
+    return _cond(ConditionType.CANARY_TRAFFIC, plan.honoured, plan.reason, plan.message)
+
+
 def compute_status(
     *,
     name: str,
@@ -331,10 +444,15 @@ def compute_status(
     previous: Mapping[str, Any] | None = None,
     now: str | None = None,
     diagnosis: PodDiagnosis | None = None,
+    plan: TrafficPlan | None = None,
+    canary: Mapping[str, Any] | None = None,
+    canary_diagnosis: PodDiagnosis | None = None,
 ) -> dict[str, Any]:
     """The status dict (camelCase, as in the CRD) for a valid spec and its children;
-    `diagnosis` (from `pods.diagnose_pods`) turns "pods not ready" into why (ready_verdict)."""
-    seen = observe(spec, deployment, hpa)
+    `diagnosis` (from `pods.diagnose_pods`) turns "pods not ready" into why (ready_verdict).
+    With a canary, `plan` (traffic.plan_traffic) and the canary's Deployment and pods make
+    status.canary and condition CanaryTraffic; the top-level fields stay the primary's."""
+    seen = observe(spec, deployment, hpa, plan)
     verdict = ready_verdict(seen, diagnosis)
     conditions = [
         _cond(ConditionType.READY, verdict.phase is Phase.READY, verdict.reason, verdict.message),
@@ -342,8 +460,13 @@ def compute_status(
         progressing_condition(seen),
         scaling_limited_condition(spec, hpa),
         replicas_ignored_condition(spec),
+        canary_traffic_condition(plan),
     ]
     previous = previous or {}
+    # None (not absent) without a canary: a merge patch then removes an old status.canary.
+    revisions = None
+    if plan is not None and spec.canary is not None:
+        revisions = canary_status(name, spec, plan, seen, deployment, canary, canary_diagnosis)
     return {
         "observedGeneration": generation,
         "phase": verdict.phase.value,
@@ -353,6 +476,7 @@ def compute_status(
         "desiredReplicas": seen.desired,
         "replicaSummary": f"{seen.current}/{seen.desired}",
         "selector": selector_string(name),
+        "canary": revisions,
         "conditions": _merge_conditions(
             [c for c in conditions if c is not None],
             previous.get("conditions") or [],

@@ -221,6 +221,9 @@ NEEDED = [
     ("create", "services"),
     ("patch", "services"),
     ("watch", "services"),
+    # A removed canary's Deployment and Services (their owner lives on: no garbage collection).
+    ("delete", "deployments.apps"),
+    ("delete", "services"),
     ("create", "horizontalpodautoscalers.autoscaling"),
     ("patch", "horizontalpodautoscalers.autoscaling"),
     ("create", "poddisruptionbudgets.policy"),
@@ -259,9 +262,7 @@ FORBIDDEN = [
     ("create", "ingresses.networking.k8s.io"),
     ("delete", MSVC),
     ("create", MSVC),
-    ("delete", "deployments.apps"),
     ("update", "deployments.apps"),
-    ("delete", "services"),
     ("patch", "kopfpeerings.kopf.dev"),
     ("*", "*"),
 ]

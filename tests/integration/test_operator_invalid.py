@@ -65,6 +65,18 @@ REFUSED_AT_APPLY: list[tuple[str, dict[str, Any], str, str]] = [
      "spec.runtime.env[0].name", "should match"),
     ("bad GPU resource name", {"gpu": {"resourceName": "nvidia.com/gpu/../x"}},
      "spec.gpu.resourceName", "should match"),
+    ("canary percent over 100",
+     {"canary": {"model": {"uri": "https://h/m2.onnx"}, "trafficPercent": 101}},
+     "spec.canary.trafficPercent", "less than or equal to 100"),
+    ("canary without a model", {"canary": {"trafficPercent": 10}}, "spec.canary.model",
+     "Required value"),
+    ("canary names its own served model",
+     {"canary": {"model": {"uri": "https://h/m2.onnx", "name": "other"}}},
+     "spec.canary.model.name", "unknown field"),
+    ("canary pvc uri without path", {"canary": {"model": {"uri": "pvc://claim"}}},
+     "spec.canary.model.uri", "pvc://<claim>/<path"),
+    ("gateway without a name", {"gateway": {"namespace": "infra"}}, "spec.gateway.name",
+     "Required value"),
 ]  # fmt: skip
 
 # Accepted by the schema, refused by the operator (or by the API server when the operator

@@ -77,7 +77,10 @@ def test_deployment_basics_and_rolling_update() -> None:
         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
     }
     tmpl = dep["spec"]["template"]
-    assert tmpl["metadata"]["labels"] == EXPECTED_LABELS
+    # The pods also say which revision they are (a canary's Services select on it).
+    assert tmpl["metadata"]["labels"] == EXPECTED_LABELS | {
+        "serving.modelservice.io/revision": "primary"
+    }
     assert set(dep["spec"]["selector"]["matchLabels"].items()) <= set(
         tmpl["metadata"]["labels"].items()
     )

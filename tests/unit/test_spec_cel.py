@@ -11,6 +11,7 @@ import celpy
 import pytest
 from modelservice_operator import crd
 from modelservice_operator.spec import AutoscalingSpec, GrpcSpec, ModelServiceSpec, NormalizeSpec
+from modelservice_operator.spec_canary import CanaryModelSource
 from modelservice_operator.spec_model import ModelCacheSpec, ModelSource
 from modelservice_operator.spec_types import SpecModel
 from pydantic import BaseModel, ValidationError
@@ -28,6 +29,9 @@ CASES: list[tuple[type[SpecModel], dict[str, Any], bool]] = [
     (ModelSource, {"uri": "pvc://Models_/m.onnx"}, False),
     (ModelSource, {"uri": URI, "cache": {"claimName": "c"}}, True),
     (ModelSource, {"uri": "pvc://models/m/", "cache": {"claimName": "c"}}, False),
+    (CanaryModelSource, {"uri": URI}, True),
+    (CanaryModelSource, {"uri": "pvc://models/v2/model.onnx"}, True),
+    (CanaryModelSource, {"uri": "pvc://models"}, False),
     (ModelCacheSpec, {"claimName": "c"}, True),
     (ModelCacheSpec, {"hostPath": "/var/cache/m", "maxSize": "10Gi"}, True),
     (ModelCacheSpec, {}, False),

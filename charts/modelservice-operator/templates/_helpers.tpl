@@ -66,20 +66,25 @@ Rules for the namespaced objects the operator owns and reconciles. Shared by the
 - apiGroups: ["serving.modelservice.io"]
   resources: ["modelservices/status"]
   verbs: ["get", "patch"]
-# Children: server-side applied and watched; garbage collection deletes them with their owner,
-# so only an HPA left over when autoscaling is removed is ever deleted by the operator.
+# Children: server-side applied and watched; garbage collection deletes them with their owner.
+# The operator deletes only what the spec stops rendering while the owner lives: an HPA
+# (autoscaling removed), a canary's Deployment and Services (spec.canary removed).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# A canary's weighted route on a named Gateway: applied, deleted with spec.gateway, not watched.
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "create", "patch", "delete"]
 # Runtime pods: only watched, to report why replicas are not ready (a failed model fetch).
 - apiGroups: [""]
   resources: ["pods"]
