@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the local control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, kubelet, kube-proxy, kwok, kwokctl, metrics-server, helm) from the Go tools module in
-# hack/tools into <repo>/.cache/bin. See hack/README.md.
+# hack/tools into <repo>/.cache/bin, and fetch the Gateway API's CRDs. See hack/README.md.
 #
 # Idempotent: a binary is rebuilt only when it is missing or its build stamp (a hash of
 # hack/tools/go.mod, go.sum, this script and the Go version) changed. Compiled packages live in
@@ -15,9 +15,9 @@
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT_DIR="$(dirname "${HACK_DIR}")"
+# shellcheck source=hack/cluster-env.sh
+source "${HACK_DIR}/cluster-env.sh"  # ROOT_DIR, BIN_DIR, the Gateway API's version
 TOOLS_DIR="${HACK_DIR}/tools"
-BIN_DIR="${ROOT_DIR}/.cache/bin"
 STAMP_DIR="${BIN_DIR}/.stamps"
 GO="${GO:-go}"
 PARALLEL="${BUILD_TOOLS_PARALLEL:-2}"
@@ -133,6 +133,20 @@ for target in "${TARGETS[@]}"; do
   log "built ${name} in $(($(date +%s) - start))s"
 done
 
+# The Gateway API's CRDs (standard channel) are files in its module's zip: fetched once per
+# version into .cache/gateway-api/<version> for hack/cluster-up.sh to install.
+if wanted gateway-api-crds && ! compgen -G "${GATEWAY_API_CRDS}/*.yaml" >/dev/null; then
+  log "fetching the Gateway API ${GATEWAY_API_VERSION} CRDs (sigs.k8s.io/gateway-api) ..."
+  # Outside any module: only that module's zip is downloaded (and checked against go.sum's
+  # database), none of its dependencies.
+  (cd "$(mktemp -d)" && GOFLAGS= "${GO}" mod download "sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION}") \
+    || die "go mod download sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION} failed"
+  src="$("${GO}" env GOMODCACHE)/sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION}/config/crd/standard"
+  mkdir -p "${GATEWAY_API_CRDS}.tmp"
+  install -m 0644 "${src}"/*.yaml "${GATEWAY_API_CRDS}.tmp/"
+  rm -rf "${GATEWAY_API_CRDS}" && mv "${GATEWAY_API_CRDS}.tmp" "${GATEWAY_API_CRDS}"
+fi
+
 log "done: ${built} built in $(($(date +%s) - start_all))s; binaries in ${BIN_DIR}"
 log "versions: kubernetes ${KUBE_VERSION}, etcd ${ETCD_VERSION}, kwok ${KWOK_VERSION}," \
-  "metrics-server ${METRICS_SERVER_VERSION}, helm ${HELM_VERSION}"
+  "metrics-server ${METRICS_SERVER_VERSION}, helm ${HELM_VERSION}, gateway-api ${GATEWAY_API_VERSION}"

@@ -9,6 +9,10 @@ CLUSTER_NAME="modelservice"
 DOCKER_EXEC_ROOT="/run/modelservice-docker"
 # kwokctl keeps each cluster's pki, pids, logs and etcd data under $KWOK_WORKDIR/clusters/<name>.
 export KWOK_WORKDIR="${CLUSTER_DIR}/kwok"
+# The Gateway API's standard CRDs: hack/build-tools.sh takes them from the module's zip
+# (sigs.k8s.io/gateway-api, through the Go module proxy), hack/cluster-up.sh installs them.
+GATEWAY_API_VERSION="v1.6.3"
+GATEWAY_API_CRDS="${ROOT_DIR}/.cache/gateway-api/${GATEWAY_API_VERSION}"
 
 # --- The real node (hack/node-up.sh) ----------------------------------------------------------
 # Addresses come from 198.18.0.0/15 (reserved for test networks), so no route can point at a

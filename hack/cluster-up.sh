@@ -2,8 +2,10 @@
 # Start the local control plane: `kwokctl create cluster --runtime binary` running etcd,
 # kube-apiserver, kube-controller-manager, kube-scheduler, kwok and metrics-server as local
 # processes from <repo>/.cache/bin (hack/build-tools.sh), create the fake nodes from
-# hack/kwok/nodes.yaml, and, where this host can (Linux, root: hack/node-up.sh check), one
-# real node whose pods run real containers (hack/node-up.sh). Nothing is downloaded.
+# hack/kwok/nodes.yaml, install the Gateway API's CRDs (v1.6.x, standard channel; no
+# Gateway implementation yet), and, where this host can (Linux, root: hack/node-up.sh
+# check), one real node whose pods run real containers (hack/node-up.sh). Nothing is
+# downloaded.
 # Idempotent: a healthy cluster is left alone.
 #
 # Output: kubeconfig at <repo>/.cache/cluster/kubeconfig (printed on the last line), and
@@ -147,6 +149,18 @@ apply_nodes() {
   kc apply -f "${HACK_DIR}/kwok/nodes.yaml" >/dev/null || die "applying hack/kwok/nodes.yaml failed"
 }
 
+# The Gateway API's CRDs (hack/build-tools.sh fetched them): server-side, since the route
+# CRDs are larger than client-side apply's last-applied annotation may be.
+apply_gateway_api() {
+  compgen -G "${GATEWAY_API_CRDS}/*.yaml" >/dev/null \
+    || die "the Gateway API CRDs are missing from ${GATEWAY_API_CRDS}; run hack/build-tools.sh first"
+  kc apply --server-side --force-conflicts -f "${GATEWAY_API_CRDS}" >/dev/null \
+    || die "applying the Gateway API ${GATEWAY_API_VERSION} CRDs failed"
+  kc wait --for=condition=Established --timeout="$(left)s" \
+    crd/httproutes.gateway.networking.k8s.io crd/gateways.gateway.networking.k8s.io >/dev/null \
+    || die "the Gateway API CRDs did not become Established"
+}
+
 wait_for() { # description command...
   local what="$1"
   shift
@@ -163,6 +177,7 @@ write_real_node_file() {
 # A healthy cluster made in the other mode (with or without the real node) is made anew.
 if healthy && grep -qx "REAL_NODE=${real_node}" "${REAL_NODE_FILE}" 2>/dev/null; then
   apply_nodes
+  apply_gateway_api
   wait_for "3 kwok nodes to be Ready" nodes_ready
   if [[ "${real_node}" == yes ]] && ! node_running; then
     "${HACK_DIR}/node-up.sh" node
@@ -199,6 +214,7 @@ log "control plane up in $(($(date +%s) - start))s"
 
 wait_for "the apiserver at $(kc config view --minify -o jsonpath='{.clusters[0].cluster.server}') to be ready" healthy
 apply_nodes
+apply_gateway_api
 wait_for "3 kwok nodes to be Ready" nodes_ready
 
 metrics_available() {
