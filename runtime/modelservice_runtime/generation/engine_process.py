@@ -87,13 +87,18 @@ ONE_THREAD_SLACK = 1.1
 
 def full_step_seconds(decoder: Decoder, steps: int = 15) -> float:
     """The median time of a decode step of every slot (rows of 64 tokens; the positions it
-    writes are past any row's length, as a free slot's are). Cut short after the first
-    step when that one is over SMALL_STEP_S (a large model: no need to know better)."""
+    writes are past any row's length, as a free slot's are). A first step over
+    SMALL_STEP_S is the answer (a large model: one step at start, no need to know better);
+    else that step, which binds and allocates, is not counted."""
     tokens = np.zeros(decoder.slots, np.int64)
     lengths = np.full(decoder.slots, min(64, decoder.max_length - 1), np.int64)
-    decoder.decode(tokens, lengths)  # binds and allocates
-    times: list[float] = []
-    while len(times) < steps and not (times and times[0] > SMALL_STEP_S):
+    started = time.perf_counter()
+    decoder.decode(tokens, lengths)
+    first = time.perf_counter() - started
+    if first > SMALL_STEP_S:
+        return first
+    times = []
+    for _ in range(steps):
         started = time.perf_counter()
         decoder.decode(tokens, lengths)
         times.append(time.perf_counter() - started)

@@ -224,11 +224,7 @@ class Scheduler:
         for row in sorted(self._in_prefill(), key=lambda r: r.rid):  # the oldest first
             if budget is not None and budget <= 0:
                 return
-            n = len(row.prompt) - row.length
-            if budget is not None:
-                n = min(n, part_size(row.length, budget))
-                budget -= n
-            self._prefill_part(row, n, out)
+            budget = self._next_part(row, budget, out)
         admitted: list[Row] = []
         while self.waiting and (budget is None or budget > 0):
             free = [i for i, r in enumerate(self.slots) if r is None]
@@ -240,11 +236,7 @@ class Scheduler:
             out.cached_tokens += row.length
             if row.length or (budget is not None and len(row.prompt) > budget):
                 # A cached start, or too long for this step whole: in parts, alone.
-                n = len(row.prompt) - row.length
-                if budget is not None:
-                    n = min(n, part_size(row.length, budget))
-                    budget -= n
-                self._prefill_part(row, n, out)
+                budget = self._next_part(row, budget, out)
                 continue
             if budget is not None:
                 budget -= len(row.prompt)
@@ -280,6 +272,16 @@ class Scheduler:
         if n and self.decoder.copy_prefix(source, free[0], n):
             return free[0], n
         return free[0], 0
+
+    def _next_part(self, row: Row, budget: int | None, out: StepResult) -> int | None:
+        """The row's prompt onwards from what its cache holds, as much as `budget` allows
+        (None: all of it); the budget left."""
+        n = len(row.prompt) - row.length
+        if budget is not None:
+            n = min(n, part_size(row.length, budget))
+            budget -= n
+        self._prefill_part(row, n, out)
+        return budget
 
     def _in_prefill(self) -> list[Row]:
         return [r for r in self.slots if r is not None and r.in_prefill]
