@@ -62,6 +62,7 @@ from modelservice_operator.revisions import CANARY, clash_candidates, name_clash
 from modelservice_operator.settings import OperatorSettings
 from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
 from modelservice_operator.status import invalid_status
+from modelservice_operator.traffic import set_route_defaults
 
 RETRY_DELAY_S = 10
 # Threads running the (synchronous) handlers. 1000 ModelServices created at once on 2
@@ -114,6 +115,7 @@ def configure(
     settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     operator = memo.settings = OperatorSettings.from_env()
+    set_route_defaults(operator.routes)
     # Progress and diff-base in annotations: the CRD's status schema is ours alone, and
     # anything kopf wrote under status would be pruned by the structural schema.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -153,10 +155,12 @@ def configure(
     # connection for every handler thread.
     client(pool_size=HANDLER_THREADS)
     start_progress_poller(refresh_from_progress)
+    gateway = operator.routes.gateway
     logger.info(
-        "modelservice-operator: runtime image %s, namespaces %s",
+        "modelservice-operator: runtime image %s, namespaces %s, default Gateway %s",
         operator.runtime_image,
         ",".join(operator.namespaces) or "(all)",
+        f"{gateway.namespace}/{gateway.name}" if gateway else "(none)",
     )
 
 

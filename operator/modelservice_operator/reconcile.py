@@ -32,6 +32,7 @@ from modelservice_operator.spec import ModelServiceSpec
 from modelservice_operator.status import compute_status
 from modelservice_operator.traffic import (
     TrafficPlan,
+    gateway_of,
     plan_traffic,
     route_weights,
     routes_through_gateway,
@@ -51,9 +52,10 @@ def normal_event(owner: Mapping[str, Any], *, reason: EventReason, message: str)
 
 def gateway_api_served(spec: ModelServiceSpec) -> bool:
     """Whether the cluster serves HTTPRoutes, asked (API discovery, cached in kube.py) only
-    when spec.gateway names a Gateway. Not served: the split falls back to replica count
-    and condition CanaryTraffic says so; the operator never fails for it."""
-    if spec.gateway is None:
+    when there is a Gateway (spec.gateway or the operator's default). Not served: the split
+    falls back to replica count and condition CanaryTraffic says so; the operator never
+    fails for it."""
+    if gateway_of(spec) is None:
         return False
     try:
         return client().serves("HTTPRoute")
@@ -167,7 +169,7 @@ def refresh_route(
     weight follows the canary's Ready pods (a server-side apply of the same route changes
     nothing). Failures are logged: the next event or reconcile applies it again."""
     spec = owner_spec(owner)
-    if spec is None or spec.canary is None or spec.gateway is None:
+    if spec is None or spec.canary is None or gateway_of(spec) is None:
         return
     try:
         route = desired_route(owner, spec, traffic_plan(owner, spec), canary)
@@ -302,5 +304,6 @@ def reconcile(
         plan=plan,
         canary=applied.get(("Deployment", revision_name(name, CANARY))),
         canary_diagnosis=diagnose_pods(pods, canary_spec) if canary_spec else None,
+        routed=route is not None,
     )
     return status, diagnosis

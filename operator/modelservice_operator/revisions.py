@@ -7,9 +7,11 @@
 - Services <name>-primary and <name>-canary: one revision each, the weighted route's
   backends (also a way to reach one revision on purpose). The Service <name> keeps
   selecting every ready pod of the ModelService, both revisions.
-- HTTPRoute <name> (gateway.networking.k8s.io/v1) while spec.gateway names a Gateway and
-  the cluster serves the Gateway API: with a canary, two weighted backends; without one,
-  the Service <name> alone, so promotion or rollback keeps the route.
+- HTTPRoute <name> (gateway.networking.k8s.io/v1) while spec.gateway names a Gateway (or
+  the operator has a default one) and the cluster serves the Gateway API: for the host
+  <name>.<namespace>.<domain> (traffic.route_host), so that many ModelServices share one
+  Gateway; with a canary, two weighted backends; without one, the Service <name> alone, so
+  promotion or rollback keeps the route.
 
 `owned_names` lists what these may create, so that the reconcile deletes what the spec no
 longer renders (a removed canary or gateway: owner references alone would keep them).
@@ -29,7 +31,7 @@ from modelservice_operator.render import (
     selector_labels,
 )
 from modelservice_operator.spec import ModelServiceSpec
-from modelservice_operator.traffic import TrafficPlan, gateway_namespace
+from modelservice_operator.traffic import TrafficPlan, gateway_namespace, gateway_of, route_host
 
 CANARY = "canary"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -77,9 +79,11 @@ def render_revision_service(
 def render_route(
     name: str, namespace: str, spec: ModelServiceSpec, weights: tuple[int, int]
 ) -> dict[str, Any]:
-    """HTTPRoute <name> on the named Gateway: the primary's and the canary's Services
-    weighted (primary, canary), or the Service <name> alone without a canary."""
-    assert spec.gateway is not None, "render_route needs spec.gateway"
+    """HTTPRoute <name> on the Gateway (traffic.gateway_of) for the ModelService's host: the
+    primary's and the canary's Services weighted (primary, canary), or the Service <name>
+    alone without a canary."""
+    gateway = gateway_of(spec)
+    assert gateway is not None, "render_route needs a Gateway"
     if spec.canary is None:
         backends = [{"name": name, "port": SERVICE_PORT, "weight": 1}]
     else:
@@ -90,14 +94,18 @@ def render_route(
     parent = {
         "group": GATEWAY_GROUP,
         "kind": "Gateway",
-        "name": spec.gateway.name,
+        "name": gateway.name,
         "namespace": gateway_namespace(spec, namespace),
     }
     return {
         "apiVersion": ROUTE_API_VERSION,
         "kind": "HTTPRoute",
         "metadata": {"name": name, "namespace": namespace, "labels": labels(name)},
-        "spec": {"parentRefs": [parent], "rules": [{"backendRefs": backends}]},
+        "spec": {
+            "parentRefs": [parent],
+            "hostnames": [route_host(name, namespace)],
+            "rules": [{"backendRefs": backends}],
+        },
     }
 
 

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from modelservice_cli import __version__
+from pydantic import ValidationError
+
+from modelservice_operator.spec_canary import GatewayRef
+from modelservice_operator.spec_types import DNS_SUBDOMAIN_PATTERN
+from modelservice_operator.traffic import DEFAULT_ROUTE_DOMAIN, RouteDefaults
 
 # The runtime image's name (hack/images.sh and the Makefile build it under this name, tagged
 # dev) and the default the operator puts in pods: this release's tag. The Helm chart's
@@ -25,6 +31,26 @@ def _int(env: Mapping[str, str], key: str, default: int) -> int:
         raise ValueError(f"{key}: expected an integer (got {raw!r})") from None
 
 
+def _gateway(env: Mapping[str, str], key: str) -> GatewayRef | None:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return None
+    namespace, _, name = raw.rpartition("/")
+    try:
+        return GatewayRef(name=name, namespace=namespace)
+    except ValidationError:
+        raise ValueError(
+            f"{key}: expected namespace/name of a Gateway, each a DNS name (got {raw!r})"
+        ) from None
+
+
+def _domain(env: Mapping[str, str], key: str) -> str:
+    raw = env.get(key, "").strip().lower() or DEFAULT_ROUTE_DOMAIN
+    if len(raw) > 200 or not re.match(DNS_SUBDOMAIN_PATTERN, raw):
+        raise ValueError(f"{key}: expected a DNS domain such as models.example.com (got {raw!r})")
+    return raw
+
+
 @dataclass(frozen=True)
 class OperatorSettings:
     """What the operator needs to know that is not in any ModelService.
@@ -36,6 +62,9 @@ class OperatorSettings:
     - MODELSERVICE_OPERATOR_METRICS_PORT: Prometheus /metrics port; 0 disables.
     - MODELSERVICE_OPERATOR_MAX_CONCURRENT: objects of one kind handled at once (kopf's
       per-object workers); 0 means no limit. Memory grows with it, not with the object count.
+    - MODELSERVICE_DEFAULT_GATEWAY: namespace/name of the Gateway every ModelService without
+      spec.gateway routes through (an HTTPRoute each); empty: none.
+    - MODELSERVICE_GATEWAY_DOMAIN: the routes' host names are <name>.<namespace>.<domain>.
     """
 
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
@@ -43,6 +72,7 @@ class OperatorSettings:
     probe_port: int = 8080
     metrics_port: int = 9090
     max_concurrent: int = 100
+    routes: RouteDefaults = field(default_factory=RouteDefaults)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -57,6 +87,10 @@ class OperatorSettings:
             probe_port=_int(env, "MODELSERVICE_OPERATOR_PROBE_PORT", 8080),
             metrics_port=_int(env, "MODELSERVICE_OPERATOR_METRICS_PORT", 9090),
             max_concurrent=_int(env, "MODELSERVICE_OPERATOR_MAX_CONCURRENT", 100),
+            routes=RouteDefaults(
+                gateway=_gateway(env, "MODELSERVICE_DEFAULT_GATEWAY"),
+                domain=_domain(env, "MODELSERVICE_GATEWAY_DOMAIN"),
+            ),
         )
 
     def __post_init__(self) -> None:

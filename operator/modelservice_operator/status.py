@@ -31,7 +31,14 @@ from modelservice_operator.reasons import (
 )
 from modelservice_operator.render import selector_string, service_url
 from modelservice_operator.spec import ModelServiceSpec
-from modelservice_operator.traffic import SplitMode, TrafficPlan, replica_split, route_weights
+from modelservice_operator.traffic import (
+    SplitMode,
+    TrafficPlan,
+    gateway_where,
+    replica_split,
+    route_host,
+    route_weights,
+)
 
 __all__ = [
     "FAILURE_REASONS",
@@ -108,6 +115,16 @@ class ModelServiceStatus(_StatusModel):
     )
     phase: Phase | None = Field(default=None, description=f"{PHASES}.")
     url: str | None = Field(default=None, description="In-cluster URL of the runtime Service.")
+    gateway: str | None = Field(
+        default=None,
+        description="namespace/name of the Gateway the HTTPRoute <name> attaches to (spec.gateway "
+        "or the operator's default); absent without a route.",
+    )
+    gateway_host: str | None = Field(
+        default=None,
+        description="Host name the HTTPRoute answers to: send requests to the Gateway's address "
+        "with this Host header.",
+    )
     replicas: int | None = Field(default=None, description="Runtime pods that exist now.")
     ready_replicas: int | None = Field(default=None, description="Runtime pods that are ready.")
     desired_replicas: int | None = Field(
@@ -400,6 +417,7 @@ def canary_status(
     deployment: Mapping[str, Any] | None,
     canary: Mapping[str, Any] | None,
     canary_diagnosis: PodDiagnosis | None = None,
+    routed: bool = False,
 ) -> dict[str, Any]:
     """status.canary: both revisions and the split in effect now (the route's weights as
     the canary's Ready pods allow them, or the share of ready pods behind one Service)."""
@@ -447,11 +465,13 @@ def compute_status(
     plan: TrafficPlan | None = None,
     canary: Mapping[str, Any] | None = None,
     canary_diagnosis: PodDiagnosis | None = None,
+    routed: bool = False,
 ) -> dict[str, Any]:
     """The status dict (camelCase, as in the CRD) for a valid spec and its children;
     `diagnosis` (from `pods.diagnose_pods`) turns "pods not ready" into why (ready_verdict).
     With a canary, `plan` (traffic.plan_traffic) and the canary's Deployment and pods make
-    status.canary and condition CanaryTraffic; the top-level fields stay the primary's."""
+    status.canary and condition CanaryTraffic; the top-level fields stay the primary's.
+    `routed`: the HTTPRoute was applied (status.gateway and gatewayHost say where)."""
     seen = observe(spec, deployment, hpa, plan)
     verdict = ready_verdict(seen, diagnosis)
     conditions = [
@@ -463,7 +483,7 @@ def compute_status(
         canary_traffic_condition(plan),
     ]
     previous = previous or {}
-    # None (not absent) without a canary: a merge patch then removes an old status.canary.
+    # None (not absent) without a route or a canary: a merge patch then removes the old value.
     revisions = None
     if plan is not None and spec.canary is not None:
         revisions = canary_status(name, spec, plan, seen, deployment, canary, canary_diagnosis)
@@ -471,6 +491,8 @@ def compute_status(
         "observedGeneration": generation,
         "phase": verdict.phase.value,
         "url": service_url(name, namespace),
+        "gateway": gateway_where(spec, namespace) if routed else None,
+        "gatewayHost": route_host(name, namespace) if routed else None,
         "replicas": seen.current,
         "readyReplicas": seen.ready,
         "desiredReplicas": seen.desired,

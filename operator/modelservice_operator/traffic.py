@@ -3,7 +3,8 @@ it, status.py reports it).
 
 Two ways, and the operator says which one it uses (condition CanaryTraffic):
 
-- Through a Gateway (spec.gateway, with the Gateway API installed): the HTTPRoute <name>
+- Through a Gateway (spec.gateway, else the operator's default Gateway, with the Gateway
+  API installed): the HTTPRoute <name>
   weights the Services <name>-primary and <name>-canary 100-p : p. The primary keeps its
   replicas (or its HPA); the canary runs its share of the primary's base count (spec.replicas,
   or autoscaling.minReplicas), rounded up, at least one pod, so that it is warm before
@@ -25,6 +26,48 @@ from dataclasses import dataclass
 
 from modelservice_operator.reasons import Reason
 from modelservice_operator.spec import ModelServiceSpec
+from modelservice_operator.spec_canary import GatewayRef
+
+# Route hosts are <name>.<namespace>.<domain>: each part a DNS label, so the host is a valid
+# name for any ModelService (KServe's <name>-<namespace> can exceed a label's 63 characters).
+DEFAULT_ROUTE_DOMAIN = "models.internal"
+
+
+@dataclass(frozen=True)
+class RouteDefaults:
+    """What the operator was configured with (OperatorSettings, at startup): the Gateway a
+    ModelService's HTTPRoute attaches to when spec.gateway is absent, and the domain of the
+    host names the routes answer to."""
+
+    gateway: GatewayRef | None = None
+    domain: str = DEFAULT_ROUTE_DOMAIN
+
+
+_defaults = RouteDefaults()
+
+
+def set_route_defaults(defaults: RouteDefaults) -> None:
+    """Called once, when the operator starts (handlers.configure)."""
+    global _defaults
+    _defaults = defaults
+
+
+def gateway_of(spec: ModelServiceSpec) -> GatewayRef | None:
+    """The Gateway the HTTPRoute attaches to: spec.gateway, else the operator's default;
+    None: no route."""
+    return spec.gateway or _defaults.gateway
+
+
+def route_host(name: str, namespace: str) -> str:
+    """The host name the ModelService's HTTPRoute answers to on its Gateway."""
+    return f"{name}.{namespace}.{_defaults.domain}"
+
+
+def gateway_where(spec: ModelServiceSpec, namespace: str) -> str:
+    """namespace/name of the Gateway (gateway_of must not be None)."""
+    gateway = gateway_of(spec)
+    assert gateway is not None
+    return f"{gateway_namespace(spec, namespace)}/{gateway.name}"
 
 
 class SplitMode(enum.StrEnum):
@@ -48,16 +91,18 @@ class TrafficPlan:
 
 
 def gateway_namespace(spec: ModelServiceSpec, namespace: str) -> str | None:
-    """The named Gateway's namespace (the ModelService's by default); None without one."""
-    if spec.gateway is None:
+    """The Gateway's namespace (the ModelService's unless it says another); None without
+    a Gateway."""
+    gateway = gateway_of(spec)
+    if gateway is None:
         return None
-    return spec.gateway.namespace or namespace
+    return gateway.namespace or namespace
 
 
 def routes_through_gateway(spec: ModelServiceSpec, gateway_api: bool) -> bool:
-    """A Gateway is named and the cluster serves the Gateway API: the operator renders the
-    HTTPRoute (with or without a canary)."""
-    return spec.gateway is not None and gateway_api
+    """A Gateway is named (or the operator has a default) and the cluster serves the Gateway
+    API: the operator renders the HTTPRoute (with or without a canary)."""
+    return gateway_of(spec) is not None and gateway_api
 
 
 def percents_that_work(total: int) -> list[int]:
@@ -73,8 +118,7 @@ def _base_replicas(spec: ModelServiceSpec) -> int:
 def _route_plan(spec: ModelServiceSpec, namespace: str, name: str, percent: int) -> TrafficPlan:
     base = _base_replicas(spec)
     canary = 0 if base == 0 else max(1, math.ceil(base * percent / 100))
-    assert spec.gateway is not None
-    where = f"{gateway_namespace(spec, namespace)}/{spec.gateway.name}"
+    where = gateway_where(spec, namespace)
     return TrafficPlan(
         percent=percent,
         mode=SplitMode.ROUTE,
@@ -113,11 +157,12 @@ def plan_traffic(
         return _route_plan(spec, namespace, name, percent)
     fallback = ""
     reason = Reason.SPLIT_BY_REPLICAS
-    if spec.gateway is not None:
+    if gateway_of(spec) is not None:
+        named = "spec.gateway names" if spec.gateway is not None else "the operator's default is"
         fallback = (
-            f"spec.gateway names Gateway {gateway_namespace(spec, namespace)}/"
-            f"{spec.gateway.name}, but the cluster does not serve the Gateway API "
-            "(gateway.networking.k8s.io/v1 HTTPRoute): split by replica count instead. "
+            f"{named} Gateway {gateway_where(spec, namespace)}, but the cluster does not serve "
+            "the Gateway API (gateway.networking.k8s.io/v1 HTTPRoute): split by replica count "
+            "instead. "
         )
         reason = Reason.GATEWAY_API_MISSING
     if spec.autoscaling is not None:

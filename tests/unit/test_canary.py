@@ -19,15 +19,18 @@ from modelservice_operator.revisions import (
     render_revisions,
     render_route,
 )
+from modelservice_operator.settings import OperatorSettings
 from modelservice_operator.spec import ModelServiceSpec, parse_spec
 from modelservice_operator.status import compute_status
 from modelservice_operator.traffic import (
+    RouteDefaults,
     SplitMode,
     TrafficPlan,
     percents_that_work,
     plan_traffic,
     replica_split,
     route_weights,
+    set_route_defaults,
 )
 
 IMAGE = "runtime:test"
@@ -247,6 +250,7 @@ def test_http_route_weights_the_two_revision_services_on_the_named_gateway() -> 
             "namespace": "infra",
         }
     ]
+    assert route["spec"]["hostnames"] == ["demo.ns1.models.internal"]
     assert route["spec"]["rules"] == [
         {
             "backendRefs": [
@@ -262,6 +266,63 @@ def test_http_route_without_a_canary_sends_everything_to_the_one_service() -> No
     route = render_route("demo", "ns1", spec, (100, 0))
     assert route["spec"]["parentRefs"][0]["namespace"] == "ns1"  # the ModelService's
     assert route["spec"]["rules"] == [{"backendRefs": [{"name": "demo", "port": 80, "weight": 1}]}]
+
+
+@pytest.fixture
+def default_gateway() -> Any:
+    """The operator started with MODELSERVICE_DEFAULT_GATEWAY and a domain of its own."""
+    settings = OperatorSettings.from_env({
+        "MODELSERVICE_DEFAULT_GATEWAY": "modelservice-gateway/default",
+        "MODELSERVICE_GATEWAY_DOMAIN": "ai.example.com",
+    })  # fmt: skip
+    set_route_defaults(settings.routes)
+    yield settings.routes
+    set_route_defaults(RouteDefaults())
+
+
+def test_the_operators_default_gateway_takes_a_modelservice_without_spec_gateway(
+    default_gateway: RouteDefaults,
+) -> None:
+    spec = _spec(20, 4)
+    plan = _plan(spec, gateway_api=True)
+    assert plan.mode is SplitMode.ROUTE
+    assert "on Gateway modelservice-gateway/default" in plan.message
+    route = render_route("demo", "ns1", spec, (80, 20))
+    parent = route["spec"]["parentRefs"][0]
+    assert (parent["namespace"], parent["name"]) == ("modelservice-gateway", "default")
+    assert route["spec"]["hostnames"] == ["demo.ns1.ai.example.com"]
+    # spec.gateway still wins over the default.
+    named = render_route("demo", "ns1", _spec(20, 4, gateway={"name": "gw"}), (80, 20))
+    assert named["spec"]["parentRefs"][0]["name"] == "gw"
+    # Without the Gateway API the fallback names the default as the Gateway it could not use.
+    fallback = _plan(spec, gateway_api=False)
+    assert fallback.mode is SplitMode.REPLICAS
+    assert fallback.message.startswith(
+        "the operator's default is Gateway modelservice-gateway/default, but the cluster does "
+        "not serve the Gateway API"
+    )
+
+
+def test_without_a_default_or_spec_gateway_there_is_no_route() -> None:
+    spec = _spec(20, 5)
+    assert _plan(spec, gateway_api=True).mode is SplitMode.REPLICAS
+    with pytest.raises(AssertionError):
+        render_route("demo", "ns1", spec, (80, 20))
+
+
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"MODELSERVICE_DEFAULT_GATEWAY": "default"}, "MODELSERVICE_DEFAULT_GATEWAY"),
+        ({"MODELSERVICE_DEFAULT_GATEWAY": "Infra/gw"}, "MODELSERVICE_DEFAULT_GATEWAY"),
+        ({"MODELSERVICE_GATEWAY_DOMAIN": "not a domain"}, "MODELSERVICE_GATEWAY_DOMAIN"),
+    ],
+)
+def test_bad_gateway_settings_are_refused_naming_the_variable(
+    env: dict[str, str], field: str
+) -> None:
+    with pytest.raises(ValueError, match=field):
+        OperatorSettings.from_env(env)
 
 
 # --- status --------------------------------------------------------------------------------
@@ -328,6 +389,9 @@ def test_status_route_weights_follow_the_canarys_ready_pods() -> None:
     ready = _status(spec, plan, deployment=_dep(4, 4), canary=_dep(1, 1))
     assert (ready["canary"]["primaryWeight"], ready["canary"]["canaryWeight"]) == (80, 20)
     assert ready["canary"]["mode"] == "HTTPRoute"
+    assert (ready["gateway"], ready["gatewayHost"]) == (None, None)  # no route was applied
+    routed = _status(spec, plan, deployment=_dep(4, 4), canary=_dep(1, 1), routed=True)
+    assert (routed["gateway"], routed["gatewayHost"]) == ("ns1/gw", "demo.ns1.models.internal")
 
 
 def test_without_a_canary_status_canary_is_cleared_and_no_condition() -> None:
