@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Build the local control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, kubelet, kube-proxy, kwok, kwokctl, metrics-server, helm) from the Go tools module in
-# hack/tools into <repo>/.cache/bin, and fetch the Gateway API's CRDs. See hack/README.md.
+# hack/tools, and the Gateway API implementation (traefik) from its own module in
+# hack/tools/traefik, into <repo>/.cache/bin, and fetch the Gateway API's CRDs. See hack/README.md.
 #
-# Idempotent: a binary is rebuilt only when it is missing or its build stamp (a hash of
-# hack/tools/go.mod, go.sum, this script and the Go version) changed. Compiled packages live in
+# Idempotent: a binary is rebuilt only when it is missing or its build stamp (a hash of its
+# module's go.mod and go.sum, this script and the Go version) changed. Compiled packages live in
 # Go's default GOCACHE/GOMODCACHE under $HOME, so a fresh clone on the same machine only links.
 #
 # KUBEBUILDER_ASSETS: when set and it holds kube-apiserver / etcd / kubectl, those are
@@ -18,6 +19,9 @@ HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=hack/cluster-env.sh
 source "${HACK_DIR}/cluster-env.sh"  # ROOT_DIR, BIN_DIR, the Gateway API's version
 TOOLS_DIR="${HACK_DIR}/tools"
+# Traefik has a module of its own: it is built against client-go v0.34, which the Kubernetes
+# v1.36 pins of hack/tools/go.mod would move (and it needs its own replace lines).
+TRAEFIK_DIR="${TOOLS_DIR}/traefik"
 STAMP_DIR="${BIN_DIR}/.stamps"
 GO="${GO:-go}"
 PARALLEL="${BUILD_TOOLS_PARALLEL:-2}"
@@ -27,11 +31,11 @@ die() { log "error: $*"; exit 1; }
 
 command -v "${GO}" >/dev/null 2>&1 || die "the Go toolchain ('${GO}') is not on PATH; install Go >= 1.26"
 
-# One source of truth for versions: the require lines of hack/tools/go.mod.
-mod_version() {
-  local v
-  v="$(awk -v m="$1" '$1 == m && $2 ~ /^v/ { print $2; exit }' "${TOOLS_DIR}/go.mod")"
-  [[ -n "${v}" ]] || die "module $1 is not required in ${TOOLS_DIR}/go.mod"
+# One source of truth for versions: the require lines of each module's go.mod.
+mod_version() { # module [module dir, default hack/tools]
+  local v dir="${2:-${TOOLS_DIR}}"
+  v="$(awk -v m="$1" '$1 == m && $2 ~ /^v/ { print $2; exit }' "${dir}/go.mod")"
+  [[ -n "${v}" ]] || die "module $1 is not required in ${dir}/go.mod"
   printf '%s' "${v}"
 }
 
@@ -40,14 +44,17 @@ HELM_VERSION="$(mod_version helm.sh/helm/v3)"
 KWOK_VERSION="$(mod_version sigs.k8s.io/kwok)"
 METRICS_SERVER_VERSION="$(mod_version sigs.k8s.io/metrics-server)"
 ETCD_VERSION="$(mod_version go.etcd.io/etcd/server/v3)"
+TRAEFIK_VERSION="$(mod_version github.com/traefik/traefik/v3 "${TRAEFIK_DIR}")"
 KUBE_MAJOR="${KUBE_VERSION#v}"; KUBE_MAJOR="${KUBE_MAJOR%%.*}"
 KUBE_MINOR="${KUBE_VERSION#v*.}"; KUBE_MINOR="${KUBE_MINOR%%.*}"
 # A fixed build date keeps the linked binaries reproducible (it is only shown by --version).
 BUILD_DATE="1970-01-01T00:00:00Z"
 
 GO_VERSION="$("${GO}" env GOVERSION)"
-STAMP="$(cat "${TOOLS_DIR}/go.mod" "${TOOLS_DIR}/go.sum" "${BASH_SOURCE[0]}" \
-  | { cat; printf '%s\n' "${GO_VERSION}"; } | sha256sum | cut -c1-16)"
+stamp_of() { # module dir
+  cat "$1/go.mod" "$1/go.sum" "${BASH_SOURCE[0]}" \
+    | { cat; printf '%s\n' "${GO_VERSION}"; } | sha256sum | cut -c1-16
+}
 
 kube_ldflags() {
   local flags="" pkg
@@ -59,7 +66,7 @@ kube_ldflags() {
   printf '%s' "${flags}"
 }
 
-# name|package|extra ldflags
+# name|package|extra ldflags|module dir (default hack/tools)
 TARGETS=(
   "etcd|go.etcd.io/etcd/server/v3|"
   "kube-apiserver|k8s.io/kubernetes/cmd/kube-apiserver|$(kube_ldflags)"
@@ -74,6 +81,8 @@ TARGETS=(
   # metrics-server reports its own version through client-go's version package.
   "metrics-server|sigs.k8s.io/metrics-server/cmd/metrics-server|-X k8s.io/client-go/pkg/version.gitVersion=${METRICS_SERVER_VERSION} -X k8s.io/client-go/pkg/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.buildDate=${BUILD_DATE}"
   "helm|helm.sh/helm/v3/cmd/helm|-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  # The Gateway API implementation the cluster runs (hack/gateway-up.sh, as an image).
+  "traefik|github.com/traefik/traefik/v3/cmd/traefik|-X github.com/traefik/traefik/v3/pkg/version.Version=${TRAEFIK_VERSION} -X github.com/traefik/traefik/v3/pkg/version.BuildDate=${BUILD_DATE}|${TRAEFIK_DIR}"
 )
 
 mkdir -p "${BIN_DIR}" "${STAMP_DIR}"
@@ -90,8 +99,9 @@ wanted() { # name
 start_all="$(date +%s)"
 built=0
 for target in "${TARGETS[@]}"; do
-  IFS='|' read -r name pkg extra <<<"${target}"
+  IFS='|' read -r name pkg extra dir <<<"${target}"
   wanted "${name}" || continue
+  dir="${dir:-${TOOLS_DIR}}"
 
   case "${name}" in
     kube-apiserver | etcd | kubectl)
@@ -109,7 +119,8 @@ for target in "${TARGETS[@]}"; do
       ;;
   esac
 
-  if is_current "${name}" "${STAMP}"; then
+  stamp="$(stamp_of "${dir}")"
+  if is_current "${name}" "${stamp}"; then
     log "${name} is up to date"
     continue
   fi
@@ -121,14 +132,14 @@ for target in "${TARGETS[@]}"; do
   tmp="${BIN_DIR}/.${name}.$$.tmp"
   rm -f "${tmp}" "${STAMP_DIR}/${name}"
   (
-    cd "${TOOLS_DIR}"
+    cd "${dir}"
     # -buildvcs=false: the tools module sits inside this repo; stamping its git state would
     # fail where git is absent or the checkout is owned by another user, and buys nothing.
     CGO_ENABLED=0 "${GO}" build -trimpath -buildvcs=false -p "${PARALLEL}" \
       -ldflags "-s -w ${extra}" -o "${tmp}" "${pkg}"
   ) || die "go build of ${name} (${pkg}) failed; see the compiler output above"
   mv -f "${tmp}" "${BIN_DIR}/${name}"
-  printf '%s' "${STAMP}" >"${STAMP_DIR}/${name}"
+  printf '%s' "${stamp}" >"${STAMP_DIR}/${name}"
   built=$((built + 1))
   log "built ${name} in $(($(date +%s) - start))s"
 done
@@ -149,4 +160,5 @@ fi
 
 log "done: ${built} built in $(($(date +%s) - start_all))s; binaries in ${BIN_DIR}"
 log "versions: kubernetes ${KUBE_VERSION}, etcd ${ETCD_VERSION}, kwok ${KWOK_VERSION}," \
-  "metrics-server ${METRICS_SERVER_VERSION}, helm ${HELM_VERSION}, gateway-api ${GATEWAY_API_VERSION}"
+  "metrics-server ${METRICS_SERVER_VERSION}, helm ${HELM_VERSION}, traefik ${TRAEFIK_VERSION}," \
+  "gateway-api ${GATEWAY_API_VERSION}"
