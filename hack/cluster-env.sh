@@ -13,6 +13,16 @@ export KWOK_WORKDIR="${CLUSTER_DIR}/kwok"
 # (sigs.k8s.io/gateway-api, through the Go module proxy), hack/cluster-up.sh installs them.
 GATEWAY_API_VERSION="v1.6.3"
 GATEWAY_API_CRDS="${ROOT_DIR}/.cache/gateway-api/${GATEWAY_API_VERSION}"
+# The Gateway API implementation (hack/gateway-up.sh): Traefik, built from its own module by
+# hack/build-tools.sh, tagged with the version that module requires.
+TRAEFIK_VERSION="$(awk '$1 == "github.com/traefik/traefik/v3" { print $2; exit }' \
+  "${HACK_DIR}/tools/traefik/go.mod")"
+GATEWAY_IMAGE="${GATEWAY_IMAGE:-modelservice-gateway:${TRAEFIK_VERSION}}"
+GATEWAY_NAMESPACE="modelservice-gateway"
+GATEWAY_CLASS="modelservice"
+# The cluster's default Gateway: ${GATEWAY_NAMESPACE}/${GATEWAY_NAME}, HTTP on port 80 of
+# GATEWAY_IP (a fixed ClusterIP: kube-proxy takes host traffic for it to the Traefik pod).
+GATEWAY_NAME="default"
 
 # --- The real node (hack/node-up.sh) ----------------------------------------------------------
 # Addresses come from 198.18.0.0/15 (reserved for test networks), so no route can point at a
@@ -29,6 +39,10 @@ TEST_NET="198.18.0.0/15"
 # The first address of the service range: the `kubernetes` Service, which in-cluster clients
 # dial, so it must be in the apiserver's certificate.
 API_SERVICE_IP="198.19.0.1"
+# The default Gateway's Service address (hack/gateway-up.sh), which its status reports: fixed,
+# in the low part of SERVICE_CIDR that the apiserver keeps for fixed addresses (it hands out
+# addresses from above that first).
+GATEWAY_IP="198.19.0.80"
 BRIDGE="msvc0"
 NODE_DIR="${ROOT_DIR}/.cache/node"
 # Sockets and runtime state live on /run (tmpfs): unix socket paths must stay short.

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # `make images`: build modelservice-runtime and modelservice-operator from the project's
-# Dockerfiles, then load them into the real node's containerd when it is up (hack/node-up.sh),
-# where pods find them by name (imagePullPolicy IfNotPresent: nothing is pulled).
+# Dockerfiles, and modelservice-gateway (Traefik, hack/gateway-up.sh) from hack/gateway/, then
+# load them into the real node's containerd when it is up (hack/node-up.sh), where pods find
+# them by name (nothing is pulled).
 #
 # The build context is staged from the allow-list in <Dockerfile>.dockerignore (its `!`
 # lines), so only what that file admits reaches the build, with either builder (the legacy
 # one of Debian's Docker 20.10 ignores per-Dockerfile ignore files). The base comes from
-# hack/base-image.sh (python:3.11-slim where it can be had, else one made offline).
+# hack/base-image.sh (python:3.11-slim where it can be had, else one made offline). The
+# gateway's context is the traefik binary of hack/build-tools.sh alone, FROM scratch.
 #
 # Env: RUNTIME_IMAGE, OPERATOR_IMAGE (default modelservice-{runtime,operator}:dev),
-#      PYTHON_IMAGE (base override), IMAGES (subset: "runtime", "operator").
+#      GATEWAY_IMAGE (default modelservice-gateway:<Traefik's version>, hack/cluster-env.sh),
+#      PYTHON_IMAGE (base override), IMAGES (subset: "runtime", "operator", "gateway").
 # `hack/images.sh load` only loads images already built (make node-load).
 set -euo pipefail
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,7 +20,7 @@ HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "${HACK_DIR}/cluster-env.sh"
 RUNTIME_IMAGE="${RUNTIME_IMAGE:-modelservice-runtime:dev}"
 OPERATOR_IMAGE="${OPERATOR_IMAGE:-modelservice-operator:dev}"
-IMAGES="${IMAGES:-runtime operator}"
+IMAGES="${IMAGES:-runtime operator gateway}"
 log() { printf '[images] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -37,13 +40,22 @@ stage_context() { # dockerfile -> prints a temp dir holding the allow-listed pat
   echo "${dir}"
 }
 
-build() { # dockerfile image
-  local dockerfile="$1" image="$2" context start
-  context="$(stage_context "${dockerfile}")"
-  log "building ${image} from ${dockerfile} on ${base}"
+stage_traefik() { # -> prints a temp dir holding only the traefik binary (175 MiB: linked, not copied)
+  local dir
+  [[ -x "${BIN_DIR}/traefik" ]] || die "${BIN_DIR}/traefik is missing; run hack/build-tools.sh first"
+  mkdir -p "${ROOT_DIR}/.cache"
+  dir="$(mktemp -d -p "${ROOT_DIR}/.cache" gateway-context.XXXXXX)"
+  ln "${BIN_DIR}/traefik" "${dir}/traefik" 2>/dev/null || cp "${BIN_DIR}/traefik" "${dir}/traefik"
+  echo "${dir}"
+}
+
+build() { # dockerfile image context [docker build args...]
+  local dockerfile="$1" image="$2" context="$3" start
+  shift 3
+  log "building ${image} from ${dockerfile}${base:+ on ${base}}"
   start="$(date +%s)"
   if ! docker build --network host -q -f "${ROOT_DIR}/${dockerfile}" \
-    --build-arg "PYTHON_IMAGE=${base}" -t "${image}" "${context}" >"${context}.log" 2>&1; then
+    "$@" -t "${image}" "${context}" >"${context}.log" 2>&1; then
     tail -n 30 "${context}.log" >&2
     rm -rf "${context}" "${context}.log"
     die "docker build of ${image} failed"
@@ -61,20 +73,38 @@ node_load() { # image
   log "loaded $1 into the node's containerd in $(($(date +%s) - start))s"
 }
 
-[[ "${MODE}" == build ]] && base="$("${HACK_DIR}/base-image.sh")"
+image_of() { # what -> its image name
+  case "$1" in
+    runtime) echo "${RUNTIME_IMAGE}" ;;
+    operator) echo "${OPERATOR_IMAGE}" ;;
+    gateway) echo "${GATEWAY_IMAGE}" ;;
+    *) die "IMAGES: unknown image '$1' (runtime, operator, gateway)" ;;
+  esac
+}
+
+base=""
+# Only the Python images need the base (the gateway's is FROM scratch).
+if [[ "${MODE}" == build && " ${IMAGES} " =~ " "(runtime|operator)" " ]]; then
+  base="$("${HACK_DIR}/base-image.sh")"
+fi
 for what in ${IMAGES}; do
-  [[ "${MODE}" == build ]] || break
+  image="$(image_of "${what}")"
+  [[ "${MODE}" == build ]] || continue
   case "${what}" in
-    runtime) build runtime/Dockerfile "${RUNTIME_IMAGE}" ;;
-    operator) build operator/Dockerfile "${OPERATOR_IMAGE}" ;;
-    *) die "IMAGES: unknown image '${what}' (runtime, operator)" ;;
+    runtime | operator)
+      context="$(stage_context "${what}/Dockerfile")"
+      build "${what}/Dockerfile" "${image}" "${context}" --build-arg "PYTHON_IMAGE=${base}"
+      ;;
+    gateway)
+      context="$(stage_traefik)"
+      build hack/gateway/Dockerfile "${image}" "${context}"
+      ;;
   esac
 done
 
 if [[ -S "${CONTAINERD_SOCK}" ]]; then
   for what in ${IMAGES}; do
-    [[ "${what}" == runtime ]] && node_load "${RUNTIME_IMAGE}"
-    [[ "${what}" == operator ]] && node_load "${OPERATOR_IMAGE}"
+    node_load "$(image_of "${what}")"
   done
 else
   log "no real node is up (${CONTAINERD_SOCK}); images stay in Docker (make cluster-up, then make node-load)"
