@@ -13,7 +13,7 @@ EXTRAS     ?= runtime,genai,operator,export,dev
 
 export PATH := $(VENV)/bin:$(BIN):$(PATH)
 
-.PHONY: help venv tools host-deps cluster-up cluster-down test test-unit test-integration lint \
+.PHONY: help venv tools host-deps cluster-up cluster-down gateway-up test test-unit test-integration lint \
         demo bench soak crd constraints kind-up images node-load kind-load deploy e2e-kind clean
 
 help: ## list targets
@@ -38,6 +38,9 @@ host-deps: ## install the host packages the real node and image builds need (roo
 cluster-up: tools host-deps ## start the local control plane with kwok nodes and a real node
 	hack/cluster-up.sh
 
+gateway-up: ## run the Gateway API implementation (Traefik) on the real node: GatewayClass and default Gateway
+	hack/gateway-up.sh
+
 cluster-down: ## stop the control plane and the real node, undo what they changed on the host
 	hack/cluster-down.sh
 	hack/docker-down.sh
@@ -56,6 +59,7 @@ test: venv tools host-deps ## set everything up and run the whole suite
 	$(VENV)/bin/ruff check .
 	@start=$$(date +%s); hack/cluster-up.sh; echo ">> phase: node up in $$(( $$(date +%s) - start ))s"
 	@start=$$(date +%s); hack/images.sh; echo ">> phase: images in $$(( $$(date +%s) - start ))s"
+	@start=$$(date +%s); hack/gateway-up.sh; echo ">> phase: gateway in $$(( $$(date +%s) - start ))s"
 	set -o pipefail; status=0; start=$$(date +%s); \
 	KUBECONFIG=$(KUBECONFIG_FILE) $(PY) -m pytest tests $(PYTEST_ARGS) || status=$$?; \
 	echo ">> phase: suite in $$(( $$(date +%s) - start ))s"; \
@@ -69,6 +73,7 @@ test-unit: venv ## fast tests only (no control plane)
 demo: venv tools host-deps ## the main job end to end on the local control plane (a real node where it can)
 	hack/cluster-up.sh
 	hack/images.sh
+	hack/gateway-up.sh
 	$(PY) -m modelservice_cli demo
 
 bench: venv tools ## benchmarks side by side with peers -> docs/benchmarks.md
@@ -88,7 +93,7 @@ kind-up: ## create a kind cluster from kind-config.yaml (kept if it already exis
 	  echo "kind cluster $(KIND_CLUSTER) already exists"; \
 	else kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml --wait 180s; fi
 
-images: host-deps ## build the runtime and operator images (offline base if none can be pulled), load them into the real node
+images: tools host-deps ## build the runtime, operator and gateway images (offline base if none can be pulled), load them into the real node
 	RUNTIME_IMAGE=$(RUNTIME_IMAGE) OPERATOR_IMAGE=$(OPERATOR_IMAGE) hack/images.sh
 
 node-load: ## load the built images into the real node's containerd

@@ -34,6 +34,9 @@ stop_pid() { # name pid
 # 1. Pods, through the kubelet: it stops their containers and CNI tears their network down.
 if alive "$(pid_of kubelet)" && [[ -f "${KUBECONFIG_FILE}" ]] && kc get --raw /readyz >/dev/null 2>&1; then
   if kc get node "${NODE_NAME}" >/dev/null 2>&1; then
+    # Cordoned first, so the replacement pods of Deployments (the gateway's Traefik, an
+    # operator's) stay Pending instead of starting here while the node goes down.
+    kc cordon "${NODE_NAME}" >/dev/null 2>&1 || true
     log "deleting the pods on ${NODE_NAME}"
     kc delete pods -A --field-selector "spec.nodeName=${NODE_NAME}" --grace-period=2 \
       --wait=true --timeout=60s >/dev/null 2>&1 || log "warning: some pods did not go in 60s"
