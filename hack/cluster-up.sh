@@ -2,8 +2,8 @@
 # Start the local control plane: `kwokctl create cluster --runtime binary` running etcd,
 # kube-apiserver, kube-controller-manager, kube-scheduler, kwok and metrics-server as local
 # processes from <repo>/.cache/bin (hack/build-tools.sh), create the fake nodes from
-# hack/kwok/nodes.yaml, install the Gateway API's CRDs (v1.6.x, standard channel; no
-# Gateway implementation yet), and, where this host can (Linux, root: hack/node-up.sh
+# hack/kwok/nodes.yaml, install the Gateway API's CRDs (v1.6.x, standard channel; the
+# implementation, Traefik, is hack/gateway-up.sh's), and, where this host can (Linux, root: hack/node-up.sh
 # check), one real node whose pods run real containers (hack/node-up.sh). Nothing is
 # downloaded.
 # Idempotent: a healthy cluster is left alone.

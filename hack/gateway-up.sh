@@ -21,12 +21,13 @@ TIMEOUT="${GATEWAY_UP_TIMEOUT:-180}"
 DEADLINE=$(($(date +%s) + TIMEOUT))
 MANIFEST="${HACK_DIR}/gateway/gateway.yaml"
 # Traefik's entryPoints inside the pod: the Gateway's listener port must be the web one's.
-WEB_PORT=8000
-PING_PORT=9000
+# shellcheck disable=SC2034  # both are read by render(), by name
+WEB_PORT=8000 PING_PORT=9000
 
 log() { printf '[gateway-up] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
-left() { echo $((DEADLINE - $(date +%s))); }
+# At least 1: a timeout of 0 means none to kubectl.
+left() { local t=$((DEADLINE - $(date +%s))); echo $((t > 0 ? t : 1)); }
 kc() { "${BIN_DIR}/kubectl" --kubeconfig "${KUBECONFIG_FILE}" --request-timeout=10s "$@"; }
 
 REAL_NODE_FILE="${CLUSTER_DIR}/real-node"
@@ -68,20 +69,22 @@ diagnose() {
   kc get gateway -n "${GATEWAY_NAMESPACE}" "${GATEWAY_NAME}" -o yaml >&2 || true
 }
 
-if ! kc rollout status -n "${GATEWAY_NAMESPACE}" deploy/traefik --timeout="$(left)s" >/dev/null; then
+# Without kc's --request-timeout: rollout status watches for up to the deadline.
+if ! "${BIN_DIR}/kubectl" --kubeconfig "${KUBECONFIG_FILE}" rollout status -n "${GATEWAY_NAMESPACE}" \
+  deploy/traefik --timeout="$(left)s" >/dev/null; then
   diagnose
   die "Traefik's pod did not become ready in ${TIMEOUT}s"
 fi
 
-# Traefik writes the Gateway's status once it has loaded it; a Gateway from before a restart
-# can still say Programmed, so the address is checked too.
+# Traefik writes the Gateway's status once it has loaded it: Programmed, and the address
+# --providers.kubernetesgateway.statusaddress.ip gave it.
 programmed() {
   local got
   got="$(kc get gateway -n "${GATEWAY_NAMESPACE}" "${GATEWAY_NAME}" -o jsonpath='{.status.conditions[?(@.type=="Programmed")].status} {.status.addresses[*].value}' 2>/dev/null)" || return 1
   [[ "${got}" == "True ${GATEWAY_IP}" ]]
 }
 until programmed; do
-  if [[ "$(left)" -le 0 ]]; then
+  if [[ "$(date +%s)" -ge "${DEADLINE}" ]]; then
     diagnose
     die "Gateway ${GATEWAY_NAMESPACE}/${GATEWAY_NAME} is not Programmed with address ${GATEWAY_IP} after ${TIMEOUT}s"
   fi
