@@ -52,7 +52,7 @@ stage_traefik() { # -> prints a temp dir holding only the traefik binary (175 Mi
 build() { # dockerfile image context [docker build args...]
   local dockerfile="$1" image="$2" context="$3" start
   shift 3
-  log "building ${image} from ${dockerfile}${base:+ on ${base}}"
+  log "building ${image} from ${dockerfile}"
   start="$(date +%s)"
   if ! docker build --network host -q -f "${ROOT_DIR}/${dockerfile}" \
     "$@" -t "${image}" "${context}" >"${context}.log" 2>&1; then
@@ -86,6 +86,7 @@ base=""
 # Only the Python images need the base (the gateway's is FROM scratch).
 if [[ "${MODE}" == build && " ${IMAGES} " =~ " "(runtime|operator)" " ]]; then
   base="$("${HACK_DIR}/base-image.sh")"
+  log "base of the Python images: ${base}"
 fi
 for what in ${IMAGES}; do
   image="$(image_of "${what}")"
