@@ -417,7 +417,6 @@ def canary_status(
     deployment: Mapping[str, Any] | None,
     canary: Mapping[str, Any] | None,
     canary_diagnosis: PodDiagnosis | None = None,
-    routed: bool = False,
 ) -> dict[str, Any]:
     """status.canary: both revisions and the split in effect now (the route's weights as
     the canary's Ready pods allow them, or the share of ready pods behind one Service)."""
