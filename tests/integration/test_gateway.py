@@ -15,11 +15,11 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from tests.integration.cluster_env import Gateway, gateway_facts
 from tests.integration.conftest import REPO_ROOT, Kubectl, condition
 from tests.needs import needed
 from tests.waiting import wait_until
@@ -49,32 +49,6 @@ http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), Handler).serve_fo
 """
 
 
-@dataclass(frozen=True)
-class Gateway:
-    """The facts hack/cluster-env.sh holds about the default Gateway."""
-
-    ip: str
-    namespace: str
-    name: str
-    gateway_class: str
-
-
-def _cluster_env() -> Gateway:
-    """hack/cluster-env.sh's values, read by sourcing it (the one place they are written)."""
-    names = ("GATEWAY_IP", "GATEWAY_NAMESPACE", "GATEWAY_NAME", "GATEWAY_CLASS")
-    script = 'HACK_DIR="$1/hack"; source "$1/hack/cluster-env.sh"; printf "%s\\n" ' + " ".join(
-        f'"${{{n}}}"' for n in names
-    )
-    proc = subprocess.run(
-        ["bash", "-c", script, "bash", str(REPO_ROOT)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    ip, namespace, name, gateway_class = proc.stdout.splitlines()
-    return Gateway(ip, namespace, name, gateway_class)
-
-
 @pytest.fixture(scope="module")
 def gateway(kctl: Kubectl) -> Gateway:
     facts = dict(
@@ -95,7 +69,7 @@ def gateway(kctl: Kubectl) -> Gateway:
     )
     if image not in listed.stdout.split():
         needed(f"{RUNTIME_IMAGE} (the backend's image) is not on the real node: run `make images`")
-    gw = _cluster_env()
+    gw = gateway_facts()
     if kctl.maybe_get("gateway", gw.name, gw.namespace) is None:
         needed(f"no Gateway {gw.namespace}/{gw.name}: run hack/gateway-up.sh (make gateway-up)")
     return gw

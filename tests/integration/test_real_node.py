@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.integration.cluster_env import gateway_facts
 from tests.integration.conftest import REPO_ROOT, Kubectl, condition, wait_until
 from tests.integration.processes import stop
 from tests.needs import needed
@@ -52,6 +54,8 @@ OPERATOR_NAMESPACE = f"msvc-real-op-{SUFFIX}"
 # the operator on a 2-core node.
 RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}
 ROWS = 4
+# The Gateway hack/gateway-up.sh runs on the real node (Traefik): the chart's default here.
+GATEWAY = gateway_facts()
 
 
 def _unavailable(reason: str) -> None:
@@ -116,6 +120,8 @@ def operator_from_chart(kctl: Kubectl) -> Iterator[str]:
         "--set-json", f"watchNamespaces={json.dumps([NAMESPACE])}",
         # Its own peering object: the session's other operators never see it as a peer.
         "--set", f"peering.name=msvc-real-{SUFFIX}",
+        # Every ModelService here gets an HTTPRoute on the Gateway hack/gateway-up.sh runs.
+        "--set", f"gateway.default={GATEWAY.namespace}/{GATEWAY.name}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     try:
@@ -232,8 +238,22 @@ def wait_ready(kctl: Kubectl, name: str, timeout: float = 180) -> dict[str, Any]
 
 
 def service_address(kctl: Kubectl, name: str) -> str:
+    """The Service's ClusterIP:port, once it takes connections. A ModelService turns Ready
+    with its pods; the EndpointSlice and kube-proxy's rules follow a moment later, and until
+    then kube-proxy rejects connections to a Service without endpoints (seen once in CI:
+    "connection refused" right after Ready, on a loaded machine)."""
     svc = kctl.get("service", name, NAMESPACE)
-    return f"{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    ip, port = svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"]
+
+    def accepts() -> bool:
+        try:
+            socket.create_connection((ip, port), timeout=2).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until(f"the Service {name} ({ip}:{port}) to take connections", accepts, timeout=30)
+    return f"{ip}:{port}"
 
 
 def hostpath_claim(
@@ -1096,3 +1116,150 @@ def test_a_language_model_rollout_under_16_streams_breaks_no_stream(
             assert load.failed == 0, load.report("genai rollout")
         finally:
             kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
+
+
+# --- through the Gateway (Traefik on the node, hack/gateway-up.sh) ----------------------------
+
+
+def gateway_address(kctl: Kubectl) -> str:
+    """host:port a client of the Gateway uses: its status address and its listener's port."""
+    gateway = kctl.maybe_get("gateway", GATEWAY.name, GATEWAY.namespace)
+    if gateway is None:
+        needed(f"no Gateway {GATEWAY.namespace}/{GATEWAY.name}: run hack/gateway-up.sh")
+    assert gateway is not None
+    if condition(gateway, "Programmed").get("status") != "True":
+        pytest.fail(f"the Gateway is not Programmed: {json.dumps(gateway.get('status'))}")
+    (address,) = gateway["status"]["addresses"]
+    (listener,) = gateway["spec"]["listeners"]
+    return f"{address['value']}:{listener['port']}"
+
+
+def a_second_mlp(source: Path, dest: Path) -> Path:
+    """The MLP with its last bias moved by one: same shapes, other outputs (the canary)."""
+    import onnx
+
+    model = onnx.load(str(source))
+    last = model.graph.initializer[-1]
+    values = onnx.numpy_helper.to_array(last) + 1.0
+    last.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), last.name))
+    onnx.save(model, str(dest))
+    return dest
+
+
+def answered_by(address: str, host: str, model: str, x: list[float],
+                outputs: dict[str, np.ndarray], n: int) -> dict[str, int]:  # fmt: skip
+    """n V2 requests through the Gateway with this Host, on one kept-alive connection (the
+    Gateway picks a backend per request): how many each revision answered, told apart by
+    its output."""
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                   "data": x}]}).encode()  # fmt: skip
+    counts = dict.fromkeys(outputs, 0)
+    ip, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(ip, int(port), timeout=10)
+    try:
+        for _ in range(n):
+            conn.request("POST", f"/v2/models/{model}/infer", body,
+                         {"Host": host, "Content-Type": "application/json"})  # fmt: skip
+            resp = conn.getresponse()
+            data = resp.read()
+            assert resp.status == 200, f"HTTP {resp.status} through the Gateway: {data[:300]!r}"
+            got = np.asarray(json.loads(data)["outputs"][0]["data"], dtype=np.float32)
+            (who,) = [k for k, v in outputs.items() if np.allclose(got, v, atol=1e-4)]
+            counts[who] += 1
+    finally:
+        conn.close()
+    return counts
+
+
+def test_a_canary_split_through_the_gateway_is_the_percent_asked(
+    kctl: Kubectl, chart_operator: str, model_files: ModelFiles, mlp_onnx: Path
+) -> None:
+    """trafficPercent 20 through a real Gateway: about 20% of 1,000 requests answered by the
+    canary; 0 and 100 exactly none and all, once the Gateway has the new weights. The
+    ModelService names no Gateway: the operator's default (the chart's gateway.default)."""
+    import onnxruntime as ort
+
+    address = gateway_address(kctl)
+    canary_file = a_second_mlp(mlp_onnx, model_files.root / "mlp-canary.onnx")
+    sha = hashlib.sha256(canary_file.read_bytes()).hexdigest()
+    x = np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)
+    outputs = {
+        who: ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+        .run(None, {"input": x})[0]
+        .ravel()
+        for who, f in (("primary", mlp_onnx), ("canary", canary_file))
+    }
+    assert not np.allclose(outputs["primary"], outputs["canary"], atol=1e-4)
+    name = "through-gw"
+    model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"]}
+
+    def with_percent(percent: int) -> dict[str, Any]:
+        canary = {"model": {"uri": model_files.url("mlp-canary.onnx"), "sha256": sha},
+                  "trafficPercent": percent}  # fmt: skip
+        return manifest(name, model, canary=canary)
+
+    def weights_are(percent: int) -> dict[str, Any] | None:
+        obj = kctl.get("msvc", name, NAMESPACE)
+        st = obj.get("status") or {}
+        canary = st.get("canary") or {}
+        current = st.get("observedGeneration") == obj["metadata"]["generation"]
+        return obj if current and canary.get("canaryWeight") == percent else None
+
+    def settled(expected: str) -> None:
+        """The Gateway answers from `expected` alone, 20 times in a row (it has the weights)."""
+        wait_until(
+            f"the Gateway to send every request to the {expected}",
+            lambda: (
+                answered_by(address, host, name, x.ravel().tolist(), outputs, 20)[expected] == 20
+            ),
+            timeout=30,
+        )
+
+    kctl.apply(with_percent(20), NAMESPACE)
+    try:
+        wait_ready(kctl, name)
+        obj = wait_until("the route weighted 80/20", lambda: weights_are(20), timeout=180)
+        st = obj["status"]
+        assert st["canary"]["mode"] == "HTTPRoute", st
+        assert st["gateway"] == f"{GATEWAY.namespace}/{GATEWAY.name}", st
+        host = st["gatewayHost"]
+        assert host == f"{name}.{NAMESPACE}.models.internal", st
+        route = kctl.get("httproute", name, NAMESPACE)
+        wait_until(
+            "the route Accepted by the Gateway",
+            lambda: any(
+                condition({"status": p}, "Accepted").get("status") == "True"
+                for p in (kctl.get("httproute", name, NAMESPACE).get("status") or {}).get(
+                    "parents", []
+                )
+            ),
+            timeout=30,
+        )
+        assert route["spec"]["hostnames"] == [host]
+        wait_until(
+            "the Gateway to answer for the route",
+            lambda: (
+                sum(answered_by(address, host, name, x.ravel().tolist(), outputs, 5).values()) == 5
+            ),
+            timeout=30,
+        )
+
+        counts = answered_by(address, host, name, x.ravel().tolist(), outputs, 1000)
+        print(f"trafficPercent 20 through the Gateway, 1,000 requests: {counts}")
+        assert 160 <= counts["canary"] <= 240, counts
+
+        # A host no route answers: the Gateway's 404, not some ModelService.
+        conn = http.client.HTTPConnection(*address.rsplit(":", 1), timeout=10)
+        conn.request("GET", "/v2/health/ready", headers={"Host": "nobody.models.internal"})
+        assert conn.getresponse().status == 404
+        conn.close()
+
+        for percent, only in ((0, "primary"), (100, "canary")):
+            kctl.apply(with_percent(percent), NAMESPACE)
+            wait_until(f"the route weighted at {percent}%", lambda p=percent: weights_are(p), 180)
+            settled(only)
+            counts = answered_by(address, host, name, x.ravel().tolist(), outputs, 200)
+            print(f"trafficPercent {percent} through the Gateway, 200 requests: {counts}")
+            assert counts[only] == 200, counts
+    finally:
+        kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
