@@ -111,8 +111,10 @@ def run_wrk(
     cpus: str | None = None,
     server_cpu=None,  # callable -> (user, system) CPU seconds of the server, or None
     samples_per_request: int = 1,
+    host: str | None = None,
 ) -> LoadResult:
-    """One closed-loop wrk run of `duration_s` at `connections` posting `body` to `url`."""
+    """One closed-loop wrk run of `duration_s` at `connections` posting `body` to `url`
+    (with `host` as the Host header: a Gateway's route)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     script = work_dir / "post.lua"
     script.write_text(LUA_SCRIPT)
@@ -132,6 +134,7 @@ def run_wrk(
         f"-d{max(1, round(duration_s))}s",
         "--timeout", "10s",
         "-s", str(script),
+        *(["-H", f"Host: {host}"] if host else []),
         url,
     ]  # fmt: skip
     if cpus:

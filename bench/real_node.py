@@ -11,9 +11,10 @@ watching one namespace); the model is bench's MLP, fetched over HTTP from the no
    (-> runtime started), load and warm-up (-> the runtime's "model ... is ready" log line),
    probe (-> pod Ready), and status (-> the ModelService's phase Ready, seen by a watch-free
    poll every 0.2 s). Median of --runs applies, each of a fresh ModelService.
-2. Throughput: wrk, the MLP's JSON body, through the ClusterIP and against `modelservice
-   serve` on the host with the same model and flags, alternating A B (--rounds times); the
-   ratio of the medians. Both servers and wrk share the machine's 2 cores.
+2. Throughput: wrk, the MLP's JSON body, through the ClusterIP, through the Gateway
+   (hack/gateway-up.sh's Traefik on the node, the ModelService's HTTPRoute, by its Host), and
+   against `modelservice serve` on the host with the same model and flags, alternating
+   (--rounds times); the ratios of the medians. Servers, Traefik and wrk share the 2 cores.
 
 Writes its section of docs/benchmarks.md (between the real-node markers, replaced on each
 run; `make bench` runs it after bench/run.py) and the raw figures to .cache/bench/.
@@ -94,8 +95,14 @@ def throughput(
 
     name = "bench-svc"
     k.apply(real.manifest(name, {"uri": uri, "sha256": sha, "name": "mlp"}), real.NAMESPACE)
-    real.wait_ready(k, name)
-    service = f"http://{real.service_address(k, name)}/v2/models/mlp/infer"
+    host = real.wait_ready(k, name)["status"].get("gatewayHost")
+    path = "/v2/models/mlp/infer"
+    service = f"http://{real.service_address(k, name)}{path}"
+    # (target, url, Host header): the chart's operator routes every ModelService through
+    # the default Gateway (real.operator_from_chart), which answers for its host.
+    targets = [("service", service, None)]
+    if host:
+        targets.append(("gateway", f"http://{real.gateway_address(k)}{path}", host))
     port = free_port()
     direct = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
     # The flags the operator gives the pod's runtime (its container command), on the host.
@@ -111,14 +118,15 @@ def throughput(
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     body = model.body("json")
     work = REPO / ".cache" / "bench" / "real-node"
-    runs: dict[str, list[dict]] = {"service": [], "direct": []}
+    targets.append(("direct", direct, None))
+    runs: dict[str, list[dict]] = {target: [] for target, _, _ in targets}
     try:
         real.wait_until("the direct runtime", lambda: _ready(port), timeout=60)
-        for url in (service, direct):
-            run_wrk(url, body, args.connections, 2, work)  # warm-up, discarded
+        for _, url, via in targets:
+            run_wrk(url, body, args.connections, 2, work, host=via)  # warm-up, discarded
         for _ in range(args.rounds):
-            for target, url in (("service", service), ("direct", direct)):
-                r = run_wrk(url, body, args.connections, args.duration, work)
+            for target, url, via in targets:
+                r = run_wrk(url, body, args.connections, args.duration, work, host=via)
                 runs[target].append(r.to_dict())
                 print(f"  {target}: {r.requests_per_s:,.0f} req/s, p50 {r.p50_ms:.2f} ms, "
                       f"p99 {r.p99_ms:.2f} ms, {r.errors} errors", flush=True)  # fmt: skip
@@ -127,10 +135,14 @@ def throughput(
         log.close()
         k.run("delete", "msvc", name, "-n", real.NAMESPACE, "--wait=true", check=False)
     med = {t: statistics.median(r["requests_per_s"] for r in rs) for t, rs in runs.items()}
+    p99 = {t: statistics.median(r["p99_ms"] for r in rs) for t, rs in runs.items()}
     return {
         "runs": runs,
         "median_rps": med,
         "ratio": med["service"] / med["direct"],
+        "gateway_ratio": med["gateway"] / med["service"] if "gateway" in med else None,
+        "gateway_p99_ratio": p99["gateway"] / p99["service"] if "gateway" in p99 else None,
+        "gateway_host": host,
         "flags": flags,
         "connections": args.connections,
         "duration_s": args.duration,
@@ -145,6 +157,16 @@ def _ready(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def gateway_line(t: dict[str, Any]) -> str:
+    if t.get("gateway_ratio") is None:
+        return " No Gateway ran (hack/gateway-up.sh), so no route was measured."
+    return (
+        f" Gateway / Service: **{t['gateway_ratio']:.2f}x** req/s, p99 "
+        f"{t['gateway_p99_ratio']:.2f}x (the same pod, through Traefik by the route's host "
+        f"{t['gateway_host']}; Traefik sends to the pod's address, read from its EndpointSlice)."
+    )
 
 
 def render(result: dict[str, Any]) -> str:
@@ -178,15 +200,17 @@ timestamps have whole-second resolution, so single phases are +-1 s):
 | --- | --- | --- |
 {rows}
 
-**Throughput through the Service (ClusterIP, kube-proxy) against a direct `modelservice serve`**
-of the same model with the pod's own flags ({" ".join(t["flags"])}), wrk with
-{t["connections"]} connections, JSON, {t["duration_s"]:.0f} s a run, alternating:
+**Throughput through the Service (ClusterIP, kube-proxy), through the Gateway, and against a
+direct `modelservice serve`** of the same model with the pod's own flags
+({" ".join(t["flags"])}), wrk with {t["connections"]} connections, JSON,
+{t["duration_s"]:.0f} s a run, alternating:
 
 | target | req/s (runs) | p50 ms | p99 ms | errors |
 | --- | --- | --- | --- | --- |
 {tp}
 
-Service / direct: **{t["ratio"]:.2f}x** (medians). Everything, wrk included, shares 2 cores.
+Service / direct: **{t["ratio"]:.2f}x** (medians).{gateway_line(t)} Everything, wrk
+included, shares 2 cores.
 {END}
 """
 
@@ -231,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = out_dir / f"real-node-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"  # noqa: UP017
     raw.write_text(json.dumps(result, indent=1))
     doc = write_section(render(result), BEGIN, END)
-    print(f"wrote {doc} (raw {raw}); Service/direct {tp['ratio']:.2f}x")
+    print(f"wrote {doc} (raw {raw}); Service/direct {tp['ratio']:.2f}x{gateway_line(tp)}")
     return 0
 
 
