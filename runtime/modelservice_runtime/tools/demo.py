@@ -12,6 +12,10 @@ and the request goes through the Service's ClusterIP (kube-proxy) to the pod, wh
 printed. Without a real node the pods are kwok fakes: the demo says so, runs the operator
 locally, and answers from a local `modelservice serve` instead.
 
+On the real node it then shows a canary through the Gateway that hack/gateway-up.sh runs
+(Traefik): a second model given 20% of the requests, 100 requests sent to the Gateway's
+address with the ModelService's host name, and how many each revision answered.
+
 Everything it started is stopped at the end (pass --keep to leave the cluster up). It needs a
 clone of the repository and the `export` and `operator` extras; `make demo` provides all that.
 """
@@ -58,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _step(n: int, text: str) -> None:
-    print(f"\n==> [{n}/6] {text}", flush=True)
+    print(f"\n==> [{n}] {text}", flush=True)
 
 
 def find_repo(start: Path) -> Path:
@@ -102,12 +106,12 @@ def background(cmd: list[str], log: Path, env: dict[str, str]) -> Iterator[subpr
                 proc.wait()
 
 
-def export_demo_model(out: Path) -> tuple[Path, str]:
+def export_demo_model(out: Path, seed: int = 0) -> tuple[Path, str]:
     import torch
     from modelservice_runtime.tools.export import export_module
     from torch import nn
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     module = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
     path = export_module(module, (1, 4), out)
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
@@ -167,9 +171,12 @@ def success_count(metrics_text: str, model: str) -> float:
     return total
 
 
-def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
+def http_json(url: str, body: dict[str, Any] | None = None, host: str | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if host is not None:
+        headers["Host"] = host
+    req = urllib.request.Request(url, data=data, headers=headers)
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read() or b"null")
 
@@ -231,11 +238,19 @@ class Demo:
         subprocess.run(["make", "-C", str(self.repo), "deploy"], env=self.env, check=True)
         print(self.kubectl("get", "pods", "-o", "wide", "-n", OPERATOR_NAMESPACE))
 
+        # One file server for both models: the primary's URI must not change when the
+        # canary is added (that would roll the primary's pods).
+        canary_model, canary_sha256 = export_demo_model(self.work / "model-canary.onnx", seed=1)
         with file_server(model.parent, node_ip) as base_url:
             uri = f"{base_url}/{model.name}"
             _step(4, f"apply {EXAMPLE} as {DEMO_NAME}, the model from {uri}; wait until Ready")
-            self.apply_and_wait(demo_manifest(uri, sha256, self.repo))
+            manifest = demo_manifest(uri, sha256, self.repo)
+            self.apply_and_wait(manifest)
+            self.through_the_service(node_ip)
+            canary = {"uri": f"{base_url}/{canary_model.name}", "sha256": canary_sha256}
+            self.canary_through_gateway(manifest, canary)
 
+    def through_the_service(self, node_ip: str) -> None:
         service = json.loads(
             self.kubectl("get", "svc", DEMO_NAME, "-n", DEMO_NAMESPACE, "-o", "json")
         )
@@ -244,7 +259,12 @@ class Demo:
         selector = f"app.kubernetes.io/instance={DEMO_NAME}"
         pods_json = self.kubectl("get", "pods", "-n", DEMO_NAMESPACE, "-o", "json", "-l", selector)
         pods = json.loads(pods_json)["items"]
-        ready = [p for p in pods if p["status"].get("podIP")]
+        # Not a pod being deleted (one from an earlier run may still be draining).
+        ready = [
+            p
+            for p in pods
+            if p["status"].get("podIP") and not p["metadata"].get("deletionTimestamp")
+        ]
         target = ready[0]["spec"]["containers"][0]["ports"][0]["containerPort"]
 
         def counts() -> dict[str, float]:
@@ -264,6 +284,68 @@ class Demo:
         after = counts()
         answered = [name for name in after if after[name] > before.get(name, 0)]
         print(f"    answered by pod {', '.join(answered) or '(unknown)'} on node {node_ip}")
+
+    def status(self) -> dict[str, Any]:
+        obj = json.loads(self.kubectl("get", "msvc", DEMO_NAME, "-n", DEMO_NAMESPACE, "-o", "json"))
+        return obj.get("status") or {}
+
+    def cluster_env(self, *names: str) -> list[str]:
+        """Values hack/cluster-env.sh sets (where the local control plane's facts live)."""
+        script = 'HACK_DIR="$1/hack"; source "$1/hack/cluster-env.sh"; shift; '
+        script += 'for n in "$@"; do printf "%s\\n" "${!n}"; done'
+        done = subprocess.run(["bash", "-c", script, "bash", str(self.repo), *names],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        return done.stdout.splitlines()
+
+    def canary_through_gateway(self, manifest: dict[str, Any], canary: dict[str, str]) -> None:
+        namespace, name = self.cluster_env("GATEWAY_NAMESPACE", "GATEWAY_NAME")
+        where = f"{namespace}/{name}"
+        found = self.kubectl("get", "gateway", name, "-n", namespace, "-o", "json",
+                             "--ignore-not-found")  # fmt: skip
+        if not found.strip():
+            print(f"\n    No Gateway {where} (hack/gateway-up.sh did not run): no canary step.")
+            return
+        gateway = json.loads(found)
+        _step(7, f"a canary with 20% of the requests, through the Gateway {where} (Traefik)")
+        manifest["spec"]["canary"] = {"model": canary, "trafficPercent": 20}
+        manifest["spec"]["gateway"] = {"name": name, "namespace": namespace}
+        print(self.kubectl("apply", "-f", "-", stdin=json.dumps(manifest)).strip())
+        wait_for(
+            "the canary Ready and the route weighted 80/20",
+            lambda: (self.status().get("canary") or {}).get("canaryWeight") == 20,
+            self.args.timeout,
+            interval=2,
+        )
+        selector = f"app.kubernetes.io/instance={DEMO_NAME}"
+        print(self.kubectl("get", "deploy,httproute", "-n", DEMO_NAMESPACE, "-l", selector))
+        host = self.status()["gatewayHost"]
+        address = gateway["status"]["addresses"][0]["value"]
+        port = gateway["spec"]["listeners"][0]["port"]
+        url = f"http://{address}:{port}/v2/models/{DEMO_NAME}/infer"
+
+        # Traefik takes up a route change at its next rebuild (at most every 2 s), after the
+        # status says so: until then the route's requests may get its 503.
+        def serves() -> bool:  # ten answers in a row (an HTTP error is an OSError)
+            try:
+                for _ in range(10):
+                    http_json(f"http://{address}:{port}/v2/models/{DEMO_NAME}/ready", host=host)
+                return True
+            except OSError:
+                return False
+
+        wait_for(f"the Gateway to serve {host}", serves, 30, interval=0.5)
+        print(f"    100 x POST {url}  (Host: {host})")
+        answers: dict[str, int] = {}
+        for _ in range(100):
+            out = http_json(url, infer_request(), host=host)["outputs"][0]["data"]
+            key = json.dumps([round(v, 4) for v in out])
+            answers[key] = answers.get(key, 0) + 1
+        for key, n in sorted(answers.items(), key=lambda kv: -kv[1]):
+            print(f"    {n:3d} answered {key}")
+        print("    (the two models' outputs differ: 80 from the primary, 20 from the canary)")
+        print("    roll back: the same manifest without spec.canary")
+        del manifest["spec"]["canary"]
+        print(self.kubectl("apply", "-f", "-", stdin=json.dumps(manifest)).strip())
 
     def on_fake_nodes(self, model: Path, sha256: str) -> None:
         print(
