@@ -2,8 +2,9 @@
 the canary's Deployment and Services beside the primary's, the split by replica count (and
 its refusal when the count cannot carry the percent), the weighted HTTPRoute of a named
 Gateway (the Gateway API's CRDs are installed by `make cluster-up`), status.canary, and the
-canary's children deleted when spec.canary goes (rollback and promotion). No traffic is
-sent: no Gateway implementation runs on the local control plane yet.
+canary's children deleted when spec.canary goes (rollback and promotion), on kwok's fake
+nodes. No traffic is sent here: requests through a real Gateway (Traefik on the real node)
+are in test_real_node.py.
 """
 
 from __future__ import annotations
