@@ -26,8 +26,9 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "ModelService": (f"/apis/{GROUP}/{VERSION}", PLURAL),
     "Pod": ("/api/v1", "pods"),  # only its log is read (status.progress_source)
-    # A canary's weighted route on a named Gateway (revisions.py); only where served.
+    # The weighted routes on a Gateway (revisions.py); only where served.
     "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
+    "GRPCRoute": ("/apis/gateway.networking.k8s.io/v1", "grpcroutes"),
 }
 # How long an answer of API discovery is trusted: the Gateway API's CRDs may be installed
 # (or removed) while the operator runs, and a ModelService's next event sees it.

@@ -43,7 +43,7 @@ NAMESPACED_RULES: list[dict[str, Any]] = [
     },
     {
         "apiGroups": ["gateway.networking.k8s.io"],
-        "resources": ["httproutes"],
+        "resources": ["httproutes", "grpcroutes"],
         "verbs": ["get", "create", "patch", "delete"],
     },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},

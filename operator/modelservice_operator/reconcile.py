@@ -23,6 +23,7 @@ from modelservice_operator.render import LABEL_MANAGED_BY, render_child, render_
 from modelservice_operator.revisions import (
     CANARY,
     owned_names,
+    render_grpc_route,
     render_revision_child,
     render_revisions,
     render_route,
@@ -73,22 +74,38 @@ def _ready(deployment: Mapping[str, Any] | None) -> int:
     return int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
 
 
-def desired_route(
+def routes_served(spec: ModelServiceSpec) -> tuple[bool, bool]:
+    """Whether the ModelService gets (an HTTPRoute, a GRPCRoute): a Gateway and the Gateway
+    API served; for the GRPCRoute also gRPC on and GRPCRoutes served (Gateway API v1.1+)."""
+    http = routes_through_gateway(spec, gateway_api_served(spec))
+    if not http or not spec.runtime.grpc.enabled:
+        return http, False
+    try:
+        return True, client().serves("GRPCRoute")
+    except KubeApiError as e:
+        raise ReconcileError(f"API discovery of gateway.networking.k8s.io/v1: {e}") from e
+
+
+def desired_routes(
     owner: Mapping[str, Any],
     spec: ModelServiceSpec,
     plan: TrafficPlan | None,
     canary: Mapping[str, Any] | None,
-) -> dict[str, Any] | None:
-    """The HTTPRoute to apply (None without a served Gateway), its canary weight as far as
-    the canary Deployment `canary` has Ready pods."""
-    if not routes_through_gateway(spec, gateway_api_served(spec)):
-        return None
+) -> list[dict[str, Any]]:
+    """The routes to apply (none without a served Gateway), HTTPRoute then GRPCRoute, their
+    canary weight as far as the canary Deployment `canary` has Ready pods."""
+    http, grpc = routes_served(spec)
+    if not http:
+        return []
     meta = owner["metadata"]
     desired = plan.canary_replicas if plan is not None else 0
     weights = route_weights(plan, _ready(canary), desired)
-    route = render_route(meta["name"], meta["namespace"], spec, weights)
-    kopf.adopt(route, owner=owner_body(owner))  # type: ignore[arg-type]
-    return route
+    routes = [render_route(meta["name"], meta["namespace"], spec, weights)]
+    grpc_route = render_grpc_route(meta["name"], meta["namespace"], spec, weights)
+    if grpc and grpc_route is not None:
+        routes.append(grpc_route)
+    kopf.adopt(routes, owner=owner_body(owner))  # type: ignore[arg-type]
+    return routes
 
 
 def desired_children(
@@ -97,7 +114,7 @@ def desired_children(
     default_image: str,
     plan: TrafficPlan | None = None,
 ) -> list[dict[str, Any]]:
-    """Every child the spec renders but the HTTPRoute (desired_route), adopted by the owner:
+    """Every child the spec renders but the routes (desired_routes), adopted by the owner:
     the primary's, then a canary's."""
     meta = owner["metadata"]
     name, namespace = meta["name"], meta["namespace"]
@@ -165,18 +182,17 @@ def failure_is_the_specs(e: ReconcileError) -> bool:
 def refresh_route(
     owner: Mapping[str, Any], canary: Mapping[str, Any] | None, logger: logging.Logger | Any
 ) -> None:
-    """Re-apply the HTTPRoute after an event of the canary's Deployment, so that its
+    """Re-apply the routes after an event of the canary's Deployment, so that their
     weight follows the canary's Ready pods (a server-side apply of the same route changes
     nothing). Failures are logged: the next event or reconcile applies it again."""
     spec = owner_spec(owner)
     if spec is None or spec.canary is None or gateway_of(spec) is None:
         return
     try:
-        route = desired_route(owner, spec, traffic_plan(owner, spec), canary)
-        if route is not None:
+        for route in desired_routes(owner, spec, traffic_plan(owner, spec), canary):
             apply_child(route)
     except ReconcileError as e:
-        logger.warning("could not update the HTTPRoute of %s: %s", owner["metadata"]["name"], e)
+        logger.warning("could not update the routes of %s: %s", owner["metadata"]["name"], e)
 
 
 def may_have_revisions(canary_indexed: bool, old: Mapping[str, Any] | None) -> bool:
@@ -208,7 +224,7 @@ def remove_revisions(owner: Mapping[str, Any], rendered: Iterable[tuple[str, str
         if (kind, child) in keep:
             continue
         try:
-            if kind == "HTTPRoute" and not kube.serves(kind):
+            if kind in ("HTTPRoute", "GRPCRoute") and not kube.serves(kind):
                 continue  # no Gateway API: no route can exist
             if owned_by(kube.get(kind, namespace, child), uid) and kube.delete(
                 kind, namespace, child
@@ -255,8 +271,8 @@ def reconcile(
     plan = traffic_plan(snapshot, spec) if spec.canary is not None else None
     applied: dict[tuple[str, str], dict[str, Any]] = {}
     children = desired_children(snapshot, spec, default_image, plan)
-    route = desired_route(snapshot, spec, plan, canary)
-    for child in children + ([route] if route is not None else []):
+    routes = desired_routes(snapshot, spec, plan, canary)
+    for child in children + routes:
         applied[(child["kind"], child["metadata"]["name"])] = apply_child(child)
     if may_have_revisions:
         removed = remove_revisions(snapshot, applied)
@@ -304,6 +320,7 @@ def reconcile(
         plan=plan,
         canary=applied.get(("Deployment", revision_name(name, CANARY))),
         canary_diagnosis=diagnose_pods(pods, canary_spec) if canary_spec else None,
-        routed=route is not None,
+        routed=bool(routes),
+        grpc_routed=len(routes) > 1,
     )
     return status, diagnosis

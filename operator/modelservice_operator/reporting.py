@@ -22,9 +22,8 @@ from modelservice_operator.memory import OwnerMemory, owner_key
 from modelservice_operator.pods import PodDiagnosis, diagnose_pods
 from modelservice_operator.progress import Starting, track_start, with_known_progress
 from modelservice_operator.reasons import WARNING_REASONS, ConditionType
-from modelservice_operator.reconcile import ReconcileError, gateway_api_served, traffic_plan
+from modelservice_operator.reconcile import ReconcileError, routes_served, traffic_plan
 from modelservice_operator.status import compute_status, refused
-from modelservice_operator.traffic import routes_through_gateway
 
 # The pod failure last reported per ModelService (PodDiagnosis.signature), so that the
 # Warning event comes once per failure and not with every pod event.
@@ -89,7 +88,7 @@ def children_status(
     canary_spec = spec.canary_revision
     try:
         plan = traffic_plan(owner, spec) if canary_spec is not None else None
-        routed = routes_through_gateway(spec, gateway_api_served(spec))
+        routed, grpc_routed = routes_served(spec)
     except ReconcileError:
         return None  # API discovery failed: keep the status until the next event
     status = compute_status(
@@ -97,7 +96,7 @@ def children_status(
         deployment=deployment, hpa=hpa, previous=previous, diagnosis=diagnosis, plan=plan,
         canary=canary,
         canary_diagnosis=diagnose_pods(pods, canary_spec) if canary_spec is not None else None,
-        routed=routed,
+        routed=routed, grpc_routed=grpc_routed,
     )  # fmt: skip
     return status, diagnosis
 

@@ -12,6 +12,8 @@
   <name>.<namespace>.<domain> (traffic.route_host), so that many ModelServices share one
   Gateway; with a canary, two weighted backends; without one, the Service <name> alone, so
   promotion or rollback keeps the route.
+- GRPCRoute <name> beside it, the same split for gRPC (the Services' gRPC port), on the host
+  grpc.<name>.<namespace>.<domain>, where the cluster serves GRPCRoutes and gRPC is on.
 
 `owned_names` lists what these may create, so that the reconcile deletes what the spec no
 longer renders (a removed canary or gateway: owner references alone would keep them).
@@ -31,7 +33,13 @@ from modelservice_operator.render import (
     selector_labels,
 )
 from modelservice_operator.spec import ModelServiceSpec
-from modelservice_operator.traffic import TrafficPlan, gateway_namespace, gateway_of, route_host
+from modelservice_operator.traffic import (
+    TrafficPlan,
+    gateway_namespace,
+    gateway_of,
+    grpc_route_host,
+    route_host,
+)
 
 CANARY = "canary"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -107,6 +115,22 @@ def render_route(
             "rules": [{"backendRefs": backends}],
         },
     }
+
+
+def render_grpc_route(
+    name: str, namespace: str, spec: ModelServiceSpec, weights: tuple[int, int]
+) -> dict[str, Any] | None:
+    """GRPCRoute <name>: the HTTPRoute's split for gRPC clients, to the Services' gRPC port
+    (h2c), on the host grpc.<name>.<namespace>.<domain>; None with spec.runtime.grpc off."""
+    grpc = spec.runtime.grpc
+    if not grpc.enabled:
+        return None
+    route = render_route(name, namespace, spec, weights)
+    route["kind"] = "GRPCRoute"
+    route["spec"]["hostnames"] = [grpc_route_host(name, namespace)]
+    for backend in route["spec"]["rules"][0]["backendRefs"]:
+        backend["port"] = grpc.port
+    return route
 
 
 def render_revisions(
@@ -188,4 +212,5 @@ def owned_names(name: str) -> list[tuple[str, str]]:
         ("Service", revision_name(name, CANARY)),
         ("Service", revision_name(name, PRIMARY)),
         ("HTTPRoute", name),
+        ("GRPCRoute", name),
     ]

@@ -35,6 +35,7 @@ from modelservice_operator.traffic import (
     SplitMode,
     TrafficPlan,
     gateway_where,
+    grpc_route_host,
     replica_split,
     route_host,
     route_weights,
@@ -124,6 +125,11 @@ class ModelServiceStatus(_StatusModel):
         default=None,
         description="Host name the HTTPRoute answers to: send requests to the Gateway's address "
         "with this Host header.",
+    )
+    gateway_grpc_host: str | None = Field(
+        default=None,
+        description="Host name the GRPCRoute answers to (gRPC clients' authority); absent "
+        "without one.",
     )
     replicas: int | None = Field(default=None, description="Runtime pods that exist now.")
     ready_replicas: int | None = Field(default=None, description="Runtime pods that are ready.")
@@ -465,12 +471,14 @@ def compute_status(
     canary: Mapping[str, Any] | None = None,
     canary_diagnosis: PodDiagnosis | None = None,
     routed: bool = False,
+    grpc_routed: bool = False,
 ) -> dict[str, Any]:
     """The status dict (camelCase, as in the CRD) for a valid spec and its children;
     `diagnosis` (from `pods.diagnose_pods`) turns "pods not ready" into why (ready_verdict).
     With a canary, `plan` (traffic.plan_traffic) and the canary's Deployment and pods make
     status.canary and condition CanaryTraffic; the top-level fields stay the primary's.
-    `routed`: the HTTPRoute was applied (status.gateway and gatewayHost say where)."""
+    `routed`, `grpc_routed`: the HTTPRoute, the GRPCRoute are applied (status.gateway,
+    gatewayHost and gatewayGrpcHost say where)."""
     seen = observe(spec, deployment, hpa, plan)
     verdict = ready_verdict(seen, diagnosis)
     conditions = [
@@ -492,6 +500,7 @@ def compute_status(
         "url": service_url(name, namespace),
         "gateway": gateway_where(spec, namespace) if routed else None,
         "gatewayHost": route_host(name, namespace) if routed else None,
+        "gatewayGrpcHost": grpc_route_host(name, namespace) if grpc_routed else None,
         "replicas": seen.current,
         "readyReplicas": seen.ready,
         "desiredReplicas": seen.desired,

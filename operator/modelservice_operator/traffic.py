@@ -63,6 +63,12 @@ def route_host(name: str, namespace: str) -> str:
     return f"{name}.{namespace}.{_defaults.domain}"
 
 
+def grpc_route_host(name: str, namespace: str) -> str:
+    """The GRPCRoute's host: its own, since a GRPCRoute and an HTTPRoute must not share a
+    host name on one listener (the Gateway API calls that a conflict)."""
+    return f"grpc.{route_host(name, namespace)}"
+
+
 def gateway_where(spec: ModelServiceSpec, namespace: str) -> str:
     """namespace/name of the Gateway (gateway_of must not be None)."""
     gateway = gateway_of(spec)

@@ -15,6 +15,7 @@ from modelservice_operator.revisions import (
     clash_candidates,
     name_clash,
     owned_names,
+    render_grpc_route,
     render_revision_child,
     render_revisions,
     render_route,
@@ -234,6 +235,7 @@ def test_no_canary_renders_no_revision_children_and_they_are_all_prunable() -> N
         ("Service", "demo-canary"),
         ("Service", "demo-primary"),
         ("HTTPRoute", "demo"),
+        ("GRPCRoute", "demo"),
     ]
 
 
@@ -325,6 +327,29 @@ def test_bad_gateway_settings_are_refused_naming_the_variable(
         OperatorSettings.from_env(env)
 
 
+def test_grpc_route_splits_grpc_the_same_way_on_its_own_host() -> None:
+    spec = _spec(20, 4, gateway={"name": "gw", "namespace": "infra"})
+    http, grpc = (
+        render_route("demo", "ns1", spec, (80, 20)),
+        render_grpc_route("demo", "ns1", spec, (80, 20)),
+    )
+    assert grpc is not None and grpc["kind"] == "GRPCRoute"
+    assert grpc["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert grpc["spec"]["parentRefs"] == http["spec"]["parentRefs"]
+    # Its own host: a GRPCRoute and an HTTPRoute may not share one on a listener.
+    assert grpc["spec"]["hostnames"] == ["grpc.demo.ns1.models.internal"]
+    assert grpc["spec"]["rules"] == [
+        {
+            "backendRefs": [
+                {"name": "demo-primary", "port": 8081, "weight": 80},
+                {"name": "demo-canary", "port": 8081, "weight": 20},
+            ]
+        }
+    ]
+    off = _spec(20, 4, gateway={"name": "gw"}, runtime={"grpc": {"enabled": False}})
+    assert render_grpc_route("demo", "ns1", off, (80, 20)) is None
+
+
 # --- status --------------------------------------------------------------------------------
 
 
@@ -392,6 +417,11 @@ def test_status_route_weights_follow_the_canarys_ready_pods() -> None:
     assert (ready["gateway"], ready["gatewayHost"]) == (None, None)  # no route was applied
     routed = _status(spec, plan, deployment=_dep(4, 4), canary=_dep(1, 1), routed=True)
     assert (routed["gateway"], routed["gatewayHost"]) == ("ns1/gw", "demo.ns1.models.internal")
+    assert routed["gatewayGrpcHost"] is None
+    both = _status(
+        spec, plan, deployment=_dep(4, 4), canary=_dep(1, 1), routed=True, grpc_routed=True
+    )
+    assert both["gatewayGrpcHost"] == "grpc.demo.ns1.models.internal"
 
 
 def test_without_a_canary_status_canary_is_cleared_and_no_condition() -> None:

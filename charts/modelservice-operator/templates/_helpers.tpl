@@ -81,9 +81,9 @@ Rules for the namespaced objects the operator owns and reconciles. Shared by the
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# A canary's weighted route on a named Gateway: applied, deleted with spec.gateway, not watched.
+# The weighted routes on a Gateway: applied, deleted with spec.gateway, not watched.
 - apiGroups: ["gateway.networking.k8s.io"]
-  resources: ["httproutes"]
+  resources: ["httproutes", "grpcroutes"]
   verbs: ["get", "create", "patch", "delete"]
 # Runtime pods: only watched, to report why replicas are not ready (a failed model fetch).
 - apiGroups: [""]
