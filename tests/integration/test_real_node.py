@@ -1174,6 +1174,28 @@ def answered_by(address: str, host: str, model: str, x: list[float],
     return counts
 
 
+def answered_over_grpc(address: str, authority: str, model: str, x: np.ndarray,
+                       outputs: dict[str, np.ndarray], n: int) -> dict[str, int]:  # fmt: skip
+    """n gRPC inferences (unmodified tritonclient, h2c) through the Gateway with this
+    authority: how many each revision answered, told apart by its output."""
+    import tritonclient.grpc as grpcclient
+
+    counts = dict.fromkeys(outputs, 0)
+    client = grpcclient.InferenceServerClient(
+        address, channel_args=[("grpc.default_authority", authority)]
+    )
+    try:
+        for _ in range(n):
+            inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            got = client.infer(model, [inp]).as_numpy("output").ravel()
+            (who,) = [k for k, v in outputs.items() if np.allclose(got, v, atol=1e-4)]
+            counts[who] += 1
+    finally:
+        client.close()
+    return counts
+
+
 def serves(address: str, host: str, model: str, n: int = 20) -> bool:
     """n requests in a row through the Gateway answered 200."""
     ip, port = address.rsplit(":", 1)
@@ -1255,11 +1277,26 @@ def test_a_canary_split_through_the_gateway_is_the_percent_asked(
             timeout=30,
         )
         assert route["spec"]["hostnames"] == [host]
-        wait_until("the Gateway to serve the route", lambda: serves(address, host, name), 30)
+        # The route was made at 100/0 (the canary not Ready yet) and moved to 80/20: Traefik
+        # serves the first weights until its next rebuild, so wait for a canary answer.
+        wait_until(
+            "the Gateway to send some requests to the canary",
+            lambda: answered_by(address, host, name, x.ravel().tolist(), outputs, 50)["canary"],
+            timeout=30,
+        )
 
         counts = answered_by(address, host, name, x.ravel().tolist(), outputs, 1000)
         print(f"trafficPercent 20 through the Gateway, 1,000 requests: {counts}")
         assert 160 <= counts["canary"] <= 240, counts
+
+        # gRPC through the same Gateway: the GRPCRoute splits it alike, on its own host.
+        grpc_host = st["gatewayGrpcHost"]
+        assert grpc_host == f"grpc.{host}", st
+        grpc_route = kctl.get("grpcroute", name, NAMESPACE)
+        assert [b["weight"] for b in grpc_route["spec"]["rules"][0]["backendRefs"]] == [80, 20]
+        counts = answered_over_grpc(address, grpc_host, name, x, outputs, 500)
+        print(f"trafficPercent 20 through the Gateway, 500 gRPC calls: {counts}")
+        assert 80 <= counts["canary"] <= 120, counts
 
         # A host no route answers: the Gateway's 404, not some ModelService.
         conn = http.client.HTTPConnection(*address.rsplit(":", 1), timeout=10)
