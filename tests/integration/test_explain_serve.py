@@ -324,10 +324,13 @@ def test_explanations_from_several_workers(linear_onnx: Path) -> None:
 
 def test_a_client_that_leaves_keeps_its_slot_until_its_explanation_ends(tmp_path: Path) -> None:
     slow = explain_models.slow(tmp_path / "slow.onnx")
-    with serve(slow, "--explain-max-queue", "0", "--explain-max-samples", "16384") as served:
+    # Long enough to outlast its client's 1 s read timeout and the next request on a fast
+    # machine too (16,384 samples took under 1 s on an AVX-512 one and the slot was free).
+    samples = "65536"
+    with serve(slow, "--explain-max-queue", "0", "--explain-max-samples", samples) as served:
         x = np.random.default_rng(1).standard_normal((1, 512)).tolist()
         url = served.url + "/v1/models/slow:explain"
-        long_body = {"instances": x, "parameters": {"method": "lime", "samples": 16384}}
+        long_body = {"instances": x, "parameters": {"method": "lime", "samples": int(samples)}}
         pending = "modelservice_explain_pending_request_count"
 
         def leave_early() -> None:
