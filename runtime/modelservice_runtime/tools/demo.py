@@ -323,24 +323,27 @@ class Demo:
         port = gateway["spec"]["listeners"][0]["port"]
         url = f"http://{address}:{port}/v2/models/{DEMO_NAME}/infer"
 
-        # Traefik takes up a route change at its next rebuild (at most every 2 s), after the
-        # status says so: until then the route's requests may get its 503.
-        def serves() -> bool:  # ten answers in a row (an HTTP error is an OSError)
+        def answers(n: int) -> dict[str, int]:
+            """How many of n requests got each output (an HTTP error is an OSError)."""
+            seen: dict[str, int] = {}
+            for _ in range(n):
+                out = http_json(url, infer_request(), host=host)["outputs"][0]["data"]
+                key = json.dumps([round(v, 4) for v in out])
+                seen[key] = seen.get(key, 0) + 1
+            return seen
+
+        def both_answer() -> bool:
             try:
-                for _ in range(10):
-                    http_json(f"http://{address}:{port}/v2/models/{DEMO_NAME}/ready", host=host)
-                return True
+                return len(answers(20)) == 2
             except OSError:
                 return False
 
-        wait_for(f"the Gateway to serve {host}", serves, 30, interval=0.5)
+        # Traefik takes up a route change at its next rebuild (at most every 2 s), after the
+        # status says so: until then it answers 503 or sends by the route's first weights.
+        wait_for(f"the Gateway to send {host} to both revisions", both_answer, 30, interval=0.5)
         print(f"    100 x POST {url}  (Host: {host})")
-        answers: dict[str, int] = {}
-        for _ in range(100):
-            out = http_json(url, infer_request(), host=host)["outputs"][0]["data"]
-            key = json.dumps([round(v, 4) for v in out])
-            answers[key] = answers.get(key, 0) + 1
-        for key, n in sorted(answers.items(), key=lambda kv: -kv[1]):
+        counted = answers(100)
+        for key, n in sorted(counted.items(), key=lambda kv: -kv[1]):
             print(f"    {n:3d} answered {key}")
         print("    (the two models' outputs differ: 80 from the primary, 20 from the canary)")
         print("    roll back: the same manifest without spec.canary")
