@@ -511,11 +511,15 @@ def test_unbatched_queue_full_is_503_with_retry_after(tmp_path: Path) -> None:
         heavy, heavy_headers = binary_body(np.ones((rows_to_hold(served.url), 512), np.float32))
         light, light_headers = binary_body(np.ones((1, 512), np.float32))
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            running = [
-                pool.submit(httpx.post, url, content=heavy, headers=heavy_headers, timeout=300)
-                for _ in range(2)
-            ]
-            wait_pending(served.url, 2)
+            # One after the other: two arriving in the same turn of the event loop would find
+            # the first still counted as waiting (the batcher takes it on its next turn), and
+            # with --max-queue-size 1 the second would get the 503 this test sends later.
+            running = []
+            for n in (1, 2):
+                running.append(
+                    pool.submit(httpx.post, url, content=heavy, headers=heavy_headers, timeout=300)
+                )
+                wait_pending(served.url, n)
             queued = pool.submit(httpx.post, url, content=light, headers=light_headers, timeout=300)
             wait_pending(served.url, 3)
             refused = httpx.post(url, content=light, headers=light_headers, timeout=30)
