@@ -511,9 +511,8 @@ def test_unbatched_queue_full_is_503_with_retry_after(tmp_path: Path) -> None:
         heavy, heavy_headers = binary_body(np.ones((rows_to_hold(served.url), 512), np.float32))
         light, light_headers = binary_body(np.ones((1, 512), np.float32))
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            # One after the other: two arriving in the same turn of the event loop would find
-            # the first still counted as waiting (the batcher takes it on its next turn), and
-            # with --max-queue-size 1 the second would get the 503 this test sends later.
+            # One after the other, each seen pending before the next: which request holds
+            # which run is then known, and the refusal below comes from a full queue only.
             running = []
             for n in (1, 2):
                 running.append(

@@ -354,3 +354,35 @@ def test_inline_batches_that_fail_fail_their_requests_and_the_batcher_carries_on
             await batcher.stop()
 
     asyncio.run(main())
+
+
+def test_a_request_a_free_worker_takes_is_not_counted_as_waiting(mlp_onnx: Path) -> None:
+    """Found by test_faults_runtime on a fast machine: two requests sent in one turn of the
+    event loop, with the worker free and a queue bound of 1, got one 503: the first still
+    counted as waiting until the collector took it. The first runs, the second waits, and
+    only a third is refused."""
+    real = session_runner(mlp_onnx, [])
+    release = threading.Event()
+
+    def run(inputs: Arrays) -> Arrays:
+        assert release.wait(10), "the test never released the batch"
+        return real(inputs)
+
+    async def main() -> list[BatchResult | BaseException]:
+        batcher = make_batcher(run, max_batch_size=1, max_queue_size=1)
+        x = np.zeros((1, 64), np.float32)
+        try:
+            # Three tasks started in one turn: the collector has not run between the submits.
+            sent = [asyncio.ensure_future(batcher.submit({"input": x})) for _ in range(3)]
+            while not sent[2].done():
+                await asyncio.sleep(0.001)
+            release.set()
+            return await asyncio.gather(*sent, return_exceptions=True)
+        finally:
+            release.set()
+            await batcher.stop()
+
+    first, second, third = asyncio.run(main())
+    assert isinstance(first, BatchResult) and isinstance(second, BatchResult), (first, second)
+    assert isinstance(third, ServiceUnavailable), third
+    assert "queue is full (1 requests waiting)" in third.message

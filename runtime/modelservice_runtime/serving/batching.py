@@ -139,7 +139,10 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._start(loop)
-        if self._queued >= self._max_queue:
+        # A request a free worker is about to take is not waiting: without this, one sent
+        # the moment the queue filled found a worker free and was still refused.
+        free_workers = max(0, self._concurrency - self._running)
+        if self._queued - free_workers >= self._max_queue:
             raise ServiceUnavailable(
                 f"the request queue is full ({self._max_queue} requests waiting); "
                 "retry after a moment",
