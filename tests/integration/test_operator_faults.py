@@ -450,9 +450,7 @@ def _logged_at(line: str) -> datetime.datetime:
     return datetime.datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
 
 
-def _await_repaired_image_drift(
-    kctl: Kubectl, op: OperatorProcess, ns: str, name: str
-) -> None:
+def _await_repaired_image_drift(kctl: Kubectl, op: OperatorProcess, ns: str, name: str) -> None:
     """Change the runtime image behind the operator's back and wait for it to be restored,
     and for the operator to have logged the repair: it logs after the apply returns, so a
     test that saw the image restored could read the log a moment before that line (a CI
