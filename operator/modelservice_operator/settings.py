@@ -44,10 +44,18 @@ def _gateway(env: Mapping[str, str], key: str) -> GatewayRef | None:
         ) from None
 
 
+# Route hosts are grpc.<name>.<namespace>.<domain>: with a name and a namespace of 63
+# characters each, a domain of more than 120 would take the host past DNS's 253.
+MAX_ROUTE_DOMAIN = 253 - len("grpc.") - 63 - 1 - 63 - 1
+
+
 def _domain(env: Mapping[str, str], key: str) -> str:
     raw = env.get(key, "").strip().lower() or DEFAULT_ROUTE_DOMAIN
-    if len(raw) > 200 or not re.match(DNS_SUBDOMAIN_PATTERN, raw):
-        raise ValueError(f"{key}: expected a DNS domain such as models.example.com (got {raw!r})")
+    if len(raw) > MAX_ROUTE_DOMAIN or not re.match(DNS_SUBDOMAIN_PATTERN, raw):
+        raise ValueError(
+            f"{key}: expected a DNS domain of at most {MAX_ROUTE_DOMAIN} characters such as "
+            f"models.example.com (got {raw!r})"
+        )
     return raw
 
 

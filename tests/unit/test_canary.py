@@ -27,6 +27,7 @@ from modelservice_operator.traffic import (
     RouteDefaults,
     SplitMode,
     TrafficPlan,
+    grpc_route_host,
     percents_that_work,
     plan_traffic,
     replica_split,
@@ -318,13 +319,27 @@ def test_without_a_default_or_spec_gateway_there_is_no_route() -> None:
         ({"MODELSERVICE_DEFAULT_GATEWAY": "default"}, "MODELSERVICE_DEFAULT_GATEWAY"),
         ({"MODELSERVICE_DEFAULT_GATEWAY": "Infra/gw"}, "MODELSERVICE_DEFAULT_GATEWAY"),
         ({"MODELSERVICE_GATEWAY_DOMAIN": "not a domain"}, "MODELSERVICE_GATEWAY_DOMAIN"),
+        # 121 characters: a route host of a 63-character name and namespace would pass 253.
+        ({"MODELSERVICE_GATEWAY_DOMAIN": "a" * 60 + "." + "b" * 60}, "at most 120"),
     ],
 )
 def test_bad_gateway_settings_are_refused_naming_the_variable(
     env: dict[str, str], field: str
 ) -> None:
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=field) as refused:
         OperatorSettings.from_env(env)
+    assert next(iter(env)) in str(refused.value)
+
+
+def test_the_longest_gateway_domain_still_gives_valid_route_hosts() -> None:
+    domain = "a" * 59 + "." + "b" * 60  # 120 characters
+    settings = OperatorSettings.from_env({"MODELSERVICE_GATEWAY_DOMAIN": domain})
+    set_route_defaults(settings.routes)
+    try:
+        host = grpc_route_host("n" * 63, "s" * 63)
+    finally:
+        set_route_defaults(RouteDefaults())
+    assert len(host) == 253
 
 
 def test_grpc_route_splits_grpc_the_same_way_on_its_own_host() -> None:
