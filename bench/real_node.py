@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import models  # noqa: E402
+from bench import models, servers  # noqa: E402
 from bench.doc_sections import write_section  # noqa: E402
 from bench.load import ensure_wrk, run_wrk  # noqa: E402
 from bench.servers import free_port  # noqa: E402
@@ -120,16 +121,32 @@ def throughput(
     work = REPO / ".cache" / "bench" / "real-node"
     targets.append(("direct", direct, None))
     runs: dict[str, list[dict]] = {target: [] for target, _, _ in targets}
+    (pod,) = real.pods_of(k, name)
+    runtime_pids = pod_pids(pod["metadata"]["uid"])
+    # Where the CPU goes per request: the pod's processes for the Service and the Gateway,
+    # the host server for direct; Traefik's own beside the Gateway's runs.
+    server_cpu = {
+        "service": lambda: cpu_of(runtime_pids),
+        "gateway": lambda: cpu_of(runtime_pids),
+        "direct": lambda: servers.cpu_times(proc.pid),
+    }
+    gateway_pids = traefik_pids()
     try:
         real.wait_until("the direct runtime", lambda: _ready(port), timeout=60)
         for _, url, via in targets:
             run_wrk(url, body, args.connections, 2, work, host=via)  # warm-up, discarded
         for _ in range(args.rounds):
             for target, url, via in targets:
-                r = run_wrk(url, body, args.connections, args.duration, work, host=via)
-                runs[target].append(r.to_dict())
+                traefik_before = sum(cpu_of(gateway_pids))
+                r = run_wrk(url, body, args.connections, args.duration, work, host=via,
+                            server_cpu=server_cpu[target])  # fmt: skip
+                traefik_s = sum(cpu_of(gateway_pids)) - traefik_before
+                runs[target].append(r.to_dict() | {"traefik_cpu_s": traefik_s})
                 print(f"  {target}: {r.requests_per_s:,.0f} req/s, p50 {r.p50_ms:.2f} ms, "
-                      f"p99 {r.p99_ms:.2f} ms, {r.errors} errors", flush=True)  # fmt: skip
+                      f"p99 {r.p99_ms:.2f} ms, {r.errors} errors, CPU per request: server "
+                      f"{r.server_cpu_s / r.requests * 1e6:.0f} us, Traefik "
+                      f"{traefik_s / r.requests * 1e6:.0f} us, wrk "
+                      f"{r.load_cpu_s / r.requests * 1e6:.0f} us", flush=True)  # fmt: skip
     finally:
         stop(proc)
         log.close()
@@ -147,6 +164,44 @@ def throughput(
         "connections": args.connections,
         "duration_s": args.duration,
     }
+
+
+def _pids(match) -> list[int]:
+    """Host pids whose /proc entry satisfies `match(pid_dir)`: the node's containers run
+    as host processes, so their CPU is read like any other."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if match(d):
+                    found.append(int(d.name))
+            except OSError:  # gone meanwhile
+                continue
+    return found
+
+
+def pod_pids(uid: str) -> list[int]:
+    """Every process of the pod with this uid (its cgroup path names it)."""
+    marks = (uid, uid.replace("-", "_"))
+    return _pids(lambda d: any(m in (d / "cgroup").read_text() for m in marks))
+
+
+def traefik_pids() -> list[int]:
+    return _pids(lambda d: (d / "comm").read_text().strip() == "traefik")
+
+
+def cpu_of(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds of these processes (each by itself, not its tree)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    user = system = 0.0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11]) / tick
+        system += int(fields[12]) / tick
+    return user, system
 
 
 def _ready(port: int) -> bool:
@@ -169,6 +224,12 @@ def gateway_line(t: dict[str, Any]) -> str:
     )
 
 
+def _per_request_us(runs: list[dict[str, Any]], key: str) -> str:
+    """CPU microseconds per request over all runs ("server": the pod's processes, or the
+    host server for direct)."""
+    return f"{sum(r.get(key, 0.0) for r in runs) / sum(r['requests'] for r in runs) * 1e6:.0f}"
+
+
 def render(result: dict[str, Any]) -> str:
     s = result["startup"]
     rows = "\n".join(
@@ -181,7 +242,8 @@ def render(result: dict[str, Any]) -> str:
         f"| {target} | {', '.join(format(r['requests_per_s'], ',.0f') for r in runs)} | "
         f"{statistics.median(r['p50_ms'] for r in runs):.2f} | "
         f"{statistics.median(r['p99_ms'] for r in runs):.2f} | "
-        f"{sum(r['errors'] for r in runs)} |"
+        f"{sum(r['errors'] for r in runs)} | {_per_request_us(runs, 'server_cpu_s')} | "
+        f"{_per_request_us(runs, 'traefik_cpu_s')} | {_per_request_us(runs, 'load_cpu_s')} |"
         for target, runs in t["runs"].items()
     )
     return f"""{BEGIN}
@@ -205,8 +267,8 @@ direct `modelservice serve`** of the same model with the pod's own flags
 ({" ".join(t["flags"])}), wrk with {t["connections"]} connections, JSON,
 {t["duration_s"]:.0f} s a run, alternating:
 
-| target | req/s (runs) | p50 ms | p99 ms | errors |
-| --- | --- | --- | --- | --- |
+| target | req/s (runs) | p50 ms | p99 ms | errors | CPU µs per request: server | Traefik | wrk |
+| --- | --- | --- | --- | --- | --- | --- | --- |
 {tp}
 
 Service / direct: **{t["ratio"]:.2f}x** (medians).{gateway_line(t)} Everything, wrk
