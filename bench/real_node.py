@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -126,8 +125,8 @@ def throughput(
     # Where the CPU goes per request: the pod's processes for the Service and the Gateway,
     # the host server for direct; Traefik's own beside the Gateway's runs.
     server_cpu = {
-        "service": lambda: cpu_of(runtime_pids),
-        "gateway": lambda: cpu_of(runtime_pids),
+        "service": lambda: servers.cpu_of(runtime_pids),
+        "gateway": lambda: servers.cpu_of(runtime_pids),
         "direct": lambda: servers.cpu_times(proc.pid),
     }
     gateway_pids = traefik_pids()
@@ -137,10 +136,10 @@ def throughput(
             run_wrk(url, body, args.connections, 2, work, host=via)  # warm-up, discarded
         for _ in range(args.rounds):
             for target, url, via in targets:
-                traefik_before = sum(cpu_of(gateway_pids))
+                traefik_before = sum(servers.cpu_of(gateway_pids))
                 r = run_wrk(url, body, args.connections, args.duration, work, host=via,
                             server_cpu=server_cpu[target])  # fmt: skip
-                traefik_s = sum(cpu_of(gateway_pids)) - traefik_before
+                traefik_s = sum(servers.cpu_of(gateway_pids)) - traefik_before
                 runs[target].append(r.to_dict() | {"traefik_cpu_s": traefik_s})
                 print(f"  {target}: {r.requests_per_s:,.0f} req/s, p50 {r.p50_ms:.2f} ms, "
                       f"p99 {r.p99_ms:.2f} ms, {r.errors} errors, CPU per request: server "
@@ -188,20 +187,6 @@ def pod_pids(uid: str) -> list[int]:
 
 def traefik_pids() -> list[int]:
     return _pids(lambda d: (d / "comm").read_text().strip() == "traefik")
-
-
-def cpu_of(pids: list[int]) -> tuple[float, float]:
-    """User and system CPU seconds of these processes (each by itself, not its tree)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    user = system = 0.0
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        user += int(fields[11]) / tick
-        system += int(fields[12]) / tick
-    return user, system
 
 
 def _ready(port: int) -> bool:

@@ -172,9 +172,14 @@ def _proc_tree(pid: int) -> list[int]:
 
 def cpu_times(pid: int) -> tuple[float, float]:
     """User and system (kernel) CPU seconds used so far by `pid` and its live descendants."""
+    return cpu_of(_proc_tree(pid))
+
+
+def cpu_of(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds used so far by these processes (each by itself)."""
     tick = os.sysconf("SC_CLK_TCK")
     user = system = 0.0
-    for p in _proc_tree(pid):
+    for p in pids:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
