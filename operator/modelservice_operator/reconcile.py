@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -59,7 +60,33 @@ def normal_event(owner: Mapping[str, Any], *, reason: EventReason, message: str)
     """A Normal event on the ModelService (kopf.info would be dropped: posting.level is
     WARNING so that kopf's own INFO log lines do not become events)."""
     obj = owner_body(owner)
-    kopf.event(obj, type="Normal", reason=reason.value, message=message)  # type: ignore[arg-type]
+    try:
+        kopf.event(obj, type="Normal", reason=reason.value, message=message)  # type: ignore[arg-type]
+    except LookupError:  # outside kopf's handlers (the scale-to-zero thread): post it here
+        post_event(owner, reason.value, message)
+
+
+def post_event(owner: Mapping[str, Any], reason: str, message: str) -> None:
+    """A Normal core/v1 Event on the ModelService, written directly (kopf posts only from
+    its handlers); a failure is only logged, as kopf's own posting does."""
+    meta = owner["metadata"]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": owner.get("apiVersion"), "kind": owner.get("kind"),
+            "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid"),
+        },
+        "reason": reason, "message": message[:1024], "type": "Normal",
+        "source": {"component": FIELD_MANAGER},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }  # fmt: skip
+    try:
+        client().request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=body)
+    except KubeApiError as e:
+        logging.getLogger(__name__).warning("could not post event %s: %s", reason, e)
 
 
 def gateway_api_served(spec: ModelServiceSpec) -> bool:

@@ -1,0 +1,300 @@
+"""Scale to zero with requests held, on the real node through the real Gateway (Traefik).
+
+The chart runs the operator and the activator (activator.enabled) as pods from the operator
+image, watching this module's namespace, with the Gateway hack/gateway-up.sh runs as the
+default. A ModelService with autoscaling.minReplicas 0 goes to zero after idleSeconds
+without a request; the next request through the Gateway is held by the activator, wakes the
+model and is answered 200; a request for a model that cannot load gets 503 with the reason
+after holdTimeoutSeconds.
+
+Without a real node (or the Gateway) every test here is skipped with the reason, and with
+CI=true it fails instead.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.cluster_env import gateway_facts
+from tests.integration.conftest import REPO_ROOT, Kubectl, condition, wait_until
+from tests.integration.test_real_node import (
+    CHART,
+    OPERATOR_IMAGE,
+    RESOURCES,
+    RUNTIME_IMAGE,
+    ModelFiles,
+    real_node_ip,
+    serve_model_files,
+)
+from tests.needs import needed
+
+pytestmark = [pytest.mark.cluster, pytest.mark.real_node, pytest.mark.slow]
+
+SUFFIX = uuid.uuid4().hex[:6]
+NAMESPACE = f"msvc-s2z-{SUFFIX}"
+OPERATOR_NAMESPACE = f"msvc-s2z-op-{SUFFIX}"
+RELEASE = f"msvc-s2z-{SUFFIX}"
+ACTIVATOR = f"{RELEASE}-modelservice-operator-activator"
+GATEWAY = gateway_facts()
+X = [0.01 * i for i in range(64)]
+
+
+@pytest.fixture(scope="module")
+def node_ip(kctl: Kubectl) -> str:
+    ip, why_not = real_node_ip(kctl)
+    if ip is None:
+        needed(f"no real node: {why_not}")
+    if kctl.maybe_get("gateway", GATEWAY.name, GATEWAY.namespace) is None:
+        needed(f"no Gateway {GATEWAY.namespace}/{GATEWAY.name}: run hack/gateway-up.sh")
+    assert ip is not None
+    return ip
+
+
+@pytest.fixture(scope="module")
+def model_files(
+    node_ip: str, mlp_onnx: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ModelFiles]:
+    with serve_model_files(node_ip, mlp_onnx, tmp_path_factory.mktemp("s2z-models")) as files:
+        yield files
+
+
+@pytest.fixture(scope="module")
+def operator_and_activator(kctl: Kubectl, node_ip: str, modelservice_crd: str) -> Iterator[None]:
+    """The chart with the activator, watching NAMESPACE, routing through the Gateway."""
+    kctl.run("create", "namespace", NAMESPACE)
+    helm = str(REPO_ROOT / ".cache" / "bin" / "helm")
+    repo, tag = OPERATOR_IMAGE.rsplit(":", 1)
+    cmd = [
+        helm, "--kubeconfig", str(kctl.kubeconfig), "install", RELEASE, str(CHART),
+        "-n", OPERATOR_NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s",
+        "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
+        "--set", f"runtimeImage={RUNTIME_IMAGE}",
+        "--set-json", f"watchNamespaces={json.dumps([NAMESPACE])}",
+        "--set", f"peering.name={RELEASE}",
+        "--set", f"gateway.default={GATEWAY.namespace}/{GATEWAY.name}",
+        "--set", "activator.enabled=true",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    try:
+        if proc.returncode != 0:
+            pods = kctl.run("get", "pods", "-n", OPERATOR_NAMESPACE, "-o", "wide", check=False)
+            pytest.fail(f"helm install failed: {proc.stderr}\n{pods.stdout}")
+        yield
+    finally:
+        kctl.run("delete", "msvc", "--all", "-n", NAMESPACE, "--wait=true", "--timeout=90s",
+                 check=False, timeout=120)  # fmt: skip
+        subprocess.run(
+            [helm, "--kubeconfig", str(kctl.kubeconfig), "uninstall", RELEASE,
+             "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "60s"],
+            capture_output=True, timeout=90,
+        )  # fmt: skip
+        for ns in (NAMESPACE, OPERATOR_NAMESPACE):
+            kctl.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def scale_to_zero(name: str, model: dict[str, Any], **autoscaling: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.modelservice.io/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": name},
+        "spec": {
+            "model": model,
+            "resources": RESOURCES,
+            "autoscaling": {"minReplicas": 0, "maxReplicas": 2, **autoscaling},
+        },
+    }
+
+
+def infer(name: str, timeout: float) -> tuple[int, dict[str, Any], float]:
+    """One V2 inference through the Gateway: (status, JSON body, seconds)."""
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": X}]}
+    )
+    conn = http.client.HTTPConnection(GATEWAY.ip, 80, timeout=timeout)
+    start = time.monotonic()
+    try:
+        conn.request(
+            "POST",
+            f"/v2/models/{name}/infer",
+            body=body,
+            headers={
+                "Host": f"{name}.{NAMESPACE}.models.internal",
+                "Content-Type": "application/json",
+            },
+        )
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    elapsed = time.monotonic() - start
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = {"raw": raw.decode(errors="replace")[:300]}
+    return resp.status, doc, elapsed
+
+
+def live_pods(kctl: Kubectl, name: str) -> list[dict[str, Any]]:
+    pods = kctl.list("pods", NAMESPACE, selector=f"app.kubernetes.io/instance={name}")
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def backend_of_route(kctl: Kubectl, name: str) -> str | None:
+    route = kctl.maybe_get("httproute", name, NAMESPACE)
+    if route is None:
+        return None
+    (backend,) = route["spec"]["rules"][0]["backendRefs"]
+    return f"{backend.get('namespace', NAMESPACE)}/{backend['name']}"
+
+
+def route_resolved(kctl: Kubectl, name: str) -> bool:
+    """Traefik accepted the route and resolved its backend (the ReferenceGrant honoured)."""
+    route = kctl.maybe_get("httproute", name, NAMESPACE) or {}
+    for parent in (route.get("status") or {}).get("parents") or []:
+        conds = {c["type"]: c["status"] for c in parent.get("conditions") or []}
+        if conds.get("Accepted") == "True" and conds.get("ResolvedRefs") == "True":
+            return True
+    return False
+
+
+def describe(kctl: Kubectl, name: str) -> str:
+    obj = kctl.maybe_get("msvc", name, NAMESPACE) or {}
+    logs = kctl.run(
+        "logs", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/name=modelservice-operator",
+        "--tail", "40", check=False,
+    ).stdout  # fmt: skip
+    return f"status: {json.dumps(obj.get('status'), indent=1)}\noperator log:\n{logs}"
+
+
+def test_idle_model_goes_to_zero_and_a_held_request_wakes_it(
+    kctl: Kubectl, operator_and_activator: None, model_files: ModelFiles
+) -> None:
+    name = "idle"
+    model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"]}
+    kctl.apply(scale_to_zero(name, model, idleSeconds=10), NAMESPACE)
+
+    def serving() -> dict[str, Any] | None:
+        obj = kctl.get("msvc", name, NAMESPACE)
+        st = obj.get("status") or {}
+        up = st.get("phase") == "Ready" and (st.get("readyReplicas") or 0) >= 1
+        return obj if up and backend_of_route(kctl, name) == f"{NAMESPACE}/{name}" else None
+
+    try:
+        obj = wait_until("the model Ready, routed to its Service", serving, timeout=180)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
+    zero = condition(obj, "ScaleToZero")
+    assert zero.get("status") == "True" and zero.get("reason") == "IdleScaling", zero
+
+    # One answer through the Gateway while up (Traefik may need a moment for the route).
+    wait_until(
+        "an answer through the Gateway", lambda: infer(name, 10)[0] == 200, timeout=60, interval=1
+    )
+
+    def at_zero() -> dict[str, Any] | None:
+        obj = kctl.get("msvc", name, NAMESPACE)
+        st = obj.get("status") or {}
+        gone = not live_pods(kctl, name)
+        routed = backend_of_route(kctl, name) == f"{OPERATOR_NAMESPACE}/{ACTIVATOR}"
+        held = (st.get("scaleToZero") or {}).get("atZero")
+        return obj if held and gone and routed and route_resolved(kctl, name) else None
+
+    try:
+        obj = wait_until("the pods gone after idleSeconds", at_zero, timeout=150, interval=2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
+    assert obj["status"]["replicas"] == 0 and obj["status"]["desiredReplicas"] == 0
+    assert condition(obj, "ScaleToZero").get("reason") == "AtZero"
+    deployment = kctl.get("deployment", name, NAMESPACE)
+    assert deployment["spec"]["replicas"] == 0
+    hpa = kctl.get("hpa", name, NAMESPACE)
+    assert hpa["spec"]["minReplicas"] == 1
+    events = [e.get("reason") for e in kctl.events(NAMESPACE, name)]
+    assert "ScaledToZero" in events, events
+
+    # The held request: answered once a pod is Ready, however long that takes (bounded).
+    status, doc, seconds = infer(name, 240)
+    assert status == 200, (status, doc, describe(kctl, name))
+    assert doc["outputs"][0]["shape"] == [1, 10], doc
+    print(f"\nheld request through the Gateway answered 200 in {seconds:.2f} s (from zero)")
+
+    def back() -> bool:
+        obj = kctl.get("msvc", name, NAMESPACE)
+        st = obj.get("status") or {}
+        return (
+            not (st.get("scaleToZero") or {}).get("atZero")
+            and (st.get("readyReplicas") or 0) >= 1
+            and backend_of_route(kctl, name) == f"{NAMESPACE}/{name}"
+        )
+
+    wait_until("the pods back and the route at the Service", back, timeout=90, interval=1)
+    assert [e.get("reason") for e in kctl.events(NAMESPACE, name)].count("ScaledFromZero") >= 1
+    assert infer(name, 30)[0] == 200
+
+
+def test_a_held_request_for_a_model_that_cannot_load_gets_503_with_the_reason(
+    kctl: Kubectl, operator_and_activator: None, model_files: ModelFiles
+) -> None:
+    name = "broken"
+    model = {"uri": model_files.url("corrupt.onnx"), "sha256": model_files.sha256["corrupt.onnx"]}
+    kctl.apply(scale_to_zero(name, model, holdTimeoutSeconds=5), NAMESPACE)
+    # No pod is Ready: the route goes to the activator, which Traefik resolves.
+    wait_until(
+        "the route at the activator, resolved",
+        lambda: (
+            backend_of_route(kctl, name) == f"{OPERATOR_NAMESPACE}/{ACTIVATOR}"
+            and route_resolved(kctl, name)
+        ),
+        timeout=90,
+    )
+
+    def held_answer() -> tuple[int, dict[str, Any], float] | None:
+        got = infer(name, 60)
+        return got if got[0] == 503 and "error" in got[1] else None
+
+    _, doc, seconds = wait_until("the activator's 503", held_answer, timeout=120, interval=1)
+    message = doc["error"]
+    assert message.startswith(f"ModelService {NAMESPACE}/{name} is not ready after "), message
+    assert seconds >= 5, seconds
+    print(f"\nheld request for a model that cannot load: 503 after {seconds:.1f} s: {message}")
+
+    # Once the status blames the model, the 503 says so.
+    def names_the_reason() -> str | None:
+        got = infer(name, 60)
+        text = str(got[1].get("error", ""))
+        blamed = "ModelFetchFailed" in text or "RuntimeFailed" in text
+        return text if got[0] == 503 and blamed else None
+
+    try:
+        text = wait_until("a 503 naming the failure", names_the_reason, timeout=150, interval=2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
+    print(f"503 with the status reason: {text}")
+
+
+def test_a_request_without_the_target_header_gets_400(
+    kctl: Kubectl, operator_and_activator: None
+) -> None:
+    svc = kctl.get("service", ACTIVATOR, OPERATOR_NAMESPACE)
+    ip, port = svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"]
+
+    def answer() -> tuple[int, dict[str, Any]] | None:
+        try:
+            conn = http.client.HTTPConnection(ip, port, timeout=5)
+            conn.request("GET", "/v2/models/x")
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        except OSError:
+            return None
+
+    status, doc = wait_until("the activator's answer", answer, timeout=30)
+    assert status == 400 and "X-ModelService-Target" in doc["error"], (status, doc)
