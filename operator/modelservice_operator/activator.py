@@ -264,10 +264,10 @@ class Activator:
             await self._session.close()
 
 
-def create_app() -> Any:
+def create_app(activator: Activator | None = None) -> Any:
     from aiohttp import web
 
-    activator = Activator()
+    activator = activator or Activator()
     app = web.Application(client_max_size=MAX_BUFFERED_BODY)
     app.router.add_route("*", "/{tail:.*}", activator.handle)
 
