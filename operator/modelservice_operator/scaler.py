@@ -6,9 +6,10 @@ every ModelService). The handlers note each ModelService whose scale to zero run
 ModelService, its Deployment, its primary pods and their /metrics) and:
 
 - up, idle for idleSeconds: writes status.scaleToZero atZero (first, so that a restart
-  in between still knows), points the HTTPRoute at the activator, then sets the
-  Deployment's replicas to 0 through the scale subresource (with an HPA the operator does
-  not own that field, and the HPA stands aside while its target has 0 replicas);
+  in between still knows) and points the HTTPRoute at the activator; at the next check,
+  unless a request came in meanwhile (then atZero is cleared again), sets the Deployment's
+  replicas to 0 through the scale subresource (with an HPA the operator does not own that
+  field, and the HPA stands aside while its target has 0 replicas);
 - at zero, and the activator asked (annotation scaling.WAKE_ANNOTATION): `wake` sets the
   replicas back (max(1, minReplicas)) and clears atZero. The ModelService's own event does
   the same at once (handlers.modelservice_event); the thread is the backstop.
@@ -39,7 +40,9 @@ from modelservice_operator.render import HTTP_PORT, LABEL_INSTANCE, PRIMARY, REV
 from modelservice_operator.scaling import (
     AT_ZERO,
     Activity,
+    called_off_state,
     enabled,
+    moved,
     next_scale_state,
     request_activity,
     scale_state,
@@ -165,35 +168,40 @@ def check(namespace: str, name: str, logger: logging.Logger | Any) -> None:
     replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
     status = owner.get("status") or {}
     state = scale_state(status)
+    assert spec.autoscaling is not None
+    idle = spec.autoscaling.idle_seconds
     if state.get(AT_ZERO):
         if wake_requested(status, owner["metadata"].get("annotations") or {}):
             wake(owner, spec, logger)
-        elif replicas > 0:  # a scale-down cut short: finish it
+        elif replicas > 0:
+            # The route went to the activator one check ago: the pods go now, unless a
+            # request came in meanwhile.
+            seen = observe(namespace, name, replicas)
+            if seen is not None and moved(state, seen):
+                kube.patch_status(namespace, name, {"scaleToZero": called_off_state(seen, _now())})
+                logger.info("ModelService %s/%s: a request came in, stays up", namespace, name)
+                return
             scale(namespace, name, 0)
+            logger.info("ModelService %s/%s: scaled to zero after %d s idle", namespace, name, idle)
+            normal_event(
+                owner,
+                reason=EventReason.SCALED_TO_ZERO,
+                message=f"no request for {idle} s (autoscaling.idleSeconds): scaled the "
+                "Deployment to zero; the HTTPRoute sends to the activator, which holds "
+                "requests and wakes it",
+            )
         return
     if replicas == 0:  # a wake cut short before its status write: finish it
         wake(owner, spec, logger)
         return
-    assert spec.autoscaling is not None
-    step = next_scale_state(
-        state, observe(namespace, name, replicas), _now(), spec.autoscaling.idle_seconds
-    )
+    step = next_scale_state(state, observe(namespace, name, replicas), _now(), idle)
     if step.patch is not None:
         kube.patch_status(namespace, name, {"scaleToZero": step.patch})
-    if not step.scale_down:
-        return
-    # The route to the activator before the pods go, so that no request finds none.
-    owner["status"] = {**status, "scaleToZero": {**state, **(step.patch or {})}}
-    refresh_route(owner, None, logger, primary=None)
-    scale(namespace, name, 0)
-    idle = spec.autoscaling.idle_seconds
-    logger.info("ModelService %s/%s: scaled to zero after %d s idle", namespace, name, idle)
-    normal_event(
-        owner,
-        reason=EventReason.SCALED_TO_ZERO,
-        message=f"no request for {idle} s (autoscaling.idleSeconds): scaled the Deployment to "
-        "zero; the HTTPRoute sends to the activator, which holds requests and wakes it",
-    )
+    if step.scale_down:
+        # The route to the activator now, the pods at the next check (see above), so that
+        # the Gateway has the new route before they go.
+        owner["status"] = {**status, "scaleToZero": {**state, **(step.patch or {})}}
+        refresh_route(owner, None, logger, primary=None)
 
 
 def check_once(logger: logging.Logger | Any) -> None:

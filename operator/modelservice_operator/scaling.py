@@ -13,7 +13,10 @@ pods have answered nothing for `idleSeconds`, and comes back on the first reques
   (`request_activity`, from /metrics) unchanged and nothing in flight, for idleSeconds.
   Only when every pod is Ready and was read: a pod still loading its model is never
   scaled away. The last count and when it last moved live in status.scaleToZero, so an
-  operator restart loses nothing.
+  operator restart loses nothing. Going to zero takes two checks: the first sets atZero
+  and points the route at the activator, the next removes the pods unless a request came
+  in meanwhile (`moved`; then it is called off), so the Gateway has taken up the new route
+  before the pods go.
 - Wake (`wake_requested`): the activator sets the annotation WAKE_ANNOTATION on the
   ModelService when a request arrives at zero; a request time at or after status
   scaleToZero.since wakes it.
@@ -211,6 +214,18 @@ def next_scale_state(
     if (now - last_at).total_seconds() >= idle_seconds:
         return ScaleStep({AT_ZERO: True, SINCE: rfc3339(now)}, True)
     return ScaleStep(None, False)
+
+
+def moved(state: Mapping[str, Any], seen: Activity | None) -> bool:
+    """Between the decision to go to zero and the pods' removal (one check later, once the
+    Gateway has taken up the route to the activator): did a request come in meanwhile?
+    Then going to zero is called off. Unknown (`seen` None) is not a request."""
+    return seen is not None and (seen.busy or seen.count != state.get(LAST_COUNT))
+
+
+def called_off_state(seen: Activity, now: datetime) -> dict[str, Any]:
+    """status.scaleToZero when going to zero is called off: up, a request just now."""
+    return {AT_ZERO: False, LAST_COUNT: seen.count, LAST_REQUEST_AT: rfc3339(now)}
 
 
 def wake_replicas(spec: ModelServiceSpec) -> int:

@@ -13,6 +13,8 @@ from modelservice_operator.render import render_hpa
 from modelservice_operator.revisions import render_reference_grant, render_route
 from modelservice_operator.scaling import (
     Activity,
+    called_off_state,
+    moved,
     next_scale_state,
     plan_scale_to_zero,
     request_activity,
@@ -186,6 +188,16 @@ def test_nothing_known_or_already_at_zero_changes_nothing() -> None:
     assert not next_scale_state(state, None, late, 10).scale_down
     zero = {**state, "atZero": True}
     assert not next_scale_state(zero, Activity(5, False), late, 10).scale_down
+
+
+def test_a_request_between_the_decision_and_the_pods_removal_calls_it_off() -> None:
+    state = {"atZero": True, "lastRequestCount": 5, "lastRequestAt": "2026-12-07T12:00:00Z"}
+    assert not moved(state, Activity(5, False))
+    assert not moved(state, None)  # unknown: the decision stands
+    assert moved(state, Activity(6, False)) and moved(state, Activity(5, True))
+    assert called_off_state(Activity(6, False), T0) == {
+        "atZero": False, "lastRequestCount": 6, "lastRequestAt": "2026-12-07T12:00:00Z",
+    }  # fmt: skip
 
 
 # --- the wake ---------------------------------------------------------------------------------
