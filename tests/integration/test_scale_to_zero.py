@@ -19,6 +19,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from tests.integration.test_real_node import (
     ModelFiles,
     real_node_ip,
     serve_model_files,
+    tiny_llm_archive,
 )
 from tests.needs import needed
 
@@ -166,6 +168,43 @@ def route_resolved(kctl: Kubectl, name: str) -> bool:
     return False
 
 
+def _stamp(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def latency_split(kctl: Kubectl, name: str, sent: datetime, seconds: float) -> str:
+    """Where a held request's time went, from the woken pod's own timestamps (whole
+    seconds, as the API keeps them): reported, never asserted."""
+    pods = live_pods(kctl, name)
+    if len(pods) != 1:
+        return f"({len(pods)} pods: no split)"
+    pod = pods[0]
+    conds = {c["type"]: _stamp(c.get("lastTransitionTime")) for c in pod["status"]["conditions"]}
+    fetch = next(
+        (s["state"].get("terminated") or {} for s in pod["status"].get("initContainerStatuses")
+         or [] if s["name"] == "model-fetch"), {},
+    )  # fmt: skip
+    run = next(
+        (s["state"].get("running") or {} for s in pod["status"].get("containerStatuses") or []
+         if s["name"] == "runtime"), {},
+    )  # fmt: skip
+    points = [
+        ("pod created", _stamp(pod["metadata"]["creationTimestamp"])),
+        ("scheduled", conds.get("PodScheduled")),
+        ("fetch started", _stamp(fetch.get("startedAt"))),
+        ("fetch done", _stamp(fetch.get("finishedAt"))),
+        ("runtime started", _stamp(run.get("startedAt"))),
+        ("Ready", conds.get("Ready")),
+    ]
+    parts = [f"{what} {(at - sent).total_seconds():+.0f} s" for what, at in points if at]
+    answered = sent + timedelta(seconds=seconds)
+    ready = conds.get("Ready")
+    if ready is not None:
+        parts.append(f"answered +{seconds:.2f} s ({(answered - ready).total_seconds():.2f} s "
+                     "after Ready, at second resolution)")  # fmt: skip
+    return "request sent at 0; " + ", ".join(parts)
+
+
 def describe(kctl: Kubectl, name: str) -> str:
     obj = kctl.maybe_get("msvc", name, NAMESPACE) or {}
     logs = kctl.run(
@@ -222,10 +261,12 @@ def test_idle_model_goes_to_zero_and_a_held_request_wakes_it(
     assert "ScaledToZero" in events, events
 
     # The held request: answered once a pod is Ready, however long that takes (bounded).
+    sent = datetime.now(UTC)
     status, doc, seconds = infer(name, 240)
     assert status == 200, (status, doc, describe(kctl, name))
     assert doc["outputs"][0]["shape"] == [1, 10], doc
     print(f"\nheld request through the Gateway answered 200 in {seconds:.2f} s (from zero)")
+    print(f"  {latency_split(kctl, name, sent, seconds)}")
 
     def back() -> bool:
         obj = kctl.get("msvc", name, NAMESPACE)
@@ -239,6 +280,65 @@ def test_idle_model_goes_to_zero_and_a_held_request_wakes_it(
     wait_until("the pods back and the route at the Service", back, timeout=90, interval=1)
     assert [e.get("reason") for e in kctl.events(NAMESPACE, name)].count("ScaledFromZero") >= 1
     assert infer(name, 30)[0] == 200
+
+
+def wait_at_zero(kctl: Kubectl, name: str, timeout: float) -> dict[str, Any]:
+    """The ModelService at zero: status says so, no pod left, the route at the activator and
+    resolved by Traefik."""
+
+    def at_zero() -> dict[str, Any] | None:
+        obj = kctl.get("msvc", name, NAMESPACE)
+        held = ((obj.get("status") or {}).get("scaleToZero") or {}).get("atZero")
+        gone = not live_pods(kctl, name)
+        routed = backend_of_route(kctl, name) == f"{OPERATOR_NAMESPACE}/{ACTIVATOR}"
+        return obj if held and gone and routed and route_resolved(kctl, name) else None
+
+    try:
+        return wait_until(f"{name} at zero", at_zero, timeout=timeout, interval=2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
+
+
+def test_a_streamed_completion_is_held_from_zero_and_streams(
+    kctl: Kubectl,
+    operator_and_activator: None,
+    node_ip: str,
+    mlp_onnx: Path,
+    tiny_llm: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """The tiny Llama (format genai) goes to zero unused; a streamed completion through the
+    Gateway is held, wakes it, and arrives as server-sent events ending in [DONE]."""
+    name = "llm"
+    with tiny_llm_archive(node_ip, mlp_onnx, tiny_llm, tmp_path, name) as model:
+        kctl.apply(scale_to_zero(name, model, idleSeconds=10), NAMESPACE)
+        wait_at_zero(kctl, name, timeout=240)
+        body = json.dumps({
+            "model": name, "prompt": "Once upon a time", "max_tokens": 16, "temperature": 0,
+            "stream": True,
+        })  # fmt: skip
+        conn = http.client.HTTPConnection(GATEWAY.ip, 80, timeout=240)
+        start = time.monotonic()
+        try:
+            conn.request(
+                "POST", "/v1/completions", body=body,
+                headers={"Host": f"{name}.{NAMESPACE}.models.internal",
+                         "Content-Type": "application/json"},
+            )  # fmt: skip
+            resp = conn.getresponse()
+            first = resp.readline()
+            first_at = time.monotonic() - start
+            rest = resp.read()
+        finally:
+            conn.close()
+        total = time.monotonic() - start
+        assert resp.status == 200, (resp.status, first + rest, describe(kctl, name))
+        assert resp.getheader("Content-Type", "").startswith("text/event-stream")
+        events = [line for line in (first + rest).split(b"\n") if line.startswith(b"data: ")]
+        assert events[-1] == b"data: [DONE]", events[-3:]
+        assert len(events) >= 3, events  # tokens came as several events, then [DONE]
+        print(f"\nheld streamed completion from zero: first event after {first_at:.2f} s, "
+              f"{len(events) - 1} events, done after {total:.2f} s")  # fmt: skip
 
 
 def test_a_held_request_for_a_model_that_cannot_load_gets_503_with_the_reason(
