@@ -35,7 +35,12 @@ from modelservice_operator import indexes
 from modelservice_operator.kube import KubeApiError, client
 from modelservice_operator.memory import OwnerMemory, owner_key
 from modelservice_operator.reasons import EventReason
-from modelservice_operator.reconcile import normal_event, refresh_route, zero_plan
+from modelservice_operator.reconcile import (
+    ROUTED_TO_ACTIVATOR,
+    normal_event,
+    refresh_route,
+    zero_plan,
+)
 from modelservice_operator.render import HTTP_PORT, LABEL_INSTANCE, PRIMARY, REVISION_LABEL
 from modelservice_operator.scaling import (
     AT_ZERO,
@@ -71,6 +76,7 @@ def track(owner: Mapping[str, Any], spec: ModelServiceSpec | None) -> None:
 
 def forget(meta: Mapping[str, Any]) -> None:
     TRACKED.pop(owner_key(meta))
+    ROUTED_TO_ACTIVATOR.pop(owner_key(meta))
 
 
 def _now() -> datetime:

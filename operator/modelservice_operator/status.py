@@ -535,8 +535,7 @@ def compute_status(
         verdict = Verdict(
             Phase.READY,
             Reason.SCALED_TO_ZERO,
-            "scaled to zero for being idle; requests are "
-            "held by the activator while the first request wakes it",
+            "scaled to zero for being idle; the next request is held by the activator and wakes it",
         )
     conditions = [
         _cond(ConditionType.READY, verdict.phase is Phase.READY, verdict.reason, verdict.message),
