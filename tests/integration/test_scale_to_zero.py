@@ -336,7 +336,10 @@ def test_a_streamed_completion_is_held_from_zero_and_streams(
         assert resp.getheader("Content-Type", "").startswith("text/event-stream")
         events = [line for line in (first + rest).split(b"\n") if line.startswith(b"data: ")]
         assert events[-1] == b"data: [DONE]", events[-3:]
-        assert len(events) >= 3, events  # tokens came as several events, then [DONE]
+        chunks = [json.loads(e[len(b"data: ") :]) for e in events[:-1]]
+        assert chunks and all(c["object"] == "text_completion" for c in chunks), chunks
+        ends = [ch.get("finish_reason") for c in chunks for ch in c.get("choices") or []]
+        assert {"length", "stop"} & set(ends), chunks[-1]
         print(f"\nheld streamed completion from zero: first event after {first_at:.2f} s, "
               f"{len(events) - 1} events, done after {total:.2f} s")  # fmt: skip
 
