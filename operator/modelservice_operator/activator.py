@@ -22,7 +22,9 @@ header `X-ModelService-Target: <namespace>/<name>` (scaling.TARGET_HEADER). For 
    gets 400.
 
 It keeps no state of its own: everything is in the ModelService (annotation, status) and
-the EndpointSlices, so a restart loses only the requests it held at that moment.
+the EndpointSlices. Told to stop (SIGTERM), it goes on holding for DRAIN_S (a model that
+wakes meanwhile still answers them), then answers the rest 503; a restart loses nothing
+else.
 gRPC requests are not held (only the HTTPRoute goes through here).
 """
 
@@ -57,6 +59,11 @@ WAKE_EVERY_S = 5.0  # at most one wake annotation per model this often
 POLL_S = 0.25  # how often a held request looks for a Ready endpoint
 CACHE_S = 0.2  # how long one read of a ModelService or its endpoints serves every request
 MAX_BUFFERED_BODY = 8 * 1024 * 1024  # larger (or unknown-length) bodies are streamed
+# Told to stop (SIGTERM): requests still held get their 503 after this long, within the
+# pod's grace period (30 s by default), instead of a cut connection (the Gateway's 502);
+# requests already forwarded get SHUTDOWN_S to finish.
+DRAIN_S = 20.0
+SHUTDOWN_S = 25.0
 # Hop-by-hop headers (RFC 9110 7.6.1) and what the proxy sets itself.
 HOP_HEADERS = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -131,11 +138,22 @@ class _Cached:
 class Activator:
     """The request handler, with short-lived caches of API reads shared by all requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, drain_s: float = DRAIN_S) -> None:
         self._msvc: dict[tuple[str, str], _Cached] = {}
         self._endpoints: dict[tuple[str, str], _Cached] = {}
         self._woken: dict[tuple[str, str], float] = {}
         self._session: Any = None
+        self._drain_s = drain_s
+        self._stopping: float | None = None  # monotonic time the server was told to stop
+
+    def stop_holding(self) -> None:
+        """The server is stopping: held requests end within drain_s."""
+        if self._stopping is None:
+            self._stopping = time.monotonic()
+            log.info("stopping: requests still held in %.0f s get 503", self._drain_s)
+
+    def _drained(self) -> bool:
+        return self._stopping is not None and time.monotonic() - self._stopping >= self._drain_s
 
     async def _cached(
         self, cache: dict[tuple[str, str], _Cached], key: tuple[str, str], read: Any
@@ -208,9 +226,12 @@ class Activator:
                 await self.wake(namespace, name, msvc)
             except KubeApiError as e:
                 log.warning("held request for %s/%s: %s", namespace, name, e)
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or self._drained():
                 held = time.monotonic() - start
-                return _json_error(503, not_ready_message(namespace, name, held, msvc))
+                message = not_ready_message(namespace, name, held, msvc)
+                if self._drained():
+                    message += " (the activator holding it is shutting down: retry)"
+                return _json_error(503, message)
             await asyncio.sleep(POLL_S)
         held = time.monotonic() - start
         if held > 0.5:
@@ -271,9 +292,13 @@ def create_app(activator: Activator | None = None) -> Any:
     app = web.Application(client_max_size=MAX_BUFFERED_BODY)
     app.router.add_route("*", "/{tail:.*}", activator.handle)
 
+    async def on_shutdown(_: Any) -> None:
+        activator.stop_holding()
+
     async def on_cleanup(_: Any) -> None:
         await activator.close()
 
+    app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app
 
@@ -293,5 +318,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     client(pool_size=32)  # credentials now: a broken config fails at start
     log.info("modelservice activator listening on %s:%d", args.host, args.port)
-    web.run_app(create_app(), host=args.host, port=args.port, print=None, access_log=None)
+    web.run_app(
+        create_app(), host=args.host, port=args.port, print=None, access_log=None,
+        shutdown_timeout=SHUTDOWN_S,
+    )  # fmt: skip
     return 0

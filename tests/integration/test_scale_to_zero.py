@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from modelservice_operator import activator as act
 
 from tests.integration.cluster_env import gateway_facts
 from tests.integration.conftest import REPO_ROOT, Kubectl, condition, wait_until
@@ -48,6 +50,7 @@ RELEASE = f"msvc-s2z-{SUFFIX}"
 ACTIVATOR = f"{RELEASE}-modelservice-operator-activator"
 GATEWAY = gateway_facts()
 X = [0.01 * i for i in range(64)]
+WAKE = "serving.modelservice.io/wake-requested-at"
 
 
 @pytest.fixture(scope="module")
@@ -401,3 +404,96 @@ def test_a_request_without_the_target_header_gets_400(
 
     status, doc = wait_until("the activator's answer", answer, timeout=30)
     assert status == 400 and "X-ModelService-Target" in doc["error"], (status, doc)
+
+
+def _held_by_three(name: str) -> tuple[list[tuple[int, dict[str, Any], float] | str], Any]:
+    """Three requests through the Gateway in threads; (their results, a join)."""
+    results: list[tuple[int, dict[str, Any], float] | str] = ["not answered"] * 3
+
+    def one(i: int) -> None:
+        try:
+            results[i] = infer(name, 120)
+        except (OSError, http.client.HTTPException) as e:
+            results[i] = repr(e)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(3)]
+    for t in threads:
+        t.start()
+
+    def join() -> None:
+        for t in threads:
+            t.join(150)
+
+    return results, join
+
+
+def _kill_activator(kctl: Kubectl) -> None:
+    pods = [
+        p
+        for p in kctl.list(
+            "pods", OPERATOR_NAMESPACE, "app.kubernetes.io/name=modelservice-operator-activator"
+        )
+        if not p["metadata"].get("deletionTimestamp")  # the one stopped before, still draining
+    ]
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    kctl.run("delete", "pod", "-n", OPERATOR_NAMESPACE, pods[0]["metadata"]["name"], "--wait=false")
+
+
+def test_the_activator_stopped_while_holding_answers_what_it_holds(
+    kctl: Kubectl, operator_and_activator: None, model_files: ModelFiles
+) -> None:
+    """The activator's pod deleted while it holds requests: those of a model that cannot
+    load get the 503 with the reason, saying the activator is shutting down (instead of a
+    cut connection); those of a model that wakes meanwhile are answered 200 (it keeps
+    holding during its grace period)."""
+    broken = "never"
+    corrupt = {
+        "uri": model_files.url("corrupt.onnx"), "sha256": model_files.sha256["corrupt.onnx"],
+    }  # fmt: skip
+    kctl.apply(scale_to_zero(broken, corrupt, holdTimeoutSeconds=1), NAMESPACE)
+    waking = "waking"
+    mlp = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"]}
+    kctl.apply(scale_to_zero(waking, mlp, idleSeconds=10), NAMESPACE)
+
+    def hold_for(seconds: int) -> None:
+        patch = {"spec": {"autoscaling": {"holdTimeoutSeconds": seconds}}}
+        kctl.run("patch", "msvc", broken, "-n", NAMESPACE, "--type=merge", "-p", json.dumps(patch))
+        time.sleep(2 * act.CACHE_S)  # the activator's read of the ModelService is renewed
+
+    def activator_answers() -> bool:
+        status, doc, _ = infer(broken, 30)
+        # Not the Gateway's own 404 (route not loaded yet) or 503 ("no available server").
+        return status == 503 and "error" in doc
+
+    # The route loaded by the Gateway and the activator answering (a short bound: 1 s).
+    wait_until("the activator answering", activator_answers, timeout=120, interval=1)
+
+    # A model that cannot load: held until the activator's drain ends, then 503.
+    hold_for(120)
+    results, join = _held_by_three(broken)
+    time.sleep(3)  # they are held (the bound is 120 s)
+    _kill_activator(kctl)
+    join()
+    print(f"\nactivator stopped while holding 3 requests of a model that cannot load: {results}")
+    for got in results:
+        assert not isinstance(got, str) and got[0] == 503, results
+        assert got[1]["error"].startswith(f"ModelService {NAMESPACE}/{broken} is not ready"), got
+        assert got[1]["error"].endswith("(the activator holding it is shutting down: retry)")
+
+    # The new activator pod serving through the Gateway.
+    hold_for(1)
+    wait_until("the new activator answering", activator_answers, timeout=120, interval=1)
+
+    # A model at zero: the pod goes once the held requests have asked for the wake.
+    wait_at_zero(kctl, waking, timeout=200)
+    results, join = _held_by_three(waking)
+    wait_until(
+        "the wake asked by the activator",
+        lambda: WAKE in (kctl.get("msvc", waking, NAMESPACE)["metadata"].get("annotations") or {}),
+        timeout=30,
+    )
+    _kill_activator(kctl)
+    join()
+    print(f"activator stopped while holding 3 requests of a waking model: {results}")
+    for got in results:
+        assert not isinstance(got, str) and got[0] == 200, results

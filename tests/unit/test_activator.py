@@ -18,8 +18,10 @@ TARGET = act.TARGET_HEADER
 class FakeCluster(act.Activator):
     """One ModelService ns/m whose endpoint appears after `ready_after` looks."""
 
-    def __init__(self, endpoint: tuple[str, int], ready_after: int, hold: int = 30) -> None:
-        super().__init__()
+    def __init__(
+        self, endpoint: tuple[str, int], ready_after: int, hold: int = 30, drain_s: float = 20
+    ) -> None:
+        super().__init__(drain_s)
         self.endpoint, self.ready_after, self.looks, self.wakes = endpoint, ready_after, 0, 0
         self.msvc: dict[str, Any] = {
             "metadata": {"name": "m", "namespace": "ns", "annotations": {}},
@@ -134,6 +136,24 @@ def test_past_the_hold_bound_503_names_the_modelservice_and_its_status() -> None
         assert message == "ModelService ns/m is not ready after 1 s: Ready, ScaledToZero, idle"
 
     _run(test, ready_after=10**6, hold=1)
+
+
+def test_told_to_stop_it_answers_what_it_still_holds_with_503() -> None:
+    async def test(session: Any, fake: FakeCluster, _: asyncio.Event) -> None:
+        async def stop_soon() -> None:
+            while fake.looks < 2:  # the request is being held
+                await asyncio.sleep(0.01)
+            fake.stop_holding()
+
+        stopper = asyncio.create_task(stop_soon())
+        async with session.post("/v2/models/m/infer", json={}, headers={TARGET: "ns/m"}) as resp:
+            assert resp.status == 503
+            message = (await resp.json())["error"]
+        await stopper
+        assert message.startswith("ModelService ns/m is not ready after "), message
+        assert message.endswith("(the activator holding it is shutting down: retry)"), message
+
+    _run(test, ready_after=10**6, drain_s=0.2)
 
 
 def test_a_streamed_answer_passes_through_as_it_comes() -> None:
