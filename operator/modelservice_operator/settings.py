@@ -44,6 +44,13 @@ def _gateway(env: Mapping[str, str], key: str) -> GatewayRef | None:
         ) from None
 
 
+def _domain(env: Mapping[str, str], key: str) -> str:
+    raw = env.get(key, "").strip().lower() or DEFAULT_ROUTE_DOMAIN
+    if len(raw) > 200 or not re.match(DNS_SUBDOMAIN_PATTERN, raw):
+        raise ValueError(f"{key}: expected a DNS domain such as models.example.com (got {raw!r})")
+    return raw
+
+
 def _activator(env: Mapping[str, str], key: str) -> ActivatorRef | None:
     raw = env.get(key, "").strip()
     if not raw:
@@ -59,13 +66,6 @@ def _activator(env: Mapping[str, str], key: str) -> ActivatorRef | None:
     if not 1 <= number <= 65535:
         raise ValueError(f"{key}: port must be 1..65535 (got {number})")
     return ActivatorRef(namespace=namespace, name=name, port=number)
-
-
-def _domain(env: Mapping[str, str], key: str) -> str:
-    raw = env.get(key, "").strip().lower() or DEFAULT_ROUTE_DOMAIN
-    if len(raw) > 200 or not re.match(DNS_SUBDOMAIN_PATTERN, raw):
-        raise ValueError(f"{key}: expected a DNS domain such as models.example.com (got {raw!r})")
-    return raw
 
 
 @dataclass(frozen=True)
