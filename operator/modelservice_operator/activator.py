@@ -17,6 +17,7 @@ header `X-ModelService-Target: <namespace>/<name>` (scaling.TARGET_HEADER). For 
 3. the request waits for a Ready endpoint of the Service <name> (its EndpointSlices), then
    is forwarded to that pod, the response body streamed back as it comes (a streamed
    OpenAI completion streams through);
+   (header X-ModelService-Held-Seconds says how long it was held);
 4. past the bound it gets 503 `{"error": "ModelService <ns>/<name> is not ready after <n> s:
    ..."}` naming the status's phase, reason and message; a request without the header
    gets 400.
@@ -54,6 +55,8 @@ from modelservice_operator.scaling import (
 log = logging.getLogger("modelservice_operator.activator")
 
 DEFAULT_PORT = 8080
+# On every answer the activator forwards: the seconds it held the request for a Ready pod.
+HELD_HEADER = "X-ModelService-Held-Seconds"
 DEFAULT_HOLD_S = 300
 WAKE_EVERY_S = 5.0  # at most one wake annotation per model this often
 POLL_S = 0.25  # how often a held request looks for a Ready endpoint
@@ -236,12 +239,19 @@ class Activator:
         held = time.monotonic() - start
         if held > 0.5:
             log.info("request for %s/%s held %.2f s for a Ready pod", namespace, name, held)
-        return await self.forward(request, random.choice(found), body, namespace, name)
+        return await self.forward(request, random.choice(found), body, namespace, name, held)
 
     async def forward(
-        self, request: Any, endpoint: tuple[str, int], body: bytes | None, namespace: str, name: str
+        self,
+        request: Any,
+        endpoint: tuple[str, int],
+        body: bytes | None,
+        namespace: str,
+        name: str,
+        held: float = 0.0,
     ) -> Any:
-        """Send the request to the pod and stream its answer back."""
+        """Send the request to the pod and stream its answer back, with the header
+        HELD_HEADER saying how long it was held (so a client can tell a cold start)."""
         import aiohttp
         from aiohttp import web
 
@@ -268,6 +278,7 @@ class Activator:
                 for k, v in upstream.headers.items():
                     if k.lower() not in HOP_HEADERS:
                         out.headers.add(k, v)
+                out.headers[HELD_HEADER] = f"{held:.3f}"
                 if upstream.content_length is not None:
                     out.content_length = upstream.content_length
                 await out.prepare(request)

@@ -122,6 +122,7 @@ def test_a_request_is_held_until_an_endpoint_is_ready_then_forwarded() -> None:
         ) as resp:
             assert resp.status == 200, await resp.text()
             got = await resp.json()
+            assert float(resp.headers[act.HELD_HEADER]) > 0  # held 3 looks
         assert got == {"echo": body, "target_seen": False, "path": "/v2/models/m/infer?a=1"}
         assert fake.looks == 4 and fake.wakes == 3  # one wake ask per look while held
 
