@@ -27,6 +27,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "a local Hugging Face language model -> an onnxruntime-genai folder",
     ),
     "operator": ("modelservice_operator.cli", "run the Kubernetes operator (kopf)"),
+    "activator": (
+        "modelservice_operator.activator",
+        "hold HTTP requests for ModelServices scaled to zero until a pod is Ready (behind "
+        "the Gateway; installed by the chart with activator.enabled)",
+    ),
     "demo": (
         f"{_RUNTIME}.tools.demo",
         "the whole flow on a local Kubernetes control plane it starts (make demo): export a "
@@ -43,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _missing_extra(command: str, e: ImportError) -> SystemExit:
     extra = {
         "operator": "operator",
+        "activator": "operator",
         "export": "export",
         "quantize": "export",
         "export-llm": "export",

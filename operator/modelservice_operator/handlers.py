@@ -59,6 +59,9 @@ from modelservice_operator.reporting import (
 )
 from modelservice_operator.reporting import forget as forget_reports
 from modelservice_operator.revisions import CANARY, clash_candidates, name_clash, revision_name
+from modelservice_operator.scaler import forget as forget_scaler
+from modelservice_operator.scaler import start_scaler, wake_if_asked
+from modelservice_operator.scaler import track as track_scaling
 from modelservice_operator.settings import OperatorSettings
 from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
 from modelservice_operator.status import invalid_status
@@ -155,6 +158,7 @@ def configure(
     # connection for every handler thread.
     client(pool_size=HANDLER_THREADS)
     start_progress_poller(refresh_from_progress)
+    start_scaler()
     gateway = operator.routes.gateway
     logger.info(
         "modelservice-operator: runtime image %s, namespaces %s, default Gateway %s",
@@ -287,13 +291,20 @@ def modelservice_event(
     if type == "DELETED":
         forget_reports(body.get("metadata") or {})
         forget_progress(body.get("metadata") or {})
+        forget_scaler(body.get("metadata") or {})
         return
     # The index entry of this very body (kopf indexes an event before its handlers run),
     # with its spec parsed once; a fresh snapshot if it is not there (yet).
     owner = indexes.owner_of_body(body, msvc_by_name)
     if not children_may_update(owner):
         return
+    spec = indexes.owner_spec(owner)
+    track_scaling(owner, spec)
+    if wake_if_asked(owner, logger):
+        return  # its status write comes back as another event
     found = indexes.children(owner, deployment_by_name, hpa_by_name, pods_by_owner)
+    if spec is not None and spec.canary is None and spec.autoscaling is not None:
+        refresh_route(owner, None, logger, primary=found.deployment)  # scale to zero's
     refresh_status(owner, found, logger)
 
 
@@ -320,6 +331,9 @@ def deployment_event(
         found = indexes.children(
             owner, deployment_by_name, hpa_by_name, pods_by_owner, deployment=live
         )
+        if (owner.get("spec") or {}).get("autoscaling") and not owner["spec"].get("canary"):
+            # A model that scales to zero: its route leaves the activator once a pod is Ready.
+            refresh_route(owner, None, logger, primary=live)
     else:  # the canary's: its Ready pods move the route's weights
         found = indexes.children(owner, deployment_by_name, hpa_by_name, pods_by_owner, canary=live)
         refresh_route(owner, live, logger)

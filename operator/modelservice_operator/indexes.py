@@ -21,6 +21,7 @@ from modelservice_operator import API_VERSION, FIELD_MANAGER, KIND
 from modelservice_operator.pods import pod_essentials
 from modelservice_operator.render import LABEL_INSTANCE, LABEL_MANAGED_BY
 from modelservice_operator.revisions import CANARY, revision_name
+from modelservice_operator.scaling import WAKE_ANNOTATION
 from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
 
 # The label every child carries: the child indexes and watches select on it.
@@ -56,6 +57,10 @@ def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
             **identity(body),
             "generation": meta.get("generation"),
             "labels": dict(meta.get("labels") or {}),
+            # Only the activator's wake request (scaling.py) of all annotations.
+            "annotations": {
+                k: v for k, v in (meta.get("annotations") or {}).items() if k == WAKE_ANNOTATION
+            },
             "deletionTimestamp": meta.get("deletionTimestamp"),
         },
         "spec": clean(body.get("spec") or {}),

@@ -29,6 +29,10 @@ RESOURCES: dict[str, tuple[str, str]] = {
     # The weighted routes on a Gateway (revisions.py); only where served.
     "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
     "GRPCRoute": ("/apis/gateway.networking.k8s.io/v1", "grpcroutes"),
+    # Scale to zero (scaling.py): the activator's cross-namespace grant, the ready
+    # endpoints the activator waits for.
+    "ReferenceGrant": ("/apis/gateway.networking.k8s.io/v1beta1", "referencegrants"),
+    "EndpointSlice": ("/apis/discovery.k8s.io/v1", "endpointslices"),
 }
 # How long an answer of API discovery is trusted: the Gateway API's CRDs may be installed
 # (or removed) while the operator runs, and a ModelService's next event sees it.
@@ -179,6 +183,20 @@ class Kube:
         with self._discovery_lock:
             self._discovered[kind] = (found, now)
         return found
+
+    def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Objects of `kind` in `namespace` matching the label selector."""
+        doc = self.request("GET", object_path(kind, namespace), query=[("labelSelector", selector)])
+        return list(doc.get("items") or [])
+
+    def merge_patch(
+        self, kind: str, namespace: str, name: str, body: Mapping[str, Any], subresource: str = ""
+    ) -> dict[str, Any]:
+        """A JSON merge patch of an object (or its `subresource`, e.g. "scale")."""
+        path = object_path(kind, namespace, name) + (f"/{subresource}" if subresource else "")
+        return self.request(
+            "PATCH", path, body=dict(body), content_type="application/merge-patch+json"
+        )
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch a ModelService's status subresource (children-triggered updates)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from modelservice_operator import kopf_compat, progress, reporting
+from modelservice_operator import kopf_compat, progress, reconcile, reporting, scaler
 
 
 def purge_namespace(
@@ -56,4 +56,6 @@ def purge(
     }
     reporting.REPORTED.drop_namespace(namespace)
     progress.STARTING.drop_namespace(namespace)
+    scaler.TRACKED.drop_namespace(namespace)
+    reconcile.ROUTED_TO_ACTIVATOR.drop_namespace(namespace)
     return dropped

@@ -17,6 +17,12 @@ the operator under a ServiceAccount bound to nothing else.
   of a pod still fetching or loading its model is read (pods/log get, its last lines) for
   the status's progress line.
 - Events: kopf posts them (core/v1).
+- Scale to zero (scaler.py): a Deployment's replicas set through its scale subresource
+  (deployments/scale patch); the runtime pods' /metrics are read over the pod network (no
+  API rule). In the activator's namespace alone (ACTIVATOR_NAMESPACE_RULES): the
+  ReferenceGrants that let each namespace's HTTPRoutes reach the activator's Service.
+- The activator (ACTIVATOR_RULES, its own ServiceAccount): reads ModelServices and patches
+  their wake annotation, lists EndpointSlices to find a Ready pod.
 - Cluster-scoped reads for kopf: namespaces (namespace globs) and CRDs (resource scanning).
 - No Secrets, ReplicaSets or anything else.
 """
@@ -46,9 +52,25 @@ NAMESPACED_RULES: list[dict[str, Any]] = [
         "resources": ["httproutes", "grpcroutes"],
         "verbs": ["get", "create", "patch", "delete"],
     },
+    {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+
+# The operator, in the activator's namespace only (a Role there).
+ACTIVATOR_NAMESPACE_RULES: list[dict[str, Any]] = [
+    {
+        "apiGroups": ["gateway.networking.k8s.io"],
+        "resources": ["referencegrants"],
+        "verbs": ["get", "create", "patch"],
+    },
+]
+
+# The activator, wherever ModelServices are (a ClusterRole, or a Role per watched namespace).
+ACTIVATOR_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "patch"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]},
 ]
 
 CLUSTER_RULES: list[dict[str, Any]] = [

@@ -26,6 +26,7 @@ class ConditionType(enum.StrEnum):
     SCALING_LIMITED = "ScalingLimited"
     REPLICAS_IGNORED = "ReplicasIgnored"
     CANARY_TRAFFIC = "CanaryTraffic"
+    SCALE_TO_ZERO = "ScaleToZero"
 
 
 class ConditionStatus(enum.StrEnum):
@@ -66,6 +67,12 @@ class Reason(enum.StrEnum):
     SPLIT_BY_REPLICAS = "SplitByReplicas"
     GATEWAY_API_MISSING = "GatewayAPIMissing"
     CANNOT_HONOUR = "CannotHonour"
+    # Whether autoscaling.minReplicas 0 runs (condition ScaleToZero, scaling.py).
+    IDLE_SCALING = "IdleScaling"
+    AT_ZERO = "AtZero"
+    NO_GATEWAY = "NoGateway"
+    NO_ACTIVATOR = "NoActivator"
+    SCALE_TO_ZERO_WITH_CANARY = "CanaryPresent"
 
 
 # Pod problems that need a person (the pod will not become ready by waiting): the
@@ -89,3 +96,5 @@ class EventReason(enum.StrEnum):
     REPLICAS_IGNORED = "ReplicasIgnored"
     DRIFT_REPAIRED = "DriftRepaired"
     CANARY_REMOVED = "CanaryRemoved"
+    SCALED_TO_ZERO = "ScaledToZero"
+    WOKEN = "ScaledFromZero"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -16,6 +17,7 @@ import kopf
 from modelservice_operator import FIELD_MANAGER
 from modelservice_operator.indexes import owner_body, owner_spec
 from modelservice_operator.kube import KubeApiError, client
+from modelservice_operator.memory import OwnerMemory, owner_key
 from modelservice_operator.pods import PodDiagnosis, diagnose_pods
 from modelservice_operator.progress import with_known_progress
 from modelservice_operator.reasons import EventReason, Reason
@@ -24,15 +26,25 @@ from modelservice_operator.revisions import (
     CANARY,
     owned_names,
     render_grpc_route,
+    render_reference_grant,
     render_revision_child,
     render_revisions,
     render_route,
     revision_name,
 )
+from modelservice_operator.scaling import (
+    ScaleToZeroPlan,
+    at_zero,
+    enabled,
+    plan_scale_to_zero,
+    route_to_activator,
+)
 from modelservice_operator.spec import ModelServiceSpec
 from modelservice_operator.status import compute_status
 from modelservice_operator.traffic import (
+    ActivatorRef,
     TrafficPlan,
+    activator_of,
     gateway_of,
     plan_traffic,
     route_weights,
@@ -48,7 +60,33 @@ def normal_event(owner: Mapping[str, Any], *, reason: EventReason, message: str)
     """A Normal event on the ModelService (kopf.info would be dropped: posting.level is
     WARNING so that kopf's own INFO log lines do not become events)."""
     obj = owner_body(owner)
-    kopf.event(obj, type="Normal", reason=reason.value, message=message)  # type: ignore[arg-type]
+    try:
+        kopf.event(obj, type="Normal", reason=reason.value, message=message)  # type: ignore[arg-type]
+    except LookupError:  # outside kopf's handlers (the scale-to-zero thread): post it here
+        post_event(owner, reason.value, message)
+
+
+def post_event(owner: Mapping[str, Any], reason: str, message: str) -> None:
+    """A Normal core/v1 Event on the ModelService, written directly (kopf posts only from
+    its handlers); a failure is only logged, as kopf's own posting does."""
+    meta = owner["metadata"]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": owner.get("apiVersion"), "kind": owner.get("kind"),
+            "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid"),
+        },
+        "reason": reason, "message": message[:1024], "type": "Normal",
+        "source": {"component": FIELD_MANAGER},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }  # fmt: skip
+    try:
+        client().request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=body)
+    except KubeApiError as e:
+        logging.getLogger(__name__).warning("could not post event %s: %s", reason, e)
 
 
 def gateway_api_served(spec: ModelServiceSpec) -> bool:
@@ -86,21 +124,58 @@ def routes_served(spec: ModelServiceSpec) -> tuple[bool, bool]:
         raise ReconcileError(f"API discovery of gateway.networking.k8s.io/v1: {e}") from e
 
 
+def zero_plan(spec: ModelServiceSpec) -> ScaleToZeroPlan | None:
+    """Scale to zero's plan (scaling.py): None unless autoscaling.minReplicas is 0."""
+    a = spec.autoscaling
+    if a is None or a.min_replicas != 0:
+        return None
+    return plan_scale_to_zero(spec, gateway_api=gateway_api_served(spec))
+
+
+def to_activator(
+    owner: Mapping[str, Any], spec: ModelServiceSpec, primary: Mapping[str, Any] | None
+) -> ActivatorRef | None:
+    """The activator the HTTPRoute sends to now (scaling.route_to_activator), or None."""
+    plan = zero_plan(spec)
+    if not route_to_activator(enabled(plan), at_zero(owner.get("status")), _ready(primary)):
+        return None
+    return activator_of()
+
+
+_GRANTED: set[tuple[str, str]] = set()  # (activator namespace, from namespace) applied
+
+
+def ensure_reference_grant(activator: ActivatorRef, namespace: str) -> None:
+    """The ReferenceGrant that lets `namespace`'s HTTPRoutes reach the activator, applied
+    once per process and namespace (a repeated apply changes nothing)."""
+    key = (activator.namespace, namespace)
+    if key in _GRANTED:
+        return
+    apply_child(render_reference_grant(activator, namespace))
+    _GRANTED.add(key)
+
+
 def desired_routes(
     owner: Mapping[str, Any],
     spec: ModelServiceSpec,
     plan: TrafficPlan | None,
     canary: Mapping[str, Any] | None,
+    primary: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The routes to apply (none without a served Gateway), HTTPRoute then GRPCRoute, their
-    canary weight as far as the canary Deployment `canary` has Ready pods."""
+    canary weight as far as the canary Deployment `canary` has Ready pods. The HTTPRoute
+    goes to the activator while a model that scales to zero is at zero or has no Ready
+    pod in `primary` (its Deployment); gRPC is not held, its route stays."""
     http, grpc = routes_served(spec)
     if not http:
         return []
     meta = owner["metadata"]
     desired = plan.canary_replicas if plan is not None else 0
     weights = route_weights(plan, _ready(canary), desired)
-    routes = [render_route(meta["name"], meta["namespace"], spec, weights)]
+    activator = to_activator(owner, spec, primary)
+    if activator is not None:
+        ensure_reference_grant(activator, meta["namespace"])
+    routes = [render_route(meta["name"], meta["namespace"], spec, weights, activator)]
     grpc_route = render_grpc_route(meta["name"], meta["namespace"], spec, weights)
     if grpc and grpc_route is not None:
         routes.append(grpc_route)
@@ -179,18 +254,38 @@ def failure_is_the_specs(e: ReconcileError) -> bool:
     return isinstance(cause, KubeApiError) and cause.status in (400, 422)
 
 
+# Per ModelService that scales to zero: whether its HTTPRoute was last applied to the
+# activator, so that its many events re-apply the route only when that changes.
+ROUTED_TO_ACTIVATOR: OwnerMemory[bool] = OwnerMemory()
+
+
 def refresh_route(
-    owner: Mapping[str, Any], canary: Mapping[str, Any] | None, logger: logging.Logger | Any
+    owner: Mapping[str, Any],
+    canary: Mapping[str, Any] | None,
+    logger: logging.Logger | Any,
+    primary: Mapping[str, Any] | None = None,
 ) -> None:
     """Re-apply the routes after an event of the canary's Deployment, so that their
     weight follows the canary's Ready pods (a server-side apply of the same route changes
-    nothing). Failures are logged: the next event or reconcile applies it again."""
+    nothing); for a model that scales to zero, after an event of its own Deployment
+    (`primary`) or of itself, when the route must switch between the activator and the
+    model's Service. Failures are logged: the next event or reconcile applies it again."""
     spec = owner_spec(owner)
-    if spec is None or spec.canary is None or gateway_of(spec) is None:
+    if spec is None or gateway_of(spec) is None:
         return
+    key = owner_key(owner["metadata"])
     try:
-        for route in desired_routes(owner, spec, traffic_plan(owner, spec), canary):
+        if spec.canary is None:
+            if not enabled(zero_plan(spec)):
+                ROUTED_TO_ACTIVATOR.pop(key)
+                return
+            wanted = to_activator(owner, spec, primary) is not None
+            if ROUTED_TO_ACTIVATOR.get(key) is wanted:
+                return
+        for route in desired_routes(owner, spec, traffic_plan(owner, spec), canary, primary):
             apply_child(route)
+        if spec.canary is None:
+            ROUTED_TO_ACTIVATOR.update(key, lambda _: wanted)
     except ReconcileError as e:
         logger.warning("could not update the routes of %s: %s", owner["metadata"]["name"], e)
 
@@ -270,10 +365,16 @@ def reconcile(
     name, namespace = meta["name"], meta["namespace"]
     plan = traffic_plan(snapshot, spec) if spec.canary is not None else None
     applied: dict[tuple[str, str], dict[str, Any]] = {}
-    children = desired_children(snapshot, spec, default_image, plan)
-    routes = desired_routes(snapshot, spec, plan, canary)
-    for child in children + routes:
+    for child in desired_children(snapshot, spec, default_image, plan):
         applied[(child["kind"], child["metadata"]["name"])] = apply_child(child)
+    # After the Deployment: a model that scales to zero routes to the activator until the
+    # applied Deployment reports a Ready pod.
+    routes = desired_routes(snapshot, spec, plan, canary, applied.get(("Deployment", name)))
+    for child in routes:
+        applied[(child["kind"], child["metadata"]["name"])] = apply_child(child)
+    if routes:
+        to_zero = to_activator(snapshot, spec, applied.get(("Deployment", name))) is not None
+        ROUTED_TO_ACTIVATOR.update(owner_key(meta), lambda _: to_zero)
     if may_have_revisions:
         removed = remove_revisions(snapshot, applied)
         if removed:
@@ -322,5 +423,6 @@ def reconcile(
         canary_diagnosis=diagnose_pods(pods, canary_spec) if canary_spec else None,
         routed=bool(routes),
         grpc_routed=len(routes) > 1,
+        zero_plan=zero_plan(spec),
     )
     return status, diagnosis

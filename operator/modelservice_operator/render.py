@@ -486,7 +486,10 @@ def render_hpa(name: str, namespace: str, spec: ModelServiceSpec) -> dict[str, A
     metrics += [dict(m) for m in a.metrics]
     hpa_spec: dict[str, Any] = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-        "minReplicas": a.min_replicas,
+        # Never 0: the HPA takes minReplicas 0 only behind an alpha feature gate. Scale to
+        # zero is the operator's (scaler.py): it sets the Deployment's replicas to 0, and an
+        # HPA whose target has 0 replicas stands aside until they are set again.
+        "minReplicas": max(1, a.min_replicas),
         "maxReplicas": a.max_replicas,
         "metrics": metrics,
     }

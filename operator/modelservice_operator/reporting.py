@@ -22,7 +22,12 @@ from modelservice_operator.memory import OwnerMemory, owner_key
 from modelservice_operator.pods import PodDiagnosis, diagnose_pods
 from modelservice_operator.progress import Starting, track_start, with_known_progress
 from modelservice_operator.reasons import WARNING_REASONS, ConditionType
-from modelservice_operator.reconcile import ReconcileError, routes_served, traffic_plan
+from modelservice_operator.reconcile import (
+    ReconcileError,
+    routes_served,
+    traffic_plan,
+    zero_plan,
+)
 from modelservice_operator.status import compute_status, refused
 
 # The pod failure last reported per ModelService (PodDiagnosis.signature), so that the
@@ -89,6 +94,7 @@ def children_status(
     try:
         plan = traffic_plan(owner, spec) if canary_spec is not None else None
         routed, grpc_routed = routes_served(spec)
+        zero = zero_plan(spec)
     except ReconcileError:
         return None  # API discovery failed: keep the status until the next event
     status = compute_status(
@@ -96,7 +102,7 @@ def children_status(
         deployment=deployment, hpa=hpa, previous=previous, diagnosis=diagnosis, plan=plan,
         canary=canary,
         canary_diagnosis=diagnose_pods(pods, canary_spec) if canary_spec is not None else None,
-        routed=routed, grpc_routed=grpc_routed,
+        routed=routed, grpc_routed=grpc_routed, zero_plan=zero,
     )  # fmt: skip
     return status, diagnosis
 

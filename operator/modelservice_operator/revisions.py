@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelservice_operator import FIELD_MANAGER
 from modelservice_operator.render import (
+    LABEL_MANAGED_BY,
     PRIMARY,
     REVISION_LABEL,
     SERVICE_PORT,
@@ -32,8 +34,10 @@ from modelservice_operator.render import (
     render_service,
     selector_labels,
 )
+from modelservice_operator.scaling import TARGET_HEADER
 from modelservice_operator.spec import ModelServiceSpec
 from modelservice_operator.traffic import (
+    ActivatorRef,
     TrafficPlan,
     gateway_namespace,
     gateway_of,
@@ -44,6 +48,8 @@ from modelservice_operator.traffic import (
 CANARY = "canary"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 ROUTE_API_VERSION = f"{GATEWAY_GROUP}/v1"
+# v1beta1: the version Gateway API v1.6 stores, and the one Traefik v3.6 reads.
+REFERENCE_GRANT_API_VERSION = f"{GATEWAY_GROUP}/v1beta1"
 
 
 def revision_name(name: str, revision: str) -> str:
@@ -85,14 +91,30 @@ def render_revision_service(
 
 
 def render_route(
-    name: str, namespace: str, spec: ModelServiceSpec, weights: tuple[int, int]
+    name: str,
+    namespace: str,
+    spec: ModelServiceSpec,
+    weights: tuple[int, int],
+    activator: ActivatorRef | None = None,
 ) -> dict[str, Any]:
     """HTTPRoute <name> on the Gateway (traffic.gateway_of) for the ModelService's host: the
     primary's and the canary's Services weighted (primary, canary), or the Service <name>
-    alone without a canary."""
+    alone without a canary. With `activator` (scaled to zero, or waking: scaling.py), the
+    activator's Service in its own namespace instead, with a header naming the ModelService
+    (the ReferenceGrant `render_reference_grant` makes allows the cross-namespace ref)."""
     gateway = gateway_of(spec)
     assert gateway is not None, "render_route needs a Gateway"
-    if spec.canary is None:
+    rule: dict[str, Any] = {}
+    if activator is not None:
+        backends: list[dict[str, Any]] = [{
+            "group": "", "kind": "Service", "name": activator.name,
+            "namespace": activator.namespace, "port": activator.port, "weight": 1,
+        }]  # fmt: skip
+        target = {"name": TARGET_HEADER, "value": f"{namespace}/{name}"}
+        rule["filters"] = [
+            {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [target]}}
+        ]
+    elif spec.canary is None:
         backends = [{"name": name, "port": SERVICE_PORT, "weight": 1}]
     else:
         backends = [
@@ -112,7 +134,30 @@ def render_route(
         "spec": {
             "parentRefs": [parent],
             "hostnames": [route_host(name, namespace)],
-            "rules": [{"backendRefs": backends}],
+            "rules": [{**rule, "backendRefs": backends}],
+        },
+    }
+
+
+def reference_grant_name(from_namespace: str) -> str:
+    return f"modelservice-activator-from-{from_namespace}"[:253]
+
+
+def render_reference_grant(activator: ActivatorRef, from_namespace: str) -> dict[str, Any]:
+    """ReferenceGrant in the activator's namespace letting HTTPRoutes of `from_namespace`
+    send to the activator's Service (one per namespace with a ModelService that scales to
+    zero; it has no owner there, being in another namespace, and is left in place)."""
+    return {
+        "apiVersion": REFERENCE_GRANT_API_VERSION,
+        "kind": "ReferenceGrant",
+        "metadata": {
+            "name": reference_grant_name(from_namespace),
+            "namespace": activator.namespace,
+            "labels": {LABEL_MANAGED_BY: FIELD_MANAGER},
+        },
+        "spec": {
+            "from": [{"group": GATEWAY_GROUP, "kind": "HTTPRoute", "namespace": from_namespace}],
+            "to": [{"group": "", "kind": "Service", "name": activator.name}],
         },
     }
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from modelservice_operator.spec_canary import GatewayRef
 from modelservice_operator.spec_types import DNS_SUBDOMAIN_PATTERN
-from modelservice_operator.traffic import DEFAULT_ROUTE_DOMAIN, RouteDefaults
+from modelservice_operator.traffic import DEFAULT_ROUTE_DOMAIN, ActivatorRef, RouteDefaults
 
 # The runtime image's name (hack/images.sh and the Makefile build it under this name, tagged
 # dev) and the default the operator puts in pods: this release's tag. The Helm chart's
@@ -59,6 +59,23 @@ def _domain(env: Mapping[str, str], key: str) -> str:
     return raw
 
 
+def _activator(env: Mapping[str, str], key: str) -> ActivatorRef | None:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return None
+    where, _, port = raw.partition(":")
+    namespace, _, name = where.partition("/")
+    label = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+    if not (re.match(label, namespace) and re.match(label, name) and port.isdigit()):
+        raise ValueError(
+            f"{key}: expected namespace/name:port of the activator's Service (got {raw!r})"
+        )
+    number = int(port)
+    if not 1 <= number <= 65535:
+        raise ValueError(f"{key}: port must be 1..65535 (got {number})")
+    return ActivatorRef(namespace=namespace, name=name, port=number)
+
+
 @dataclass(frozen=True)
 class OperatorSettings:
     """What the operator needs to know that is not in any ModelService.
@@ -73,6 +90,9 @@ class OperatorSettings:
     - MODELSERVICE_DEFAULT_GATEWAY: namespace/name of the Gateway every ModelService without
       spec.gateway routes through (an HTTPRoute each); empty: none.
     - MODELSERVICE_GATEWAY_DOMAIN: the routes' host names are <name>.<namespace>.<domain>.
+    - MODELSERVICE_ACTIVATOR: namespace/name:port of the activator's Service, which holds
+      requests for ModelServices scaled to zero (autoscaling.minReplicas 0); empty: none,
+      and minReplicas 0 stays at 1.
     """
 
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
@@ -98,6 +118,7 @@ class OperatorSettings:
             routes=RouteDefaults(
                 gateway=_gateway(env, "MODELSERVICE_DEFAULT_GATEWAY"),
                 domain=_domain(env, "MODELSERVICE_GATEWAY_DOMAIN"),
+                activator=_activator(env, "MODELSERVICE_ACTIVATOR"),
             ),
         )
 

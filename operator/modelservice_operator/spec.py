@@ -357,8 +357,32 @@ class AutoscalingSpec(SpecModel):
         ),
     )
 
-    min_replicas: int = Field(default=1, ge=1, le=1000, description="Lowest replica count.")
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Lowest replica count. 0: scale to zero after idleSeconds without a "
+        "request, and hold the next requests (at the Gateway's activator) until a pod is "
+        "Ready; needs a Gateway (spec.gateway or the operator's default) and the operator's "
+        "activator, else the count stays at 1 (condition ScaleToZero says why). The "
+        "HorizontalPodAutoscaler itself never goes below 1.",
+    )
     max_replicas: int = Field(ge=1, le=1000, description="Highest replica count.")
+    idle_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=86400,
+        description="With minReplicas 0: seconds without a request (the runtime's request "
+        "counters unchanged, nothing in flight) before the Deployment goes to zero.",
+    )
+    hold_timeout_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=3600,
+        description="With minReplicas 0: how long a request that arrives while the model is at "
+        "zero is held for a Ready pod; past it the request gets 503 naming what the model is "
+        "waiting for.",
+    )
     target_cpu_utilization_percentage: int = Field(
         default=70,
         ge=0,

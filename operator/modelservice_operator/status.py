@@ -30,6 +30,7 @@ from modelservice_operator.reasons import (
     Reason,
 )
 from modelservice_operator.render import selector_string, service_url
+from modelservice_operator.scaling import ScaleToZeroPlan, at_zero, enabled
 from modelservice_operator.spec import ModelServiceSpec
 from modelservice_operator.traffic import (
     SplitMode,
@@ -108,6 +109,26 @@ class CanaryStatus(_StatusModel):
     canary: RevisionStatus = Field(description="The canary revision (spec.canary.model).")
 
 
+class ScaleToZeroStatus(_StatusModel):
+    """Scale to zero's state (autoscaling.minReplicas 0), kept here so that an operator
+    restart loses nothing."""
+
+    at_zero: bool | None = Field(
+        default=None, description="The Deployment was scaled to zero for being idle."
+    )
+    since: str | None = Field(default=None, description="When it last went to zero.")
+    woken_at: str | None = Field(
+        default=None, description="When a held request last woke it from zero."
+    )
+    last_request_count: float | None = Field(
+        default=None,
+        description="The runtime pods' request counters, summed, when last read.",
+    )
+    last_request_at: str | None = Field(
+        default=None, description="When that count last moved (or a request was in flight)."
+    )
+
+
 class ModelServiceStatus(_StatusModel):
     """Observed state of a ModelService, written by the operator."""
 
@@ -147,9 +168,15 @@ class ModelServiceStatus(_StatusModel):
         description="With spec.canary: both revisions, their readiness and the split in effect "
         "(condition CanaryTraffic says how the split is made, or why it cannot be).",
     )
+    scale_to_zero: ScaleToZeroStatus | None = Field(
+        default=None,
+        description="With autoscaling.minReplicas 0: whether the model is at zero, and when "
+        "it last answered a request.",
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready, Available, Progressing, ScalingLimited, CanaryTraffic, ...",
+        description="Ready, Available, Progressing, ScalingLimited, CanaryTraffic, "
+        "ScaleToZero, ...",
     )
 
 
@@ -285,10 +312,13 @@ def desired_replicas(
     deployment: Mapping[str, Any] | None,
     hpa: Mapping[str, Any] | None,
     plan: TrafficPlan | None = None,
+    zero: bool = False,
 ) -> int:
-    """Pods wanted now: the primary's share of a canary split by replica count, else
-    spec.replicas without autoscaling, else the HPA's choice, else the Deployment's
-    replicas, else autoscaling.minReplicas."""
+    """Pods wanted now: none while scaled to zero (`zero`), the primary's share of a canary
+    split by replica count, else spec.replicas without autoscaling, else the HPA's choice,
+    else the Deployment's replicas, else autoscaling.minReplicas."""
+    if zero:
+        return 0
     if plan is not None and plan.primary_replicas is not None:
         return plan.primary_replicas
     if spec.autoscaling is None:
@@ -303,6 +333,7 @@ def observe(
     deployment: Mapping[str, Any] | None,
     hpa: Mapping[str, Any] | None,
     plan: TrafficPlan | None = None,
+    zero: bool = False,
 ) -> Observed:
     dep_status = (deployment or {}).get("status") or {}
     return Observed(
@@ -310,7 +341,7 @@ def observe(
         current=dep_status.get("replicas", 0),
         ready=dep_status.get("readyReplicas", 0),
         updated=dep_status.get("updatedReplicas", 0),
-        desired=desired_replicas(spec, deployment, hpa, plan),
+        desired=desired_replicas(spec, deployment, hpa, plan, zero),
         complete=deployment is not None and rollout_complete(deployment),
         progressing=_dep_condition(deployment or {}, "Progressing"),
     )
@@ -448,6 +479,20 @@ def canary_status(
     return out
 
 
+def scale_to_zero_condition(
+    plan: ScaleToZeroPlan | None, zero: bool, seen: Observed
+) -> dict[str, Any] | None:
+    """With autoscaling.minReplicas 0: True while scale to zero runs (reason AtZero while
+    there), False with why it cannot; no such condition otherwise."""
+    if plan is None:
+        return None
+    if plan.enabled and zero:
+        left = f"; {seen.current} pods still stopping" if seen.current else ""
+        message = f"at zero replicas for being idle; the next request wakes it{left}"
+        return _cond(ConditionType.SCALE_TO_ZERO, True, Reason.AT_ZERO, message)
+    return _cond(ConditionType.SCALE_TO_ZERO, plan.enabled, plan.reason, plan.message)
+
+
 def canary_traffic_condition(plan: TrafficPlan | None) -> dict[str, Any] | None:
     """True while the split runs as asked (how, in the reason), False (CannotHonour) when
     it cannot; no such condition without a canary."""
@@ -472,15 +517,26 @@ def compute_status(
     canary_diagnosis: PodDiagnosis | None = None,
     routed: bool = False,
     grpc_routed: bool = False,
+    zero_plan: ScaleToZeroPlan | None = None,
 ) -> dict[str, Any]:
     """The status dict (camelCase, as in the CRD) for a valid spec and its children;
     `diagnosis` (from `pods.diagnose_pods`) turns "pods not ready" into why (ready_verdict).
     With a canary, `plan` (traffic.plan_traffic) and the canary's Deployment and pods make
     status.canary and condition CanaryTraffic; the top-level fields stay the primary's.
     `routed`, `grpc_routed`: the HTTPRoute, the GRPCRoute are applied (status.gateway,
-    gatewayHost and gatewayGrpcHost say where)."""
-    seen = observe(spec, deployment, hpa, plan)
+    gatewayHost and gatewayGrpcHost say where). `zero_plan`: scale to zero's (scaling.py);
+    while it runs and status.scaleToZero says at zero, none are wanted and the model is
+    Ready (a request wakes it)."""
+    previous = previous or {}
+    zero = enabled(zero_plan) and at_zero(previous)
+    seen = observe(spec, deployment, hpa, plan, zero)
     verdict = ready_verdict(seen, diagnosis)
+    if zero:
+        verdict = Verdict(
+            Phase.READY,
+            Reason.SCALED_TO_ZERO,
+            "scaled to zero for being idle; the next request is held by the activator and wakes it",
+        )
     conditions = [
         _cond(ConditionType.READY, verdict.phase is Phase.READY, verdict.reason, verdict.message),
         available_condition(seen),
@@ -488,8 +544,8 @@ def compute_status(
         scaling_limited_condition(spec, hpa),
         replicas_ignored_condition(spec),
         canary_traffic_condition(plan),
+        scale_to_zero_condition(zero_plan, zero, seen),
     ]
-    previous = previous or {}
     # None (not absent) without a route or a canary: a merge patch then removes the old value.
     revisions = None
     if plan is not None and spec.canary is not None:

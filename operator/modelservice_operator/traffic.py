@@ -34,13 +34,24 @@ DEFAULT_ROUTE_DOMAIN = "models.internal"
 
 
 @dataclass(frozen=True)
+class ActivatorRef:
+    """The activator's Service (activator.py), which holds requests for a ModelService at
+    zero: the HTTPRoute's backend meanwhile."""
+
+    namespace: str
+    name: str
+    port: int = 80
+
+
+@dataclass(frozen=True)
 class RouteDefaults:
     """What the operator was configured with (OperatorSettings, at startup): the Gateway a
-    ModelService's HTTPRoute attaches to when spec.gateway is absent, and the domain of the
-    host names the routes answer to."""
+    ModelService's HTTPRoute attaches to when spec.gateway is absent, the domain of the
+    host names the routes answer to, and the activator's Service (None: no scale to zero)."""
 
     gateway: GatewayRef | None = None
     domain: str = DEFAULT_ROUTE_DOMAIN
+    activator: ActivatorRef | None = None
 
 
 _defaults = RouteDefaults()
@@ -56,6 +67,11 @@ def gateway_of(spec: ModelServiceSpec) -> GatewayRef | None:
     """The Gateway the HTTPRoute attaches to: spec.gateway, else the operator's default;
     None: no route."""
     return spec.gateway or _defaults.gateway
+
+
+def activator_of() -> ActivatorRef | None:
+    """The activator's Service the operator was configured with, or None."""
+    return _defaults.activator
 
 
 def route_host(name: str, namespace: str) -> str:
@@ -118,7 +134,7 @@ def percents_that_work(total: int) -> list[int]:
 
 def _base_replicas(spec: ModelServiceSpec) -> int:
     a = spec.autoscaling
-    return spec.fixed_replicas if a is None else a.min_replicas
+    return spec.fixed_replicas if a is None else max(1, a.min_replicas)
 
 
 def _route_plan(spec: ModelServiceSpec, namespace: str, name: str, percent: int) -> TrafficPlan:

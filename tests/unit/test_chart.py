@@ -387,3 +387,70 @@ def test_container_args_and_env_are_what_the_operator_cli_expects(
     assert int(env["MODELSERVICE_OPERATOR_PROBE_PORT"]) == port_number
     peering = [a for a in args if a.startswith(("--standalone", "--peering"))]
     assert len(peering) == 1, args
+
+
+def _named(docs: list[dict[str, Any]], kind: str, suffix: str) -> list[dict[str, Any]]:
+    return [d for d in by_kind(docs, kind) if d["metadata"]["name"].endswith(suffix)]
+
+
+@pytest.mark.parametrize("set_args", [(), ("watchNamespaces={team-a,team-b}",)])
+def test_the_activator_renders_its_pods_service_and_least_rbac(set_args: tuple[str, ...]) -> None:
+    """activator.enabled: `modelservice activator` from the operator image, its Service (the
+    address the operator is given), its own ServiceAccount with rbac.ACTIVATOR_RULES where
+    ModelServices are, and the operator's ReferenceGrant rights in the release namespace."""
+    from modelservice_operator.settings import OperatorSettings
+
+    docs = documents("activator.enabled=true", *set_args)
+    (activator,) = _named(docs, "Deployment", "-activator")
+    (operator,) = [d for d in by_kind(docs, "Deployment") if d is not activator]
+    pod = activator["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["modelservice", "activator", "--port", "8080"]
+    assert (
+        container["image"]
+        == the(documents(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+    (service,) = _named(docs, "Service", "-activator")
+    assert service["spec"]["selector"] == activator["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["port"] == 8080
+    # The operator's metrics Service must not select the activator's pods.
+    (metrics,) = _named(docs, "Service", "-metrics")
+    pod_labels = activator["spec"]["template"]["metadata"]["labels"]
+    assert not metrics["spec"]["selector"].items() <= pod_labels.items()
+
+    (op_container,) = operator["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in op_container["env"]}
+    address = f"modelservice-system/{service['metadata']['name']}:8080"
+    assert env["MODELSERVICE_ACTIVATOR"] == address
+    ref = OperatorSettings.from_env(env).routes.activator
+    assert ref is not None and (ref.namespace, ref.name, ref.port) == (
+        "modelservice-system", service["metadata"]["name"], 8080,
+    )  # fmt: skip
+
+    (sa,) = _named(docs, "ServiceAccount", "-activator")
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    if set_args:
+        roles = _named(docs, "Role", "-activator")
+        assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+        activator_rules = [r["rules"] for r in roles]
+    else:
+        activator_rules = [r["rules"] for r in _named(docs, "ClusterRole", "-activator")]
+        (binding,) = _named(docs, "ClusterRoleBinding", "-activator")
+        assert binding["subjects"][0]["name"] == sa["metadata"]["name"]
+    assert activator_rules
+    for rules in activator_rules:
+        assert_least_privilege(rules)
+        assert granted(rules) == granted(rbac.ACTIVATOR_RULES)
+    (grants,) = _named(docs, "Role", "-grants")
+    assert grants["metadata"]["namespace"] == "modelservice-system"
+    assert granted(grants["rules"]) == granted(rbac.ACTIVATOR_NAMESPACE_RULES)
+
+
+def test_without_the_activator_the_operator_is_told_none() -> None:
+    docs = documents()
+    (container,) = the(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MODELSERVICE_ACTIVATOR"] == ""

@@ -85,6 +85,10 @@ Rules for the namespaced objects the operator owns and reconciles. Shared by the
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes", "grpcroutes"]
   verbs: ["get", "create", "patch", "delete"]
+# Scale to zero: a Deployment's replicas set to 0 and back through its scale subresource.
+- apiGroups: ["apps"]
+  resources: ["deployments/scale"]
+  verbs: ["patch"]
 # Runtime pods: only watched, to report why replicas are not ready (a failed model fetch).
 - apiGroups: [""]
   resources: ["pods"]
@@ -134,4 +138,33 @@ Rules for the namespaced objects the operator owns and reconciles. Shared by the
 {{- range .Values.extraArgs }}
 - {{ . | quote }}
 {{- end }}
+{{- end }}
+
+{{/* The activator (activator.enabled): its name, labels (its own app name, so that the
+operator's Service never selects it) and the Service address the operator routes to. */}}
+{{- define "modelservice-operator.activatorName" -}}
+{{- printf "%s-activator" (include "modelservice-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "modelservice-operator.activatorSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-activator" (include "modelservice-operator.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "modelservice-operator.activatorAddress" -}}
+{{- if .Values.activator.enabled }}
+{{- printf "%s/%s:%d" .Release.Namespace (include "modelservice-operator.activatorName" .) (int .Values.activator.port) }}
+{{- end }}
+{{- end }}
+
+{{/* Exactly modelservice_operator.rbac.ACTIVATOR_RULES; tests/unit/test_chart.py checks. */}}
+{{- define "modelservice-operator.activatorRules" -}}
+# Reads a ModelService (its hold bound, its status) and sets its wake annotation.
+- apiGroups: ["serving.modelservice.io"]
+  resources: ["modelservices"]
+  verbs: ["get", "patch"]
+# Finds a Ready pod of the model's Service.
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list"]
 {{- end }}

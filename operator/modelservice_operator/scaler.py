@@ -1,0 +1,239 @@
+"""Scale to zero's I/O (the decisions are scaling.py's): the idle check and the wake.
+
+Like progress.py, one thread instead of a kopf timer (a timer would put a finalizer on
+every ModelService). The handlers note each ModelService whose scale to zero runs
+(`track`); every SCALE_INTERVAL_S the thread reads each noted one afresh (the
+ModelService, its Deployment, its primary pods and their /metrics) and:
+
+- up, idle for idleSeconds: writes status.scaleToZero atZero (first, so that a restart
+  in between still knows) and points the HTTPRoute at the activator; at the next check,
+  unless a request came in meanwhile (then atZero is cleared again), sets the Deployment's
+  replicas to 0 through the scale subresource (with an HPA the operator does not own that
+  field, and the HPA stands aside while its target has 0 replicas);
+- at zero, and the activator asked (annotation scaling.WAKE_ANNOTATION): `wake` sets the
+  replicas back (max(1, minReplicas)) and clears atZero. The ModelService's own event does
+  the same at once (handlers.modelservice_event); the thread is the backstop.
+
+Everything lives in Kubernetes objects (the replicas, status.scaleToZero, the annotation),
+so an operator restart resumes where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from modelservice_cli import runtime_paths
+
+from modelservice_operator import indexes
+from modelservice_operator.kube import KubeApiError, client
+from modelservice_operator.memory import OwnerMemory, owner_key
+from modelservice_operator.reasons import EventReason
+from modelservice_operator.reconcile import (
+    ROUTED_TO_ACTIVATOR,
+    normal_event,
+    refresh_route,
+    zero_plan,
+)
+from modelservice_operator.render import HTTP_PORT, LABEL_INSTANCE, PRIMARY, REVISION_LABEL
+from modelservice_operator.scaling import (
+    AT_ZERO,
+    Activity,
+    called_off_state,
+    enabled,
+    moved,
+    next_scale_state,
+    request_activity,
+    scale_state,
+    wake_replicas,
+    wake_requested,
+    woken_state,
+)
+from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
+
+SCALE_INTERVAL_S = 5.0
+METRICS_TIMEOUT_S = 3.0
+
+# (namespace, name, uid) -> nothing but presence: which ModelServices to check.
+TRACKED: OwnerMemory[bool] = OwnerMemory()
+_thread: threading.Thread | None = None
+
+
+def track(owner: Mapping[str, Any], spec: ModelServiceSpec | None) -> None:
+    """Note (or forget) a ModelService for the idle check, from an event of it."""
+    key = owner_key(owner["metadata"])
+    if spec is not None and enabled(zero_plan(spec)):
+        TRACKED.put(key, True)
+    else:
+        TRACKED.pop(key)
+
+
+def forget(meta: Mapping[str, Any]) -> None:
+    TRACKED.pop(owner_key(meta))
+    ROUTED_TO_ACTIVATOR.pop(owner_key(meta))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def scale(namespace: str, name: str, replicas: int) -> None:
+    client().merge_patch("Deployment", namespace, name, {"spec": {"replicas": replicas}}, "scale")
+
+
+def wake(owner: Mapping[str, Any], spec: ModelServiceSpec, logger: logging.Logger | Any) -> None:
+    """Back from zero: the Deployment's replicas first, then status (a crash in between
+    leaves atZero set with a wake asked: the next check wakes it again)."""
+    meta = owner["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    replicas = wake_replicas(spec)
+    scale(namespace, name, replicas)
+    client().patch_status(namespace, name, {"scaleToZero": woken_state(_now())})
+    logger.info("ModelService %s/%s: woken from zero (%d replicas)", namespace, name, replicas)
+    normal_event(
+        owner,
+        reason=EventReason.WOKEN,
+        message=f"a request arrived at zero: scaled the Deployment to {replicas} replicas; "
+        "requests are held until a pod is Ready",
+    )
+
+
+def wake_if_asked(owner: Mapping[str, Any], logger: logging.Logger | Any) -> bool:
+    """From a ModelService event: wake it when the activator asked. True when it did."""
+    spec = indexes.owner_spec(owner)
+    if spec is None or not enabled(zero_plan(spec)):
+        return False
+    annotations = (owner.get("metadata") or {}).get("annotations") or {}
+    if not wake_requested(owner.get("status"), annotations):
+        return False
+    try:
+        wake(owner, spec, logger)
+    except KubeApiError as e:
+        logger.warning("could not wake %s from zero: %s", owner["metadata"]["name"], e)
+        return False
+    return True
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return c.get("status") == "True"
+    return False
+
+
+def _metrics(ip: str) -> str:
+    url = f"http://{ip}:{HTTP_PORT}{runtime_paths.METRICS}"
+    with urllib.request.urlopen(url, timeout=METRICS_TIMEOUT_S) as resp:
+        return resp.read().decode(errors="replace")
+
+
+def observe(namespace: str, name: str, replicas: int) -> Activity | None:
+    """The primary pods' request activity; None unless every wanted pod is Ready and was
+    read (a pod still loading its model must never look idle)."""
+    selector = f"{LABEL_INSTANCE}={name},{REVISION_LABEL}={PRIMARY}"
+    pods = [
+        p
+        for p in client().list_objects("Pod", namespace, selector)
+        if not (p.get("metadata") or {}).get("deletionTimestamp")
+    ]
+    if replicas <= 0 or len(pods) < replicas or not all(_ready(p) for p in pods):
+        return None
+    ips = [(p.get("status") or {}).get("podIP") for p in pods]
+    if not all(ips):
+        return None
+    try:
+        with ThreadPoolExecutor(max_workers=min(8, len(ips))) as pool:
+            texts = list(pool.map(_metrics, [str(ip) for ip in ips]))
+    except OSError:
+        return None
+    return request_activity(texts)
+
+
+def check(namespace: str, name: str, logger: logging.Logger | Any) -> None:
+    """One idle check (or wake, or repair) of one ModelService, read afresh."""
+    kube = client()
+    body = kube.get("ModelService", namespace, name)
+    if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+        return
+    owner = indexes.snapshot(body)
+    try:
+        spec = parse_spec(owner["spec"], name)
+    except InvalidSpec:
+        return
+    if not enabled(zero_plan(spec)):
+        return
+    deployment = kube.get("Deployment", namespace, name)
+    if deployment is None:
+        return
+    replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
+    status = owner.get("status") or {}
+    state = scale_state(status)
+    assert spec.autoscaling is not None
+    idle = spec.autoscaling.idle_seconds
+    if state.get(AT_ZERO):
+        if wake_requested(status, owner["metadata"].get("annotations") or {}):
+            wake(owner, spec, logger)
+        elif replicas > 0:
+            # The route went to the activator one check ago: the pods go now, unless a
+            # request came in meanwhile.
+            seen = observe(namespace, name, replicas)
+            if seen is not None and moved(state, seen):
+                kube.patch_status(namespace, name, {"scaleToZero": called_off_state(seen, _now())})
+                logger.info("ModelService %s/%s: a request came in, stays up", namespace, name)
+                return
+            scale(namespace, name, 0)
+            logger.info("ModelService %s/%s: scaled to zero after %d s idle", namespace, name, idle)
+            normal_event(
+                owner,
+                reason=EventReason.SCALED_TO_ZERO,
+                message=f"no request for {idle} s (autoscaling.idleSeconds): scaled the "
+                "Deployment to zero; the HTTPRoute sends to the activator, which holds "
+                "requests and wakes it",
+            )
+        return
+    if replicas == 0:  # a wake cut short before its status write: finish it
+        wake(owner, spec, logger)
+        return
+    step = next_scale_state(state, observe(namespace, name, replicas), _now(), idle)
+    if step.patch is not None:
+        kube.patch_status(namespace, name, {"scaleToZero": step.patch})
+    if step.scale_down:
+        # The route to the activator now, the pods at the next check (see above), so that
+        # the Gateway has the new route before they go.
+        owner["status"] = {**status, "scaleToZero": {**state, **(step.patch or {})}}
+        refresh_route(owner, None, logger, primary=None)
+
+
+def check_once(logger: logging.Logger | Any) -> None:
+    for (namespace, name, _), _tracked in TRACKED.items():
+        try:
+            check(namespace, name, logger)
+        except KubeApiError as e:
+            if e.status != 404:
+                logger.warning("scale-to-zero check of %s/%s failed: %s", namespace, name, e)
+        except Exception:  # one ModelService must not stop the others' checks
+            logger.exception("scale-to-zero check of %s/%s failed", namespace, name)
+
+
+def _run_forever() -> None:
+    logger = logging.getLogger("modelservice_operator.scaler")
+    while True:
+        time.sleep(SCALE_INTERVAL_S)
+        try:
+            check_once(logger)
+        except Exception:  # the thread must outlive any one failure
+            logger.exception("scale-to-zero checks failed")
+
+
+def start_scaler() -> None:
+    """Start the thread once per process (the tests may run the operator several times)."""
+    global _thread
+    if _thread is None or not _thread.is_alive():
+        _thread = threading.Thread(target=_run_forever, name="scale-to-zero", daemon=True)
+        _thread.start()

@@ -1,0 +1,234 @@
+"""Scale to zero, decided (pure; scaler.py does the I/O, activator.py holds the requests).
+
+A ModelService with `autoscaling.minReplicas: 0` goes to zero replicas once its runtime
+pods have answered nothing for `idleSeconds`, and comes back on the first request:
+
+- Whether it may (`plan_scale_to_zero`): requests that arrive at zero must be held
+  somewhere, and here that is the activator behind the Gateway's HTTPRoute. So it needs a
+  Gateway (spec.gateway or the operator's default, with the Gateway API served) and the
+  operator's activator; it is refused beside a canary (the weighted route has two
+  backends to wake). Refused, the model stays at 1 (the HPA's floor) and condition
+  ScaleToZero says why.
+- Idle (`next_scale_state`): the sum of the runtime's request counters over all pods
+  (`request_activity`, from /metrics) unchanged and nothing in flight, for idleSeconds.
+  Only when every pod is Ready and was read: a pod still loading its model is never
+  scaled away. The last count and when it last moved live in status.scaleToZero, so an
+  operator restart loses nothing. Going to zero takes two checks: the first sets atZero
+  and points the route at the activator, the next removes the pods unless a request came
+  in meanwhile (`moved`; then it is called off), so the Gateway has taken up the new route
+  before the pods go.
+- Wake (`wake_requested`): the activator sets the annotation WAKE_ANNOTATION on the
+  ModelService when a request arrives at zero; a request time at or after status
+  scaleToZero.since wakes it.
+- The route (`route_to_activator`): to the activator while at zero and until the
+  Deployment has a Ready pod, then back to the model's Service.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from modelservice_operator import GROUP
+from modelservice_operator.reasons import Reason
+from modelservice_operator.spec import ModelServiceSpec
+from modelservice_operator.traffic import activator_of, gateway_of
+
+# Set by the activator (an RFC 3339 time) when a request arrives for a ModelService at zero.
+WAKE_ANNOTATION = f"{GROUP}/wake-requested-at"
+# The header the HTTPRoute sets on the way to the activator: <namespace>/<name>.
+TARGET_HEADER = "X-ModelService-Target"
+# status.scaleToZero's keys.
+AT_ZERO, SINCE, LAST_COUNT, LAST_REQUEST_AT, WOKEN_AT = (
+    "atZero", "since", "lastRequestCount", "lastRequestAt", "wokenAt",
+)  # fmt: skip
+
+# Counters that move with every request the runtime answers (inference, explanations,
+# generations, prompt tokens read), and gauges of requests in flight: the runtime's own
+# metric names (modelservice_runtime/serving/metrics.py, generation/metrics.py).
+REQUEST_COUNTERS = frozenset({
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "modelservice_explain_request_success",
+    "modelservice_explain_request_failure",
+    "modelservice_generations_finished_total",
+    "modelservice_prompt_tokens_total",
+})  # fmt: skip
+BUSY_GAUGES = frozenset({
+    "nv_inference_pending_request_count",
+    "modelservice_explain_pending_request_count",
+    "modelservice_generation_requests_queued",
+    "modelservice_generation_requests_running",
+})  # fmt: skip
+
+
+def rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(stamp: Any) -> datetime | None:
+    """An RFC 3339 time (as written here, or with fractions / an offset); None otherwise."""
+    if not isinstance(stamp, str) or not stamp:
+        return None
+    try:
+        parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ScaleToZeroPlan:
+    """Whether scale to zero runs for this spec, and the condition ScaleToZero's words."""
+
+    enabled: bool
+    reason: Reason
+    message: str
+
+
+def plan_scale_to_zero(spec: ModelServiceSpec, *, gateway_api: bool) -> ScaleToZeroPlan | None:
+    """None unless autoscaling.minReplicas is 0; else whether it can be honoured."""
+    a = spec.autoscaling
+    if a is None or a.min_replicas != 0:
+        return None
+    stay = "the Deployment stays at 1 replica or more"
+    if spec.canary is not None:
+        return ScaleToZeroPlan(
+            False,
+            Reason.SCALE_TO_ZERO_WITH_CANARY,
+            f"autoscaling.minReplicas 0 is not honoured beside spec.canary: {stay}; remove the "
+            "canary (promote or roll back) to scale to zero",
+        )
+    if gateway_of(spec) is None or not gateway_api:
+        return ScaleToZeroPlan(
+            False,
+            Reason.NO_GATEWAY,
+            f"autoscaling.minReplicas 0 needs a Gateway to hold requests at zero: {stay}; name "
+            "one in spec.gateway (or give the operator a default Gateway), with the Gateway "
+            "API installed",
+        )
+    if activator_of() is None:
+        return ScaleToZeroPlan(
+            False,
+            Reason.NO_ACTIVATOR,
+            f"autoscaling.minReplicas 0 needs the operator's activator to hold requests: {stay}; "
+            "install the chart with activator.enabled=true",
+        )
+    return ScaleToZeroPlan(
+        True,
+        Reason.IDLE_SCALING,
+        f"goes to zero replicas after {a.idle_seconds} s without a request; a request at zero "
+        f"is held up to {a.hold_timeout_seconds} s for a Ready pod",
+    )
+
+
+def enabled(plan: ScaleToZeroPlan | None) -> bool:
+    return plan is not None and plan.enabled
+
+
+def scale_state(status: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """status.scaleToZero ({} when absent)."""
+    return ((status or {}).get("scaleToZero")) or {}
+
+
+def at_zero(status: Mapping[str, Any] | None) -> bool:
+    return bool(scale_state(status).get(AT_ZERO))
+
+
+def route_to_activator(enabled: bool, zero: bool, ready_replicas: int) -> bool:
+    """The HTTPRoute sends to the activator while the model is at zero and until its
+    Deployment has a Ready pod again (so the Gateway never answers 503 while it wakes)."""
+    return enabled and (zero or ready_replicas <= 0)
+
+
+def wake_requested(status: Mapping[str, Any] | None, annotations: Mapping[str, Any]) -> bool:
+    """At zero, and the activator asked for a wake at or after the time it went there."""
+    state = scale_state(status)
+    if not state.get(AT_ZERO):
+        return False
+    asked = parse_time(annotations.get(WAKE_ANNOTATION))
+    since = parse_time(state.get(SINCE))
+    return asked is not None and (since is None or asked >= since)
+
+
+def woken_state(now: datetime) -> dict[str, Any]:
+    """status.scaleToZero after a wake: the idle clock starts again now."""
+    return {AT_ZERO: False, WOKEN_AT: rfc3339(now), LAST_REQUEST_AT: rfc3339(now), LAST_COUNT: None}
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What the pods' /metrics said: the sum of their request counters and whether any
+    request was in flight."""
+
+    count: float
+    busy: bool
+
+
+def request_activity(texts: Iterable[str]) -> Activity:
+    """Sum REQUEST_COUNTERS and look at BUSY_GAUGES over Prometheus text of every pod."""
+    count, busy = 0.0, False
+    for text in texts:
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name not in REQUEST_COUNTERS and name not in BUSY_GAUGES:
+                continue
+            try:
+                value = float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            if not math.isfinite(value):
+                continue
+            if name in REQUEST_COUNTERS:
+                count += value
+            elif value > 0:
+                busy = True
+    return Activity(count, busy)
+
+
+@dataclass(frozen=True)
+class ScaleStep:
+    """What the idle check decided: a status.scaleToZero patch (None: no write) and
+    whether the Deployment goes to zero now."""
+
+    patch: dict[str, Any] | None
+    scale_down: bool
+
+
+def next_scale_state(
+    state: Mapping[str, Any], seen: Activity | None, now: datetime, idle_seconds: int
+) -> ScaleStep:
+    """One idle check of a model that is up. `seen` None: not every pod is Ready or one
+    could not be read, so nothing is known and nothing changes (never scale away a pod
+    that is still loading)."""
+    if state.get(AT_ZERO) or seen is None:
+        return ScaleStep(None, False)
+    last_at = parse_time(state.get(LAST_REQUEST_AT))
+    if last_at is None or seen.busy or seen.count != state.get(LAST_COUNT):
+        return ScaleStep({LAST_COUNT: seen.count, LAST_REQUEST_AT: rfc3339(now)}, False)
+    if (now - last_at).total_seconds() >= idle_seconds:
+        return ScaleStep({AT_ZERO: True, SINCE: rfc3339(now)}, True)
+    return ScaleStep(None, False)
+
+
+def moved(state: Mapping[str, Any], seen: Activity | None) -> bool:
+    """Between the decision to go to zero and the pods' removal (one check later, once the
+    Gateway has taken up the route to the activator): did a request come in meanwhile?
+    Then going to zero is called off. Unknown (`seen` None) is not a request."""
+    return seen is not None and (seen.busy or seen.count != state.get(LAST_COUNT))
+
+
+def called_off_state(seen: Activity, now: datetime) -> dict[str, Any]:
+    """status.scaleToZero when going to zero is called off: up, a request just now."""
+    return {AT_ZERO: False, LAST_COUNT: seen.count, LAST_REQUEST_AT: rfc3339(now)}
+
+
+def wake_replicas(spec: ModelServiceSpec) -> int:
+    """The replicas a wake sets (the HPA takes over from there)."""
+    a = spec.autoscaling
+    return max(1, a.min_replicas) if a is not None else spec.fixed_replicas

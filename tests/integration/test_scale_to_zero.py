@@ -1,0 +1,561 @@
+"""Scale to zero with requests held, on the real node through the real Gateway (Traefik).
+
+The chart runs the operator and the activator (activator.enabled) as pods from the operator
+image, watching this module's namespace, with the Gateway hack/gateway-up.sh runs as the
+default. A ModelService with autoscaling.minReplicas 0 goes to zero after idleSeconds
+without a request; the next request through the Gateway is held by the activator, wakes the
+model and is answered 200; a request for a model that cannot load gets 503 with the reason
+after holdTimeoutSeconds.
+
+Without a real node (or the Gateway) every test here is skipped with the reason, and with
+CI=true it fails instead.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from modelservice_operator import activator as act
+
+from tests.integration.cluster_env import gateway_facts
+from tests.integration.conftest import REPO_ROOT, Kubectl, condition, wait_until
+from tests.integration.test_real_node import (
+    CHART,
+    OPERATOR_IMAGE,
+    RESOURCES,
+    RUNTIME_IMAGE,
+    ModelFiles,
+    real_node_ip,
+    serve_model_files,
+    tiny_llm_archive,
+)
+from tests.needs import needed
+
+pytestmark = [pytest.mark.cluster, pytest.mark.real_node, pytest.mark.slow]
+
+SUFFIX = uuid.uuid4().hex[:6]
+NAMESPACE = f"msvc-s2z-{SUFFIX}"
+OPERATOR_NAMESPACE = f"msvc-s2z-op-{SUFFIX}"
+RELEASE = f"msvc-s2z-{SUFFIX}"
+ACTIVATOR = f"{RELEASE}-modelservice-operator-activator"
+GATEWAY = gateway_facts()
+X = [0.01 * i for i in range(64)]
+WAKE = "serving.modelservice.io/wake-requested-at"
+
+
+@pytest.fixture(scope="module")
+def node_ip(kctl: Kubectl) -> str:
+    ip, why_not = real_node_ip(kctl)
+    if ip is None:
+        needed(f"no real node: {why_not}")
+    if kctl.maybe_get("gateway", GATEWAY.name, GATEWAY.namespace) is None:
+        needed(f"no Gateway {GATEWAY.namespace}/{GATEWAY.name}: run hack/gateway-up.sh")
+    assert ip is not None
+    return ip
+
+
+@pytest.fixture(scope="module")
+def model_files(
+    node_ip: str, mlp_onnx: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ModelFiles]:
+    with serve_model_files(node_ip, mlp_onnx, tmp_path_factory.mktemp("s2z-models")) as files:
+        yield files
+
+
+@pytest.fixture(scope="module")
+def operator_and_activator(kctl: Kubectl, node_ip: str, modelservice_crd: str) -> Iterator[None]:
+    """The chart with the activator, watching NAMESPACE, routing through the Gateway."""
+    kctl.run("create", "namespace", NAMESPACE)
+    helm = str(REPO_ROOT / ".cache" / "bin" / "helm")
+    repo, tag = OPERATOR_IMAGE.rsplit(":", 1)
+    cmd = [
+        helm, "--kubeconfig", str(kctl.kubeconfig), "install", RELEASE, str(CHART),
+        "-n", OPERATOR_NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s",
+        "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
+        "--set", f"runtimeImage={RUNTIME_IMAGE}",
+        "--set-json", f"watchNamespaces={json.dumps([NAMESPACE])}",
+        "--set", f"peering.name={RELEASE}",
+        "--set", f"gateway.default={GATEWAY.namespace}/{GATEWAY.name}",
+        "--set", "activator.enabled=true",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    try:
+        if proc.returncode != 0:
+            pods = kctl.run("get", "pods", "-n", OPERATOR_NAMESPACE, "-o", "wide", check=False)
+            pytest.fail(f"helm install failed: {proc.stderr}\n{pods.stdout}")
+        yield
+    finally:
+        kctl.run("delete", "msvc", "--all", "-n", NAMESPACE, "--wait=true", "--timeout=90s",
+                 check=False, timeout=120)  # fmt: skip
+        subprocess.run(
+            [helm, "--kubeconfig", str(kctl.kubeconfig), "uninstall", RELEASE,
+             "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "60s"],
+            capture_output=True, timeout=90,
+        )  # fmt: skip
+        for ns in (NAMESPACE, OPERATOR_NAMESPACE):
+            kctl.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def scale_to_zero(name: str, model: dict[str, Any], **autoscaling: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.modelservice.io/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": name},
+        "spec": {
+            "model": model,
+            "resources": RESOURCES,
+            "autoscaling": {"minReplicas": 0, "maxReplicas": 2, **autoscaling},
+        },
+    }
+
+
+def infer(name: str, timeout: float) -> tuple[int, dict[str, Any], float]:
+    """One V2 inference through the Gateway: (status, JSON body, seconds). The body gets
+    key "_held" when the activator answered (its header, the seconds it held it)."""
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": X}]}
+    )
+    conn = http.client.HTTPConnection(GATEWAY.ip, 80, timeout=timeout)
+    start = time.monotonic()
+    try:
+        conn.request(
+            "POST",
+            f"/v2/models/{name}/infer",
+            body=body,
+            headers={
+                "Host": f"{name}.{NAMESPACE}.models.internal",
+                "Content-Type": "application/json",
+            },
+        )
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    elapsed = time.monotonic() - start
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = {"raw": raw.decode(errors="replace")[:300]}
+    held = resp.getheader(act.HELD_HEADER)
+    if held is not None and isinstance(doc, dict):
+        doc["_held"] = float(held)
+    return resp.status, doc, elapsed
+
+
+def live_pods(kctl: Kubectl, name: str) -> list[dict[str, Any]]:
+    pods = kctl.list("pods", NAMESPACE, selector=f"app.kubernetes.io/instance={name}")
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def backend_of_route(kctl: Kubectl, name: str) -> str | None:
+    route = kctl.maybe_get("httproute", name, NAMESPACE)
+    if route is None:
+        return None
+    (backend,) = route["spec"]["rules"][0]["backendRefs"]
+    return f"{backend.get('namespace', NAMESPACE)}/{backend['name']}"
+
+
+def route_resolved(kctl: Kubectl, name: str) -> bool:
+    """Traefik accepted the route and resolved its backend (the ReferenceGrant honoured)."""
+    route = kctl.maybe_get("httproute", name, NAMESPACE) or {}
+    for parent in (route.get("status") or {}).get("parents") or []:
+        conds = {c["type"]: c["status"] for c in parent.get("conditions") or []}
+        if conds.get("Accepted") == "True" and conds.get("ResolvedRefs") == "True":
+            return True
+    return False
+
+
+def _stamp(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def latency_split(kctl: Kubectl, name: str, sent: datetime, seconds: float) -> str:
+    """Where a held request's time went, from the woken pod's own timestamps (whole
+    seconds, as the API keeps them): reported, never asserted."""
+    pods = live_pods(kctl, name)
+    if len(pods) != 1:
+        return f"({len(pods)} pods: no split)"
+    pod = pods[0]
+    conds = {c["type"]: _stamp(c.get("lastTransitionTime")) for c in pod["status"]["conditions"]}
+    fetch = next(
+        (s["state"].get("terminated") or {} for s in pod["status"].get("initContainerStatuses")
+         or [] if s["name"] == "model-fetch"), {},
+    )  # fmt: skip
+    run = next(
+        (s["state"].get("running") or {} for s in pod["status"].get("containerStatuses") or []
+         if s["name"] == "runtime"), {},
+    )  # fmt: skip
+    points = [
+        ("pod created", _stamp(pod["metadata"]["creationTimestamp"])),
+        ("scheduled", conds.get("PodScheduled")),
+        ("fetch started", _stamp(fetch.get("startedAt"))),
+        ("fetch done", _stamp(fetch.get("finishedAt"))),
+        ("runtime started", _stamp(run.get("startedAt"))),
+        ("Ready", conds.get("Ready")),
+    ]
+    parts = [f"{what} {(at - sent).total_seconds():+.0f} s" for what, at in points if at]
+    answered = sent + timedelta(seconds=seconds)
+    ready = conds.get("Ready")
+    if ready is not None:
+        parts.append(f"answered +{seconds:.2f} s ({(answered - ready).total_seconds():.2f} s "
+                     "after Ready, at second resolution)")  # fmt: skip
+    return "request sent at 0; " + ", ".join(parts)
+
+
+def describe(kctl: Kubectl, name: str) -> str:
+    obj = kctl.maybe_get("msvc", name, NAMESPACE) or {}
+    logs = kctl.run(
+        "logs", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/name=modelservice-operator",
+        "--tail", "40", check=False,
+    ).stdout  # fmt: skip
+    activator = kctl.run(
+        "logs", "-n", OPERATOR_NAMESPACE, "-l",
+        "app.kubernetes.io/name=modelservice-operator-activator", "--tail", "20", check=False,
+    ).stdout  # fmt: skip
+    route = kctl.maybe_get("httproute", name, NAMESPACE) or {}
+    return (
+        f"status: {json.dumps(obj.get('status'), indent=1)}\noperator log:\n{logs}\n"
+        f"activator log:\n{activator}\nroute: {json.dumps(route.get('spec'))}\n"
+        f"route status: {json.dumps(route.get('status'))}"
+    )
+
+
+def test_idle_model_goes_to_zero_and_a_held_request_wakes_it(
+    kctl: Kubectl, operator_and_activator: None, model_files: ModelFiles
+) -> None:
+    name = "idle"
+    model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"]}
+    kctl.apply(scale_to_zero(name, model, idleSeconds=10), NAMESPACE)
+
+    def serving() -> dict[str, Any] | None:
+        obj = kctl.get("msvc", name, NAMESPACE)
+        st = obj.get("status") or {}
+        up = st.get("phase") == "Ready" and (st.get("readyReplicas") or 0) >= 1
+        return obj if up and backend_of_route(kctl, name) == f"{NAMESPACE}/{name}" else None
+
+    try:
+        obj = wait_until("the model Ready, routed to its Service", serving, timeout=180)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
+    zero = condition(obj, "ScaleToZero")
+    assert zero.get("status") == "True" and zero.get("reason") == "IdleScaling", zero
+
+    # One answer through the Gateway while up, from the Service: Traefik may still send to
+    # the activator for up to 2 s after the route's switch (see docs/scale-to-zero.md on a
+    # request seen stalling there in that window).
+    seen: list[str] = []
+
+    def answered() -> bool:
+        try:
+            status, doc, secs = infer(name, 10)
+        except OSError as e:
+            seen.append(f"{e!r}")
+            return False
+        seen.append(f"{status} in {secs:.2f} s: {str(doc)[:100]}")
+        return status == 200 and "_held" not in doc
+
+    try:
+        wait_until("an answer through the Gateway", answered, timeout=60, interval=1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nanswers: {seen}\n{describe(kctl, name)}") from None
+    print(f"\nfirst answers through the Gateway: {seen}")
+
+    def at_zero() -> dict[str, Any] | None:
+        obj = kctl.get("msvc", name, NAMESPACE)
+        st = obj.get("status") or {}
+        gone = not live_pods(kctl, name)
+        routed = backend_of_route(kctl, name) == f"{OPERATOR_NAMESPACE}/{ACTIVATOR}"
+        held = (st.get("scaleToZero") or {}).get("atZero")
+        return obj if held and gone and routed and route_resolved(kctl, name) else None
+
+    try:
+        obj = wait_until("the pods gone after idleSeconds", at_zero, timeout=150, interval=2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
+    assert obj["status"]["replicas"] == 0 and obj["status"]["desiredReplicas"] == 0
+    assert condition(obj, "ScaleToZero").get("reason") == "AtZero"
+    deployment = kctl.get("deployment", name, NAMESPACE)
+    assert deployment["spec"]["replicas"] == 0
+    hpa = kctl.get("hpa", name, NAMESPACE)
+    assert hpa["spec"]["minReplicas"] == 1
+    events = [e.get("reason") for e in kctl.events(NAMESPACE, name)]
+    assert "ScaledToZero" in events, events
+
+    # The held request: answered once a pod is Ready, however long that takes (bounded).
+    sent = datetime.now(UTC)
+    status, doc, seconds = infer(name, 240)
+    assert status == 200, (status, doc, describe(kctl, name))
+    assert doc["outputs"][0]["shape"] == [1, 10], doc
+    assert 0 < doc["_held"] <= seconds, doc  # the activator held it
+    print(f"\nheld request through the Gateway answered 200 in {seconds:.2f} s (from zero)")
+    print(f"  {latency_split(kctl, name, sent, seconds)}")
+
+    def back() -> bool:
+        obj = kctl.get("msvc", name, NAMESPACE)
+        st = obj.get("status") or {}
+        return (
+            not (st.get("scaleToZero") or {}).get("atZero")
+            and (st.get("readyReplicas") or 0) >= 1
+            and backend_of_route(kctl, name) == f"{NAMESPACE}/{name}"
+        )
+
+    wait_until("the pods back and the route at the Service", back, timeout=90, interval=1)
+    assert [e.get("reason") for e in kctl.events(NAMESPACE, name)].count("ScaledFromZero") >= 1
+    assert infer(name, 30)[0] == 200
+
+
+def wait_at_zero(kctl: Kubectl, name: str, timeout: float) -> dict[str, Any]:
+    """The ModelService at zero: status says so, no pod left, the route at the activator and
+    resolved by Traefik."""
+
+    def at_zero() -> dict[str, Any] | None:
+        obj = kctl.get("msvc", name, NAMESPACE)
+        held = ((obj.get("status") or {}).get("scaleToZero") or {}).get("atZero")
+        gone = not live_pods(kctl, name)
+        routed = backend_of_route(kctl, name) == f"{OPERATOR_NAMESPACE}/{ACTIVATOR}"
+        return obj if held and gone and routed and route_resolved(kctl, name) else None
+
+    try:
+        return wait_until(f"{name} at zero", at_zero, timeout=timeout, interval=2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
+
+
+def test_a_streamed_completion_is_held_from_zero_and_streams(
+    kctl: Kubectl,
+    operator_and_activator: None,
+    node_ip: str,
+    mlp_onnx: Path,
+    tiny_llm: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """The tiny Llama (format genai) goes to zero unused; a streamed completion through the
+    Gateway is held, wakes it, and arrives as server-sent events ending in [DONE]."""
+    name = "llm"
+    with tiny_llm_archive(node_ip, mlp_onnx, tiny_llm, tmp_path, name) as model:
+        kctl.apply(scale_to_zero(name, model, idleSeconds=10), NAMESPACE)
+        wait_at_zero(kctl, name, timeout=240)
+        body = json.dumps({
+            "model": name, "prompt": "Once upon a time", "max_tokens": 16, "temperature": 0,
+            "stream": True,
+        })  # fmt: skip
+        conn = http.client.HTTPConnection(GATEWAY.ip, 80, timeout=240)
+        start = time.monotonic()
+        try:
+            conn.request(
+                "POST", "/v1/completions", body=body,
+                headers={"Host": f"{name}.{NAMESPACE}.models.internal",
+                         "Content-Type": "application/json"},
+            )  # fmt: skip
+            resp = conn.getresponse()
+            first = resp.readline()
+            first_at = time.monotonic() - start
+            rest = resp.read()
+        finally:
+            conn.close()
+        total = time.monotonic() - start
+        assert resp.status == 200, (resp.status, first + rest, describe(kctl, name))
+        assert resp.getheader("Content-Type", "").startswith("text/event-stream")
+        events = [line for line in (first + rest).split(b"\n") if line.startswith(b"data: ")]
+        assert events[-1] == b"data: [DONE]", events[-3:]
+        chunks = [json.loads(e[len(b"data: ") :]) for e in events[:-1]]
+        assert chunks and all(c["object"] == "text_completion" for c in chunks), chunks
+        ends = [ch.get("finish_reason") for c in chunks for ch in c.get("choices") or []]
+        assert {"length", "stop"} & set(ends), chunks[-1]
+        print(f"\nheld streamed completion from zero: first event after {first_at:.2f} s, "
+              f"{len(events) - 1} events, done after {total:.2f} s")  # fmt: skip
+
+
+def test_a_held_request_for_a_model_that_cannot_load_gets_503_with_the_reason(
+    kctl: Kubectl, operator_and_activator: None, model_files: ModelFiles
+) -> None:
+    name = "broken"
+    model = {"uri": model_files.url("corrupt.onnx"), "sha256": model_files.sha256["corrupt.onnx"]}
+    kctl.apply(scale_to_zero(name, model, holdTimeoutSeconds=5), NAMESPACE)
+    # No pod is Ready: the route goes to the activator, which Traefik resolves.
+    wait_until(
+        "the route at the activator, resolved",
+        lambda: (
+            backend_of_route(kctl, name) == f"{OPERATOR_NAMESPACE}/{ACTIVATOR}"
+            and route_resolved(kctl, name)
+        ),
+        timeout=90,
+    )
+
+    def held_answer() -> tuple[int, dict[str, Any], float] | None:
+        got = infer(name, 60)
+        return got if got[0] == 503 and "error" in got[1] else None
+
+    _, doc, seconds = wait_until("the activator's 503", held_answer, timeout=120, interval=1)
+    message = doc["error"]
+    assert message.startswith(f"ModelService {NAMESPACE}/{name} is not ready after "), message
+    assert seconds >= 5, seconds
+    print(f"\nheld request for a model that cannot load: 503 after {seconds:.1f} s: {message}")
+
+    # Once the status blames the model, the 503 says so.
+    def names_the_reason() -> str | None:
+        got = infer(name, 60)
+        text = str(got[1].get("error", ""))
+        blamed = "ModelFetchFailed" in text or "RuntimeFailed" in text
+        return text if got[0] == 503 and blamed else None
+
+    try:
+        text = wait_until("a 503 naming the failure", names_the_reason, timeout=150, interval=2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
+    print(f"503 with the status reason: {text}")
+
+
+def test_a_request_without_the_target_header_gets_400(
+    kctl: Kubectl, operator_and_activator: None
+) -> None:
+    svc = kctl.get("service", ACTIVATOR, OPERATOR_NAMESPACE)
+    ip, port = svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"]
+
+    def answer() -> tuple[int, dict[str, Any]] | None:
+        try:
+            conn = http.client.HTTPConnection(ip, port, timeout=5)
+            conn.request("GET", "/v2/models/x")
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        except OSError:
+            return None
+
+    status, doc = wait_until("the activator's answer", answer, timeout=30)
+    assert status == 400 and "X-ModelService-Target" in doc["error"], (status, doc)
+
+
+def wake_asked(kctl: Kubectl, name: str) -> bool:
+    return WAKE in (kctl.get("msvc", name, NAMESPACE)["metadata"].get("annotations") or {})
+
+
+def _held_by_three(name: str) -> tuple[list[tuple[int, dict[str, Any], float] | str], Any]:
+    """Three requests through the Gateway in threads; (their results, a join)."""
+    results: list[tuple[int, dict[str, Any], float] | str] = ["not answered"] * 3
+
+    def one(i: int) -> None:
+        try:
+            results[i] = infer(name, 120)
+        except (OSError, http.client.HTTPException) as e:
+            results[i] = repr(e)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(3)]
+    for t in threads:
+        t.start()
+
+    def join() -> None:
+        for t in threads:
+            t.join(150)
+
+    return results, join
+
+
+def _kill_activator(kctl: Kubectl) -> None:
+    pods = [
+        p
+        for p in kctl.list(
+            "pods", OPERATOR_NAMESPACE, "app.kubernetes.io/name=modelservice-operator-activator"
+        )
+        if not p["metadata"].get("deletionTimestamp")  # the one stopped before, still draining
+    ]
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    kctl.run("delete", "pod", "-n", OPERATOR_NAMESPACE, pods[0]["metadata"]["name"], "--wait=false")
+
+
+def test_the_activator_stopped_while_holding_answers_what_it_holds(
+    kctl: Kubectl, operator_and_activator: None, model_files: ModelFiles
+) -> None:
+    """The activator's pod deleted while it holds requests: those of a model that cannot
+    load get the 503 with the reason, saying the activator is shutting down (instead of a
+    cut connection); those of a model that wakes meanwhile are answered 200 (it keeps
+    holding during its grace period)."""
+    broken = "never"
+    corrupt = {
+        "uri": model_files.url("corrupt.onnx"), "sha256": model_files.sha256["corrupt.onnx"],
+    }  # fmt: skip
+    kctl.apply(scale_to_zero(broken, corrupt, holdTimeoutSeconds=1), NAMESPACE)
+    waking = "waking"
+    mlp = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"]}
+    kctl.apply(scale_to_zero(waking, mlp, idleSeconds=10), NAMESPACE)
+
+    def hold_for(seconds: int) -> None:
+        patch = {"spec": {"autoscaling": {"holdTimeoutSeconds": seconds}}}
+        kctl.run("patch", "msvc", broken, "-n", NAMESPACE, "--type=merge", "-p", json.dumps(patch))
+        time.sleep(2 * act.CACHE_S)  # the activator's read of the ModelService is renewed
+
+    def activator_answers() -> bool:
+        status, doc, _ = infer(broken, 30)
+        # Not the Gateway's own 404 (route not loaded yet) or 503 ("no available server").
+        return status == 503 and "error" in doc
+
+    # The route loaded by the Gateway and the activator answering (a short bound: 1 s).
+    wait_until("the activator answering", activator_answers, timeout=120, interval=1)
+
+    # A model that cannot load: held until the activator's drain ends, then 503.
+    hold_for(120)
+    results, join = _held_by_three(broken)
+    time.sleep(3)  # they are held (the bound is 120 s)
+    _kill_activator(kctl)
+    join()
+    print(f"\nactivator stopped while holding 3 requests of a model that cannot load: {results}")
+    for got in results:
+        assert not isinstance(got, str) and got[0] == 503, results
+        assert got[1]["error"].startswith(f"ModelService {NAMESPACE}/{broken} is not ready"), got
+        assert got[1]["error"].endswith("(the activator holding it is shutting down: retry)")
+
+    # The new activator pod serving through the Gateway.
+    hold_for(1)
+    wait_until("the new activator answering", activator_answers, timeout=120, interval=1)
+
+    # A model at zero: the pod goes once the held requests have asked for the wake.
+    wait_at_zero(kctl, waking, timeout=200)
+    results, join = _held_by_three(waking)
+    wait_until("the wake asked by the activator", lambda: wake_asked(kctl, waking), timeout=30)
+    _kill_activator(kctl)
+    join()
+    print(f"activator stopped while holding 3 requests of a waking model: {results}")
+    for got in results:
+        assert not isinstance(got, str) and got[0] == 200, results
+
+
+def test_a_request_held_while_no_operator_runs_is_answered_by_the_next_one(
+    kctl: Kubectl, operator_and_activator: None, model_files: ModelFiles
+) -> None:
+    """The operator stopped while the model is at zero, and a request sent: the activator
+    holds it and asks for the wake with no operator to see it; the model stays at zero.
+    The operator started again reads the request (and the state in status) and wakes the
+    model; the held request is answered."""
+    name = "restart"
+    model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"]}
+    kctl.apply(scale_to_zero(name, model, idleSeconds=10), NAMESPACE)
+    before = wait_at_zero(kctl, name, timeout=200)["status"]["scaleToZero"]
+    deployment = f"{RELEASE}-modelservice-operator"
+    selector = "app.kubernetes.io/name=modelservice-operator"
+    kctl.run("scale", "deployment", deployment, "-n", OPERATOR_NAMESPACE, "--replicas=0")
+    wait_until(
+        "no operator pod", lambda: not kctl.list("pods", OPERATOR_NAMESPACE, selector),
+        timeout=90,
+    )  # fmt: skip
+    try:
+        results, join = _held_by_three(name)
+        wait_until("the wake asked by the activator", lambda: wake_asked(kctl, name), timeout=30)
+        assert kctl.get("deployment", name, NAMESPACE)["spec"]["replicas"] == 0
+    finally:
+        kctl.run("scale", "deployment", deployment, "-n", OPERATOR_NAMESPACE, "--replicas=1")
+    join()
+    answers = [r if isinstance(r, str) else (r[0], round(r[2], 2)) for r in results]
+    print(f"\nheld while no operator ran, then answered (status, s): {answers}")
+    for got in results:
+        assert not isinstance(got, str) and got[0] == 200, results
+    after = kctl.get("msvc", name, NAMESPACE)["status"]["scaleToZero"]
+    assert after["atZero"] is False and after["since"] == before["since"], (before, after)

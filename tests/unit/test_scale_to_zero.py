@@ -1,0 +1,326 @@
+"""Scale to zero without a cluster: the spec's fields, whether it runs (scaling.py), the idle
+check and the wake, where the HTTPRoute points, the status at zero, and the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from modelservice_operator.reasons import Reason
+from modelservice_operator.render import render_hpa
+from modelservice_operator.revisions import render_reference_grant, render_route
+from modelservice_operator.scaling import (
+    Activity,
+    called_off_state,
+    moved,
+    next_scale_state,
+    plan_scale_to_zero,
+    request_activity,
+    route_to_activator,
+    wake_replicas,
+    wake_requested,
+    woken_state,
+)
+from modelservice_operator.settings import OperatorSettings
+from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
+from modelservice_operator.status import compute_status
+from modelservice_operator.traffic import (
+    ActivatorRef,
+    RouteDefaults,
+    activator_of,
+    set_route_defaults,
+)
+
+WAKE = "serving.modelservice.io/wake-requested-at"
+T0 = datetime(2026, 12, 7, 12, 0, 0, tzinfo=UTC)
+ACTIVATOR = ActivatorRef("modelservice-system", "msvc-activator", 8080)
+
+
+def _spec(**autoscaling: Any) -> ModelServiceSpec:
+    body: dict[str, Any] = {
+        "model": {"uri": "https://models.example.com/m.onnx"},
+        "resources": {"requests": {"cpu": "100m"}},
+        "autoscaling": {"minReplicas": 0, "maxReplicas": 3, **autoscaling},
+    }
+    return parse_spec(body, "demo")
+
+
+@pytest.fixture
+def routed() -> Iterator[None]:
+    """The operator started with a default Gateway and the activator."""
+    settings = OperatorSettings.from_env({
+        "MODELSERVICE_DEFAULT_GATEWAY": "modelservice-gateway/default",
+        "MODELSERVICE_ACTIVATOR": "modelservice-system/msvc-activator:8080",
+    })  # fmt: skip
+    set_route_defaults(settings.routes)
+    yield
+    set_route_defaults(RouteDefaults())
+
+
+# --- the spec --------------------------------------------------------------------------------
+
+
+def test_min_replicas_zero_alone_is_valid_with_the_defaults() -> None:
+    a = _spec().autoscaling
+    assert a is not None
+    assert (a.min_replicas, a.idle_seconds, a.hold_timeout_seconds) == (0, 300, 300)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [("idleSeconds", 9, "idleSeconds"), ("holdTimeoutSeconds", 0, "holdTimeoutSeconds")],
+)
+def test_out_of_range_idle_or_hold_is_refused_naming_the_field(
+    field: str, value: int, needle: str
+) -> None:
+    with pytest.raises(InvalidSpec, match=needle):
+        _spec(**{field: value})
+
+
+def test_the_hpa_never_goes_below_one() -> None:
+    hpa = render_hpa("demo", "ns", _spec())
+    assert hpa is not None and hpa["spec"]["minReplicas"] == 1
+    two = render_hpa("demo", "ns", _spec(minReplicas=2))
+    assert two is not None and two["spec"]["minReplicas"] == 2
+
+
+# --- whether it runs ---------------------------------------------------------------------------
+
+
+def test_not_asked_no_plan() -> None:
+    assert plan_scale_to_zero(_spec(minReplicas=1), gateway_api=True) is None
+
+
+def test_without_a_gateway_it_stays_at_one_and_says_why() -> None:
+    plan = plan_scale_to_zero(_spec(), gateway_api=True)
+    assert plan is not None and not plan.enabled and plan.reason is Reason.NO_GATEWAY
+    assert "spec.gateway" in plan.message and "stays at 1" in plan.message
+
+
+def test_without_the_gateway_api_or_the_activator_it_says_why(routed: None) -> None:
+    no_api = plan_scale_to_zero(_spec(), gateway_api=False)
+    assert no_api is not None and no_api.reason is Reason.NO_GATEWAY
+    set_route_defaults(RouteDefaults(gateway=activator_gateway()))
+    no_activator = plan_scale_to_zero(_spec(), gateway_api=True)
+    assert no_activator is not None and no_activator.reason is Reason.NO_ACTIVATOR
+    assert "activator.enabled" in no_activator.message
+
+
+def activator_gateway() -> Any:
+    from modelservice_operator.spec_canary import GatewayRef
+
+    return GatewayRef(name="default", namespace="modelservice-gateway")
+
+
+def test_beside_a_canary_it_is_refused(routed: None) -> None:
+    spec = parse_spec(
+        {
+            "model": {"uri": "https://m/a.onnx"},
+            "resources": {"requests": {"cpu": "100m"}},
+            "autoscaling": {"minReplicas": 0, "maxReplicas": 2},
+            "canary": {"model": {"uri": "https://m/b.onnx"}, "trafficPercent": 10},
+        },
+        "demo",
+    )
+    plan = plan_scale_to_zero(spec, gateway_api=True)
+    assert plan is not None and plan.reason is Reason.SCALE_TO_ZERO_WITH_CANARY
+
+
+def test_with_a_gateway_and_the_activator_it_runs(routed: None) -> None:
+    plan = plan_scale_to_zero(_spec(idleSeconds=60, holdTimeoutSeconds=30), gateway_api=True)
+    assert plan is not None and plan.enabled and plan.reason is Reason.IDLE_SCALING
+    assert "60 s" in plan.message and "30 s" in plan.message
+
+
+# --- the idle check ---------------------------------------------------------------------------
+
+
+METRICS = """# HELP nv_inference_request_success Number of successful inference requests
+# TYPE nv_inference_request_success counter
+nv_inference_request_success{model="m",version="1"} 7
+nv_inference_request_failure{model="m",version="1"} 2
+nv_inference_count{model="m",version="1"} 900
+nv_inference_pending_request_count{model="m",version="1"} 0
+modelservice_request_duration_seconds_bucket{model="m",le="+Inf"} 9
+"""
+
+
+def test_request_activity_sums_the_request_counters_of_every_pod() -> None:
+    seen = request_activity([METRICS, METRICS.replace(" 7\n", " 1\n")])
+    assert seen == Activity(count=7 + 2 + 1 + 2, busy=False)
+    pending = 'nv_inference_pending_request_count{model="m",version="1"}'
+    busy = METRICS.replace(f"{pending} 0", f"{pending} 1")
+    assert request_activity([busy]).busy
+    llm = 'modelservice_generation_requests_running{model="m"} 2\n'
+    assert request_activity([llm]) == Activity(0.0, True)
+
+
+def test_the_first_reading_starts_the_clock() -> None:
+    step = next_scale_state({}, Activity(5, False), T0, 10)
+    assert step.patch == {"lastRequestCount": 5, "lastRequestAt": "2026-12-07T12:00:00Z"}
+    assert not step.scale_down
+
+
+def test_idle_for_idle_seconds_goes_to_zero_and_not_before() -> None:
+    state = {"lastRequestCount": 5, "lastRequestAt": "2026-12-07T12:00:00Z"}
+    early = next_scale_state(state, Activity(5, False), T0 + timedelta(seconds=9), 10)
+    assert early.patch is None and not early.scale_down
+    due = next_scale_state(state, Activity(5, False), T0 + timedelta(seconds=10), 10)
+    assert due.scale_down and due.patch == {"atZero": True, "since": "2026-12-07T12:00:10Z"}
+
+
+def test_a_request_or_one_in_flight_restarts_the_clock() -> None:
+    state = {"lastRequestCount": 5, "lastRequestAt": "2026-12-07T12:00:00Z"}
+    later = T0 + timedelta(seconds=60)
+    for seen in (Activity(6, False), Activity(5, True), Activity(0, False)):  # 0: pods replaced
+        step = next_scale_state(state, seen, later, 10)
+        assert not step.scale_down
+        assert step.patch is not None and step.patch["lastRequestAt"] == "2026-12-07T12:01:00Z"
+
+
+def test_nothing_known_or_already_at_zero_changes_nothing() -> None:
+    state = {"lastRequestCount": 5, "lastRequestAt": "2026-12-07T12:00:00Z"}
+    late = T0 + timedelta(hours=1)
+    # None: a pod still loading, or one that could not be read: never scaled away.
+    assert next_scale_state(state, None, late, 10).patch is None
+    assert not next_scale_state(state, None, late, 10).scale_down
+    zero = {**state, "atZero": True}
+    assert not next_scale_state(zero, Activity(5, False), late, 10).scale_down
+
+
+def test_a_request_between_the_decision_and_the_pods_removal_calls_it_off() -> None:
+    state = {"atZero": True, "lastRequestCount": 5, "lastRequestAt": "2026-12-07T12:00:00Z"}
+    assert not moved(state, Activity(5, False))
+    assert not moved(state, None)  # unknown: the decision stands
+    assert moved(state, Activity(6, False)) and moved(state, Activity(5, True))
+    assert called_off_state(Activity(6, False), T0) == {
+        "atZero": False, "lastRequestCount": 6, "lastRequestAt": "2026-12-07T12:00:00Z",
+    }  # fmt: skip
+
+
+# --- the wake ---------------------------------------------------------------------------------
+
+
+def test_a_wake_asked_at_or_after_going_to_zero_wakes_it() -> None:
+    status = {"scaleToZero": {"atZero": True, "since": "2026-12-07T12:00:10Z"}}
+    assert wake_requested(status, {WAKE: "2026-12-07T12:00:10Z"})
+    assert wake_requested(status, {WAKE: "2026-12-07T12:05:00.123456Z"})
+    assert not wake_requested(status, {WAKE: "2026-12-07T11:59:00Z"})  # an old wake
+    assert not wake_requested(status, {})
+    assert not wake_requested(status, {WAKE: "not a time"})
+    assert not wake_requested({"scaleToZero": {"atZero": False}}, {WAKE: "2026-12-07T12:05:00Z"})
+
+
+def test_woken_restarts_the_idle_clock() -> None:
+    state = woken_state(T0)
+    assert state["atZero"] is False and state["lastRequestAt"] == "2026-12-07T12:00:00Z"
+    assert state["lastRequestCount"] is None  # the new pods count from zero
+    assert wake_replicas(_spec()) == 1 and wake_replicas(_spec(minReplicas=2)) == 2
+
+
+# --- the route ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("enabled", "zero", "ready", "activator"),
+    [
+        (True, True, 0, True),
+        (True, False, 0, True),  # waking (or starting): no Ready pod yet
+        (True, True, 1, True),  # status still says zero
+        (True, False, 1, False),
+        (False, True, 0, False),
+        (False, False, 0, False),
+    ],
+)
+def test_the_route_goes_to_the_activator_until_a_pod_is_ready(
+    enabled: bool, zero: bool, ready: int, activator: bool
+) -> None:
+    assert route_to_activator(enabled, zero, ready) is activator
+
+
+def test_the_route_at_the_activator_names_the_modelservice(routed: None) -> None:
+    route = render_route("demo", "ns1", _spec(), (100, 0), ACTIVATOR)
+    (rule,) = route["spec"]["rules"]
+    assert rule["backendRefs"] == [{
+        "group": "", "kind": "Service", "name": "msvc-activator",
+        "namespace": "modelservice-system", "port": 8080, "weight": 1,
+    }]  # fmt: skip
+    assert rule["filters"] == [{
+        "type": "RequestHeaderModifier",
+        "requestHeaderModifier": {"set": [{"name": "X-ModelService-Target", "value": "ns1/demo"}]},
+    }]  # fmt: skip
+    back = render_route("demo", "ns1", _spec(), (100, 0))
+    assert back["spec"]["rules"] == [{"backendRefs": [{"name": "demo", "port": 80, "weight": 1}]}]
+
+
+def test_the_reference_grant_lets_one_namespaces_routes_reach_the_activator() -> None:
+    grant = render_reference_grant(ACTIVATOR, "ns1")
+    assert grant["apiVersion"] == "gateway.networking.k8s.io/v1beta1"
+    assert grant["metadata"]["namespace"] == "modelservice-system"
+    assert grant["spec"]["from"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "ns1"}
+    ]
+    assert grant["spec"]["to"] == [{"group": "", "kind": "Service", "name": "msvc-activator"}]
+
+
+# --- the status ------------------------------------------------------------------------------
+
+
+def _status(spec: ModelServiceSpec, previous: dict[str, Any], ready: int) -> dict[str, Any]:
+    deployment = {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": ready},
+        "status": {
+            "observedGeneration": 1, "replicas": ready, "readyReplicas": ready,
+            "updatedReplicas": ready, "availableReplicas": ready,
+        },
+    }  # fmt: skip
+    hpa = {"status": {"desiredReplicas": 1, "currentReplicas": 1}}
+    plan = plan_scale_to_zero(spec, gateway_api=True)
+    return compute_status(
+        name="demo", namespace="ns", generation=1, spec=spec, deployment=deployment, hpa=hpa,
+        previous=previous, now="2026-12-07T12:00:00Z", zero_plan=plan,
+    )  # fmt: skip
+
+
+def _cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == ctype)
+
+
+def test_at_zero_the_model_is_ready_with_none_wanted(routed: None) -> None:
+    status = _status(_spec(), {"scaleToZero": {"atZero": True}}, 0)
+    assert status["phase"] == "Ready" and status["desiredReplicas"] == 0
+    assert _cond(status, "Ready")["reason"] == "ScaledToZero"
+    assert {"status": "True", "reason": "AtZero"}.items() <= _cond(status, "ScaleToZero").items()
+    assert "scaleToZero" not in status  # the scaler's alone
+
+
+def test_up_it_reports_idle_scaling_and_refused_it_says_why(routed: None) -> None:
+    up = _status(_spec(), {}, 1)
+    assert up["phase"] == "Ready" and _cond(up, "ScaleToZero")["reason"] == "IdleScaling"
+    set_route_defaults(RouteDefaults())
+    refused = _status(_spec(), {"scaleToZero": {"atZero": True}}, 1)
+    assert _cond(refused, "ScaleToZero")["status"] == "False"
+    assert _cond(refused, "ScaleToZero")["reason"] == "NoGateway"
+    assert refused["desiredReplicas"] == 1  # not at zero when it cannot be
+    plain = _status(_spec(minReplicas=1), {}, 1)
+    assert not any(c["type"] == "ScaleToZero" for c in plain["conditions"])
+
+
+# --- the settings ------------------------------------------------------------------------------
+
+
+def test_the_activator_setting() -> None:
+    settings = OperatorSettings.from_env({"MODELSERVICE_ACTIVATOR": "ops/act:8080"})
+    assert settings.routes.activator == ActivatorRef("ops", "act", 8080)
+    assert OperatorSettings.from_env({}).routes.activator is None
+    for bad in ("ops/act", "act:80", "ops/Act:80", "ops/act:0", "ops/act:x"):
+        with pytest.raises(ValueError, match="MODELSERVICE_ACTIVATOR"):
+            OperatorSettings.from_env({"MODELSERVICE_ACTIVATOR": bad})
+    set_route_defaults(settings.routes)
+    try:
+        assert activator_of() == ActivatorRef("ops", "act", 8080)
+    finally:
+        set_route_defaults(RouteDefaults())
