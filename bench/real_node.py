@@ -14,7 +14,11 @@ watching one namespace); the model is bench's MLP, fetched over HTTP from the no
 2. Throughput: wrk, the MLP's JSON body, through the ClusterIP, through the Gateway
    (hack/gateway-up.sh's Traefik on the node, the ModelService's HTTPRoute, by its Host), and
    against `modelservice serve` on the host with the same model and flags, alternating
-   (--rounds times); the ratios of the medians. Servers, Traefik and wrk share the 2 cores.
+   (--rounds times); the ratios of the medians, and the CPU per request of the pod, Traefik
+   and wrk. Servers, Traefik and wrk share the 2 cores.
+3. Cold start from zero: the chart again with its activator, a ModelService with
+   minReplicas 0 left idle until it is at zero, then one request through the Gateway, held
+   until a pod is Ready (--cold-runs times), against the start-up median of 1.
 
 Writes its section of docs/benchmarks.md (between the real-node markers, replaced on each
 run; `make bench` runs it after bench/run.py) and the raw figures to .cache/bench/.
@@ -41,6 +45,7 @@ from bench.doc_sections import write_section  # noqa: E402
 from bench.load import ensure_wrk, run_wrk  # noqa: E402
 from bench.servers import free_port  # noqa: E402
 from tests.integration import test_real_node as real  # noqa: E402
+from tests.integration import test_scale_to_zero as s2z  # noqa: E402
 from tests.integration.conftest import CRD_PATH, DEFAULT_KUBECONFIG, Kubectl  # noqa: E402
 
 BEGIN, END = "<!-- real-node:begin -->", "<!-- real-node:end -->"
@@ -165,6 +170,28 @@ def throughput(
     }
 
 
+def cold_starts(k: Kubectl, uri: str, sha: str, runs: int) -> list[dict[str, float]]:
+    """Scale to zero (docs/scale-to-zero.md): a ModelService with minReplicas 0 and the
+    shortest idle period, left idle until it is at zero (pods gone, route at the
+    activator), then one request through the Gateway, held until a pod is Ready; `runs`
+    times. Needs the chart with the activator (tests/integration/test_scale_to_zero.py's
+    namespaces)."""
+    name = "bench-cold"
+    k.apply(s2z.scale_to_zero(name, {"uri": uri, "sha256": sha}, idleSeconds=10),
+            s2z.NAMESPACE)  # fmt: skip
+    out = []
+    for i in range(runs):
+        s2z.wait_at_zero(k, name, timeout=240)
+        status, doc, seconds = s2z.infer(name, 240)
+        if status != 200:
+            raise SystemExit(f"cold start {i + 1}: {status} {doc}")
+        out.append({"first_answer_s": seconds, "held_s": float(doc.get("_held", 0.0))})
+        print(f"  cold start {i + 1}: answered in {seconds:.2f} s (held {out[-1]['held_s']:.2f})",
+              flush=True)  # fmt: skip
+    k.run("delete", "msvc", name, "-n", s2z.NAMESPACE, "--wait=true")
+    return out
+
+
 def _pids(match) -> list[int]:
     """Host pids whose /proc entry satisfies `match(pid_dir)`: the node's containers run
     as host processes, so their CPU is read like any other."""
@@ -209,6 +236,20 @@ def gateway_line(t: dict[str, Any]) -> str:
     )
 
 
+def cold_line(cold: list[dict[str, float]], apply_to_ready: float) -> str:
+    if not cold:
+        return "\nNo cold start from zero was measured in this run."
+    first = [c["first_answer_s"] for c in cold]
+    median = statistics.median(first)
+    return (
+        f"\n**Cold start from zero** (docs/scale-to-zero.md: `minReplicas: 0`, `idleSeconds: 10`, "
+        f"the chart's activator): one request through the Gateway to a ModelService at zero, "
+        f"held until a pod is Ready, answered after {', '.join(f'{x:.2f}' for x in first)} s "
+        f"(median {median:.2f} s) against the apply-to-Ready median above of "
+        f"{apply_to_ready:.2f} s: {median - apply_to_ready:+.2f} s (target: within 1 s)."
+    )
+
+
 def _per_request_us(runs: list[dict[str, Any]], key: str) -> str:
     """CPU microseconds per request over all runs ("server": the pod's processes, or the
     host server for direct)."""
@@ -223,6 +264,7 @@ def render(result: dict[str, Any]) -> str:
         for p in (*PHASES, "total")
     )
     t = result["throughput"]
+    cold = result.get("cold_starts") or []
     tp = "\n".join(
         f"| {target} | {', '.join(format(r['requests_per_s'], ',.0f') for r in runs)} | "
         f"{statistics.median(r['p50_ms'] for r in runs):.2f} | "
@@ -258,6 +300,7 @@ direct `modelservice serve`** of the same model with the pod's own flags
 
 Service / direct: **{t["ratio"]:.2f}x** (medians).{gateway_line(t)} Everything, wrk
 included, shares 2 cores.
+{cold_line(cold, statistics.median(r["total"] for r in s))}
 {END}
 """
 
@@ -268,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3, help="A B rounds of the throughput runs")
+    p.add_argument("--cold-runs", type=int, default=3, help="cold starts from zero")
     args = p.parse_args(argv)
     k = Kubectl(DEFAULT_KUBECONFIG)
     if not real.REAL_NODE_FILE.exists() or "REAL_NODE=yes" not in real.REAL_NODE_FILE.read_text():
@@ -294,11 +338,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  start-up {i + 1}: " + ", ".join(f"{p} {v:.1f}s" for p, v in r.items()))
             startup.append(r)
         tp = throughput(k, model, files.url("mlp.onnx"), files.sha256["mlp.onnx"], args)
+    with (
+        real.operator_from_chart(
+            k, namespace=s2z.NAMESPACE, operator_namespace=s2z.OPERATOR_NAMESPACE,
+            release=s2z.RELEASE, activator=True,
+        ),
+        real.serve_model_files(node_ip, model.path, tmp) as files,
+    ):  # fmt: skip
+        cold = cold_starts(k, files.url("mlp.onnx"), files.sha256["mlp.onnx"], args.cold_runs)
     kubelet = k.list("nodes", "default", "type=real")[0]["status"]["nodeInfo"]["kubeletVersion"]
     git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()  # fmt: skip
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: UP017
-    result = {"when": when, "git": git, "kubelet": kubelet, "startup": startup, "throughput": tp}
+    result = {"when": when, "git": git, "kubelet": kubelet, "startup": startup, "throughput": tp,
+              "cold_starts": cold}  # fmt: skip
     raw = out_dir / f"real-node-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"  # noqa: UP017
     raw.write_text(json.dumps(result, indent=1))
     doc = write_section(render(result), BEGIN, END)

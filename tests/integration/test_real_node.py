@@ -105,40 +105,50 @@ def node_ip(kctl: Kubectl) -> str:
 
 
 @contextlib.contextmanager
-def operator_from_chart(kctl: Kubectl) -> Iterator[str]:
-    """The chart's operator pod (the real image) watching NAMESPACE; yields its pod name.
-    The CRD must be installed."""
-    kctl.run("create", "namespace", NAMESPACE)
-    release = f"msvc-real-{SUFFIX}"
+def operator_from_chart(
+    kctl: Kubectl,
+    *,
+    namespace: str = NAMESPACE,
+    operator_namespace: str = OPERATOR_NAMESPACE,
+    release: str = f"msvc-real-{SUFFIX}",
+    activator: bool = False,
+) -> Iterator[str]:
+    """The chart's operator pod (the real image) watching `namespace`, routing through the
+    Gateway hack/gateway-up.sh runs, with the activator (scale to zero) when asked; yields
+    the operator's pod name. The CRD must be installed."""
+    kctl.run("create", "namespace", namespace)
     helm = str(REPO_ROOT / ".cache" / "bin" / "helm")
     repo, tag = OPERATOR_IMAGE.rsplit(":", 1)
     cmd = [
         helm, "--kubeconfig", str(kctl.kubeconfig), "install", release, str(CHART),
-        "-n", OPERATOR_NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s",
+        "-n", operator_namespace, "--create-namespace", "--wait", "--timeout", "180s",
         "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
         "--set", f"runtimeImage={RUNTIME_IMAGE}",
-        "--set-json", f"watchNamespaces={json.dumps([NAMESPACE])}",
+        "--set-json", f"watchNamespaces={json.dumps([namespace])}",
         # Its own peering object: the session's other operators never see it as a peer.
-        "--set", f"peering.name=msvc-real-{SUFFIX}",
+        "--set", f"peering.name={release}",
         # Every ModelService here gets an HTTPRoute on the Gateway hack/gateway-up.sh runs.
         "--set", f"gateway.default={GATEWAY.namespace}/{GATEWAY.name}",
+        "--set", f"activator.enabled={str(activator).lower()}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     try:
         if proc.returncode != 0:
-            pods = kctl.run("get", "pods", "-n", OPERATOR_NAMESPACE, "-o", "wide", check=False)
+            pods = kctl.run("get", "pods", "-n", operator_namespace, "-o", "wide", check=False)
             pytest.fail(f"helm install failed: {proc.stderr}\n{pods.stdout}")
-        (pod,) = kctl.list("pods", OPERATOR_NAMESPACE)
+        (pod,) = kctl.list(
+            "pods", operator_namespace, selector="app.kubernetes.io/name=modelservice-operator"
+        )
         yield pod["metadata"]["name"]
     finally:
-        kctl.run("delete", "msvc", "--all", "-n", NAMESPACE, "--wait=true", "--timeout=90s",
+        kctl.run("delete", "msvc", "--all", "-n", namespace, "--wait=true", "--timeout=90s",
                  check=False, timeout=120)  # fmt: skip
         subprocess.run(
             [helm, "--kubeconfig", str(kctl.kubeconfig), "uninstall", release,
-             "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "60s"],
+             "-n", operator_namespace, "--wait", "--timeout", "60s"],
             capture_output=True, timeout=90,
         )  # fmt: skip
-        for ns in (NAMESPACE, OPERATOR_NAMESPACE):
+        for ns in (namespace, operator_namespace):
             kctl.run("delete", "namespace", ns, "--wait=false", check=False)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
 import threading
 import time
 import uuid
@@ -28,13 +27,11 @@ import pytest
 from modelservice_operator import activator as act
 
 from tests.integration.cluster_env import gateway_facts
-from tests.integration.conftest import REPO_ROOT, Kubectl, condition, wait_until
+from tests.integration.conftest import Kubectl, condition, wait_until
 from tests.integration.test_real_node import (
-    CHART,
-    OPERATOR_IMAGE,
     RESOURCES,
-    RUNTIME_IMAGE,
     ModelFiles,
+    operator_from_chart,
     real_node_ip,
     serve_model_files,
     tiny_llm_archive,
@@ -75,35 +72,14 @@ def model_files(
 @pytest.fixture(scope="module")
 def operator_and_activator(kctl: Kubectl, node_ip: str, modelservice_crd: str) -> Iterator[None]:
     """The chart with the activator, watching NAMESPACE, routing through the Gateway."""
-    kctl.run("create", "namespace", NAMESPACE)
-    helm = str(REPO_ROOT / ".cache" / "bin" / "helm")
-    repo, tag = OPERATOR_IMAGE.rsplit(":", 1)
-    cmd = [
-        helm, "--kubeconfig", str(kctl.kubeconfig), "install", RELEASE, str(CHART),
-        "-n", OPERATOR_NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s",
-        "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
-        "--set", f"runtimeImage={RUNTIME_IMAGE}",
-        "--set-json", f"watchNamespaces={json.dumps([NAMESPACE])}",
-        "--set", f"peering.name={RELEASE}",
-        "--set", f"gateway.default={GATEWAY.namespace}/{GATEWAY.name}",
-        "--set", "activator.enabled=true",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    try:
-        if proc.returncode != 0:
-            pods = kctl.run("get", "pods", "-n", OPERATOR_NAMESPACE, "-o", "wide", check=False)
-            pytest.fail(f"helm install failed: {proc.stderr}\n{pods.stdout}")
+    with operator_from_chart(
+        kctl,
+        namespace=NAMESPACE,
+        operator_namespace=OPERATOR_NAMESPACE,
+        release=RELEASE,
+        activator=True,
+    ):
         yield
-    finally:
-        kctl.run("delete", "msvc", "--all", "-n", NAMESPACE, "--wait=true", "--timeout=90s",
-                 check=False, timeout=120)  # fmt: skip
-        subprocess.run(
-            [helm, "--kubeconfig", str(kctl.kubeconfig), "uninstall", RELEASE,
-             "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "60s"],
-            capture_output=True, timeout=90,
-        )  # fmt: skip
-        for ns in (NAMESPACE, OPERATOR_NAMESPACE):
-            kctl.run("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def scale_to_zero(name: str, model: dict[str, Any], **autoscaling: Any) -> dict[str, Any]:
