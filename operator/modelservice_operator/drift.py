@@ -17,11 +17,13 @@ from modelservice_operator.indexes import owner_of, owner_spec
 from modelservice_operator.kube import KubeApiError
 from modelservice_operator.reasons import EventReason
 from modelservice_operator.reconcile import (
+    HPA,
     ReconcileError,
     apply_child,
     desired_child,
     normal_event,
 )
+from modelservice_operator.render import scale_down_held
 
 
 def _named(items: list[Any]) -> dict[Any, Any] | None:
@@ -103,8 +105,11 @@ def repair_drift(
     kind = str(child.get("kind"))
     # By kind and name: a ModelService with a canary has two Deployments and three Services.
     child_name = str((child.get("metadata") or {}).get("name"))
+    # An HPA's scale-down hold is refresh_scale_down's (it follows the pods): drift keeps
+    # the live one, so the two never undo each other.
+    hold = kind == HPA and scale_down_held(child)
     try:
-        wanted = desired_child(kind, child_name, owner, spec, default_image)
+        wanted = desired_child(kind, child_name, owner, spec, default_image, hold=hold)
     except ReconcileError as e:  # API discovery failed: the next event tries again
         logger.warning("could not render %s %s: %s", kind, child_name, e)
         return owner

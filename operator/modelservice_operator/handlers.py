@@ -50,6 +50,7 @@ from modelservice_operator.reconcile import (
     may_have_revisions,
     reconcile,
     refresh_route,
+    refresh_scale_down,
 )
 from modelservice_operator.reporting import (
     children_may_update,
@@ -356,6 +357,7 @@ def hpa_event(
     if owner is None or type == "DELETED":
         return
     found = indexes.children(owner, deployment_by_name, hpa_by_name, pods_by_owner, hpa=body)
+    refresh_scale_down(owner, found, logger)
     refresh_status(owner, found, logger)
 
 
@@ -392,6 +394,7 @@ def pod_event(
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return
     found = indexes.children(owner, deployment_by_name, hpa_by_name, pods_by_owner)
+    refresh_scale_down(owner, found, logger)
     refresh_status(owner, found, logger)
 
 

@@ -19,7 +19,12 @@ import kopf
 
 from modelservice_operator import API_VERSION, FIELD_MANAGER, KIND
 from modelservice_operator.pods import pod_essentials
-from modelservice_operator.render import LABEL_INSTANCE, LABEL_MANAGED_BY
+from modelservice_operator.render import (
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    SCALE_DOWN_OFF,
+    scale_down_held,
+)
 from modelservice_operator.revisions import CANARY, revision_name
 from modelservice_operator.scaling import WAKE_ANNOTATION
 from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
@@ -119,8 +124,12 @@ def deployment_entry(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def hpa_entry(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The status of an owned HPA (see deployment_entry)."""
-    return {"metadata": identity(body), "status": clean(body.get("status") or {})}
+    """The status of an owned HPA (see deployment_entry), and whether its scale-down is
+    held (render.scale_down_held reads the entry as it reads the HPA)."""
+    entry = {"metadata": identity(body), "status": clean(body.get("status") or {})}
+    if scale_down_held(body):
+        entry["spec"] = {"behavior": {"scaleDown": {"selectPolicy": SCALE_DOWN_OFF}}}
+    return entry
 
 
 def pod_instance(body: Mapping[str, Any]) -> str | None:

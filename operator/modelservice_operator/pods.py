@@ -17,6 +17,8 @@ from typing import Any
 from modelservice_operator.reasons import FAILURE_REASONS, Reason
 from modelservice_operator.render import (
     FETCH_CONTAINER,
+    PRIMARY,
+    REVISION_LABEL,
     RUNTIME_CONTAINER,
     SPEC_HASH_ANNOTATION,
     spec_hash,
@@ -192,6 +194,43 @@ def diagnose_pods(
     return min(found, key=lambda d: (_RANK[d.reason], d.pod), default=None)
 
 
+# --- pods on their way to Ready, which a scale-down must not take ----------------------
+
+
+def loading(pod: Mapping[str, Any]) -> bool:
+    """On its way to its first Ready: scheduled, not going away, not failed, and its runtime
+    not yet past its startup probe (fetching the model, loading it, or between those
+    steps). A pod that is not scheduled, or failed, is not: a scale-down may well take it."""
+    meta, st = pod.get("metadata") or {}, pod.get("status") or {}
+    if meta.get("deletionTimestamp") or st.get("phase") not in ("Pending", "Running"):
+        return False
+    scheduled = any(
+        c.get("type") == "PodScheduled" and c.get("status") == "True"
+        for c in st.get("conditions") or []
+    )
+    runtime = next(
+        (cs for cs in st.get("containerStatuses") or [] if cs.get("name") == RUNTIME_CONTAINER),
+        {},
+    )
+    if not scheduled or runtime.get("started") or runtime.get("ready"):
+        return False
+    diagnosis = diagnose_pod(pod)
+    return diagnosis is None or diagnosis.reason in (Reason.FETCHING_MODEL, Reason.LOADING_MODEL)
+
+
+def first_loading(pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """The name of the first primary pod (by name) that is `loading`, or None: the HPA's
+    scale-down is held while there is one (render.hold_scale_down). A canary's pods have no
+    HPA, so they do not count."""
+    names = [
+        str((pod.get("metadata") or {}).get("name"))
+        for pod in pods
+        if ((pod.get("metadata") or {}).get("labels") or {}).get(REVISION_LABEL, PRIMARY) == PRIMARY
+        and loading(pod)
+    ]
+    return min(names, default=None)
+
+
 # --- the last progress line of a pod still on its way ----------------------------------
 
 # How many log lines are read for it (the last non-empty one is shown), and its length.
@@ -255,12 +294,13 @@ def pod_essentials(pod: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = state
         return out
 
-    annotations = meta.get("annotations") or {}
+    annotations, labels = meta.get("annotations") or {}, meta.get("labels") or {}
     return {
         "metadata": {
             "name": meta.get("name"),
             "deletionTimestamp": meta.get("deletionTimestamp"),
             "annotations": {k: v for k, v in annotations.items() if k == SPEC_HASH_ANNOTATION},
+            "labels": {k: v for k, v in labels.items() if k == REVISION_LABEL},
         },
         "status": {
             "phase": st.get("phase"),

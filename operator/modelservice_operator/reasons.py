@@ -98,3 +98,6 @@ class EventReason(enum.StrEnum):
     CANARY_REMOVED = "CanaryRemoved"
     SCALED_TO_ZERO = "ScaledToZero"
     WOKEN = "ScaledFromZero"
+    # The HPA's scale-down held while a pod loads its model, and let go (reconcile.py).
+    SCALE_DOWN_HELD = "ScaleDownHeld"
+    SCALE_DOWN_RESUMED = "ScaleDownResumed"

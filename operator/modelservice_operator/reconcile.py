@@ -15,13 +15,19 @@ from typing import Any
 import kopf
 
 from modelservice_operator import FIELD_MANAGER
-from modelservice_operator.indexes import owner_body, owner_spec
+from modelservice_operator.indexes import Children, owner_body, owner_spec
 from modelservice_operator.kube import KubeApiError, client
 from modelservice_operator.memory import OwnerMemory, owner_key
-from modelservice_operator.pods import PodDiagnosis, diagnose_pods
+from modelservice_operator.pods import PodDiagnosis, diagnose_pods, first_loading
 from modelservice_operator.progress import with_known_progress
 from modelservice_operator.reasons import EventReason, Reason
-from modelservice_operator.render import LABEL_MANAGED_BY, render_child, render_children
+from modelservice_operator.render import (
+    LABEL_MANAGED_BY,
+    hold_scale_down,
+    render_child,
+    render_children,
+    scale_down_held,
+)
 from modelservice_operator.revisions import (
     CANARY,
     owned_names,
@@ -50,6 +56,8 @@ from modelservice_operator.traffic import (
     route_weights,
     routes_through_gateway,
 )
+
+HPA = "HorizontalPodAutoscaler"
 
 
 class ReconcileError(Exception):
@@ -188,13 +196,18 @@ def desired_children(
     spec: ModelServiceSpec,
     default_image: str,
     plan: TrafficPlan | None = None,
+    *,
+    hold: bool = False,
 ) -> list[dict[str, Any]]:
     """Every child the spec renders but the routes (desired_routes), adopted by the owner:
-    the primary's, then a canary's."""
+    the primary's, then a canary's; `hold`: the HPA's scale-down held (a pod loads)."""
     meta = owner["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     primary_replicas = plan.primary_replicas if plan is not None else None
-    children = render_children(name, namespace, spec, default_image, primary_replicas)
+    children = [
+        hold_scale_down(child) if hold and child["kind"] == HPA else child
+        for child in render_children(name, namespace, spec, default_image, primary_replicas)
+    ]
     children += render_revisions(name, namespace, spec, default_image, plan)
     kopf.adopt(children, owner=owner_body(owner))  # type: ignore[arg-type]
     return children
@@ -206,15 +219,20 @@ def desired_child(
     owner: Mapping[str, Any],
     spec: ModelServiceSpec,
     default_image: str,
+    *,
+    hold: bool = False,
 ) -> dict[str, Any] | None:
     """The one child of this kind and name the spec renders, adopted (None if it renders
-    none: an HPA while autoscaling is off, a canary's child without spec.canary)."""
+    none: an HPA while autoscaling is off, a canary's child without spec.canary); `hold`:
+    an HPA's scale-down held."""
     meta = owner["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     plan = traffic_plan(owner, spec) if spec.canary is not None else None
     if child_name == name:
         primary_replicas = plan.primary_replicas if plan is not None else None
         child = render_child(kind, name, namespace, spec, default_image, primary_replicas)
+        if child is not None and hold and kind == HPA:
+            child = hold_scale_down(child)
     else:
         child = render_revision_child(kind, child_name, name, namespace, spec, default_image, plan)
     if child is not None:
@@ -290,6 +308,39 @@ def refresh_route(
         logger.warning("could not update the routes of %s: %s", owner["metadata"]["name"], e)
 
 
+def refresh_scale_down(
+    owner: Mapping[str, Any], found: Children, logger: logging.Logger | Any
+) -> None:
+    """Hold the HPA's scale-down while a primary pod loads its model, let it go once none
+    does (render.hold_scale_down says why), after any event of a pod or of the HPA.
+    Applied only when the HPA's live policy differs from the wanted one; a failure is
+    logged, and the next event tries again."""
+    spec = owner_spec(owner)
+    if spec is None or spec.autoscaling is None or found.hpa is None:
+        return
+    meta = owner["metadata"]
+    pod = first_loading(found.pods)
+    wanted = desired_child(HPA, meta["name"], owner, spec, "", hold=pod is not None)
+    if wanted is None or scale_down_held(wanted) == scale_down_held(found.hpa):
+        return
+    try:
+        apply_child(wanted)
+    except ReconcileError as e:
+        logger.warning("could not update the scale-down of %s: %s", meta["name"], e)
+        return
+    if pod is not None:
+        reason = EventReason.SCALE_DOWN_HELD
+        message = (
+            f"pod {pod} is loading its model: the HorizontalPodAutoscaler does not scale "
+            "down until it is Ready (a scale-down would remove it first)"
+        )
+    else:
+        reason = EventReason.SCALE_DOWN_RESUMED
+        message = "no pod is loading its model: the HorizontalPodAutoscaler scales down again"
+    logger.info("%s", message)
+    normal_event(owner, reason=reason, message=message)
+
+
 def may_have_revisions(canary_indexed: bool, old: Mapping[str, Any] | None) -> bool:
     """Whether a reconcile must look for a canary's or a Gateway's children to delete: the
     canary Deployment is indexed, or the previous spec had a canary or a gateway (the
@@ -334,10 +385,10 @@ def remove_stale_hpa(namespace: str, name: str) -> bool:
     """Delete the HPA we created earlier when autoscaling was removed from the spec."""
     kube = client()
     try:
-        hpa = kube.get("HorizontalPodAutoscaler", namespace, name)
+        hpa = kube.get(HPA, namespace, name)
         if not managed_by_us(hpa):
             return False  # absent, or not ours: never delete what we did not create
-        return kube.delete("HorizontalPodAutoscaler", namespace, name)
+        return kube.delete(HPA, namespace, name)
     except KubeApiError as e:
         raise ReconcileError(f"HorizontalPodAutoscaler {name}: {e.message or e.reason}") from e
 
@@ -364,8 +415,10 @@ def reconcile(
     meta = snapshot["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     plan = traffic_plan(snapshot, spec) if spec.canary is not None else None
+    pods = list(pods)
+    hold = first_loading(pods) is not None
     applied: dict[tuple[str, str], dict[str, Any]] = {}
-    for child in desired_children(snapshot, spec, default_image, plan):
+    for child in desired_children(snapshot, spec, default_image, plan, hold=hold):
         applied[(child["kind"], child["metadata"]["name"])] = apply_child(child)
     # After the Deployment: a model that scales to zero routes to the activator until the
     # applied Deployment reports a Ready pod.
@@ -406,7 +459,6 @@ def reconcile(
             "the HorizontalPodAutoscaler owns the replica count "
             f"({spec.autoscaling.min_replicas}..{spec.autoscaling.max_replicas})",
         )
-    pods = list(pods)
     diagnosis = with_known_progress(meta, diagnose_pods(pods, spec))
     canary_spec = spec.canary_revision
     status = compute_status(
@@ -415,7 +467,7 @@ def reconcile(
         generation=meta.get("generation"),
         spec=spec,
         deployment=applied.get(("Deployment", name)),
-        hpa=applied.get(("HorizontalPodAutoscaler", name)),
+        hpa=applied.get((HPA, name)),
         previous=snapshot.get("status"),
         diagnosis=diagnosis,
         plan=plan,

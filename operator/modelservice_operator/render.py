@@ -8,7 +8,7 @@ operator does not own (notably Deployment `spec.replicas` while an HPA owns the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -501,6 +501,27 @@ def render_hpa(name: str, namespace: str, spec: ModelServiceSpec) -> dict[str, A
         "metadata": _meta(name, namespace),
         "spec": hpa_spec,
     }
+
+
+# The HPA behavior's selectPolicy that turns its scale-down off.
+SCALE_DOWN_OFF = "Disabled"
+
+
+def scale_down_held(hpa: Mapping[str, Any] | None) -> bool:
+    """Whether the HPA's scale-down is off (behavior.scaleDown.selectPolicy Disabled; the
+    API server fills in Max wherever a behavior leaves it out)."""
+    behavior = ((hpa or {}).get("spec") or {}).get("behavior") or {}
+    return (behavior.get("scaleDown") or {}).get("selectPolicy") == SCALE_DOWN_OFF
+
+
+def hold_scale_down(hpa: dict[str, Any]) -> dict[str, Any]:
+    """The rendered HPA with its scale-down turned off, the rest of spec.autoscaling.behavior
+    kept: while a pod of the ModelService loads its model. A ReplicaSet scaled down removes
+    not-Ready pods first, so any HPA scale-down then kills the pod that is loading (kubeai#499)
+    and wastes its fetch and load; its scale-up stays free."""
+    behavior = dict(hpa["spec"].get("behavior") or {})
+    behavior["scaleDown"] = {**(behavior.get("scaleDown") or {}), "selectPolicy": SCALE_DOWN_OFF}
+    return {**hpa, "spec": {**hpa["spec"], "behavior": behavior}}
 
 
 def render_pdb(name: str, namespace: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -916,9 +917,11 @@ def test_a_second_replica_on_the_node_starts_from_the_cache(
 
 
 @contextlib.contextmanager
-def busy_then_serving(node_ip: str, body: bytes, retry_after_s: int) -> Iterator[str]:
-    """An HTTP server on the node's address whose first GET is a 503 with Retry-After,
-    the next ones the body; yields the URL."""
+def busy_then_serving(
+    node_ip: str, body: bytes, retry_after_s: int, busy_call: int = 1, file: str = "busy.tar.gz"
+) -> Iterator[str]:
+    """An HTTP server on the node's address whose GET number `busy_call` (the first by
+    default) is a 503 with Retry-After, the others the body; yields the URL of `file`."""
     from http.server import BaseHTTPRequestHandler
 
     calls: list[str] = []
@@ -926,7 +929,7 @@ def busy_then_serving(node_ip: str, body: bytes, retry_after_s: int) -> Iterator
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             calls.append(self.path)
-            if len(calls) == 1:
+            if len(calls) == busy_call:
                 self.send_response(503)
                 self.send_header("Retry-After", str(retry_after_s))
                 self.send_header("Content-Length", "0")
@@ -944,7 +947,7 @@ def busy_then_serving(node_ip: str, body: bytes, retry_after_s: int) -> Iterator
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://{node_ip}:{server.server_address[1]}/busy.tar.gz"
+        yield f"http://{node_ip}:{server.server_address[1]}/{file}"
     finally:
         server.shutdown()
         server.server_close()
@@ -985,6 +988,78 @@ def test_a_fetching_pod_shows_its_last_log_line_in_the_status(
             wait_ready(kctl, name)
             ready = condition(kctl.get("msvc", name, NAMESPACE), "Ready")
             assert "last output" not in ready["message"], ready
+        finally:
+            kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
+
+
+def test_the_hpa_does_not_scale_down_while_a_pod_loads_its_model(
+    kctl: Kubectl, chart_operator: str, model_files: ModelFiles, node_ip: str
+) -> None:
+    """kubeai#499: a ReplicaSet scaled down removes its not-Ready pods first, so an HPA
+    scale-down while a pod fetches or loads kills that pod. Here a second pod's fetch is
+    told to retry in 30 s while the HPA wants 1 replica and would scale down at its next
+    5 s sync (no stabilization window). The operator holds the HPA's scale-down while the
+    pod loads, and lets go once it is Ready; then the HPA scales back to 1."""
+    name = "held-scale-down"
+    body = (model_files.root / "mlp.onnx").read_bytes()
+    with busy_then_serving(node_ip, body, retry_after_s=30, busy_call=2, file="mlp.onnx") as url:
+        doc = manifest(name, {"uri": url, "sha256": model_files.sha256["mlp.onnx"]})
+        del doc["spec"]["replicas"]
+        doc["spec"]["autoscaling"] = {
+            "minReplicas": 1, "maxReplicas": 2, "targetCPUUtilizationPercentage": 50,
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}},
+        }  # fmt: skip
+        kctl.apply(doc, NAMESPACE)
+        try:
+            wait_ready(kctl, name)
+            (first,) = pods_of(kctl, name)
+
+            def hpa() -> dict[str, Any]:
+                return kctl.get("hpa", name, NAMESPACE)
+
+            def held() -> bool:
+                scale_down = (hpa()["spec"].get("behavior") or {}).get("scaleDown") or {}
+                return scale_down.get("selectPolicy") == "Disabled"
+
+            def wants_one() -> bool:
+                st = hpa().get("status") or {}
+                return bool(st.get("currentMetrics")) and st.get("desiredReplicas") == 1
+
+            wait_until("the HPA to read the pod's CPU and want 1 replica", wants_one, timeout=120)
+            assert not held()  # nothing loads: the scale-down is free
+            kctl.run("scale", "deployment", name, "--replicas=2", "-n", NAMESPACE)
+
+            def second() -> dict[str, Any] | None:
+                pods = [p for p in live_pods_of(kctl, name) if p["metadata"]["uid"]
+                        != first["metadata"]["uid"]]  # fmt: skip
+                return pods[0] if pods else None
+
+            loading = wait_until("a second pod", second, timeout=60)
+            wait_until("the operator to hold the HPA's scale-down", held,
+                       timeout=30)  # fmt: skip
+            # Its fetch waits 30 s: over the next 20 s the HPA, which wants 1 replica, syncs
+            # 4 times; the loading pod must stay and the Deployment keep 2 replicas.
+            end = time.monotonic() + 20
+            while time.monotonic() < end:
+                now = second()
+                assert now is not None and now["metadata"]["uid"] == loading["metadata"]["uid"], (
+                    f"the loading pod was removed\n{describe(kctl, name)}"
+                )
+                assert condition(now, "Ready").get("status") != "True", "it loaded too soon"
+                replicas = kctl.get("deployment", name, NAMESPACE)["spec"]["replicas"]
+                assert replicas == 2, f"the HPA scaled down to {replicas} while a pod loads"
+                time.sleep(1)
+            wait_until(
+                "the second pod to be Ready",
+                lambda: condition(second() or {}, "Ready").get("status") == "True",
+                timeout=120,
+            )
+            wait_until("the operator to let the scale-down go", lambda: not held(),
+                       timeout=30)  # fmt: skip
+            wait_until("the HPA to scale back to 1 pod", lambda: len(live_pods_of(kctl, name)) == 1,
+                       timeout=120)  # fmt: skip
+            reasons = [e.get("reason") for e in kctl.events(NAMESPACE, name)]
+            assert "ScaleDownHeld" in reasons and "ScaleDownResumed" in reasons, reasons
         finally:
             kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", check=False)
 

@@ -26,7 +26,12 @@ from modelservice_operator.reconcile import (
     managed_by_us,
     may_have_hpa,
 )
-from modelservice_operator.render import render_deployment
+from modelservice_operator.render import (
+    hold_scale_down,
+    render_deployment,
+    render_hpa,
+    scale_down_held,
+)
 from modelservice_operator.reporting import children_may_update, children_status, status_update
 from modelservice_operator.spec import parse_spec
 from modelservice_operator.status import invalid_status
@@ -72,6 +77,21 @@ def test_a_child_the_spec_does_not_render_is_never_drift() -> None:
     re-apply (or report) anything."""
     assert drift({"kind": "HorizontalPodAutoscaler"}, "DELETED", None) is None
     assert drift({"kind": "HorizontalPodAutoscaler"}, "MODIFIED", None) is None
+
+
+def test_a_held_scale_down_is_not_drift_and_the_hpa_index_keeps_it() -> None:
+    """The hold follows the pods (refresh_scale_down); drift repair renders the HPA with
+    the live hold, so neither undoes the other, and the index entry carries the policy
+    that refresh_scale_down compares."""
+    spec = parse_spec({**SPEC, "autoscaling": {"maxReplicas": 3}}, "demo")
+    hpa = render_hpa("demo", "ns", spec)
+    assert hpa is not None
+    held = hold_scale_down(hpa)
+    assert drift(held, "MODIFIED", held) is None
+    assert drift(hpa, "MODIFIED", held) == "edited"  # what rendering without the hold misses
+    assert scale_down_held(indexes.hpa_entry(held))
+    assert not scale_down_held(indexes.hpa_entry(hpa))
+    assert "spec" not in indexes.hpa_entry(hpa)
 
 
 # --- what the children write to the status -------------------------------------------------

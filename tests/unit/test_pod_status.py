@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from modelservice_operator.pods import (
     MESSAGE_MAX_CHARS,
     PodDiagnosis,
     diagnose_pod,
     diagnose_pods,
+    first_loading,
+    loading,
     pod_essentials,
     tail,
 )
 from modelservice_operator.reasons import Reason
-from modelservice_operator.render import SPEC_HASH_ANNOTATION, spec_hash
+from modelservice_operator.render import PRIMARY, REVISION_LABEL, SPEC_HASH_ANNOTATION, spec_hash
 from modelservice_operator.spec import parse_spec
 from modelservice_operator.status import compute_status, invalid_status, refused
 
@@ -354,6 +357,48 @@ def test_pod_essentials_keep_what_the_diagnosis_needs_and_cut_output() -> None:
     assert diagnose_pod(pod_essentials(_pod(init=_cs("model-fetch", RUNNING)))) == PodDiagnosis(
         Reason.FETCHING_MODEL, "demo-7d9f-abcde", "fetching the model (init container model-fetch)"
     )
+
+
+STARTED = {"ready": False, "started": True}
+
+
+@pytest.mark.parametrize(
+    ("pod", "is_loading"),
+    [
+        # On its way: scheduled and initializing, fetching, or the runtime not started yet.
+        (_pod(), True),
+        (_pod(init=_cs("model-fetch", RUNNING), runtime=_cs("runtime", INITIALIZING)), True),
+        (_pod(runtime=_cs("runtime", RUNNING, started=False), phase="Running"), True),
+        # Not: unscheduled, going away, failed, started (a probe failing later), Ready.
+        (_pod(scheduled={"type": "PodScheduled", "status": "False",
+                         "reason": "Unschedulable", "message": "0/3 nodes"}), False),
+        (_pod(scheduled={"type": "Initialized", "status": "True"}), False),
+        (_pod(runtime=_cs("runtime", RUNNING), phase="Running", deleting=True), False),
+        (_fetch_failed_pod(), False),
+        (_pod(runtime=_cs("runtime", _waiting("CrashLoopBackOff"), _terminated(1, "boom")),
+              phase="Running"), False),
+        (_pod(runtime=_cs("runtime", RUNNING, **STARTED), phase="Running"), False),
+        (_pod(runtime=_cs("runtime", RUNNING, ready=True, started=True), phase="Running"), False),
+        (_pod(runtime=_cs("runtime", _terminated(0)), phase="Succeeded"), False),
+    ],
+)  # fmt: skip
+def test_a_pod_is_loading_only_on_its_way_to_its_first_ready(pod, is_loading) -> None:
+    assert loading(pod) is is_loading
+    assert loading(pod_essentials(pod)) is is_loading  # the pods index keeps enough
+
+
+def test_the_first_loading_pod_is_a_primary_one_by_name() -> None:
+    ready = _pod("demo-a", runtime=_cs("runtime", RUNNING, ready=True, started=True),
+                 phase="Running")  # fmt: skip
+    canary = _pod("demo-b")
+    canary["metadata"]["labels"][REVISION_LABEL] = "canary"
+    primaries = [_pod("demo-d"), _pod("demo-c")]
+    for pod in primaries:
+        pod["metadata"]["labels"][REVISION_LABEL] = PRIMARY
+    pods = [pod_essentials(p) for p in (ready, canary, *primaries)]
+    assert first_loading(pods) == "demo-c"
+    assert first_loading(pods[:2]) is None  # a canary's pods have no HPA
+    assert first_loading([]) is None
 
 
 def test_refused_tells_an_invalid_spec_status_from_a_pod_failure() -> None:

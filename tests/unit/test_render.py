@@ -8,13 +8,16 @@ from typing import Any
 import pytest
 import yaml
 from modelservice_operator.render import (
+    SCALE_DOWN_OFF,
     SPEC_HASH_ANNOTATION,
+    hold_scale_down,
     labels,
     render_children,
     render_deployment,
     render_hpa,
     render_pdb,
     render_service,
+    scale_down_held,
     selector_string,
     service_url,
 )
@@ -383,6 +386,25 @@ def test_hpa_without_cpu_target_and_absent_without_autoscaling() -> None:
     assert "HorizontalPodAutoscaler" not in [
         c["kind"] for c in render_children("demo", "ns1", _spec(), IMAGE)
     ]
+
+
+def test_held_scale_down_keeps_the_users_behavior_and_lets_go_of_nothing_else() -> None:
+    name, spec = _example("cpu-autoscaled.yaml")
+    hpa = render_hpa(name, "ns1", spec)
+    assert hpa is not None and not scale_down_held(hpa)
+    held = hold_scale_down(hpa)
+    assert scale_down_held(held) and SCALE_DOWN_OFF == "Disabled"
+    # The user's window stays, and so does everything but the one field.
+    assert held["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 30
+    del held["spec"]["behavior"]["scaleDown"]["selectPolicy"]
+    assert held == hpa
+    assert not scale_down_held(hpa)  # the rendered HPA itself is left as it was
+    # The API server's default (Max) is no hold.
+    assert not scale_down_held({"spec": {"behavior": {"scaleDown": {"selectPolicy": "Max"}}}})
+    # Without any behavior in the spec, only the scale-down's policy is set.
+    bare = render_hpa("demo", "ns1", _spec(autoscaling={"maxReplicas": 2}))
+    assert bare is not None and "behavior" not in bare["spec"]
+    assert hold_scale_down(bare)["spec"]["behavior"] == {"scaleDown": {"selectPolicy": "Disabled"}}
 
 
 def test_pdb() -> None:
