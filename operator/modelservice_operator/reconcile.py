@@ -393,6 +393,26 @@ def remove_stale_hpa(namespace: str, name: str) -> bool:
         raise ReconcileError(f"HorizontalPodAutoscaler {name}: {e.message or e.reason}") from e
 
 
+def apply_routes(
+    owner: Mapping[str, Any],
+    spec: ModelServiceSpec,
+    plan: TrafficPlan | None,
+    canary: Mapping[str, Any] | None,
+    applied: dict[tuple[str, str], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Apply the routes, after the Deployment (in `applied`, where the routes are added):
+    a model that scales to zero routes to the activator until that Deployment reports a
+    Ready pod. Returns the routes."""
+    primary = applied.get(("Deployment", owner["metadata"]["name"]))
+    routes = desired_routes(owner, spec, plan, canary, primary)
+    for child in routes:
+        applied[(child["kind"], child["metadata"]["name"])] = apply_child(child)
+    if routes:
+        to_zero = to_activator(owner, spec, primary) is not None
+        ROUTED_TO_ACTIVATOR.update(owner_key(owner["metadata"]), lambda _: to_zero)
+    return routes
+
+
 def reconcile(
     snapshot: Mapping[str, Any],
     spec: ModelServiceSpec,
@@ -420,14 +440,7 @@ def reconcile(
     applied: dict[tuple[str, str], dict[str, Any]] = {}
     for child in desired_children(snapshot, spec, default_image, plan, hold=hold):
         applied[(child["kind"], child["metadata"]["name"])] = apply_child(child)
-    # After the Deployment: a model that scales to zero routes to the activator until the
-    # applied Deployment reports a Ready pod.
-    routes = desired_routes(snapshot, spec, plan, canary, applied.get(("Deployment", name)))
-    for child in routes:
-        applied[(child["kind"], child["metadata"]["name"])] = apply_child(child)
-    if routes:
-        to_zero = to_activator(snapshot, spec, applied.get(("Deployment", name))) is not None
-        ROUTED_TO_ACTIVATOR.update(owner_key(meta), lambda _: to_zero)
+    routes = apply_routes(snapshot, spec, plan, canary, applied)
     if may_have_revisions:
         removed = remove_revisions(snapshot, applied)
         if removed:

@@ -166,3 +166,37 @@ def test_serving_imports_only_downwards(module: str) -> None:
         if t.startswith(SERVING + ".") and t != SERVING and _layer(t) <= mine
     ]
     assert upward == [], f"{module} (layer {mine}) imports at or above its layer: {upward}"
+
+
+# --- sizes a newcomer can read (issue 29) ---------------------------------------------------
+
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 80
+# A function over MAX_FUNCTION_LINES is allowed only here, with the reason it stays whole.
+LONG_FUNCTIONS: dict[str, str] = {}
+
+
+def _generated(path: Path) -> bool:
+    return path.name.endswith(("_pb2.py", "_pb2_grpc.py", "_pb2.pyi"))
+
+
+def test_no_module_is_over_600_lines() -> None:
+    long = {
+        name: n
+        for name, path in MODULES.items()
+        if not _generated(path) and (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by concern): {long}"
+
+
+def test_no_function_is_over_80_lines_without_a_reason() -> None:
+    long = {}
+    for name, path in MODULES.items():
+        if _generated(path):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = (node.end_lineno or node.lineno) - node.lineno + 1
+                if n > MAX_FUNCTION_LINES and f"{name}.{node.name}" not in LONG_FUNCTIONS:
+                    long[f"{name}.{node.name}"] = n
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
