@@ -40,6 +40,7 @@ from modelservice_operator.revisions import (
 )
 from modelservice_operator.scaling import (
     ScaleToZeroPlan,
+    asks_for_zero,
     at_zero,
     enabled,
     plan_scale_to_zero,
@@ -133,9 +134,9 @@ def routes_served(spec: ModelServiceSpec) -> tuple[bool, bool]:
 
 
 def zero_plan(spec: ModelServiceSpec) -> ScaleToZeroPlan | None:
-    """Scale to zero's plan (scaling.py): None unless autoscaling.minReplicas is 0."""
-    a = spec.autoscaling
-    if a is None or a.min_replicas != 0:
+    """Scale to zero's plan (scaling.py): None unless autoscaling.minReplicas is 0 (tested
+    before the API discovery the plan needs)."""
+    if not asks_for_zero(spec):
         return None
     return plan_scale_to_zero(spec, gateway_api=gateway_api_served(spec))
 

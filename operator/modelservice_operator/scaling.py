@@ -89,10 +89,15 @@ class ScaleToZeroPlan:
     message: str
 
 
+def asks_for_zero(spec: ModelServiceSpec) -> bool:
+    """autoscaling.minReplicas is 0: the one test of whether scale to zero is asked for."""
+    return spec.autoscaling is not None and spec.autoscaling.min_replicas == 0
+
+
 def plan_scale_to_zero(spec: ModelServiceSpec, *, gateway_api: bool) -> ScaleToZeroPlan | None:
-    """None unless autoscaling.minReplicas is 0; else whether it can be honoured."""
+    """None unless scale to zero is asked for; else whether it can be honoured."""
     a = spec.autoscaling
-    if a is None or a.min_replicas != 0:
+    if a is None or not asks_for_zero(spec):
         return None
     stay = "the Deployment stays at 1 replica or more"
     if spec.canary is not None:
