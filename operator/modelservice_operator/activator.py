@@ -208,6 +208,7 @@ class Activator:
         self._channels: dict[tuple[str, int], Any] = {}  # grpc.aio channels, oldest use first
         self._closing: set[asyncio.Task[None]] = set()
         self._grpc_server: Any = None
+        self.grpc_port = 0  # bound by serve_grpc
         self._grpc_stopping: asyncio.Task[None] | None = None
         self._drain_s = drain_s
         self._body_read_s = body_read_s
@@ -463,7 +464,7 @@ class Activator:
         if not bound:
             raise OSError(f"cannot listen for gRPC on {address}")
         await server.start()
-        self._grpc_server = server
+        self._grpc_server, self.grpc_port = server, bound
         log.info("modelservice activator listening for gRPC (h2c) on %s", _host_port(host, bound))
         return bound
 

@@ -284,7 +284,8 @@ class _Model:
         seen = {k: v.hex() if isinstance(v, bytes) else v for k, v in context.invocation_metadata()}
         await context.send_initial_metadata((("x-model-header", "h"),))
         context.set_trailing_metadata((("x-model-trailer", "t"),))
-        return json.dumps({"request": request.decode(), "metadata": seen}).encode()
+        left = context.time_remaining()
+        return json.dumps({"request": request.decode(), "metadata": seen, "left": left}).encode()
 
     async def watch(self, request: bytes, context: Any) -> Any:
         for i in range(3):
@@ -331,7 +332,7 @@ TO_M = ((act.TARGET_KEY, "ns/m"),)
 def test_a_unary_call_is_held_then_relayed_with_its_metadata() -> None:
     async def test(channel: Any, fake: FakeCluster) -> None:
         call = channel.unary_unary("/test.Model/Unary")(
-            b"hello", metadata=(*TO_M, ("x-user", "u1"), ("x-trace-bin", b"\x00\x01"))
+            b"hello", metadata=(*TO_M, ("x-user", "u1"), ("x-trace-bin", b"\x00\x01")), timeout=30
         )
         got = json.loads(await call)
         initial = dict(await call.initial_metadata())
@@ -340,6 +341,7 @@ def test_a_unary_call_is_held_then_relayed_with_its_metadata() -> None:
         assert got["metadata"]["x-user"] == "u1"
         assert got["metadata"]["x-trace-bin"] == "0001"  # binary metadata, as bytes
         assert act.TARGET_KEY not in got["metadata"], got  # the route's, not the model's
+        assert 20 < got["left"] < 30  # the client's deadline reached the model
         assert initial["x-model-header"] == "h" and float(initial[HELD]) > 0  # held 3 looks
         assert trailing["x-model-trailer"] == "t"
         assert fake.looks == 4 and fake.wakes == 3  # the HTTP path's hold and wake
@@ -403,6 +405,20 @@ def test_grpc_refusals_are_status_codes_with_the_http_messages() -> None:
     _grpc_run(test, ready_after=10**6, hold=1)
 
 
+def test_a_client_deadline_shorter_than_the_hold_ends_the_held_call() -> None:
+    import grpc
+
+    async def test(channel: Any, fake: FakeCluster) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await channel.unary_unary("/test.Model/Unary")(b"", metadata=TO_M, timeout=0.5)
+        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        looks = fake.looks
+        await asyncio.sleep(3 * act.POLL_S)
+        assert fake.looks == looks  # the activator stopped holding it
+
+    _grpc_run(test, ready_after=10**6, hold=30)
+
+
 def test_told_to_stop_a_held_grpc_call_gets_unavailable() -> None:
     import grpc
 
@@ -421,6 +437,39 @@ def test_told_to_stop_a_held_grpc_call_gets_unavailable() -> None:
         assert err.value.details().endswith("(the activator holding it is shutting down: retry)")
 
     _grpc_run(test, ready_after=10**6, drain_s=0.2)
+
+
+def test_the_app_runs_the_grpc_listener_and_its_shutdown_drains_it() -> None:
+    """create_app with a gRPC address: the listener starts with the app; the app's shutdown
+    (SIGTERM's path) answers a held call UNAVAILABLE after drain_s, then the listener is
+    gone."""
+    import grpc
+
+    async def main() -> None:
+        from aiohttp import web
+
+        fake = FakeCluster(("127.0.0.1", 1), ready_after=10**6, drain_s=0.3)
+        runner = web.AppRunner(act.create_app(fake, ("127.0.0.1", 0)))
+        await runner.setup()
+        assert fake.grpc_port
+        address = f"127.0.0.1:{fake.grpc_port}"
+        async with grpc.aio.insecure_channel(address) as channel:
+            held = asyncio.ensure_future(
+                channel.unary_unary("/test.Model/Unary")(b"", metadata=TO_M, timeout=20)
+            )
+            while fake.looks < 2:  # the call is being held
+                await asyncio.sleep(0.01)
+            await runner.cleanup()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await held
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert err.value.details().endswith("(the activator holding it is shutting down: retry)")
+        async with grpc.aio.insecure_channel(address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as gone:
+                await channel.unary_unary("/test.Model/Unary")(b"", metadata=TO_M, timeout=5)
+        assert gone.value.code() is grpc.StatusCode.UNAVAILABLE  # nobody listens
+
+    asyncio.run(asyncio.wait_for(main(), 60))
 
 
 def test_passed_metadata_drops_the_target_and_the_channels_own() -> None:

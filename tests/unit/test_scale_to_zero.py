@@ -244,17 +244,22 @@ def test_the_route_goes_to_the_activator_until_a_pod_is_ready(
     assert route_to_activator(enabled, zero, ready) is activator
 
 
-def test_the_route_at_the_activator_names_the_modelservice(routed: None) -> None:
-    route = render_route("demo", "ns1", _spec(), (100, 0), ACTIVATOR)
+def assert_at_the_activator(route: dict[str, Any], port: int) -> None:
+    """The route's one rule sends to the activator's Service on `port`, naming the
+    ModelService ns1/demo in the target header."""
     (rule,) = route["spec"]["rules"]
     assert rule["backendRefs"] == [{
         "group": "", "kind": "Service", "name": "msvc-activator",
-        "namespace": "modelservice-system", "port": 8080, "weight": 1,
+        "namespace": "modelservice-system", "port": port, "weight": 1,
     }]  # fmt: skip
     assert rule["filters"] == [{
         "type": "RequestHeaderModifier",
         "requestHeaderModifier": {"set": [{"name": "X-ModelService-Target", "value": "ns1/demo"}]},
     }]  # fmt: skip
+
+
+def test_the_route_at_the_activator_names_the_modelservice(routed: None) -> None:
+    assert_at_the_activator(render_route("demo", "ns1", _spec(), (100, 0), ACTIVATOR), 8080)
     back = render_route("demo", "ns1", _spec(), (100, 0))
     assert back["spec"]["rules"] == [{"backendRefs": [{"name": "demo", "port": 80, "weight": 1}]}]
 
@@ -265,15 +270,7 @@ def test_the_grpc_route_at_the_activator_names_the_modelservice_on_its_grpc_port
     route = render_grpc_route("demo", "ns1", _spec(), (100, 0), ACTIVATOR)
     assert route is not None and route["kind"] == "GRPCRoute"
     assert route["spec"]["hostnames"] == ["grpc.demo.ns1.models.internal"]
-    (rule,) = route["spec"]["rules"]
-    assert rule["backendRefs"] == [{
-        "group": "", "kind": "Service", "name": "msvc-activator",
-        "namespace": "modelservice-system", "port": 8081, "weight": 1,
-    }]  # fmt: skip
-    assert rule["filters"] == [{
-        "type": "RequestHeaderModifier",
-        "requestHeaderModifier": {"set": [{"name": "X-ModelService-Target", "value": "ns1/demo"}]},
-    }]  # fmt: skip
+    assert_at_the_activator(route, 8081)
     back = render_grpc_route("demo", "ns1", _spec(), (100, 0))
     assert back is not None
     assert back["spec"]["rules"] == [{"backendRefs": [{"name": "demo", "port": 8081, "weight": 1}]}]
