@@ -151,6 +151,15 @@ def route_resolved(kctl: Kubectl, name: str, kind: str = "httproute") -> bool:
     return False
 
 
+def at_the_activator(kctl: Kubectl, name: str, kinds: tuple[str, ...] = ("httproute",)) -> bool:
+    """The routes of `kinds` send to the activator and Traefik resolved them."""
+    return all(
+        backend_of_route(kctl, name, k) == f"{OPERATOR_NAMESPACE}/{ACTIVATOR}"
+        and route_resolved(kctl, name, k)
+        for k in kinds
+    )
+
+
 def _stamp(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
@@ -310,12 +319,7 @@ def wait_at_zero(
         obj = kctl.get("msvc", name, NAMESPACE)
         held = ((obj.get("status") or {}).get("scaleToZero") or {}).get("atZero")
         gone = not live_pods(kctl, name)
-        routed = all(
-            backend_of_route(kctl, name, k) == f"{OPERATOR_NAMESPACE}/{ACTIVATOR}"
-            and route_resolved(kctl, name, k)
-            for k in kinds
-        )
-        return obj if held and gone and routed else None
+        return obj if held and gone and at_the_activator(kctl, name, kinds) else None
 
     try:
         return wait_until(f"{name} at zero", at_zero, timeout=timeout, interval=2)
@@ -434,14 +438,10 @@ def test_a_held_request_for_a_model_that_cannot_load_gets_503_with_the_reason(
     name = "broken"
     model = {"uri": model_files.url("corrupt.onnx"), "sha256": model_files.sha256["corrupt.onnx"]}
     kctl.apply(scale_to_zero(name, model, holdTimeoutSeconds=5), NAMESPACE)
-    # No pod is Ready: the route goes to the activator, which Traefik resolves.
+    # No pod is Ready: the routes go to the activator, which Traefik resolves.
+    both = ("httproute", "grpcroute")
     wait_until(
-        "the route at the activator, resolved",
-        lambda: (
-            backend_of_route(kctl, name) == f"{OPERATOR_NAMESPACE}/{ACTIVATOR}"
-            and route_resolved(kctl, name)
-        ),
-        timeout=90,
+        "the routes at the activator, resolved", lambda: at_the_activator(kctl, name, both), 90
     )
 
     def held_answer() -> tuple[int, dict[str, Any], float] | None:
@@ -466,6 +466,17 @@ def test_a_held_request_for_a_model_that_cannot_load_gets_503_with_the_reason(
     except AssertionError as e:
         raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
     print(f"503 with the status reason: {text}")
+
+    # gRPC through the GRPCRoute: the same message, as status UNAVAILABLE.
+    import grpc
+
+    with pytest.raises(grpc.RpcError) as err:
+        infer_over_grpc(name, 60)
+    code, details = err.value.code(), err.value.details()  # type: ignore[attr-defined]
+    assert code is grpc.StatusCode.UNAVAILABLE, (code, details)
+    assert details.startswith(f"ModelService {NAMESPACE}/{name} is not ready after "), details
+    assert "ModelFetchFailed" in details, details
+    print(f"held gRPC call for a model that cannot load: {code.name}: {details[:120]}")
 
 
 def test_a_request_without_the_target_header_gets_400(
