@@ -29,8 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("modelservice_operator.cli", "run the Kubernetes operator (kopf)"),
     "activator": (
         "modelservice_operator.activator",
-        "hold HTTP requests for ModelServices scaled to zero until a pod is Ready (behind "
-        "the Gateway; installed by the chart with activator.enabled)",
+        "hold HTTP and gRPC requests for ModelServices scaled to zero until a pod is Ready "
+        "(behind the Gateway; installed by the chart with activator.enabled)",
     ),
     "demo": (
         f"{_RUNTIME}.tools.demo",

@@ -1,4 +1,4 @@
-"""`modelservice activator`: holds HTTP requests for ModelServices scaled to zero.
+"""`modelservice activator`: holds HTTP and gRPC requests for ModelServices scaled to zero.
 
 Why a component of our own: the Gateway (Traefik here) routes but cannot hold a request
 for a backend with no endpoint (it answers 503 at once), and the scaling engines that could
@@ -7,36 +7,42 @@ and KEDA's cold build does not fit the CI budget beside Traefik). Knative and Ku
 an activator for the same reason. The decision itself is the operator's (scaling.py); this
 process only holds, asks for a wake, and forwards.
 
-While a ModelService is at zero (or waking), its HTTPRoute sends to this Service with the
-header `X-ModelService-Target: <namespace>/<name>` (scaling.TARGET_HEADER). For each request:
+While a ModelService is at zero (or waking), its HTTPRoute sends to this Service's HTTP port,
+and its GRPCRoute to its gRPC port (h2c), with the header `X-ModelService-Target:
+<namespace>/<name>` (scaling.TARGET_HEADER; lowercase in gRPC metadata). For each request,
+HTTP or gRPC alike (one Activator, two front ends over the same hold):
 
 1. the ModelService is read (its hold bound, autoscaling.holdTimeoutSeconds; its status);
 2. at zero, the annotation scaling.WAKE_ANNOTATION is set on it (at most once per
    WAKE_EVERY_S per model, not per request), which the operator answers by scaling the
    Deployment back up;
-3. the request waits for a Ready endpoint of the Service <name> (its EndpointSlices), then
-   is forwarded to that pod, the response body streamed back as it comes (a streamed
-   OpenAI completion streams through);
-   (header X-ModelService-Held-Seconds says how long it was held);
+3. the request waits for a Ready endpoint of the Service <name> (its EndpointSlices) on the
+   port of its kind (`http`, or `grpc` as render.py names the runtime's gRPC port), then is
+   forwarded to that pod, the answer streamed back as it comes (a streamed OpenAI
+   completion, a server-streaming or bidirectional gRPC call: every method passes as raw
+   bytes, whatever its shape); header (gRPC: initial metadata) X-ModelService-Held-Seconds
+   says how long it was held;
 4. past the bound it gets 503 `{"error": "ModelService <ns>/<name> is not ready after <n> s:
-   ..."}` naming the status's phase, reason and message; a request without the header
-   gets 400.
+   ..."}` (gRPC: UNAVAILABLE with the same message) naming the status's phase, reason and
+   message; a request without the header gets 400 (INVALID_ARGUMENT), one for a
+   ModelService that does not exist 404 (NOT_FOUND). An HTTP body that does not arrive
+   within BODY_READ_S gets 408.
 
 It keeps no state of its own: everything is in the ModelService (annotation, status) and
 the EndpointSlices. Told to stop (SIGTERM), it goes on holding for DRAIN_S (a model that
-wakes meanwhile still answers them), then answers the rest 503; a restart loses nothing
-else.
-gRPC requests are not held (only the HTTPRoute goes through here).
+wakes meanwhile still answers them), then answers the rest 503 (gRPC: UNAVAILABLE); a
+restart loses nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -55,13 +61,26 @@ from modelservice_operator.scaling import (
 log = logging.getLogger("modelservice_operator.activator")
 
 DEFAULT_PORT = 8080
-# On every answer the activator forwards: the seconds it held the request for a Ready pod.
+DEFAULT_GRPC_PORT = 8081  # the gRPC (h2c) listener; 0: none
+# On every answer the activator forwards: the seconds it held the request for a Ready pod
+# (gRPC: initial metadata, lowercase).
 HELD_HEADER = "X-ModelService-Held-Seconds"
 DEFAULT_HOLD_S = 300
 WAKE_EVERY_S = 5.0  # at most one wake annotation per model this often
 POLL_S = 0.25  # how often a held request looks for a Ready endpoint
 CACHE_S = 0.2  # how long one read of a ModelService or its endpoints serves every request
 MAX_BUFFERED_BODY = 8 * 1024 * 1024  # larger (or unknown-length) bodies are streamed
+# A buffered body must arrive within this once the headers have: a client (or a Gateway
+# connection) that sent its headers and stalls gets 408, instead of a task waiting forever.
+BODY_READ_S = 30.0
+# gRPC messages pass whole (the proxy does not parse them): up to the runtime's own default
+# bound on a request (`modelservice serve --max-request-bytes`, 64 MiB).
+MAX_GRPC_MESSAGE = 64 * 1024 * 1024
+GRPC_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
+)
+MAX_GRPC_CHANNELS = 64  # channels to pods kept open; the least recently used closes first
 # Told to stop (SIGTERM): requests still held get their 503 after this long, within the
 # pod's grace period (30 s by default), instead of a cut connection (the Gateway's 502);
 # requests already forwarded get SHUTDOWN_S to finish.
@@ -72,6 +91,25 @@ HOP_HEADERS = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host", "content-length",
 })  # fmt: skip
+# The runtime Service's port names (render.render_service), as its EndpointSlices carry them.
+HTTP_PORT_NAME = "http"
+GRPC_PORT_NAME = "grpc"
+# gRPC metadata keys are lowercase; the reserved ones (grpc-*, HTTP/2's) are the channel's own
+# (the deadline travels as the call's timeout).
+TARGET_KEY = TARGET_HEADER.lower()
+HELD_KEY = HELD_HEADER.lower()
+GRPC_OWN_KEYS = HOP_HEADERS | {"content-type", "user-agent", TARGET_KEY, HELD_KEY}
+# The activator's own answers: HTTP status -> gRPC status code's name.
+GRPC_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 503: "UNAVAILABLE"}
+
+
+class Refused(Exception):
+    """A request the activator answers itself: HTTP `status` (GRPC_CODES for gRPC) and the
+    message of `{"error": ...}`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def parse_target(value: str | None) -> tuple[str, str] | None:
@@ -111,12 +149,16 @@ def needs_wake(msvc: Mapping[str, Any]) -> bool:
     return asked is None or (since is not None and asked < since)
 
 
-def ready_endpoints(slices: list[Mapping[str, Any]]) -> list[tuple[str, int]]:
+def ready_endpoints(
+    slices: list[Mapping[str, Any]], port_name: str = HTTP_PORT_NAME
+) -> list[tuple[str, int]]:
     """(address, port) of every Ready endpoint of the Service's EndpointSlices, on its
-    port named http."""
+    port named `port_name`."""
     out = []
     for s in slices:
-        port = next((p.get("port") for p in s.get("ports") or [] if p.get("name") == "http"), None)
+        port = next(
+            (p.get("port") for p in s.get("ports") or [] if p.get("name") == port_name), None
+        )  # fmt: skip
         if port is None:
             continue
         for e in s.get("endpoints") or []:
@@ -126,10 +168,26 @@ def ready_endpoints(slices: list[Mapping[str, Any]]) -> list[tuple[str, int]]:
     return out
 
 
+def passed_metadata(metadata: Any) -> tuple[tuple[str, Any], ...]:
+    """gRPC metadata to pass on: all but the target, the held seconds, and what the channel
+    sets itself (reserved grpc-* keys, HTTP/2 pseudo-headers, hop-by-hop headers)."""
+    out = []
+    for key, value in metadata or ():
+        k = key.lower()
+        if k in GRPC_OWN_KEYS or k.startswith((":", "grpc-")):
+            continue
+        out.append((k, value))
+    return tuple(out)
+
+
 def _json_error(status: int, message: str) -> Any:
     from aiohttp import web
 
     return web.json_response({"error": message}, status=status)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass
@@ -139,14 +197,21 @@ class _Cached:
 
 
 class Activator:
-    """The request handler, with short-lived caches of API reads shared by all requests."""
+    """Both front ends (HTTP: `handle`; gRPC: `handle_grpc`) over one hold (`target`,
+    `hold`), with short-lived caches of API reads shared by all requests."""
 
-    def __init__(self, drain_s: float = DRAIN_S) -> None:
+    def __init__(self, drain_s: float = DRAIN_S, body_read_s: float = BODY_READ_S) -> None:
         self._msvc: dict[tuple[str, str], _Cached] = {}
-        self._endpoints: dict[tuple[str, str], _Cached] = {}
+        self._slices: dict[tuple[str, str], _Cached] = {}
         self._woken: dict[tuple[str, str], float] = {}
         self._session: Any = None
+        self._channels: dict[tuple[str, int], Any] = {}  # grpc.aio channels, oldest use first
+        self._closing: set[asyncio.Task[None]] = set()
+        self._grpc_server: Any = None
+        self.grpc_port = 0  # bound by serve_grpc
+        self._grpc_stopping: asyncio.Task[None] | None = None
         self._drain_s = drain_s
+        self._body_read_s = body_read_s
         self._stopping: float | None = None  # monotonic time the server was told to stop
 
     def stop_holding(self) -> None:
@@ -174,12 +239,17 @@ class Activator:
             self._msvc, (namespace, name), lambda: client().get("ModelService", namespace, name)
         )
 
-    async def endpoints(self, namespace: str, name: str) -> list[tuple[str, int]]:
-        def read() -> list[tuple[str, int]]:
-            selector = f"kubernetes.io/service-name={name}"
-            return ready_endpoints(client().list_objects("EndpointSlice", namespace, selector))
+    async def endpoints(
+        self, namespace: str, name: str, port_name: str = HTTP_PORT_NAME
+    ) -> list[tuple[str, int]]:
+        """Ready endpoints of the Service <name> on its port `port_name` (one read of its
+        EndpointSlices serves both front ends)."""
 
-        return await self._cached(self._endpoints, (namespace, name), read)  # type: ignore[no-any-return]
+        def read() -> list[dict[str, Any]]:
+            selector = f"kubernetes.io/service-name={name}"
+            return client().list_objects("EndpointSlice", namespace, selector)
+
+        return ready_endpoints(await self._cached(self._slices, (namespace, name), read), port_name)
 
     async def wake(self, namespace: str, name: str, msvc: Mapping[str, Any]) -> None:
         """Ask the operator for a wake (the annotation), at most once per WAKE_EVERY_S."""
@@ -196,33 +266,39 @@ class Activator:
         except KubeApiError as e:
             log.warning("could not ask for a wake of %s/%s: %s", namespace, name, e)
 
-    async def handle(self, request: Any) -> Any:
-        from aiohttp import web
-
-        target = parse_target(request.headers.get(TARGET_HEADER))
+    async def target(self, value: str | None) -> tuple[str, str, dict[str, Any]]:
+        """The ModelService the route's header names: (namespace, name, the object).
+        Refused 400 without a valid header, 404 when it does not exist, 503 unreadable."""
+        target = parse_target(value)
         if target is None:
-            if request.path == "/healthz" and TARGET_HEADER not in request.headers:
-                return web.Response(text="ok")
-            return _json_error(
+            raise Refused(
                 400, f"header {TARGET_HEADER}: expected <namespace>/<name> of a ModelService "
-                "(the HTTPRoute of a ModelService at zero sets it)",
+                "(the HTTPRoute or GRPCRoute of a ModelService at zero sets it)",
             )  # fmt: skip
         namespace, name = target
-        start = time.monotonic()
         try:
             msvc = await self.modelservice(namespace, name)
         except KubeApiError as e:
-            return _json_error(503, f"ModelService {namespace}/{name}: cannot read it: {e}")
+            raise Refused(503, f"ModelService {namespace}/{name}: cannot read it: {e}") from e
         if msvc is None:
-            return _json_error(404, f"ModelService {namespace}/{name} does not exist")
+            raise Refused(404, f"ModelService {namespace}/{name} does not exist")
+        return namespace, name, msvc
+
+    async def hold(
+        self,
+        namespace: str,
+        name: str,
+        msvc: Mapping[str, Any],
+        start: float,
+        port_name: str = HTTP_PORT_NAME,
+    ) -> tuple[tuple[str, int], float]:
+        """Wait for a Ready endpoint on `port_name` (asking for a wake meanwhile), up to the
+        ModelService's hold bound from `start`: (the endpoint, seconds held). Refused 503
+        past the bound, or once told to stop and drained."""
         deadline = start + hold_seconds(msvc)
-        body: bytes | None = None
-        length = request.content_length
-        if request.can_read_body and length is not None and length <= MAX_BUFFERED_BODY:
-            body = await request.read()
         while True:
             try:
-                found = await self.endpoints(namespace, name)
+                found = await self.endpoints(namespace, name, port_name)
                 if found:
                     break
                 msvc = await self.modelservice(namespace, name) or msvc
@@ -230,16 +306,43 @@ class Activator:
             except KubeApiError as e:
                 log.warning("held request for %s/%s: %s", namespace, name, e)
             if time.monotonic() >= deadline or self._drained():
-                held = time.monotonic() - start
-                message = not_ready_message(namespace, name, held, msvc)
+                message = not_ready_message(namespace, name, time.monotonic() - start, msvc)
                 if self._drained():
                     message += " (the activator holding it is shutting down: retry)"
-                return _json_error(503, message)
+                raise Refused(503, message)
             await asyncio.sleep(POLL_S)
         held = time.monotonic() - start
         if held > 0.5:
             log.info("request for %s/%s held %.2f s for a Ready pod", namespace, name, held)
-        return await self.forward(request, random.choice(found), body, namespace, name, held)
+        return random.choice(found), held
+
+    async def read_body(self, request: Any) -> bytes | None:
+        """The body, when its Content-Length is known and at most MAX_BUFFERED_BODY (else
+        None: it is streamed). Refused 408 when it does not arrive within body_read_s."""
+        length = request.content_length
+        if not (request.can_read_body and length is not None and length <= MAX_BUFFERED_BODY):
+            return None
+        try:
+            return await asyncio.wait_for(request.read(), self._body_read_s)  # type: ignore[no-any-return]
+        except TimeoutError:
+            raise Refused(
+                408, f"request body: Content-Length {length} announced, but the body did not "
+                f"arrive within {self._body_read_s:g} s; nothing was forwarded",
+            ) from None  # fmt: skip
+
+    async def handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        if request.path == "/healthz" and TARGET_HEADER not in request.headers:
+            return web.Response(text="ok")
+        start = time.monotonic()
+        try:
+            namespace, name, msvc = await self.target(request.headers.get(TARGET_HEADER))
+            body = await self.read_body(request)
+            endpoint, held = await self.hold(namespace, name, msvc, start)
+        except Refused as e:
+            return _json_error(e.status, str(e))
+        return await self.forward(request, endpoint, body, namespace, name, held)
 
     async def forward(
         self,
@@ -261,7 +364,7 @@ class Activator:
                 auto_decompress=False,
             )
         host, port = endpoint
-        url = f"http://{host}:{port}{request.rel_url}"
+        url = f"http://{_host_port(host, port)}{request.rel_url}"
         headers = {
             k: v
             for k, v in request.headers.items()
@@ -291,24 +394,139 @@ class Activator:
                 502, f"ModelService {namespace}/{name}: forwarding to pod {host}:{port} failed: {e}"
             )
 
+    # --- gRPC ---------------------------------------------------------------------------
+
+    async def handle_grpc(
+        self, method: str, requests: AsyncIterator[bytes], context: Any
+    ) -> AsyncIterator[bytes]:
+        """Any gRPC method (unary, server-streaming, bidirectional: one stream-stream
+        handler of raw bytes): held like an HTTP request, then forwarded to the pod's gRPC
+        port, its replies, status and metadata relayed."""
+        import grpc
+
+        start = time.monotonic()
+        metadata = tuple(context.invocation_metadata() or ())
+        value = next((v for k, v in metadata if k.lower() == TARGET_KEY), None)
+        try:
+            namespace, name, msvc = await self.target(value if isinstance(value, str) else None)
+            endpoint, held = await self.hold(namespace, name, msvc, start, GRPC_PORT_NAME)
+        except Refused as e:
+            await context.abort(getattr(grpc.StatusCode, GRPC_CODES[e.status]), str(e))
+            return
+        call = self._channel(endpoint).stream_stream(method)(
+            requests, metadata=passed_metadata(metadata), timeout=context.time_remaining()
+        )
+        answered = False
+        try:
+            initial = passed_metadata(await call.initial_metadata())
+            answered = bool(initial)
+            await context.send_initial_metadata((*initial, (HELD_KEY, f"{held:.3f}")))
+            async for reply in call:
+                answered = True
+                yield reply
+            context.set_trailing_metadata(passed_metadata(await call.trailing_metadata()))
+        except grpc.aio.AioRpcError as e:
+            details = e.details() or ""
+            if not answered and e.code() is grpc.StatusCode.UNAVAILABLE:
+                host, port = endpoint
+                details = (
+                    f"ModelService {namespace}/{name}: forwarding to pod {_host_port(host, port)}"
+                    f" failed: {details}"
+                )
+            await context.abort(e.code(), details, passed_metadata(e.trailing_metadata()))
+        finally:
+            call.cancel()  # the client gone (or done): nothing more to the pod
+
+    def _channel(self, endpoint: tuple[str, int]) -> Any:
+        """The channel to this pod (kept: one HTTP/2 connection serves every call), the
+        least recently used closed past MAX_GRPC_CHANNELS (pods come and go)."""
+        import grpc
+
+        channel = self._channels.pop(endpoint, None)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(_host_port(*endpoint), options=GRPC_OPTIONS)
+        self._channels[endpoint] = channel
+        while len(self._channels) > MAX_GRPC_CHANNELS:
+            stale = self._channels.pop(next(iter(self._channels)))
+            task = asyncio.get_running_loop().create_task(stale.close(grace=SHUTDOWN_S))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return channel
+
+    async def serve_grpc(self, host: str, port: int) -> int:
+        """Start the gRPC (h2c) listener in the running loop: the port bound."""
+        import grpc
+
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        server.add_generic_rpc_handlers([_GrpcFront(self)])
+        address = _host_port(host, port)
+        bound = server.add_insecure_port(address)
+        if not bound:
+            raise OSError(f"cannot listen for gRPC on {address}")
+        await server.start()
+        self._grpc_server, self.grpc_port = server, bound
+        log.info("modelservice activator listening for gRPC (h2c) on %s", _host_port(host, bound))
+        return bound
+
+    def stop_grpc(self, grace: float = SHUTDOWN_S) -> None:
+        """Told to stop: the gRPC listener takes no new call; the calls it has get `grace`
+        seconds (those held end within drain_s, stop_holding)."""
+        if self._grpc_server is not None and self._grpc_stopping is None:
+            self._grpc_stopping = asyncio.get_running_loop().create_task(
+                self._grpc_server.stop(grace)
+            )
+
     async def close(self) -> None:
+        if self._grpc_server is not None:
+            self.stop_grpc()
+            await self._grpc_stopping  # type: ignore[misc]
         if self._session is not None:
             await self._session.close()
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
 
-def create_app(activator: Activator | None = None) -> Any:
+class _GrpcFront:
+    """The gRPC server's generic handler: every method is a stream-stream handler without
+    (de)serializers, so any call shape passes as raw bytes to Activator.handle_grpc."""
+
+    def __init__(self, activator: Activator) -> None:
+        self._activator = activator
+
+    def service(self, details: Any) -> Any:
+        import grpc
+
+        return grpc.stream_stream_rpc_method_handler(
+            functools.partial(self._activator.handle_grpc, details.method)
+        )
+
+
+def create_app(
+    activator: Activator | None = None, grpc_address: tuple[str, int] | None = None
+) -> Any:
+    """The HTTP app; with `grpc_address` (host, port) the gRPC listener starts and stops
+    with it."""
     from aiohttp import web
 
     activator = activator or Activator()
     app = web.Application(client_max_size=MAX_BUFFERED_BODY)
     app.router.add_route("*", "/{tail:.*}", activator.handle)
 
+    async def on_startup(_: Any) -> None:
+        if grpc_address is not None:
+            await activator.serve_grpc(*grpc_address)
+
     async def on_shutdown(_: Any) -> None:
         activator.stop_holding()
+        activator.stop_grpc()
 
     async def on_cleanup(_: Any) -> None:
         await activator.close()
 
+    app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app
@@ -319,8 +537,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)"
     )  # fmt: skip
     parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
+        "--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})"
     )
+    parser.add_argument(
+        "--grpc-port", type=int, default=DEFAULT_GRPC_PORT,
+        help=f"gRPC (h2c) port (default {DEFAULT_GRPC_PORT}); 0: no gRPC listener",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -329,8 +551,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     client(pool_size=32)  # credentials now: a broken config fails at start
     log.info("modelservice activator listening on %s:%d", args.host, args.port)
+    grpc_address = (args.host, args.grpc_port) if args.grpc_port else None
     web.run_app(
-        create_app(), host=args.host, port=args.port, print=None, access_log=None,
-        shutdown_timeout=SHUTDOWN_S,
+        create_app(grpc_address=grpc_address), host=args.host, port=args.port, print=None,
+        access_log=None, shutdown_timeout=SHUTDOWN_S,
     )  # fmt: skip
     return 0

@@ -144,7 +144,7 @@ def zero_plan(spec: ModelServiceSpec) -> ScaleToZeroPlan | None:
 def to_activator(
     owner: Mapping[str, Any], spec: ModelServiceSpec, primary: Mapping[str, Any] | None
 ) -> ActivatorRef | None:
-    """The activator the HTTPRoute sends to now (scaling.route_to_activator), or None."""
+    """The activator the routes send to now (scaling.route_to_activator), or None."""
     plan = zero_plan(spec)
     if not route_to_activator(enabled(plan), at_zero(owner.get("status")), _ready(primary)):
         return None
@@ -155,8 +155,8 @@ _GRANTED: set[tuple[str, str]] = set()  # (activator namespace, from namespace) 
 
 
 def ensure_reference_grant(activator: ActivatorRef, namespace: str) -> None:
-    """The ReferenceGrant that lets `namespace`'s HTTPRoutes reach the activator, applied
-    once per process and namespace (a repeated apply changes nothing)."""
+    """The ReferenceGrant that lets `namespace`'s HTTPRoutes and GRPCRoutes reach the
+    activator, applied once per process and namespace (a repeated apply changes nothing)."""
     key = (activator.namespace, namespace)
     if key in _GRANTED:
         return
@@ -172,9 +172,9 @@ def desired_routes(
     primary: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The routes to apply (none without a served Gateway), HTTPRoute then GRPCRoute, their
-    canary weight as far as the canary Deployment `canary` has Ready pods. The HTTPRoute
-    goes to the activator while a model that scales to zero is at zero or has no Ready
-    pod in `primary` (its Deployment); gRPC is not held, its route stays."""
+    canary weight as far as the canary Deployment `canary` has Ready pods. Both go to the
+    activator while a model that scales to zero is at zero or has no Ready pod in
+    `primary` (its Deployment); the GRPCRoute only where the activator has a gRPC port."""
     http, grpc = routes_served(spec)
     if not http:
         return []
@@ -185,9 +185,9 @@ def desired_routes(
     if activator is not None:
         ensure_reference_grant(activator, meta["namespace"])
     routes = [render_route(meta["name"], meta["namespace"], spec, weights, activator)]
-    grpc_route = render_grpc_route(meta["name"], meta["namespace"], spec, weights)
-    if grpc and grpc_route is not None:
-        routes.append(grpc_route)
+    if grpc:
+        grpc_route = render_grpc_route(meta["name"], meta["namespace"], spec, weights, activator)
+        routes += [grpc_route] if grpc_route is not None else []
     kopf.adopt(routes, owner=owner_body(owner))  # type: ignore[arg-type]
     return routes
 

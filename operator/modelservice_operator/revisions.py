@@ -14,6 +14,9 @@
   promotion or rollback keeps the route.
 - GRPCRoute <name> beside it, the same split for gRPC (the Services' gRPC port), on the host
   grpc.<name>.<namespace>.<domain>, where the cluster serves GRPCRoutes and gRPC is on.
+- While a model that scales to zero is at zero (or waking), both routes send to the
+  activator's Service instead (its HTTP port, its gRPC port), with the header naming the
+  ModelService, allowed across namespaces by a ReferenceGrant in the activator's namespace.
 
 `owned_names` lists what these may create, so that the reconcile deletes what the spec no
 longer renders (a removed canary or gateway: owner references alone would keep them).
@@ -144,9 +147,10 @@ def reference_grant_name(from_namespace: str) -> str:
 
 
 def render_reference_grant(activator: ActivatorRef, from_namespace: str) -> dict[str, Any]:
-    """ReferenceGrant in the activator's namespace letting HTTPRoutes of `from_namespace`
-    send to the activator's Service (one per namespace with a ModelService that scales to
-    zero; it has no owner there, being in another namespace, and is left in place)."""
+    """ReferenceGrant in the activator's namespace letting HTTPRoutes and GRPCRoutes of
+    `from_namespace` send to the activator's Service (one per namespace with a ModelService
+    that scales to zero; it has no owner there, being in another namespace, and is left in
+    place)."""
     return {
         "apiVersion": REFERENCE_GRANT_API_VERSION,
         "kind": "ReferenceGrant",
@@ -156,25 +160,35 @@ def render_reference_grant(activator: ActivatorRef, from_namespace: str) -> dict
             "labels": {LABEL_MANAGED_BY: FIELD_MANAGER},
         },
         "spec": {
-            "from": [{"group": GATEWAY_GROUP, "kind": "HTTPRoute", "namespace": from_namespace}],
+            "from": [
+                {"group": GATEWAY_GROUP, "kind": kind, "namespace": from_namespace}
+                for kind in ("HTTPRoute", "GRPCRoute")
+            ],
             "to": [{"group": "", "kind": "Service", "name": activator.name}],
         },
     }
 
 
 def render_grpc_route(
-    name: str, namespace: str, spec: ModelServiceSpec, weights: tuple[int, int]
+    name: str,
+    namespace: str,
+    spec: ModelServiceSpec,
+    weights: tuple[int, int],
+    activator: ActivatorRef | None = None,
 ) -> dict[str, Any] | None:
     """GRPCRoute <name>: the HTTPRoute's split for gRPC clients, to the Services' gRPC port
-    (h2c), on the host grpc.<name>.<namespace>.<domain>; None with spec.runtime.grpc off."""
+    (h2c), on the host grpc.<name>.<namespace>.<domain>; None with spec.runtime.grpc off.
+    With `activator` (as render_route), its Service's gRPC port and the same header (gRPC
+    metadata), where the activator has a gRPC port; without one, the model's Service."""
     grpc = spec.runtime.grpc
     if not grpc.enabled:
         return None
-    route = render_route(name, namespace, spec, weights)
+    held = activator if activator is not None and activator.grpc_port is not None else None
+    route = render_route(name, namespace, spec, weights, held)
     route["kind"] = "GRPCRoute"
     route["spec"]["hostnames"] = [grpc_route_host(name, namespace)]
     for backend in route["spec"]["rules"][0]["backendRefs"]:
-        backend["port"] = grpc.port
+        backend["port"] = held.grpc_port if held is not None else grpc.port
     return route
 
 

@@ -4,7 +4,8 @@ A ModelService with `autoscaling.minReplicas: 0` goes to zero replicas once its 
 pods have answered nothing for `idleSeconds`, and comes back on the first request:
 
 - Whether it may (`plan_scale_to_zero`): requests that arrive at zero must be held
-  somewhere, and here that is the activator behind the Gateway's HTTPRoute. So it needs a
+  somewhere, and here that is the activator behind the Gateway's routes (the HTTPRoute, and
+  the GRPCRoute where gRPC is on and the activator has a gRPC port). So it needs a
   Gateway (spec.gateway or the operator's default, with the Gateway API served) and the
   operator's activator; it is refused beside a canary (the weighted route has two
   backends to wake). Refused, the model stays at 1 (the HPA's floor) and condition
@@ -20,8 +21,8 @@ pods have answered nothing for `idleSeconds`, and comes back on the first reques
 - Wake (`wake_requested`): the activator sets the annotation WAKE_ANNOTATION on the
   ModelService when a request arrives at zero; a request time at or after status
   scaleToZero.since wakes it.
-- The route (`route_to_activator`): to the activator while at zero and until the
-  Deployment has a Ready pod, then back to the model's Service.
+- The routes (`route_to_activator`): to the activator while at zero and until the
+  Deployment has a Ready pod, then back to the model's Service; HTTP and gRPC alike.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from modelservice_operator.traffic import activator_of, gateway_of
 
 # Set by the activator (an RFC 3339 time) when a request arrives for a ModelService at zero.
 WAKE_ANNOTATION = f"{GROUP}/wake-requested-at"
-# The header the HTTPRoute sets on the way to the activator: <namespace>/<name>.
+# The header the routes set on the way to the activator: <namespace>/<name> (the GRPCRoute
+# sets it too: gRPC metadata, lowercase there).
 TARGET_HEADER = "X-ModelService-Target"
 # status.scaleToZero's keys.
 AT_ZERO, SINCE, LAST_COUNT, LAST_REQUEST_AT, WOKEN_AT = (
@@ -144,7 +146,7 @@ def at_zero(status: Mapping[str, Any] | None) -> bool:
 
 
 def route_to_activator(enabled: bool, zero: bool, ready_replicas: int) -> bool:
-    """The HTTPRoute sends to the activator while the model is at zero and until its
+    """The routes send to the activator while the model is at zero and until its
     Deployment has a Ready pod again (so the Gateway never answers 503 while it wakes)."""
     return enabled and (zero or ready_replicas <= 0)
 

@@ -63,17 +63,25 @@ def _activator(env: Mapping[str, str], key: str) -> ActivatorRef | None:
     raw = env.get(key, "").strip()
     if not raw:
         return None
-    where, _, port = raw.partition(":")
+    where, _, ports = raw.partition(":")
+    numbers = ports.split(":")
     namespace, _, name = where.partition("/")
     label = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
-    if not (re.match(label, namespace) and re.match(label, name) and port.isdigit()):
+    if not (
+        re.match(label, namespace)
+        and re.match(label, name)
+        and len(numbers) <= 2
+        and all(p.isdigit() for p in numbers)
+    ):
         raise ValueError(
-            f"{key}: expected namespace/name:port of the activator's Service (got {raw!r})"
+            f"{key}: expected namespace/name:port[:grpcPort] of the activator's Service "
+            f"(got {raw!r})"
         )
-    number = int(port)
-    if not 1 <= number <= 65535:
-        raise ValueError(f"{key}: port must be 1..65535 (got {number})")
-    return ActivatorRef(namespace=namespace, name=name, port=number)
+    port, *grpc = (int(p) for p in numbers)
+    for number in (port, *grpc):
+        if not 1 <= number <= 65535:
+            raise ValueError(f"{key}: port must be 1..65535 (got {number})")
+    return ActivatorRef(namespace, name, port, grpc[0] if grpc else None)
 
 
 @dataclass(frozen=True)
@@ -90,9 +98,10 @@ class OperatorSettings:
     - MODELSERVICE_DEFAULT_GATEWAY: namespace/name of the Gateway every ModelService without
       spec.gateway routes through (an HTTPRoute each); empty: none.
     - MODELSERVICE_GATEWAY_DOMAIN: the routes' host names are <name>.<namespace>.<domain>.
-    - MODELSERVICE_ACTIVATOR: namespace/name:port of the activator's Service, which holds
-      requests for ModelServices scaled to zero (autoscaling.minReplicas 0); empty: none,
-      and minReplicas 0 stays at 1.
+    - MODELSERVICE_ACTIVATOR: namespace/name:port[:grpcPort] of the activator's Service,
+      which holds requests for ModelServices scaled to zero (autoscaling.minReplicas 0):
+      its HTTP port, and its gRPC (h2c) port (without it, gRPC is not held); empty: none,
+      and minReplicas 0 stays at 1. The chart writes it (activator.port, .grpcPort).
     """
 
     runtime_image: str = DEFAULT_RUNTIME_IMAGE

@@ -36,11 +36,13 @@ DEFAULT_ROUTE_DOMAIN = "models.internal"
 @dataclass(frozen=True)
 class ActivatorRef:
     """The activator's Service (activator.py), which holds requests for a ModelService at
-    zero: the HTTPRoute's backend meanwhile."""
+    zero: the HTTPRoute's backend meanwhile (`port`), and the GRPCRoute's (`grpc_port`, h2c;
+    None: gRPC is not held, the GRPCRoute stays at the model's Service)."""
 
     namespace: str
     name: str
     port: int = 80
+    grpc_port: int | None = None
 
 
 @dataclass(frozen=True)

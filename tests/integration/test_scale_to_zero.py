@@ -3,9 +3,9 @@
 The chart runs the operator and the activator (activator.enabled) as pods from the operator
 image, watching this module's namespace, with the Gateway hack/gateway-up.sh runs as the
 default. A ModelService with autoscaling.minReplicas 0 goes to zero after idleSeconds
-without a request; the next request through the Gateway is held by the activator, wakes the
-model and is answered 200; a request for a model that cannot load gets 503 with the reason
-after holdTimeoutSeconds.
+without a request; the next request through the Gateway (HTTP, a streamed completion, or a
+gRPC call through the GRPCRoute) is held by the activator, wakes the model and is answered;
+a request for a model that cannot load gets 503 with the reason after holdTimeoutSeconds.
 
 Without a real node (or the Gateway) every test here is skipped with the reason, and with
 CI=true it fails instead.
@@ -133,22 +133,31 @@ def live_pods(kctl: Kubectl, name: str) -> list[dict[str, Any]]:
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
-def backend_of_route(kctl: Kubectl, name: str) -> str | None:
-    route = kctl.maybe_get("httproute", name, NAMESPACE)
+def backend_of_route(kctl: Kubectl, name: str, kind: str = "httproute") -> str | None:
+    route = kctl.maybe_get(kind, name, NAMESPACE)
     if route is None:
         return None
     (backend,) = route["spec"]["rules"][0]["backendRefs"]
     return f"{backend.get('namespace', NAMESPACE)}/{backend['name']}"
 
 
-def route_resolved(kctl: Kubectl, name: str) -> bool:
+def route_resolved(kctl: Kubectl, name: str, kind: str = "httproute") -> bool:
     """Traefik accepted the route and resolved its backend (the ReferenceGrant honoured)."""
-    route = kctl.maybe_get("httproute", name, NAMESPACE) or {}
+    route = kctl.maybe_get(kind, name, NAMESPACE) or {}
     for parent in (route.get("status") or {}).get("parents") or []:
         conds = {c["type"]: c["status"] for c in parent.get("conditions") or []}
         if conds.get("Accepted") == "True" and conds.get("ResolvedRefs") == "True":
             return True
     return False
+
+
+def at_the_activator(kctl: Kubectl, name: str, kinds: tuple[str, ...] = ("httproute",)) -> bool:
+    """The routes of `kinds` send to the activator and Traefik resolved them."""
+    return all(
+        backend_of_route(kctl, name, k) == f"{OPERATOR_NAMESPACE}/{ACTIVATOR}"
+        and route_resolved(kctl, name, k)
+        for k in kinds
+    )
 
 
 def _stamp(value: str | None) -> datetime | None:
@@ -198,11 +207,14 @@ def describe(kctl: Kubectl, name: str) -> str:
         "logs", "-n", OPERATOR_NAMESPACE, "-l",
         "app.kubernetes.io/name=modelservice-operator-activator", "--tail", "20", check=False,
     ).stdout  # fmt: skip
-    route = kctl.maybe_get("httproute", name, NAMESPACE) or {}
+    routes = [(k, kctl.maybe_get(k, name, NAMESPACE) or {}) for k in ("httproute", "grpcroute")]
     return (
         f"status: {json.dumps(obj.get('status'), indent=1)}\noperator log:\n{logs}\n"
-        f"activator log:\n{activator}\nroute: {json.dumps(route.get('spec'))}\n"
-        f"route status: {json.dumps(route.get('status'))}"
+        f"activator log:\n{activator}\n"
+        + "\n".join(
+            f"{k}: {json.dumps(r.get('spec'))}\n{k} status: {json.dumps(r.get('status'))}"
+            for k, r in routes
+        )
     )
 
 
@@ -276,30 +288,38 @@ def test_idle_model_goes_to_zero_and_a_held_request_wakes_it(
     print(f"\nheld request through the Gateway answered 200 in {seconds:.2f} s (from zero)")
     print(f"  {latency_split(kctl, name, sent, seconds)}")
 
+    wait_back(kctl, name)
+    assert infer(name, 30)[0] == 200
+
+
+def wait_back(kctl: Kubectl, name: str, kinds: tuple[str, ...] = ("httproute",)) -> None:
+    """Woken: not at zero, a Ready pod, the routes of `kinds` back at the Service, and the
+    event ScaledFromZero."""
+
     def back() -> bool:
         obj = kctl.get("msvc", name, NAMESPACE)
         st = obj.get("status") or {}
         return (
             not (st.get("scaleToZero") or {}).get("atZero")
             and (st.get("readyReplicas") or 0) >= 1
-            and backend_of_route(kctl, name) == f"{NAMESPACE}/{name}"
+            and all(backend_of_route(kctl, name, k) == f"{NAMESPACE}/{name}" for k in kinds)
         )
 
-    wait_until("the pods back and the route at the Service", back, timeout=90, interval=1)
+    wait_until("the pods back and the routes at the Service", back, timeout=90, interval=1)
     assert [e.get("reason") for e in kctl.events(NAMESPACE, name)].count("ScaledFromZero") >= 1
-    assert infer(name, 30)[0] == 200
 
 
-def wait_at_zero(kctl: Kubectl, name: str, timeout: float) -> dict[str, Any]:
-    """The ModelService at zero: status says so, no pod left, the route at the activator and
-    resolved by Traefik."""
+def wait_at_zero(
+    kctl: Kubectl, name: str, timeout: float, kinds: tuple[str, ...] = ("httproute",)
+) -> dict[str, Any]:
+    """The ModelService at zero: status says so, no pod left, the routes of `kinds` at the
+    activator and resolved by Traefik."""
 
     def at_zero() -> dict[str, Any] | None:
         obj = kctl.get("msvc", name, NAMESPACE)
         held = ((obj.get("status") or {}).get("scaleToZero") or {}).get("atZero")
         gone = not live_pods(kctl, name)
-        routed = backend_of_route(kctl, name) == f"{OPERATOR_NAMESPACE}/{ACTIVATOR}"
-        return obj if held and gone and routed and route_resolved(kctl, name) else None
+        return obj if held and gone and at_the_activator(kctl, name, kinds) else None
 
     try:
         return wait_until(f"{name} at zero", at_zero, timeout=timeout, interval=2)
@@ -352,20 +372,76 @@ def test_a_streamed_completion_is_held_from_zero_and_streams(
               f"{len(events) - 1} events, done after {total:.2f} s")  # fmt: skip
 
 
+def infer_over_grpc(name: str, timeout: float) -> tuple[Any, dict[str, str], float]:
+    """One ModelInfer (the runtime's own stubs) through the Gateway's GRPCRoute host, h2c:
+    (the response, its initial metadata, seconds)."""
+    import grpc
+    from modelservice_runtime.serving.grpc_front import grpc_predict_v2_pb2 as pb
+    from modelservice_runtime.serving.grpc_front import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    request = pb.ModelInferRequest(
+        model_name=name,
+        inputs=[pb.ModelInferRequest.InferInputTensor(
+            name="input", datatype="FP32", shape=[1, 64],
+            contents=pb.InferTensorContents(fp32_contents=X),
+        )],
+    )  # fmt: skip
+    authority = f"grpc.{name}.{NAMESPACE}.models.internal"
+    options = [("grpc.default_authority", authority)]
+    start = time.monotonic()
+    with grpc.insecure_channel(f"{GATEWAY.ip}:80", options=options) as channel:
+        reply, call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer.with_call(
+            request, timeout=timeout
+        )
+    return reply, dict(call.initial_metadata() or ()), time.monotonic() - start
+
+
+def test_a_grpc_call_is_held_from_zero_and_wakes_the_model(
+    kctl: Kubectl, operator_and_activator: None, model_files: ModelFiles, mlp_onnx: Path
+) -> None:
+    """At zero the GRPCRoute goes to the activator's gRPC port too: one ModelInfer through
+    the Gateway is held, wakes the model (no HTTP request involved), and is answered with
+    what onnxruntime computes."""
+    import grpc
+    import numpy as np
+    import onnxruntime as ort
+
+    name = "grpc-wake"
+    model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"]}
+    kctl.apply(scale_to_zero(name, model, idleSeconds=10), NAMESPACE)
+    both = ("httproute", "grpcroute")
+    wait_at_zero(kctl, name, timeout=200, kinds=both)
+    assert not wake_asked(kctl, name)
+
+    sent = datetime.now(UTC)
+    try:
+        reply, metadata, seconds = infer_over_grpc(name, 240)
+    except grpc.RpcError as e:
+        raise AssertionError(f"{e!r}\n{describe(kctl, name)}") from None
+    session = ort.InferenceSession(str(mlp_onnx), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, {"input": np.asarray([X], dtype=np.float32)})
+    (output,) = reply.outputs
+    assert list(output.shape) == [1, 10], reply
+    got = np.asarray(output.contents.fp32_contents, dtype=np.float32).reshape(1, 10)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    held = float(metadata[act.HELD_KEY])
+    assert 0 < held <= seconds, metadata  # the activator held it
+    print(f"\nheld gRPC ModelInfer through the Gateway answered in {seconds:.2f} s (from zero,"
+          f" held {held:.2f} s)\n  {latency_split(kctl, name, sent, seconds)}")  # fmt: skip
+    assert wake_asked(kctl, name)  # the gRPC call asked for the wake
+    wait_back(kctl, name, both)
+
+
 def test_a_held_request_for_a_model_that_cannot_load_gets_503_with_the_reason(
     kctl: Kubectl, operator_and_activator: None, model_files: ModelFiles
 ) -> None:
     name = "broken"
     model = {"uri": model_files.url("corrupt.onnx"), "sha256": model_files.sha256["corrupt.onnx"]}
     kctl.apply(scale_to_zero(name, model, holdTimeoutSeconds=5), NAMESPACE)
-    # No pod is Ready: the route goes to the activator, which Traefik resolves.
+    # No pod is Ready: the routes go to the activator, which Traefik resolves.
+    both = ("httproute", "grpcroute")
     wait_until(
-        "the route at the activator, resolved",
-        lambda: (
-            backend_of_route(kctl, name) == f"{OPERATOR_NAMESPACE}/{ACTIVATOR}"
-            and route_resolved(kctl, name)
-        ),
-        timeout=90,
+        "the routes at the activator, resolved", lambda: at_the_activator(kctl, name, both), 90
     )
 
     def held_answer() -> tuple[int, dict[str, Any], float] | None:
@@ -390,6 +466,17 @@ def test_a_held_request_for_a_model_that_cannot_load_gets_503_with_the_reason(
     except AssertionError as e:
         raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
     print(f"503 with the status reason: {text}")
+
+    # gRPC through the GRPCRoute: the same message, as status UNAVAILABLE.
+    import grpc
+
+    with pytest.raises(grpc.RpcError) as err:
+        infer_over_grpc(name, 60)
+    code, details = err.value.code(), err.value.details()  # type: ignore[attr-defined]
+    assert code is grpc.StatusCode.UNAVAILABLE, (code, details)
+    assert details.startswith(f"ModelService {NAMESPACE}/{name} is not ready after "), details
+    assert "ModelFetchFailed" in details, details
+    print(f"held gRPC call for a model that cannot load: {code.name}: {details[:120]}")
 
 
 def test_a_request_without_the_target_header_gets_400(

@@ -405,7 +405,11 @@ def test_the_activator_renders_its_pods_service_and_least_rbac(set_args: tuple[s
     (operator,) = [d for d in by_kind(docs, "Deployment") if d is not activator]
     pod = activator["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["command"] == ["modelservice", "activator", "--port", "8080"]
+    assert container["command"] == [
+        "modelservice", "activator", "--port", "8080", "--grpc-port", "8081",
+    ]  # fmt: skip
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8080, "grpc": 8081}
     assert (
         container["image"]
         == the(documents(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -415,7 +419,11 @@ def test_the_activator_renders_its_pods_service_and_least_rbac(set_args: tuple[s
 
     (service,) = _named(docs, "Service", "-activator")
     assert service["spec"]["selector"] == activator["spec"]["selector"]["matchLabels"]
-    assert service["spec"]["ports"][0]["port"] == 8080
+    http, grpc = service["spec"]["ports"]
+    assert (http["name"], http["port"], http["targetPort"]) == ("http", 8080, "http")
+    # Traefik's GRPCRoute backends: h2c when the port says kubernetes.io/h2c (or nothing).
+    assert (grpc["name"], grpc["port"], grpc["targetPort"]) == ("grpc", 8081, "grpc")
+    assert grpc["appProtocol"] == "kubernetes.io/h2c"
     # The operator's metrics Service must not select the activator's pods.
     (metrics,) = _named(docs, "Service", "-metrics")
     pod_labels = activator["spec"]["template"]["metadata"]["labels"]
@@ -423,11 +431,11 @@ def test_the_activator_renders_its_pods_service_and_least_rbac(set_args: tuple[s
 
     (op_container,) = operator["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in op_container["env"]}
-    address = f"modelservice-system/{service['metadata']['name']}:8080"
+    address = f"modelservice-system/{service['metadata']['name']}:8080:8081"
     assert env["MODELSERVICE_ACTIVATOR"] == address
     ref = OperatorSettings.from_env(env).routes.activator
-    assert ref is not None and (ref.namespace, ref.name, ref.port) == (
-        "modelservice-system", service["metadata"]["name"], 8080,
+    assert ref is not None and (ref.namespace, ref.name, ref.port, ref.grpc_port) == (
+        "modelservice-system", service["metadata"]["name"], 8080, 8081,
     )  # fmt: skip
 
     (sa,) = _named(docs, "ServiceAccount", "-activator")
@@ -447,6 +455,28 @@ def test_the_activator_renders_its_pods_service_and_least_rbac(set_args: tuple[s
     (grants,) = _named(docs, "Role", "-grants")
     assert grants["metadata"]["namespace"] == "modelservice-system"
     assert granted(grants["rules"]) == granted(rbac.ACTIVATOR_NAMESPACE_RULES)
+
+
+def test_the_activator_ports_reach_the_operators_settings_from_the_values() -> None:
+    """activator.port and .grpcPort: the container's flags and ports, the Service's ports,
+    and the address the operator's settings read (one place: value -> env -> settings)."""
+    from modelservice_operator.settings import OperatorSettings
+
+    docs = documents("activator.enabled=true", "activator.port=9000", "activator.grpcPort=9001")
+    (activator,) = _named(docs, "Deployment", "-activator")
+    (container,) = activator["spec"]["template"]["spec"]["containers"]
+    assert container["command"][-4:] == ["--port", "9000", "--grpc-port", "9001"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 9000, "grpc": 9001}
+    (service,) = _named(docs, "Service", "-activator")
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [
+        ("http", 9000), ("grpc", 9001),
+    ]  # fmt: skip
+    operator = next(d for d in by_kind(docs, "Deployment") if d is not activator)
+    (op_container,) = operator["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in op_container["env"]}
+    ref = OperatorSettings.from_env(env).routes.activator
+    assert ref is not None and (ref.port, ref.grpc_port) == (9000, 9001)
 
 
 def test_without_the_activator_the_operator_is_told_none() -> None:

@@ -10,7 +10,11 @@ from typing import Any
 import pytest
 from modelservice_operator.reasons import Reason
 from modelservice_operator.render import render_hpa
-from modelservice_operator.revisions import render_reference_grant, render_route
+from modelservice_operator.revisions import (
+    render_grpc_route,
+    render_reference_grant,
+    render_route,
+)
 from modelservice_operator.scaling import (
     Activity,
     called_off_state,
@@ -35,7 +39,7 @@ from modelservice_operator.traffic import (
 
 WAKE = "serving.modelservice.io/wake-requested-at"
 T0 = datetime(2026, 12, 7, 12, 0, 0, tzinfo=UTC)
-ACTIVATOR = ActivatorRef("modelservice-system", "msvc-activator", 8080)
+ACTIVATOR = ActivatorRef("modelservice-system", "msvc-activator", 8080, 8081)
 
 
 def _spec(**autoscaling: Any) -> ModelServiceSpec:
@@ -52,7 +56,7 @@ def routed() -> Iterator[None]:
     """The operator started with a default Gateway and the activator."""
     settings = OperatorSettings.from_env({
         "MODELSERVICE_DEFAULT_GATEWAY": "modelservice-gateway/default",
-        "MODELSERVICE_ACTIVATOR": "modelservice-system/msvc-activator:8080",
+        "MODELSERVICE_ACTIVATOR": "modelservice-system/msvc-activator:8080:8081",
     })  # fmt: skip
     set_route_defaults(settings.routes)
     yield
@@ -240,19 +244,43 @@ def test_the_route_goes_to_the_activator_until_a_pod_is_ready(
     assert route_to_activator(enabled, zero, ready) is activator
 
 
-def test_the_route_at_the_activator_names_the_modelservice(routed: None) -> None:
-    route = render_route("demo", "ns1", _spec(), (100, 0), ACTIVATOR)
+def assert_at_the_activator(route: dict[str, Any], port: int) -> None:
+    """The route's one rule sends to the activator's Service on `port`, naming the
+    ModelService ns1/demo in the target header."""
     (rule,) = route["spec"]["rules"]
     assert rule["backendRefs"] == [{
         "group": "", "kind": "Service", "name": "msvc-activator",
-        "namespace": "modelservice-system", "port": 8080, "weight": 1,
+        "namespace": "modelservice-system", "port": port, "weight": 1,
     }]  # fmt: skip
     assert rule["filters"] == [{
         "type": "RequestHeaderModifier",
         "requestHeaderModifier": {"set": [{"name": "X-ModelService-Target", "value": "ns1/demo"}]},
     }]  # fmt: skip
+
+
+def test_the_route_at_the_activator_names_the_modelservice(routed: None) -> None:
+    assert_at_the_activator(render_route("demo", "ns1", _spec(), (100, 0), ACTIVATOR), 8080)
     back = render_route("demo", "ns1", _spec(), (100, 0))
     assert back["spec"]["rules"] == [{"backendRefs": [{"name": "demo", "port": 80, "weight": 1}]}]
+
+
+def test_the_grpc_route_at_the_activator_names_the_modelservice_on_its_grpc_port(
+    routed: None,
+) -> None:
+    route = render_grpc_route("demo", "ns1", _spec(), (100, 0), ACTIVATOR)
+    assert route is not None and route["kind"] == "GRPCRoute"
+    assert route["spec"]["hostnames"] == ["grpc.demo.ns1.models.internal"]
+    assert_at_the_activator(route, 8081)
+    back = render_grpc_route("demo", "ns1", _spec(), (100, 0))
+    assert back is not None
+    assert back["spec"]["rules"] == [{"backendRefs": [{"name": "demo", "port": 8081, "weight": 1}]}]
+    # An activator without a gRPC port (an operator configured before it had one): the
+    # GRPCRoute stays at the model's Service; gRPC off: no GRPCRoute.
+    http_only = ActivatorRef("modelservice-system", "msvc-activator", 8080)
+    assert render_grpc_route("demo", "ns1", _spec(), (100, 0), http_only) == back
+    off = parse_spec({**_spec().model_dump(by_alias=True, exclude_none=True),
+                      "runtime": {"grpc": {"enabled": False}}}, "demo")  # fmt: skip
+    assert render_grpc_route("demo", "ns1", off, (100, 0), ACTIVATOR) is None
 
 
 def test_the_reference_grant_lets_one_namespaces_routes_reach_the_activator() -> None:
@@ -260,7 +288,8 @@ def test_the_reference_grant_lets_one_namespaces_routes_reach_the_activator() ->
     assert grant["apiVersion"] == "gateway.networking.k8s.io/v1beta1"
     assert grant["metadata"]["namespace"] == "modelservice-system"
     assert grant["spec"]["from"] == [
-        {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "ns1"}
+        {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "ns1"},
+        {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute", "namespace": "ns1"},
     ]
     assert grant["spec"]["to"] == [{"group": "", "kind": "Service", "name": "msvc-activator"}]
 
@@ -313,14 +342,18 @@ def test_up_it_reports_idle_scaling_and_refused_it_says_why(routed: None) -> Non
 
 
 def test_the_activator_setting() -> None:
-    settings = OperatorSettings.from_env({"MODELSERVICE_ACTIVATOR": "ops/act:8080"})
-    assert settings.routes.activator == ActivatorRef("ops", "act", 8080)
+    settings = OperatorSettings.from_env({"MODELSERVICE_ACTIVATOR": "ops/act:8080:8081"})
+    assert settings.routes.activator == ActivatorRef("ops", "act", 8080, 8081)
+    http_only = OperatorSettings.from_env({"MODELSERVICE_ACTIVATOR": "ops/act:8080"})
+    assert http_only.routes.activator == ActivatorRef("ops", "act", 8080, None)
     assert OperatorSettings.from_env({}).routes.activator is None
-    for bad in ("ops/act", "act:80", "ops/Act:80", "ops/act:0", "ops/act:x"):
+    bad_ones = ("ops/act", "act:80", "ops/Act:80", "ops/act:0", "ops/act:x", "ops/act:80:",
+                "ops/act:80:0", "ops/act:80:70000", "ops/act:80:x", "ops/act:80:81:82")  # fmt: skip
+    for bad in bad_ones:
         with pytest.raises(ValueError, match="MODELSERVICE_ACTIVATOR"):
             OperatorSettings.from_env({"MODELSERVICE_ACTIVATOR": bad})
     set_route_defaults(settings.routes)
     try:
-        assert activator_of() == ActivatorRef("ops", "act", 8080)
+        assert activator_of() == ActivatorRef("ops", "act", 8080, 8081)
     finally:
         set_route_defaults(RouteDefaults())

@@ -141,7 +141,8 @@ Rules for the namespaced objects the operator owns and reconciles. Shared by the
 {{- end }}
 
 {{/* The activator (activator.enabled): its name, labels (its own app name, so that the
-operator's Service never selects it) and the Service address the operator routes to. */}}
+operator's Service never selects it) and the Service address the operator routes to:
+namespace/name:port:grpcPort (settings.py reads it). */}}
 {{- define "modelservice-operator.activatorName" -}}
 {{- printf "%s-activator" (include "modelservice-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -153,7 +154,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- define "modelservice-operator.activatorAddress" -}}
 {{- if .Values.activator.enabled }}
-{{- printf "%s/%s:%d" .Release.Namespace (include "modelservice-operator.activatorName" .) (int .Values.activator.port) }}
+{{- printf "%s/%s:%d:%d" .Release.Namespace (include "modelservice-operator.activatorName" .) (int .Values.activator.port) (int .Values.activator.grpcPort) }}
 {{- end }}
 {{- end }}
 
