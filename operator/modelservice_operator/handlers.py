@@ -51,6 +51,7 @@ from modelservice_operator.reconcile import (
     reconcile,
     refresh_route,
     refresh_scale_down,
+    remove_reference_grant,
 )
 from modelservice_operator.reporting import (
     children_may_update,
@@ -63,6 +64,7 @@ from modelservice_operator.revisions import CANARY, clash_candidates, name_clash
 from modelservice_operator.scaler import forget as forget_scaler
 from modelservice_operator.scaler import start_scaler, wake_if_asked
 from modelservice_operator.scaler import track as track_scaling
+from modelservice_operator.scaling import asks_for_zero
 from modelservice_operator.settings import OperatorSettings
 from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
 from modelservice_operator.status import invalid_status
@@ -266,6 +268,24 @@ def reconcile_modelservice(
         patch.status.update(status)
         report_pod_failure(snapshot, status, diagnosis)
         m.RECONCILES.labels(trigger, "ok").inc()
+    if indexes.asked_for_zero(old) and not asks_for_zero(spec):
+        _release_grant(namespace, msvc_by_name, logger)
+
+
+def _release_grant(namespace: str | None, msvc_by_name: kopf.Index, logger: kopf.Logger) -> None:
+    """A ModelService of `namespace` stopped asking for scale to zero (deleted, or its
+    minReplicas raised): its namespace's ReferenceGrant to the activator goes once no other
+    one there asks. A failure is logged; the grant is then left, as it was before."""
+    if namespace is None or indexes.zero_in_namespace(msvc_by_name, namespace):
+        return
+    try:
+        if remove_reference_grant(namespace):
+            logger.info(
+                "deleted the ReferenceGrant of namespace %s to the activator: no "
+                "ModelService there scales to zero any more", namespace,
+            )  # fmt: skip
+    except ReconcileError as e:
+        logger.warning("could not delete the ReferenceGrant of namespace %s: %s", namespace, e)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
@@ -293,6 +313,8 @@ def modelservice_event(
         forget_reports(body.get("metadata") or {})
         forget_progress(body.get("metadata") or {})
         forget_scaler(body.get("metadata") or {})
+        if indexes.asked_for_zero(body):
+            _release_grant((body.get("metadata") or {}).get("namespace"), msvc_by_name, logger)
         return
     # The index entry of this very body (kopf indexes an event before its handlers run),
     # with its spec parsed once; a fresh snapshot if it is not there (yet).

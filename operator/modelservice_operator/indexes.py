@@ -26,7 +26,7 @@ from modelservice_operator.render import (
     scale_down_held,
 )
 from modelservice_operator.revisions import CANARY, revision_name
-from modelservice_operator.scaling import WAKE_ANNOTATION
+from modelservice_operator.scaling import WAKE_ANNOTATION, asks_for_zero
 from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
 
 # The label every child carries: the child indexes and watches select on it.
@@ -94,6 +94,28 @@ def modelservice_entry(body: Mapping[str, Any]) -> dict[str, Any]:
     owner = snapshot(body)
     owner[PARSED] = _parse(owner)
     return owner
+
+
+def asked_for_zero(body: Mapping[str, Any] | None) -> bool:
+    """Whether this ModelService body (one deleted, an old version) asks for scale to zero;
+    parsed only when it autoscales at all."""
+    if not ((body or {}).get("spec") or {}).get("autoscaling"):
+        return False
+    spec = _parse(snapshot(body or {}))
+    return spec is not None and asks_for_zero(spec)
+
+
+def zero_in_namespace(index: kopf.Index[Any, Any], namespace: str) -> bool:
+    """Whether a ModelService of `namespace` in the index asks for scale to zero, or has a
+    spec that does not parse (its routes stay as they were): its ReferenceGrant to the
+    activator is still needed."""
+    for (ns, _), entries in index.items():
+        if ns == namespace:
+            for owner in entries:
+                spec = owner_spec(owner)
+                if spec is None or asks_for_zero(spec):
+                    return True
+    return False
 
 
 def owner_of_body(body: Mapping[str, Any], index: kopf.Index[Any, Any]) -> dict[str, Any]:

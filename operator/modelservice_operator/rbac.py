@@ -63,7 +63,7 @@ ACTIVATOR_NAMESPACE_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["gateway.networking.k8s.io"],
         "resources": ["referencegrants"],
-        "verbs": ["get", "create", "patch"],
+        "verbs": ["get", "create", "patch", "delete"],
     },
 ]
 

@@ -31,6 +31,7 @@ from modelservice_operator.render import (
 from modelservice_operator.revisions import (
     CANARY,
     owned_names,
+    reference_grant_name,
     render_grpc_route,
     render_reference_grant,
     render_revision_child,
@@ -151,17 +152,28 @@ def to_activator(
     return activator_of()
 
 
-_GRANTED: set[tuple[str, str]] = set()  # (activator namespace, from namespace) applied
-
-
 def ensure_reference_grant(activator: ActivatorRef, namespace: str) -> None:
     """The ReferenceGrant that lets `namespace`'s HTTPRoutes and GRPCRoutes reach the
-    activator, applied once per process and namespace (a repeated apply changes nothing)."""
-    key = (activator.namespace, namespace)
-    if key in _GRANTED:
-        return
+    activator, applied with every route to the activator (those are applied only when the
+    route switches, or on a reconcile), so a grant deleted by hand comes back."""
     apply_child(render_reference_grant(activator, namespace))
-    _GRANTED.add(key)
+
+
+def remove_reference_grant(namespace: str) -> bool:
+    """Delete `namespace`'s ReferenceGrant to the activator (the caller knows no ModelService
+    there scales to zero any more: indexes.zero_in_namespace). True when one of ours was
+    deleted. It lives in the activator's namespace, so no owner reference can remove it."""
+    activator = activator_of()
+    if activator is None:
+        return False
+    name, kube = reference_grant_name(namespace), client()
+    try:
+        if not kube.serves("ReferenceGrant"):
+            return False
+        grant = kube.get("ReferenceGrant", activator.namespace, name)
+        return managed_by_us(grant) and kube.delete("ReferenceGrant", activator.namespace, name)
+    except KubeApiError as e:
+        raise ReconcileError(f"ReferenceGrant {name}: {e.message or e.reason}") from e
 
 
 def desired_routes(

@@ -622,3 +622,32 @@ def test_a_request_held_while_no_operator_runs_is_answered_by_the_next_one(
         assert not isinstance(got, str) and got[0] == 200, results
     after = kctl.get("msvc", name, NAMESPACE)["status"]["scaleToZero"]
     assert after["atZero"] is False and after["since"] == before["since"], (before, after)
+
+
+def test_the_namespaces_reference_grant_goes_with_its_last_model_at_zero(
+    kctl: Kubectl, operator_and_activator: None, model_files: ModelFiles
+) -> None:
+    """The ReferenceGrant in the activator's namespace (no owner reference can reach it
+    there) is deleted by the operator once no ModelService of the namespace asks for scale
+    to zero: minReplicas raised, or the model deleted. Last in this file: it deletes every
+    ModelService of the namespace first."""
+    kctl.run("delete", "msvc", "--all", "-n", NAMESPACE, "--wait=true", "--timeout=90s",
+             timeout=120)  # fmt: skip
+    grant = f"modelservice-activator-from-{NAMESPACE}"
+
+    def granted() -> bool:
+        return kctl.maybe_get("referencegrant", grant, OPERATOR_NAMESPACE) is not None
+
+    name = "granted"
+    model = {"uri": model_files.url("corrupt.onnx"), "sha256": model_files.sha256["corrupt.onnx"]}
+    doc = scale_to_zero(name, model)
+    kctl.apply(doc, NAMESPACE)  # never Ready: its routes go to the activator at once
+    wait_until("the grant with the route at the activator", granted, timeout=90)
+    doc["spec"]["autoscaling"]["minReplicas"] = 1
+    kctl.apply(doc, NAMESPACE)
+    wait_until("the grant gone with minReplicas 1", lambda: not granted(), timeout=60)
+    doc["spec"]["autoscaling"]["minReplicas"] = 0
+    kctl.apply(doc, NAMESPACE)
+    wait_until("the grant back with minReplicas 0", granted, timeout=90)
+    kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", timeout=120)
+    wait_until("the grant gone with the model", lambda: not granted(), timeout=60)

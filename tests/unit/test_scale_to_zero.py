@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from modelservice_operator import indexes
 from modelservice_operator.reasons import Reason
 from modelservice_operator.render import render_hpa
 from modelservice_operator.revisions import (
@@ -357,3 +358,30 @@ def test_the_activator_setting() -> None:
         assert activator_of() == ActivatorRef("ops", "act", 8080, 8081)
     finally:
         set_route_defaults(RouteDefaults())
+
+
+def _body(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    meta = {"namespace": namespace, "name": name, "uid": name, "generation": 1}
+    return {"metadata": meta, "spec": spec}
+
+
+def test_a_namespaces_grant_is_needed_while_one_of_its_modelservices_asks_for_zero() -> None:
+    """The ReferenceGrant of a namespace goes only when no ModelService there asks for scale
+    to zero (indexes.zero_in_namespace over the ModelService index's entries)."""
+    model = {"model": {"uri": "https://models.example.com/m.onnx"}}
+    zero = {**model, "autoscaling": {"minReplicas": 0, "maxReplicas": 2}}
+    one = {**model, "autoscaling": {"minReplicas": 1, "maxReplicas": 2}}
+    bad = {**zero, "autoscaling": {"minReplicas": 0, "maxReplicas": "many"}}
+    assert indexes.asked_for_zero(_body("a", "z", zero))
+    assert not indexes.asked_for_zero(_body("a", "o", one))
+    assert not indexes.asked_for_zero(_body("a", "m", model)) and not indexes.asked_for_zero(None)
+
+    def index(*bodies: dict[str, Any]) -> Any:
+        return {(b["metadata"]["namespace"], b["metadata"]["name"]):
+                [indexes.modelservice_entry(b)] for b in bodies}  # fmt: skip
+
+    assert indexes.zero_in_namespace(index(_body("a", "z", zero), _body("a", "o", one)), "a")
+    # Another namespace's model, or one that does not ask, keeps nothing.
+    assert not indexes.zero_in_namespace(index(_body("b", "z", zero), _body("a", "o", one)), "a")
+    # A spec that does not parse may have routed to the activator: the grant stays.
+    assert indexes.zero_in_namespace(index(_body("a", "x", bad)), "a")
