@@ -6,7 +6,8 @@ the Service path (kube-proxy) costs against a direct `modelservice serve`.
 Needs `make cluster-up images` with the real node. The operator is the chart's (its image,
 watching one namespace); the model is bench's MLP, fetched over HTTP from the node's address.
 
-1. Start-up, split by the pod's own timestamps: scheduled (apply -> PodScheduled), sandbox
+1. Start-up of the MLP and of the tests' tiny Llama (`format: genai`; --no-llm leaves it
+   out), split by the pod's own timestamps: scheduled (apply -> PodScheduled), sandbox
    and image (-> model-fetch started), fetch (-> model-fetch finished), container start
    (-> runtime started), load and warm-up (-> the runtime's "model ... is ready" log line),
    probe (-> pod Ready), and status (-> the ModelService's phase Ready, seen by a watch-free
@@ -17,8 +18,10 @@ watching one namespace); the model is bench's MLP, fetched over HTTP from the no
    (--rounds times); the ratios of the medians, and the CPU per request of the pod, Traefik
    and wrk. Servers, Traefik and wrk share the 2 cores.
 3. Cold start from zero: the chart again with its activator, a ModelService with
-   minReplicas 0 left idle until it is at zero, then one request through the Gateway, held
-   until a pod is Ready (--cold-runs times), against the start-up median of 1.
+   minReplicas 0 left idle until it is at zero, then one request through the Gateway (the
+   MLP: a V2 inference; the tiny Llama: a streamed completion, to its first event), held
+   until a pod is Ready (--cold-runs times per model), against that model's start-up
+   median of 1.
 
 Writes its section of docs/benchmarks.md (between the real-node markers, replaced on each
 run; `make bench` runs it after bench/run.py) and the raw figures to .cache/bench/.
@@ -27,10 +30,12 @@ run; `make bench` runs it after bench/run.py) and the raw figures to .cache/benc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +49,7 @@ from bench import models, servers  # noqa: E402
 from bench.doc_sections import write_section  # noqa: E402
 from bench.load import ensure_wrk, run_wrk  # noqa: E402
 from bench.servers import free_port  # noqa: E402
+from tests import tinyllm  # noqa: E402
 from tests.integration import test_real_node as real  # noqa: E402
 from tests.integration import test_scale_to_zero as s2z  # noqa: E402
 from tests.integration.conftest import CRD_PATH, DEFAULT_KUBECONFIG, Kubectl  # noqa: E402
@@ -57,8 +63,10 @@ def ts(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def startup_once(k: Kubectl, model_uri: str, sha: str, name: str) -> dict[str, float]:
-    body = real.manifest(name, {"uri": model_uri, "sha256": sha, "name": "mlp"})
+def startup_once(k: Kubectl, model: dict[str, Any], name: str) -> dict[str, float]:
+    """One ModelService `name` serving `model` (its spec.model, with its served name)
+    applied, timed to Ready by phase, and deleted."""
+    body = real.manifest(name, model)
     applied = time.time()
     k.apply(body, real.NAMESPACE)
     while True:
@@ -75,7 +83,7 @@ def startup_once(k: Kubectl, model_uri: str, sha: str, name: str) -> dict[str, f
     (runtime,) = pod["status"]["containerStatuses"]
     logs = k.run("logs", pod["metadata"]["name"], "-n", real.NAMESPACE, "-c", "runtime",
                  "--timestamps").stdout  # fmt: skip
-    loaded = next(ln for ln in logs.splitlines() if "model mlp is ready" in ln)
+    loaded = next(ln for ln in logs.splitlines() if f"model {model['name']} is ready" in ln)
     marks = [
         applied,
         cond["PodScheduled"],
@@ -170,24 +178,36 @@ def throughput(
     }
 
 
-def cold_starts(k: Kubectl, uri: str, sha: str, runs: int) -> list[dict[str, float]]:
+def first_inference(name: str) -> float:
+    """Seconds to the MLP's V2 answer through the Gateway, by the route of `name`."""
+    status, doc, seconds = s2z.infer(name, 240)
+    if status != 200:
+        raise SystemExit(f"cold start of {name}: {status} {doc}")
+    return seconds
+
+
+def first_event(name: str) -> float:
+    """Seconds to the first server-sent event of a streamed completion through the Gateway."""
+    got = s2z.stream_completion(name, 240)
+    if got.status != 200 or not got.events or got.events[-1] != b"data: [DONE]":
+        raise SystemExit(f"cold start of {name}: {got.status} {got.events[-3:]}")
+    return got.first_s
+
+
+def cold_starts(
+    k: Kubectl, name: str, model: dict[str, Any], runs: int, first_answer: Any
+) -> list[float]:
     """Scale to zero (docs/scale-to-zero.md): a ModelService with minReplicas 0 and the
     shortest idle period, left idle until it is at zero (pods gone, route at the
-    activator), then one request through the Gateway, held until a pod is Ready; `runs`
-    times. Needs the chart with the activator (tests/integration/test_scale_to_zero.py's
-    namespaces)."""
-    name = "bench-cold"
-    k.apply(s2z.scale_to_zero(name, {"uri": uri, "sha256": sha}, idleSeconds=10),
-            s2z.NAMESPACE)  # fmt: skip
+    activator), then one request through the Gateway, held until a pod is Ready, timed by
+    `first_answer(name)`; `runs` times. Needs the chart with the activator
+    (tests/integration/test_scale_to_zero.py's namespaces)."""
+    k.apply(s2z.scale_to_zero(name, model, idleSeconds=10), s2z.NAMESPACE)
     out = []
     for i in range(runs):
         s2z.wait_at_zero(k, name, timeout=240)
-        status, doc, seconds = s2z.infer(name, 240)
-        if status != 200:
-            raise SystemExit(f"cold start {i + 1}: {status} {doc}")
-        out.append({"first_answer_s": seconds, "held_s": float(doc.get("_held", 0.0))})
-        print(f"  cold start {i + 1}: answered in {seconds:.2f} s (held {out[-1]['held_s']:.2f})",
-              flush=True)  # fmt: skip
+        out.append(first_answer(name))
+        print(f"  {name} cold start {i + 1}: first answer after {out[-1]:.2f} s", flush=True)
     k.run("delete", "msvc", name, "-n", s2z.NAMESPACE, "--wait=true")
     return out
 
@@ -236,17 +256,39 @@ def gateway_line(t: dict[str, Any]) -> str:
     )
 
 
-def cold_line(cold: list[dict[str, float]], apply_to_ready: float) -> str:
-    if not cold:
+def cold_line(result: dict[str, Any]) -> str:
+    lines = []
+    for label, key, what in COLD:
+        first, startup = result.get(f"cold_{key}") or [], result.get(f"startup_{key}") or []
+        if not first or not startup:
+            continue
+        median, ready = statistics.median(first), statistics.median(r["total"] for r in startup)
+        lines.append(
+            f"- {label}: {what} after {', '.join(f'{x:.2f}' for x in first)} s (median "
+            f"{median:.2f} s) against its apply-to-Ready median of {ready:.2f} s: "
+            f"**{median - ready:+.2f} s** (target: within 1 s)."
+        )
+    if not lines:
         return "\nNo cold start from zero was measured in this run."
-    first = [c["first_answer_s"] for c in cold]
-    median = statistics.median(first)
     return (
-        f"\n**Cold start from zero** (docs/scale-to-zero.md: `minReplicas: 0`, `idleSeconds: 10`, "
-        f"the chart's activator): one request through the Gateway to a ModelService at zero, "
-        f"held until a pod is Ready, answered after {', '.join(f'{x:.2f}' for x in first)} s "
-        f"(median {median:.2f} s) against the apply-to-Ready median above of "
-        f"{apply_to_ready:.2f} s: {median - apply_to_ready:+.2f} s (target: within 1 s)."
+        "\n**Cold start from zero** (docs/scale-to-zero.md: `minReplicas: 0`, `idleSeconds: 10`, "
+        "the chart's activator): one request through the Gateway to a ModelService at zero, "
+        "held until a pod is Ready:\n\n" + "\n".join(lines)
+    )
+
+
+# (label, key of result's startup_<key> and cold_<key>, what is timed)
+COLD = (
+    ("MLP", "mlp", "a V2 inference answered"),
+    ("tiny Llama (`format: genai`)", "llm", "the first event of a streamed completion"),
+)
+
+
+def startup_rows(s: list[dict[str, float]]) -> str:
+    return "\n".join(
+        f"| {p} | {statistics.median(r[p] for r in s):.2f} | "
+        f"{min(r[p] for r in s):.2f}-{max(r[p] for r in s):.2f} |"
+        for p in (*PHASES, "total")
     )
 
 
@@ -257,14 +299,15 @@ def _per_request_us(runs: list[dict[str, Any]], key: str) -> str:
 
 
 def render(result: dict[str, Any]) -> str:
-    s = result["startup"]
-    rows = "\n".join(
-        f"| {p} | {statistics.median(r[p] for r in s):.2f} | "
-        f"{min(r[p] for r in s):.2f}-{max(r[p] for r in s):.2f} |"
-        for p in (*PHASES, "total")
-    )
+    s, llm = result["startup_mlp"], result.get("startup_llm") or []
     t = result["throughput"]
-    cold = result.get("cold_starts") or []
+    llm_table = (
+        f"\nThe tiny Llama of the tests (`format: genai`, an onnxruntime-genai folder as a .tar.gz "
+        f"over HTTP), {len(llm)} applied the same way:\n\n| phase | median | range |\n"
+        f"| --- | --- | --- |\n{startup_rows(llm)}\n"
+        if llm
+        else ""
+    )
     tp = "\n".join(
         f"| {target} | {', '.join(format(r['requests_per_s'], ',.0f') for r in runs)} | "
         f"{statistics.median(r['p50_ms'] for r in runs):.2f} | "
@@ -287,8 +330,8 @@ timestamps have whole-second resolution, so single phases are +-1 s):
 
 | phase | median | range |
 | --- | --- | --- |
-{rows}
-
+{startup_rows(s)}
+{llm_table}
 **Throughput through the Service (ClusterIP, kube-proxy), through the Gateway, and against a
 direct `modelservice serve`** of the same model with the pod's own flags
 ({" ".join(t["flags"])}), wrk with {t["connections"]} connections, JSON,
@@ -300,7 +343,7 @@ direct `modelservice serve`** of the same model with the pod's own flags
 
 Service / direct: **{t["ratio"]:.2f}x** (medians).{gateway_line(t)} Everything, wrk
 included, shares 2 cores.
-{cold_line(cold, statistics.median(r["total"] for r in s))}
+{cold_line(result)}
 {END}
 """
 
@@ -311,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3, help="A B rounds of the throughput runs")
-    p.add_argument("--cold-runs", type=int, default=3, help="cold starts from zero")
+    p.add_argument("--cold-runs", type=int, default=3, help="cold starts from zero, per model")
+    p.add_argument("--no-llm", action="store_true", help="leave out the tiny Llama's legs")
     args = p.parse_args(argv)
     k = Kubectl(DEFAULT_KUBECONFIG)
     if not real.REAL_NODE_FILE.exists() or "REAL_NODE=yes" not in real.REAL_NODE_FILE.read_text():
@@ -327,31 +371,45 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bench/real_node.py: the real node is not usable: {why_not}")
     tmp = out_dir / "real-node-files"
     tmp.mkdir(exist_ok=True)
-    with (
-        real.operator_from_chart(k) as pod,
-        real.serve_model_files(node_ip, model.path, tmp) as files,
-    ):
+    tiny = None if args.no_llm else tinyllm.cached_tiny_llama(REPO / ".cache" / "test-models")
+    result: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        pod = stack.enter_context(real.operator_from_chart(k))
+        files = stack.enter_context(real.serve_model_files(node_ip, model.path, tmp))
+        mlp = {"uri": files.url("mlp.onnx"), "sha256": files.sha256["mlp.onnx"], "name": "mlp"}
         print(f"operator pod {pod} Ready", flush=True)
-        startup = []
-        for i in range(args.runs):
-            r = startup_once(k, files.url("mlp.onnx"), files.sha256["mlp.onnx"], f"bench-up-{i}")
-            print(f"  start-up {i + 1}: " + ", ".join(f"{p} {v:.1f}s" for p, v in r.items()))
-            startup.append(r)
-        tp = throughput(k, model, files.url("mlp.onnx"), files.sha256["mlp.onnx"], args)
-    with (
-        real.operator_from_chart(
+        legs = [("mlp", mlp)]
+        if tiny is not None:
+            llm_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out_dir)))
+            legs.append(("llm", stack.enter_context(
+                real.tiny_llm_archive(node_ip, model.path, tiny, llm_dir, "llm"))))  # fmt: skip
+        for key, spec_model in legs:
+            result[f"startup_{key}"] = []
+            for i in range(args.runs):
+                r = startup_once(k, spec_model, f"bench-{key}-up-{i}")
+                print(f"  {key} start-up {i + 1}: "
+                      + ", ".join(f"{p} {v:.1f}s" for p, v in r.items()))  # fmt: skip
+                result[f"startup_{key}"].append(r)
+        tp = throughput(k, model, mlp["uri"], mlp["sha256"], args)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(real.operator_from_chart(
             k, namespace=s2z.NAMESPACE, operator_namespace=s2z.OPERATOR_NAMESPACE,
             release=s2z.RELEASE, activator=True,
-        ),
-        real.serve_model_files(node_ip, model.path, tmp) as files,
-    ):  # fmt: skip
-        cold = cold_starts(k, files.url("mlp.onnx"), files.sha256["mlp.onnx"], args.cold_runs)
+        ))  # fmt: skip
+        files = stack.enter_context(real.serve_model_files(node_ip, model.path, tmp))
+        mlp = {"uri": files.url("mlp.onnx"), "sha256": files.sha256["mlp.onnx"]}
+        result["cold_mlp"] = cold_starts(k, "bench-cold", mlp, args.cold_runs, first_inference)
+        if tiny is not None:
+            name = "bench-cold-llm"
+            llm_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out_dir)))
+            llm = stack.enter_context(real.tiny_llm_archive(node_ip, model.path, tiny, llm_dir,
+                                                            name))  # fmt: skip
+            result["cold_llm"] = cold_starts(k, name, llm, args.cold_runs, first_event)
     kubelet = k.list("nodes", "default", "type=real")[0]["status"]["nodeInfo"]["kubeletVersion"]
     git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()  # fmt: skip
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: UP017
-    result = {"when": when, "git": git, "kubelet": kubelet, "startup": startup, "throughput": tp,
-              "cold_starts": cold}  # fmt: skip
+    result |= {"when": when, "git": git, "kubelet": kubelet, "throughput": tp}
     raw = out_dir / f"real-node-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"  # noqa: UP017
     raw.write_text(json.dumps(result, indent=1))
     doc = write_section(render(result), BEGIN, END)

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,41 @@ def wait_at_zero(
         raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
 
 
+@dataclass
+class Streamed:
+    status: int
+    content_type: str
+    events: list[bytes]  # the `data: ` lines
+    first_s: float  # to the first line of the answer's body
+    total_s: float
+
+
+def stream_completion(name: str, timeout: float) -> Streamed:
+    """A streamed completion (16 tokens, greedy) of the language model `name` through the
+    Gateway, by its route's host."""
+    body = json.dumps({
+        "model": name, "prompt": "Once upon a time", "max_tokens": 16, "temperature": 0,
+        "stream": True,
+    })  # fmt: skip
+    conn = http.client.HTTPConnection(GATEWAY.ip, 80, timeout=timeout)
+    start = time.monotonic()
+    try:
+        conn.request(
+            "POST", "/v1/completions", body=body,
+            headers={"Host": f"{name}.{NAMESPACE}.models.internal",
+                     "Content-Type": "application/json"},
+        )  # fmt: skip
+        resp = conn.getresponse()
+        first = resp.readline()
+        first_at = time.monotonic() - start
+        rest = resp.read()
+    finally:
+        conn.close()
+    events = [line for line in (first + rest).split(b"\n") if line.startswith(b"data: ")]
+    return Streamed(resp.status, resp.getheader("Content-Type", ""), events, first_at,
+                    time.monotonic() - start)  # fmt: skip
+
+
 def test_a_streamed_completion_is_held_from_zero_and_streams(
     kctl: Kubectl,
     operator_and_activator: None,
@@ -341,28 +377,10 @@ def test_a_streamed_completion_is_held_from_zero_and_streams(
     with tiny_llm_archive(node_ip, mlp_onnx, tiny_llm, tmp_path, name) as model:
         kctl.apply(scale_to_zero(name, model, idleSeconds=10), NAMESPACE)
         wait_at_zero(kctl, name, timeout=240)
-        body = json.dumps({
-            "model": name, "prompt": "Once upon a time", "max_tokens": 16, "temperature": 0,
-            "stream": True,
-        })  # fmt: skip
-        conn = http.client.HTTPConnection(GATEWAY.ip, 80, timeout=240)
-        start = time.monotonic()
-        try:
-            conn.request(
-                "POST", "/v1/completions", body=body,
-                headers={"Host": f"{name}.{NAMESPACE}.models.internal",
-                         "Content-Type": "application/json"},
-            )  # fmt: skip
-            resp = conn.getresponse()
-            first = resp.readline()
-            first_at = time.monotonic() - start
-            rest = resp.read()
-        finally:
-            conn.close()
-        total = time.monotonic() - start
-        assert resp.status == 200, (resp.status, first + rest, describe(kctl, name))
-        assert resp.getheader("Content-Type", "").startswith("text/event-stream")
-        events = [line for line in (first + rest).split(b"\n") if line.startswith(b"data: ")]
+        got = stream_completion(name, 240)
+        assert got.status == 200, (got.status, got.events, describe(kctl, name))
+        assert got.content_type.startswith("text/event-stream")
+        events, first_at, total = got.events, got.first_s, got.total_s
         assert events[-1] == b"data: [DONE]", events[-3:]
         chunks = [json.loads(e[len(b"data: ") :]) for e in events[:-1]]
         assert chunks and all(c["object"] == "text_completion" for c in chunks), chunks
