@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
                                                             name))  # fmt: skip
             result["cold_llm"] = cold_starts(k, name, llm, args.cold_runs, first_event)
     kubelet = k.list("nodes", "default", "type=real")[0]["status"]["nodeInfo"]["kubeletVersion"]
-    git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+    git = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
                          capture_output=True, text=True).stdout.strip()  # fmt: skip
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: UP017
     result |= {"when": when, "git": git, "kubelet": kubelet, "throughput": tp}
