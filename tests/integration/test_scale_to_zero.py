@@ -13,6 +13,7 @@ CI=true it fails instead.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import threading
@@ -390,28 +391,46 @@ def test_a_streamed_completion_is_held_from_zero_and_streams(
               f"{len(events) - 1} events, done after {total:.2f} s")  # fmt: skip
 
 
-def infer_over_grpc(name: str, timeout: float) -> tuple[Any, dict[str, str], float]:
-    """One ModelInfer (the runtime's own stubs) through the Gateway's GRPCRoute host, h2c:
-    (the response, its initial metadata, seconds)."""
-    import grpc
+def _grpc_infer_request(name: str) -> Any:
     from modelservice_runtime.serving.grpc_front import grpc_predict_v2_pb2 as pb
-    from modelservice_runtime.serving.grpc_front import grpc_predict_v2_pb2_grpc as pb_grpc
 
-    request = pb.ModelInferRequest(
+    return pb.ModelInferRequest(
         model_name=name,
         inputs=[pb.ModelInferRequest.InferInputTensor(
             name="input", datatype="FP32", shape=[1, 64],
             contents=pb.InferTensorContents(fp32_contents=X),
         )],
     )  # fmt: skip
-    authority = f"grpc.{name}.{NAMESPACE}.models.internal"
-    options = [("grpc.default_authority", authority)]
-    start = time.monotonic()
+
+
+@contextlib.contextmanager
+def grpc_stub(name: str) -> Iterator[Any]:
+    """The runtime's own stub over a channel to the Gateway's GRPCRoute host of `name`, h2c."""
+    import grpc
+    from modelservice_runtime.serving.grpc_front import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    options = [("grpc.default_authority", f"grpc.{name}.{NAMESPACE}.models.internal")]
     with grpc.insecure_channel(f"{GATEWAY.ip}:80", options=options) as channel:
-        reply, call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer.with_call(
-            request, timeout=timeout
-        )
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def infer_over_grpc(name: str, timeout: float) -> tuple[Any, dict[str, str], float]:
+    """One ModelInfer through the Gateway: (the response, its initial metadata, seconds)."""
+    start = time.monotonic()
+    with grpc_stub(name) as stub:
+        reply, call = stub.ModelInfer.with_call(_grpc_infer_request(name), timeout=timeout)
     return reply, dict(call.initial_metadata() or ()), time.monotonic() - start
+
+
+def stream_over_grpc(name: str, n: int, timeout: float) -> tuple[list[Any], dict[str, str], float]:
+    """`n` ModelInfer requests on one ModelStreamInfer stream (bidirectional) through the
+    Gateway: (the stream's answers, its initial metadata, seconds)."""
+    start = time.monotonic()
+    with grpc_stub(name) as stub:
+        call = stub.ModelStreamInfer(iter([_grpc_infer_request(name)] * n), timeout=timeout)
+        replies = list(call)
+        metadata = dict(call.initial_metadata() or ())
+    return replies, metadata, time.monotonic() - start
 
 
 def test_a_grpc_call_is_held_from_zero_and_wakes_the_model(
@@ -438,16 +457,29 @@ def test_a_grpc_call_is_held_from_zero_and_wakes_the_model(
         raise AssertionError(f"{e!r}\n{describe(kctl, name)}") from None
     session = ort.InferenceSession(str(mlp_onnx), providers=["CPUExecutionProvider"])
     (expected,) = session.run(None, {"input": np.asarray([X], dtype=np.float32)})
-    (output,) = reply.outputs
-    assert list(output.shape) == [1, 10], reply
-    got = np.asarray(output.contents.fp32_contents, dtype=np.float32).reshape(1, 10)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+    def assert_computed(reply: Any) -> None:
+        (output,) = reply.outputs
+        assert list(output.shape) == [1, 10], reply
+        got = np.asarray(output.contents.fp32_contents, dtype=np.float32).reshape(1, 10)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+    assert_computed(reply)
     held = float(metadata[act.HELD_KEY])
     assert 0 < held <= seconds, metadata  # the activator held it
     print(f"\nheld gRPC ModelInfer through the Gateway answered in {seconds:.2f} s (from zero,"
           f" held {held:.2f} s)\n  {latency_split(kctl, name, sent, seconds)}")  # fmt: skip
     assert wake_asked(kctl, name)  # the gRPC call asked for the wake
     wait_back(kctl, name, both)
+
+    # A bidirectional ModelStreamInfer from zero: held the same way, every answer through.
+    wait_at_zero(kctl, name, timeout=200, kinds=both)
+    replies, metadata, seconds = stream_over_grpc(name, 3, 240)
+    assert len(replies) == 3 and not any(r.error_message for r in replies), replies
+    for r in replies:
+        assert_computed(r.infer_response)
+    assert 0 < float(metadata[act.HELD_KEY]) <= seconds, metadata
+    print(f"held ModelStreamInfer of 3 requests from zero answered in {seconds:.2f} s")
 
 
 def test_a_held_request_for_a_model_that_cannot_load_gets_503_with_the_reason(
