@@ -552,9 +552,11 @@ def wake_asked(kctl: Kubectl, name: str) -> bool:
     return WAKE in (kctl.get("msvc", name, NAMESPACE)["metadata"].get("annotations") or {})
 
 
-def _held_by_three(name: str) -> tuple[list[tuple[int, dict[str, Any], float] | str], Any]:
-    """Three requests through the Gateway in threads; (their results, a join)."""
-    results: list[tuple[int, dict[str, Any], float] | str] = ["not answered"] * 3
+def _held_by_three(
+    name: str, n: int = 3
+) -> tuple[list[tuple[int, dict[str, Any], float] | str], Any]:
+    """Three (or `n`) requests through the Gateway in threads; (their results, a join)."""
+    results: list[tuple[int, dict[str, Any], float] | str] = ["not answered"] * n
 
     def one(i: int) -> None:
         try:
@@ -562,7 +564,7 @@ def _held_by_three(name: str) -> tuple[list[tuple[int, dict[str, Any], float] | 
         except (OSError, http.client.HTTPException) as e:
             results[i] = repr(e)
 
-    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(3)]
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
     for t in threads:
         t.start()
 
@@ -639,6 +641,48 @@ def test_the_activator_stopped_while_holding_answers_what_it_holds(
     print(f"activator stopped while holding 3 requests of a waking model: {results}")
     for got in results:
         assert not isinstance(got, str) and got[0] == 200, results
+
+
+def test_two_activator_replicas_hold_the_requests_of_one_model_together(
+    kctl: Kubectl, operator_and_activator: None, model_files: ModelFiles
+) -> None:
+    """The activator keeps no state, so more than one may run (chart value
+    activator.replicas): with 2 behind its Service, the held requests of one model at zero
+    land on both, the model wakes once, and every request is answered."""
+    selector = "app.kubernetes.io/name=modelservice-operator-activator"
+
+    def ready_activators(n: int) -> list[str] | None:
+        pods = [p for p in kctl.list("pods", OPERATOR_NAMESPACE, selector)
+                if not p["metadata"].get("deletionTimestamp")]  # fmt: skip
+        ready = [
+            p["metadata"]["name"] for p in pods if condition(p, "Ready").get("status") == "True"
+        ]
+        return ready if len(pods) == n and len(ready) == n else None
+
+    name = "pair"
+    model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"]}
+    kctl.apply(scale_to_zero(name, model, idleSeconds=10), NAMESPACE)
+    kctl.run("scale", "deployment", ACTIVATOR, "-n", OPERATOR_NAMESPACE, "--replicas=2")
+    try:
+        pods = wait_until("2 Ready activators", lambda: ready_activators(2), timeout=120)
+        wait_at_zero(kctl, name, timeout=200)
+        results, join = _held_by_three(name, 6)
+        join()
+        answers = [r if isinstance(r, str) else (r[0], round(r[2], 2)) for r in results]
+        print(f"\n6 requests held by 2 activators, answered (status, s): {answers}")
+        for got in results:
+            assert not isinstance(got, str) and got[0] == 200 and "_held" in got[1], results
+        held_by = [
+            pod for pod in pods
+            if f"request for {NAMESPACE}/{name} held" in kctl.run(
+                "logs", pod, "-n", OPERATOR_NAMESPACE, check=False).stdout
+        ]  # fmt: skip
+        assert held_by == pods, f"only {held_by} of {pods} held a request"
+        woken = [e for e in kctl.events(NAMESPACE, name) if e.get("reason") == "ScaledFromZero"]
+        assert len(woken) == 1, woken
+    finally:
+        kctl.run("scale", "deployment", ACTIVATOR, "-n", OPERATOR_NAMESPACE, "--replicas=1")
+        wait_until("1 Ready activator", lambda: ready_activators(1), timeout=120)
 
 
 def test_a_request_held_while_no_operator_runs_is_answered_by_the_next_one(
