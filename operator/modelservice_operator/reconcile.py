@@ -333,7 +333,8 @@ def refresh_scale_down(
         return
     meta = owner["metadata"]
     pod = first_loading(found.pods)
-    wanted = desired_child(HPA, meta["name"], owner, spec, "", hold=pod is not None)
+    no_image = ""  # an HPA names no image
+    wanted = desired_child(HPA, meta["name"], owner, spec, no_image, hold=pod is not None)
     if wanted is None or scale_down_held(wanted) == scale_down_held(found.hpa):
         return
     try:

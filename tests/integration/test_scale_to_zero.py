@@ -50,6 +50,7 @@ ACTIVATOR = f"{RELEASE}-modelservice-operator-activator"
 GATEWAY = gateway_facts()
 X = [0.01 * i for i in range(64)]
 WAKE = "serving.modelservice.io/wake-requested-at"
+ACTIVATOR_PODS = "app.kubernetes.io/name=modelservice-operator-activator"
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +207,7 @@ def describe(kctl: Kubectl, name: str) -> str:
         "--tail", "40", check=False,
     ).stdout  # fmt: skip
     activator = kctl.run(
-        "logs", "-n", OPERATOR_NAMESPACE, "-l",
-        "app.kubernetes.io/name=modelservice-operator-activator", "--tail", "20", check=False,
+        "logs", "-n", OPERATOR_NAMESPACE, "-l", ACTIVATOR_PODS, "--tail", "20", check=False,
     ).stdout  # fmt: skip
     routes = [(k, kctl.maybe_get(k, name, NAMESPACE) or {}) for k in ("httproute", "grpcroute")]
     return (
@@ -575,14 +575,14 @@ def _held_by_three(
     return results, join
 
 
+def live_activators(kctl: Kubectl) -> list[dict[str, Any]]:
+    """The activator's pods but those being deleted (one stopped before, still draining)."""
+    pods = kctl.list("pods", OPERATOR_NAMESPACE, ACTIVATOR_PODS)
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
 def _kill_activator(kctl: Kubectl) -> None:
-    pods = [
-        p
-        for p in kctl.list(
-            "pods", OPERATOR_NAMESPACE, "app.kubernetes.io/name=modelservice-operator-activator"
-        )
-        if not p["metadata"].get("deletionTimestamp")  # the one stopped before, still draining
-    ]
+    pods = live_activators(kctl)
     assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
     kctl.run("delete", "pod", "-n", OPERATOR_NAMESPACE, pods[0]["metadata"]["name"], "--wait=false")
 
@@ -649,11 +649,9 @@ def test_two_activator_replicas_hold_the_requests_of_one_model_together(
     """The activator keeps no state, so more than one may run (chart value
     activator.replicas): with 2 behind its Service, the held requests of one model at zero
     land on both, the model wakes once, and every request is answered."""
-    selector = "app.kubernetes.io/name=modelservice-operator-activator"
 
     def ready_activators(n: int) -> list[str] | None:
-        pods = [p for p in kctl.list("pods", OPERATOR_NAMESPACE, selector)
-                if not p["metadata"].get("deletionTimestamp")]  # fmt: skip
+        pods = live_activators(kctl)
         ready = [
             p["metadata"]["name"] for p in pods if condition(p, "Ready").get("status") == "True"
         ]
