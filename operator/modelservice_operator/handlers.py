@@ -37,7 +37,7 @@ import kopf
 from modelservice_operator import GROUP, PLURAL, VERSION, indexes, kopf_compat
 from modelservice_operator import metrics as m
 from modelservice_operator.drift import repair_drift
-from modelservice_operator.indexes import CHILD_LABELS
+from modelservice_operator.indexes import CHILD_LABELS, Indexes
 from modelservice_operator.kube import client
 from modelservice_operator.progress import forget as forget_progress
 from modelservice_operator.progress import start_progress_poller
@@ -171,7 +171,7 @@ def configure(
     )
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
+@kopf.index(GROUP, VERSION, PLURAL, id=indexes.MODELSERVICES)
 def msvc_by_name(
     body: kopf.Body, name: str, namespace: str, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
@@ -179,21 +179,21 @@ def msvc_by_name(
     return {(namespace, name): indexes.modelservice_entry(body)}
 
 
-@kopf.index("apps", "v1", "deployments", labels=CHILD_LABELS)
+@kopf.index("apps", "v1", "deployments", labels=CHILD_LABELS, id=indexes.DEPLOYMENTS)
 def deployment_by_name(
     body: kopf.Body, name: str, namespace: str, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     return {(namespace, name): indexes.deployment_entry(body)}
 
 
-@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_LABELS)
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_LABELS, id=indexes.HPAS)
 def hpa_by_name(
     body: kopf.Body, name: str, namespace: str, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     return {(namespace, name): indexes.hpa_entry(body)}
 
 
-@kopf.index("v1", "pods", labels=CHILD_LABELS)
+@kopf.index("v1", "pods", labels=CHILD_LABELS, id=indexes.PODS)
 def pods_by_owner(
     body: kopf.Body, namespace: str, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
@@ -222,19 +222,16 @@ def reconcile_modelservice(
     memo: kopf.Memo,
     logger: kopf.Logger,
     reason: kopf.Reason,
-    hpa_by_name: kopf.Index,
-    pods_by_owner: kopf.Index,
-    deployment_by_name: kopf.Index,
-    msvc_by_name: kopf.Index,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
+    watched = Indexes.given(kwargs)
     trigger = str(reason.value if hasattr(reason, "value") else reason)
     snapshot = indexes.snapshot(body)
     generation, previous = snapshot["metadata"]["generation"], snapshot["status"]
     with m.timed(trigger):
         try:
             spec = parse_spec(snapshot["spec"], name)
-            clash = _name_clash(snapshot, spec, msvc_by_name)
+            clash = _name_clash(snapshot, spec, watched.modelservices)
             if clash is not None:
                 raise InvalidSpec([clash])
         except InvalidSpec as e:
@@ -245,12 +242,12 @@ def reconcile_modelservice(
             )
             kopf.warn(body, reason=Reason.INVALID_SPEC.value, message=str(e))
             raise kopf.PermanentError(f"invalid spec: {e}") from e
-        canary = indexes.indexed(deployment_by_name, namespace, revision_name(name, CANARY))
+        canary = indexes.indexed(watched.deployments, namespace, revision_name(name, CANARY))
         try:
             status, diagnosis = reconcile(
                 snapshot, spec, _image(memo), logger,
-                may_have_hpa=may_have_hpa(bool(hpa_by_name.get((namespace, name))), old),
-                pods=pods_by_owner.get((namespace, name), []),
+                may_have_hpa=may_have_hpa(bool(watched.hpas.get((namespace, name))), old),
+                pods=watched.pods.get((namespace, name), []),
                 may_have_revisions=may_have_revisions(canary is not None, old),
                 canary=canary,
             )  # fmt: skip
@@ -269,7 +266,7 @@ def reconcile_modelservice(
         report_pod_failure(snapshot, status, diagnosis)
         m.RECONCILES.labels(trigger, "ok").inc()
     if indexes.asked_for_zero(old) and not asks_for_zero(spec):
-        _release_grant(namespace, msvc_by_name, logger)
+        _release_grant(namespace, watched.modelservices, logger)
 
 
 def _release_grant(namespace: str | None, msvc_by_name: kopf.Index, logger: kopf.Logger) -> None:
@@ -297,35 +294,30 @@ def forget_modelservice(name: str, namespace: str, logger: kopf.Logger, **_: Any
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def modelservice_event(
-    body: kopf.Body,
-    type: str | None,
-    msvc_by_name: kopf.Index,
-    deployment_by_name: kopf.Index,
-    hpa_by_name: kopf.Index,
-    pods_by_owner: kopf.Index,
-    logger: kopf.Logger,
-    **_: Any,
+    body: kopf.Body, type: str | None, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     """After any write to a ModelService (ours included), check its status against the
     children once more: closes the race where the reconcile handler's status lands after
     the children's last event. Quiet when nothing changed (no patch, no new event)."""
+    watched = Indexes.given(kwargs)
     if type == "DELETED":
         forget_reports(body.get("metadata") or {})
         forget_progress(body.get("metadata") or {})
         forget_scaler(body.get("metadata") or {})
         if indexes.asked_for_zero(body):
-            _release_grant((body.get("metadata") or {}).get("namespace"), msvc_by_name, logger)
+            namespace = (body.get("metadata") or {}).get("namespace")
+            _release_grant(namespace, watched.modelservices, logger)
         return
     # The index entry of this very body (kopf indexes an event before its handlers run),
     # with its spec parsed once; a fresh snapshot if it is not there (yet).
-    owner = indexes.owner_of_body(body, msvc_by_name)
+    owner = indexes.owner_of_body(body, watched.modelservices)
     if not children_may_update(owner):
         return
     spec = indexes.owner_spec(owner)
     track_scaling(owner, spec)
     if wake_if_asked(owner, logger):
         return  # its status write comes back as another event
-    found = indexes.children(owner, deployment_by_name, hpa_by_name, pods_by_owner)
+    found = watched.children(owner)
     if spec is not None and spec.canary is None and spec.autoscaling is not None:
         refresh_route(owner, None, logger, primary=found.deployment)  # scale to zero's
     refresh_status(owner, found, logger)
@@ -334,51 +326,46 @@ def modelservice_event(
 # --- children -------------------------------------------------------------------------------
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
-def deployment_event(
+def _repaired(
     body: kopf.Body,
     type: str | None,
     memo: kopf.Memo,
-    msvc_by_name: kopf.Index,
-    deployment_by_name: kopf.Index,
-    hpa_by_name: kopf.Index,
-    pods_by_owner: kopf.Index,
     logger: kopf.Logger,
-    **_: Any,
+    kwargs: Mapping[str, Any],
+) -> tuple[dict[str, Any] | None, Indexes]:
+    """A child's event through drift repair: its live owner (None when the child is not a
+    ModelService's, or the owner is going), and the indexes."""
+    watched = Indexes.given(kwargs)
+    return repair_drift(body, type, watched.modelservices, _image(memo), logger), watched
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
+def deployment_event(
+    body: kopf.Body, type: str | None, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
-    owner = repair_drift(body, type, msvc_by_name, _image(memo), logger)
+    owner, watched = _repaired(body, type, memo, logger, kwargs)
     if owner is None:
         return
     live = None if type == "DELETED" else body
     if (body.get("metadata") or {}).get("name") == owner["metadata"]["name"]:
-        found = indexes.children(
-            owner, deployment_by_name, hpa_by_name, pods_by_owner, deployment=live
-        )
+        found = watched.children(owner, deployment=live)
         if (owner.get("spec") or {}).get("autoscaling") and not owner["spec"].get("canary"):
             # A model that scales to zero: its route leaves the activator once a pod is Ready.
             refresh_route(owner, None, logger, primary=live)
     else:  # the canary's: its Ready pods move the route's weights
-        found = indexes.children(owner, deployment_by_name, hpa_by_name, pods_by_owner, canary=live)
+        found = watched.children(owner, canary=live)
         refresh_route(owner, live, logger)
     refresh_status(owner, found, logger)
 
 
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=CHILD_LABELS)
 def hpa_event(
-    body: kopf.Body,
-    type: str | None,
-    memo: kopf.Memo,
-    msvc_by_name: kopf.Index,
-    deployment_by_name: kopf.Index,
-    hpa_by_name: kopf.Index,
-    pods_by_owner: kopf.Index,
-    logger: kopf.Logger,
-    **_: Any,
+    body: kopf.Body, type: str | None, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
-    owner = repair_drift(body, type, msvc_by_name, _image(memo), logger)
+    owner, watched = _repaired(body, type, memo, logger, kwargs)
     if owner is None or type == "DELETED":
         return
-    found = indexes.children(owner, deployment_by_name, hpa_by_name, pods_by_owner, hpa=body)
+    found = watched.children(owner, hpa=body)
     refresh_scale_down(owner, found, logger)
     refresh_status(owner, found, logger)
 
@@ -386,50 +373,30 @@ def hpa_event(
 @kopf.on.event("v1", "services", labels=CHILD_LABELS)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
 def service_or_pdb_event(
-    body: kopf.Body,
-    type: str | None,
-    memo: kopf.Memo,
-    msvc_by_name: kopf.Index,
-    logger: kopf.Logger,
-    **_: Any,
+    body: kopf.Body, type: str | None, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     """A Service or PodDisruptionBudget changed: only drift matters (no status from them)."""
-    repair_drift(body, type, msvc_by_name, _image(memo), logger)
+    _repaired(body, type, memo, logger, kwargs)
 
 
 @kopf.on.event("v1", "pods", labels=CHILD_LABELS)
-def pod_event(
-    body: kopf.Body,
-    namespace: str,
-    msvc_by_name: kopf.Index,
-    deployment_by_name: kopf.Index,
-    hpa_by_name: kopf.Index,
-    pods_by_owner: kopf.Index,
-    logger: kopf.Logger,
-    **_: Any,
-) -> None:
+def pod_event(body: kopf.Body, namespace: str, logger: kopf.Logger, **kwargs: Any) -> None:
     """A runtime pod changed (scheduled, fetching, crashed, ready, gone): recompute its
     ModelService's status with the pods index, which already holds this event's pod.
     Pods are not repaired: their ReplicaSet owns them."""
+    watched = Indexes.given(kwargs)
     instance = indexes.pod_instance(body)
-    owner = indexes.indexed(msvc_by_name, namespace, instance) if instance else None
+    owner = indexes.indexed(watched.modelservices, namespace, instance) if instance else None
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return
-    found = indexes.children(owner, deployment_by_name, hpa_by_name, pods_by_owner)
+    found = watched.children(owner)
     refresh_scale_down(owner, found, logger)
     refresh_status(owner, found, logger)
 
 
 @kopf.on.event("v1", "namespaces")
 async def namespace_event(
-    body: kopf.Body,
-    type: str | None,
-    msvc_by_name: kopf.Index,
-    deployment_by_name: kopf.Index,
-    hpa_by_name: kopf.Index,
-    pods_by_owner: kopf.Index,
-    logger: kopf.Logger,
-    **_: Any,
+    body: kopf.Body, type: str | None, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     """A namespace going: drop what the indexes hold of it (purge.py). Purged when kopf
     stops its streams and again on its DELETED event (an old event a finishing worker
@@ -437,9 +404,10 @@ async def namespace_event(
     on the event loop, and so does this."""
     if not kopf_compat.namespace_gone(type, body):
         return
+    watched = Indexes.given(kwargs)
     dropped = purge(body, {
-        "ModelServices": msvc_by_name, "Deployments": deployment_by_name,
-        "HPAs": hpa_by_name, "pods": pods_by_owner,
+        "ModelServices": watched.modelservices, "Deployments": watched.deployments,
+        "HPAs": watched.hpas, "pods": watched.pods,
     })  # fmt: skip
     if any(dropped.values()):
         logger.info(

@@ -6,7 +6,8 @@ name). Each entry keeps only what status and drift need, plus `identity` (kopf's
 object, for `purge.purge_namespace`). A ModelService's entry also carries its spec parsed
 once (`PARSED`), so the events of its children never parse it again.
 
-`children` is the one lookup of "this ModelService's Deployment, HPA and pods".
+`children` is the one lookup of "this ModelService's Deployment, HPA and pods";
+`Indexes.given` picks the four indexes out of what kopf hands a handler.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
 
 # The label every child carries: the child indexes and watches select on it.
 CHILD_LABELS = {LABEL_MANAGED_BY: FIELD_MANAGER}
+# The indexes' ids: kopf hands each index to every handler as a keyword of that name.
+MODELSERVICES, DEPLOYMENTS, HPAS, PODS = (
+    "msvc_by_name", "deployment_by_name", "hpa_by_name", "pods_by_owner"
+)  # fmt: skip
 # Where an indexed ModelService keeps its parsed spec (a ModelServiceSpec, or None when
 # the spec is invalid).
 PARSED = "parsed"
@@ -238,3 +243,22 @@ def children(
     elif canary is _LOOK_UP:
         canary = indexed(deployments, meta["namespace"], revision_name(meta["name"], CANARY))
     return Children(deployment, hpa, list(pods.get(key, [])), canary)
+
+
+@dataclass(frozen=True)
+class Indexes:
+    """The four indexes, as one value: handlers take kopf's keywords (`**kwargs`) and
+    pick them out with `given`, instead of each listing the four by name."""
+
+    modelservices: kopf.Index[Any, Any]
+    deployments: kopf.Index[Any, Any]
+    hpas: kopf.Index[Any, Any]
+    pods: kopf.Index[Any, Any]
+
+    @classmethod
+    def given(cls, kwargs: Mapping[str, Any]) -> Indexes:
+        return cls(kwargs[MODELSERVICES], kwargs[DEPLOYMENTS], kwargs[HPAS], kwargs[PODS])
+
+    def children(self, owner: Mapping[str, Any], **live: Mapping[str, Any] | None) -> Children:
+        """`children` of `owner` from these indexes; `live` as `children` takes it."""
+        return children(owner, self.deployments, self.hpas, self.pods, **live)

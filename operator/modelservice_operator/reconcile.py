@@ -8,7 +8,7 @@ become ReconcileError, raised from the KubeApiError.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -166,14 +166,7 @@ def remove_reference_grant(namespace: str) -> bool:
     activator = activator_of()
     if activator is None:
         return False
-    name, kube = reference_grant_name(namespace), client()
-    try:
-        if not kube.serves("ReferenceGrant"):
-            return False
-        grant = kube.get("ReferenceGrant", activator.namespace, name)
-        return managed_by_us(grant) and kube.delete("ReferenceGrant", activator.namespace, name)
-    except KubeApiError as e:
-        raise ReconcileError(f"ReferenceGrant {name}: {e.message or e.reason}") from e
+    return delete_if("ReferenceGrant", activator.namespace, reference_grant_name(namespace))
 
 
 def desired_routes(
@@ -379,32 +372,38 @@ def remove_revisions(owner: Mapping[str, Any], rendered: Iterable[tuple[str, str
     meta = owner["metadata"]
     namespace, uid = meta["namespace"], meta["uid"]
     keep = set(rendered)
-    kube, deleted = client(), []
-    for kind, child in owned_names(meta["name"]):
-        if (kind, child) in keep:
-            continue
-        try:
-            if kind in ("HTTPRoute", "GRPCRoute") and not kube.serves(kind):
-                continue  # no Gateway API: no route can exist
-            if owned_by(kube.get(kind, namespace, child), uid) and kube.delete(
-                kind, namespace, child
-            ):
-                deleted.append(f"{kind} {child}")
-        except KubeApiError as e:
-            raise ReconcileError(f"{kind} {child}: {e.message or e.reason}") from e
-    return deleted
+    return [
+        f"{kind} {child}"
+        for kind, child in owned_names(meta["name"])
+        if (kind, child) not in keep
+        and delete_if(kind, namespace, child, lambda live: owned_by(live, uid))
+    ]
 
 
 def remove_stale_hpa(namespace: str, name: str) -> bool:
     """Delete the HPA we created earlier when autoscaling was removed from the spec."""
+    return delete_if(HPA, namespace, name)
+
+
+# Kinds of add-ons (the Gateway API): an API server without them has none to delete.
+OPTIONAL_KINDS = frozenset({"HTTPRoute", "GRPCRoute", "ReferenceGrant"})
+
+
+def delete_if(
+    kind: str,
+    namespace: str,
+    name: str,
+    ours: Callable[[Mapping[str, Any] | None], bool] = managed_by_us,
+) -> bool:
+    """Delete `kind` `name` if the live object is `ours` (absent, or someone else's: never
+    deleted). True when it was; an API failure is a ReconcileError naming the object."""
     kube = client()
     try:
-        hpa = kube.get(HPA, namespace, name)
-        if not managed_by_us(hpa):
-            return False  # absent, or not ours: never delete what we did not create
-        return kube.delete(HPA, namespace, name)
+        if kind in OPTIONAL_KINDS and not kube.serves(kind):
+            return False
+        return ours(kube.get(kind, namespace, name)) and kube.delete(kind, namespace, name)
     except KubeApiError as e:
-        raise ReconcileError(f"HorizontalPodAutoscaler {name}: {e.message or e.reason}") from e
+        raise ReconcileError(f"{kind} {name}: {e.message or e.reason}") from e
 
 
 def apply_routes(

@@ -36,7 +36,6 @@ from modelservice_operator.spec_model import (
 from modelservice_operator.spec_types import (
     DEFAULT_STARTUP_TIMEOUT_S,
     DNS_LABEL_1035,
-    DNS_SUBDOMAIN_PATTERN,
     OPERATOR_ENV_NAMES,  # noqa: F401 -- re-exported: tests and callers read it from here
     RESOURCE_NAME_PATTERN,
     CelRule,
@@ -47,6 +46,7 @@ from modelservice_operator.spec_types import (
     SpecRuleError,
     check_env_names,
     format_validation_error,
+    object_name_field,
     runtime_default,
     runtime_minimum,
 )
@@ -160,12 +160,7 @@ class GrpcSpec(SpecModel):
 class SecretKeyRef(SpecModel):
     """A key in a Secret in the ModelService's namespace."""
 
-    name: str = Field(
-        description="Name of the Secret.",
-        min_length=1,
-        max_length=253,
-        pattern=DNS_SUBDOMAIN_PATTERN,
-    )
+    name: str = object_name_field("Name of the Secret.")
     key: str = Field(
         default="token", description="Key within the Secret.", min_length=1, max_length=253
     )

@@ -9,22 +9,21 @@ endpoint whichever revision answers.
 
 from __future__ import annotations
 
-import re
 from typing import ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
 from modelservice_operator.spec_model import LocalObjectReference
 from modelservice_operator.spec_types import (
-    DNS_SUBDOMAIN_PATTERN,
-    PVC_URI_PATTERN,
-    SHA256_PATTERN,
-    URI_PATTERN,
+    PVC_URI_RULE,
     CelRule,
     EnvVar,
     SpecModel,
-    SpecRuleError,
     check_env_names,
+    check_pvc_uri,
+    model_uri_field,
+    object_name_field,
+    sha256_field,
 )
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -34,27 +33,16 @@ class CanaryModelSource(SpecModel):
     """The canary's model. Its format and cache are spec.model's; its served name is always
     spec.model.name (or metadata.name), so clients see one endpoint."""
 
-    cel_rules: ClassVar[tuple[CelRule, ...]] = (
-        CelRule(
-            rule="!self.uri.startsWith('pvc://') || self.uri.matches('" + PVC_URI_PATTERN + "')",
-            message="a pvc:// uri must be pvc://<claim>/<path inside the claim>",
-            field_path=".uri",
-        ),
-    )
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (PVC_URI_RULE,)
 
-    uri: str = Field(
-        description="Location of the canary's model, in the forms spec.model.uri takes "
+    uri: str = model_uri_field(
+        "Location of the canary's model, in the forms spec.model.uri takes "
         "(https://, http://, file://, pvc://<claim>/<path>, s3://; a directory, prefix or "
-        "archive for a model in several files).",
-        min_length=1,
-        max_length=2048,
-        pattern=URI_PATTERN,
+        "archive for a model in several files)."
     )
-    sha256: str | None = Field(
-        default=None,
-        description="Expected SHA-256 of the canary's model (64 hex digits), verified before "
-        "its runtime starts, as spec.model.sha256. Not inherited from spec.model.",
-        pattern=SHA256_PATTERN,
+    sha256: str | None = sha256_field(
+        "Expected SHA-256 of the canary's model (64 hex digits), verified before "
+        "its runtime starts, as spec.model.sha256. Not inherited from spec.model."
     )
     secret_ref: LocalObjectReference | None = Field(
         default=None,
@@ -64,11 +52,7 @@ class CanaryModelSource(SpecModel):
 
     @model_validator(mode="after")
     def _pvc_form(self) -> CanaryModelSource:
-        if self.uri.startswith("pvc://") and not re.fullmatch(PVC_URI_PATTERN, self.uri):
-            raise SpecRuleError(
-                "uri",
-                f"a pvc:// uri must be pvc://<claim>/<path inside the claim> (got {self.uri!r})",
-            )
+        check_pvc_uri(self.uri)
         return self
 
 
@@ -123,12 +107,7 @@ class GatewayRef(SpecModel):
     """A Gateway API Gateway (gateway.networking.k8s.io/v1) the ModelService's HTTPRoute
     attaches to."""
 
-    name: str = Field(
-        description="Name of the Gateway.",
-        min_length=1,
-        max_length=253,
-        pattern=DNS_SUBDOMAIN_PATTERN,
-    )
+    name: str = object_name_field("Name of the Gateway.")
     namespace: str | None = Field(
         default=None,
         description="Namespace of the Gateway; default the ModelService's. The Gateway's "

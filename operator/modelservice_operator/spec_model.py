@@ -6,7 +6,6 @@ schema is generated from these classes as from the rest.
 from __future__ import annotations
 
 import enum
-import re
 from typing import ClassVar
 
 from modelservice_cli.serve_flags import describe
@@ -15,27 +14,24 @@ from pydantic import Field, model_validator
 from modelservice_operator.spec_types import (
     DNS_SUBDOMAIN_PATTERN,
     MODEL_NAME_PATTERN,
-    PVC_URI_PATTERN,
-    SHA256_PATTERN,
-    URI_PATTERN,
+    PVC_URI_RULE,
     CelRule,
     Quantity,
     SpecModel,
     SpecRuleError,
+    check_pvc_uri,
+    model_uri_field,
+    object_name_field,
     quantity_bytes,
     runtime_default,
+    sha256_field,
 )
 
 
 class LocalObjectReference(SpecModel):
     """Reference to an object in the ModelService's namespace."""
 
-    name: str = Field(
-        description="Name of the Secret in the ModelService's namespace.",
-        min_length=1,
-        max_length=253,
-        pattern=DNS_SUBDOMAIN_PATTERN,
-    )
+    name: str = object_name_field("Name of the Secret in the ModelService's namespace.")
 
 
 HOST_PATH_PATTERN = r"^/[^\x00]*$"
@@ -117,11 +113,7 @@ class ModelSource(SpecModel):
     """Where the ONNX model comes from and how to check it."""
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
-        CelRule(
-            rule="!self.uri.startsWith('pvc://') || self.uri.matches('" + PVC_URI_PATTERN + "')",
-            message="a pvc:// uri must be pvc://<claim>/<path inside the claim>",
-            field_path=".uri",
-        ),
+        PVC_URI_RULE,
         CelRule(
             rule="!has(self.cache) || !self.uri.startsWith('pvc://')",
             message="a pvc:// model is served from its claim, not fetched: there is nothing "
@@ -130,27 +122,18 @@ class ModelSource(SpecModel):
         ),
     )
 
-    uri: str = Field(
-        description=(
-            "Location of the ONNX model: https://host/path/model.onnx, http://..., "
-            "file:///path (inside the runtime image), pvc://<claim>/<path> (mounted read-only, "
-            "no download) or s3://bucket/key. A model in several files (external data): a "
-            "directory or prefix ending in / (file:///dir/, pvc://<claim>/dir/, "
-            "s3://bucket/prefix/) or a .tar, .tar.gz, .tgz or .zip archive; the runtime "
-            "serves the folder's model.onnx, or its only .onnx file."
-        ),
-        min_length=1,
-        max_length=2048,
-        pattern=URI_PATTERN,
+    uri: str = model_uri_field(
+        "Location of the ONNX model: https://host/path/model.onnx, http://..., "
+        "file:///path (inside the runtime image), pvc://<claim>/<path> (mounted read-only, "
+        "no download) or s3://bucket/key. A model in several files (external data): a "
+        "directory or prefix ending in / (file:///dir/, pvc://<claim>/dir/, "
+        "s3://bucket/prefix/) or a .tar, .tar.gz, .tgz or .zip archive; the runtime "
+        "serves the folder's model.onnx, or its only .onnx file."
     )
-    sha256: str | None = Field(
-        default=None,
-        description=(
-            "Expected SHA-256 of the model file or archive, or the set digest of a directory "
-            "(modelservice digest PATH), 64 hex digits; verified before the runtime starts, a "
-            "mismatch fails the model-fetch init container. Also the model's key in cache."
-        ),
-        pattern=SHA256_PATTERN,
+    sha256: str | None = sha256_field(
+        "Expected SHA-256 of the model file or archive, or the set digest of a directory "
+        "(modelservice digest PATH), 64 hex digits; verified before the runtime starts, a "
+        "mismatch fails the model-fetch init container. Also the model's key in cache."
     )
     name: str | None = Field(
         default=None,
@@ -187,11 +170,7 @@ class ModelSource(SpecModel):
 
     @model_validator(mode="after")
     def _pvc_form(self) -> ModelSource:
-        if self.uri.startswith("pvc://") and not re.fullmatch(PVC_URI_PATTERN, self.uri):
-            raise SpecRuleError(
-                "uri",
-                f"a pvc:// uri must be pvc://<claim>/<path inside the claim> (got {self.uri!r})",
-            )
+        check_pvc_uri(self.uri)
         if self.cache is not None and self.uri.startswith("pvc://"):
             raise SpecRuleError(
                 "cache",

@@ -104,6 +104,38 @@ class CelRule:
         return out
 
 
+def object_name_field(description: str) -> Any:
+    """A required field naming a Kubernetes object (a DNS-1123 subdomain, as the API server
+    checks its names)."""
+    return Field(
+        description=description, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN
+    )
+
+
+def model_uri_field(description: str) -> Any:
+    """A model's required `uri` (the schemes the runtime fetches from)."""
+    return Field(description=description, min_length=1, max_length=2048, pattern=URI_PATTERN)
+
+
+def sha256_field(description: str) -> Any:
+    """An optional SHA-256 to verify a model against."""
+    return Field(default=None, description=description, pattern=SHA256_PATTERN)
+
+
+# A model's pvc:// uri names a claim and a path in it: the CRD's rule, and the same check
+# where the CRD is not installed (parse_spec on its own).
+PVC_URI_RULE = CelRule(
+    rule="!self.uri.startsWith('pvc://') || self.uri.matches('" + PVC_URI_PATTERN + "')",
+    message="a pvc:// uri must be pvc://<claim>/<path inside the claim>",
+    field_path=".uri",
+)
+
+
+def check_pvc_uri(uri: str) -> None:
+    if uri.startswith("pvc://") and not re.fullmatch(PVC_URI_PATTERN, uri):
+        raise SpecRuleError("uri", f"{PVC_URI_RULE.message} (got {uri!r})")
+
+
 class SpecRuleError(ValueError):
     """A cross-field rule failed; `field` is relative to the model the rule sits on."""
 

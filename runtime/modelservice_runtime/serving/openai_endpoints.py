@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,18 +82,17 @@ class OpenAIEndpoints:
             raise
         rid = openai.new_id(chat)
         caller = current_caller()  # charged the tokens used, when answered
+        answer = _Answer(entry, req, rid, prompt, generations, started, caller)
         if req.stream:
-            answer = _stream_calls if req.tools is not None and req.tools.calls else _stream
-            stream = answer(entry, req, rid, prompt, generations, started, caller)
-            return Reply(200, SSE, b"", {"Cache-Control": "no-cache"}, stream)
+            stream = _stream_calls if req.tools is not None and req.tools.calls else _stream
+            events = _sent(answer, stream(answer))
+            return Reply(200, SSE, b"", {"Cache-Control": "no-cache"}, events)
         ok = False
         try:
             results = await asyncio.gather(*(_collect(entry, g, req.stop) for g in generations))
             ok = True
         finally:
-            for g in generations:
-                g.cancel()
-            entry.requests.on_request(ok, time.perf_counter() - started, 0.0, 0.0)
+            answer.end(ok)
         choices = []
         completion_tokens = 0
         for i, (text_out, ids, finish) in enumerate(results):
@@ -253,43 +253,67 @@ def _chunker(
     return chunk
 
 
-async def _stream_calls(
-    entry: GenerativeEntry,
-    req: openai.GenerateRequest,
-    rid: str,
-    prompt: list[int],
-    generations: list[Generation],
-    started: float,
-    caller: Caller | None = None,
-) -> AsyncIterator[bytes]:
-    """A streamed answer that may be a tool call: whether it is one is known only at its
-    end, so each choice is sent whole (a call as one `tool_calls` delta, else its text)."""
-    name, ok, used = entry.name, False, 0
-    chunk = _chunker(req, rid, name, len(prompt), lambda: used)
+@dataclass(frozen=True)
+class _Answer:
+    """One request's generations from their start to the request's end: what each way of
+    answering it (whole, streamed, streamed tool calls) needs."""
+
+    entry: GenerativeEntry
+    req: openai.GenerateRequest
+    rid: str
+    prompt: list[int]
+    generations: list[Generation]
+    started: float
+    caller: Caller | None
+
+    def end(self, ok: bool) -> None:
+        """The request is over: its generations go (a no-op for the finished ones), and the
+        request counters record it."""
+        for g in self.generations:
+            g.cancel()
+        self.entry.requests.on_request(ok, time.perf_counter() - self.started, 0.0, 0.0)
+
+
+async def _sent(answer: _Answer, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A streamed answer's events, then `[DONE]`. A failure after the 200 ends the stream
+    with OpenAI's error event; the end, or the client leaving (the app closes this), closes
+    `events` and ends the request."""
+    ok = False
     try:
-        results = await asyncio.gather(*(_collect(entry, g, req.stop) for g in generations))
-        for i in range(len(generations)):
-            yield chunk(i, "", None, role=True)
-        for i, (text, ids, finish) in enumerate(results):
-            used += len(ids)
-            calls = _calls(req, text)
-            if calls:
-                yield chunk(i, None, None, tool_calls=calls)
-            elif text:
-                yield chunk(i, text, None)
-            yield chunk(i, None, "tool_calls" if calls else finish)
-        if req.include_usage:
-            yield openai.chunk(True, rid, name, 0, None, None, use=openai.usage(len(prompt), used))
-        charge_tokens(len(prompt) + used, caller)
+        async for event in events:
+            yield event
         yield openai.DONE
         ok = True
-    except Exception as e:  # after the 200: the stream ends with OpenAI's error event
+    except Exception as e:
         log.exception("a streamed generation failed", exc_info=e)
         yield openai.error_event(f"generation failed: {first_line(e)}")
     finally:
-        for g in generations:
-            g.cancel()
-        entry.requests.on_request(ok, time.perf_counter() - started, 0.0, 0.0)
+        await events.aclose()  # type: ignore[attr-defined]
+        answer.end(ok)
+
+
+async def _stream_calls(answer: _Answer) -> AsyncIterator[bytes]:
+    """A streamed answer that may be a tool call: whether it is one is known only at its
+    end, so each choice is sent whole (a call as one `tool_calls` delta, else its text)."""
+    entry, req, rid, prompt, generations = (
+        answer.entry, answer.req, answer.rid, answer.prompt, answer.generations
+    )  # fmt: skip
+    name, used = entry.name, 0
+    chunk = _chunker(req, rid, name, len(prompt), lambda: used)
+    results = await asyncio.gather(*(_collect(entry, g, req.stop) for g in generations))
+    for i in range(len(generations)):
+        yield chunk(i, "", None, role=True)
+    for i, (text, ids, finish) in enumerate(results):
+        used += len(ids)
+        calls = _calls(req, text)
+        if calls:
+            yield chunk(i, None, None, tool_calls=calls)
+        elif text:
+            yield chunk(i, text, None)
+        yield chunk(i, None, "tool_calls" if calls else finish)
+    if req.include_usage:
+        yield openai.chunk(True, rid, name, 0, None, None, use=openai.usage(len(prompt), used))
+    charge_tokens(len(prompt) + used, answer.caller)
 
 
 def _finish(generation: Generation, assembler: TextAssembler) -> str:
@@ -356,20 +380,16 @@ class _Choices:
         await self._events.aclose()  # type: ignore[attr-defined]
 
 
-async def _stream(
-    entry: GenerativeEntry,
-    req: openai.GenerateRequest,
-    rid: str,
-    prompt: list[int],
-    generations: list[Generation],
-    started: float,
-    caller: Caller | None = None,
-) -> AsyncIterator[bytes]:
-    """The server-sent events of a streamed answer; closing it cancels the generations."""
+async def _stream(answer: _Answer) -> AsyncIterator[bytes]:
+    """The chunks of a streamed answer, each as soon as its tokens are ready (`_sent` adds
+    the end); closing it stops reading the generations."""
+    entry, req, rid, prompt, generations = (
+        answer.entry, answer.req, answer.rid, answer.prompt, answer.generations
+    )  # fmt: skip
     chat, name = req.chat, entry.name
     events = _Choices(generations)
     assemblers = [TextAssembler(entry.model.decode, req.stop) for _ in generations]
-    ok = charged = False
+    charged = False
     chunk = _chunker(req, rid, name, len(prompt), lambda: sum(len(a.ids) for a in assemblers))
     try:
         if chat:
@@ -418,16 +438,8 @@ async def _stream(
             use = openai.usage(len(prompt), completion_tokens)
             yield openai.chunk(chat, rid, name, 0, None, None, use=use)
         charged = True  # before the last event: a client that reads [DONE] sees its charge
-        charge_tokens(len(prompt) + sum(len(a.ids) for a in assemblers), caller)
-        yield openai.DONE
-        ok = True
-    except Exception as e:  # after the 200: the stream ends with OpenAI's error event
-        log.exception("a streamed generation failed", exc_info=e)
-        yield openai.error_event(f"generation failed: {first_line(e)}")
+        charge_tokens(len(prompt) + sum(len(a.ids) for a in assemblers), answer.caller)
     finally:
         if not charged:  # the client left, or the stream failed: what was generated counts
-            charge_tokens(len(prompt) + sum(len(a.ids) for a in assemblers), caller)
+            charge_tokens(len(prompt) + sum(len(a.ids) for a in assemblers), answer.caller)
         await events.aclose()
-        for g in generations:
-            g.cancel()
-        entry.requests.on_request(ok, time.perf_counter() - started, 0.0, 0.0)
