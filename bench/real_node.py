@@ -12,7 +12,8 @@ watching one namespace); the model is bench's MLP, fetched over HTTP from the no
    (-> runtime started), load and warm-up (-> the runtime's "model ... is ready" log line),
    probe (-> pod Ready), and status (-> the ModelService's phase Ready, seen by a watch-free
    poll every 0.2 s). Median of --runs applies, each of a fresh ModelService.
-2. Throughput: wrk, the MLP's JSON body, through the ClusterIP, through the Gateway
+2. Throughput, per model of --throughput (the MLP with JSON bodies, the CNN with binary
+   tensors: THROUGHPUT_BODIES): wrk through the ClusterIP, through the Gateway
    (hack/gateway-up.sh's Traefik on the node, the ModelService's HTTPRoute, by its Host), and
    against `modelservice serve` on the host with the same model and flags, alternating
    (--rounds times); the ratios of the medians, and the CPU per request of the pod, Traefik
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -101,15 +103,23 @@ def startup_once(k: Kubectl, model: dict[str, Any], name: str) -> dict[str, floa
     return out
 
 
+# The throughput legs: each model with the body kind it is sent. The MLP's answer costs
+# about as much CPU as the Gateway's hop (the worst case for a proxy); the CNN's costs about
+# 20x more, as most real models do; its images go as binary tensors, as a user would send
+# them (JSON would add parsing in the pod and flatter the Gateway's ratio).
+THROUGHPUT_BODIES = {"mlp": "json", "cnn": "binary"}
+
+
 def throughput(
     k: Kubectl, model: models.BenchModel, uri: str, sha: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     from tests.integration.processes import stop
 
-    name = "bench-svc"
-    k.apply(real.manifest(name, {"uri": uri, "sha256": sha, "name": "mlp"}), real.NAMESPACE)
+    name, kind = f"bench-{model.name}", THROUGHPUT_BODIES[model.name]
+    spec_model = {"uri": uri, "sha256": sha, "name": model.name}
+    k.apply(real.manifest(name, spec_model), real.NAMESPACE)
     host = real.wait_ready(k, name)["status"].get("gatewayHost")
-    path = "/v2/models/mlp/infer"
+    path = f"/v2/models/{model.name}/infer"
     service = f"http://{real.service_address(k, name)}{path}"
     # (target, url, Host header): the chart's operator routes every ModelService through
     # the default Gateway (real.operator_from_chart), which answers for its host.
@@ -117,7 +127,7 @@ def throughput(
     if host:
         targets.append(("gateway", f"http://{real.gateway_address(k)}{path}", host))
     port = free_port()
-    direct = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
+    direct = f"http://127.0.0.1:{port}{path}"
     # The flags the operator gives the pod's runtime (its container command), on the host.
     dep = k.get("deployment", name, real.NAMESPACE)
     cmd = dep["spec"]["template"]["spec"]["containers"][0]["command"]
@@ -129,7 +139,7 @@ def throughput(
             "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     log = (REPO / ".cache" / "bench" / "real-node-serve.log").open("wb")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    body = model.body("json")
+    body = model.body(kind)
     work = REPO / ".cache" / "bench" / "real-node"
     targets.append(("direct", direct, None))
     runs: dict[str, list[dict]] = {target: [] for target, _, _ in targets}
@@ -173,6 +183,7 @@ def throughput(
         "gateway_p99_ratio": p99["gateway"] / p99["service"] if "gateway" in p99 else None,
         "gateway_host": host,
         "flags": flags,
+        "body": kind,
         "connections": args.connections,
         "duration_s": args.duration,
     }
@@ -300,7 +311,6 @@ def _per_request_us(runs: list[dict[str, Any]], key: str) -> str:
 
 def render(result: dict[str, Any]) -> str:
     s, llm = result["startup_mlp"], result.get("startup_llm") or []
-    t = result["throughput"]
     llm_table = (
         f"\nThe tiny Llama of the tests (`format: genai`, an onnxruntime-genai folder as a .tar.gz "
         f"over HTTP), {len(llm)} applied the same way:\n\n| phase | median | range |\n"
@@ -308,14 +318,7 @@ def render(result: dict[str, Any]) -> str:
         if llm
         else ""
     )
-    tp = "\n".join(
-        f"| {target} | {', '.join(format(r['requests_per_s'], ',.0f') for r in runs)} | "
-        f"{statistics.median(r['p50_ms'] for r in runs):.2f} | "
-        f"{statistics.median(r['p99_ms'] for r in runs):.2f} | "
-        f"{sum(r['errors'] for r in runs)} | {_per_request_us(runs, 'server_cpu_s')} | "
-        f"{_per_request_us(runs, 'traefik_cpu_s')} | {_per_request_us(runs, 'load_cpu_s')} |"
-        for target, runs in t["runs"].items()
-    )
+    throughput = "\n".join(throughput_table(name, t) for name, t in result["throughput"].items())
     return f"""{BEGIN}
 ## The real node: from `kubectl apply` to Ready, and the Service path
 
@@ -332,19 +335,33 @@ timestamps have whole-second resolution, so single phases are +-1 s):
 | --- | --- | --- |
 {startup_rows(s)}
 {llm_table}
-**Throughput through the Service (ClusterIP, kube-proxy), through the Gateway, and against a
-direct `modelservice serve`** of the same model with the pod's own flags
-({" ".join(t["flags"])}), wrk with {t["connections"]} connections, JSON,
+{throughput}
+{cold_line(result)}
+{END}
+"""
+
+
+def throughput_table(name: str, t: dict[str, Any]) -> str:
+    rows = "\n".join(
+        f"| {target} | {', '.join(format(r['requests_per_s'], ',.0f') for r in runs)} | "
+        f"{statistics.median(r['p50_ms'] for r in runs):.2f} | "
+        f"{statistics.median(r['p99_ms'] for r in runs):.2f} | "
+        f"{sum(r['errors'] for r in runs)} | {_per_request_us(runs, 'server_cpu_s')} | "
+        f"{_per_request_us(runs, 'traefik_cpu_s')} | {_per_request_us(runs, 'load_cpu_s')} |"
+        for target, runs in t["runs"].items()
+    )
+    return f"""
+**{name.upper()}: throughput through the Service (ClusterIP, kube-proxy), through the Gateway,
+and against a direct `modelservice serve`** of the same model with the pod's own flags
+({" ".join(t["flags"])}), wrk with {t["connections"]} connections, {t.get("body", "json")} body,
 {t["duration_s"]:.0f} s a run, alternating:
 
 | target | req/s (runs) | p50 ms | p99 ms | errors | CPU µs per request: server | Traefik | wrk |
 | --- | --- | --- | --- | --- | --- | --- | --- |
-{tp}
+{rows}
 
 Service / direct: **{t["ratio"]:.2f}x** (medians).{gateway_line(t)} Everything, wrk
 included, shares 2 cores.
-{cold_line(result)}
-{END}
 """
 
 
@@ -356,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="A B rounds of the throughput runs")
     p.add_argument("--cold-runs", type=int, default=3, help="cold starts from zero, per model")
     p.add_argument("--no-llm", action="store_true", help="leave out the tiny Llama's legs")
+    p.add_argument(
+        "--throughput",
+        type=lambda v: v.split(","),
+        default=list(THROUGHPUT_BODIES),
+        help="models of the throughput legs, of " + ",".join(THROUGHPUT_BODIES),
+    )
     args = p.parse_args(argv)
     k = Kubectl(DEFAULT_KUBECONFIG)
     if not real.REAL_NODE_FILE.exists() or "REAL_NODE=yes" not in real.REAL_NODE_FILE.read_text():
@@ -365,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = REPO / ".cache" / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
     k.run("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
-    (model,) = models.export_models(out_dir / "real-node-models", ["mlp"])
+    model, *others = models.export_models(
+        out_dir / "real-node-models", ["mlp", *(m for m in args.throughput if m != "mlp")]
+    )
     node_ip, why_not = real.real_node_ip(k)
     if node_ip is None:
         raise SystemExit(f"bench/real_node.py: the real node is not usable: {why_not}")
@@ -375,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         pod = stack.enter_context(real.operator_from_chart(k))
+        for other in others:  # served beside mlp.onnx, from the same folder
+            shutil.copy(other.path, tmp / other.path.name)
         files = stack.enter_context(real.serve_model_files(node_ip, model.path, tmp))
         mlp = {"uri": files.url("mlp.onnx"), "sha256": files.sha256["mlp.onnx"], "name": "mlp"}
         print(f"operator pod {pod} Ready", flush=True)
@@ -390,7 +417,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {key} start-up {i + 1}: "
                       + ", ".join(f"{p} {v:.1f}s" for p, v in r.items()))  # fmt: skip
                 result[f"startup_{key}"].append(r)
-        tp = throughput(k, model, mlp["uri"], mlp["sha256"], args)
+        tp = {
+            m.name: throughput(k, m, files.url(m.path.name), files.sha256[m.path.name], args)
+            for m in (model, *others)
+            if m.name in args.throughput
+        }
     with contextlib.ExitStack() as stack:
         stack.enter_context(real.operator_from_chart(
             k, namespace=s2z.NAMESPACE, operator_namespace=s2z.OPERATOR_NAMESPACE,
@@ -413,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     raw = out_dir / f"real-node-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"  # noqa: UP017
     raw.write_text(json.dumps(result, indent=1))
     doc = write_section(render(result), BEGIN, END)
-    print(f"wrote {doc} (raw {raw}); Service/direct {tp['ratio']:.2f}x{gateway_line(tp)}")
+    for name, t in tp.items():
+        print(f"{name}: Service/direct {t['ratio']:.2f}x{gateway_line(t)}")
+    print(f"wrote {doc} (raw {raw})")
     return 0
 
 
