@@ -12,8 +12,9 @@ watching one namespace); the model is bench's MLP, fetched over HTTP from the no
    (-> runtime started), load and warm-up (-> the runtime's "model ... is ready" log line),
    probe (-> pod Ready), and status (-> the ModelService's phase Ready, seen by a watch-free
    poll every 0.2 s). Median of --runs applies, each of a fresh ModelService.
-2. Throughput, per model of --throughput (the MLP with JSON bodies, the CNN with binary
-   tensors: THROUGHPUT_BODIES): wrk through the ClusterIP, through the Gateway
+2. Throughput, per model of --throughput (THROUGHPUT_LEGS: the MLP with JSON bodies, the
+   CNN with binary tensors, the tiny Llama with 16-token completions): wrk through the
+   ClusterIP, through the Gateway
    (hack/gateway-up.sh's Traefik on the node, the ModelService's HTTPRoute, by its Host), and
    against `modelservice serve` on the host with the same model and flags, alternating
    (--rounds times); the ratios of the medians, and the CPU per request of the pod, Traefik
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -103,23 +105,47 @@ def startup_once(k: Kubectl, model: dict[str, Any], name: str) -> dict[str, floa
     return out
 
 
-# The throughput legs: each model with the body kind it is sent. The MLP's answer costs
-# about as much CPU as the Gateway's hop (the worst case for a proxy); the CNN's costs about
-# 20x more, as most real models do; its images go as binary tensors, as a user would send
-# them (JSON would add parsing in the pod and flatter the Gateway's ratio).
-THROUGHPUT_BODIES = {"mlp": "json", "cnn": "binary"}
+# The throughput legs, from the cheapest answer to the dearest: the MLP's costs about as
+# much CPU as the Gateway's hop (the worst case for a proxy); the CNN's several times more,
+# its images sent as binary tensors, as a user would (JSON would add parsing in the pod and
+# flatter the Gateway's ratio); the tiny Llama's, a 16-token completion, more again.
+THROUGHPUT_LEGS = ("mlp", "cnn", "llm")
+LLM_TOKENS = 16
 
 
-def throughput(
-    k: Kubectl, model: models.BenchModel, uri: str, sha: str, args: argparse.Namespace
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Leg:
+    """One model of the throughput legs: its spec.model, what `modelservice serve` takes on
+    the host, and the request wrk posts."""
+
+    name: str
+    spec_model: dict[str, Any]
+    local: Path
+    path: str
+    body: models.Body
+
+
+def onnx_leg(model: models.BenchModel, files: Any, kind: str) -> Leg:
+    file = model.path.name
+    spec_model = {"uri": files.url(file), "sha256": files.sha256[file], "name": model.name}
+    path = f"/v2/models/{model.name}/infer"
+    return Leg(model.name, spec_model, model.path, path, model.body(kind))
+
+
+def llm_leg(spec_model: dict[str, Any], folder: Path) -> Leg:
+    """A non-streamed greedy completion of exactly LLM_TOKENS tokens."""
+    doc = {"model": spec_model["name"], "prompt": "the quick brown fox jumps over the lazy dog",
+           "max_tokens": LLM_TOKENS, "temperature": 0, "ignore_eos": True}  # fmt: skip
+    body = models.Body("json", json.dumps(doc).encode(), {"Content-Type": "application/json"})
+    return Leg("llm", spec_model, folder, "/v1/completions", body)
+
+
+def throughput(k: Kubectl, leg: Leg, args: argparse.Namespace) -> dict[str, Any]:
     from tests.integration.processes import stop
 
-    name, kind = f"bench-{model.name}", THROUGHPUT_BODIES[model.name]
-    spec_model = {"uri": uri, "sha256": sha, "name": model.name}
-    k.apply(real.manifest(name, spec_model), real.NAMESPACE)
+    name, path = f"bench-tp-{leg.name}", leg.path
+    k.apply(real.manifest(name, leg.spec_model), real.NAMESPACE)
     host = real.wait_ready(k, name)["status"].get("gatewayHost")
-    path = f"/v2/models/{model.name}/infer"
     service = f"http://{real.service_address(k, name)}{path}"
     # (target, url, Host header): the chart's operator routes every ModelService through
     # the default Gateway (real.operator_from_chart), which answers for its host.
@@ -135,11 +161,11 @@ def throughput(
     for flag in ("--host", "--port"):
         if flag in flags:
             del flags[flags.index(flag) : flags.index(flag) + 2]
-    argv = [str(Path(sys.executable).parent / "modelservice"), "serve", str(model.path), *flags,
+    argv = [str(Path(sys.executable).parent / "modelservice"), "serve", str(leg.local), *flags,
             "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     log = (REPO / ".cache" / "bench" / "real-node-serve.log").open("wb")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    body = model.body(kind)
+    body = leg.body
     work = REPO / ".cache" / "bench" / "real-node"
     targets.append(("direct", direct, None))
     runs: dict[str, list[dict]] = {target: [] for target, _, _ in targets}
@@ -183,7 +209,8 @@ def throughput(
         "gateway_p99_ratio": p99["gateway"] / p99["service"] if "gateway" in p99 else None,
         "gateway_host": host,
         "flags": flags,
-        "body": kind,
+        "body": leg.body.kind,
+        "path": path,
         "connections": args.connections,
         "duration_s": args.duration,
     }
@@ -376,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--throughput",
         type=lambda v: v.split(","),
-        default=list(THROUGHPUT_BODIES),
-        help="models of the throughput legs, of " + ",".join(THROUGHPUT_BODIES),
+        default=list(THROUGHPUT_LEGS),
+        help="models of the throughput legs, of " + ",".join(THROUGHPUT_LEGS),
     )
     args = p.parse_args(argv)
     k = Kubectl(DEFAULT_KUBECONFIG)
@@ -388,9 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = REPO / ".cache" / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
     k.run("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
-    model, *others = models.export_models(
-        out_dir / "real-node-models", ["mlp", *(m for m in args.throughput if m != "mlp")]
-    )
+    onnx_names = ["mlp", *(m for m in args.throughput if m not in ("mlp", "llm"))]
+    model, *others = models.export_models(out_dir / "real-node-models", onnx_names)
     node_ip, why_not = real.real_node_ip(k)
     if node_ip is None:
         raise SystemExit(f"bench/real_node.py: the real node is not usable: {why_not}")
@@ -408,8 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         legs = [("mlp", mlp)]
         if tiny is not None:
             llm_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out_dir)))
-            legs.append(("llm", stack.enter_context(
-                real.tiny_llm_archive(node_ip, model.path, tiny, llm_dir, "llm"))))  # fmt: skip
+            llm = stack.enter_context(real.tiny_llm_archive(node_ip, model.path, tiny, llm_dir,
+                                                            "llm"))  # fmt: skip
+            legs.append(("llm", llm))
         for key, spec_model in legs:
             result[f"startup_{key}"] = []
             for i in range(args.runs):
@@ -417,11 +444,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {key} start-up {i + 1}: "
                       + ", ".join(f"{p} {v:.1f}s" for p, v in r.items()))  # fmt: skip
                 result[f"startup_{key}"].append(r)
-        tp = {
-            m.name: throughput(k, m, files.url(m.path.name), files.sha256[m.path.name], args)
-            for m in (model, *others)
-            if m.name in args.throughput
-        }
+        kinds = {"mlp": "json", "cnn": "binary"}
+        tp_legs = [onnx_leg(m, files, kinds.get(m.name, "binary")) for m in (model, *others)]
+        if tiny is not None:
+            tp_legs.append(llm_leg(llm, tiny[1]))
+        tp = {leg.name: throughput(k, leg, args) for leg in tp_legs if leg.name in args.throughput}
     with contextlib.ExitStack() as stack:
         stack.enter_context(real.operator_from_chart(
             k, namespace=s2z.NAMESPACE, operator_namespace=s2z.OPERATOR_NAMESPACE,
