@@ -582,7 +582,7 @@ def bench_precision(
     name: str, precision: str, args: argparse.Namespace, llama: Path | None, log
 ) -> dict:
     folder = llm_models.ROOT / name
-    genai = folder / f"genai-{precision}"
+    genai = llm_models.genai_folder(name, precision, log)
     recipe = llm_models.RECIPES[name]
     bounds = BOUNDS[name]
     big = recipe.params() > 1e8

@@ -197,6 +197,19 @@ def build(name: str, gguf: bool = True, log=print) -> Path:
     return folder
 
 
+def genai_folder(name: str, precision: str, log=print) -> Path:
+    """The model's onnxruntime-genai folder for `precision`: fp32 and int4 as `build` makes
+    them; `int4-b<N>`, int4 weights in blocks of N (export-llm --int4-block-size N),
+    exported from hf/ on first use."""
+    from modelservice_runtime.tools.export_llm import build as export
+
+    folder = ROOT / name / f"genai-{precision}"
+    if precision.startswith("int4-b") and not (folder / "genai_config.json").is_file():
+        log(f"{name}: export-llm --precision int4 --int4-block-size {precision[6:]}")
+        export(ROOT / name / "hf", folder, "int4", int4_block_size=int(precision[6:]))
+    return folder
+
+
 def llamacpp_dir(build_it: bool = True) -> Path | None:
     """hack/build-llamacpp.sh's folder (building it the first time), None if it fails."""
     script = REPO / "hack" / "build-llamacpp.sh"

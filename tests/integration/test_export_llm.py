@@ -38,6 +38,34 @@ def test_export_llm_int4_reports_size_and_agreement_with_fp32(
     assert r.json()["usage"]["completion_tokens"] >= 1
 
 
+@pytest.mark.slow
+def test_export_llm_int4_block_size_reaches_every_4_bit_matmul(
+    tiny_llm: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """--int4-block-size is the builder's MatMulNBits block_size: every 4-bit layer of the
+    graph carries it (64: the tiny model's hidden size, which every block must divide)."""
+    import onnx
+
+    out = tmp_path / "int4-b64"
+    argv = ["export-llm", str(tiny_llm[0]), "-o", str(out), "--precision", "int4"]
+    assert main([*argv, "--int4-block-size", "64"]) == 0
+    (graph,) = out.glob("*.onnx")
+    nodes = [n for n in onnx.load(graph, load_external_data=False).graph.node
+             if n.op_type == "MatMulNBits"]  # fmt: skip
+    assert nodes, "no MatMulNBits in the int4 graph"
+    sizes = {a.i for n in nodes for a in n.attribute if a.name == "block_size"}
+    assert sizes == {64}
+
+
+def test_export_llm_refuses_a_block_size_without_int4(
+    tiny_llm: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["export-llm", str(tiny_llm[0]), "-o", str(tmp_path / "o"), "--precision", "fp32"]
+    assert main([*argv, "--int4-block-size", "128"]) == 1
+    assert "--int4-block-size applies to --precision int4 only" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_export_llm_refuses_a_folder_without_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
