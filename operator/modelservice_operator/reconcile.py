@@ -372,12 +372,13 @@ def remove_revisions(owner: Mapping[str, Any], rendered: Iterable[tuple[str, str
     meta = owner["metadata"]
     namespace, uid = meta["namespace"], meta["uid"]
     keep = set(rendered)
-    return [
-        f"{kind} {child}"
-        for kind, child in owned_names(meta["name"])
-        if (kind, child) not in keep
-        and delete_if(kind, namespace, child, lambda live: owned_by(live, uid))
-    ]
+    deleted = []
+    for kind, child in owned_names(meta["name"]):
+        if (kind, child) in keep:
+            continue
+        if delete_if(kind, namespace, child, lambda live: owned_by(live, uid)):
+            deleted.append(f"{kind} {child}")
+    return deleted
 
 
 def remove_stale_hpa(namespace: str, name: str) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,7 +274,7 @@ class _Answer:
         self.entry.requests.on_request(ok, time.perf_counter() - self.started, 0.0, 0.0)
 
 
-async def _sent(answer: _Answer, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _sent(answer: _Answer, events: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
     """A streamed answer's events, then `[DONE]`. A failure after the 200 ends the stream
     with OpenAI's error event; the end, or the client leaving (the app closes this), closes
     `events` and ends the request."""
@@ -288,11 +288,11 @@ async def _sent(answer: _Answer, events: AsyncIterator[bytes]) -> AsyncIterator[
         log.exception("a streamed generation failed", exc_info=e)
         yield openai.error_event(f"generation failed: {first_line(e)}")
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
         answer.end(ok)
 
 
-async def _stream_calls(answer: _Answer) -> AsyncIterator[bytes]:
+async def _stream_calls(answer: _Answer) -> AsyncGenerator[bytes, None]:
     """A streamed answer that may be a tool call: whether it is one is known only at its
     end, so each choice is sent whole (a call as one `tool_calls` delta, else its text)."""
     entry, req, rid, prompt, generations = (
@@ -380,7 +380,7 @@ class _Choices:
         await self._events.aclose()  # type: ignore[attr-defined]
 
 
-async def _stream(answer: _Answer) -> AsyncIterator[bytes]:
+async def _stream(answer: _Answer) -> AsyncGenerator[bytes, None]:
     """The chunks of a streamed answer, each as soon as its tokens are ready (`_sent` adds
     the end); closing it stops reading the generations."""
     entry, req, rid, prompt, generations = (
