@@ -150,8 +150,10 @@ if wanted gateway-api-crds && ! compgen -G "${GATEWAY_API_CRDS}/*.yaml" >/dev/nu
   log "fetching the Gateway API ${GATEWAY_API_VERSION} CRDs (sigs.k8s.io/gateway-api) ..."
   # Outside any module: only that module's zip is downloaded (and checked against go.sum's
   # database), none of its dependencies.
-  (cd "$(mktemp -d)" && GOFLAGS= "${GO}" mod download "sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION}") \
-    || die "go mod download sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION} failed"
+  outside="$(mktemp -d)"
+  (cd "${outside}" && GOFLAGS= "${GO}" mod download "sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION}") \
+    || { rm -rf "${outside}"; die "go mod download sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION} failed"; }
+  rm -rf "${outside}"
   src="$("${GO}" env GOMODCACHE)/sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION}/config/crd/standard"
   mkdir -p "${GATEWAY_API_CRDS}.tmp"
   install -m 0644 "${src}"/*.yaml "${GATEWAY_API_CRDS}.tmp/"
