@@ -44,6 +44,7 @@ from modelservice_operator.reconcile import (
 from modelservice_operator.render import HTTP_PORT, LABEL_INSTANCE, PRIMARY, REVISION_LABEL
 from modelservice_operator.scaling import (
     AT_ZERO,
+    SINCE,
     Activity,
     called_off_state,
     enabled,
@@ -62,6 +63,10 @@ METRICS_TIMEOUT_S = 3.0
 
 # (namespace, name, uid) -> nothing but presence: which ModelServices to check.
 TRACKED: OwnerMemory[bool] = OwnerMemory()
+# (namespace, name, uid) -> status.scaleToZero.since of the stay at zero the events last
+# woke it from. Two activators asking at once give two events whose bodies both predate the
+# first wake's status write; the second must not wake it (and post ScaledFromZero) again.
+WOKEN_FROM: OwnerMemory[str] = OwnerMemory()
 _thread: threading.Thread | None = None
 
 
@@ -76,6 +81,7 @@ def track(owner: Mapping[str, Any], spec: ModelServiceSpec | None) -> None:
 
 def forget(meta: Mapping[str, Any]) -> None:
     TRACKED.pop(owner_key(meta))
+    WOKEN_FROM.pop(owner_key(meta))
     ROUTED_TO_ACTIVATOR.pop(owner_key(meta))
 
 
@@ -112,9 +118,13 @@ def wake_if_asked(owner: Mapping[str, Any], logger: logging.Logger | Any) -> boo
     annotations = (owner.get("metadata") or {}).get("annotations") or {}
     if not wake_requested(owner.get("status"), annotations):
         return False
+    key, since = owner_key(owner["metadata"]), scale_state(owner.get("status")).get(SINCE)
+    if since and WOKEN_FROM.update(key, lambda _: str(since)) == since:
+        return False  # woken from this stay already: this event's body predates that wake
     try:
         wake(owner, spec, logger)
     except KubeApiError as e:
+        WOKEN_FROM.pop(key)  # not woken: the next request or check tries again
         logger.warning("could not wake %s from zero: %s", owner["metadata"]["name"], e)
         return False
     return True

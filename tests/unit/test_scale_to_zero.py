@@ -225,6 +225,46 @@ def test_woken_restarts_the_idle_clock() -> None:
     assert wake_replicas(_spec()) == 1 and wake_replicas(_spec(minReplicas=2)) == 2
 
 
+def test_two_wake_requests_from_one_stay_at_zero_wake_it_once(
+    routed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two activators asking at once: both events' bodies still say atZero (the first
+    wake's status write lands later), and the model is woken once; after its next stay at
+    zero, a request wakes it again. (CI saw two ScaledFromZero events before this.)"""
+    import logging
+
+    from modelservice_operator import scaler
+
+    woken: list[str] = []
+    monkeypatch.setattr(scaler, "wake", lambda owner, spec, logger: woken.append(owner["x"]))
+    # The Gateway API served (what zero_plan asks the API server's discovery).
+    monkeypatch.setattr(scaler, "zero_plan", lambda s: plan_scale_to_zero(s, gateway_api=True))
+
+    def event(since: str, asked: str, x: str) -> dict[str, Any]:
+        body = {
+            "metadata": {"name": "demo", "namespace": "ns", "uid": "u1",
+                         "annotations": {WAKE: asked}},
+            "spec": {"model": {"uri": "https://models.example.com/m.onnx"},
+                     "autoscaling": {"minReplicas": 0, "maxReplicas": 3}},
+            "status": {"scaleToZero": {"atZero": True, "since": since}},
+        }  # fmt: skip
+        return {**indexes.modelservice_entry(body), "x": x}
+
+    log = logging.getLogger(__name__)
+    try:
+        first = scaler.wake_if_asked(
+            event("2026-12-07T12:00:00Z", "2026-12-07T12:05:00Z", "a"), log
+        )
+        second = scaler.wake_if_asked(
+            event("2026-12-07T12:00:00Z", "2026-12-07T12:05:01Z", "b"), log
+        )
+        assert (first, second) == (True, False)
+        assert scaler.wake_if_asked(event("2026-12-07T13:00:00Z", "2026-12-07T13:00:09Z", "c"), log)
+        assert woken == ["a", "c"]
+    finally:
+        scaler.forget({"name": "demo", "namespace": "ns", "uid": "u1"})
+
+
 # --- the route ---------------------------------------------------------------------------------
 
 
