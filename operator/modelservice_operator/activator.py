@@ -9,8 +9,11 @@ process only holds, asks for a wake, and forwards.
 
 While a ModelService is at zero (or waking), its HTTPRoute sends to this Service's HTTP port,
 and its GRPCRoute to its gRPC port (h2c), with the header `X-ModelService-Target:
-<namespace>/<name>` (scaling.TARGET_HEADER; lowercase in gRPC metadata). For each request,
-HTTP or gRPC alike (one Activator, two front ends over the same hold):
+<namespace>/<name>` (scaling.TARGET_HEADER; lowercase in gRPC metadata). Its own Service
+<name> sends here too, through a hold slice (service_hold.py): such a request names its
+model by its Host instead (<name>.<namespace>..., or the Service's ClusterIP or bare name,
+found among the hold slices). For each request, HTTP or gRPC alike (one Activator, two front
+ends over the same hold):
 
 1. the ModelService is read (its hold bound, autoscaling.holdTimeoutSeconds; its status);
 2. at zero, the annotation scaling.WAKE_ANNOTATION is set on it (at most once per
@@ -24,9 +27,9 @@ HTTP or gRPC alike (one Activator, two front ends over the same hold):
    says how long it was held;
 4. past the bound it gets 503 `{"error": "ModelService <ns>/<name> is not ready after <n> s:
    ..."}` (gRPC: UNAVAILABLE with the same message) naming the status's phase, reason and
-   message; a request without the header gets 400 (INVALID_ARGUMENT), one for a
-   ModelService that does not exist 404 (NOT_FOUND). An HTTP body that does not arrive
-   within BODY_READ_S gets 408.
+   message; a request that names no model (neither the header nor its Host) gets 400
+   (INVALID_ARGUMENT), one for a ModelService that does not exist 404 (NOT_FOUND). An HTTP
+   body that does not arrive within BODY_READ_S gets 408.
 
 It keeps no state of its own: everything is in the ModelService (annotation, status) and
 the EndpointSlices. Told to stop (SIGTERM), it goes on holding for DRAIN_S (a model that
@@ -56,6 +59,14 @@ from modelservice_operator.scaling import (
     parse_time,
     rfc3339,
     scale_state,
+)
+from modelservice_operator.service_hold import (
+    GRPC_PORT_NAME,
+    HOLD_SLICES_SELECTOR,
+    HTTP_PORT_NAME,
+    model_slices_selector,
+    ready_endpoints,
+    target_of_host,
 )
 
 log = logging.getLogger("modelservice_operator.activator")
@@ -91,9 +102,6 @@ HOP_HEADERS = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host", "content-length",
 })  # fmt: skip
-# The runtime Service's port names (render.render_service), as its EndpointSlices carry them.
-HTTP_PORT_NAME = "http"
-GRPC_PORT_NAME = "grpc"
 # gRPC metadata keys are lowercase; the reserved ones (grpc-*, HTTP/2's) are the channel's own
 # (the deadline travels as the call's timeout).
 TARGET_KEY = TARGET_HEADER.lower()
@@ -149,25 +157,6 @@ def needs_wake(msvc: Mapping[str, Any]) -> bool:
     return asked is None or (since is not None and asked < since)
 
 
-def ready_endpoints(
-    slices: list[Mapping[str, Any]], port_name: str = HTTP_PORT_NAME
-) -> list[tuple[str, int]]:
-    """(address, port) of every Ready endpoint of the Service's EndpointSlices, on its
-    port named `port_name`."""
-    out = []
-    for s in slices:
-        port = next(
-            (p.get("port") for p in s.get("ports") or [] if p.get("name") == port_name), None
-        )  # fmt: skip
-        if port is None:
-            continue
-        for e in s.get("endpoints") or []:
-            if (e.get("conditions") or {}).get("ready") is False:
-                continue
-            out += [(str(a), int(port)) for a in e.get("addresses") or []]
-    return out
-
-
 def passed_metadata(metadata: Any) -> tuple[tuple[str, Any], ...]:
     """gRPC metadata to pass on: all but the target, the held seconds, and what the channel
     sets itself (reserved grpc-* keys, HTTP/2 pseudo-headers, hop-by-hop headers)."""
@@ -200,9 +189,18 @@ class Activator:
     """Both front ends (HTTP: `handle`; gRPC: `handle_grpc`) over one hold (`target`,
     `hold`), with short-lived caches of API reads shared by all requests."""
 
-    def __init__(self, drain_s: float = DRAIN_S, body_read_s: float = BODY_READ_S) -> None:
+    def __init__(
+        self,
+        drain_s: float = DRAIN_S,
+        body_read_s: float = BODY_READ_S,
+        namespaces: tuple[str, ...] = (),
+    ) -> None:
         self._msvc: dict[tuple[str, str], _Cached] = {}
         self._slices: dict[tuple[str, str], _Cached] = {}
+        self._hold_slices: dict[tuple[str, str], _Cached] = {}
+        # Where the hold slices are looked for: every namespace (a ClusterRole), or only the
+        # watched ones (a Role in each: the chart's watchNamespaces).
+        self._namespaces = namespaces
         self._woken: dict[tuple[str, str], float] = {}
         self._session: Any = None
         self._channels: dict[tuple[str, int], Any] = {}  # grpc.aio channels, oldest use first
@@ -243,10 +241,10 @@ class Activator:
         self, namespace: str, name: str, port_name: str = HTTP_PORT_NAME
     ) -> list[tuple[str, int]]:
         """Ready endpoints of the Service <name> on its port `port_name` (one read of its
-        EndpointSlices serves both front ends)."""
+        EndpointSlices serves both front ends); never the hold slice's (ours)."""
 
         def read() -> list[dict[str, Any]]:
-            selector = f"kubernetes.io/service-name={name}"
+            selector = model_slices_selector(name)
             return client().list_objects("EndpointSlice", namespace, selector)
 
         return ready_endpoints(await self._cached(self._slices, (namespace, name), read), port_name)
@@ -266,14 +264,39 @@ class Activator:
         except KubeApiError as e:
             log.warning("could not ask for a wake of %s/%s: %s", namespace, name, e)
 
-    async def target(self, value: str | None) -> tuple[str, str, dict[str, Any]]:
-        """The ModelService the route's header names: (namespace, name, the object).
-        Refused 400 without a valid header, 404 when it does not exist, 503 unreadable."""
+    async def hold_slices(self) -> list[dict[str, Any]]:
+        """Every hold slice (service_hold.py) where this activator may look."""
+
+        def read() -> list[dict[str, Any]]:
+            kube = client()
+            return [
+                s
+                for namespace in self._namespaces or (None,)
+                for s in kube.list_objects("EndpointSlice", namespace, HOLD_SLICES_SELECTOR)
+            ]
+
+        return await self._cached(self._hold_slices, ("", ""), read)  # type: ignore[no-any-return]
+
+    async def target(
+        self, value: str | None, host: str | None = None
+    ) -> tuple[str, str, dict[str, Any]]:
+        """The ModelService the route's header names, else the one whose Service the Host
+        names (a request sent to the Service directly): (namespace, name, the object).
+        Refused 400 when neither names one, 404 when it does not exist, 503 unreadable."""
         target = parse_target(value)
+        if target is None and value is None and host:
+            target = target_of_host(host)
+            if target is None:  # a ClusterIP or a bare name: the hold slices tell
+                try:
+                    target = target_of_host(host, await self.hold_slices())
+                except KubeApiError as e:
+                    log.warning("cannot list the hold slices: %s", e)
         if target is None:
             raise Refused(
                 400, f"header {TARGET_HEADER}: expected <namespace>/<name> of a ModelService "
-                "(the HTTPRoute or GRPCRoute of a ModelService at zero sets it)",
+                "(the HTTPRoute or GRPCRoute of a ModelService at zero sets it); without it, "
+                f"the Host ({host or 'none'}) must name the Service of a ModelService at zero "
+                "(<name>.<namespace>, its ClusterIP, or its name)",
             )  # fmt: skip
         namespace, name = target
         try:
@@ -337,7 +360,9 @@ class Activator:
             return web.Response(text="ok")
         start = time.monotonic()
         try:
-            namespace, name, msvc = await self.target(request.headers.get(TARGET_HEADER))
+            namespace, name, msvc = await self.target(
+                request.headers.get(TARGET_HEADER), request.headers.get("Host")
+            )
             body = await self.read_body(request)
             endpoint, held = await self.hold(namespace, name, msvc, start)
         except Refused as e:
@@ -543,6 +568,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--grpc-port", type=int, default=DEFAULT_GRPC_PORT,
         help=f"gRPC (h2c) port (default {DEFAULT_GRPC_PORT}); 0: no gRPC listener",
     )  # fmt: skip
+    parser.add_argument(
+        "--namespace", action="append", default=[], dest="namespaces",
+        help="a namespace whose Services may send here (repeat; default: every namespace, "
+        "which needs a ClusterRole to list EndpointSlices)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -553,7 +583,8 @@ def run(args: argparse.Namespace) -> int:
     log.info("modelservice activator listening on %s:%d", args.host, args.port)
     grpc_address = (args.host, args.grpc_port) if args.grpc_port else None
     web.run_app(
-        create_app(grpc_address=grpc_address), host=args.host, port=args.port, print=None,
+        create_app(Activator(namespaces=tuple(args.namespaces)), grpc_address=grpc_address),
+        host=args.host, port=args.port, print=None,
         access_log=None, shutdown_timeout=SHUTDOWN_S,
     )  # fmt: skip
     return 0

@@ -57,9 +57,10 @@ class KubeApiError(Exception):
         return "NamespaceTerminating" in self.causes
 
 
-def object_path(kind: str, namespace: str, name: str | None = None) -> str:
+def object_path(kind: str, namespace: str | None, name: str | None = None) -> str:
+    """The object's API path; namespace None: the kind in every namespace (lists only)."""
     prefix, plural = RESOURCES[kind]
-    path = f"{prefix}/namespaces/{namespace}/{plural}"
+    path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
     return f"{path}/{name}" if name else path
 
 
@@ -184,8 +185,8 @@ class Kube:
             self._discovered[kind] = (found, now)
         return found
 
-    def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-        """Objects of `kind` in `namespace` matching the label selector."""
+    def list_objects(self, kind: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        """Objects of `kind` in `namespace` (None: in all) matching the label selector."""
         doc = self.request("GET", object_path(kind, namespace), query=[("labelSelector", selector)])
         return list(doc.get("items") or [])
 

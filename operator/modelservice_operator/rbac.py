@@ -19,10 +19,14 @@ the operator under a ServiceAccount bound to nothing else.
 - Events: kopf posts them (core/v1).
 - Scale to zero (scaler.py): a Deployment's replicas set through its scale subresource
   (deployments/scale patch); the runtime pods' /metrics are read over the pod network (no
-  API rule). In the activator's namespace alone (ACTIVATOR_NAMESPACE_RULES): the
-  ReferenceGrants that let each namespace's HTTPRoutes reach the activator's Service.
+  API rule). While a model is at zero, an EndpointSlice of its Service lists the
+  activator's pods (service_hold.py: applied, deleted once a pod is Ready). In the
+  activator's namespace alone (ACTIVATOR_NAMESPACE_RULES): the ReferenceGrants that let
+  each namespace's HTTPRoutes reach the activator's Service, and the activator's own
+  EndpointSlices (listed: its Ready pods).
 - The activator (ACTIVATOR_RULES, its own ServiceAccount): reads ModelServices and patches
-  their wake annotation, lists EndpointSlices to find a Ready pod.
+  their wake annotation, lists EndpointSlices to find a Ready pod (and the hold slices, to
+  tell which model a request sent to a Service names).
 - Cluster-scoped reads for kopf: namespaces (namespace globs) and CRDs (resource scanning).
 - No Secrets, ReplicaSets or anything else.
 """
@@ -53,6 +57,12 @@ NAMESPACED_RULES: list[dict[str, Any]] = [
         "verbs": ["get", "create", "patch", "delete"],
     },
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
+    # The Service's hold slice at zero (service_hold.py): applied, deleted on the way back.
+    {
+        "apiGroups": ["discovery.k8s.io"],
+        "resources": ["endpointslices"],
+        "verbs": ["get", "create", "patch", "delete"],
+    },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
@@ -65,6 +75,8 @@ ACTIVATOR_NAMESPACE_RULES: list[dict[str, Any]] = [
         "resources": ["referencegrants"],
         "verbs": ["get", "create", "patch", "delete"],
     },
+    # The activator's Ready pods, which the hold slices list (service_hold.py).
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]},
 ]
 
 # The activator, wherever ModelServices are (a ClusterRole, or a Role per watched namespace).

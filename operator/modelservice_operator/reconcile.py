@@ -47,6 +47,14 @@ from modelservice_operator.scaling import (
     plan_scale_to_zero,
     route_to_activator,
 )
+from modelservice_operator.service_hold import (
+    HOLD_MANAGER,
+    MANAGED_BY_LABEL,
+    SERVICE_NAME_LABEL,
+    ActivatorPods,
+    hold_slice_name,
+    render_hold_slice,
+)
 from modelservice_operator.spec import ModelServiceSpec
 from modelservice_operator.status import compute_status
 from modelservice_operator.traffic import (
@@ -281,6 +289,61 @@ def failure_is_the_specs(e: ReconcileError) -> bool:
 # Per ModelService that scales to zero: whether its HTTPRoute was last applied to the
 # activator, so that its many events re-apply the route only when that changes.
 ROUTED_TO_ACTIVATOR: OwnerMemory[bool] = OwnerMemory()
+# Per ModelService: the activator pods its Service's hold slice (service_hold.py) was last
+# written with; absent: it has none, as far as this process knows.
+HELD_BY: OwnerMemory[ActivatorPods] = OwnerMemory()
+
+
+def activator_pods(activator: ActivatorRef) -> ActivatorPods:
+    """The activator's Ready pods, from its Service's EndpointSlices."""
+    selector = f"{SERVICE_NAME_LABEL}={activator.name}"
+    try:
+        slices = client().list_objects("EndpointSlice", activator.namespace, selector)
+        return ActivatorPods.of(slices)
+    except KubeApiError as e:
+        raise ReconcileError(f"EndpointSlices of the activator {activator.name}: {e}") from e
+
+
+def _hold_slice_ours(live: Mapping[str, Any] | None) -> bool:
+    return ((live or {}).get("metadata") or {}).get("labels", {}).get(MANAGED_BY_LABEL) == (
+        HOLD_MANAGER
+    )
+
+
+def sync_hold(
+    owner: Mapping[str, Any],
+    activator: ActivatorRef | None,
+    *,
+    service: Mapping[str, Any] | None = None,
+    pods: ActivatorPods | None = None,
+) -> None:
+    """While the routes go to `activator`, the Service <name> has a hold slice listing the
+    activator's Ready pods (`pods`, read when not given), so that requests sent to the
+    Service directly are held as well; otherwise it has none. Written only when that
+    changes. `service`: the Service as it lives (read when not given: its ClusterIP)."""
+    meta = owner["metadata"]
+    key, name, namespace = owner_key(meta), meta["name"], meta["namespace"]
+    if activator is None:
+        # After a restart nothing is remembered: a model still marked at zero may have one.
+        if key in HELD_BY or at_zero(owner.get("status")):
+            delete_if("EndpointSlice", namespace, hold_slice_name(name), ours=_hold_slice_ours)
+            HELD_BY.pop(key)
+        return
+    pods = pods if pods is not None else activator_pods(activator)
+    if HELD_BY.get(key) == pods:
+        return
+    if service is None:
+        try:
+            service = client().get("Service", namespace, name)
+        except KubeApiError as e:
+            raise ReconcileError(f"Service {name}: {e.message or e.reason}") from e
+    held = render_hold_slice(name, namespace, service or {}, pods)
+    if held is None:  # no activator pod is Ready: nothing to send to
+        delete_if("EndpointSlice", namespace, hold_slice_name(name), ours=_hold_slice_ours)
+    else:
+        kopf.adopt(held, owner=owner_body(owner))  # type: ignore[arg-type]
+        apply_child(held)
+    HELD_BY.put(key, pods)
 
 
 def refresh_route(
@@ -303,12 +366,14 @@ def refresh_route(
             if not enabled(zero_plan(spec)):
                 ROUTED_TO_ACTIVATOR.pop(key)
                 return
-            wanted = to_activator(owner, spec, primary) is not None
+            activator = to_activator(owner, spec, primary)
+            wanted = activator is not None
             if ROUTED_TO_ACTIVATOR.get(key) is wanted:
                 return
         for route in desired_routes(owner, spec, traffic_plan(owner, spec), canary, primary):
             apply_child(route)
         if spec.canary is None:
+            sync_hold(owner, activator)
             ROUTED_TO_ACTIVATOR.update(key, lambda _: wanted)
     except ReconcileError as e:
         logger.warning("could not update the routes of %s: %s", owner["metadata"]["name"], e)
@@ -422,8 +487,10 @@ def apply_routes(
     for child in routes:
         applied[(child["kind"], child["metadata"]["name"])] = apply_child(child)
     if routes:
-        to_zero = to_activator(owner, spec, primary) is not None
-        ROUTED_TO_ACTIVATOR.update(owner_key(owner["metadata"]), lambda _: to_zero)
+        activator = to_activator(owner, spec, primary)
+        service = applied.get(("Service", owner["metadata"]["name"]))
+        sync_hold(owner, activator, service=service)
+        ROUTED_TO_ACTIVATOR.update(owner_key(owner["metadata"]), lambda _: activator is not None)
     return routes
 
 

@@ -36,9 +36,14 @@ from modelservice_operator.kube import KubeApiError, client
 from modelservice_operator.memory import OwnerMemory, owner_key
 from modelservice_operator.reasons import EventReason
 from modelservice_operator.reconcile import (
+    HELD_BY,
     ROUTED_TO_ACTIVATOR,
+    ReconcileError,
+    activator_pods,
     normal_event,
     refresh_route,
+    sync_hold,
+    to_activator,
     zero_plan,
 )
 from modelservice_operator.render import HTTP_PORT, LABEL_INSTANCE, PRIMARY, REVISION_LABEL
@@ -56,7 +61,9 @@ from modelservice_operator.scaling import (
     wake_requested,
     woken_state,
 )
+from modelservice_operator.service_hold import ActivatorPods
 from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
+from modelservice_operator.traffic import ActivatorRef
 
 SCALE_INTERVAL_S = 5.0
 METRICS_TIMEOUT_S = 3.0
@@ -83,6 +90,7 @@ def forget(meta: Mapping[str, Any]) -> None:
     TRACKED.pop(owner_key(meta))
     WOKEN_FROM.pop(owner_key(meta))
     ROUTED_TO_ACTIVATOR.pop(owner_key(meta))
+    HELD_BY.pop(owner_key(meta))
 
 
 def _now() -> datetime:
@@ -165,8 +173,27 @@ def observe(namespace: str, name: str, replicas: int) -> Activity | None:
     return request_activity(texts)
 
 
-def check(namespace: str, name: str, logger: logging.Logger | Any) -> None:
-    """One idle check (or wake, or repair) of one ModelService, read afresh."""
+class _ActivatorPodsOnce:
+    """The activator's Ready pods, read at most once per pass of the checks (and only when
+    a model at zero needs them)."""
+
+    def __init__(self) -> None:
+        self._pods: ActivatorPods | None = None
+
+    def __call__(self, activator: ActivatorRef) -> ActivatorPods:
+        if self._pods is None:
+            self._pods = activator_pods(activator)
+        return self._pods
+
+
+def check(
+    namespace: str,
+    name: str,
+    logger: logging.Logger | Any,
+    pods_of: _ActivatorPodsOnce | None = None,
+) -> None:
+    """One idle check (or wake, or repair) of one ModelService, read afresh; while its
+    routes go to the activator, its Service's hold slice follows the activator's pods."""
     kube = client()
     body = kube.get("ModelService", namespace, name)
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
@@ -184,6 +211,9 @@ def check(namespace: str, name: str, logger: logging.Logger | Any) -> None:
     replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
     status = owner.get("status") or {}
     state = scale_state(status)
+    activator = to_activator(owner, spec, deployment)
+    if activator is not None:  # the activator's pods may have changed (a restart)
+        sync_hold(owner, activator, pods=(pods_of or _ActivatorPodsOnce())(activator))
     assert spec.autoscaling is not None
     idle = spec.autoscaling.idle_seconds
     if state.get(AT_ZERO):
@@ -221,9 +251,12 @@ def check(namespace: str, name: str, logger: logging.Logger | Any) -> None:
 
 
 def check_once(logger: logging.Logger | Any) -> None:
+    pods_of = _ActivatorPodsOnce()
     for (namespace, name, _), _tracked in TRACKED.items():
         try:
-            check(namespace, name, logger)
+            check(namespace, name, logger, pods_of)
+        except ReconcileError as e:
+            logger.warning("scale-to-zero check of %s/%s failed: %s", namespace, name, e)
         except KubeApiError as e:
             if e.status != 404:
                 logger.warning("scale-to-zero check of %s/%s failed: %s", namespace, name, e)

@@ -98,24 +98,24 @@ def scale_to_zero(name: str, model: dict[str, Any], **autoscaling: Any) -> dict[
     }
 
 
-def infer(name: str, timeout: float) -> tuple[int, dict[str, Any], float]:
-    """One V2 inference through the Gateway: (status, JSON body, seconds). The body gets
+def infer(
+    name: str, timeout: float, address: str | None = None, host: str | None = None
+) -> tuple[int, dict[str, Any], float]:
+    """One V2 inference through the Gateway (or to `address`, port 80, with Host `host`;
+    None: http.client's own, the address): (status, JSON body, seconds). The body gets
     key "_held" when the activator answered (its header, the seconds it held it)."""
     body = json.dumps(
         {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": X}]}
     )
-    conn = http.client.HTTPConnection(GATEWAY.ip, 80, timeout=timeout)
+    headers = {"Content-Type": "application/json"}
+    if address is None:
+        headers["Host"] = f"{name}.{NAMESPACE}.models.internal"
+    elif host is not None:
+        headers["Host"] = host
+    conn = http.client.HTTPConnection(address or GATEWAY.ip, 80, timeout=timeout)
     start = time.monotonic()
     try:
-        conn.request(
-            "POST",
-            f"/v2/models/{name}/infer",
-            body=body,
-            headers={
-                "Host": f"{name}.{NAMESPACE}.models.internal",
-                "Content-Type": "application/json",
-            },
-        )
+        conn.request("POST", f"/v2/models/{name}/infer", body=body, headers=headers)
         resp = conn.getresponse()
         raw = resp.read()
     finally:
@@ -327,6 +327,63 @@ def wait_at_zero(
         return wait_until(f"{name} at zero", at_zero, timeout=timeout, interval=2)
     except AssertionError as e:
         raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
+
+
+def hold_slice(kctl: Kubectl, name: str) -> dict[str, Any] | None:
+    """The EndpointSlice that points the Service <name> at the activator while at zero."""
+    return kctl.maybe_get("endpointslice", f"{name}-activator", NAMESPACE)
+
+
+def slice_addresses(held: dict[str, Any] | None) -> list[str]:
+    return sorted(a for e in (held or {}).get("endpoints") or [] for a in e["addresses"])
+
+
+def test_a_request_sent_to_the_service_directly_is_held_from_zero(
+    kctl: Kubectl, operator_and_activator: None, model_files: ModelFiles
+) -> None:
+    """In-cluster clients may call the model's Service, not the Gateway: at zero, the
+    operator points the Service at the activator too (a hold slice beside the controller's),
+    which tells the model by the Host (the ClusterIP, or the Service's DNS name), holds the
+    requests, wakes the model and answers; once a pod is Ready the slice goes."""
+    name = "direct"
+    model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"]}
+    kctl.apply(scale_to_zero(name, model, idleSeconds=10), NAMESPACE)
+    wait_at_zero(kctl, name, timeout=200)
+    activators = sorted(p["status"]["podIP"] for p in live_activators(kctl))
+    held = wait_until(
+        "the hold slice listing the activator",
+        lambda: hold_slice(kctl, name) if slice_addresses(hold_slice(kctl, name)) == activators
+        else None, timeout=30,
+    )  # fmt: skip
+    service = kctl.get("service", name, NAMESPACE)
+    ip = service["spec"]["clusterIP"]
+    assert held["metadata"]["labels"]["kubernetes.io/service-name"] == name
+    assert service["spec"]["selector"]  # the Service itself is left as it was
+
+    hosts = [None, f"{name}.{NAMESPACE}.svc.cluster.local"]  # None: the ClusterIP
+    results: list[Any] = [None] * len(hosts)
+
+    def send(i: int) -> None:
+        try:
+            results[i] = infer(name, 240, address=ip, host=hosts[i])
+        except OSError as e:
+            results[i] = repr(e)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(hosts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    print(f"\nrequests sent to the Service {ip} at zero (Host: address, DNS name): "
+          f"{[r if isinstance(r, str) else (r[0], round(r[2], 2)) for r in results]}")  # fmt: skip
+    for got in results:
+        assert not isinstance(got, str) and got[0] == 200, (results, describe(kctl, name))
+        assert got[1]["outputs"][0]["shape"] == [1, 10] and got[1]["_held"] > 0, got
+
+    wait_back(kctl, name)
+    wait_until("the hold slice gone", lambda: hold_slice(kctl, name) is None, timeout=30)
+    status, doc, _ = infer(name, 30, address=ip)
+    assert status == 200 and "_held" not in doc, (status, doc)  # from the pod itself
 
 
 @dataclass
@@ -664,6 +721,12 @@ def test_two_activator_replicas_hold_the_requests_of_one_model_together(
     try:
         pods = wait_until("2 Ready activators", lambda: ready_activators(2), timeout=120)
         wait_at_zero(kctl, name, timeout=200)
+        # The Service's hold slice follows the activator's pods (both, once both are Ready).
+        ips = sorted(p["status"]["podIP"] for p in live_activators(kctl))
+        wait_until(
+            "the hold slice listing both activators",
+            lambda: slice_addresses(hold_slice(kctl, name)) == ips, timeout=30,
+        )  # fmt: skip
         results, join = _held_by_three(name, 6)
         join()
         answers = [r if isinstance(r, str) else (r[0], round(r[2], 2)) for r in results]

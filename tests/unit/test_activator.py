@@ -16,8 +16,11 @@ from typing import Any
 
 import pytest
 from modelservice_operator import activator as act
+from modelservice_operator.render import render_service
+from modelservice_operator.service_hold import ActivatorPods, render_hold_slice
 
 TARGET = act.TARGET_HEADER
+SERVICE_IP = "198.19.3.4"
 
 
 class FakeCluster(act.Activator):
@@ -57,6 +60,13 @@ class FakeCluster(act.Activator):
 
     async def wake(self, namespace: str, name: str, msvc: Any) -> None:
         self.wakes += 1
+
+    async def hold_slices(self) -> list[dict[str, Any]]:
+        """ns/m's Service (ClusterIP SERVICE_IP) at zero, pointed at the activator."""
+        service = render_service("m", "ns")
+        service["spec"]["clusterIP"] = SERVICE_IP
+        held = render_hold_slice("m", "ns", service, ActivatorPods(("198.18.0.7",), 8080, 8081))
+        return [held] if held is not None else []
 
 
 async def _serve(app: Any) -> tuple[Any, int]:
@@ -142,6 +152,31 @@ def test_a_request_is_held_until_an_endpoint_is_ready_then_forwarded() -> None:
         assert fake.looks == 4 and fake.wakes == 3  # one wake ask per look while held
 
     _run(test, ready_after=3)
+
+
+def test_a_request_sent_to_the_service_is_told_by_its_host_held_and_forwarded() -> None:
+    """No target header (the request came through the model's Service, not the Gateway):
+    the Host names the model, by the Service's DNS name, its ClusterIP or its bare name."""
+
+    async def test(session: Any, fake: FakeCluster, _: asyncio.Event) -> None:
+        body = {"inputs": []}
+        for host in ("m.ns.svc.cluster.local", f"{SERVICE_IP}:80", "m"):
+            async with session.post(
+                "/v2/models/m/infer", json=body, headers={"Host": host}
+            ) as resp:
+                assert resp.status == 200, (host, await resp.text())
+                assert (await resp.json())["echo"] == body
+        assert fake.wakes == 2  # held twice by the first request, then the endpoint was Ready
+        async with session.post("/v2/models/m/infer", json=body, headers={"Host": "m.gone"}) as r:
+            assert r.status == 404 and "gone/m does not exist" in (await r.json())["error"]
+        async with session.post(
+            "/v2/models/m/infer", json=body, headers={"Host": "198.19.3.9"}
+        ) as resp:
+            assert resp.status == 400
+            message = (await resp.json())["error"]
+        assert TARGET in message and "the Host (198.19.3.9) must name the Service" in message
+
+    _run(test, ready_after=2)
 
 
 def test_past_the_hold_bound_503_names_the_modelservice_and_its_status() -> None:

@@ -405,8 +405,10 @@ def test_the_activator_renders_its_pods_service_and_least_rbac(set_args: tuple[s
     (operator,) = [d for d in by_kind(docs, "Deployment") if d is not activator]
     pod = activator["spec"]["template"]["spec"]
     (container,) = pod["containers"]
+    # With watchNamespaces it looks for the Services' hold slices there only (its Roles).
+    told = ["--namespace", "team-a", "--namespace", "team-b"] if set_args else []
     assert container["command"] == [
-        "modelservice", "activator", "--port", "8080", "--grpc-port", "8081",
+        "modelservice", "activator", "--port", "8080", "--grpc-port", "8081", *told,
     ]  # fmt: skip
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": 8080, "grpc": 8081}

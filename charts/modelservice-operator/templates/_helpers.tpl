@@ -89,6 +89,10 @@ Rules for the namespaced objects the operator owns and reconciles. Shared by the
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
   verbs: ["patch"]
+# Scale to zero: the EndpointSlice that points a model's Service at the activator while at zero.
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "create", "patch", "delete"]
 # Runtime pods: only watched, to report why replicas are not ready (a failed model fetch).
 - apiGroups: [""]
   resources: ["pods"]
@@ -164,7 +168,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["serving.modelservice.io"]
   resources: ["modelservices"]
   verbs: ["get", "patch"]
-# Finds a Ready pod of the model's Service.
+# Finds a Ready pod of the model's Service, and the model a Service's hold slice is for.
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["list"]
