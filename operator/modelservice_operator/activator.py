@@ -52,18 +52,19 @@ from typing import Any
 
 from modelservice_operator.kube import KubeApiError, client
 from modelservice_operator.scaling import (
-    SINCE,
     TARGET_HEADER,
     WAKE_ANNOTATION,
-    at_zero,
-    parse_time,
+    hold_seconds,
+    needs_wake,
+    not_ready_message,
+    parse_target,
     rfc3339,
-    scale_state,
 )
 from modelservice_operator.service_hold import (
     GRPC_PORT_NAME,
     HOLD_SLICES_SELECTOR,
     HTTP_PORT_NAME,
+    bare_host,
     model_slices_selector,
     ready_endpoints,
     target_of_host,
@@ -76,10 +77,13 @@ DEFAULT_GRPC_PORT = 8081  # the gRPC (h2c) listener; 0: none
 # On every answer the activator forwards: the seconds it held the request for a Ready pod
 # (gRPC: initial metadata, lowercase).
 HELD_HEADER = "X-ModelService-Held-Seconds"
-DEFAULT_HOLD_S = 300
 WAKE_EVERY_S = 5.0  # at most one wake annotation per model this often
 POLL_S = 0.25  # how often a held request looks for a Ready endpoint
 CACHE_S = 0.2  # how long one read of a ModelService or its endpoints serves every request
+# How long a Host the hold slices resolved (a ClusterIP, a bare name) stays known after its
+# slice is gone: kube-proxy may still send a request or two here for a moment after the
+# operator deletes the slice (the model awake again); those are forwarded, not refused.
+RESOLVED_S = 60.0
 MAX_BUFFERED_BODY = 8 * 1024 * 1024  # larger (or unknown-length) bodies are streamed
 # A buffered body must arrive within this once the headers have: a client (or a Gateway
 # connection) that sent its headers and stalls gets 408, instead of a task waiting forever.
@@ -118,43 +122,6 @@ class Refused(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-def parse_target(value: str | None) -> tuple[str, str] | None:
-    """<namespace>/<name> of the header, or None when absent or malformed."""
-    if not value or value.count("/") != 1:
-        return None
-    namespace, name = value.strip().split("/")
-    return (namespace, name) if namespace and name else None
-
-
-def hold_seconds(msvc: Mapping[str, Any]) -> int:
-    a = (msvc.get("spec") or {}).get("autoscaling") or {}
-    return int(a.get("holdTimeoutSeconds") or DEFAULT_HOLD_S)
-
-
-def not_ready_message(namespace: str, name: str, held_s: float, msvc: Mapping[str, Any]) -> str:
-    """The 503's message: what the ModelService's status says it waits for."""
-    status = msvc.get("status") or {}
-    ready = next(
-        (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
-    )  # fmt: skip
-    why = ", ".join(
-        str(x) for x in (status.get("phase"), ready.get("reason"), ready.get("message")) if x
-    )
-    why = why or "no status"
-    return f"ModelService {namespace}/{name} is not ready after {held_s:.0f} s: {why}"
-
-
-def needs_wake(msvc: Mapping[str, Any]) -> bool:
-    """At zero and no wake asked since it went there (the operator wakes on the first)."""
-    status = msvc.get("status")
-    if not at_zero(status):
-        return False
-    annotations = (msvc.get("metadata") or {}).get("annotations") or {}
-    asked = parse_time(annotations.get(WAKE_ANNOTATION))
-    since = parse_time(scale_state(status).get(SINCE))
-    return asked is None or (since is not None and asked < since)
 
 
 def passed_metadata(metadata: Any) -> tuple[tuple[str, Any], ...]:
@@ -198,6 +165,7 @@ class Activator:
         self._msvc: dict[tuple[str, str], _Cached] = {}
         self._slices: dict[tuple[str, str], _Cached] = {}
         self._hold_slices: dict[tuple[str, str], _Cached] = {}
+        self._resolved: dict[str, _Cached] = {}  # Host -> (namespace, name), RESOLVED_S
         # Where the hold slices are looked for: every namespace (a ClusterRole), or only the
         # watched ones (a Role in each: the chart's watchNamespaces).
         self._namespaces = namespaces
@@ -277,6 +245,24 @@ class Activator:
 
         return await self._cached(self._hold_slices, ("", ""), read)  # type: ignore[no-any-return]
 
+    async def _resolve(self, host: str) -> tuple[str, str] | None:
+        """The model a ClusterIP or bare-name Host is for, from the hold slices, or as they
+        said within RESOLVED_S (the slice deleted meanwhile)."""
+        now, host = time.monotonic(), bare_host(host)
+        try:
+            target = target_of_host(host, await self.hold_slices())
+        except KubeApiError as e:
+            log.warning("cannot list the hold slices: %s", e)
+            target = None
+        if target is not None:
+            self._resolved[host] = _Cached(now, target)
+            return target
+        known = self._resolved.get(host)
+        if known is not None and now - known.at < RESOLVED_S:
+            return known.value  # type: ignore[no-any-return]
+        self._resolved.pop(host, None)
+        return None
+
     async def target(
         self, value: str | None, host: str | None = None
     ) -> tuple[str, str, dict[str, Any]]:
@@ -287,10 +273,7 @@ class Activator:
         if target is None and value is None and host:
             target = target_of_host(host)
             if target is None:  # a ClusterIP or a bare name: the hold slices tell
-                try:
-                    target = target_of_host(host, await self.hold_slices())
-                except KubeApiError as e:
-                    log.warning("cannot list the hold slices: %s", e)
+                target = await self._resolve(host)
         if target is None:
             raise Refused(
                 400, f"header {TARGET_HEADER}: expected <namespace>/<name> of a ModelService "

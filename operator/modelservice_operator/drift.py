@@ -18,12 +18,14 @@ from modelservice_operator.kube import KubeApiError
 from modelservice_operator.reasons import EventReason
 from modelservice_operator.reconcile import (
     HPA,
-    ReconcileError,
-    apply_child,
     desired_child,
-    normal_event,
 )
 from modelservice_operator.render import scale_down_held
+from modelservice_operator.writes import (
+    ReconcileError,
+    apply_child,
+    normal_event,
+)
 
 
 def _named(items: list[Any]) -> dict[Any, Any] | None:

@@ -14,6 +14,9 @@ concern. Nothing else lives here.
   siblings' status from the watches, without an API call; events of the ModelService itself
   re-check its status once (closing the race between the reconcile's status write and the
   children's last event).
+- Events of owned HTTPRoutes and GRPCRoutes (their Gateway's controller writing their
+  status) -> the owner's condition Routed, through the same `refresh_status` (the routes'
+  statuses are kept in indexes.ROUTES, not a kopf index: the Gateway API may be absent).
 - One exception to "no polling": progress.py's thread reads the last log line of a pod
   fetching or loading its model, for the status message (a log is no event).
 - A watched namespace deleted: its entries are dropped from every index (purge.py).
@@ -44,14 +47,13 @@ from modelservice_operator.progress import start_progress_poller
 from modelservice_operator.purge import purge
 from modelservice_operator.reasons import Reason
 from modelservice_operator.reconcile import (
-    ReconcileError,
-    failure_is_the_specs,
     may_have_hpa,
     may_have_revisions,
     reconcile,
     refresh_route,
     refresh_scale_down,
     remove_reference_grant,
+    remove_stale_route,
 )
 from modelservice_operator.reporting import (
     children_may_update,
@@ -68,7 +70,11 @@ from modelservice_operator.scaling import asks_for_zero
 from modelservice_operator.settings import OperatorSettings
 from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
 from modelservice_operator.status import invalid_status
-from modelservice_operator.traffic import set_route_defaults
+from modelservice_operator.traffic import gateway_of, set_route_defaults
+from modelservice_operator.writes import (
+    ReconcileError,
+    failure_is_the_specs,
+)
 
 RETRY_DELAY_S = 10
 # Threads running the (synchronous) handlers. 1000 ModelServices created at once on 2
@@ -392,6 +398,29 @@ def pod_event(body: kopf.Body, namespace: str, logger: kopf.Logger, **kwargs: An
     found = watched.children(owner)
     refresh_scale_down(owner, found, logger)
     refresh_status(owner, found, logger)
+
+
+@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes", labels=CHILD_LABELS)
+@kopf.on.event("gateway.networking.k8s.io", "v1", "grpcroutes", labels=CHILD_LABELS)
+def route_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **kwargs: Any) -> None:
+    """A route of ours changed (mostly its status: the Gateway's controller accepted it, or
+    not): its owner's condition Routed follows. A route no Gateway wants any more (the
+    operator's default Gateway gone) is deleted."""
+    watched = Indexes.given(kwargs)
+    key = indexes.note_route(body, deleted=type == "DELETED")
+    if key is None:
+        return
+    namespace, name, uid = key
+    owner = indexes.indexed(watched.modelservices, namespace, name)
+    if owner is None or owner["metadata"].get("uid") != uid:
+        return
+    if owner["metadata"].get("deletionTimestamp"):
+        return
+    spec = indexes.owner_spec(owner)
+    if type != "DELETED" and spec is not None and gateway_of(spec) is None:
+        remove_stale_route(owner, body, logger)
+        return
+    refresh_status(owner, watched.children(owner), logger)
 
 
 @kopf.on.event("v1", "namespaces")

@@ -19,6 +19,7 @@ from typing import Any
 import kopf
 
 from modelservice_operator import API_VERSION, FIELD_MANAGER, KIND
+from modelservice_operator.memory import OwnerKey, OwnerMemory
 from modelservice_operator.pods import pod_essentials
 from modelservice_operator.render import (
     LABEL_INSTANCE,
@@ -185,6 +186,51 @@ def owner_body(owner: Mapping[str, Any]) -> dict[str, Any]:
 def indexed(index: kopf.Index[Any, Any], namespace: str, name: str) -> dict[str, Any] | None:
     """The first entry under (namespace, name), or None."""
     return next(iter(index.get((namespace, name), [])), None)
+
+
+# Each ModelService's routes as their last event or apply showed them (route_entry), by
+# kind: owner_key -> {"HTTPRoute": ..., "GRPCRoute": ...}. Not a kopf index: an index of a
+# kind the cluster may not serve (the Gateway API is an add-on) must not hold up the others.
+ROUTES: OwnerMemory[dict[str, dict[str, Any]]] = OwnerMemory()
+
+
+def route_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the Routed condition reads of a route: kind, name, generation, status.parents."""
+    meta = body.get("metadata") or {}
+    return {
+        "kind": body.get("kind"),
+        "metadata": {"name": meta.get("name"), "generation": meta.get("generation")},
+        "status": {"parents": clean((body.get("status") or {}).get("parents") or [])},
+    }
+
+
+def note_route(body: Mapping[str, Any], deleted: bool = False) -> OwnerKey | None:
+    """Keep (or, `deleted`, drop) a route of ours in ROUTES under the ModelService that
+    controls it; returns that key (None: no ModelService controls it)."""
+    meta = body.get("metadata") or {}
+    refs = meta.get("ownerReferences") or []
+    ref = next((r for r in refs if r.get("kind") == KIND and r.get("controller")), None)
+    if ref is None:
+        return None
+    key = (str(meta.get("namespace")), str(ref.get("name")), str(ref.get("uid")))
+    kind = str(body.get("kind"))
+    entry = None if deleted else route_entry(body)
+
+    def change(old: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+        routes = {k: v for k, v in (old or {}).items() if k != kind}
+        if entry is not None:
+            routes[kind] = entry
+        return routes or None
+
+    ROUTES.update(key, change)
+    return key
+
+
+def routes_of(owner: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The owner's routes as ROUTES holds them."""
+    meta = owner.get("metadata") or {}
+    key = (str(meta.get("namespace")), str(meta.get("name")), str(meta.get("uid")))
+    return list((ROUTES.get(key) or {}).values())
 
 
 def owner_of(child: Mapping[str, Any], index: kopf.Index[Any, Any]) -> dict[str, Any] | None:

@@ -10,8 +10,9 @@ the operator under a ServiceAccount bound to nothing else.
   owner lives: an HPA (autoscaling removed), a canary's Deployment and Services (spec.canary
   removed: promotion or rollback), the HTTPRoute (spec.gateway removed). Everything else
   goes with its owner (garbage collection).
-- HTTPRoutes (gateway.networking.k8s.io): applied and deleted, never watched; whether the
-  Gateway API is installed is read from API discovery, which needs no rule.
+- HTTPRoutes and GRPCRoutes (gateway.networking.k8s.io): applied and deleted, and watched
+  for the status their Gateway's controller writes (condition Routed); whether the Gateway
+  API is installed is read from API discovery, which needs no rule.
 - Pods: only listed and watched (kopf's watch), to tell from their container statuses why
   replicas are not ready. Never read one by one, created, exec'd into or deleted. The log
   of a pod still fetching or loading its model is read (pods/log get, its last lines) for
@@ -51,10 +52,11 @@ NAMESPACED_RULES: list[dict[str, Any]] = [
         "resources": ["horizontalpodautoscalers"],
         "verbs": [*_CHILD_VERBS, "delete"],
     },
+    # Watched (list, watch) for their status: condition Routed.
     {
         "apiGroups": ["gateway.networking.k8s.io"],
         "resources": ["httproutes", "grpcroutes"],
-        "verbs": ["get", "create", "patch", "delete"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
     # The Service's hold slice at zero (service_hold.py): applied, deleted on the way back.

@@ -27,6 +27,7 @@ class ConditionType(enum.StrEnum):
     REPLICAS_IGNORED = "ReplicasIgnored"
     CANARY_TRAFFIC = "CanaryTraffic"
     SCALE_TO_ZERO = "ScaleToZero"
+    ROUTED = "Routed"
 
 
 class ConditionStatus(enum.StrEnum):
@@ -66,11 +67,14 @@ class Reason(enum.StrEnum):
     SPLIT_BY_ROUTE = "SplitByRoute"
     SPLIT_BY_REPLICAS = "SplitByReplicas"
     GATEWAY_API_MISSING = "GatewayAPIMissing"
+    # Whether the Gateway's controller took up the routes (condition Routed, status.py).
+    ROUTE_ACCEPTED = "RouteAccepted"
+    ROUTE_PENDING = "RoutePending"
+    ROUTE_NOT_ACCEPTED = "RouteNotAccepted"
     CANNOT_HONOUR = "CannotHonour"
     # Whether autoscaling.minReplicas 0 runs (condition ScaleToZero, scaling.py).
     IDLE_SCALING = "IdleScaling"
     AT_ZERO = "AtZero"
-    NO_GATEWAY = "NoGateway"
     NO_ACTIVATOR = "NoActivator"
     SCALE_TO_ZERO_WITH_CANARY = "CanaryPresent"
 
@@ -96,6 +100,7 @@ class EventReason(enum.StrEnum):
     REPLICAS_IGNORED = "ReplicasIgnored"
     DRIFT_REPAIRED = "DriftRepaired"
     CANARY_REMOVED = "CanaryRemoved"
+    ROUTE_REMOVED = "RouteRemoved"
     SCALED_TO_ZERO = "ScaledToZero"
     WOKEN = "ScaledFromZero"
     # The HPA's scale-down held while a pod loads its model, and let go (reconcile.py).

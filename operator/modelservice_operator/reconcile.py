@@ -8,21 +8,24 @@ become ReconcileError, raised from the KubeApiError.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
 
-from modelservice_operator import FIELD_MANAGER
-from modelservice_operator.indexes import Children, owner_body, owner_spec
+from modelservice_operator.indexes import (
+    Children,
+    note_route,
+    owner_body,
+    owner_spec,
+    routes_of,
+)
 from modelservice_operator.kube import KubeApiError, client
 from modelservice_operator.memory import OwnerMemory, owner_key
 from modelservice_operator.pods import PodDiagnosis, diagnose_pods, first_loading
 from modelservice_operator.progress import with_known_progress
 from modelservice_operator.reasons import EventReason, Reason
 from modelservice_operator.render import (
-    LABEL_MANAGED_BY,
     hold_scale_down,
     render_child,
     render_children,
@@ -41,7 +44,6 @@ from modelservice_operator.revisions import (
 )
 from modelservice_operator.scaling import (
     ScaleToZeroPlan,
-    asks_for_zero,
     at_zero,
     enabled,
     plan_scale_to_zero,
@@ -66,45 +68,15 @@ from modelservice_operator.traffic import (
     route_weights,
     routes_through_gateway,
 )
+from modelservice_operator.writes import (
+    ReconcileError,
+    apply_child,
+    delete_if,
+    normal_event,
+    owned_by,
+)
 
 HPA = "HorizontalPodAutoscaler"
-
-
-class ReconcileError(Exception):
-    """The API server refused or failed a call while reconciling (wraps KubeApiError)."""
-
-
-def normal_event(owner: Mapping[str, Any], *, reason: EventReason, message: str) -> None:
-    """A Normal event on the ModelService (kopf.info would be dropped: posting.level is
-    WARNING so that kopf's own INFO log lines do not become events)."""
-    obj = owner_body(owner)
-    try:
-        kopf.event(obj, type="Normal", reason=reason.value, message=message)  # type: ignore[arg-type]
-    except LookupError:  # outside kopf's handlers (the scale-to-zero thread): post it here
-        post_event(owner, reason.value, message)
-
-
-def post_event(owner: Mapping[str, Any], reason: str, message: str) -> None:
-    """A Normal core/v1 Event on the ModelService, written directly (kopf posts only from
-    its handlers); a failure is only logged, as kopf's own posting does."""
-    meta = owner["metadata"]
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    body = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-        "involvedObject": {
-            "apiVersion": owner.get("apiVersion"), "kind": owner.get("kind"),
-            "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid"),
-        },
-        "reason": reason, "message": message[:1024], "type": "Normal",
-        "source": {"component": FIELD_MANAGER},
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-    }  # fmt: skip
-    try:
-        client().request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=body)
-    except KubeApiError as e:
-        logging.getLogger(__name__).warning("could not post event %s: %s", reason, e)
 
 
 def gateway_api_served(spec: ModelServiceSpec) -> bool:
@@ -143,11 +115,8 @@ def routes_served(spec: ModelServiceSpec) -> tuple[bool, bool]:
 
 
 def zero_plan(spec: ModelServiceSpec) -> ScaleToZeroPlan | None:
-    """Scale to zero's plan (scaling.py): None unless autoscaling.minReplicas is 0 (tested
-    before the API discovery the plan needs)."""
-    if not asks_for_zero(spec):
-        return None
-    return plan_scale_to_zero(spec, gateway_api=gateway_api_served(spec))
+    """Scale to zero's plan (scaling.py): None unless autoscaling.minReplicas is 0."""
+    return plan_scale_to_zero(spec)
 
 
 def to_activator(
@@ -254,36 +223,11 @@ def desired_child(
     return child
 
 
-def apply_child(child: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        return client().apply(child)
-    except KubeApiError as e:
-        raise ReconcileError(
-            f"{child['kind']} {child['metadata']['name']}: {e.message or e.reason}"
-        ) from e
-
-
-def managed_by_us(obj: Mapping[str, Any] | None) -> bool:
-    """The object carries our managed-by label: the operator may delete it. An object of
-    the same name that someone else made (or absent) is never ours to delete."""
-    labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
-    return labels.get(LABEL_MANAGED_BY) == FIELD_MANAGER
-
-
 def may_have_hpa(indexed: bool, old: Mapping[str, Any] | None) -> bool:
     """Whether a reconcile must look for a stale HPA of ours to remove: one is in the index,
     or (created moments ago, not indexed yet) the previous spec autoscaled. Otherwise none
     of ours exists and the GET is saved (1000 reconciles at once are API-bound)."""
     return indexed or bool(((old or {}).get("spec") or {}).get("autoscaling"))
-
-
-def failure_is_the_specs(e: ReconcileError) -> bool:
-    """The API server refused a child built from passed-through fields (tolerations,
-    affinity, metrics, behavior, env) as invalid (400, 422): the spec is at fault and a retry
-    cannot help (PermanentError, InvalidSpec). Anything else (unreachable, 5xx, 409, 403 of a
-    terminating namespace) may pass: TemporaryError."""
-    cause = e.__cause__
-    return isinstance(cause, KubeApiError) and cause.status in (400, 422)
 
 
 # Per ModelService that scales to zero: whether its HTTPRoute was last applied to the
@@ -356,25 +300,31 @@ def refresh_route(
     weight follows the canary's Ready pods (a server-side apply of the same route changes
     nothing); for a model that scales to zero, after an event of its own Deployment
     (`primary`) or of itself, when the route must switch between the activator and the
-    model's Service. Failures are logged: the next event or reconcile applies it again."""
+    model's Service, and the Service's hold slice with them (with no Gateway, the slice
+    alone). Failures are logged: the next event or reconcile applies it again."""
     spec = owner_spec(owner)
-    if spec is None or gateway_of(spec) is None:
+    if spec is None:
         return
     key = owner_key(owner["metadata"])
     try:
-        if spec.canary is None:
-            if not enabled(zero_plan(spec)):
-                ROUTED_TO_ACTIVATOR.pop(key)
-                return
-            activator = to_activator(owner, spec, primary)
-            wanted = activator is not None
-            if ROUTED_TO_ACTIVATOR.get(key) is wanted:
-                return
-        for route in desired_routes(owner, spec, traffic_plan(owner, spec), canary, primary):
-            apply_child(route)
-        if spec.canary is None:
-            sync_hold(owner, activator)
-            ROUTED_TO_ACTIVATOR.update(key, lambda _: wanted)
+        if spec.canary is not None:
+            if gateway_of(spec) is not None:
+                plan = traffic_plan(owner, spec)
+                for route in desired_routes(owner, spec, plan, canary, primary):
+                    apply_child(route)
+            return
+        if not enabled(zero_plan(spec)):
+            ROUTED_TO_ACTIVATOR.pop(key)
+            return
+        activator = to_activator(owner, spec, primary)
+        wanted = activator is not None
+        if ROUTED_TO_ACTIVATOR.get(key) is wanted:
+            return
+        if gateway_of(spec) is not None:
+            for route in desired_routes(owner, spec, None, canary, primary):
+                apply_child(route)
+        sync_hold(owner, activator)
+        ROUTED_TO_ACTIVATOR.update(key, lambda _: wanted)
     except ReconcileError as e:
         logger.warning("could not update the routes of %s: %s", owner["metadata"]["name"], e)
 
@@ -421,15 +371,6 @@ def may_have_revisions(canary_indexed: bool, old: Mapping[str, Any] | None) -> b
     return canary_indexed or bool(spec.get("canary") or spec.get("gateway"))
 
 
-def owned_by(obj: Mapping[str, Any] | None, owner_uid: str | None) -> bool:
-    """Ours (managed-by label) and controlled by this very ModelService: a child of the
-    same name another ModelService controls is never deleted."""
-    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
-    return managed_by_us(obj) and any(
-        r.get("controller") and r.get("uid") == owner_uid for r in refs
-    )
-
-
 def remove_revisions(owner: Mapping[str, Any], rendered: Iterable[tuple[str, str]]) -> list[str]:
     """Delete the canary's and the Gateway's children this spec no longer renders (a
     canary promoted or rolled back, a gateway removed): their owner is alive, so garbage
@@ -446,30 +387,32 @@ def remove_revisions(owner: Mapping[str, Any], rendered: Iterable[tuple[str, str
     return deleted
 
 
+def remove_stale_route(
+    owner: Mapping[str, Any], route: Mapping[str, Any], logger: logging.Logger | Any
+) -> None:
+    """Delete a route of `owner` that no Gateway wants any more: it was attached to the
+    operator's default Gateway, which the operator no longer has (the spec names none, so
+    no reconcile would ever see it go). Seen through the routes' watch, so an operator
+    started without its old default finds every such route at once."""
+    meta, kind = owner["metadata"], str(route.get("kind"))
+    name = (route.get("metadata") or {}).get("name") or ""
+    try:
+        if not delete_if(kind, meta["namespace"], name, lambda live: owned_by(live, meta["uid"])):
+            return
+    except ReconcileError as e:
+        logger.warning("could not delete the stale %s %s: %s", kind, name, e)
+        return
+    message = (
+        f"deleted {kind} {name}: no Gateway any more (spec.gateway is absent and the "
+        "operator has no default Gateway)"
+    )
+    logger.info("%s", message)
+    normal_event(owner, reason=EventReason.ROUTE_REMOVED, message=message)
+
+
 def remove_stale_hpa(namespace: str, name: str) -> bool:
     """Delete the HPA we created earlier when autoscaling was removed from the spec."""
     return delete_if(HPA, namespace, name)
-
-
-# Kinds of add-ons (the Gateway API): an API server without them has none to delete.
-OPTIONAL_KINDS = frozenset({"HTTPRoute", "GRPCRoute", "ReferenceGrant"})
-
-
-def delete_if(
-    kind: str,
-    namespace: str,
-    name: str,
-    ours: Callable[[Mapping[str, Any] | None], bool] = managed_by_us,
-) -> bool:
-    """Delete `kind` `name` if the live object is `ours` (absent, or someone else's: never
-    deleted). True when it was; an API failure is a ReconcileError naming the object."""
-    kube = client()
-    try:
-        if kind in OPTIONAL_KINDS and not kube.serves(kind):
-            return False
-        return ours(kube.get(kind, namespace, name)) and kube.delete(kind, namespace, name)
-    except KubeApiError as e:
-        raise ReconcileError(f"{kind} {name}: {e.message or e.reason}") from e
 
 
 def apply_routes(
@@ -479,17 +422,20 @@ def apply_routes(
     canary: Mapping[str, Any] | None,
     applied: dict[tuple[str, str], dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """Apply the routes, after the Deployment (in `applied`, where the routes are added):
-    a model that scales to zero routes to the activator until that Deployment reports a
-    Ready pod. Returns the routes."""
-    primary = applied.get(("Deployment", owner["metadata"]["name"]))
+    """Apply the routes, after the Deployment and the Service (in `applied`, where the
+    routes are added): a model that scales to zero routes to the activator (and its
+    Service's hold slice lists the activator) until that Deployment reports a Ready pod.
+    Returns the routes."""
+    name = owner["metadata"]["name"]
+    primary = applied.get(("Deployment", name))
     routes = desired_routes(owner, spec, plan, canary, primary)
     for child in routes:
-        applied[(child["kind"], child["metadata"]["name"])] = apply_child(child)
-    if routes:
-        activator = to_activator(owner, spec, primary)
-        service = applied.get(("Service", owner["metadata"]["name"]))
-        sync_hold(owner, activator, service=service)
+        live = apply_child(child)
+        applied[(child["kind"], child["metadata"]["name"])] = live
+        note_route(live)  # its status as of now, for condition Routed
+    activator = to_activator(owner, spec, primary)
+    sync_hold(owner, activator, service=applied.get(("Service", name)))
+    if enabled(zero_plan(spec)):
         ROUTED_TO_ACTIVATOR.update(owner_key(owner["metadata"]), lambda _: activator is not None)
     return routes
 
@@ -570,5 +516,6 @@ def reconcile(
         routed=bool(routes),
         grpc_routed=len(routes) > 1,
         zero_plan=zero_plan(spec),
+        routes=routes_of(snapshot),
     )
     return status, diagnosis

@@ -16,19 +16,21 @@ from typing import Any
 
 import kopf
 
-from modelservice_operator.indexes import Children, owner_body, owner_spec
+from modelservice_operator.indexes import ROUTES, Children, owner_body, owner_spec, routes_of
 from modelservice_operator.kube import KubeApiError, client
 from modelservice_operator.memory import OwnerMemory, owner_key
 from modelservice_operator.pods import PodDiagnosis, diagnose_pods
 from modelservice_operator.progress import Starting, track_start, with_known_progress
 from modelservice_operator.reasons import WARNING_REASONS, ConditionType
 from modelservice_operator.reconcile import (
-    ReconcileError,
     routes_served,
     traffic_plan,
     zero_plan,
 )
 from modelservice_operator.status import compute_status, refused
+from modelservice_operator.writes import (
+    ReconcileError,
+)
 
 # The pod failure last reported per ModelService (PodDiagnosis.signature), so that the
 # Warning event comes once per failure and not with every pod event.
@@ -102,7 +104,7 @@ def children_status(
         deployment=deployment, hpa=hpa, previous=previous, diagnosis=diagnosis, plan=plan,
         canary=canary,
         canary_diagnosis=diagnose_pods(pods, canary_spec) if canary_spec is not None else None,
-        routed=routed, grpc_routed=grpc_routed, zero_plan=zero,
+        routed=routed, grpc_routed=grpc_routed, zero_plan=zero, routes=routes_of(owner),
     )  # fmt: skip
     return status, diagnosis
 
@@ -165,3 +167,4 @@ def children_may_update(owner: Mapping[str, Any]) -> bool:
 
 def forget(meta: Mapping[str, Any]) -> None:
     REPORTED.pop(owner_key(meta))
+    ROUTES.pop(owner_key(meta))

@@ -38,9 +38,7 @@ from modelservice_operator.reasons import EventReason
 from modelservice_operator.reconcile import (
     HELD_BY,
     ROUTED_TO_ACTIVATOR,
-    ReconcileError,
     activator_pods,
-    normal_event,
     refresh_route,
     sync_hold,
     to_activator,
@@ -64,6 +62,10 @@ from modelservice_operator.scaling import (
 from modelservice_operator.service_hold import ActivatorPods
 from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
 from modelservice_operator.traffic import ActivatorRef
+from modelservice_operator.writes import (
+    ReconcileError,
+    normal_event,
+)
 
 SCALE_INTERVAL_S = 5.0
 METRICS_TIMEOUT_S = 3.0
@@ -233,8 +235,8 @@ def check(
                 owner,
                 reason=EventReason.SCALED_TO_ZERO,
                 message=f"no request for {idle} s (autoscaling.idleSeconds): scaled the "
-                "Deployment to zero; the HTTPRoute sends to the activator, which holds "
-                "requests and wakes it",
+                "Deployment to zero; its routes and its Service send to the activator, which "
+                "holds requests and wakes it",
             )
         return
     if replicas == 0:  # a wake cut short before its status write: finish it

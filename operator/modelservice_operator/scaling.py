@@ -4,10 +4,10 @@ A ModelService with `autoscaling.minReplicas: 0` goes to zero replicas once its 
 pods have answered nothing for `idleSeconds`, and comes back on the first request:
 
 - Whether it may (`plan_scale_to_zero`): requests that arrive at zero must be held
-  somewhere, and here that is the activator behind the Gateway's routes (the HTTPRoute, and
-  the GRPCRoute where gRPC is on and the activator has a gRPC port). So it needs a
-  Gateway (spec.gateway or the operator's default, with the Gateway API served) and the
-  operator's activator; it is refused beside a canary (the weighted route has two
+  somewhere, and here that is the activator: behind the Gateway's routes where there is a
+  Gateway (the HTTPRoute, and the GRPCRoute where gRPC is on and the activator has a gRPC
+  port), and behind the model's own Service in any case (service_hold.py). So it needs
+  the operator's activator; it is refused beside a canary (the weighted route has two
   backends to wake). Refused, the model stays at 1 (the HPA's floor) and condition
   ScaleToZero says why.
 - Idle (`next_scale_state`): the sum of the runtime's request counters over all pods
@@ -21,8 +21,9 @@ pods have answered nothing for `idleSeconds`, and comes back on the first reques
 - Wake (`wake_requested`): the activator sets the annotation WAKE_ANNOTATION on the
   ModelService when a request arrives at zero; a request time at or after status
   scaleToZero.since wakes it.
-- The routes (`route_to_activator`): to the activator while at zero and until the
-  Deployment has a Ready pod, then back to the model's Service; HTTP and gRPC alike.
+- The routes and the Service's hold slice (`route_to_activator`): to the activator while
+  at zero and until the Deployment has a Ready pod, then back to the model's pods; HTTP
+  and gRPC alike.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ from typing import Any
 
 from modelservice_operator import GROUP
 from modelservice_operator.reasons import Reason
-from modelservice_operator.spec import ModelServiceSpec
-from modelservice_operator.traffic import activator_of, gateway_of
+from modelservice_operator.spec import AutoscalingSpec, ModelServiceSpec
+from modelservice_operator.traffic import activator_of
 
 # Set by the activator (an RFC 3339 time) when a request arrives for a ModelService at zero.
 WAKE_ANNOTATION = f"{GROUP}/wake-requested-at"
+# A held request's bound when autoscaling.holdTimeoutSeconds is absent (the spec's default).
+DEFAULT_HOLD_S: int = AutoscalingSpec.model_fields["hold_timeout_seconds"].default
 # The header the routes set on the way to the activator: <namespace>/<name> (the GRPCRoute
 # sets it too: gRPC metadata, lowercase there).
 TARGET_HEADER = "X-ModelService-Target"
@@ -96,7 +99,7 @@ def asks_for_zero(spec: ModelServiceSpec) -> bool:
     return spec.autoscaling is not None and spec.autoscaling.min_replicas == 0
 
 
-def plan_scale_to_zero(spec: ModelServiceSpec, *, gateway_api: bool) -> ScaleToZeroPlan | None:
+def plan_scale_to_zero(spec: ModelServiceSpec) -> ScaleToZeroPlan | None:
     """None unless scale to zero is asked for; else whether it can be honoured."""
     a = spec.autoscaling
     if a is None or not asks_for_zero(spec):
@@ -108,14 +111,6 @@ def plan_scale_to_zero(spec: ModelServiceSpec, *, gateway_api: bool) -> ScaleToZ
             Reason.SCALE_TO_ZERO_WITH_CANARY,
             f"autoscaling.minReplicas 0 is not honoured beside spec.canary: {stay}; remove the "
             "canary (promote or roll back) to scale to zero",
-        )
-    if gateway_of(spec) is None or not gateway_api:
-        return ScaleToZeroPlan(
-            False,
-            Reason.NO_GATEWAY,
-            f"autoscaling.minReplicas 0 needs a Gateway to hold requests at zero: {stay}; name "
-            "one in spec.gateway (or give the operator a default Gateway), with the Gateway "
-            "API installed",
         )
     if activator_of() is None:
         return ScaleToZeroPlan(
@@ -239,3 +234,43 @@ def wake_replicas(spec: ModelServiceSpec) -> int:
     """The replicas a wake sets (the HPA takes over from there)."""
     a = spec.autoscaling
     return max(1, a.min_replicas) if a is not None else spec.fixed_replicas
+
+
+# --- what the activator decides for a held request (activator.py does the I/O) ----------
+
+
+def parse_target(value: str | None) -> tuple[str, str] | None:
+    """<namespace>/<name> of the header, or None when absent or malformed."""
+    if not value or value.count("/") != 1:
+        return None
+    namespace, name = value.strip().split("/")
+    return (namespace, name) if namespace and name else None
+
+
+def hold_seconds(msvc: Mapping[str, Any]) -> int:
+    a = (msvc.get("spec") or {}).get("autoscaling") or {}
+    return int(a.get("holdTimeoutSeconds") or DEFAULT_HOLD_S)
+
+
+def not_ready_message(namespace: str, name: str, held_s: float, msvc: Mapping[str, Any]) -> str:
+    """The 503's message: what the ModelService's status says it waits for."""
+    status = msvc.get("status") or {}
+    ready = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+    )  # fmt: skip
+    why = ", ".join(
+        str(x) for x in (status.get("phase"), ready.get("reason"), ready.get("message")) if x
+    )
+    why = why or "no status"
+    return f"ModelService {namespace}/{name} is not ready after {held_s:.0f} s: {why}"
+
+
+def needs_wake(msvc: Mapping[str, Any]) -> bool:
+    """At zero and no wake asked since it went there (the operator wakes on the first)."""
+    status = msvc.get("status")
+    if not at_zero(status):
+        return False
+    annotations = (msvc.get("metadata") or {}).get("annotations") or {}
+    asked = parse_time(annotations.get(WAKE_ANNOTATION))
+    since = parse_time(scale_state(status).get(SINCE))
+    return asked is None or (since is not None and asked < since)

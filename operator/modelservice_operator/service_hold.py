@@ -131,6 +131,14 @@ def model_slices_selector(name: str) -> str:
 HOLD_SLICES_SELECTOR = f"{MANAGED_BY_LABEL}={HOLD_MANAGER}"
 
 
+def bare_host(host: str | None) -> str:
+    """A Host header without its port (and an IPv6 address without its brackets), lowercase."""
+    host = (host or "").strip().lower()
+    if host.startswith("["):  # [IPv6]:port
+        return host[1:].split("]", 1)[0]
+    return host.split(":", 1)[0] if host.count(":") == 1 else host
+
+
 def target_of_host(
     host: str | None, hold_slices: Iterable[Mapping[str, Any]] = ()
 ) -> tuple[str, str] | None:
@@ -138,13 +146,9 @@ def target_of_host(
     Host: <name>.<namespace>[.anything] directly; a bare <name> or the Service's ClusterIP
     through the hold slices (a bare name only when exactly one namespace has it). None when
     it names none."""
+    host = bare_host(host)
     if not host:
         return None
-    host = host.strip().lower()
-    if host.startswith("["):  # [IPv6]:port
-        host = host[1:].split("]", 1)[0]
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
     try:
         ipaddress.ip_address(host)
         is_ip = True

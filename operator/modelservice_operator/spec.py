@@ -357,8 +357,8 @@ class AutoscalingSpec(SpecModel):
         ge=0,
         le=1000,
         description="Lowest replica count. 0: scale to zero after idleSeconds without a "
-        "request, and hold the next requests (at the Gateway's activator) until a pod is "
-        "Ready; needs a Gateway (spec.gateway or the operator's default) and the operator's "
+        "request, and hold the next requests (at the operator's activator, through the "
+        "Gateway or the model's Service) until a pod is Ready; needs the operator's "
         "activator, else the count stays at 1 (condition ScaleToZero says why). The "
         "HorizontalPodAutoscaler itself never goes below 1.",
     )

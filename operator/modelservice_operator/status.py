@@ -3,7 +3,8 @@
 `compute_status` is pure: from the validated spec, the live Deployment and HPA (as dicts,
 or None), what `pods.diagnose_pods` found in the runtime pods and the previous status it
 computes the phase, replica counts, URL and the conditions Ready / Available / Progressing
-/ ScalingLimited / ReplicasIgnored. Each is one named decision: `observe` reads the
+/ ScalingLimited / ReplicasIgnored (and CanaryTraffic, ScaleToZero, Routed where they
+apply). Each is one named decision: `observe` reads the
 children's numbers, `ready_verdict` picks the phase and the Ready condition's reason, and
 one function per other condition. Condition `lastTransitionTime` only moves when a
 condition's status flips, as in core types.
@@ -11,7 +12,7 @@ condition's status flips, as in core types.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -372,6 +373,55 @@ def canary_traffic_condition(plan: TrafficPlan | None) -> dict[str, Any] | None:
     return _cond(ConditionType.CANARY_TRAFFIC, plan.honoured, plan.reason, plan.message)
 
 
+# The route conditions (Gateway API, set by the Gateway's controller in status.parents)
+# that say the Gateway routes as asked: the route attached, its backends resolved.
+ROUTE_CONDITIONS = ("Accepted", "ResolvedRefs")
+
+
+def routed_condition(
+    routes: Sequence[Mapping[str, Any]], kinds: Sequence[str], gateway: str
+) -> dict[str, Any]:
+    """Whether the Gateway's controller took up the routes of `kinds` (HTTPRoute, and
+    GRPCRoute where there is one), from their status (`routes`, as the operator last saw
+    them): True once each is Accepted with ResolvedRefs at its current generation, False
+    (with the controller's reason and message) when one is refused, Unknown while no
+    controller has reported on one, or not on its current generation (a Gateway that does
+    not exist, or whose controller is not running, never does)."""
+    refused, waiting = [], []
+    for kind in kinds:
+        route = next((r for r in routes if r.get("kind") == kind), None)
+        if route is None:
+            waiting.append(f"{kind}: not seen yet")
+            continue
+        meta = route.get("metadata") or {}
+        what, generation = f"{kind} {meta.get('name')}", meta.get("generation")
+        parents = (route.get("status") or {}).get("parents") or []
+        if not parents:
+            waiting.append(f"{what}: no Gateway controller has reported on it")
+        for parent in parents:
+            conds = {c.get("type"): c for c in parent.get("conditions") or []}
+            for ctype in ROUTE_CONDITIONS:
+                c = conds.get(ctype)
+                seen = (c or {}).get("observedGeneration")
+                if c is None or (seen is not None and generation is not None and seen < generation):
+                    waiting.append(f"{what}: {ctype} not reported for its current version")
+                elif c.get("status") != "True":
+                    refused.append(
+                        f"{what}: {ctype}={c.get('status')} ({c.get('reason')}): "
+                        f"{c.get('message') or 'no message'}"
+                    )
+    if refused:
+        return _cond(ConditionType.ROUTED, False, Reason.ROUTE_NOT_ACCEPTED, "; ".join(refused))
+    if waiting:
+        message = (
+            f"waiting for the controller of Gateway {gateway} (does it exist, and does its "
+            f"controller run?): {'; '.join(waiting)}"
+        )
+        return _cond(ConditionType.ROUTED, None, Reason.ROUTE_PENDING, message)
+    message = f"{' and '.join(kinds)} accepted by Gateway {gateway}, backends resolved"
+    return _cond(ConditionType.ROUTED, True, Reason.ROUTE_ACCEPTED, message)
+
+
 def compute_status(
     *,
     name: str,
@@ -389,13 +439,15 @@ def compute_status(
     routed: bool = False,
     grpc_routed: bool = False,
     zero_plan: ScaleToZeroPlan | None = None,
+    routes: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The status dict (camelCase, as in the CRD) for a valid spec and its children;
     `diagnosis` (from `pods.diagnose_pods`) turns "pods not ready" into why (ready_verdict).
     With a canary, `plan` (traffic.plan_traffic) and the canary's Deployment and pods make
     status.canary and condition CanaryTraffic; the top-level fields stay the primary's.
     `routed`, `grpc_routed`: the HTTPRoute, the GRPCRoute are applied (status.gateway,
-    gatewayHost and gatewayGrpcHost say where). `zero_plan`: scale to zero's (scaling.py);
+    gatewayHost and gatewayGrpcHost say where; `routes`, as last seen, make condition
+    Routed). `zero_plan`: scale to zero's (scaling.py);
     while it runs and status.scaleToZero says at zero, none are wanted and the model is
     Ready (a request wakes it)."""
     previous = previous or {}
@@ -417,6 +469,9 @@ def compute_status(
         canary_traffic_condition(plan),
         scale_to_zero_condition(zero_plan, zero, seen),
     ]
+    if routed:
+        kinds = ["HTTPRoute", "GRPCRoute"] if grpc_routed else ["HTTPRoute"]
+        conditions.append(routed_condition(routes, kinds, gateway_where(spec, namespace)))
     # None (not absent) without a route or a canary: a merge patch then removes the old value.
     revisions = None
     if plan is not None and spec.canary is not None:

@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,18 +159,26 @@ def _healthy(port: int) -> bool:
 
 @contextlib.contextmanager
 def run_operator(
-    kubeconfig: Path, namespace_glob: str, log_path: Path
+    kubeconfig: Path,
+    namespace_glob: str,
+    log_path: Path,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[OperatorProcess]:
-    """`modelservice operator` in a subprocess watching `namespace_glob`; stopped by PID."""
+    """`modelservice operator` in a subprocess watching `namespace_glob` (with `extra_env`:
+    its settings, e.g. MODELSERVICE_DEFAULT_GATEWAY); stopped by PID."""
     probe_port, metrics_port = free_port(), free_port()
-    env = os.environ | {
-        "KUBECONFIG": str(kubeconfig),
-        "MODELSERVICE_RUNTIME_IMAGE": TEST_RUNTIME_IMAGE,
-        "MODELSERVICE_NAMESPACES": namespace_glob,
-        "MODELSERVICE_OPERATOR_PROBE_PORT": str(probe_port),
-        "MODELSERVICE_OPERATOR_METRICS_PORT": str(metrics_port),
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = (
+        os.environ
+        | dict(extra_env or {})
+        | {
+            "KUBECONFIG": str(kubeconfig),
+            "MODELSERVICE_RUNTIME_IMAGE": TEST_RUNTIME_IMAGE,
+            "MODELSERVICE_NAMESPACES": namespace_glob,
+            "MODELSERVICE_OPERATOR_PROBE_PORT": str(probe_port),
+            "MODELSERVICE_OPERATOR_METRICS_PORT": str(metrics_port),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     cmd = [
         sys.executable, "-m", "modelservice_cli", "operator",
         f"--liveness=http://127.0.0.1:{probe_port}/healthz",

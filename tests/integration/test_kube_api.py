@@ -16,9 +16,12 @@ from typing import Any
 import pytest
 from modelservice_operator.drift import drift
 from modelservice_operator.kube import Kube, KubeApiError
-from modelservice_operator.reconcile import ReconcileError, failure_is_the_specs
 from modelservice_operator.render import render_children
 from modelservice_operator.spec import parse_spec
+from modelservice_operator.writes import (
+    ReconcileError,
+    failure_is_the_specs,
+)
 
 from tests.integration.conftest import Kubectl, msvc, wait_until
 from tests.integration.processes import free_port

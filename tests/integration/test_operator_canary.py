@@ -10,11 +10,13 @@ are in test_real_node.py.
 from __future__ import annotations
 
 import json
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Kubectl, condition, msvc, wait_until
+from tests.integration.conftest import Kubectl, condition, msvc, run_operator, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -234,6 +236,36 @@ def _route_weights(k: Kubectl, ns: str, name: str) -> list[int] | None:
     return [b.get("weight") for b in route["spec"]["rules"][0]["backendRefs"]]
 
 
+def _report_as_controller(
+    k: Kubectl, ns: str, kind: str, name: str, accepted: tuple[str, str, str]
+) -> None:
+    """Write a route's status as a Gateway's controller does (status subresource): one
+    parent, Accepted as given (status, reason, message), ResolvedRefs True, at the route's
+    current generation."""
+    route = k.get(kind, name, ns)
+    generation = route["metadata"]["generation"]
+    stamp = "2026-12-07T00:00:00Z"
+
+    def cond(ctype: str, status: str, reason: str, message: str) -> dict[str, Any]:
+        return {"type": ctype, "status": status, "reason": reason, "message": message,
+                "observedGeneration": generation, "lastTransitionTime": stamp}  # fmt: skip
+
+    parent = {
+        "parentRef": route["spec"]["parentRefs"][0],
+        "controllerName": "example.com/gateway-controller",
+        "conditions": [
+            cond("Accepted", *accepted),
+            cond("ResolvedRefs", "True", "ResolvedRefs", ""),
+        ],
+    }
+    k.run("patch", kind, name, "-n", ns, "--subresource=status", "--type=merge",
+          "-p", json.dumps({"status": {"parents": [parent]}}))  # fmt: skip
+
+
+def _routed(obj: dict[str, Any]) -> dict[str, Any]:
+    return condition(obj, "Routed")
+
+
 def test_split_by_an_httproute_where_the_gateway_api_is_served(
     kctl: Kubectl, msvc_namespace: str
 ) -> None:
@@ -263,6 +295,32 @@ def test_split_by_an_httproute_where_the_gateway_api_is_served(
     assert kctl.get("deployment", name, ns)["spec"]["replicas"] == 4
     assert kctl.get("deployment", f"{name}-canary", ns)["spec"]["replicas"] == 1
 
+    # Condition Routed: nothing runs Gateway infra/public, so it waits and says for what.
+    obj = _status_when(
+        kctl, ns, name, "condition Routed waiting for the Gateway",
+        lambda o: _routed(o).get("reason") == "RoutePending",
+    )  # fmt: skip
+    routed = _routed(obj)
+    assert routed["status"] == "Unknown" and "Gateway infra/public" in routed["message"], routed
+    kinds = ["httproute"] + (["grpcroute"] if kctl.maybe_get("grpcroute", name, ns) else [])
+    # Its controller refuses the route (the status written here as a controller writes it).
+    refused = ("False", "NotAllowedByListeners", "no listener of infra/public allows it")
+    _report_as_controller(kctl, ns, "httproute", name, refused)
+    obj = _status_when(
+        kctl, ns, name, "condition Routed False with the controller's reason",
+        lambda o: _routed(o).get("status") == "False",
+    )  # fmt: skip
+    assert _routed(obj)["reason"] == "RouteNotAccepted"
+    assert "NotAllowedByListeners" in _routed(obj)["message"], _routed(obj)
+    # Then accepts every route: True.
+    for kind in kinds:
+        _report_as_controller(kctl, ns, kind, name, ("True", "Accepted", ""))
+    obj = _status_when(
+        kctl, ns, name, "condition Routed True once every route is accepted",
+        lambda o: _routed(o).get("status") == "True",
+    )  # fmt: skip
+    assert _routed(obj)["reason"] == "RouteAccepted", _routed(obj)
+
     # All traffic to the canary: its weight follows its pods as they become Ready.
     kctl.run("patch", "msvc", name, "-n", ns, "--type=merge",
              "-p", json.dumps({"spec": {"canary": {"trafficPercent": 100}}}))  # fmt: skip
@@ -282,3 +340,43 @@ def test_split_by_an_httproute_where_the_gateway_api_is_served(
     )  # fmt: skip
     assert kctl.get("deployment", name, ns)["spec"]["replicas"] == 0  # 100% of 4 to the canary
     assert kctl.get("deployment", f"{name}-canary", ns)["spec"]["replicas"] == 4
+
+
+def test_a_route_left_on_a_default_gateway_the_operator_no_longer_has_is_deleted(
+    kctl: Kubectl, modelservice_crd: str, tmp_path: Path
+) -> None:
+    """The operator's default Gateway removed (the chart's gateway.default emptied): the
+    HTTPRoutes it had attached ModelServices to are deleted when the operator starts again
+    (it sees them through its watch of routes), with an event; a ModelService that names a
+    Gateway itself keeps its route. Its own namespace, watched by operators of this test."""
+    served = kctl.run("api-resources", "--api-group=gateway.networking.k8s.io", "-o", "name")
+    if "httproutes" not in served.stdout:
+        pytest.skip("this cluster does not serve the Gateway API (no HTTPRoute CRD)")
+    ns = f"msvc-gwgone-{uuid.uuid4().hex[:6]}"
+    kctl.run("create", "namespace", ns)
+    try:
+        default = {"MODELSERVICE_DEFAULT_GATEWAY": "infra/public"}
+        with run_operator(kctl.kubeconfig, ns, tmp_path / "with-default.log", default):
+            kctl.apply(msvc("by-default", replicas=1), ns)
+            kctl.apply(msvc("named", replicas=1, gateway={"name": "own", "namespace": "infra"}), ns)
+            for name in ("by-default", "named"):
+                wait_until(f"HTTPRoute {name}", lambda n=name: kctl.maybe_get("httproute", n, ns))
+        with run_operator(kctl.kubeconfig, ns, tmp_path / "without.log") as op:
+            try:
+                wait_until(
+                    "the default Gateway's route deleted",
+                    lambda: kctl.maybe_get("httproute", "by-default", ns) is None,
+                )
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{op.log_tail(60)}") from None
+            removed = [
+                e for e in kctl.events(ns, "by-default") if e.get("reason") == "RouteRemoved"
+            ]
+            assert removed and "no Gateway" in removed[0]["message"], removed
+            obj = kctl.get("msvc", "by-default", ns)
+            assert not any(c["type"] == "Routed" for c in obj["status"]["conditions"])
+            assert kctl.maybe_get("httproute", "named", ns) is not None  # its own Gateway
+            kctl.run("delete", "msvc", "--all", "-n", ns, "--wait=true", "--timeout=60s",
+                     check=False, timeout=90)  # fmt: skip
+    finally:
+        kctl.run("delete", "namespace", ns, "--wait=false", check=False)

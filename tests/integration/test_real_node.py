@@ -113,10 +113,12 @@ def operator_from_chart(
     operator_namespace: str = OPERATOR_NAMESPACE,
     release: str = f"msvc-real-{SUFFIX}",
     activator: bool = False,
+    gateway: bool = True,
 ) -> Iterator[str]:
     """The chart's operator pod (the real image) watching `namespace`, routing through the
-    Gateway hack/gateway-up.sh runs, with the activator (scale to zero) when asked; yields
-    the operator's pod name. The CRD must be installed."""
+    Gateway hack/gateway-up.sh runs (unless `gateway` is False: no default Gateway), with the
+    activator (scale to zero) when asked; yields the operator's pod name. The CRD must be
+    installed."""
     kctl.run("create", "namespace", namespace)
     helm = str(REPO_ROOT / ".cache" / "bin" / "helm")
     repo, tag = OPERATOR_IMAGE.rsplit(":", 1)
@@ -128,10 +130,10 @@ def operator_from_chart(
         "--set-json", f"watchNamespaces={json.dumps([namespace])}",
         # Its own peering object: the session's other operators never see it as a peer.
         "--set", f"peering.name={release}",
-        # Every ModelService here gets an HTTPRoute on the Gateway hack/gateway-up.sh runs.
-        "--set", f"gateway.default={GATEWAY.namespace}/{GATEWAY.name}",
         "--set", f"activator.enabled={str(activator).lower()}",
     ]  # fmt: skip
+    if gateway:  # every ModelService here gets an HTTPRoute on hack/gateway-up.sh's Gateway
+        cmd += ["--set", f"gateway.default={GATEWAY.namespace}/{GATEWAY.name}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     try:
         if proc.returncode != 0:
@@ -1351,16 +1353,15 @@ def test_a_canary_split_through_the_gateway_is_the_percent_asked(
         host = st["gatewayHost"]
         assert host == f"{name}.{NAMESPACE}.models.internal", st
         route = kctl.get("httproute", name, NAMESPACE)
-        wait_until(
-            "the route Accepted by the Gateway",
-            lambda: any(
-                condition({"status": p}, "Accepted").get("status") == "True"
-                for p in (kctl.get("httproute", name, NAMESPACE).get("status") or {}).get(
-                    "parents", []
-                )
-            ),
+        # Traefik accepted the routes at their current version: the ModelService says so.
+        routed = wait_until(
+            "condition Routed True (Traefik accepted the routes)",
+            lambda: condition(kctl.get("msvc", name, NAMESPACE), "Routed").get("status") == "True"
+            and condition(kctl.get("msvc", name, NAMESPACE), "Routed"),
             timeout=30,
-        )
+        )  # fmt: skip
+        assert routed["reason"] == "RouteAccepted", routed
+        assert f"Gateway {GATEWAY.namespace}/{GATEWAY.name}" in routed["message"], routed
         assert route["spec"]["hostnames"] == [host]
         # The route was made at 100/0 (the canary not Ready yet) and moved to 80/20: Traefik
         # serves the first weights until its next rebuild, so wait for a canary answer.

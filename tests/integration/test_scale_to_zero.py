@@ -51,6 +51,7 @@ GATEWAY = gateway_facts()
 X = [0.01 * i for i in range(64)]
 WAKE = "serving.modelservice.io/wake-requested-at"
 ACTIVATOR_PODS = "app.kubernetes.io/name=modelservice-operator-activator"
+NO_GATEWAY_NS = f"msvc-s2z-ng-{SUFFIX}"
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,21 @@ def operator_and_activator(kctl: Kubectl, node_ip: str, modelservice_crd: str) -
         operator_namespace=OPERATOR_NAMESPACE,
         release=RELEASE,
         activator=True,
+    ):
+        yield
+
+
+@pytest.fixture(scope="module")
+def operator_without_gateway(kctl: Kubectl, node_ip: str, modelservice_crd: str) -> Iterator[None]:
+    """A second release, with the activator and no default Gateway, watching NO_GATEWAY_NS:
+    its ModelServices get no routes, so requests reach them through their Service alone."""
+    with operator_from_chart(
+        kctl,
+        namespace=NO_GATEWAY_NS,
+        operator_namespace=f"{NO_GATEWAY_NS}-op",
+        release=f"{RELEASE}-ng",
+        activator=True,
+        gateway=False,
     ):
         yield
 
@@ -329,61 +345,13 @@ def wait_at_zero(
         raise AssertionError(f"{e}\n{describe(kctl, name)}") from None
 
 
-def hold_slice(kctl: Kubectl, name: str) -> dict[str, Any] | None:
+def hold_slice(kctl: Kubectl, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
     """The EndpointSlice that points the Service <name> at the activator while at zero."""
-    return kctl.maybe_get("endpointslice", f"{name}-activator", NAMESPACE)
+    return kctl.maybe_get("endpointslice", f"{name}-activator", namespace)
 
 
 def slice_addresses(held: dict[str, Any] | None) -> list[str]:
     return sorted(a for e in (held or {}).get("endpoints") or [] for a in e["addresses"])
-
-
-def test_a_request_sent_to_the_service_directly_is_held_from_zero(
-    kctl: Kubectl, operator_and_activator: None, model_files: ModelFiles
-) -> None:
-    """In-cluster clients may call the model's Service, not the Gateway: at zero, the
-    operator points the Service at the activator too (a hold slice beside the controller's),
-    which tells the model by the Host (the ClusterIP, or the Service's DNS name), holds the
-    requests, wakes the model and answers; once a pod is Ready the slice goes."""
-    name = "direct"
-    model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"]}
-    kctl.apply(scale_to_zero(name, model, idleSeconds=10), NAMESPACE)
-    wait_at_zero(kctl, name, timeout=200)
-    activators = sorted(p["status"]["podIP"] for p in live_activators(kctl))
-    held = wait_until(
-        "the hold slice listing the activator",
-        lambda: hold_slice(kctl, name) if slice_addresses(hold_slice(kctl, name)) == activators
-        else None, timeout=30,
-    )  # fmt: skip
-    service = kctl.get("service", name, NAMESPACE)
-    ip = service["spec"]["clusterIP"]
-    assert held["metadata"]["labels"]["kubernetes.io/service-name"] == name
-    assert service["spec"]["selector"]  # the Service itself is left as it was
-
-    hosts = [None, f"{name}.{NAMESPACE}.svc.cluster.local"]  # None: the ClusterIP
-    results: list[Any] = [None] * len(hosts)
-
-    def send(i: int) -> None:
-        try:
-            results[i] = infer(name, 240, address=ip, host=hosts[i])
-        except OSError as e:
-            results[i] = repr(e)
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(hosts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    print(f"\nrequests sent to the Service {ip} at zero (Host: address, DNS name): "
-          f"{[r if isinstance(r, str) else (r[0], round(r[2], 2)) for r in results]}")  # fmt: skip
-    for got in results:
-        assert not isinstance(got, str) and got[0] == 200, (results, describe(kctl, name))
-        assert got[1]["outputs"][0]["shape"] == [1, 10] and got[1]["_held"] > 0, got
-
-    wait_back(kctl, name)
-    wait_until("the hold slice gone", lambda: hold_slice(kctl, name) is None, timeout=30)
-    status, doc, _ = infer(name, 30, address=ip)
-    assert status == 200 and "_held" not in doc, (status, doc)  # from the pod itself
 
 
 @dataclass
@@ -806,3 +774,76 @@ def test_the_namespaces_reference_grant_goes_with_its_last_model_at_zero(
     wait_until("the grant back with minReplicas 0", granted, timeout=90)
     kctl.run("delete", "msvc", name, "-n", NAMESPACE, "--wait=true", timeout=120)
     wait_until("the grant gone with the model", lambda: not granted(), timeout=60)
+
+
+def test_without_a_gateway_a_request_sent_to_the_service_is_held_from_zero(
+    kctl: Kubectl, operator_without_gateway: None, model_files: ModelFiles
+) -> None:
+    """No Gateway: the model still scales to zero, and in-cluster clients call its Service.
+    At zero the operator points the Service at the activator (a hold slice beside the
+    EndpointSlice controller's), which tells the model by the Host (the ClusterIP, or the
+    Service's DNS name), holds the requests, wakes the model and answers; once a pod is
+    Ready the slice goes and the pod answers itself."""
+    ns, name = NO_GATEWAY_NS, "direct"
+    model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"]}
+    kctl.apply(scale_to_zero(name, model, idleSeconds=10), ns)
+    activators = sorted(
+        p["status"]["podIP"] for p in kctl.list("pods", f"{ns}-op", selector=ACTIVATOR_PODS)
+    )
+
+    def at_zero() -> dict[str, Any] | None:
+        obj = kctl.get("msvc", name, ns)
+        st = obj.get("status") or {}
+        pods = kctl.list("pods", ns, selector=f"app.kubernetes.io/instance={name}")
+        listed = slice_addresses(hold_slice(kctl, name, ns))
+        zero = (st.get("scaleToZero") or {}).get("atZero") and not pods
+        return obj if zero and listed == activators else None
+
+    obj = wait_until(f"{name} at zero, its Service at the activator", at_zero, timeout=200)
+    assert condition(obj, "ScaleToZero").get("reason") == "AtZero", obj["status"]
+    assert kctl.maybe_get("httproute", name, ns) is None  # no Gateway: no route
+    service = kctl.get("service", name, ns)
+    assert service["spec"]["selector"]  # the Service itself is left as it was
+    ip = service["spec"]["clusterIP"]
+
+    hosts = [None, f"{name}.{ns}.svc.cluster.local"]  # None: the ClusterIP
+    results: list[Any] = [None] * len(hosts)
+
+    def send(i: int) -> None:
+        try:
+            results[i] = infer(name, 240, address=ip, host=hosts[i])
+        except OSError as e:
+            results[i] = repr(e)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(hosts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    answers = [r if isinstance(r, str) else (r[0], round(r[2], 2)) for r in results]
+    print(f"\nrequests sent to the Service {ip} at zero, no Gateway (Host: address, DNS "
+          f"name): {answers}")  # fmt: skip
+    for got in results:
+        assert not isinstance(got, str) and got[0] == 200, results
+        assert got[1]["outputs"][0]["shape"] == [1, 10] and got[1]["_held"] > 0, got
+    woken = [e.get("reason") for e in kctl.events(ns, name)]
+    assert woken.count("ScaledFromZero") == 1, woken
+
+    wait_until(
+        "the pod Ready and the hold slice gone",
+        lambda: hold_slice(kctl, name, ns) is None
+        and (kctl.get("msvc", name, ns).get("status") or {}).get("readyReplicas"),
+        timeout=60,
+    )  # fmt: skip
+    # kube-proxy may send a request or two to the activator for a moment after the slice
+    # went (it forwards them); then the pod answers the Service's requests itself.
+    seen: list[tuple[int, bool]] = []
+
+    def from_the_pod() -> bool:
+        status, doc, _ = infer(name, 30, address=ip)
+        seen.append((status, "_held" in doc))
+        assert status == 200, (status, doc)
+        return "_held" not in doc
+
+    wait_until("an answer from the pod itself", from_the_pod, timeout=30, interval=0.5)
+    print(f"requests to the Service once awake (status, via the activator): {seen}")

@@ -62,7 +62,10 @@ class FakeCluster(act.Activator):
         self.wakes += 1
 
     async def hold_slices(self) -> list[dict[str, Any]]:
-        """ns/m's Service (ClusterIP SERVICE_IP) at zero, pointed at the activator."""
+        """ns/m's Service (ClusterIP SERVICE_IP) at zero, pointed at the activator (until
+        `slice_gone` says the operator deleted it)."""
+        if getattr(self, "slice_gone", False):
+            return []
         service = render_service("m", "ns")
         service["spec"]["clusterIP"] = SERVICE_IP
         held = render_hold_slice("m", "ns", service, ActivatorPods(("198.18.0.7",), 8080, 8081))
@@ -167,6 +170,10 @@ def test_a_request_sent_to_the_service_is_told_by_its_host_held_and_forwarded() 
                 assert resp.status == 200, (host, await resp.text())
                 assert (await resp.json())["echo"] == body
         assert fake.wakes == 2  # held twice by the first request, then the endpoint was Ready
+        # The slice deleted (the model awake), kube-proxy still sends one here: forwarded.
+        fake.slice_gone = True  # type: ignore[attr-defined]
+        async with session.post("/v2/models/m/infer", json=body, headers={"Host": SERVICE_IP}) as r:
+            assert r.status == 200, await r.text()
         async with session.post("/v2/models/m/infer", json=body, headers={"Host": "m.gone"}) as r:
             assert r.status == 404 and "gone/m does not exist" in (await r.json())["error"]
         async with session.post(

@@ -21,9 +21,6 @@ from modelservice_operator.kopf_compat import namespace_gone
 from modelservice_operator.kube import KubeApiError, _api_error, object_path
 from modelservice_operator.purge import purge_namespace
 from modelservice_operator.reconcile import (
-    ReconcileError,
-    failure_is_the_specs,
-    managed_by_us,
     may_have_hpa,
 )
 from modelservice_operator.render import (
@@ -35,6 +32,11 @@ from modelservice_operator.render import (
 from modelservice_operator.reporting import children_may_update, children_status, status_update
 from modelservice_operator.spec import parse_spec
 from modelservice_operator.status import invalid_status
+from modelservice_operator.writes import (
+    ReconcileError,
+    failure_is_the_specs,
+    managed_by_us,
+)
 
 SPEC = {"model": {"uri": "https://h/m.onnx"}, "replicas": 2}
 

@@ -95,22 +95,27 @@ def test_the_hpa_never_goes_below_one() -> None:
 
 
 def test_not_asked_no_plan() -> None:
-    assert plan_scale_to_zero(_spec(minReplicas=1), gateway_api=True) is None
+    assert plan_scale_to_zero(_spec(minReplicas=1)) is None
 
 
-def test_without_a_gateway_it_stays_at_one_and_says_why() -> None:
-    plan = plan_scale_to_zero(_spec(), gateway_api=True)
-    assert plan is not None and not plan.enabled and plan.reason is Reason.NO_GATEWAY
-    assert "spec.gateway" in plan.message and "stays at 1" in plan.message
+def test_without_the_activator_it_stays_at_one_and_says_why() -> None:
+    for defaults in (RouteDefaults(), RouteDefaults(gateway=activator_gateway())):
+        set_route_defaults(defaults)
+        plan = plan_scale_to_zero(_spec())
+        assert plan is not None and not plan.enabled and plan.reason is Reason.NO_ACTIVATOR
+        assert "activator.enabled" in plan.message and "stays at 1" in plan.message
+    set_route_defaults(RouteDefaults())
 
 
-def test_without_the_gateway_api_or_the_activator_it_says_why(routed: None) -> None:
-    no_api = plan_scale_to_zero(_spec(), gateway_api=False)
-    assert no_api is not None and no_api.reason is Reason.NO_GATEWAY
-    set_route_defaults(RouteDefaults(gateway=activator_gateway()))
-    no_activator = plan_scale_to_zero(_spec(), gateway_api=True)
-    assert no_activator is not None and no_activator.reason is Reason.NO_ACTIVATOR
-    assert "activator.enabled" in no_activator.message
+def test_without_a_gateway_the_activator_alone_holds_behind_the_service() -> None:
+    """The model's Service points at the activator at zero (service_hold.py): no Gateway
+    is needed."""
+    set_route_defaults(RouteDefaults(activator=ACTIVATOR))
+    try:
+        plan = plan_scale_to_zero(_spec())
+        assert plan is not None and plan.enabled and plan.reason is Reason.IDLE_SCALING
+    finally:
+        set_route_defaults(RouteDefaults())
 
 
 def activator_gateway() -> Any:
@@ -129,12 +134,12 @@ def test_beside_a_canary_it_is_refused(routed: None) -> None:
         },
         "demo",
     )
-    plan = plan_scale_to_zero(spec, gateway_api=True)
+    plan = plan_scale_to_zero(spec)
     assert plan is not None and plan.reason is Reason.SCALE_TO_ZERO_WITH_CANARY
 
 
 def test_with_a_gateway_and_the_activator_it_runs(routed: None) -> None:
-    plan = plan_scale_to_zero(_spec(idleSeconds=60, holdTimeoutSeconds=30), gateway_api=True)
+    plan = plan_scale_to_zero(_spec(idleSeconds=60, holdTimeoutSeconds=30))
     assert plan is not None and plan.enabled and plan.reason is Reason.IDLE_SCALING
     assert "60 s" in plan.message and "30 s" in plan.message
 
@@ -238,7 +243,7 @@ def test_two_wake_requests_from_one_stay_at_zero_wake_it_once(
     woken: list[str] = []
     monkeypatch.setattr(scaler, "wake", lambda owner, spec, logger: woken.append(owner["x"]))
     # The Gateway API served (what zero_plan asks the API server's discovery).
-    monkeypatch.setattr(scaler, "zero_plan", lambda s: plan_scale_to_zero(s, gateway_api=True))
+    monkeypatch.setattr(scaler, "zero_plan", lambda s: plan_scale_to_zero(s))
 
     def event(since: str, asked: str, x: str) -> dict[str, Any]:
         body = {
@@ -348,7 +353,7 @@ def _status(spec: ModelServiceSpec, previous: dict[str, Any], ready: int) -> dic
         },
     }  # fmt: skip
     hpa = {"status": {"desiredReplicas": 1, "currentReplicas": 1}}
-    plan = plan_scale_to_zero(spec, gateway_api=True)
+    plan = plan_scale_to_zero(spec)
     return compute_status(
         name="demo", namespace="ns", generation=1, spec=spec, deployment=deployment, hpa=hpa,
         previous=previous, now="2026-12-07T12:00:00Z", zero_plan=plan,
@@ -373,7 +378,7 @@ def test_up_it_reports_idle_scaling_and_refused_it_says_why(routed: None) -> Non
     set_route_defaults(RouteDefaults())
     refused = _status(_spec(), {"scaleToZero": {"atZero": True}}, 1)
     assert _cond(refused, "ScaleToZero")["status"] == "False"
-    assert _cond(refused, "ScaleToZero")["reason"] == "NoGateway"
+    assert _cond(refused, "ScaleToZero")["reason"] == "NoActivator"
     assert refused["desiredReplicas"] == 1  # not at zero when it cannot be
     plain = _status(_spec(minReplicas=1), {}, 1)
     assert not any(c["type"] == "ScaleToZero" for c in plain["conditions"])

@@ -81,10 +81,11 @@ Rules for the namespaced objects the operator owns and reconciles. Shared by the
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# The weighted routes on a Gateway: applied, deleted with spec.gateway, not watched.
+# The weighted routes on a Gateway: applied, deleted with spec.gateway, watched for the
+# status the Gateway's controller writes (condition Routed).
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes", "grpcroutes"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Scale to zero: a Deployment's replicas set to 0 and back through its scale subresource.
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
