@@ -21,9 +21,10 @@ watching one namespace); the model is bench's MLP, fetched over HTTP from the no
    and wrk. Servers, Traefik and wrk share the 2 cores.
 3. Cold start from zero: the chart again with its activator, a ModelService with
    minReplicas 0 left idle until it is at zero, then one request through the Gateway (the
-   MLP: a V2 inference; the tiny Llama: a streamed completion, to its first event), held
-   until a pod is Ready (--cold-runs times per model), against that model's start-up
-   median of 1.
+   MLP: a V2 inference; the tiny Llama: a streamed completion, to its first event), and
+   one V2 inference of the MLP sent to its Service's ClusterIP instead (the hold slice,
+   docs/scale-to-zero.md), held until a pod is Ready (--cold-runs times per model),
+   against that model's start-up median of 1.
 
 Writes its section of docs/benchmarks.md (between the real-node markers, replaced on each
 run; `make bench` runs it after bench/run.py) and the raw figures to .cache/bench/.
@@ -224,6 +225,19 @@ def first_inference(name: str) -> float:
     return seconds
 
 
+def first_inference_by_service(k: Kubectl) -> Any:
+    """Seconds to the MLP's V2 answer sent to the Service's ClusterIP (no Gateway)."""
+
+    def first(name: str) -> float:
+        ip = k.get("service", name, s2z.NAMESPACE)["spec"]["clusterIP"]
+        status, doc, seconds = s2z.infer(name, 240, address=ip)
+        if status != 200 or "_held" not in doc:
+            raise SystemExit(f"cold start of {name} through its Service: {status} {doc}")
+        return seconds
+
+    return first
+
+
 def first_event(name: str) -> float:
     """Seconds to the first server-sent event of a streamed completion through the Gateway."""
     got = s2z.stream_completion(name, 240)
@@ -237,8 +251,8 @@ def cold_starts(
 ) -> list[float]:
     """Scale to zero (docs/scale-to-zero.md): a ModelService with minReplicas 0 and the
     shortest idle period, left idle until it is at zero (pods gone, route at the
-    activator), then one request through the Gateway, held until a pod is Ready, timed by
-    `first_answer(name)`; `runs` times. Needs the chart with the activator
+    activator), then one request (through the Gateway, or to the Service), held until a
+    pod is Ready, timed by `first_answer(name)`; `runs` times. Needs the chart with the activator
     (tests/integration/test_scale_to_zero.py's namespaces)."""
     k.apply(s2z.scale_to_zero(name, model, idleSeconds=10), s2z.NAMESPACE)
     out = []
@@ -296,8 +310,8 @@ def gateway_line(t: dict[str, Any]) -> str:
 
 def cold_line(result: dict[str, Any]) -> str:
     lines = []
-    for label, key, what in COLD:
-        first, startup = result.get(f"cold_{key}") or [], result.get(f"startup_{key}") or []
+    for label, key, started, what in COLD:
+        first, startup = result.get(f"cold_{key}") or [], result.get(f"startup_{started}") or []
         if not first or not startup:
             continue
         median, ready = statistics.median(first), statistics.median(r["total"] for r in startup)
@@ -310,15 +324,16 @@ def cold_line(result: dict[str, Any]) -> str:
         return "\nNo cold start from zero was measured in this run."
     return (
         "\n**Cold start from zero** (docs/scale-to-zero.md: `minReplicas: 0`, `idleSeconds: 10`, "
-        "the chart's activator): one request through the Gateway to a ModelService at zero, "
-        "held until a pod is Ready:\n\n" + "\n".join(lines)
+        "the chart's activator): one request to a ModelService at zero, through the Gateway "
+        "or to its Service, held until a pod is Ready:\n\n" + "\n".join(lines)
     )
 
 
-# (label, key of result's startup_<key> and cold_<key>, what is timed)
+# (label, key of result's cold_<key>, key of its startup_<key>, what is timed)
 COLD = (
-    ("MLP", "mlp", "a V2 inference answered"),
-    ("tiny Llama (`format: genai`)", "llm", "the first event of a streamed completion"),
+    ("MLP", "mlp", "mlp", "a V2 inference through the Gateway answered"),
+    ("MLP, to its Service", "mlp_service", "mlp", "a V2 inference sent to the ClusterIP answered"),
+    ("tiny Llama (`format: genai`)", "llm", "llm", "the first event of a streamed completion"),
 )
 
 
@@ -457,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         files = stack.enter_context(real.serve_model_files(node_ip, model.path, tmp))
         mlp = {"uri": files.url("mlp.onnx"), "sha256": files.sha256["mlp.onnx"]}
         result["cold_mlp"] = cold_starts(k, "bench-cold", mlp, args.cold_runs, first_inference)
+        by_service = first_inference_by_service(k)
+        result["cold_mlp_service"] = cold_starts(
+            k, "bench-cold-svc", mlp, args.cold_runs, by_service
+        )
         if tiny is not None:
             name = "bench-cold-llm"
             llm_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out_dir)))
