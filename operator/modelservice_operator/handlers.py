@@ -54,6 +54,7 @@ from modelservice_operator.reconcile import (
     refresh_scale_down,
     remove_reference_grant,
     remove_stale_route,
+    restore_routes,
 )
 from modelservice_operator.reporting import (
     children_may_update,
@@ -405,7 +406,8 @@ def pod_event(body: kopf.Body, namespace: str, logger: kopf.Logger, **kwargs: An
 def route_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **kwargs: Any) -> None:
     """A route of ours changed (mostly its status: the Gateway's controller accepted it, or
     not): its owner's condition Routed follows. A route no Gateway wants any more (the
-    operator's default Gateway gone) is deleted."""
+    operator's default Gateway gone) is deleted; one deleted while its owner still wants
+    it is applied again."""
     watched = Indexes.given(kwargs)
     key = indexes.note_route(body, deleted=type == "DELETED")
     if key is None:
@@ -420,7 +422,10 @@ def route_event(body: kopf.Body, type: str | None, logger: kopf.Logger, **kwargs
     if type != "DELETED" and spec is not None and gateway_of(spec) is None:
         remove_stale_route(owner, body, logger)
         return
-    refresh_status(owner, watched.children(owner), logger)
+    found = watched.children(owner)
+    if type == "DELETED":  # drift: deleted while the spec still wants it (else a no-op)
+        restore_routes(owner, found, logger)
+    refresh_status(owner, found, logger)
 
 
 @kopf.on.event("v1", "namespaces")

@@ -13,6 +13,7 @@ from typing import Any
 
 import kopf
 
+from modelservice_operator import KIND
 from modelservice_operator.indexes import (
     Children,
     note_route,
@@ -249,9 +250,8 @@ def activator_pods(activator: ActivatorRef) -> ActivatorPods:
 
 
 def _hold_slice_ours(live: Mapping[str, Any] | None) -> bool:
-    return ((live or {}).get("metadata") or {}).get("labels", {}).get(MANAGED_BY_LABEL) == (
-        HOLD_MANAGER
-    )
+    labels = ((live or {}).get("metadata") or {}).get("labels") or {}
+    return labels.get(MANAGED_BY_LABEL) == HOLD_MANAGER
 
 
 def sync_hold(
@@ -385,6 +385,27 @@ def remove_revisions(owner: Mapping[str, Any], rendered: Iterable[tuple[str, str
         if delete_if(kind, namespace, child, lambda live: owned_by(live, uid)):
             deleted.append(f"{kind} {child}")
     return deleted
+
+
+def restore_routes(owner: Mapping[str, Any], found: Children, logger: logging.Logger | Any) -> None:
+    """Apply the routes the spec wants again, after one of them was deleted (drift: the
+    route watch saw it go while its owner still wants a Gateway). Failures are logged:
+    the next reconcile applies them."""
+    spec = owner_spec(owner)
+    if spec is None or gateway_of(spec) is None:
+        return
+    meta = owner["metadata"]
+    plan = traffic_plan(owner, spec) if spec.canary is not None else None
+    try:
+        # The index may not have seen its owner deleted yet (garbage collection deleting
+        # the routes): never make a route for an owner that is gone.
+        live = (client().get(KIND, meta["namespace"], meta["name"]) or {}).get("metadata") or {}
+        if live.get("uid") != meta.get("uid") or live.get("deletionTimestamp"):
+            return
+        for route in desired_routes(owner, spec, plan, found.canary, found.deployment):
+            note_route(apply_child(route))
+    except (ReconcileError, KubeApiError) as e:
+        logger.warning("could not restore the routes of %s: %s", meta["name"], e)
 
 
 def remove_stale_route(

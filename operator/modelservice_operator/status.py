@@ -391,7 +391,7 @@ def routed_condition(
     for kind in kinds:
         route = next((r for r in routes if r.get("kind") == kind), None)
         if route is None:
-            waiting.append(f"{kind}: not seen yet")
+            waiting.append(f"{kind}: not found")
             continue
         meta = route.get("metadata") or {}
         what, generation = f"{kind} {meta.get('name')}", meta.get("generation")

@@ -330,6 +330,14 @@ def test_split_by_an_httproute_where_the_gateway_api_is_served(
         timeout=90,
     )
 
+    # The route deleted by hand (drift): the operator sees it go and applies it again.
+    kctl.run("delete", "httproute", name, "-n", ns)
+    wait_until(
+        "the deleted HTTPRoute applied again, weights 0/100",
+        lambda: _route_weights(kctl, ns, name) == [0, 100],
+        timeout=30,
+    )
+
     # The gateway removed: the route goes, the split falls back to replica count.
     kctl.run("patch", "msvc", name, "-n", ns, "--type=json",
              "-p", json.dumps([{"op": "remove", "path": "/spec/gateway"}]))  # fmt: skip

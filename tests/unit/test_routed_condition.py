@@ -56,7 +56,7 @@ def test_a_refused_route_is_false_with_the_controllers_reason() -> None:
     ("routes", "needle"),
     [
         ([_route()], "HTTPRoute m: no Gateway controller has reported on it"),
-        ([], "HTTPRoute: not seen yet"),
+        ([], "HTTPRoute: not found"),
         # The controller reported on generation 1; the route is at 2 (its weights moved).
         ([_route(Accepted=("True", "Accepted", "", 1), ResolvedRefs=("True", "", "", 1))],
          "HTTPRoute m: Accepted not reported for its current version"),
@@ -76,7 +76,7 @@ def test_the_grpc_route_counts_where_there_is_one() -> None:
     c = routed_condition(
         [_route(Accepted="True", ResolvedRefs="True")], ["HTTPRoute", "GRPCRoute"], GW
     )
-    assert c["status"] == "Unknown" and "GRPCRoute: not seen yet" in c["message"]
+    assert c["status"] == "Unknown" and "GRPCRoute: not found" in c["message"]
 
 
 def _body(kind: str, uid: str = "u1", status: dict[str, Any] | None = None) -> dict[str, Any]:
