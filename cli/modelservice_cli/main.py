@@ -30,7 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "activator": (
         "modelservice_operator.activator",
         "hold HTTP and gRPC requests for ModelServices scaled to zero until a pod is Ready "
-        "(behind the Gateway; installed by the chart with activator.enabled)",
+        "(behind the Gateway and the models' Services; installed by the chart with "
+        "activator.enabled)",
     ),
     "demo": (
         f"{_RUNTIME}.tools.demo",

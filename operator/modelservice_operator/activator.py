@@ -1,11 +1,8 @@
 """`modelservice activator`: holds HTTP and gRPC requests for ModelServices scaled to zero.
 
-Why a component of our own: the Gateway (Traefik here) routes but cannot hold a request
-for a backend with no endpoint (it answers 503 at once), and the scaling engines that could
-decide (KEDA) do not hold requests either (KEDA's HTTP add-on would be one more component,
-and KEDA's cold build does not fit the CI budget beside Traefik). Knative and KubeAI have
-an activator for the same reason. The decision itself is the operator's (scaling.py); this
-process only holds, asks for a wake, and forwards.
+Why a component of our own (as Knative and KubeAI have), and not KEDA: docs/scale-to-zero.md.
+The decision is the operator's (scaling.py); this process only holds, asks for a wake, and
+forwards.
 
 While a ModelService is at zero (or waking), its HTTPRoute sends to this Service's HTTP port,
 and its GRPCRoute to its gRPC port (h2c), with the header `X-ModelService-Target:
@@ -29,7 +26,8 @@ ends over the same hold):
    ..."}` (gRPC: UNAVAILABLE with the same message) naming the status's phase, reason and
    message; a request that names no model (neither the header nor its Host) gets 400
    (INVALID_ARGUMENT), one for a ModelService that does not exist 404 (NOT_FOUND). An HTTP
-   body that does not arrive within BODY_READ_S gets 408.
+   body that does not arrive within BODY_READ_S (buffered), or stops arriving for that
+   long (streamed: over MAX_BUFFERED_BODY, or chunked), gets 408.
 
 It keeps no state of its own: everything is in the ModelService (annotation, status) and
 the EndpointSlices. Told to stop (SIGTERM), it goes on holding for DRAIN_S (a model that
@@ -85,8 +83,9 @@ CACHE_S = 0.2  # how long one read of a ModelService or its endpoints serves eve
 # operator deletes the slice (the model awake again); those are forwarded, not refused.
 RESOLVED_S = 60.0
 MAX_BUFFERED_BODY = 8 * 1024 * 1024  # larger (or unknown-length) bodies are streamed
-# A buffered body must arrive within this once the headers have: a client (or a Gateway
-# connection) that sent its headers and stalls gets 408, instead of a task waiting forever.
+# A buffered body must arrive within this once the headers have, and a streamed one may not
+# pause longer: a client (or a Gateway connection) that stalls gets 408, instead of a task
+# (and the pod's request) waiting forever.
 BODY_READ_S = 30.0
 # gRPC messages pass whole (the proxy does not parse them): up to the runtime's own default
 # bound on a request (`modelservice serve --max-request-bytes`, 64 MiB).
@@ -379,8 +378,10 @@ class Activator:
             if k.lower() not in HOP_HEADERS and k.lower() != TARGET_HEADER.lower()
         }
         data: Any = body
+        stalled: list[float] = []  # the seconds waited, once a streamed body stopped coming
         if body is None and request.can_read_body:
-            data = request.content.iter_chunked(64 * 1024)
+            data = self._streamed_body(request, stalled)
+        prepared = False
         try:
             async with self._session.request(
                 request.method, url, headers=headers, data=data, allow_redirects=False
@@ -393,14 +394,35 @@ class Activator:
                 if upstream.content_length is not None:
                     out.content_length = upstream.content_length
                 await out.prepare(request)
+                prepared = True
                 async for chunk in upstream.content.iter_any():
                     await out.write(chunk)
                 await out.write_eof()
                 return out
         except (aiohttp.ClientError, OSError) as e:
+            if stalled and not prepared:
+                return _json_error(
+                    408, f"request body: nothing arrived for {stalled[0]:g} s in the middle "
+                    "of a streamed body; the request to the pod was cancelled",
+                )  # fmt: skip
             return _json_error(
                 502, f"ModelService {namespace}/{name}: forwarding to pod {host}:{port} failed: {e}"
             )
+
+    async def _streamed_body(self, request: Any, stalled: list[float]) -> AsyncIterator[bytes]:
+        """A body too large (or of unknown length) to buffer, passed on as it comes; a gap of
+        body_read_s between two chunks ends it (noted in `stalled`): a client that stops
+        sending mid-body does not hold the pod's request open forever."""
+        chunks = request.content.iter_chunked(64 * 1024).__aiter__()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), self._body_read_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                stalled.append(self._body_read_s)
+                raise OSError("the request body stalled") from None
+            yield chunk
 
     # --- gRPC ---------------------------------------------------------------------------
 

@@ -303,6 +303,46 @@ def test_a_body_that_never_arrives_gets_408_naming_it() -> None:
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
+def test_a_streamed_body_that_stops_arriving_gets_408_and_the_pods_request_is_cancelled() -> None:
+    """A chunked body (streamed to the pod as it comes) whose next chunk does not come
+    within body_read_s: 408 naming it, not a request to the pod held open forever."""
+
+    async def main() -> tuple[bytes, dict[str, Any], float]:
+        up_runner, up_port = await _serve(_upstream(asyncio.Event()))
+        fake = FakeCluster(("127.0.0.1", up_port), ready_after=0, body_read_s=0.5)
+        runner, port = await _serve(act.create_app(fake))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            t0 = time.monotonic()
+            writer.write(
+                b"POST /v2/models/m/infer HTTP/1.1\r\nHost: m\r\nContent-Type: application/json"
+                b"\r\nTransfer-Encoding: chunked\r\n" + f"{TARGET}: ns/m\r\n\r\n".encode()
+                + b'4\r\n{"in\r\n'
+            )  # fmt: skip
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = int(next(
+                line.split(b":")[1] for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ))  # fmt: skip
+            body = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+            after = time.monotonic() - t0
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            await runner.cleanup()
+            await up_runner.cleanup()
+        return head, body, after
+
+    head, body, after = asyncio.run(asyncio.wait_for(main(), 30))
+    assert head.startswith(b"HTTP/1.1 408 "), (head, body)
+    assert body == {
+        "error": "request body: nothing arrived for 0.5 s in the middle of a streamed body; "
+        "the request to the pod was cancelled"
+    }
+    assert 0.5 <= after < 5, after
+
+
 # --- gRPC --------------------------------------------------------------------------------------
 
 HELD = act.HELD_HEADER.lower()
