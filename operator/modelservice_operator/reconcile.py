@@ -254,17 +254,27 @@ def _hold_slice_ours(live: Mapping[str, Any] | None) -> bool:
     return labels.get(MANAGED_BY_LABEL) == HOLD_MANAGER
 
 
+def _gone(namespace: str, name: str) -> bool:
+    """The Service <name>'s hold slice does not exist."""
+    try:
+        return client().get("EndpointSlice", namespace, hold_slice_name(name)) is None
+    except KubeApiError as e:
+        raise ReconcileError(f"EndpointSlice {hold_slice_name(name)}: {e}") from e
+
+
 def sync_hold(
     owner: Mapping[str, Any],
     activator: ActivatorRef | None,
     *,
     service: Mapping[str, Any] | None = None,
     pods: ActivatorPods | None = None,
+    recheck: bool = False,
 ) -> None:
     """While the routes go to `activator`, the Service <name> has a hold slice listing the
     activator's Ready pods (`pods`, read when not given), so that requests sent to the
     Service directly are held as well; otherwise it has none. Written only when that
-    changes. `service`: the Service as it lives (read when not given: its ClusterIP)."""
+    changes, or (`recheck`: the scaler's periodic check) when the slice is gone (deleted by
+    hand). `service`: the Service as it lives (read when not given: its ClusterIP)."""
     meta = owner["metadata"]
     key, name, namespace = owner_key(meta), meta["name"], meta["namespace"]
     if activator is None:
@@ -274,7 +284,7 @@ def sync_hold(
             HELD_BY.pop(key)
         return
     pods = pods if pods is not None else activator_pods(activator)
-    if HELD_BY.get(key) == pods:
+    if HELD_BY.get(key) == pods and not (recheck and pods.addresses and _gone(namespace, name)):
         return
     if service is None:
         try:

@@ -214,8 +214,9 @@ def check(
     status = owner.get("status") or {}
     state = scale_state(status)
     activator = to_activator(owner, spec, deployment)
-    if activator is not None:  # the activator's pods may have changed (a restart)
-        sync_hold(owner, activator, pods=(pods_of or _ActivatorPodsOnce())(activator))
+    if activator is not None:  # the activator's pods may have changed, or its slice gone
+        pods = (pods_of or _ActivatorPodsOnce())(activator)
+        sync_hold(owner, activator, pods=pods, recheck=True)
     assert spec.autoscaling is not None
     idle = spec.autoscaling.idle_seconds
     if state.get(AT_ZERO):
