@@ -266,6 +266,25 @@ def test_a_wake_is_asked_once_per_stay_at_zero() -> None:
     assert not act.needs_wake({"status": {"scaleToZero": {"atZero": False}}})
 
 
+async def _raw_request(port: int, sent: bytes) -> tuple[bytes, dict[str, Any], float]:
+    """Write `sent` (a request whose body stops short) to the activator on `port` as raw
+    bytes and read its answer: (head, JSON body, seconds until it came)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    t0 = time.monotonic()
+    writer.write(sent)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = int(next(
+        line.split(b":")[1] for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    ))  # fmt: skip
+    body = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+    after = time.monotonic() - t0
+    writer.close()
+    await writer.wait_closed()
+    return head, body, after
+
+
 def test_a_body_that_never_arrives_gets_408_naming_it() -> None:
     """Headers sent with a Content-Length, then nothing: 408 once body_read_s has passed,
     not a request waiting forever (nothing is held or forwarded)."""
@@ -274,22 +293,11 @@ def test_a_body_that_never_arrives_gets_408_naming_it() -> None:
         fake = FakeCluster(("127.0.0.1", 1), ready_after=0, body_read_s=0.5)
         runner, port = await _serve(act.create_app(fake))
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            t0 = time.monotonic()
-            writer.write(
+            head, body, after = await _raw_request(
+                port,
                 b"POST /v2/models/m/infer HTTP/1.1\r\nHost: m\r\nContent-Type: application/json"
-                b"\r\nContent-Length: 100\r\n" + f"{TARGET}: ns/m\r\n\r\n".encode() + b'{"in'
+                b"\r\nContent-Length: 100\r\n" + f"{TARGET}: ns/m\r\n\r\n".encode() + b'{"in',
             )
-            await writer.drain()
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            length = int(next(
-                line.split(b":")[1] for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            ))  # fmt: skip
-            body = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
-            after = time.monotonic() - t0
-            writer.close()
-            await writer.wait_closed()
         finally:
             await runner.cleanup()
         assert head.startswith(b"HTTP/1.1 408 "), head
@@ -312,27 +320,15 @@ def test_a_streamed_body_that_stops_arriving_gets_408_and_the_pods_request_is_ca
         fake = FakeCluster(("127.0.0.1", up_port), ready_after=0, body_read_s=0.5)
         runner, port = await _serve(act.create_app(fake))
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            t0 = time.monotonic()
-            writer.write(
+            return await _raw_request(
+                port,
                 b"POST /v2/models/m/infer HTTP/1.1\r\nHost: m\r\nContent-Type: application/json"
                 b"\r\nTransfer-Encoding: chunked\r\n" + f"{TARGET}: ns/m\r\n\r\n".encode()
-                + b'4\r\n{"in\r\n'
+                + b'4\r\n{"in\r\n',
             )  # fmt: skip
-            await writer.drain()
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            length = int(next(
-                line.split(b":")[1] for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            ))  # fmt: skip
-            body = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
-            after = time.monotonic() - t0
-            writer.close()
-            await writer.wait_closed()
         finally:
             await runner.cleanup()
             await up_runner.cleanup()
-        return head, body, after
 
     head, body, after = asyncio.run(asyncio.wait_for(main(), 30))
     assert head.startswith(b"HTTP/1.1 408 "), (head, body)
