@@ -128,6 +128,18 @@ def tiny_llm() -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def wide_llm() -> tuple[Path, Path]:
+    """The same as tiny_llm for tests/tinyllm.py's "wide" model: decode steps of a few
+    milliseconds instead of a fraction of one."""
+    from tests import tinyllm
+
+    needed_module("onnxruntime_genai")
+    needed_module("transformers")
+    root = Path(__file__).resolve().parents[1] / ".cache" / "test-models"
+    return tinyllm.cached_tiny_llama(root, "wide")
+
+
+@pytest.fixture(scope="session")
 def tiny_encoder() -> Path:
     """The folder of the tiny random BERT sentence encoder of tests/tinyencoder.py (ONNX,
     tokenizer.json, sentence-transformers' pooling config). Cached under .cache/test-models

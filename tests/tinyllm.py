@@ -33,10 +33,15 @@ SPECIAL = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 VOCAB = 384
 CONTEXT = 512
 SEED = 1234
+# (hidden, intermediate, layers, attention heads, key/value heads). "tiny": steps of a
+# fraction of a millisecond, overhead-bound. "wide": the same vocabulary and tokenizer with
+# steps of a few milliseconds on two cores, for what only a step of some length shows (a
+# decode run interrupted for a new request).
+SIZES = {"tiny": (64, 128, 2, 4, 2), "wide": (768, 2048, 4, 12, 4)}
 
 
-def make_tiny_llama(folder: Path) -> Path:
-    """Write the Hugging Face folder of the tiny model into `folder` and return it."""
+def make_tiny_llama(folder: Path, size: str = "tiny") -> Path:
+    """Write the Hugging Face folder of the model of `size` (SIZES) into `folder`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -58,13 +63,14 @@ def make_tiny_llama(folder: Path) -> Path:
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)
 
+    hidden, intermediate, layers, heads, kv_heads = SIZES[size]
     config = LlamaConfig(
         vocab_size=len(fast),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=CONTEXT,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
@@ -85,11 +91,12 @@ def make_tiny_llama(folder: Path) -> Path:
     return folder
 
 
-def cached_tiny_llama(cache: Path) -> tuple[Path, Path]:
-    """(Hugging Face folder, onnxruntime-genai fp32 folder) of the tiny Llama, exported with
-    `modelservice export-llm`'s builder into `cache`/tinyllm-<digest>/ once. The digest covers
-    what makes the folder: this recipe, the exporter and onnxruntime-genai's version (a new
-    builder writes another graph). The export takes about a minute."""
+def cached_tiny_llama(cache: Path, size: str = "tiny") -> tuple[Path, Path]:
+    """(Hugging Face folder, onnxruntime-genai fp32 folder) of the Llama of `size`, exported
+    with `modelservice export-llm`'s builder into `cache`/tinyllm[-size]-<digest>/ once.
+    The digest covers what makes the folder: this recipe, the exporter and
+    onnxruntime-genai's version (a new builder writes another graph). The export takes
+    about a minute."""
     import hashlib
     from importlib.metadata import version
 
@@ -100,9 +107,10 @@ def cached_tiny_llama(cache: Path) -> tuple[Path, Path]:
         + Path(export_llm.__file__).read_bytes()
         + version("onnxruntime-genai").encode()
     )
-    root = cache / f"tinyllm-{hashlib.sha256(recipe).hexdigest()[:12]}"
+    name = "tinyllm" if size == "tiny" else f"tinyllm-{size}"
+    root = cache / f"{name}-{hashlib.sha256(recipe).hexdigest()[:12]}"
     hf, genai = root / "hf", root / "genai-fp32"
     if not (genai / "genai_config.json").is_file():
-        make_tiny_llama(hf)
+        make_tiny_llama(hf, size)
         export_llm.build(hf, genai, "fp32")
     return hf, genai

@@ -1,10 +1,11 @@
 """The engine's decoder on the tests' real tiny model, for what a fake decoder cannot
 show: a decoder reopened with another thread count keeps its rows' caches, the choice made
-for `--intra-op-threads 0` leaves the answers as they were, and a prompt prefilled in parts
-gets the tokens it gets whole."""
+for `--intra-op-threads 0` leaves the answers as they were, a prompt prefilled in parts
+gets the tokens it gets whole, and a decode run interrupted part-way changes nothing."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,48 @@ def test_prefix_caching_gives_the_tokens_of_a_whole_prefill(tiny_llm: tuple[Path
     assert none_cached == 0
     # b's system prompt (120) and the next turn's prompt and answer but the last token.
     assert cached == 120 + len(a) + 10 - 1
+
+
+def test_an_interrupted_decode_run_changes_nothing(tiny_llm: tuple[Path, Path]) -> None:
+    """Every decode step is interrupted from another thread as soon as its run is under
+    way (as engine_process.ArrivalWatch does for a new request): the step reports it and
+    its rows decode at the next one, with the tokens and log-probabilities of a run never
+    interrupted (the redone run writes each row's key and value at the same place)."""
+    config = DecoderConfig.read(tiny_llm[1])
+    params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True, logprobs=True)
+    prompts = {1: PROMPT, 2: PROMPT[::-1].copy(), 3: PROMPT[:5].copy()}
+
+    def run(interrupting: bool) -> tuple[list[tuple[int, int, float]], int]:
+        decoder = Decoder(config, 4, ["CPUExecutionProvider"], 1)
+        scheduler = Scheduler(decoder, [])
+        for rid, prompt in prompts.items():
+            scheduler.add(rid, prompt, params)
+        tokens, interrupted = [], 0
+        while scheduler.busy:
+            out = scheduler.admit()
+            done, spinning = threading.Event(), threading.Event()
+
+            def spin(done: threading.Event = done, spinning: threading.Event = spinning) -> None:
+                spinning.set()
+                while not decoder.interrupt() and not done.is_set():
+                    pass
+
+            spinner = threading.Thread(target=spin)
+            if interrupting and interrupted < 40:  # then let runs end
+                spinner.start()
+                spinning.wait()
+            out = scheduler.decode(out)
+            done.set()
+            if spinner.is_alive():
+                spinner.join()
+            interrupted += out.interrupted
+            tokens += out.tokens
+        return tokens, interrupted
+
+    plain, none = run(interrupting=False)
+    tokens, interrupted = run(interrupting=True)
+    assert none == 0
+    assert interrupted >= 5  # most runs were stopped (one may end before its flag is read)
+    assert [t[:2] for t in tokens] == [t[:2] for t in plain]
+    np.testing.assert_allclose([t[2] for t in tokens], [t[2] for t in plain], rtol=0, atol=1e-5)
+    assert len(tokens) == 3 * 16

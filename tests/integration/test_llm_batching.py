@@ -5,6 +5,7 @@ running and queued). Nothing here reaches into the server's objects."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import threading
@@ -175,6 +176,53 @@ def test_a_late_short_request_joins_the_running_batch(
         t.join(60)
     assert short.usage is not None and short.usage.completion_tokens >= 1
     assert all(done < at for at in ended.values()), (done - sent, ended)
+
+
+def test_a_decode_run_is_interrupted_for_a_new_request_and_every_answer_stays_its_own(
+    wide_llm: tuple[Path, Path],
+) -> None:
+    """Short requests sent at random moments while 7 long ones stream on a model whose
+    steps last milliseconds (one row of 8 free): some stop a decode run part-way so that
+    they start at once (the run is done again after their prefill), as the counter shows,
+    and every answer, long and short, is the one it gets alone."""
+    with serve(wide_llm[1], "--name", "tiny", "--generation-batch-size", "8") as wide:
+        client = openai.OpenAI(base_url=wide.url + "/v1", api_key="unused", max_retries=0)
+        longs = [f"{p} {i}" for i, p in enumerate(PROMPTS * 2)][:7]
+        shorts = [f"short {i}" for i in range(20)]
+        greedy = {"temperature": 0, "extra_body": {"ignore_eos": True}}
+        long_alone = [stream_text(client, p, 300, **greedy) for p in longs]
+        short_alone = [stream_text(client, p, 3, **greedy) for p in shorts]
+        before = metric(wide.url, "modelservice_generation_steps_interrupted_total")
+        streaming = threading.Barrier(len(longs) + 1)
+        long_got: list[str] = [""] * len(longs)
+
+        def long_stream(i: int) -> None:
+            for n, chunk in enumerate(
+                client.completions.create(
+                    model="tiny", prompt=longs[i], max_tokens=300, stream=True, **greedy
+                )
+            ):
+                if n == 0:
+                    streaming.wait(60)
+                long_got[i] += "".join(c.text for c in chunk.choices)
+
+        threads = [threading.Thread(target=long_stream, args=(i,)) for i in range(len(longs))]
+        for t in threads:
+            t.start()
+        streaming.wait(60)
+        rng = random.Random(3)
+        short_got = []
+        for prompt in shorts:
+            time.sleep(rng.uniform(0, 0.01))
+            short_got.append(stream_text(client, prompt, 3, **greedy))
+        still_streaming = sum(t.is_alive() for t in threads)
+        for t in threads:
+            t.join(120)
+        interrupted = metric(wide.url, "modelservice_generation_steps_interrupted_total") - before
+    assert short_got == short_alone
+    assert long_got == long_alone
+    assert still_streaming == len(longs)  # the short ones really came while the long ran
+    assert interrupted >= 1
 
 
 def test_a_non_streamed_request_whose_client_leaves_is_cancelled(server: Served) -> None:

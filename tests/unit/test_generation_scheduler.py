@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from modelservice_runtime.generation import ipc
+from modelservice_runtime.generation.decoder import Interrupted
 from modelservice_runtime.generation.sampling import RowSampler, SamplingParams, select
 from modelservice_runtime.generation.scheduler import CANCELLED, ERROR, LENGTH, STOP, Scheduler
 
@@ -25,6 +26,7 @@ class Decoder:
         self.copies: list[tuple[int, int, int]] = []  # (source, target, n)
         self.runs: list[tuple[str, int]] = []  # ("prefill", slot) or ("decode", rows)
         self.fail_decode = False
+        self.interrupt_decodes = 0  # the next this many decode runs are interrupted
         self.fail_prompt: int | None = None  # a prompt starting with this token is refused
         self.prefill_runs: list[int] = []  # prompts per prefill run
         self.prompt_tokens: list[int] = []  # prompt tokens per run (whole prompts and parts)
@@ -67,6 +69,9 @@ class Decoder:
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if self.fail_decode:
             raise RuntimeError("boom")
+        if self.interrupt_decodes:
+            self.interrupt_decodes -= 1
+            raise Interrupted
         self.runs.append(("decode", len(tokens)))
         for slot, n in enumerate(lengths.tolist()):
             if n:
@@ -214,6 +219,37 @@ def test_a_logits_processor_sees_its_row_and_changes_the_choice() -> None:
     logits = np.array([[0.0, 5.0, 4.9]], np.float32)
     assert select([row], logits, [[7, 8]])[0] == [2]
     assert seen == [[7, 8]]
+
+
+def test_an_interrupted_decode_run_leaves_every_row_as_it_was() -> None:
+    d = Decoder(slots=4)
+    s = Scheduler(d, [EOS])
+    s.add(1, np.array([5]), greedy(4))
+    first = s.step()  # 6 from its prefill, 7 from a decode run
+    d.interrupt_decodes = 2
+    r = s.step()
+    assert r.interrupted and not r.tokens and r.rows_in_step == 0 and not r.finished
+    assert ipc.unpack_step(ipc.pack_step(r)).interrupted
+    s.add(2, np.array([9]), greedy(2))  # the request it was interrupted for
+    r = s.step()  # 2's first token; the decode run interrupted again
+    assert r.interrupted and tokens_of([r], 2) == [10] and not tokens_of([r], 1)
+    results = [first, r, *run(s)]
+    assert tokens_of(results, 1) == [6, 7, 8, 9] and tokens_of(results, 2) == [10, 11]
+    assert not any(r.interrupted for r in results[2:])
+    assert not ipc.unpack_step(ipc.pack_step(results[-1])).interrupted
+
+
+def test_a_request_could_start_at_once_only_with_a_free_slot_and_none_waiting() -> None:
+    s = Scheduler(Decoder(slots=2), [EOS])
+    s.add(1, np.array([5]), greedy(9))
+    s.add(2, np.array([5]), greedy(9))
+    assert not s.can_start_another  # two wait
+    s.step()
+    assert not s.can_start_another  # both run: no slot
+    s.cancel(2)
+    assert s.can_start_another
+    s.add(3, np.array([5]), greedy(9))
+    assert not s.can_start_another  # one waits for the slot
 
 
 def test_step_messages_pack_and_unpack() -> None:

@@ -297,6 +297,8 @@ class GenerationEngine:
         m.set_load(step.running, step.queued)
         if step.rows_in_step:
             m.observe_rows(step.rows_in_step)
+        if step.interrupted:
+            m.add_interrupted_step()
         m.add_tokens(len(step.tokens))
         if step.cached_tokens:
             m.add_cached_prompt_tokens(step.cached_tokens)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,12 @@ GENAI_CONFIG = "genai_config.json"
 MASK_STEP = 64  # the decode mask's width grows in steps of this many positions
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class Interrupted(Exception):
+    """A decode run stopped part-way by `Decoder.interrupt`: nothing of it counts, and the
+    same step can run again (it writes each row's new key and value at the same place, and
+    its rows' masks, one bit longer than their lengths say, are set anew)."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,11 @@ class Decoder:
         self._ones = np.zeros(slots, np.int64)  # mask bits set in each row
         self._logits = np.zeros((slots, 1, config.vocab_size), np.float32)
         self._new_bindings()
+        # The run options of the decode run under way (None between runs), for `interrupt`
+        # from another thread; a run's options are never reused, so a late interrupt
+        # cannot reach the next run.
+        self._run_lock = threading.Lock()
+        self._running: Any = None
 
     def _open(self, intra_op_threads: int) -> Any:
         import onnxruntime as ort
@@ -328,5 +340,30 @@ class Decoder:
             ones[:] = want - 1
         self._mask[np.arange(k), ones] = 1
         ones += 1
-        self.session.run_with_iobinding(self._decode_io)
+        self._run_decode()
         return self._logits[:k, 0]
+
+    def _run_decode(self) -> None:
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        with self._run_lock:
+            self._running = options
+        try:
+            self.session.run_with_iobinding(self._decode_io, options)
+        except RuntimeError:
+            if options.terminate:
+                raise Interrupted from None
+            raise
+        finally:
+            with self._run_lock:
+                self._running = None
+
+    def interrupt(self) -> bool:
+        """Stop the decode run under way at its next operator (any thread); it raises
+        Interrupted. False when no run was under way."""
+        with self._run_lock:
+            if self._running is None:
+                return False
+            self._running.terminate = True
+            return True

@@ -4,7 +4,8 @@ engine_process FD CONFIG_JSON` with one end of a socket pair as FD.
 
 The loop: take every waiting command (blocking only when nothing runs), run one step and
 send its tokens as STEP messages: the newly admitted requests' first tokens as soon as
-their prefill ends, then the decode run's. It exits when the HTTP side says QUIT or closes its
+their prefill ends, then the decode run's. A decode run may be stopped part-way for a
+request that arrives while a row is free (ArrivalWatch); the loop then goes round again. It exits when the HTTP side says QUIT or closes its
 end, and (Linux) when its parent dies, so it never outlives the server.
 """
 
@@ -16,7 +17,9 @@ import logging
 import os
 import select
 import signal
+import socket
 import sys
+import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -128,10 +131,64 @@ def choose_threads(decoder: Decoder) -> None:
         decoder.reopen(cpus)
 
 
-def serve(conn: Connection, decoder: Decoder, scheduler: Scheduler) -> None:
+# Decode runs shorter than this are not interrupted for a new request: the wait they save is
+# small beside a prompt's prefill, and watching costs a thread wake-up a step.
+INTERRUPTIBLE_STEP_S = 0.002
+# A run is interrupted only in this first share of its expected time: later, letting it end
+# costs the new request less than running it again costs the rows in it.
+INTERRUPT_WITHIN = 0.5
+
+
+class ArrivalWatch:
+    """Interrupts a decode run when a new request arrives in its first half and a row is
+    free for it: the request's prefill runs at once and the step again after it, so its
+    first token waits for at most half a step, not a whole one (head-of-line blocking).
+    Measured on llama25m (fp32, 15 rows decoding): a step took 10.7 ms, a short request's
+    prefill 4 ms, its lone time to first token 5-6 ms.
+
+    A thread of its own polls the engine's socket while a run is under way; it only peeks,
+    the loop still reads every message."""
+
+    def __init__(self, fd: int, decoder: Decoder) -> None:
+        self._sock = socket.socket(fileno=os.dup(fd))
+        self._decoder = decoder
+        self._poller = select.poll()
+        self._poller.register(self._sock.fileno(), select.POLLIN)
+        self._armed = threading.Event()
+        self._until = 0.0
+        threading.Thread(target=self._watch, name="arrival-watch", daemon=True).start()
+
+    def arm(self, seconds: float) -> None:
+        """Watch for the next `seconds` (the run about to start)."""
+        self._until = time.monotonic() + seconds
+        self._armed.set()
+
+    def _watch(self) -> None:
+        while True:
+            self._armed.wait()
+            self._armed.clear()
+            left = self._until - time.monotonic()
+            if left > 0 and self._poller.poll(left * 1e3) and self._add_waiting():
+                self._decoder.interrupt()
+
+    def _add_waiting(self) -> bool:
+        """Whether the next message on the socket is an ADD (a CANCEL is not worth a run)."""
+        try:
+            head = self._sock.recv(5, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:  # read by the loop meanwhile
+            return False
+        # A Connection frame is a 4-byte length, then the message; a long ADD's body may
+        # follow its length a little later.
+        return len(head) == 4 or head[4:5] == ipc.ADD
+
+
+def serve(
+    conn: Connection, decoder: Decoder, scheduler: Scheduler, watch: ArrivalWatch | None = None
+) -> None:
     # Connection.poll builds a selector on every call (15-20 us): one poll object instead.
     poller = select.poll()
     poller.register(conn.fileno(), select.POLLIN)
+    step_s = 0.0  # the last whole decode run
     while True:
         # Commands: every one waiting; block for one only when there is nothing to do.
         while poller.poll(0) or not (scheduler.busy or scheduler.has_news):
@@ -156,8 +213,13 @@ def serve(conn: Connection, decoder: Decoder, scheduler: Scheduler) -> None:
         if admitted.tokens:
             _send(conn, admitted)
             admitted = None
+        if watch and step_s > INTERRUPTIBLE_STEP_S and scheduler.can_start_another:
+            watch.arm(step_s * INTERRUPT_WITHIN)
+        started = time.perf_counter()
         result = scheduler.decode(admitted)
-        if result or not scheduler.busy:
+        if result.rows_in_step:
+            step_s = time.perf_counter() - started
+        if result or result.interrupted or not scheduler.busy:
             _send(conn, result)
 
 
@@ -214,7 +276,7 @@ def main(argv: list[str]) -> int:
     )
     # EOF: the server closed its end, nothing is left to serve.
     with contextlib.suppress(EOFError, BrokenPipeError, ConnectionResetError):
-        serve(conn, decoder, scheduler)
+        serve(conn, decoder, scheduler, ArrivalWatch(fd, decoder))
     return 0
 
 

@@ -12,8 +12,9 @@ From the engine:
 - TOPS b"T" n u32, rid u32[n], k u8[n], then token i32[sum k], log-probability f32[sum k]:
   the most likely tokens of the rows that asked (top_logprobs), sent just before the STEP
   that carries their chosen tokens;
-- STEP b"S" running u16, queued u16, rows in the step u16, prompt tokens taken from a
-  cache u32, tokens n u32, finished m u32,
+- STEP b"S" running u16, queued u16, rows in the step u16, interrupted u8 (the decode run
+  stopped part-way for a new request), prompt tokens taken from a cache u32, tokens n
+  u32, finished m u32,
   then rid u32[n], token i32[n], log-probability f32[n] (NaN when not asked), rid u32[m],
   reason u8[m], then JSON of {rid: error message} when any row failed (else nothing).
 One STEP message carries every row's new tokens of one engine step.
@@ -35,7 +36,7 @@ ADD, CANCEL, QUIT, READY, FATAL, STEP, TOPS = b"A", b"C", b"Q", b"R", b"X", b"S"
 _ADD = struct.Struct("<cIIddiqBB")
 _CANCEL = struct.Struct("<cI")
 _U32 = struct.Struct("<I")
-_STEP = struct.Struct("<cHHHIII")
+_STEP = struct.Struct("<cHHHBIII")
 
 
 def pack_add(
@@ -92,7 +93,13 @@ def unpack_cancel(msg: bytes) -> int:
 
 def pack_step(r: StepResult) -> bytes:
     n, m = len(r.tokens), len(r.finished)
-    head = (min(r.running, 65535), min(r.queued, 65535), r.rows_in_step, r.cached_tokens)
+    head = (
+        min(r.running, 65535),
+        min(r.queued, 65535),
+        r.rows_in_step,
+        r.interrupted,
+        r.cached_tokens,
+    )
     parts = [_STEP.pack(STEP, *head, n, m)]
     if n:
         rids, tokens, logprobs = zip(*r.tokens, strict=True)
@@ -114,6 +121,7 @@ class Step:
     running: int
     queued: int
     rows_in_step: int
+    interrupted: bool
     cached_tokens: int
     rids: list[int]
     tokens: list[int]
@@ -123,7 +131,7 @@ class Step:
 
 
 def unpack_step(msg: bytes) -> Step:
-    _, running, queued, rows, cached, n, m = _STEP.unpack_from(msg)
+    _, running, queued, rows, interrupted, cached, n, m = _STEP.unpack_from(msg)
     at = _STEP.size
     rids = np.frombuffer(msg, np.uint32, n, at).tolist()
     at += 4 * n
@@ -142,6 +150,7 @@ def unpack_step(msg: bytes) -> Step:
         running,
         queued,
         rows,
+        bool(interrupted),
         cached,
         rids,
         tokens,

@@ -1,7 +1,7 @@
 """Prometheus figures of generation: time to first token, inter-token latency, tokens,
 requests queued and running (as the engine reports them after each step), generations per
-decode step, finished by reason. Labels model/version, names `modelservice_*` as the rest
-of the runtime.
+decode step, decode steps interrupted, finished by reason. Labels model/version, names
+`modelservice_*` as the rest of the runtime.
 
 The values are float64 cells in the server's metrics buffer (serving/metrics.py): with
 `--workers N` each worker writes its own region and /metrics sums every worker's, so a
@@ -27,7 +27,8 @@ TOKENS = ROWS_AT + len(_ROWS_BUCKETS) + 2
 PROMPT_TOKENS, QUEUED, RUNNING = TOKENS + 1, TOKENS + 2, TOKENS + 3
 CACHED_PROMPT_TOKENS = TOKENS + 4
 FINISHED_AT = TOKENS + 5
-CELLS = FINISHED_AT + len(REASONS)
+INTERRUPTED = FINISHED_AT + len(REASONS)
+CELLS = INTERRUPTED + 1
 
 
 def _num(value: float) -> str:
@@ -76,6 +77,9 @@ class GenerationMetrics:
 
     def add_cached_prompt_tokens(self, n: int) -> None:
         self._c[self._o + CACHED_PROMPT_TOKENS] += n
+
+    def add_interrupted_step(self) -> None:
+        self._c[self._o + INTERRUPTED] += 1
 
     def set_load(self, running: int, queued: int) -> None:
         self._c[self._o + RUNNING] = running
@@ -154,6 +158,13 @@ class GenerationMetrics:
                 "Generations in each decode step",
                 ROWS_AT,
                 _ROWS_BUCKETS,
+            ),
+            *one(
+                "counter",
+                "modelservice_generation_steps_interrupted_total",
+                "Decode steps stopped part-way so that a new request could start in a free row "
+                "at once (each is run again after its prefill)",
+                INTERRUPTED,
             ),
             "# HELP modelservice_generations_finished_total Generations ended, by reason",
             "# TYPE modelservice_generations_finished_total counter",

@@ -9,7 +9,8 @@ Each `step()` (`admit()` then `decode()`):
    part of a prompt gives its first token;
 2. runs one decode step for every decoding row (rows 0..k-1, k = the highest slot
    decoding + 1; a free slot or a prompt part-way in below k rides along unused), which
-   gives each row its next token;
+   gives each row its next token (a run interrupted part-way, decoder.Interrupted, gives
+   none and changes nothing: the rows decode at the next step);
 3. ends rows that produced an end-of-sequence token, reached their max_tokens or the slot's
    length; their slots take the next waiting requests at the next step.
 
@@ -29,6 +30,7 @@ from typing import Protocol
 import numpy as np
 from modelservice_cli.serve_flags import BY_FIELD
 
+from modelservice_runtime.generation.decoder import Interrupted
 from modelservice_runtime.generation.prefixes import MIN_PREFIX, PrefixIndex
 from modelservice_runtime.generation.sampling import LogitsProcessor, RowSampler, SamplingParams
 from modelservice_runtime.generation.sampling import select as select_tokens
@@ -111,6 +113,7 @@ class StepResult:
     running: int = 0
     queued: int = 0
     rows_in_step: int = 0  # generations in the decode run (0 if none ran)
+    interrupted: bool = False  # the decode run was stopped part-way (Decoder.interrupt)
     cached_tokens: int = 0  # prompt tokens taken from a cache instead of prefilled
     # (rid, token ids, log-probabilities): the most likely tokens, for rows that asked
     tops: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
@@ -145,6 +148,11 @@ class Scheduler:
     @property
     def busy(self) -> bool:
         return bool(self.waiting) or any(r is not None for r in self.slots)
+
+    @property
+    def can_start_another(self) -> bool:
+        """A request arriving now would start at the next step: a slot is free, none waits."""
+        return not self.waiting and any(r is None for r in self.slots)
 
     @property
     def has_news(self) -> bool:
@@ -327,6 +335,9 @@ class Scheduler:
         lengths = np.array([r.length if r is not None else 0 for r in rows], np.int64)
         try:
             logits = self.decoder.decode(tokens, lengths)
+        except Interrupted:  # nothing changed: the rows decode at the next step
+            out.interrupted = True
+            return
         except Exception as e:  # the whole step failed: so do its rows
             log.exception("a decode step failed", exc_info=e)
             for i in live:
