@@ -400,7 +400,18 @@ class Activator:
                 await out.write_eof()
                 return out
         except (aiohttp.ClientError, OSError) as e:
-            if stalled and not prepared:
+            if prepared:
+                # The status line and part of the answer are out: a second response would
+                # land in the middle of this one's body. The client learns of the break by
+                # its connection closing before the body's end.
+                log.warning(
+                    "ModelService %s/%s: pod %s:%s broke off its answer (%s); closing the "
+                    "client's connection", namespace, name, host, port, e,
+                )  # fmt: skip
+                if request.transport is not None:
+                    request.transport.close()
+                return out
+            if stalled:
                 return _json_error(
                     408, f"request body: nothing arrived for {stalled[0]:g} s in the middle "
                     "of a streamed body; the request to the pod was cancelled",

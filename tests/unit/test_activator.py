@@ -102,9 +102,19 @@ def _upstream(release: asyncio.Event) -> Any:
         await out.write_eof()
         return out
 
+    async def broken(request: web.Request) -> web.StreamResponse:
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        await out.write(b"data: first\n\n")
+        await release.wait()
+        assert request.transport is not None
+        request.transport.close()  # the pod dies in the middle of its answer
+        return out
+
     app = web.Application()
     app.router.add_post("/v2/models/m/infer", infer)
     app.router.add_post("/v1/completions", stream)
+    app.router.add_post("/v1/broken", broken)
     return app
 
 
@@ -228,6 +238,23 @@ def test_a_streamed_answer_passes_through_as_it_comes() -> None:
         assert rest == b"data: second\n\ndata: [DONE]\n\n"
 
     _run(test, ready_after=1)
+
+
+def test_an_answer_that_breaks_off_reaches_the_client_broken_off() -> None:
+    """The pod's connection closes after part of its answer went out: the client's answer
+    ends short as well (its connection closed before the chunked body's end), with nothing
+    written after what the pod sent (no second status line in the middle of the body)."""
+    import aiohttp
+
+    async def test(session: Any, fake: FakeCluster, release: asyncio.Event) -> None:
+        async with session.post("/v1/broken", json={}, headers={TARGET: "ns/m"}) as resp:
+            assert resp.status == 200
+            assert await resp.content.readuntil(b"\n\n") == b"data: first\n\n"
+            release.set()
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.content.read()
+
+    _run(test, ready_after=0)
 
 
 @pytest.mark.parametrize(
