@@ -144,6 +144,7 @@ def test_an_interrupted_decode_run_changes_nothing(tiny_llm: tuple[Path, Path]) 
 
     def run(interrupting: bool) -> tuple[list[tuple[int, int, float]], int]:
         decoder = Decoder(config, 4, ["CPUExecutionProvider"], 1)
+        decoder.interruptible = interrupting
         scheduler = Scheduler(decoder, [])
         for rid, prompt in prompts.items():
             scheduler.add(rid, prompt, params)

@@ -5,8 +5,9 @@ engine_process FD CONFIG_JSON` with one end of a socket pair as FD.
 The loop: take every waiting command (blocking only when nothing runs), run one step and
 send its tokens as STEP messages: the newly admitted requests' first tokens as soon as
 their prefill ends, then the decode run's. A decode run may be stopped part-way for a
-request that arrives while a row is free (ArrivalWatch); the loop then goes round again. It exits when the HTTP side says QUIT or closes its
-end, and (Linux) when its parent dies, so it never outlives the server.
+request that arrives while a row is free (ArrivalWatch); the loop then goes round again.
+It exits when the HTTP side says QUIT or closes its end, and (Linux) when its parent
+dies, so it never outlives the server.
 """
 
 from __future__ import annotations
@@ -213,7 +214,9 @@ def serve(
         if admitted.tokens:
             _send(conn, admitted)
             admitted = None
+        decoder.interruptible = False
         if watch and step_s > INTERRUPTIBLE_STEP_S and scheduler.can_start_another:
+            decoder.interruptible = True
             watch.arm(step_s * INTERRUPT_WITHIN)
         started = time.perf_counter()
         result = scheduler.decode(admitted)
