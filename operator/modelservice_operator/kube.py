@@ -13,7 +13,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from modelservice_operator import FIELD_MANAGER, GROUP, PLURAL, VERSION
@@ -104,6 +104,53 @@ class Kube:
         if not 200 <= resp.status <= 299:
             raise _api_error(resp.status, getattr(resp, "reason", "") or "", data)
         return json.loads(data) if data else {}
+
+    def watch(
+        self, kind: str, namespace: str, selector: str, timeout_s: int = 300
+    ) -> Iterator[dict[str, Any]]:
+        """The watch events ({"type", "object"}) of `kind` in `namespace` matching the label
+        selector, as they come: first an ADDED for each object there now, then every
+        change, until the API server ends the watch (after about `timeout_s`). An API
+        error (also one sent as an ERROR event) is a KubeApiError."""
+        from urllib3.exceptions import HTTPError
+
+        query = [
+            ("watch", "1"),
+            ("labelSelector", selector),
+            ("timeoutSeconds", str(timeout_s)),
+        ]
+        req = self._api.param_serialize(
+            "GET",
+            object_path(kind, namespace),
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            raw = self._api.call_api(*req, _request_timeout=(10, timeout_s + 30)).response
+        except (OSError, HTTPError) as e:
+            raise KubeApiError(0, "Unreachable", str(e)) from e
+        try:
+            if not 200 <= raw.status <= 299:
+                raise _api_error(raw.status, raw.reason or "", raw.data)
+            pending = b""
+            for chunk in raw.stream(64 * 1024):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise _api_error(int(status.get("code") or 0), "", json.dumps(status))
+                    yield event
+        except (OSError, HTTPError) as e:
+            raise KubeApiError(0, "Unreachable", str(e)) from e
+        finally:
+            # Closed, not reused: a watch left part-way has unread events on its connection.
+            raw.close()
+            raw.release_conn()
 
     # --- children ---------------------------------------------------------------------------
 

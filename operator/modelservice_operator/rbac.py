@@ -77,8 +77,13 @@ ACTIVATOR_NAMESPACE_RULES: list[dict[str, Any]] = [
         "resources": ["referencegrants"],
         "verbs": ["get", "create", "patch", "delete"],
     },
-    # The activator's Ready pods, which the hold slices list (service_hold.py).
-    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]},
+    # The activator's Ready pods, which the hold slices list (service_hold.py), watched so
+    # that the slices follow a pod replaced at once (scaler.py).
+    {
+        "apiGroups": ["discovery.k8s.io"],
+        "resources": ["endpointslices"],
+        "verbs": ["list", "watch"],
+    },
 ]
 
 # The activator, wherever ModelServices are (a ClusterRole, or a Role per watched namespace).

@@ -53,10 +53,10 @@ from modelservice_operator.scaling import (
 from modelservice_operator.service_hold import (
     HOLD_MANAGER,
     MANAGED_BY_LABEL,
-    SERVICE_NAME_LABEL,
     ActivatorPods,
     hold_slice_name,
     render_hold_slice,
+    slices_of_service,
 )
 from modelservice_operator.spec import ModelServiceSpec
 from modelservice_operator.status import compute_status
@@ -241,7 +241,7 @@ HELD_BY: OwnerMemory[ActivatorPods] = OwnerMemory()
 
 def activator_pods(activator: ActivatorRef) -> ActivatorPods:
     """The activator's Ready pods, from its Service's EndpointSlices."""
-    selector = f"{SERVICE_NAME_LABEL}={activator.name}"
+    selector = slices_of_service(activator.name)
     try:
         slices = client().list_objects("EndpointSlice", activator.namespace, selector)
         return ActivatorPods.of(slices)

@@ -14,6 +14,11 @@ ModelService, its Deployment, its primary pods and their /metrics) and:
   replicas back (max(1, minReplicas)) and clears atZero. The ModelService's own event does
   the same at once (handlers.modelservice_event); the thread is the backstop.
 
+While models are held, their Services' hold slices list the activator's Ready pods: a
+second thread watches the activator's EndpointSlices (its namespace, a server-side label
+selector) and, when they change, the first rewrites those slices at once
+(`follow_activator`) instead of at its next check.
+
 Everything lives in Kubernetes objects (the replicas, status.scaleToZero, the annotation),
 so an operator restart resumes where the last one stopped.
 """
@@ -59,15 +64,18 @@ from modelservice_operator.scaling import (
     wake_requested,
     woken_state,
 )
-from modelservice_operator.service_hold import ActivatorPods
+from modelservice_operator.service_hold import ActivatorPods, slices_of_service
 from modelservice_operator.spec import InvalidSpec, ModelServiceSpec, parse_spec
-from modelservice_operator.traffic import ActivatorRef
+from modelservice_operator.traffic import ActivatorRef, activator_of
 from modelservice_operator.writes import (
     ReconcileError,
     normal_event,
 )
 
 SCALE_INTERVAL_S = 5.0
+# The watch of the activator's EndpointSlices is opened again after this long (the API
+# server ends it), and after a failure once SCALE_INTERVAL_S has passed.
+ACTIVATOR_WATCH_S = 300
 METRICS_TIMEOUT_S = 3.0
 
 # (namespace, name, uid) -> nothing but presence: which ModelServices to check.
@@ -77,6 +85,7 @@ TRACKED: OwnerMemory[bool] = OwnerMemory()
 # first wake's status write; the second must not wake it (and post ScaledFromZero) again.
 WOKEN_FROM: OwnerMemory[str] = OwnerMemory()
 _thread: threading.Thread | None = None
+_watch_thread: threading.Thread | None = None
 
 
 def track(owner: Mapping[str, Any], spec: ModelServiceSpec | None) -> None:
@@ -267,19 +276,83 @@ def check_once(logger: logging.Logger | Any) -> None:
             logger.exception("scale-to-zero check of %s/%s failed", namespace, name)
 
 
+def follow_activator(logger: logging.Logger | Any) -> None:
+    """The hold slices of the models held now, rewritten for the activator's Ready pods as
+    they are (a pod replaced, added or gone); each model read afresh, and left alone once
+    its routes no longer go to the activator (sync_hold writes only what changed)."""
+    activator = activator_of()
+    held = HELD_BY.items()
+    if activator is None or not held:
+        return
+    pods = activator_pods(activator)
+    kube = client()
+    for (namespace, name, uid), _pods in held:
+        try:
+            body = kube.get("ModelService", namespace, name)
+            if body is None or (body.get("metadata") or {}).get("uid") != uid:
+                continue
+            owner = indexes.snapshot(body)
+            spec = parse_spec(owner["spec"], name)
+            if to_activator(owner, spec, kube.get("Deployment", namespace, name)) is not None:
+                sync_hold(owner, activator, pods=pods)
+        except InvalidSpec:
+            continue
+        except (ReconcileError, KubeApiError) as e:
+            logger.warning("hold slice of %s/%s not updated: %s", namespace, name, e)
+
+
+_activator_changed = threading.Event()
+
+
+def _watch_activator() -> None:
+    logger = logging.getLogger("modelservice_operator.scaler")
+    last_error = ""
+    while True:
+        activator = activator_of()
+        if activator is None:
+            time.sleep(SCALE_INTERVAL_S)
+            continue
+        selector = slices_of_service(activator.name)
+        try:
+            for _event in client().watch(
+                "EndpointSlice", activator.namespace, selector, ACTIVATOR_WATCH_S
+            ):
+                _activator_changed.set()
+            last_error = ""
+        except KubeApiError as e:
+            if str(e) != last_error:  # once, not every few seconds
+                logger.warning(
+                    "cannot watch the activator's EndpointSlices (%s): hold slices follow its "
+                    "pods at the checks every %g s only", e, SCALE_INTERVAL_S,
+                )  # fmt: skip
+            last_error = str(e)
+            time.sleep(SCALE_INTERVAL_S)
+
+
 def _run_forever() -> None:
     logger = logging.getLogger("modelservice_operator.scaler")
+    next_check = time.monotonic() + SCALE_INTERVAL_S
     while True:
-        time.sleep(SCALE_INTERVAL_S)
+        changed = _activator_changed.wait(max(0.0, next_check - time.monotonic()))
         try:
-            check_once(logger)
+            if changed:
+                _activator_changed.clear()
+                follow_activator(logger)
+            else:
+                next_check = time.monotonic() + SCALE_INTERVAL_S
+                check_once(logger)
         except Exception:  # the thread must outlive any one failure
             logger.exception("scale-to-zero checks failed")
 
 
 def start_scaler() -> None:
-    """Start the thread once per process (the tests may run the operator several times)."""
-    global _thread
+    """Start the threads once per process (the tests may run the operator several times)."""
+    global _thread, _watch_thread
     if _thread is None or not _thread.is_alive():
         _thread = threading.Thread(target=_run_forever, name="scale-to-zero", daemon=True)
         _thread.start()
+    if _watch_thread is None or not _watch_thread.is_alive():
+        _watch_thread = threading.Thread(
+            target=_watch_activator, name="activator-watch", daemon=True
+        )
+        _watch_thread.start()

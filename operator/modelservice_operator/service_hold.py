@@ -45,6 +45,11 @@ def hold_slice_name(name: str) -> str:
     return f"{name}-activator"
 
 
+def slices_of_service(service: str) -> str:
+    """The label selector of the EndpointSlices of the Service named `service`."""
+    return f"{SERVICE_NAME_LABEL}={service}"
+
+
 def ready_endpoints(
     slices: Iterable[Mapping[str, Any]], port_name: str = HTTP_PORT_NAME
 ) -> list[tuple[str, int]]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from modelservice_operator import activator as act
+from modelservice_operator.service_hold import SERVICE_NAME_LABEL
 
 from tests.integration.cluster_env import gateway_facts
 from tests.integration.conftest import Kubectl, condition, wait_until
@@ -606,6 +607,18 @@ def live_activators(kctl: Kubectl) -> list[dict[str, Any]]:
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
+def activator_ready_ips(kctl: Kubectl) -> list[str]:
+    """The Ready addresses of the activator Service's EndpointSlices (what the operator reads)."""
+    slices = kctl.list("endpointslices", OPERATOR_NAMESPACE, f"{SERVICE_NAME_LABEL}={ACTIVATOR}")
+    return sorted(
+        a
+        for s in slices
+        for e in s.get("endpoints") or []
+        if (e.get("conditions") or {}).get("ready")
+        for a in e["addresses"]
+    )
+
+
 def _kill_activator(kctl: Kubectl) -> None:
     pods = live_activators(kctl)
     assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
@@ -673,7 +686,8 @@ def test_two_activator_replicas_hold_the_requests_of_one_model_together(
 ) -> None:
     """The activator keeps no state, so more than one may run (chart value
     activator.replicas): with 2 behind its Service, the held requests of one model at zero
-    land on both, the model wakes once, and every request is answered."""
+    land on both, the model wakes once, and every request is answered. At zero again, one
+    activator pod replaced: the Service's hold slice lists the replacement."""
 
     def ready_activators(n: int) -> list[str] | None:
         pods = live_activators(kctl)
@@ -709,6 +723,27 @@ def test_two_activator_replicas_hold_the_requests_of_one_model_together(
         assert held_by == pods, f"only {held_by} of {pods} held a request"
         woken = [e for e in kctl.events(NAMESPACE, name) if e.get("reason") == "ScaledFromZero"]
         assert len(woken) == 1, woken
+        # At zero again, one activator pod replaced: the hold slice follows the activator's
+        # own slices (the operator watches them), not only at its next 5 s check.
+        wait_at_zero(kctl, name, timeout=200)
+        ips = sorted(p["status"]["podIP"] for p in live_activators(kctl))
+        wait_until(
+            "the hold slice listing both activators",
+            lambda: slice_addresses(hold_slice(kctl, name)) == ips, timeout=30,
+        )  # fmt: skip
+        kctl.run("delete", "pod", pods[0], "-n", OPERATOR_NAMESPACE, "--wait=false")
+
+        def replaced() -> list[str] | None:
+            now = activator_ready_ips(kctl)
+            return now if len(now) == 2 and now != ips else None
+
+        new_ips = wait_until("a Ready replacement", replaced, timeout=120, interval=0.2)
+        seen = time.monotonic()
+        wait_until(
+            "the hold slice following the replacement",
+            lambda: slice_addresses(hold_slice(kctl, name)) == new_ips, timeout=30, interval=0.2,
+        )  # fmt: skip
+        print(f"\nhold slice followed the replaced activator {time.monotonic() - seen:.2f} s later")
     finally:
         kctl.run("scale", "deployment", ACTIVATOR, "-n", OPERATOR_NAMESPACE, "--replicas=1")
         wait_until("1 Ready activator", lambda: ready_activators(1), timeout=120)
