@@ -50,12 +50,17 @@ from typing import Any
 
 from modelservice_operator.kube import KubeApiError, client
 from modelservice_operator.scaling import (
+    HELD_HEADER,
+    HELD_KEY,
+    HOP_HEADERS,
     TARGET_HEADER,
+    TARGET_KEY,
     WAKE_ANNOTATION,
     hold_seconds,
     needs_wake,
     not_ready_message,
     parse_target,
+    passed_metadata,
     rfc3339,
 )
 from modelservice_operator.service_hold import (
@@ -72,9 +77,6 @@ log = logging.getLogger("modelservice_operator.activator")
 
 DEFAULT_PORT = 8080
 DEFAULT_GRPC_PORT = 8081  # the gRPC (h2c) listener; 0: none
-# On every answer the activator forwards: the seconds it held the request for a Ready pod
-# (gRPC: initial metadata, lowercase).
-HELD_HEADER = "X-ModelService-Held-Seconds"
 WAKE_EVERY_S = 5.0  # at most one wake annotation per model this often
 POLL_S = 0.25  # how often a held request looks for a Ready endpoint
 CACHE_S = 0.2  # how long one read of a ModelService or its endpoints serves every request
@@ -100,16 +102,6 @@ MAX_GRPC_CHANNELS = 64  # channels to pods kept open; the least recently used cl
 # requests already forwarded get SHUTDOWN_S to finish.
 DRAIN_S = 20.0
 SHUTDOWN_S = 25.0
-# Hop-by-hop headers (RFC 9110 7.6.1) and what the proxy sets itself.
-HOP_HEADERS = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "host", "content-length",
-})  # fmt: skip
-# gRPC metadata keys are lowercase; the reserved ones (grpc-*, HTTP/2's) are the channel's own
-# (the deadline travels as the call's timeout).
-TARGET_KEY = TARGET_HEADER.lower()
-HELD_KEY = HELD_HEADER.lower()
-GRPC_OWN_KEYS = HOP_HEADERS | {"content-type", "user-agent", TARGET_KEY, HELD_KEY}
 # The activator's own answers: HTTP status -> gRPC status code's name.
 GRPC_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 503: "UNAVAILABLE"}
 
@@ -121,18 +113,6 @@ class Refused(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-def passed_metadata(metadata: Any) -> tuple[tuple[str, Any], ...]:
-    """gRPC metadata to pass on: all but the target, the held seconds, and what the channel
-    sets itself (reserved grpc-* keys, HTTP/2 pseudo-headers, hop-by-hop headers)."""
-    out = []
-    for key, value in metadata or ():
-        k = key.lower()
-        if k in GRPC_OWN_KEYS or k.startswith((":", "grpc-")):
-            continue
-        out.append((k, value))
-    return tuple(out)
 
 
 def _json_error(status: int, message: str) -> Any:

@@ -24,6 +24,9 @@ pods have answered nothing for `idleSeconds`, and comes back on the first reques
 - The routes and the Service's hold slice (`route_to_activator`): to the activator while
   at zero and until the Deployment has a Ready pod, then back to the model's pods; HTTP
   and gRPC alike.
+- The activator's pure rules: which model a request is for (`parse_target`), how long it
+  is held (`hold_seconds`), what a 503 says (`not_ready_message`), which headers and gRPC
+  metadata it passes on (HOP_HEADERS, `passed_metadata`).
 """
 
 from __future__ import annotations
@@ -46,6 +49,19 @@ DEFAULT_HOLD_S: int = AutoscalingSpec.model_fields["hold_timeout_seconds"].defau
 # The header the routes set on the way to the activator: <namespace>/<name> (the GRPCRoute
 # sets it too: gRPC metadata, lowercase there).
 TARGET_HEADER = "X-ModelService-Target"
+# On every answer the activator forwards: the seconds it held the request for a Ready pod
+# (gRPC: initial metadata, lowercase).
+HELD_HEADER = "X-ModelService-Held-Seconds"
+# Hop-by-hop headers (RFC 9110 7.6.1) and what the activator's proxy sets itself.
+HOP_HEADERS = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "transfer-encoding", "upgrade", "host", "content-length",
+})  # fmt: skip
+# gRPC metadata keys are lowercase; the reserved ones (grpc-*, HTTP/2's) are the channel's own
+# (the deadline travels as the call's timeout).
+TARGET_KEY = TARGET_HEADER.lower()
+HELD_KEY = HELD_HEADER.lower()
+GRPC_OWN_KEYS = HOP_HEADERS | {"content-type", "user-agent", TARGET_KEY, HELD_KEY}
 # status.scaleToZero's keys.
 AT_ZERO, SINCE, LAST_COUNT, LAST_REQUEST_AT, WOKEN_AT = (
     "atZero", "since", "lastRequestCount", "lastRequestAt", "wokenAt",
@@ -274,3 +290,16 @@ def needs_wake(msvc: Mapping[str, Any]) -> bool:
     asked = parse_time(annotations.get(WAKE_ANNOTATION))
     since = parse_time(scale_state(status).get(SINCE))
     return asked is None or (since is not None and asked < since)
+
+
+def passed_metadata(metadata: Any) -> tuple[tuple[str, Any], ...]:
+    """gRPC metadata the activator passes on: all but the target, the held seconds, and
+    what the channel sets itself (reserved grpc-* keys, HTTP/2 pseudo-headers, hop-by-hop
+    headers)."""
+    out = []
+    for key, value in metadata or ():
+        k = key.lower()
+        if k in GRPC_OWN_KEYS or k.startswith((":", "grpc-")):
+            continue
+        out.append((k, value))
+    return tuple(out)
