@@ -696,19 +696,24 @@ def test_two_activator_replicas_hold_the_requests_of_one_model_together(
         ]
         return ready if len(pods) == n and len(ready) == n else None
 
+    def at_zero_held_by_both() -> list[str]:
+        """The model at zero, its hold slice listing both activators: their addresses."""
+        wait_at_zero(kctl, name, timeout=200)
+        ips = sorted(p["status"]["podIP"] for p in live_activators(kctl))
+        wait_until(
+            "the hold slice listing both activators",
+            lambda: slice_addresses(hold_slice(kctl, name)) == ips, timeout=30,
+        )  # fmt: skip
+        return ips
+
     name = "pair"
     model = {"uri": model_files.url("mlp.onnx"), "sha256": model_files.sha256["mlp.onnx"]}
     kctl.apply(scale_to_zero(name, model, idleSeconds=10), NAMESPACE)
     kctl.run("scale", "deployment", ACTIVATOR, "-n", OPERATOR_NAMESPACE, "--replicas=2")
     try:
         pods = wait_until("2 Ready activators", lambda: ready_activators(2), timeout=120)
-        wait_at_zero(kctl, name, timeout=200)
         # The Service's hold slice follows the activator's pods (both, once both are Ready).
-        ips = sorted(p["status"]["podIP"] for p in live_activators(kctl))
-        wait_until(
-            "the hold slice listing both activators",
-            lambda: slice_addresses(hold_slice(kctl, name)) == ips, timeout=30,
-        )  # fmt: skip
+        ips = at_zero_held_by_both()
         results, join = _held_by_three(name, 6)
         join()
         answers = [r if isinstance(r, str) else (r[0], round(r[2], 2)) for r in results]
@@ -725,12 +730,7 @@ def test_two_activator_replicas_hold_the_requests_of_one_model_together(
         assert len(woken) == 1, woken
         # At zero again, one activator pod replaced: the hold slice follows the activator's
         # own slices (the operator watches them), not only at its next 5 s check.
-        wait_at_zero(kctl, name, timeout=200)
-        ips = sorted(p["status"]["podIP"] for p in live_activators(kctl))
-        wait_until(
-            "the hold slice listing both activators",
-            lambda: slice_addresses(hold_slice(kctl, name)) == ips, timeout=30,
-        )  # fmt: skip
+        ips = at_zero_held_by_both()
         kctl.run("delete", "pod", pods[0], "-n", OPERATOR_NAMESPACE, "--wait=false")
 
         def replaced() -> list[str] | None:
