@@ -81,29 +81,38 @@ class Kube:
         content_type: str = "application/json",
         timeout: float = 30.0,
     ) -> dict[str, Any]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        data = _body(self._send(method, path, query or [], headers, body, timeout))
+        return json.loads(data) if data else {}
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]],
+        headers: dict[str, str],
+        body: Any,
+        timeout: Any,
+    ) -> Any:
+        """The API's response, its body not yet read (ApiException and connection failures
+        as KubeApiError)."""
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        req = self._api.param_serialize(
+            method,
+            path,
+            query_params=query,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
         try:
-            req = self._api.param_serialize(
-                method,
-                path,
-                query_params=query or [],
-                header_params=headers,
-                body=body,
-                auth_settings=["BearerToken"],
-            )
-            resp = self._api.call_api(*req, _request_timeout=timeout)
-            resp.read()
-            data = resp.data
+            return self._api.call_api(*req, _request_timeout=timeout)
         except ApiException as e:
             raise _api_error(e.status or 0, e.reason or "", e.body) from e
         except (OSError, HTTPError) as e:
             raise KubeApiError(0, "Unreachable", str(e)) from e
-        if not 200 <= resp.status <= 299:
-            raise _api_error(resp.status, getattr(resp, "reason", "") or "", data)
-        return json.loads(data) if data else {}
 
     def watch(
         self, kind: str, namespace: str, selector: str, timeout_s: int = 300
@@ -119,17 +128,9 @@ class Kube:
             ("labelSelector", selector),
             ("timeoutSeconds", str(timeout_s)),
         ]
-        req = self._api.param_serialize(
-            "GET",
-            object_path(kind, namespace),
-            query_params=query,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        try:
-            raw = self._api.call_api(*req, _request_timeout=(10, timeout_s + 30)).response
-        except (OSError, HTTPError) as e:
-            raise KubeApiError(0, "Unreachable", str(e)) from e
+        headers = {"Accept": "application/json"}
+        path = object_path(kind, namespace)
+        raw = self._send("GET", path, query, headers, None, (10, timeout_s + 30)).response
         try:
             if not 200 <= raw.status <= 299:
                 raise _api_error(raw.status, raw.reason or "", raw.data)
@@ -190,26 +191,10 @@ class Kube:
     def log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
         """The last `lines` lines of a container's log (pods/log), as text. Accept is
         kubectl's: the API server refuses `text/plain` alone with 406, though it answers text."""
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
-
         path = object_path("Pod", namespace, pod) + "/log"
         query = [("container", container), ("tailLines", str(lines)), ("limitBytes", "65536")]
-        try:
-            req = self._api.param_serialize(
-                "GET", path, query_params=query, header_params={"Accept": "application/json, */*"},
-                auth_settings=["BearerToken"],
-            )  # fmt: skip
-            resp = self._api.call_api(*req, _request_timeout=10)
-            resp.read()
-        except ApiException as e:
-            raise _api_error(e.status or 0, e.reason or "", e.body) from e
-        except (OSError, HTTPError) as e:
-            raise KubeApiError(0, "Unreachable", str(e)) from e
-        if not 200 <= resp.status <= 299:
-            raise _api_error(resp.status, getattr(resp, "reason", "") or "", resp.data)
-        data = resp.data or b""
-        return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+        headers = {"Accept": "application/json, */*"}
+        return _body(self._send("GET", path, query, headers, None, 10)).decode(errors="replace")
 
     def serves(self, kind: str) -> bool:
         """Whether the API server serves `kind` (API discovery of its group version; 404:
@@ -254,6 +239,20 @@ class Kube:
             body={"status": dict(status)},
             content_type="application/merge-patch+json",
         )
+
+
+def _body(resp: Any) -> bytes:
+    """A response's body; an error status (or a connection lost while reading) is a
+    KubeApiError."""
+    from urllib3.exceptions import HTTPError
+
+    try:
+        data = resp.read() or b""
+    except (OSError, HTTPError) as e:
+        raise KubeApiError(0, "Unreachable", str(e)) from e
+    if not 200 <= resp.status <= 299:
+        raise _api_error(resp.status, getattr(resp, "reason", "") or "", data)
+    return data if isinstance(data, bytes) else str(data).encode()
 
 
 def _api_error(status: int, reason: str, body: Any) -> KubeApiError:

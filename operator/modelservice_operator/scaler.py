@@ -197,6 +197,27 @@ class _ActivatorPodsOnce:
         return self._pods
 
 
+def _read(
+    namespace: str, name: str, uid: str | None = None
+) -> tuple[dict[str, Any], ModelServiceSpec, dict[str, Any] | None] | None:
+    """A ModelService whose scale to zero runs, read afresh, and its Deployment as it lives
+    (None: absent); None when the ModelService is gone, being deleted, not the one of `uid`,
+    or its spec is invalid or no longer asks for zero."""
+    kube = client()
+    body = kube.get("ModelService", namespace, name)
+    meta = (body or {}).get("metadata") or {}
+    if body is None or meta.get("deletionTimestamp") or uid not in (None, meta.get("uid")):
+        return None
+    owner = indexes.snapshot(body)
+    try:
+        spec = parse_spec(owner["spec"], name)
+    except InvalidSpec:
+        return None
+    if not enabled(zero_plan(spec)):
+        return None
+    return owner, spec, kube.get("Deployment", namespace, name)
+
+
 def check(
     namespace: str,
     name: str,
@@ -206,17 +227,10 @@ def check(
     """One idle check (or wake, or repair) of one ModelService, read afresh; while its
     routes go to the activator, its Service's hold slice follows the activator's pods."""
     kube = client()
-    body = kube.get("ModelService", namespace, name)
-    if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+    read = _read(namespace, name)
+    if read is None:
         return
-    owner = indexes.snapshot(body)
-    try:
-        spec = parse_spec(owner["spec"], name)
-    except InvalidSpec:
-        return
-    if not enabled(zero_plan(spec)):
-        return
-    deployment = kube.get("Deployment", namespace, name)
+    owner, spec, deployment = read
     if deployment is None:
         return
     replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
@@ -285,18 +299,11 @@ def follow_activator(logger: logging.Logger | Any) -> None:
     if activator is None or not held:
         return
     pods = activator_pods(activator)
-    kube = client()
     for (namespace, name, uid), _pods in held:
         try:
-            body = kube.get("ModelService", namespace, name)
-            if body is None or (body.get("metadata") or {}).get("uid") != uid:
-                continue
-            owner = indexes.snapshot(body)
-            spec = parse_spec(owner["spec"], name)
-            if to_activator(owner, spec, kube.get("Deployment", namespace, name)) is not None:
-                sync_hold(owner, activator, pods=pods)
-        except InvalidSpec:
-            continue
+            read = _read(namespace, name, uid)
+            if read is not None and to_activator(*read) is not None:
+                sync_hold(read[0], activator, pods=pods)
         except (ReconcileError, KubeApiError) as e:
             logger.warning("hold slice of %s/%s not updated: %s", namespace, name, e)
 
